@@ -1,0 +1,151 @@
+//! `decomp eval`: top-1 / top-5 / per-class accuracy of a model on a dataset split.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use decomp_data::{Dataset, DatasetKind, Normalization, Split};
+use decomp_eval::{Accumulator, EvalReport};
+use decomp_ir::ModelIr;
+use decomp_model::{Executor, parse_device, to_vec};
+use serde::Serialize;
+
+use crate::{DataArgs, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Device: cpu, or cuda[:N] / wgpu when built with those features.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Serialize)]
+struct EvalOutput<'a> {
+    model: &'a str,
+    weights: &'a str,
+    dataset: String,
+    split: &'a str,
+    top1: f64,
+    top5: f64,
+    n: usize,
+    per_class: &'a [f64],
+    per_class_n: &'a [usize],
+    class_names: &'a [String],
+    seconds: f64,
+    images_per_second: f64,
+}
+
+/// Opens the dataset the flags describe, normalized the way `model` expects.
+pub fn open_dataset(args: &DataArgs, model: &ModelIr) -> Result<Dataset> {
+    let kind = DatasetKind::parse(&args.dataset)?;
+    let split: Split = args.split.parse()?;
+    let ds = if let Some(file) = &args.data_file {
+        Dataset::from_cifar_file(kind, file)?
+    } else if args.data_dir.is_file() {
+        Dataset::from_cifar_file(kind, &args.data_dir)?
+    } else if let Some(folder) = &args.dataset_path {
+        Dataset::load_folder(kind, folder, split)?
+    } else {
+        match Dataset::load(kind, &args.data_dir, split) {
+            Ok(ds) => ds,
+            Err(e) if args.download => {
+                tracing::info!("{e}; downloading");
+                decomp_data::fetch::download_dataset(kind, &args.data_dir)?;
+                Dataset::load(kind, &args.data_dir, split)?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let [c, h, w] = model.graph.input_shape()?;
+    let mut ds = ds;
+    if ds.image_shape()[0] != c {
+        ds = ds.with_channels(c)?;
+    }
+    if ds.image_shape()[1..] != [h, w] {
+        ds = ds.with_resize(h, w);
+    }
+    let norm = Normalization::new(&model.meta.input_norm.mean, &model.meta.input_norm.std);
+    let ds = ds.with_normalization(norm);
+    Ok(match args.limit {
+        Some(n) => ds.take(n),
+        None => ds,
+    })
+}
+
+/// Runs `model` over `ds` and accumulates accuracy, with a progress bar on stderr.
+pub fn evaluate(exec: &Executor, ds: &Dataset, classes: usize, batch_size: usize) -> Result<EvalReport> {
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let bar = indicatif::ProgressBar::new(ds.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    bar.set_prefix("eval");
+    let mut acc = Accumulator::new(classes);
+    for batch in ds.batches(batch_size) {
+        let batch = batch?;
+        let n = batch.labels.len();
+        let x = exec.input_tensor(batch.images, n)?;
+        let logits = to_vec(exec.forward(x)?);
+        acc.add(&logits, &batch.labels)?;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(acc.finish())
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let model = crate::model_source::load_model(&a.model)?;
+    let ds = open_dataset(&a.data, &model)?;
+    let classes = model.num_classes();
+    if ds.num_classes() > classes {
+        bail!(
+            "dataset {} has {} classes, the model predicts {classes}",
+            a.data.dataset,
+            ds.num_classes()
+        );
+    }
+    let device = parse_device(&a.device)?;
+    let exec = Executor::new(&model, &device)?;
+    let start = Instant::now();
+    let report = evaluate(&exec, &ds, classes, a.batch_size)
+        .with_context(|| format!("evaluating {} on {}", model.meta.arch, a.data.dataset))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let out = EvalOutput {
+        model: &model.meta.arch,
+        weights: &a.model.weights,
+        dataset: a.data.dataset.clone(),
+        split: if a.data.data_file.is_some() || a.data.data_dir.is_file() { "file" } else { &a.data.split },
+        top1: report.top1,
+        top5: report.top5,
+        n: report.n,
+        per_class: &report.per_class,
+        per_class_n: &report.per_class_n,
+        class_names: &model.meta.class_names,
+        seconds,
+        images_per_second: report.n as f64 / seconds.max(1e-9),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!("{} on {} ({}): {} images, {:.1} s ({:.0} images/s)", out.model, out.dataset, out.split, out.n, seconds, out.images_per_second);
+    println!("top-1 {:.2}%  top-5 {:.2}%", out.top1, out.top5);
+    println!("{:<16} {:>7} {:>8}", "class", "images", "top-1 %");
+    for ((name, n), acc) in out.class_names.iter().zip(out.per_class_n).zip(out.per_class) {
+        println!("{name:<16} {n:>7} {acc:>8.2}");
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! `decomp`: the command-line front of the pipeline. It is the only crate that picks the
+//! device, knows file locations and installs a tracing subscriber; every subcommand is one
+//! stage runnable on the artifacts of the previous one.
+
+mod eval;
+mod model_source;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "decomp", version, about = "Decompose trained CNN classifiers into per-class modules and recompose them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a model comes from: a decomp IR file, a PyTorch checkpoint, or a known name.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Architecture (`resnet20`, `resnet32`, `resnet44`, `resnet56`, ...); checked against
+    /// the checkpoint, detected from it when omitted. Ignored for `.ir` files.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Weights: a decomp `.ir` model, a PyTorch checkpoint (`.th`/`.pth` legacy or zip
+    /// `.pt`), or a known name (`akamaster/resnet20`, ...) downloaded into the cache.
+    #[arg(long)]
+    pub weights: String,
+    /// Cache folder for downloaded weights.
+    #[arg(long, env = "DECOMP_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Where a dataset comes from.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Dataset: cifar10, cifar100, cifar100-coarse, tiny-imagenet, fashion-mnist, mnist.
+    #[arg(long, default_value = "cifar10")]
+    pub dataset: String,
+    /// Folder holding the dataset folder (e.g. the one containing `cifar-10-batches-bin/`),
+    /// or a single file of CIFAR records.
+    #[arg(long, env = "DECOMP_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// The dataset folder itself (e.g. `.../tiny-imagenet-subset20`), overriding
+    /// `--data-dir`'s naming convention.
+    #[arg(long)]
+    pub dataset_path: Option<PathBuf>,
+    /// One file of CIFAR-10/100 binary records (e.g. `train_first4000.bin`).
+    #[arg(long)]
+    pub data_file: Option<PathBuf>,
+    /// Split: train or test (Tiny ImageNet: test = the labelled val split).
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Download the official archive (checksum verified) when the dataset is missing.
+    #[arg(long)]
+    pub download: bool,
+    /// Evaluate only the first N images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate a model on a dataset split: top-1, top-5 and per-class accuracy.
+    Eval(eval::EvalArgs),
+    /// Convert a PyTorch checkpoint into a decomp `.ir` model artifact.
+    Import(model_source::ImportArgs),
+    /// Write a model in burn's own record format (burnpack `.bpk`).
+    Export(model_source::ExportArgs),
+    /// Download a dataset's official archive into the data folder (md5 verified).
+    FetchData {
+        #[arg(long)]
+        dataset: String,
+        #[arg(long, env = "DECOMP_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Print what an artifact holds.
+    Inspect {
+        /// An `.ir` model artifact.
+        path: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Eval(a) => eval::run(a),
+        Command::Import(a) => model_source::import(a),
+        Command::Export(a) => model_source::export(a),
+        Command::FetchData { dataset, data_dir } => {
+            let kind = decomp_data::DatasetKind::parse(&dataset)?;
+            let dir = decomp_data::fetch::download_dataset(kind, &data_dir)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Command::Inspect { path } => model_source::inspect(&path),
+    }
+}

@@ -1,0 +1,137 @@
+//! Resolving `--weights` into an IR model, and the import/export/inspect commands.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use decomp_ir::{ModelIr, read_artifact, write_artifact};
+use decomp_model::import::{akamaster_norm, import_resnet};
+use decomp_model::{ResNetConfig, parse_device};
+
+use crate::ModelArgs;
+
+/// Parses `resnetNN` into a CIFAR-10-shaped config.
+pub fn parse_arch(arch: &str, num_classes: usize) -> Result<ResNetConfig> {
+    let depth = arch
+        .strip_prefix("resnet")
+        .and_then(|d| d.parse::<usize>().ok())
+        .with_context(|| format!("unknown architecture {arch:?}: expected resnet20, resnet32, resnet44, resnet56 or another resnet(6n+2)"))?;
+    let cfg = ResNetConfig::new(depth, num_classes);
+    cfg.blocks_per_stage()?;
+    Ok(cfg)
+}
+
+/// Loads the model `--weights` names: an `.ir` artifact, a PyTorch checkpoint, or a known
+/// pretrained name fetched into the cache.
+pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
+    let path = resolve_weights(args)?;
+    if is_ir(&path)? {
+        let model: ModelIr = read_artifact(&path)?;
+        if let Some(arch) = &args.arch {
+            if &model.meta.arch != arch {
+                bail!("{}: model is {}, --arch says {arch}", path.display(), model.meta.arch);
+            }
+        }
+        return Ok(model);
+    }
+    let expected = match &args.arch {
+        Some(a) => {
+            // The class count comes from the checkpoint; only depth is asserted here.
+            let sd = decomp_model::import::StateDict::read(&path)?;
+            let detected = sd.detect_resnet();
+            let classes = detected.as_ref().map_or(10, |c| c.num_classes);
+            let mut cfg = parse_arch(a, classes)?;
+            if let Some(d) = detected {
+                cfg = cfg.with_batch_norm(d.batch_norm).with_shortcut(d.shortcut).with_input(d.input);
+            }
+            Some(cfg)
+        }
+        None => None,
+    };
+    Ok(import_resnet(&path, expected.as_ref(), akamaster_norm(), None)
+        .with_context(|| format!("importing {}", path.display()))?)
+}
+
+fn resolve_weights(args: &ModelArgs) -> Result<PathBuf> {
+    let p = PathBuf::from(&args.weights);
+    if p.exists() {
+        return Ok(p);
+    }
+    if decomp_data::fetch::pretrained(&args.weights).is_some() {
+        let cache = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(decomp_data::fetch::default_cache_dir);
+        return Ok(decomp_data::fetch::fetch_weights(&args.weights, &cache)?);
+    }
+    bail!(
+        "{}: no such file, and not a known pretrained name (known: {})",
+        args.weights,
+        decomp_data::fetch::known_weights().join(", ")
+    )
+}
+
+fn is_ir(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = f.read(&mut magic).with_context(|| format!("reading {}", path.display()))?;
+    Ok(n == 8 && &magic == decomp_ir::artifact::MAGIC)
+}
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output `.ir` file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn import(a: ImportArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let hash = write_artifact(&a.out, &model)?;
+    println!(
+        "{}: {} ({} nodes, {} parameters, sha256 {})",
+        a.out.display(),
+        model.meta.arch,
+        model.graph.nodes.len(),
+        model.graph.num_params(),
+        decomp_ir::hex_hash(&hash)
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output burnpack file (`.bpk`).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let device = parse_device("cpu")?;
+    let net = decomp_model::burn_resnet::ResNet::from_ir(&model, &device)?;
+    net.export(&a.out)?;
+    println!("{}", a.out.display());
+    Ok(())
+}
+
+pub fn inspect(path: &Path) -> Result<()> {
+    let model: ModelIr = read_artifact(path)?;
+    let shapes = model.check()?;
+    println!("arch: {}", model.meta.arch);
+    println!("source: {}", model.meta.source);
+    println!("classes: {}", model.meta.class_names.join(", "));
+    println!(
+        "input norm: mean {:?} std {:?}",
+        model.meta.input_norm.mean, model.meta.input_norm.std
+    );
+    println!("parameters: {}", model.graph.num_params());
+    for (i, (n, s)) in model.graph.nodes.iter().zip(&shapes).enumerate() {
+        println!("{i:4} {:<24} {:<14} {:?} <- {:?}", n.name, n.op.kind(), s, n.inputs);
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Datasets in their official on-disk formats, streamed as normalized NCHW `f32` batches.
+//!
+//! * [`DatasetKind`] names a dataset (CIFAR-10, CIFAR-100 fine/coarse, Tiny ImageNet,
+//!   Fashion-MNIST, MNIST) and knows its folder name, classes, image shape and published
+//!   normalization; [`Split`] picks train or test (Tiny ImageNet's labelled `val`).
+//! * [`Dataset`] is an immutable, cheaply cloned *view*: shared raw storage (the raw file
+//!   bytes for CIFAR/IDX, the list of JPEG paths for Tiny ImageNet, or in-memory
+//!   [`Dataset::synthetic`] images for tests), the list of items in the view and a label map.
+//!   Views are narrowed and reordered without copying pixels ([`Dataset::subset_classes`],
+//!   [`Dataset::select`], [`Dataset::shuffled`], [`Dataset::split_at_fraction`],
+//!   [`Dataset::take`]) and decoded on demand ([`Dataset::batch`], the streaming
+//!   [`Dataset::batches`] iterator of [`Batch`]es, [`Dataset::raw_u8`]), after the optional
+//!   [`Dataset::with_resize`] / [`Dataset::with_channels`] transforms and the
+//!   [`Normalization`] `x = (pixel / 255 - mean) / std`.
+//! * [`fetch`] downloads official archives and pretrained weights with checksum verification
+//!   and atomic placement.
+//! * [`DataError`] is the one error type; it names the file, record and byte offset at fault.
+//!
+//! The crate knows nothing of tensors: the model crate turns a [`Batch`] into one.
+//!
+//! Memory: a loaded dataset holds at most its raw files (CIFAR, IDX) or paths (Tiny
+//! ImageNet); only one batch is decoded at a time. Nothing panics on malformed data.
+//!
+//! ```
+//! use decomp_data::Dataset;
+//!
+//! let data = Dataset::synthetic(3, 4, [3, 8, 8], 7);
+//! let (train, val) = data.split_at_fraction(0.25, 0);
+//! assert_eq!((train.len(), val.len()), (9, 3));
+//! for batch in train.shuffled(1).batches(4) {
+//!     let batch = batch?;
+//!     assert_eq!(batch.images.len(), batch.shape.iter().product::<usize>());
+//! }
+//! # Ok::<(), decomp_data::DataError>(())
+//! ```
+
+mod cifar;
+mod dataset;
+mod error;
+pub mod fetch;
+mod idx;
+mod kind;
+mod source;
+mod synthetic;
+mod tiny;
+mod transform;
+
+pub use cifar::{CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES};
+pub use dataset::{Batch, Batches, Dataset};
+pub use error::DataError;
+pub use idx::{FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_CLASSES};
+pub use kind::{DATA_DIR_ENV, DEBIAN_FASHION_MNIST_DIR, DatasetKind, Normalization, Split};
+
+/// `$DECOMP_DATA_DIR` if set and not empty, else `data` (relative to the working directory).
+pub fn default_data_dir() -> std::path::PathBuf {
+    std::env::var_os(DATA_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| "data".into(), Into::into)
+}

@@ -1,0 +1,177 @@
+//! Metrics and reports (stage crate): top-k accuracy and per-class accuracy from logits.
+//!
+//! [`Accumulator`] takes batches of scores and labels and produces an [`EvalReport`].
+//! Ranking ties are broken by class index (lower first), like an argmax that returns the
+//! first maximum, so results do not depend on sort stability.
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of metric computation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("batch has {scores} scores for {labels} labels and {classes} classes")]
+    Shape {
+        scores: usize,
+        labels: usize,
+        classes: usize,
+    },
+    #[error("label {label} at batch position {index} is out of range for {classes} classes")]
+    Label {
+        label: usize,
+        index: usize,
+        classes: usize,
+    },
+}
+
+/// Accuracy of a classifier on one dataset split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Top-1 accuracy in percent.
+    pub top1: f64,
+    /// Top-5 accuracy in percent (top-k with k = min(5, classes)).
+    pub top5: f64,
+    /// Number of images evaluated.
+    pub n: usize,
+    /// Top-1 accuracy per class in percent (NaN-free: classes without images report 0).
+    pub per_class: Vec<f64>,
+    /// Images per class.
+    pub per_class_n: Vec<usize>,
+}
+
+/// Rank of `label` among `scores` (0 = best); ties go to the lower class index.
+pub fn rank_of(scores: &[f32], label: usize) -> usize {
+    let s = scores[label];
+    scores
+        .iter()
+        .enumerate()
+        .filter(|&(i, &v)| v > s || (v == s && i < label))
+        .count()
+}
+
+/// Index of the highest score, first one on ties.
+pub fn argmax(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in scores.iter().enumerate() {
+        if v > scores[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Streams batches of `[batch, classes]` scores into accuracy counts.
+#[derive(Clone, Debug)]
+pub struct Accumulator {
+    classes: usize,
+    top1: usize,
+    top5: usize,
+    n: usize,
+    class_correct: Vec<usize>,
+    class_n: Vec<usize>,
+}
+
+impl Accumulator {
+    pub fn new(classes: usize) -> Self {
+        Self {
+            classes,
+            top1: 0,
+            top5: 0,
+            n: 0,
+            class_correct: vec![0; classes],
+            class_n: vec![0; classes],
+        }
+    }
+
+    /// Adds a batch: `scores` is row-major `[labels.len(), classes]`.
+    pub fn add(&mut self, scores: &[f32], labels: &[usize]) -> Result<(), EvalError> {
+        if scores.len() != labels.len() * self.classes {
+            return Err(EvalError::Shape {
+                scores: scores.len(),
+                labels: labels.len(),
+                classes: self.classes,
+            });
+        }
+        let k = self.classes.min(5);
+        for (i, (row, &label)) in scores.chunks_exact(self.classes).zip(labels).enumerate() {
+            if label >= self.classes {
+                return Err(EvalError::Label {
+                    label,
+                    index: i,
+                    classes: self.classes,
+                });
+            }
+            let r = rank_of(row, label);
+            self.n += 1;
+            self.class_n[label] += 1;
+            if r == 0 {
+                self.top1 += 1;
+                self.class_correct[label] += 1;
+            }
+            if r < k {
+                self.top5 += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Images seen so far.
+    pub fn count(&self) -> usize {
+        self.n
+    }
+
+    pub fn finish(&self) -> EvalReport {
+        let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        EvalReport {
+            top1: pct(self.top1, self.n),
+            top5: pct(self.top5, self.n),
+            n: self.n,
+            per_class: self
+                .class_correct
+                .iter()
+                .zip(&self.class_n)
+                .map(|(&c, &n)| pct(c, n))
+                .collect(),
+            per_class_n: self.class_n.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(scores: &[f32], labels: &[usize], classes: usize, top1: f64, top5: f64) {
+        let mut a = Accumulator::new(classes);
+        a.add(scores, labels).expect("valid batch");
+        let r = a.finish();
+        assert_eq!((r.top1, r.top5), (top1, top5), "scores {scores:?} labels {labels:?}");
+    }
+
+    #[test]
+    fn top1_and_top5() {
+        // 6 classes: label 0 ranked 1st, label 5 ranked 6th, label 2 ranked 5th.
+        let s = [9., 1., 2., 3., 4., 5.];
+        check(&s, &[0], 6, 100.0, 100.0);
+        check(&s, &[1], 6, 0.0, 0.0);
+        check(&s, &[2], 6, 0.0, 100.0);
+        check(&[s, s].concat(), &[0, 1], 6, 50.0, 50.0);
+    }
+
+    #[test]
+    fn ties_go_to_lower_index() {
+        check(&[1., 1.], &[0], 2, 100.0, 100.0);
+        check(&[1., 1.], &[1], 2, 0.0, 100.0);
+        assert_eq!(argmax(&[0., 3., 3.]), 1);
+    }
+
+    #[test]
+    fn per_class_and_errors() {
+        let mut a = Accumulator::new(2);
+        a.add(&[1., 0., 1., 0., 0., 1.], &[0, 1, 1]).expect("valid");
+        let r = a.finish();
+        assert_eq!(r.per_class, vec![100.0, 50.0]);
+        assert_eq!(r.per_class_n, vec![1, 2]);
+        assert!(a.add(&[1., 0.], &[2]).is_err());
+        assert!(a.add(&[1., 0., 3.], &[0]).is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The on-disk envelope shared by every artifact: magic, format version, kind, payload
+//! length and SHA-256, then the bincode payload.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "DECOMPIR"
+//! 8       2     format version (u16 LE)
+//! 10      2     artifact kind (u16 LE)
+//! 12      8     payload length in bytes (u64 LE)
+//! 20      32    SHA-256 of the payload
+//! 52      n     payload: bincode 2 (standard config) of the serde value
+//! ```
+//!
+//! Writes go to a temporary file in the destination folder, are synced, then renamed over
+//! the destination: a reader never sees a partial artifact.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::error::IrError;
+
+/// First bytes of every artifact.
+pub const MAGIC: &[u8; 8] = b"DECOMPIR";
+/// Format version written by this build.
+pub const FORMAT_VERSION: u16 = 1;
+/// Oldest format version this build reads.
+pub const MIN_FORMAT_VERSION: u16 = 1;
+/// Header size in bytes.
+pub const HEADER_LEN: usize = 52;
+/// Default largest artifact [`read_artifact`] accepts: 2 GiB.
+pub const DEFAULT_SIZE_LIMIT: u64 = 2 << 30;
+/// Hard ceiling bincode enforces while decoding (bytes claimed by containers).
+const DECODE_LIMIT: usize = 4 << 30;
+
+/// What an artifact holds; stored in the header so a stage never misreads another's file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArtifactKind {
+    Model = 1,
+    Module = 2,
+    ConcernSet = 3,
+    Report = 4,
+}
+
+impl ArtifactKind {
+    fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::Model,
+            2 => Self::Module,
+            3 => Self::ConcernSet,
+            4 => Self::Report,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ArtifactKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Model => "model",
+            Self::Module => "module",
+            Self::ConcernSet => "concern-set",
+            Self::Report => "report",
+        })
+    }
+}
+
+/// A value that can be stored as an artifact file.
+pub trait Artifact: Serialize + DeserializeOwned {
+    const KIND: ArtifactKind;
+    /// Checks invariants after decoding; the default accepts everything.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// Serializes `value` with its header. Returns the bytes and the payload's SHA-256.
+pub fn encode_artifact<T: Artifact>(value: &T) -> Result<(Vec<u8>, [u8; 32]), String> {
+    let payload =
+        bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| e.to_string())?;
+    let hash: [u8; 32] = Sha256::digest(&payload).into();
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(T::KIND as u16).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(&payload);
+    Ok((out, hash))
+}
+
+/// Parses artifact bytes; `origin` only names the source in errors.
+pub fn decode_artifact<T: Artifact>(bytes: &[u8], origin: &Path) -> Result<T, IrError> {
+    let corrupt = |msg: String| IrError::Corrupt {
+        path: origin.to_path_buf(),
+        msg,
+    };
+    if bytes.len() < HEADER_LEN {
+        if !bytes.starts_with(&MAGIC[..bytes.len().min(8)]) || bytes.len() < 8 {
+            return Err(IrError::BadMagic {
+                path: origin.to_path_buf(),
+                expected: "DECOMPIR",
+            });
+        }
+        return Err(corrupt(format!(
+            "truncated header: {} bytes, expected at least {HEADER_LEN}",
+            bytes.len()
+        )));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(IrError::BadMagic {
+            path: origin.to_path_buf(),
+            expected: "DECOMPIR",
+        });
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+        return Err(IrError::Version {
+            path: origin.to_path_buf(),
+            found: version,
+            min: MIN_FORMAT_VERSION,
+            max: FORMAT_VERSION,
+        });
+    }
+    let kind = u16::from_le_bytes([bytes[10], bytes[11]]);
+    if kind != T::KIND as u16 {
+        return Err(IrError::WrongKind {
+            path: origin.to_path_buf(),
+            found: ArtifactKind::from_u16(kind)
+                .map_or_else(|| format!("unknown ({kind})"), |k| k.to_string()),
+            expected: T::KIND,
+        });
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[12..20]);
+    let len = u64::from_le_bytes(len);
+    let payload = &bytes[HEADER_LEN..];
+    if len != payload.len() as u64 {
+        return Err(corrupt(format!(
+            "header at offset 12 declares a {len}-byte payload, the file holds {} bytes after the {HEADER_LEN}-byte header",
+            payload.len()
+        )));
+    }
+    let hash: [u8; 32] = Sha256::digest(payload).into();
+    if hash[..] != bytes[20..52] {
+        return Err(corrupt(
+            "payload SHA-256 does not match the header (offset 20): the file is damaged".into(),
+        ));
+    }
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(payload, bincode_config())
+        .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+    if used != payload.len() {
+        return Err(corrupt(format!(
+            "{} trailing bytes after the payload at offset {}",
+            payload.len() - used,
+            HEADER_LEN + used
+        )));
+    }
+    value
+        .validate()
+        .map_err(|msg| corrupt(format!("invalid {}: {msg}", T::KIND)))?;
+    Ok(value)
+}
+
+/// Writes `value` to `path` atomically (temp file + rename). Returns the payload SHA-256.
+pub fn write_artifact<T: Artifact>(path: &Path, value: &T) -> Result<[u8; 32], IrError> {
+    let (bytes, hash) = encode_artifact(value).map_err(|msg| IrError::Encode {
+        path: path.to_path_buf(),
+        msg,
+    })?;
+    write_atomic(path, &bytes)?;
+    Ok(hash)
+}
+
+/// Writes bytes to `path` through a synced temporary file renamed into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IrError> {
+    let io = |source| IrError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Reads an artifact of at most [`DEFAULT_SIZE_LIMIT`] bytes.
+pub fn read_artifact<T: Artifact>(path: &Path) -> Result<T, IrError> {
+    read_artifact_limited(path, DEFAULT_SIZE_LIMIT)
+}
+
+/// Reads an artifact, refusing files larger than `limit` bytes before reading them.
+pub fn read_artifact_limited<T: Artifact>(path: &Path, limit: u64) -> Result<T, IrError> {
+    let io = |source| IrError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > limit {
+        return Err(IrError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit,
+        });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit).read_to_end(&mut bytes).map_err(io)?;
+    decode_artifact(&bytes, path)
+}
+
+/// Lowercase hex of a hash.
+pub fn hex_hash(hash: &[u8; 32]) -> String {
+    hex::encode(hash)
+}

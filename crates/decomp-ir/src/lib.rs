@@ -1,0 +1,25 @@
+//! The serialized intermediate representation every decomp stage reads and writes.
+//!
+//! - [`Graph`] / [`Node`] / [`Op`]: a feed-forward CNN as typed ops over named nodes, with
+//!   shape inference and validation ([`Graph::validate`]).
+//! - [`ModelIr`]: a graph plus class names, input normalization and provenance.
+//! - [`BitSet`] / [`NodeMask`]: compact masks over node outputs, used by modules.
+//! - [`artifact`]: the file envelope (magic, format version, kind, length, SHA-256) and
+//!   atomic writes; [`read_artifact`] validates what it decodes.
+//!
+//! This crate depends on serde and bincode only: no tensor library enters the boundary.
+
+pub mod artifact;
+mod error;
+mod graph;
+mod mask;
+mod model;
+
+pub use artifact::{
+    Artifact, ArtifactKind, decode_artifact, encode_artifact, hex_hash, read_artifact,
+    read_artifact_limited, write_artifact, write_atomic,
+};
+pub use error::IrError;
+pub use graph::{Graph, Node, NodeId, Op, Shape, TensorData, checked_product};
+pub use mask::{BitSet, NodeMask};
+pub use model::{InputNorm, ModelIr, ModelMeta};

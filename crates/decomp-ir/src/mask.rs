@@ -1,0 +1,115 @@
+//! Compact boolean masks over node outputs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::NodeId;
+
+/// A fixed-length set of bits stored 64 to a word.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BitSet {
+    len: usize,
+    words: Vec<u64>,
+}
+
+impl BitSet {
+    /// `len` bits, all clear.
+    pub fn new(len: usize) -> Self {
+        Self {
+            len,
+            words: vec![0; len.div_ceil(64)],
+        }
+    }
+
+    /// `len` bits, all set.
+    pub fn full(len: usize) -> Self {
+        let mut s = Self {
+            len,
+            words: vec![u64::MAX; len.div_ceil(64)],
+        };
+        s.clear_tail();
+        s
+    }
+
+    fn clear_tail(&mut self) {
+        if let Some(last) = self.words.last_mut() {
+            let r = self.len % 64;
+            if r != 0 {
+                *last &= (1u64 << r) - 1;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether bit `i` is set; out-of-range bits read as clear.
+    pub fn get(&self, i: usize) -> bool {
+        i < self.len && self.words.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
+    /// Sets bit `i` to `v`. Panics when `i >= len` (a programming error, not user data).
+    pub fn set(&mut self, i: usize, v: bool) {
+        assert!(i < self.len, "bit {i} out of range {}", self.len);
+        let (w, b) = (i / 64, i % 64);
+        if v {
+            self.words[w] |= 1 << b;
+        } else {
+            self.words[w] &= !(1 << b);
+        }
+    }
+
+    /// Number of set bits.
+    pub fn count_ones(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Keeps only bits set in both (`self &= other`); lengths must match.
+    pub fn intersect_with(&mut self, other: &BitSet) {
+        assert_eq!(self.len, other.len, "bitset lengths differ");
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a &= b;
+        }
+    }
+
+    /// Whether every set bit of `self` is set in `other`.
+    pub fn is_subset(&self, other: &BitSet) -> bool {
+        self.len == other.len && self.words.iter().zip(&other.words).all(|(a, b)| a & !b == 0)
+    }
+
+    /// Iterates over the indices of set bits in increasing order.
+    pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len).filter(|&i| self.get(i))
+    }
+
+    /// Checks the invariant decoding cannot enforce: the word count fits the length and the
+    /// bits past the end are clear.
+    pub fn check(&self) -> Result<(), String> {
+        if self.words.len() != self.len.div_ceil(64) {
+            return Err(format!(
+                "bitset of {} bits needs {} words, found {}",
+                self.len,
+                self.len.div_ceil(64),
+                self.words.len()
+            ));
+        }
+        let mut c = self.clone();
+        c.clear_tail();
+        if c.words != self.words {
+            return Err("bitset has bits set past its length".into());
+        }
+        Ok(())
+    }
+}
+
+/// A mask over one node's output positions (`[c, h, w]` flattened row-major, or `[n]`):
+/// set bits are positions forced to zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMask {
+    pub node: NodeId,
+    pub zeroed: BitSet,
+}

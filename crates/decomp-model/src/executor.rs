@@ -1,0 +1,383 @@
+//! Runs any valid IR graph on a burn [`Device`].
+
+use std::collections::HashMap;
+
+use burn::tensor::module::{avg_pool2d, batch_norm, conv2d, linear, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData as BurnData, s};
+use decomp_ir::{ModelIr, NodeId, NodeMask, Op, Shape, TensorData};
+
+use crate::ModelError;
+
+/// A compiled graph: IR ops with their parameters uploaded to one device.
+pub struct Executor {
+    device: Device,
+    ops: Vec<ExecOp>,
+    inputs: Vec<Vec<NodeId>>,
+    names: Vec<String>,
+    shapes: Vec<Shape>,
+    output: NodeId,
+    /// For every node, the last node that reads it (intermediates are dropped after it).
+    last_use: Vec<NodeId>,
+}
+
+enum ExecOp {
+    Input,
+    Conv {
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+        options: ConvOptions<2>,
+    },
+    BatchNorm {
+        gamma: Tensor<1>,
+        beta: Tensor<1>,
+        mean: Tensor<1>,
+        var: Tensor<1>,
+        eps: f64,
+    },
+    Relu,
+    Add,
+    MaxPool(MaxPoolOptions<2>),
+    AvgPool(AvgPoolOptions<2>),
+    GlobalAvgPool,
+    Flatten,
+    /// Weight transposed to burn's `[in, out]`.
+    Linear {
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    },
+    ShortcutA {
+        stride: usize,
+        pad_before: usize,
+        pad_after: usize,
+    },
+}
+
+/// A node's value during a forward pass.
+#[derive(Clone)]
+enum Value {
+    /// `[batch, c, h, w]`
+    Map(Tensor<4>),
+    /// `[batch, n]`
+    Vec(Tensor<2>),
+}
+
+impl Value {
+    fn map(self) -> Tensor<4> {
+        match self {
+            Value::Map(t) => t,
+            Value::Vec(t) => {
+                let [b, n] = t.dims();
+                t.reshape([b, n, 1, 1])
+            }
+        }
+    }
+
+    fn flat(self) -> Tensor<2> {
+        match self {
+            Value::Vec(t) => t,
+            Value::Map(t) => {
+                let [b, c, h, w] = t.dims();
+                t.reshape([b, c * h * w])
+            }
+        }
+    }
+
+    fn mul(self, m: &Tensor<2>) -> Value {
+        match self {
+            Value::Vec(t) => Value::Vec(t * m.clone()),
+            Value::Map(t) => {
+                let [b, c, h, w] = t.dims();
+                Value::Map(t * m.clone().reshape([1, c, h, w]).expand([b, c, h, w]))
+            }
+        }
+    }
+}
+
+/// Masks compiled for one executor: per node, a `[1, positions]` tensor of 1 (keep) and 0
+/// (zeroed), multiplied into the node's output.
+pub struct CompiledMasks {
+    by_node: HashMap<NodeId, Tensor<2>>,
+}
+
+/// What a forward pass should do besides computing logits.
+#[derive(Default)]
+pub struct Probe<'a> {
+    /// Nodes whose outputs to return, flattened to `[batch, positions]`.
+    pub capture: &'a [NodeId],
+    /// Output positions to zero, applied right after each masked node.
+    pub masks: Option<&'a CompiledMasks>,
+}
+
+/// Logits and the captured node outputs of one forward pass.
+pub struct ForwardOutput {
+    /// `[batch, classes]`
+    pub logits: Tensor<2>,
+    /// Captured outputs in the order of [`Probe::capture`], each `[batch, positions]`.
+    pub captured: Vec<Tensor<2>>,
+}
+
+fn upload<const D: usize>(t: &TensorData, device: &Device) -> Tensor<D> {
+    Tensor::from_data(BurnData::new(t.data.clone(), t.shape.clone()), device)
+}
+
+impl Executor {
+    /// Validates `model` and uploads its parameters to `device`.
+    pub fn new(model: &ModelIr, device: &Device) -> Result<Self, ModelError> {
+        let shapes = model.check()?;
+        let graph = &model.graph;
+        let mut ops = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            ops.push(match &node.op {
+                Op::Input { .. } => ExecOp::Input,
+                Op::Conv2d {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    groups,
+                } => ExecOp::Conv {
+                    weight: upload(weight, device),
+                    bias: bias.as_ref().map(|b| upload(b, device)),
+                    options: ConvOptions::new(*stride, *padding, [1, 1], *groups),
+                },
+                Op::BatchNorm2d {
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    eps,
+                } => ExecOp::BatchNorm {
+                    gamma: upload(gamma, device),
+                    beta: upload(beta, device),
+                    mean: upload(running_mean, device),
+                    var: upload(running_var, device),
+                    eps: *eps,
+                },
+                Op::Relu => ExecOp::Relu,
+                Op::Add => ExecOp::Add,
+                Op::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                } => ExecOp::MaxPool(
+                    MaxPoolOptions::new(*kernel)
+                        .with_stride(*stride)
+                        .with_padding(*padding),
+                ),
+                Op::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                } => ExecOp::AvgPool(
+                    AvgPoolOptions::new(*kernel)
+                        .with_stride(*stride)
+                        .with_padding(*padding),
+                ),
+                Op::GlobalAvgPool => ExecOp::GlobalAvgPool,
+                Op::Flatten => ExecOp::Flatten,
+                Op::Linear { weight, bias } => ExecOp::Linear {
+                    weight: upload::<2>(weight, device).transpose(),
+                    bias: bias.as_ref().map(|b| upload(b, device)),
+                },
+                Op::ShortcutA {
+                    stride,
+                    pad_before,
+                    pad_after,
+                } => ExecOp::ShortcutA {
+                    stride: *stride,
+                    pad_before: *pad_before,
+                    pad_after: *pad_after,
+                },
+            });
+        }
+        let mut last_use: Vec<NodeId> = (0..graph.nodes.len()).collect();
+        for (id, node) in graph.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                last_use[i] = last_use[i].max(id);
+            }
+        }
+        last_use[graph.output] = usize::MAX;
+        Ok(Self {
+            device: device.clone(),
+            ops,
+            inputs: graph.nodes.iter().map(|n| n.inputs.clone()).collect(),
+            names: graph.nodes.iter().map(|n| n.name.clone()).collect(),
+            shapes,
+            output: graph.output,
+            last_use,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Output shape of every node (batch axis excluded).
+    pub fn shapes(&self) -> &[Shape] {
+        &self.shapes
+    }
+
+    /// Uploads a `[batch, c, h, w]` batch given as row-major values.
+    pub fn input_tensor(&self, values: Vec<f32>, batch: usize) -> Result<Tensor<4>, ModelError> {
+        let s = &self.shapes[0];
+        let per: usize = s.iter().product();
+        if values.len() != batch * per {
+            return Err(ModelError::InputShape {
+                found: vec![values.len()],
+                expected: s.clone(),
+            });
+        }
+        Ok(Tensor::from_data(
+            BurnData::new(values, [batch, s[0], s[1], s[2]]),
+            &self.device,
+        ))
+    }
+
+    /// Checks node masks against node shapes and uploads them as 0/1 multipliers.
+    pub fn compile_masks(&self, masks: &[NodeMask]) -> Result<CompiledMasks, ModelError> {
+        let mut by_node = HashMap::new();
+        for m in masks {
+            let shape = self.shapes.get(m.node).ok_or(ModelError::NoSuchNode(m.node))?;
+            let n: usize = shape.iter().product();
+            if m.zeroed.len() != n {
+                return Err(ModelError::MaskShape {
+                    node: m.node,
+                    name: self.names[m.node].clone(),
+                    found: m.zeroed.len(),
+                    expected: n,
+                });
+            }
+            let keep: Vec<f32> = (0..n)
+                .map(|i| if m.zeroed.get(i) { 0.0 } else { 1.0 })
+                .collect();
+            by_node.insert(
+                m.node,
+                Tensor::from_data(BurnData::new(keep, [1, n]), &self.device),
+            );
+        }
+        Ok(CompiledMasks { by_node })
+    }
+
+    /// Logits `[batch, classes]` of a `[batch, c, h, w]` input.
+    pub fn forward(&self, x: Tensor<4>) -> Result<Tensor<2>, ModelError> {
+        Ok(self.forward_probe(x, &Probe::default())?.logits)
+    }
+
+    /// Forward pass that can also capture node outputs and apply masks.
+    pub fn forward_probe(&self, x: Tensor<4>, probe: &Probe<'_>) -> Result<ForwardOutput, ModelError> {
+        let dims = x.dims();
+        if dims[1..] != self.shapes[0][..] {
+            return Err(ModelError::InputShape {
+                found: dims.to_vec(),
+                expected: self.shapes[0].clone(),
+            });
+        }
+        if let Some(&bad) = probe.capture.iter().find(|&&c| c >= self.ops.len()) {
+            return Err(ModelError::NoSuchNode(bad));
+        }
+        let mut values: Vec<Option<Value>> = vec![None; self.ops.len()];
+        let mut captured: Vec<Option<Tensor<2>>> = vec![None; probe.capture.len()];
+        let mut input = Some(x);
+        for (id, op) in self.ops.iter().enumerate() {
+            let arg = |k: usize| -> Value {
+                values[self.inputs[id][k]]
+                    .clone()
+                    .expect("validated graph: inputs computed before use")
+            };
+            let mut v = match op {
+                ExecOp::Input => Value::Map(input.take().expect("single input node")),
+                ExecOp::Conv {
+                    weight,
+                    bias,
+                    options,
+                } => Value::Map(conv2d(arg(0).map(), weight.clone(), bias.clone(), options.clone())),
+                ExecOp::BatchNorm {
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                    eps,
+                } => Value::Map(batch_norm(
+                    arg(0).map(),
+                    gamma.clone(),
+                    beta.clone(),
+                    mean.clone(),
+                    var.clone(),
+                    *eps,
+                )),
+                ExecOp::Relu => match arg(0) {
+                    Value::Map(t) => Value::Map(burn::tensor::activation::relu(t)),
+                    Value::Vec(t) => Value::Vec(burn::tensor::activation::relu(t)),
+                },
+                ExecOp::Add => match (arg(0), arg(1)) {
+                    (Value::Vec(a), b) => Value::Vec(a + b.flat()),
+                    (a, b) => Value::Map(a.map() + b.map()),
+                },
+                ExecOp::MaxPool(o) => Value::Map(max_pool2d(arg(0).map(), o.clone())),
+                ExecOp::AvgPool(o) => Value::Map(avg_pool2d(arg(0).map(), o.clone())),
+                ExecOp::GlobalAvgPool => {
+                    let t = arg(0).map(); // [b, c, h, w]
+                    Value::Map(t.mean_dim(3).mean_dim(2)) // [b, c, 1, 1]
+                }
+                ExecOp::Flatten => Value::Vec(arg(0).flat()),
+                ExecOp::Linear { weight, bias } => {
+                    Value::Vec(linear(arg(0).flat(), weight.clone(), bias.clone()))
+                }
+                ExecOp::ShortcutA {
+                    stride,
+                    pad_before,
+                    pad_after,
+                } => {
+                    let t = arg(0).map();
+                    let st = *stride as isize;
+                    let t = if *stride > 1 { t.slice(s![.., .., ..;st, ..;st]) } else { t };
+                    let [b, c, h, w] = t.dims();
+                    let mut parts = Vec::with_capacity(3);
+                    if *pad_before > 0 {
+                        parts.push(Tensor::zeros([b, *pad_before, h, w], &self.device));
+                    }
+                    parts.push(t);
+                    if *pad_after > 0 {
+                        parts.push(Tensor::zeros([b, *pad_after, h, w], &self.device));
+                    }
+                    let _ = c;
+                    Value::Map(Tensor::cat(parts, 1))
+                }
+            };
+            if let Some(m) = probe.masks.and_then(|m| m.by_node.get(&id)) {
+                v = v.mul(m);
+            }
+            for (slot, &c) in captured.iter_mut().zip(probe.capture) {
+                if c == id {
+                    *slot = Some(v.clone().flat());
+                }
+            }
+            for &i in &self.inputs[id] {
+                if self.last_use[i] == id {
+                    values[i] = None;
+                }
+            }
+            values[id] = Some(v);
+        }
+        let logits = values[self.output]
+            .take()
+            .expect("output computed")
+            .flat();
+        Ok(ForwardOutput {
+            logits,
+            captured: captured
+                .into_iter()
+                .map(|c| c.expect("every captured node is computed"))
+                .collect(),
+        })
+    }
+}
+
+/// Copies a burn tensor back into row-major `f32` values.
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 data after conversion")
+}

@@ -1,0 +1,24 @@
+//! Model construction, import and execution: the only place IR meets burn.
+//!
+//! - [`ResNetConfig`] builds CIFAR ResNets (20/32/44/56, with or without BatchNorm,
+//!   option-A or option-B shortcuts, any class count, 32x32 or 64x64 input) as [`ModelIr`].
+//! - [`import`] reads PyTorch checkpoints (legacy pickle and zip) into IR.
+//! - [`Executor`] runs any valid IR graph on a burn [`Device`], batched, and can capture
+//!   node outputs (pre-activations for concern identification) and apply node masks.
+//! - [`burn_resnet`] is a plain burn `Module` ResNet: the baseline the executor is
+//!   benchmarked against, and the route to burn's own record format (`.bpk`).
+//! - [`parse_device`] turns `cpu` / `cuda:N` / `wgpu` into a device.
+
+pub mod burn_resnet;
+mod device;
+mod error;
+mod executor;
+pub mod import;
+pub mod resnet;
+
+pub use burn::tensor::{Device, Tensor};
+pub use decomp_ir::ModelIr;
+pub use device::{available_devices, parse_device};
+pub use error::ModelError;
+pub use executor::{CompiledMasks, Executor, ForwardOutput, Probe, to_vec};
+pub use resnet::{ResNetConfig, Shortcut};
