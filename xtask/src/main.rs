@@ -1,1 +1,192 @@
-fn main() {}
+//! Orchestration: `cargo xtask run-experiment [NAME]`. Dependency-light by design: it
+//! spawns the `decomp` binary through cargo and links no burn.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run an experiment end to end and write its report under `results/<name>/`.
+    ///
+    /// Experiments: `eval` (default): the four pretrained CIFAR-10 ResNets evaluated on the
+    /// 4,000 lossless training images and on the CIFAR-10 test split.
+    RunExperiment {
+        /// Experiment name.
+        #[arg(default_value = "eval")]
+        name: String,
+        /// Folder holding `cifar-10-batches-bin/` and `cifar-10-train-first4000-lossless/`.
+        /// Default: $DECOMP_DATA_DIR, else `../shared/datasets` when it exists.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Folder holding the `resnet*.th` checkpoints. Default: `../shared/models/cifar10`
+        /// when it exists, else the known names are downloaded (`akamaster/resnetNN`).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// Where reports go.
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+        /// Cargo features for the decomp binary (e.g. `cuda`).
+        #[arg(long)]
+        features: Option<String>,
+        /// Device passed to every stage (cpu, cuda, wgpu).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Evaluate only the first N images of each split (quick runs).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::RunExperiment {
+            name,
+            data_dir,
+            models_dir,
+            out,
+            features,
+            device,
+            limit,
+        } => {
+            let data_dir = match data_dir.or_else(|| std::env::var_os("DECOMP_DATA_DIR").map(PathBuf::from)) {
+                Some(d) => d,
+                None => {
+                    let shared = root().join("../shared/datasets");
+                    if !shared.is_dir() {
+                        bail!(
+                            "no data folder: pass --data-dir or set DECOMP_DATA_DIR to a folder holding cifar-10-batches-bin/ \
+                             (official CIFAR-10 binary version: https://www.cs.toronto.edu/~kriz/cifar.html, or run \
+                             `cargo run -p decomp-cli -- fetch-data --dataset cifar10 --data-dir data`)"
+                        );
+                    }
+                    shared
+                }
+            };
+            let models_dir = models_dir.or_else(|| {
+                let d = root().join("../shared/models/cifar10");
+                d.is_dir().then_some(d)
+            });
+            let ctx = Ctx {
+                features,
+                device,
+                limit,
+            };
+            match name.as_str() {
+                "eval" => eval_experiment(&ctx, &data_dir, models_dir.as_deref(), &root().join(out).join("eval")),
+                other => bail!("unknown experiment {other:?}; known: eval"),
+            }
+        }
+    }
+}
+
+struct Ctx {
+    features: Option<String>,
+    device: String,
+    limit: Option<usize>,
+}
+
+impl Ctx {
+    /// Runs `decomp <args>` through cargo and returns its stdout.
+    fn decomp(&self, args: &[String]) -> Result<String> {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(root())
+            .args(["run", "--quiet", "--package", "decomp-cli", "--bin", "decomp"]);
+        if let Some(f) = &self.features {
+            cmd.args(["--features", f]);
+        }
+        cmd.arg("--").args(args);
+        eprintln!("+ decomp {}", args.join(" "));
+        let out = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("spawning cargo run -p decomp-cli")?;
+        if !out.status.success() {
+            bail!("decomp {} failed ({})", args.join(" "), out.status);
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+const ARCHS: [(&str, &str); 4] = [
+    ("resnet20", "resnet20-12fca82f.th"),
+    ("resnet32", "resnet32-d509ac18.th"),
+    ("resnet44", "resnet44-014dd654.th"),
+    ("resnet56", "resnet56-4bfd9763.th"),
+];
+
+fn eval_experiment(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let lossless = data_dir.join("cifar-10-train-first4000-lossless/train_first4000.bin");
+    let mut rows = Vec::new();
+    for (arch, file) in ARCHS {
+        let weights = match models_dir {
+            Some(d) => d.join(file).display().to_string(),
+            None => format!("akamaster/{arch}"),
+        };
+        let mut evals: Vec<(String, Vec<String>)> = vec![(
+            "test".into(),
+            vec!["--data-dir".into(), data_dir.display().to_string(), "--split".into(), "test".into()],
+        )];
+        if lossless.is_file() {
+            evals.insert(0, ("train_first4000_lossless".into(), vec!["--data-file".into(), lossless.display().to_string()]));
+        }
+        for (split, extra) in evals {
+            let mut args: Vec<String> = ["eval", "--arch", arch, "--weights", &weights, "--dataset", "cifar10", "--json", "--device", &ctx.device]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.extend(extra);
+            if let Some(n) = ctx.limit {
+                args.extend(["--limit".into(), n.to_string()]);
+            }
+            let v: Value = serde_json::from_str(ctx.decomp(&args)?.trim())?;
+            rows.push((arch, split, v));
+        }
+    }
+    let mut md = String::from(
+        "# Pretrained CIFAR-10 ResNets evaluated by decomp\n\n\
+         Generated by `cargo xtask run-experiment eval`. Weights: akamaster/pytorch_resnet_cifar10.\n\
+         The test split is the JPEG-derived rebuild in `shared/datasets` (about 10 points below the\n\
+         published accuracies); `train_first4000_lossless` are original training images (expect ~100%).\n\n\
+         | model | images | n | top-1 % | top-5 % | images/s |\n|---|---|---|---|---|---|\n",
+    );
+    let mut json = Vec::new();
+    for (arch, split, v) in &rows {
+        md.push_str(&format!(
+            "| {arch} | {split} | {} | {:.2} | {:.2} | {:.0} |\n",
+            v["n"], v["top1"].as_f64().unwrap_or(f64::NAN), v["top5"].as_f64().unwrap_or(f64::NAN),
+            v["images_per_second"].as_f64().unwrap_or(f64::NAN)
+        ));
+        json.push(serde_json::json!({"model": arch, "images": split, "result": v}));
+    }
+    write(&out.join("report.md"), &md)?;
+    write(&out.join("eval.json"), &serde_json::to_string_pretty(&json)?)?;
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
+}
+
+/// Writes through a temporary file and a rename, so a report is never half written.
+fn write(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

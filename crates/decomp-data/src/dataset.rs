@@ -18,7 +18,7 @@ use crate::{DataError, DatasetKind, Normalization, Split, transform};
 /// (`subset_classes`, `select`, `shuffled`, `split_at_fraction`, `take`) returns a new view
 /// of the same storage. Pixels are decoded only by [`Dataset::batch`], [`Dataset::batches`]
 /// and [`Dataset::raw_u8`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Dataset {
     source: Arc<Source>,
     /// Source item of each position of this view.
@@ -30,6 +30,18 @@ pub struct Dataset {
     normalization: Normalization,
     /// Output `[channels, height, width]`.
     shape: [usize; 3],
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("source", &self.source)
+            .field("len", &self.len())
+            .field("num_classes", &self.num_classes())
+            .field("image_shape", &self.shape)
+            .field("normalization", &self.normalization)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A decoded batch: normalized `f32` images in NCHW order plus their labels.
@@ -368,6 +380,9 @@ impl Dataset {
         } else {
             native
         };
+        if (h, w) == (h0, w0) {
+            return Ok(converted);
+        }
         Ok(transform::resize(&converted, c, [h0, w0], [h, w]))
     }
 

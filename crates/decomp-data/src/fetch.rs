@@ -151,7 +151,19 @@ pub fn download_verified(remote: &RemoteFile, dest_dir: &Path) -> Result<PathBuf
         }
         tracing::warn!(path = %dest.display(), "existing file has the wrong checksum, downloading again");
     }
+    let created = !dest_dir.exists();
     std::fs::create_dir_all(dest_dir).map_err(|e| DataError::io("create", dest_dir, e))?;
+    let result = stream_to(remote, dest_dir, &dest);
+    if result.is_err() && created {
+        // Leave nothing behind, not even the (now empty) folder created for the download.
+        std::fs::remove_dir(dest_dir).ok();
+    }
+    result
+}
+
+/// Streams `remote` into a temporary file in `dest_dir`, verifies it and renames it to `dest`.
+fn stream_to(remote: &RemoteFile, dest_dir: &Path, dest: &Path) -> Result<PathBuf, DataError> {
+    let expected = remote.checksum.expected_hex();
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{}.", remote.file_name))
         .suffix(".part")
@@ -164,7 +176,8 @@ pub fn download_verified(remote: &RemoteFile, dest_dir: &Path) -> Result<PathBuf
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_recv_body(Some(READ_TIMEOUT))
+        // A stall (no byte for READ_TIMEOUT) fails; a slow but steady transfer never does.
+        .timeout_per_read(Some(READ_TIMEOUT))
         .timeout_recv_response(Some(READ_TIMEOUT))
         .build()
         .into();
@@ -225,10 +238,10 @@ pub fn download_verified(remote: &RemoteFile, dest_dir: &Path) -> Result<PathBuf
     temp.as_file()
         .sync_all()
         .map_err(|e| DataError::io("sync", temp.path(), e))?;
-    temp.persist(&dest)
-        .map_err(|e| DataError::io("rename a temporary file to", &dest, e.error))?;
+    temp.persist(dest)
+        .map_err(|e| DataError::io("rename a temporary file to", dest, e.error))?;
     tracing::info!(bytes = done, path = %dest.display(), "downloaded and verified");
-    Ok(dest)
+    Ok(dest.to_path_buf())
 }
 
 fn found_display(checksum: &Checksum, found: &str) -> String {
@@ -410,8 +423,14 @@ pub fn download_dataset_from(
             ),
         });
     }
-    std::fs::rename(&staged, &folder)
-        .map_err(|e| DataError::io("rename the unpacked dataset to", &folder, e))?;
+    if let Err(e) = std::fs::rename(&staged, &folder) {
+        // Another process may have finished the same download first.
+        if folder.is_dir() && missing_files(kind, &folder).is_empty() {
+            tracing::info!(folder = %folder.display(), "dataset appeared meanwhile, keeping it");
+            return Ok(folder);
+        }
+        return Err(DataError::io("rename the unpacked dataset to", &folder, e));
+    }
     tracing::info!(folder = %folder.display(), "dataset downloaded and unpacked");
     Ok(folder)
 }

@@ -135,9 +135,7 @@ impl DatasetKind {
             }
             DatasetKind::TinyImageNet => "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
             DatasetKind::FashionMnist => "https://github.com/zalandoresearch/fashion-mnist",
-            DatasetKind::Mnist => {
-                "http://yann.lecun.com/exdb/mnist/ (mirror: https://ossci-datasets.s3.amazonaws.com/mnist/)"
-            }
+            DatasetKind::Mnist => "http://yann.lecun.com/exdb/mnist/",
         }
     }
 
@@ -204,7 +202,9 @@ impl DatasetKind {
             }
             DatasetKind::TinyImageNet => "(unpacks to tiny-imagenet-200/)",
             DatasetKind::FashionMnist => "(the four .gz files, into a folder named fashion-mnist/)",
-            DatasetKind::Mnist => "(the four .gz files, into a folder named mnist/)",
+            DatasetKind::Mnist => {
+                "(the four .gz files, also at https://ossci-datasets.s3.amazonaws.com/mnist/, into a folder named mnist/)"
+            },
         });
         if self == DatasetKind::FashionMnist {
             help.push_str(&format!(

@@ -57,3 +57,16 @@ pub fn default_data_dir() -> std::path::PathBuf {
         .filter(|v| !v.is_empty())
         .map_or_else(|| "data".into(), Into::into)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Views are shared across threads (data-loading workers, evaluation in parallel).
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Dataset>();
+        check::<crate::Batch>();
+        check::<crate::DataError>();
+        check::<crate::Normalization>();
+    }
+}

@@ -11,7 +11,7 @@
 //!
 //! Only paths and labels are kept; JPEGs are decoded per batch (grayscale ones to RGB).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::source::{Pixels, Source};
@@ -89,22 +89,21 @@ fn read_wnids(path: &Path) -> Result<Vec<String>, DataError> {
 
 /// The first name `words.txt` gives each wnid; the wnid itself when absent.
 fn class_names(words: &Path, wnids: &[String]) -> Result<Vec<String>, DataError> {
-    let mut first_names: HashMap<&str, String> = HashMap::new();
     let text = match std::fs::read_to_string(words) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(DataError::io("read", words, e)),
     };
-    let wanted: HashMap<&str, ()> = wnids.iter().map(|w| (w.as_str(), ())).collect();
+    let wanted: HashSet<&str> = wnids.iter().map(String::as_str).collect();
+    let mut first_names: HashMap<&str, &str> = HashMap::new();
     for line in text.lines() {
         let Some((wnid, names)) = line.split_once('\t') else {
             continue;
         };
-        if let Some((&key, ())) = wanted.get_key_value(wnid.trim()) {
-            let first = names.split(',').next().unwrap_or("").trim();
-            if !first.is_empty() {
-                first_names.entry(key).or_insert_with(|| first.to_string());
-            }
+        let wnid = wnid.trim();
+        let first = names.split(',').next().unwrap_or("").trim();
+        if wanted.contains(wnid) && !first.is_empty() {
+            first_names.entry(wnid).or_insert(first);
         }
     }
     Ok(wnids
@@ -112,8 +111,7 @@ fn class_names(words: &Path, wnids: &[String]) -> Result<Vec<String>, DataError>
         .map(|w| {
             first_names
                 .get(w.as_str())
-                .cloned()
-                .unwrap_or_else(|| w.clone())
+                .map_or_else(|| w.clone(), |name| (*name).to_string())
         })
         .collect())
 }
