@@ -2,6 +2,7 @@
 //! device, knows file locations and installs a tracing subscriber; every subcommand is one
 //! stage runnable on the artifacts of the previous one.
 
+mod decompose;
 mod eval;
 mod model_source;
 
@@ -65,6 +66,14 @@ pub struct DataArgs {
 enum Command {
     /// Evaluate a model on a dataset split: top-1, top-5 and per-class accuracy.
     Eval(eval::EvalArgs),
+    /// Concern identification: per class, the positions inactive for all its images.
+    Concern(decompose::ConcernArgs),
+    /// Tangling identification + concern modularization: module files from a concern set.
+    Tangle(decompose::TangleArgs),
+    /// Concern identification, then tangling identification and modularization.
+    Decompose(decompose::DecomposeArgs),
+    /// Compose module files (of one or several models) and evaluate them by voting.
+    Compose(decompose::ComposeArgs),
     /// Convert a PyTorch checkpoint into a decomp `.ir` model artifact.
     Import(model_source::ImportArgs),
     /// Write a model in burn's own record format (burnpack `.bpk`).
@@ -103,6 +112,10 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval(a) => eval::run(a),
+        Command::Concern(a) => decompose::concern(a),
+        Command::Tangle(a) => decompose::tangle(a),
+        Command::Decompose(a) => decompose::decompose(a),
+        Command::Compose(a) => decompose::compose_cmd(a),
         Command::Import(a) => model_source::import(a),
         Command::Export(a) => model_source::export(a),
         Command::FetchData { dataset, data_dir } => {

@@ -1,1 +1,286 @@
-//! placeholder
+//! Module composition (stage crate, METHOD.md section 3).
+//!
+//! [`vote`] / [`label_rank`] implement the voting rule on the modules' logit margins.
+//! [`compose`] runs any list of modules (of one or several models) over a dataset and
+//! returns per-image predictions; the modules of one model run as **one batched forward**
+//! ([`decomp_model::Executor::forward_modules`]), with the naive one-pass-per-module path
+//! kept as the reference ([`Mode::Naive`]). [`sizes`] reports module size and overlap.
+
+use std::collections::BTreeMap;
+
+use decomp_data::Dataset;
+use decomp_ir::analysis::{active_sets, module_size, overlap};
+use decomp_ir::{ModuleIr, Top5Ranking};
+use decomp_model::{Device, Executor, Probe, Tensor, to_vec};
+use serde::Serialize;
+
+/// Errors of composition.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error(transparent)]
+    Model(#[from] decomp_model::ModelError),
+    #[error(transparent)]
+    Data(#[from] decomp_data::DataError),
+    #[error("no modules to compose")]
+    Empty,
+    #[error("dataset has {dataset} classes but {modules} modules are composed (label i must be module i's class)")]
+    Classes { dataset: usize, modules: usize },
+    #[error("modules {a} and {b} come from models with the same hash but different graphs")]
+    HashClash { a: usize, b: usize },
+}
+
+/// How composed evaluation runs the modules of one model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One batched forward per model, masks stacked along a module axis.
+    Batched,
+    /// One forward pass per module (reference).
+    Naive,
+}
+
+/// The voting rule: among modules voting "mine" (margin > 0) the most confident; with no
+/// voter, the most confident module overall. Confidence is compared through the margin
+/// `z_mine - z_other`, a monotone function of the 2-way softmax that never saturates.
+pub fn vote(margins: &[f32]) -> usize {
+    let best_of = |it: &mut dyn Iterator<Item = usize>| -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for i in it {
+            if best.is_none_or(|b| margins[i] > margins[b]) {
+                best = Some(i);
+            }
+        }
+        best
+    };
+    let voters = &mut (0..margins.len()).filter(|&i| margins[i] > 0.0);
+    best_of(voters).or_else(|| best_of(&mut (0..margins.len()))).unwrap_or(0)
+}
+
+/// Rank (0 = first) of `label` in the composed ranking used for top-k.
+pub fn label_rank(margins: &[f32], label: usize, ranking: Top5Ranking) -> usize {
+    let key = |i: usize| -> (bool, f32) {
+        match ranking {
+            Top5Ranking::VotersFirst => (margins[i] > 0.0, margins[i]),
+            Top5Ranking::Confidence => (true, margins[i]),
+        }
+    };
+    let kl = key(label);
+    (0..margins.len())
+        .filter(|&i| {
+            let ki = key(i);
+            ki.0 & !kl.0 || (ki.0 == kl.0 && (ki.1 > kl.1 || (ki.1 == kl.1 && i < label)))
+        })
+        .count()
+}
+
+/// Per-image outcome of a composed evaluation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ComposedRun {
+    pub labels: Vec<usize>,
+    /// Voted class (index into the module list).
+    pub predicted: Vec<usize>,
+    /// Rank of the true label in the composed ranking.
+    pub label_rank: Vec<usize>,
+    /// Margins `[images][modules]`, kept for analysis.
+    pub margins: Vec<Vec<f32>>,
+    /// When every module comes from one model whose classes they cover in order: the rank
+    /// of the true label among that model's own logits (same images, same pass).
+    pub model_rank: Option<Vec<usize>>,
+}
+
+/// Modules of one source model, run together.
+struct Group {
+    exec: Executor,
+    members: Vec<usize>,
+    masks: decomp_model::ModuleMasks,
+    head_input: usize,
+    /// `[features, 2 * members]`: mine and other columns per member.
+    head_w: Tensor<2>,
+    head_b: Vec<f32>,
+    /// `[features, classes]` and bias of the model's own output layer.
+    model_w: Option<(Tensor<2>, Vec<f32>)>,
+}
+
+fn upload(data: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(burn_data(data, shape), device)
+}
+
+fn burn_data(data: Vec<f32>, shape: [usize; 2]) -> decomp_model::BurnTensorData {
+    decomp_model::BurnTensorData::new(data, shape)
+}
+
+fn groups(modules: &[ModuleIr], device: &Device, with_model: bool) -> Result<Vec<Group>, ComposeError> {
+    let mut by_hash: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, m) in modules.iter().enumerate() {
+        by_hash.entry(m.model_hash.as_str()).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    for members in by_hash.into_values() {
+        let first = &modules[members[0]];
+        for &m in &members[1..] {
+            if modules[m].model.graph != first.model.graph || modules[m].head.input != first.head.input {
+                return Err(ComposeError::HashClash { a: members[0], b: m });
+            }
+        }
+        let exec = Executor::new(&first.model, device)?;
+        let mask_lists: Vec<&[decomp_ir::NodeMask]> = members.iter().map(|&m| modules[m].masks.as_slice()).collect();
+        let masks = exec.compile_module_masks(&mask_lists)?;
+        let f = first.head.weight.shape[1];
+        let mut w = vec![0.0f32; f * 2 * members.len()];
+        let mut b = Vec::with_capacity(2 * members.len());
+        for (j, &m) in members.iter().enumerate() {
+            let h = &modules[m].head;
+            for r in 0..2 {
+                for u in 0..f {
+                    w[u * 2 * members.len() + 2 * j + r] = h.weight.data[r * f + u];
+                }
+                b.push(h.bias.data[r]);
+            }
+        }
+        let model_w = if with_model {
+            match &first.model.graph.nodes[first.model.graph.output].op {
+                decomp_ir::Op::Linear { weight, bias } => {
+                    let k = weight.shape[0];
+                    let mut wt = vec![0.0f32; f * k];
+                    for c in 0..k {
+                        for u in 0..f {
+                            wt[u * k + c] = weight.data[c * f + u];
+                        }
+                    }
+                    let bias = bias.as_ref().map_or(vec![0.0; k], |b| b.data.clone());
+                    Some((upload(wt, [f, k], device), bias))
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        out.push(Group {
+            head_input: first.head.input,
+            head_w: upload(w, [f, 2 * members.len()], device),
+            head_b: b,
+            exec,
+            members,
+            masks,
+            model_w,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `modules` over `data` and votes. Label `i` of `data` must be the class of
+/// `modules[i]` (use `Dataset::subset_classes` to arrange it).
+pub fn compose(
+    modules: &[ModuleIr],
+    data: &Dataset,
+    device: &Device,
+    batch_size: usize,
+    ranking: Top5Ranking,
+    mode: Mode,
+    progress: &mut dyn FnMut(usize),
+) -> Result<ComposedRun, ComposeError> {
+    if modules.is_empty() {
+        return Err(ComposeError::Empty);
+    }
+    if data.num_classes() != modules.len() {
+        return Err(ComposeError::Classes { dataset: data.num_classes(), modules: modules.len() });
+    }
+    let covers_model = modules.iter().all(|m| m.model_hash == modules[0].model_hash)
+        && modules.len() == modules[0].model.num_classes()
+        && modules.iter().enumerate().all(|(i, m)| m.class == i);
+    let groups = groups(modules, device, covers_model)?;
+    let mut run = ComposedRun { model_rank: covers_model.then(Vec::new), ..Default::default() };
+    for batch in data.batches(batch_size.max(1)) {
+        let b = batch?;
+        let n = b.labels.len();
+        let mut margins = vec![vec![0.0f32; modules.len()]; n];
+        for g in &groups {
+            let x = g.exec.input_tensor(b.images.clone(), n)?;
+            let feats: Vec<Tensor<2>> = match mode {
+                Mode::Batched => g.exec.forward_modules(x, &g.masks, g.head_input)?,
+                Mode::Naive => g
+                    .members
+                    .iter()
+                    .map(|&m| {
+                        let masks = g.exec.compile_masks(&modules[m].masks)?;
+                        let out = g.exec.forward_probe(x.clone(), &Probe { capture: &[g.head_input], masks: Some(&masks) })?;
+                        Ok(out.captured.into_iter().next().expect("one capture"))
+                    })
+                    .collect::<Result<_, decomp_model::ModelError>>()?,
+            };
+            let m2 = 2 * g.members.len();
+            for (j, (&m, feat)) in g.members.iter().zip(&feats).enumerate() {
+                let w = g.head_w.clone().narrow(1, 2 * j, 2); // [f, 2]
+                let z = to_vec(feat.clone().matmul(w)); // [n, 2]
+                for i in 0..n {
+                    let mine = z[2 * i] + g.head_b[2 * j];
+                    let other = z[2 * i + 1] + g.head_b[2 * j + 1];
+                    margins[i][m] = mine - other;
+                }
+            }
+            let _ = m2;
+            if let (Some((w, bias)), Some(ranks)) = (&g.model_w, run.model_rank.as_mut()) {
+                // The model itself: the unmasked features through its own output layer.
+                let plain = g.exec.forward_probe(g.exec.input_tensor(b.images.clone(), n)?, &Probe { capture: &[g.head_input], masks: None })?;
+                let logits = to_vec(plain.captured[0].clone().matmul(w.clone()));
+                let k = bias.len();
+                for i in 0..n {
+                    let row: Vec<f32> = (0..k).map(|c| logits[i * k + c] + bias[c]).collect();
+                    let l = b.labels[i];
+                    let r = row.iter().enumerate().filter(|&(c, &v)| v > row[l] || (v == row[l] && c < l)).count();
+                    ranks.push(r);
+                }
+            }
+        }
+        for (i, row) in margins.into_iter().enumerate() {
+            let label = b.labels[i];
+            run.predicted.push(vote(&row));
+            run.label_rank.push(label_rank(&row, label, ranking));
+            run.labels.push(label);
+            run.margins.push(row);
+        }
+        progress(n);
+    }
+    Ok(run)
+}
+
+/// Size of each module (fraction of the model's layer positions it keeps), and the overlap
+/// (Jaccard index of kept positions) of every pair of modules of the same model (`None`
+/// across models).
+#[derive(Clone, Debug, Serialize)]
+pub struct Sizes {
+    pub per_module: Vec<f64>,
+    pub mean: f64,
+    pub overlap: Vec<Vec<Option<f64>>>,
+    pub mean_overlap: f64,
+}
+
+pub fn sizes(modules: &[ModuleIr]) -> Result<Sizes, ComposeError> {
+    let mut per_module = Vec::new();
+    let mut sets = Vec::new();
+    for m in modules {
+        let shapes = m.model.check().map_err(decomp_model::ModelError::from)?;
+        per_module.push(module_size(&m.model.graph, &shapes, &m.masks));
+        sets.push(active_sets(&m.model.graph, &shapes, &m.masks));
+    }
+    let k = modules.len();
+    let mut ov = vec![vec![None; k]; k];
+    let (mut sum, mut cnt) = (0.0, 0usize);
+    for a in 0..k {
+        for b in 0..k {
+            if modules[a].model_hash == modules[b].model_hash {
+                let v = overlap(&sets[a], &sets[b]);
+                ov[a][b] = Some(v);
+                if a < b {
+                    sum += v;
+                    cnt += 1;
+                }
+            }
+        }
+    }
+    Ok(Sizes {
+        mean: per_module.iter().sum::<f64>() / k.max(1) as f64,
+        per_module,
+        overlap: ov,
+        mean_overlap: if cnt == 0 { 1.0 } else { sum / cnt as f64 },
+    })
+}

@@ -1,1 +1,171 @@
-//! placeholder
+//! Concern identification (stage crate, METHOD.md 2.1).
+//!
+//! [`identify`] runs each class's concerned training images through the unmodified model
+//! and keeps, per mask site, the positions whose pre-activation is `<= 0` for every one of
+//! them. Sites are IR nodes ([`mask_sites`]), so any graph the executor runs works; the
+//! statistics are reduced on the device batch by batch, never stored per image.
+
+use decomp_data::Dataset;
+use decomp_ir::{BitSet, ClassConcern, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op, PositiveFilter, SiteMasks};
+use decomp_model::{Executor, Probe, accumulate_active, to_vec};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+/// Errors of concern identification.
+#[derive(Debug, thiserror::Error)]
+pub enum ConcernError {
+    #[error(transparent)]
+    Model(#[from] decomp_model::ModelError),
+    #[error(transparent)]
+    Data(#[from] decomp_data::DataError),
+    #[error("class {class} is out of range for a {classes}-class model")]
+    Class { class: usize, classes: usize },
+    #[error("class {class} has no usable positive images ({available} images, filter {filter:?})")]
+    NoPositives {
+        class: usize,
+        available: usize,
+        filter: PositiveFilter,
+    },
+    #[error("dataset has {dataset} classes, the model {model}")]
+    Classes { dataset: usize, model: usize },
+}
+
+/// The nodes where masks are recorded and applied for `site`.
+pub fn mask_sites(model: &ModelIr, site: MaskSite) -> Vec<NodeId> {
+    let g = &model.graph;
+    match site {
+        MaskSite::ReluInput => g.relu_inputs(),
+        MaskSite::ConvOutput => g
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.op, Op::Conv2d { .. }))
+            .map(|(id, _)| match g.consumers(id).as_slice() {
+                [bn] if matches!(g.nodes[*bn].op, Op::BatchNorm2d { .. }) => *bn,
+                _ => id,
+            })
+            .collect(),
+    }
+}
+
+/// Deterministic order of the images of `class`, derived from the config seed.
+pub fn class_order(data: &Dataset, class: usize, seed: u64, salt: u64) -> Vec<usize> {
+    let mut idx = data.indices_of_class(class);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (class as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt);
+    idx.shuffle(&mut rng);
+    idx
+}
+
+fn softmax_prob(row: &[f32], class: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+    (row[class] - max).exp() / sum
+}
+
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Positions active (`> 0`) at `sites` for at least one image of `indices`.
+pub fn activity(
+    exec: &Executor,
+    data: &Dataset,
+    indices: &[usize],
+    sites: &[NodeId],
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<BitSet>, ConcernError> {
+    let shapes = exec.shapes();
+    let mut active: Vec<BitSet> = sites.iter().map(|&s| BitSet::new(shapes[s].iter().product())).collect();
+    let view = data.select(indices)?;
+    for batch in view.batches(batch_size.max(1)) {
+        let b = batch?;
+        let n = b.labels.len();
+        let out = exec.forward_probe(exec.input_tensor(b.images, n)?, &Probe { capture: sites, masks: None })?;
+        accumulate_active(&out.captured, None, &mut active);
+        progress(n);
+    }
+    Ok(active)
+}
+
+/// Concern identification for `classes` of `model` on its training data `train`.
+pub fn identify(
+    exec: &Executor,
+    model: &ModelIr,
+    train: &Dataset,
+    cfg: &DecompConfig,
+    classes: &[usize],
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<NodeId>, Vec<ClassConcern>), ConcernError> {
+    let k = model.num_classes();
+    if train.num_classes() != k {
+        return Err(ConcernError::Classes { dataset: train.num_classes(), model: k });
+    }
+    let sites = mask_sites(model, cfg.mask_site);
+    let shapes = exec.shapes();
+    let mut out = Vec::with_capacity(classes.len());
+    for &class in classes {
+        if class >= k {
+            return Err(ConcernError::Class { class, classes: k });
+        }
+        let span = tracing::info_span!("concern", class);
+        let _enter = span.enter();
+        let order = class_order(train, class, cfg.seed, 0);
+        let mut active: Vec<BitSet> = sites.iter().map(|&s| BitSet::new(shapes[s].iter().product())).collect();
+        let mut positives = Vec::new();
+        let want = cfg.positives_per_class;
+        let mut start = 0;
+        while positives.len() < want && start < order.len() {
+            // Ask for what is still missing (plus slack for filtered-out images).
+            let take = (want - positives.len()).max(1).min(batch_size.max(1));
+            let chunk = &order[start..(start + take).min(order.len())];
+            start += chunk.len();
+            let b = train.select(chunk)?.batch(0..chunk.len())?;
+            let n = b.labels.len();
+            let fwd = exec.forward_probe(exec.input_tensor(b.images, n)?, &Probe { capture: &sites, masks: None })?;
+            let logits = to_vec(fwd.logits);
+            let rows: Vec<usize> = (0..n)
+                .filter(|&i| {
+                    let row = &logits[i * k..(i + 1) * k];
+                    match cfg.positive_filter {
+                        PositiveFilter::All => true,
+                        PositiveFilter::Correct => argmax(row) == class,
+                        PositiveFilter::Confident(t) => argmax(row) == class && softmax_prob(row, class) > t,
+                    }
+                })
+                .take(want - positives.len())
+                .collect();
+            accumulate_active(&fwd.captured, Some(&rows), &mut active);
+            positives.extend(rows.iter().map(|&r| chunk[r]));
+            progress(n);
+        }
+        if positives.is_empty() {
+            return Err(ConcernError::NoPositives {
+                class,
+                available: order.len(),
+                filter: cfg.positive_filter,
+            });
+        }
+        tracing::debug!(positives = positives.len(), "concern identified");
+        out.push(ClassConcern {
+            class,
+            inactive: SiteMasks {
+                masks: sites
+                    .iter()
+                    .zip(&active)
+                    .map(|(&node, a)| NodeMask { node, zeroed: a.complement() })
+                    .collect(),
+            },
+            positives,
+        });
+    }
+    Ok((sites, out))
+}

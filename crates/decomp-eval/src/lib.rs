@@ -114,6 +114,23 @@ impl Accumulator {
         Ok(())
     }
 
+    /// Adds one image given the rank of its true label in some ranking (0 = predicted).
+    pub fn add_rank(&mut self, label: usize, rank: usize) -> Result<(), EvalError> {
+        if label >= self.classes {
+            return Err(EvalError::Label { label, index: self.n, classes: self.classes });
+        }
+        self.n += 1;
+        self.class_n[label] += 1;
+        if rank == 0 {
+            self.top1 += 1;
+            self.class_correct[label] += 1;
+        }
+        if rank < self.classes.min(5) {
+            self.top5 += 1;
+        }
+        Ok(())
+    }
+
     /// Images seen so far.
     pub fn count(&self) -> usize {
         self.n

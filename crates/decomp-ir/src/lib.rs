@@ -4,16 +4,20 @@
 //!   shape inference and validation ([`Graph::validate`]).
 //! - [`ModelIr`]: a graph plus class names, input normalization and provenance.
 //! - [`BitSet`] / [`NodeMask`]: compact masks over node outputs, used by modules.
+//! - [`DecompConfig`], [`ConcernSet`], [`ModuleIr`]: decomposition artifacts; every
+//!   open choice of the method is a named field of [`DecompConfig`].
 //! - [`artifact`]: the file envelope (magic, format version, kind, length, SHA-256) and
 //!   atomic writes; [`read_artifact`] validates what it decodes.
 //!
 //! This crate depends on serde and bincode only: no tensor library enters the boundary.
 
+pub mod analysis;
 pub mod artifact;
 mod error;
 mod graph;
 mod mask;
 mod model;
+mod module;
 
 pub use artifact::{
     Artifact, ArtifactKind, decode_artifact, encode_artifact, hex_hash, read_artifact,
@@ -23,3 +27,7 @@ pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Op, Shape, TensorData, checked_product};
 pub use mask::{BitSet, NodeMask};
 pub use model::{InputNorm, ModelIr, ModelMeta};
+pub use module::{
+    BinaryHead, BlnRule, ClassConcern, ConcernSet, DecompConfig, MaskSite, ModuleIr,
+    PositiveFilter, SampleCounts, SiteMasks, Top5Ranking, Variant,
+};

@@ -63,6 +63,27 @@ impl BitSet {
         }
     }
 
+    pub(crate) fn for_each_word(&mut self, other: &BitSet, f: impl Fn(&mut u64, u64)) {
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            f(a, *b);
+        }
+    }
+
+    /// Flips every bit (`!self`).
+    pub fn complement(&self) -> BitSet {
+        let mut c = Self {
+            len: self.len,
+            words: self.words.iter().map(|w| !w).collect(),
+        };
+        c.clear_tail();
+        c
+    }
+
+    /// The raw words, 64 bits each, bit `i` in word `i / 64` at position `i % 64`.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     /// Number of set bits.
     pub fn count_ones(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()

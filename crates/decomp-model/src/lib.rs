@@ -16,9 +16,11 @@ mod executor;
 pub mod import;
 pub mod resnet;
 
-pub use burn::tensor::{Device, Tensor};
+pub use burn::tensor::{Device, Tensor, TensorData as BurnTensorData};
 pub use decomp_ir::ModelIr;
 pub use device::{available_devices, parse_device};
 pub use error::ModelError;
-pub use executor::{CompiledMasks, Executor, ForwardOutput, Probe, to_vec};
+pub use executor::{
+    CompiledMasks, Executor, ForwardOutput, ModuleMasks, Probe, accumulate_active, to_vec,
+};
 pub use resnet::{ResNetConfig, Shortcut};

@@ -1,0 +1,410 @@
+//! `decomp concern`, `decomp tangle`, `decomp decompose` and `decomp compose`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use decomp_compose::{Mode, compose, sizes};
+use decomp_data::{Dataset, DatasetKind, Split};
+use decomp_eval::Accumulator;
+use decomp_ir::{
+    BlnRule, ConcernSet, DecompConfig, MaskSite, ModelIr, ModuleIr, PositiveFilter, Top5Ranking, Variant,
+    encode_artifact, hex_hash, read_artifact, write_artifact, write_atomic,
+};
+use decomp_model::{Executor, parse_device};
+use serde::Serialize;
+
+use crate::eval::open_dataset;
+use crate::{DataArgs, ModelArgs};
+
+/// Every open choice of the method, as flags (defaults from METHOD.md).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConfigArgs {
+    /// Concerned images per class (`min(N, available)`).
+    #[arg(long, default_value_t = 1000)]
+    positives: usize,
+    /// Which concerned images count: `correct` (classified correctly), `all`, or
+    /// `confident:T` (correct with softmax confidence > T).
+    #[arg(long, default_value = "correct")]
+    positive_filter: String,
+    /// Where masks are recorded and applied: `relu-input` or `conv-output`.
+    #[arg(long, default_value = "relu-input")]
+    mask_site: String,
+    /// MC-BLN rule: `algorithm2` (paper's Algorithm 2) or `only-other` (paper's prose).
+    #[arg(long, default_value = "algorithm2")]
+    bln_rule: String,
+    /// MC-BLN threshold.
+    #[arg(long, default_value_t = 0.5)]
+    bln_delta: f32,
+    /// Top-5 ranking: `voters-first` or `confidence`.
+    #[arg(long, default_value = "voters-first")]
+    top5_ranking: String,
+    /// Seed of every sampling choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl ConfigArgs {
+    pub fn config(&self, variant: Variant) -> Result<DecompConfig> {
+        let positive_filter = match self.positive_filter.as_str() {
+            "correct" => PositiveFilter::Correct,
+            "all" => PositiveFilter::All,
+            s => match s.strip_prefix("confident:").and_then(|t| t.parse::<f32>().ok()) {
+                Some(t) if (0.0..1.0).contains(&t) => PositiveFilter::Confident(t),
+                _ => bail!("--positive-filter {s:?}: expected correct, all or confident:T with 0 <= T < 1"),
+            },
+        };
+        let mask_site = match self.mask_site.as_str() {
+            "relu-input" => MaskSite::ReluInput,
+            "conv-output" => MaskSite::ConvOutput,
+            s => bail!("--mask-site {s:?}: expected relu-input or conv-output"),
+        };
+        let bln_rule = match self.bln_rule.as_str() {
+            "algorithm2" => BlnRule::Algorithm2,
+            "only-other" => BlnRule::OnlyOther,
+            s => bail!("--bln-rule {s:?}: expected algorithm2 or only-other"),
+        };
+        let top5_ranking = match self.top5_ranking.as_str() {
+            "voters-first" => Top5Ranking::VotersFirst,
+            "confidence" => Top5Ranking::Confidence,
+            s => bail!("--top5-ranking {s:?}: expected voters-first or confidence"),
+        };
+        if self.positives == 0 {
+            bail!("--positives must be at least 1");
+        }
+        Ok(DecompConfig {
+            variant,
+            positives_per_class: self.positives,
+            positive_filter,
+            mask_site,
+            bln_rule,
+            bln_delta: self.bln_delta,
+            top5_ranking,
+            seed: self.seed,
+        })
+    }
+}
+
+/// Flags shared by the stages that run a model over training data.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Classes to decompose (comma-separated); default all.
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn bar(len: u64, prefix: String) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(len).with_style(
+        indicatif::ProgressStyle::with_template("{prefix:>18} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    b.set_prefix(prefix);
+    b
+}
+
+fn model_hash(model: &ModelIr) -> Result<String> {
+    let (_, hash) = encode_artifact(model).map_err(anyhow::Error::msg)?;
+    Ok(hex_hash(&hash))
+}
+
+fn training_data(data: &DataArgs, model: &ModelIr) -> Result<Dataset> {
+    let mut d = data.clone();
+    d.split = "train".into();
+    d.limit = None;
+    open_dataset(&d, model)
+}
+
+#[derive(clap::Args)]
+pub struct ConcernArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Output concern-set artifact.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn run_concern(model: &ModelIr, model_path: &str, train: &Dataset, cfg: &DecompConfig, run: &RunArgs, dataset: &str) -> Result<ConcernSet> {
+    let device = parse_device(&run.device)?;
+    let exec = Executor::new(model, &device)?;
+    let classes: Vec<usize> = run.classes.clone().unwrap_or_else(|| (0..model.num_classes()).collect());
+    let start = Instant::now();
+    let b = bar((classes.len() * cfg.positives_per_class) as u64, "concern".into());
+    let (sites, concerns) = decomp_concern::identify(&exec, model, train, cfg, &classes, run.batch_size, &mut |n| b.inc(n as u64))?;
+    b.finish_and_clear();
+    Ok(ConcernSet {
+        model_hash: model_hash(model)?,
+        model_path: model_path.to_string(),
+        dataset: dataset.to_string(),
+        config: cfg.clone(),
+        sites,
+        classes: concerns,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+pub fn concern(a: ConcernArgs) -> Result<()> {
+    let model = crate::model_source::load_model(&a.model)?;
+    let train = training_data(&a.data, &model)?;
+    let cfg = a.config.config(Variant::McBln)?;
+    let set = run_concern(&model, &a.model.weights, &train, &cfg, &a.run, &a.data.dataset)?;
+    write_artifact(&a.out, &set)?;
+    eprintln!("concern set for {} classes in {:.1} s: {}", set.classes.len(), set.seconds, a.out.display());
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct TangleArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Concern-set artifact from `decomp concern` (its configuration is reused).
+    #[arg(long)]
+    concern: PathBuf,
+    /// Variants to build (comma-separated): ci-ti-mc, mc-bln, mc-bln-bi.
+    #[arg(long, value_delimiter = ',', default_value = "mc-bln")]
+    variants: Vec<String>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Output folder: one `<variant>/module_<class>.mod` per class and variant.
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+/// What `tangle` / `decompose` print and write as `summary.json`.
+#[derive(Serialize)]
+struct DecomposeSummary {
+    model: String,
+    model_hash: String,
+    concern_seconds: f64,
+    tangle_seconds: f64,
+    variants: Vec<String>,
+    modules: Vec<String>,
+}
+
+fn parse_variants(v: &[String]) -> Result<Vec<Variant>> {
+    v.iter()
+        .map(|s| Variant::parse(s).with_context(|| format!("unknown variant {s:?}: expected ci-ti-mc, mc-bln or mc-bln-bi")))
+        .collect()
+}
+
+fn run_tangle(model: &ModelIr, train: &Dataset, set: &ConcernSet, variants: &[Variant], run: &RunArgs, out_dir: &Path) -> Result<(Vec<String>, f64)> {
+    let device = parse_device(&run.device)?;
+    let exec = Executor::new(model, &device)?;
+    let start = Instant::now();
+    let mut written = Vec::new();
+    let total: usize = set.classes.iter().map(|c| c.positives.len()).sum();
+    let b = bar(total as u64, "tangle".into());
+    for concern in &set.classes {
+        let (sample, per_class) = decomp_tangle::unconcerned_sample(train, concern.class, concern.positives.len(), set.config.seed);
+        let untangled = decomp_tangle::untangle(&exec, train, concern, &sample, run.batch_size, &mut |n| b.inc(n as u64))?;
+        for &variant in variants {
+            let cfg = DecompConfig { variant, ..set.config.clone() };
+            let origin = decomp_tangle::ModuleOrigin {
+                model_hash: &set.model_hash,
+                model_path: &set.model_path,
+                provenance: format!("decomp {} ; dataset {} ; concern identification {:.1} s", env!("CARGO_PKG_VERSION"), set.dataset, set.seconds),
+            };
+            let module = decomp_tangle::build_module(model, concern, &untangled, sample.len(), per_class, &cfg, &origin)?;
+            let path = out_dir.join(variant.name()).join(format!("module_{:03}.mod", concern.class));
+            write_artifact(&path, &module)?;
+            written.push(path.display().to_string());
+        }
+    }
+    b.finish_and_clear();
+    Ok((written, start.elapsed().as_secs_f64()))
+}
+
+fn write_summary(out_dir: &Path, s: &DecomposeSummary) -> Result<()> {
+    write_atomic(&out_dir.join("summary.json"), serde_json::to_string_pretty(s)?.as_bytes())?;
+    println!("{}", serde_json::to_string(s)?);
+    Ok(())
+}
+
+pub fn tangle(a: TangleArgs) -> Result<()> {
+    let model = crate::model_source::load_model(&a.model)?;
+    let set: ConcernSet = read_artifact(&a.concern)?;
+    let hash = model_hash(&model)?;
+    if hash != set.model_hash {
+        bail!("{}: concern set was computed for model {} ({}), --weights is {hash}", a.concern.display(), set.model_path, set.model_hash);
+    }
+    let train = training_data(&a.data, &model)?;
+    let variants = parse_variants(&a.variants)?;
+    let (modules, secs) = run_tangle(&model, &train, &set, &variants, &a.run, &a.out_dir)?;
+    write_summary(&a.out_dir, &DecomposeSummary {
+        model: set.model_path.clone(),
+        model_hash: hash,
+        concern_seconds: set.seconds,
+        tangle_seconds: secs,
+        variants: a.variants.clone(),
+        modules,
+    })
+}
+
+#[derive(clap::Args)]
+pub struct DecomposeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Variants to build (comma-separated): ci-ti-mc, mc-bln, mc-bln-bi.
+    #[arg(long, value_delimiter = ',', default_value = "mc-bln")]
+    variants: Vec<String>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Output folder: `concern.cs`, `<variant>/module_<class>.mod`, `summary.json`.
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+pub fn decompose(a: DecomposeArgs) -> Result<()> {
+    let model = crate::model_source::load_model(&a.model)?;
+    let train = training_data(&a.data, &model)?;
+    let variants = parse_variants(&a.variants)?;
+    let cfg = a.config.config(variants.first().copied().unwrap_or(Variant::McBln))?;
+    let set = run_concern(&model, &a.model.weights, &train, &cfg, &a.run, &a.data.dataset)?;
+    write_artifact(&a.out_dir.join("concern.cs"), &set)?;
+    let (modules, secs) = run_tangle(&model, &train, &set, &variants, &a.run, &a.out_dir)?;
+    write_summary(&a.out_dir, &DecomposeSummary {
+        model: a.model.weights.clone(),
+        model_hash: set.model_hash.clone(),
+        concern_seconds: set.seconds,
+        tangle_seconds: secs,
+        variants: a.variants.clone(),
+        modules,
+    })
+}
+
+#[derive(clap::Args)]
+pub struct ComposeArgs {
+    /// Module files; composed class i is the class of the i-th module.
+    #[arg(required = true)]
+    modules: Vec<PathBuf>,
+    /// Dataset and split to evaluate on. The dataset's classes are matched to the modules'
+    /// classes by index (`--classes` selects and orders them).
+    #[command(flatten)]
+    data: DataArgs,
+    /// Dataset class of each module, in module order (default: each module's own class).
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Run one forward pass per module instead of one batched pass (reference path).
+    #[arg(long)]
+    naive: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct ComposeOutput {
+    modules: Vec<String>,
+    classes: Vec<String>,
+    variant: String,
+    config: DecompConfig,
+    n: usize,
+    composed_top1: f64,
+    composed_top5: f64,
+    composed_per_class: Vec<f64>,
+    model_top1: Option<f64>,
+    model_top5: Option<f64>,
+    model_per_class: Option<Vec<f64>>,
+    module_size: Vec<f64>,
+    mean_module_size: f64,
+    mean_overlap: f64,
+    overlap: Vec<Vec<Option<f64>>>,
+    seconds: f64,
+    mode: String,
+}
+
+pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
+    let modules: Vec<ModuleIr> = a
+        .modules
+        .iter()
+        .map(|p| read_artifact(p).with_context(|| format!("reading module {}", p.display())))
+        .collect::<Result<_>>()?;
+    let classes: Vec<usize> = a.classes.clone().unwrap_or_else(|| modules.iter().map(|m| m.class).collect());
+    if classes.len() != modules.len() {
+        bail!("--classes lists {} classes for {} modules", classes.len(), modules.len());
+    }
+    let full = open_dataset(&a.data, &modules[0].model)?;
+    let kind = DatasetKind::parse(&a.data.dataset)?;
+    let _: Split = a.data.split.parse()?;
+    let identity = classes.len() == full.num_classes() && classes.iter().enumerate().all(|(i, &c)| i == c);
+    let data = if identity { full } else { full.subset_classes(&classes)? };
+    let device = parse_device(&a.device)?;
+    let start = Instant::now();
+    let b = bar(data.len() as u64, format!("compose {}", modules.len()));
+    let mode = if a.naive { Mode::Naive } else { Mode::Batched };
+    let ranking = modules[0].config.top5_ranking;
+    let run = compose(&modules, &data, &device, a.batch_size, ranking, mode, &mut |n| b.inc(n as u64))?;
+    b.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let k = modules.len();
+    let mut acc = Accumulator::new(k);
+    for (&l, &r) in run.labels.iter().zip(&run.label_rank) {
+        acc.add_rank(l, r)?;
+    }
+    let composed = acc.finish();
+    let model = run.model_rank.as_ref().map(|ranks| {
+        let mut acc = Accumulator::new(k);
+        for (&l, &r) in run.labels.iter().zip(ranks) {
+            acc.add_rank(l, r).expect("labels checked above");
+        }
+        acc.finish()
+    });
+    let s = sizes(&modules)?;
+    let out = ComposeOutput {
+        modules: a.modules.iter().map(|p| p.display().to_string()).collect(),
+        classes: modules.iter().map(|m| m.class_name.clone()).collect(),
+        variant: modules[0].config.variant.name().into(),
+        config: modules[0].config.clone(),
+        n: composed.n,
+        composed_top1: composed.top1,
+        composed_top5: composed.top5,
+        composed_per_class: composed.per_class.clone(),
+        model_top1: model.as_ref().map(|m| m.top1),
+        model_top5: model.as_ref().map(|m| m.top5),
+        model_per_class: model.map(|m| m.per_class),
+        module_size: s.per_module,
+        mean_module_size: s.mean,
+        mean_overlap: s.mean_overlap,
+        overlap: s.overlap,
+        seconds,
+        mode: format!("{mode:?}").to_lowercase(),
+    };
+    let _ = kind;
+    let text = serde_json::to_string(&out)?;
+    if let Some(p) = &a.out {
+        write_atomic(p, text.as_bytes())?;
+    }
+    if a.json {
+        println!("{text}");
+    } else {
+        println!("{} modules on {} images ({:.1} s, {})", k, out.n, seconds, out.mode);
+        if let (Some(t1), Some(t5)) = (out.model_top1, out.model_top5) {
+            println!("model     top-1 {t1:.2}%  top-5 {t5:.2}%");
+        }
+        println!("composed  top-1 {:.2}%  top-5 {:.2}%", out.composed_top1, out.composed_top5);
+        println!("module size mean {:.3}, mean pairwise overlap {:.3}", out.mean_module_size, out.mean_overlap);
+    }
+    Ok(())
+}
