@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use decomp_data::Dataset;
 use decomp_ir::analysis::{active_sets, module_size, overlap};
 use decomp_ir::{ModuleIr, Top5Ranking};
-use decomp_model::{Device, Executor, Probe, Tensor, to_vec};
+use decomp_model::{Device, Executor, Probe, to_vec};
 use serde::Serialize;
 
 /// Errors of composition.
@@ -91,21 +91,12 @@ pub struct ComposedRun {
 struct Group {
     exec: Executor,
     members: Vec<usize>,
+    /// Masks of the members, then (when the model is evaluated too) an empty mask list.
     masks: decomp_model::ModuleMasks,
     head_input: usize,
-    /// `[features, 2 * members]`: mine and other columns per member.
-    head_w: Tensor<2>,
-    head_b: Vec<f32>,
-    /// `[features, classes]` and bias of the model's own output layer.
-    model_w: Option<(Tensor<2>, Vec<f32>)>,
-}
-
-fn upload(data: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
-    Tensor::from_data(burn_data(data, shape), device)
-}
-
-fn burn_data(data: Vec<f32>, shape: [usize; 2]) -> decomp_model::BurnTensorData {
-    decomp_model::BurnTensorData::new(data, shape)
+    features: usize,
+    /// The model's own output layer `[classes][features]` and bias, when evaluated.
+    model_head: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 fn groups(modules: &[ModuleIr], device: &Device, with_model: bool) -> Result<Vec<Group>, ComposeError> {
@@ -122,32 +113,16 @@ fn groups(modules: &[ModuleIr], device: &Device, with_model: bool) -> Result<Vec
             }
         }
         let exec = Executor::new(&first.model, device)?;
-        let mask_lists: Vec<&[decomp_ir::NodeMask]> = members.iter().map(|&m| modules[m].masks.as_slice()).collect();
-        let masks = exec.compile_module_masks(&mask_lists)?;
-        let f = first.head.weight.shape[1];
-        let mut w = vec![0.0f32; f * 2 * members.len()];
-        let mut b = Vec::with_capacity(2 * members.len());
-        for (j, &m) in members.iter().enumerate() {
-            let h = &modules[m].head;
-            for r in 0..2 {
-                for u in 0..f {
-                    w[u * 2 * members.len() + 2 * j + r] = h.weight.data[r * f + u];
-                }
-                b.push(h.bias.data[r]);
-            }
+        let mut mask_lists: Vec<&[decomp_ir::NodeMask]> = members.iter().map(|&m| modules[m].masks.as_slice()).collect();
+        if with_model {
+            mask_lists.push(&[]);
         }
-        let model_w = if with_model {
+        let masks = exec.compile_module_masks(&mask_lists)?;
+        let model_head = if with_model {
             match &first.model.graph.nodes[first.model.graph.output].op {
                 decomp_ir::Op::Linear { weight, bias } => {
                     let k = weight.shape[0];
-                    let mut wt = vec![0.0f32; f * k];
-                    for c in 0..k {
-                        for u in 0..f {
-                            wt[u * k + c] = weight.data[c * f + u];
-                        }
-                    }
-                    let bias = bias.as_ref().map_or(vec![0.0; k], |b| b.data.clone());
-                    Some((upload(wt, [f, k], device), bias))
+                    Some((weight.data.clone(), bias.as_ref().map_or(vec![0.0; k], |b| b.data.clone())))
                 }
                 _ => None,
             }
@@ -155,16 +130,26 @@ fn groups(modules: &[ModuleIr], device: &Device, with_model: bool) -> Result<Vec
             None
         };
         out.push(Group {
+            features: first.head.weight.shape[1],
             head_input: first.head.input,
-            head_w: upload(w, [f, 2 * members.len()], device),
-            head_b: b,
             exec,
             members,
             masks,
-            model_w,
+            model_head,
         });
     }
     Ok(out)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Margin `z_mine - z_other` of `module` on features `f`.
+fn margin(module: &ModuleIr, f: &[f32]) -> f32 {
+    let h = &module.head;
+    let n = f.len();
+    (dot(&h.weight.data[..n], f) + h.bias.data[0]) - (dot(&h.weight.data[n..], f) + h.bias.data[1])
 }
 
 /// Runs `modules` over `data` and votes. Label `i` of `data` must be the class of
@@ -195,36 +180,36 @@ pub fn compose(
         let mut margins = vec![vec![0.0f32; modules.len()]; n];
         for g in &groups {
             let x = g.exec.input_tensor(b.images.clone(), n)?;
-            let feats: Vec<Tensor<2>> = match mode {
+            let feats: Vec<Vec<f32>> = match mode {
                 Mode::Batched => g.exec.forward_modules(x, &g.masks, g.head_input)?,
-                Mode::Naive => g
-                    .members
-                    .iter()
-                    .map(|&m| {
-                        let masks = g.exec.compile_masks(&modules[m].masks)?;
-                        let out = g.exec.forward_probe(x.clone(), &Probe { capture: &[g.head_input], masks: Some(&masks) })?;
-                        Ok(out.captured.into_iter().next().expect("one capture"))
-                    })
-                    .collect::<Result<_, decomp_model::ModelError>>()?,
+                Mode::Naive => {
+                    let mut lists: Vec<&[decomp_ir::NodeMask]> = g.members.iter().map(|&m| modules[m].masks.as_slice()).collect();
+                    if g.model_head.is_some() {
+                        lists.push(&[]);
+                    }
+                    lists
+                        .into_iter()
+                        .map(|masks| {
+                            let masks = g.exec.compile_masks(masks)?;
+                            let out = g.exec.forward_probe(x.clone(), &Probe { capture: &[g.head_input], masks: Some(&masks) })?;
+                            Ok(to_vec(out.captured.into_iter().next().expect("one capture")))
+                        })
+                        .collect::<Result<_, decomp_model::ModelError>>()?
+                }
             };
-            let m2 = 2 * g.members.len();
-            for (j, (&m, feat)) in g.members.iter().zip(&feats).enumerate() {
-                let w = g.head_w.clone().narrow(1, 2 * j, 2); // [f, 2]
-                let z = to_vec(feat.clone().matmul(w)); // [n, 2]
-                for i in 0..n {
-                    let mine = z[2 * i] + g.head_b[2 * j];
-                    let other = z[2 * i + 1] + g.head_b[2 * j + 1];
-                    margins[i][m] = mine - other;
+            let f = g.features;
+            for (&m, fm) in g.members.iter().zip(&feats) {
+                for (i, row) in margins.iter_mut().enumerate() {
+                    row[m] = margin(&modules[m], &fm[i * f..(i + 1) * f]);
                 }
             }
-            let _ = m2;
-            if let (Some((w, bias)), Some(ranks)) = (&g.model_w, run.model_rank.as_mut()) {
-                // The model itself: the unmasked features through its own output layer.
-                let plain = g.exec.forward_probe(g.exec.input_tensor(b.images.clone(), n)?, &Probe { capture: &[g.head_input], masks: None })?;
-                let logits = to_vec(plain.captured[0].clone().matmul(w.clone()));
+            if let (Some((w, bias)), Some(ranks)) = (&g.model_head, run.model_rank.as_mut()) {
+                // The model itself: its unmasked features through its own output layer.
+                let base = feats.last().expect("model features");
                 let k = bias.len();
                 for i in 0..n {
-                    let row: Vec<f32> = (0..k).map(|c| logits[i * k + c] + bias[c]).collect();
+                    let x = &base[i * f..(i + 1) * f];
+                    let row: Vec<f32> = (0..k).map(|c| dot(&w[c * f..(c + 1) * f], x) + bias[c]).collect();
                     let l = b.labels[i];
                     let r = row.iter().enumerate().filter(|&(c, &v)| v > row[l] || (v == row[l] && c < l)).count();
                     ranks.push(r);
@@ -259,8 +244,9 @@ pub fn sizes(modules: &[ModuleIr]) -> Result<Sizes, ComposeError> {
     let mut sets = Vec::new();
     for m in modules {
         let shapes = m.model.check().map_err(decomp_model::ModelError::from)?;
-        per_module.push(module_size(&m.model.graph, &shapes, &m.masks));
-        sets.push(active_sets(&m.model.graph, &shapes, &m.masks));
+        let removed: Vec<decomp_ir::NodeMask> = m.masks.iter().chain(&m.dead).cloned().collect();
+        per_module.push(module_size(&m.model.graph, &shapes, &removed));
+        sets.push(active_sets(&m.model.graph, &shapes, &removed));
     }
     let k = modules.len();
     let mut ov = vec![vec![None; k]; k];

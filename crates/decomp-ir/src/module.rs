@@ -146,7 +146,8 @@ impl Artifact for ConcernSet {
     }
 }
 
-/// The 2-way output layer of a module: row 0 = mine, row 1 = other.
+/// The 2-way output layer of a module: row 0 = mine, row 1 = other. Head inputs removed
+/// by MC-BLN have zero weight in both rows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BinaryHead {
     /// Node whose output feeds the head (the flatten input of the original linear layer).
@@ -176,8 +177,13 @@ pub struct ModuleIr {
     pub model_hash: String,
     pub model_path: String,
     pub model: ModelIr,
-    /// Positions forced to zero, per node.
+    /// Positions forced to zero at inference, per node (concern and tangling
+    /// identification).
     pub masks: Vec<NodeMask>,
+    /// Positions removed by backtracking (MC-BLN, MC-BI) that cannot influence the module's
+    /// output given `masks` and `head`: they count toward module size and physical
+    /// extraction, and need not be applied at inference.
+    pub dead: Vec<NodeMask>,
     pub head: BinaryHead,
     pub config: DecompConfig,
     pub counts: SampleCounts,
@@ -189,7 +195,7 @@ impl Artifact for ModuleIr {
     const KIND: ArtifactKind = ArtifactKind::Module;
     fn validate(&self) -> Result<(), String> {
         let shapes = self.model.check().map_err(|e| e.to_string())?;
-        for m in &self.masks {
+        for m in self.masks.iter().chain(&self.dead) {
             m.zeroed.check()?;
             let Some(shape) = shapes.get(m.node) else {
                 return Err(format!("mask for node {} beyond the graph", m.node));

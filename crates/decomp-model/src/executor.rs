@@ -394,12 +394,16 @@ impl Executor {
     }
 }
 
-/// Masks of several modules over one model, compiled for [`Executor::forward_modules`].
-/// Identical masks are stored once, so modules that zero the same positions share work.
+/// Masks of several modules (at most 64) over one model, compiled for
+/// [`Executor::forward_modules`]. Identical masks are stored once.
 pub struct ModuleMasks {
     modules: usize,
-    /// Per masked node: for each module the index of its mask in `distinct`, if any.
-    by_node: HashMap<NodeId, (Vec<Option<usize>>, Vec<Tensor<2>>)>,
+    /// Per masked node: its distinct masks, each with the set of modules using it (bit m =
+    /// module m) and its `[1, positions]` indicator (1 = zeroed).
+    by_node: HashMap<NodeId, Vec<(u64, Tensor<2>)>>,
+    /// Nodes whose consumers are all ReLUs: there a mask changes nothing on an image whose
+    /// masked positions are all `<= 0`.
+    relu_fed: Vec<bool>,
 }
 
 impl ModuleMasks {
@@ -408,81 +412,80 @@ impl ModuleMasks {
     }
 }
 
-/// A value shared by groups of modules: `tensor` holds `groups` blocks of `batch` rows,
-/// module `m` reads block `group_of[m]`.
+/// Rows of some images that share one value for a set of modules: row `i` of `value` is
+/// image `rows[i]` as seen by every module in the bit set `members[i]`.
 #[derive(Clone)]
-struct Grouped {
-    group_of: Vec<usize>,
-    groups: usize,
+struct Branch {
+    rows: Vec<usize>,
+    members: Vec<u64>,
     value: Value,
 }
 
-/// Renumbers per-module keys into dense group ids in order of first appearance.
-fn regroup<K: PartialEq + Clone>(keys: &[K]) -> (Vec<usize>, Vec<K>) {
-    let mut seen: Vec<K> = Vec::new();
-    let ids = keys
-        .iter()
-        .map(|k| match seen.iter().position(|s| s == k) {
-            Some(i) => i,
-            None => {
-                seen.push(k.clone());
-                seen.len() - 1
-            }
-        })
-        .collect();
-    (ids, seen)
+fn select_rows(v: &Value, pos: &[usize], device: &Device) -> Value {
+    let idx: Vec<i64> = pos.iter().map(|&p| p as i64).collect();
+    let idx = Tensor::<1, burn::tensor::Int>::from_data(BurnData::new(idx, [pos.len()]), device);
+    match v {
+        Value::Map(t) => Value::Map(t.clone().select(0, idx)),
+        Value::Vec(t) => Value::Vec(t.clone().select(0, idx)),
+    }
 }
 
 impl Executor {
     /// Compiles the masks of `modules.len()` modules (each a list of node masks).
     pub fn compile_module_masks(&self, modules: &[&[NodeMask]]) -> Result<ModuleMasks, ModelError> {
-        let mut by_node: HashMap<NodeId, (Vec<Option<usize>>, Vec<decomp_ir::BitSet>)> = HashMap::new();
+        if modules.len() > 64 {
+            return Err(ModelError::Config(format!(
+                "at most 64 modules of one model run together, found {}",
+                modules.len()
+            )));
+        }
+        let mut by_node: HashMap<NodeId, Vec<(u64, decomp_ir::BitSet)>> = HashMap::new();
         for (m, masks) in modules.iter().enumerate() {
             self.compile_masks(masks)?; // validates node ids and lengths
-            for nm in *masks {
-                let entry = by_node
-                    .entry(nm.node)
-                    .or_insert_with(|| (vec![None; modules.len()], Vec::new()));
-                if nm.zeroed.count_ones() == 0 {
-                    continue;
+            for nm in masks.iter().filter(|nm| nm.zeroed.count_ones() > 0) {
+                let entry = by_node.entry(nm.node).or_default();
+                match entry.iter_mut().find(|(_, b)| *b == nm.zeroed) {
+                    Some((set, _)) => *set |= 1 << m,
+                    None => entry.push((1 << m, nm.zeroed.clone())),
                 }
-                let idx = match entry.1.iter().position(|b| *b == nm.zeroed) {
-                    Some(i) => i,
-                    None => {
-                        entry.1.push(nm.zeroed.clone());
-                        entry.1.len() - 1
-                    }
-                };
-                entry.0[m] = Some(idx);
             }
         }
         let by_node = by_node
             .into_iter()
-            .filter(|(_, (which, _))| which.iter().any(Option::is_some))
-            .map(|(node, (which, distinct))| {
-                let tensors = distinct
-                    .iter()
-                    .map(|b| {
-                        let keep: Vec<f32> = (0..b.len()).map(|i| if b.get(i) { 0.0 } else { 1.0 }).collect();
-                        Tensor::from_data(BurnData::new(keep, [1, b.len()]), &self.device)
+            .map(|(node, distinct)| {
+                let compiled = distinct
+                    .into_iter()
+                    .map(|(set, b)| {
+                        let ind: Vec<f32> = (0..b.len()).map(|i| if b.get(i) { 1.0 } else { 0.0 }).collect();
+                        (set, Tensor::from_data(BurnData::new(ind, [1, b.len()]), &self.device))
                     })
                     .collect();
-                (node, (which, tensors))
+                (node, compiled)
+            })
+            .collect();
+        let relu_fed = (0..self.ops.len())
+            .map(|id| {
+                let cons: Vec<usize> = (0..self.ops.len()).filter(|&j| self.inputs[j].contains(&id)).collect();
+                !cons.is_empty() && cons.iter().all(|&j| matches!(self.ops[j], ExecOp::Relu))
             })
             .collect();
         Ok(ModuleMasks {
             modules: modules.len(),
             by_node,
+            relu_fed,
         })
     }
 
-    /// One batched forward pass for several modules of this model: the output of `node`
-    /// for every module, each `[batch, positions]`.
+    /// The output of `node` for every module, each `[batch * positions]` row-major on the
+    /// host, from one forward pass over all modules.
     ///
-    /// Modules are grouped by the masks they have applied so far; each group is computed
-    /// once, and groups are stacked along the batch axis, so shared weights run as one
-    /// large batch and modules with identical masks cost nothing extra.
-    pub fn forward_modules(&self, x: Tensor<4>, masks: &ModuleMasks, node: NodeId) -> Result<Vec<Tensor<2>>, ModelError> {
+    /// Work is shared wherever modules agree: all modules start as one branch over the
+    /// whole batch; at a masked node, only the images on which a mask changes something
+    /// split off into a new branch for the modules using that mask (a mask on a node that
+    /// only feeds ReLUs changes nothing on an image whose masked positions are all `<= 0`).
+    /// Each branch is a batch of its own, so the modules' masks are stacked along the batch
+    /// axis with shared weights, and an image costs one pass per distinct behaviour.
+    pub fn forward_modules(&self, x: Tensor<4>, masks: &ModuleMasks, node: NodeId) -> Result<Vec<Vec<f32>>, ModelError> {
         let dims = x.dims();
         if dims[1..] != self.shapes[0][..] {
             return Err(ModelError::InputShape {
@@ -494,91 +497,152 @@ impl Executor {
             return Err(ModelError::NoSuchNode(node));
         }
         let batch = dims[0];
-        let k = masks.modules;
-        let mut values: Vec<Option<Grouped>> = vec![None; self.ops.len()];
+        let all: u64 = if masks.modules == 64 { u64::MAX } else { (1u64 << masks.modules) - 1 };
+        let mut values: Vec<Option<Vec<Branch>>> = vec![None; self.ops.len()];
         let mut input = Some(x);
         for id in 0..=node {
-            let mut g = if let ExecOp::Input = self.ops[id] {
-                Grouped {
-                    group_of: vec![0; k],
-                    groups: 1,
+            let mut branches = if let ExecOp::Input = self.ops[id] {
+                vec![Branch {
+                    rows: (0..batch).collect(),
+                    members: vec![all; batch],
                     value: Value::Map(input.take().expect("single input node")),
-                }
+                }]
             } else {
-                let args: Vec<&Grouped> = self.inputs[id]
+                let args: Vec<&Vec<Branch>> = self.inputs[id]
                     .iter()
                     .map(|&i| values[i].as_ref().expect("inputs computed before use"))
                     .collect();
-                // Groups of the result: distinct combinations of the inputs' groups.
-                let keys: Vec<Vec<usize>> = (0..k).map(|m| args.iter().map(|a| a.group_of[m]).collect()).collect();
-                let (group_of, combos) = regroup(&keys);
-                let vals = args
-                    .iter()
-                    .enumerate()
-                    .map(|(j, a)| {
-                        let pick: Vec<usize> = combos.iter().map(|c| c[j]).collect();
-                        gather(&a.value, a.groups, &pick, batch, &self.device)
-                    })
-                    .collect();
-                Grouped {
-                    groups: combos.len(),
-                    group_of,
-                    value: self.apply(id, vals),
+                match args.as_slice() {
+                    [one] => one
+                        .iter()
+                        .map(|b| Branch {
+                            rows: b.rows.clone(),
+                            members: b.members.clone(),
+                            value: self.apply(id, vec![b.value.clone()]),
+                        })
+                        .collect(),
+                    _ => self.join(id, &args),
                 }
             };
-            if let Some((which, tensors)) = masks.by_node.get(&id) {
-                let keys: Vec<(usize, Option<usize>)> = (0..k).map(|m| (g.group_of[m], which[m])).collect();
-                let (group_of, combos) = regroup(&keys);
-                let pick: Vec<usize> = combos.iter().map(|c| c.0).collect();
-                let v = gather(&g.value, g.groups, &pick, batch, &self.device);
-                let n = tensors[0].dims()[1];
-                let ones = Tensor::ones([1, n], &self.device);
-                let rows: Vec<Tensor<2>> = combos
-                    .iter()
-                    .map(|c| c.1.map_or_else(|| ones.clone(), |i| tensors[i].clone()))
-                    .collect();
-                let stacked: Tensor<2> = Tensor::cat(rows, 0); // [groups, n]
-                let groups = combos.len();
-                let flat = v.flat(); // [groups * batch, n]
-                let masked = flat.reshape([groups, batch, n]) * stacked.reshape([groups, 1, n]).expand([groups, batch, n]);
-                let masked = masked.reshape([groups * batch, n]);
-                let shape = &self.shapes[id];
-                g = Grouped {
-                    group_of,
-                    groups,
-                    value: if shape.len() == 3 {
-                        Value::Map(masked.reshape([groups * batch, shape[0], shape[1], shape[2]]))
-                    } else {
-                        Value::Vec(masked)
-                    },
-                };
+            if let Some(distinct) = masks.by_node.get(&id) {
+                let mut out = Vec::new();
+                for mut b in branches {
+                    for (set, ind) in distinct {
+                        let hit: Vec<usize> = (0..b.rows.len()).filter(|&i| b.members[i] & set != 0).collect();
+                        if hit.is_empty() {
+                            continue;
+                        }
+                        let flat = b.value.clone().flat(); // [rows, p]
+                        let p = flat.dims()[1];
+                        let changed: Vec<usize> = if masks.relu_fed[id] {
+                            let s = to_vec(
+                                (burn::tensor::activation::relu(flat.clone()) * ind.clone().expand([b.rows.len(), p])).sum_dim(1),
+                            );
+                            hit.into_iter().filter(|&i| s[i] > 0.0).collect()
+                        } else {
+                            hit
+                        };
+                        if changed.is_empty() {
+                            continue;
+                        }
+                        let sub = select_rows(&b.value, &changed, &self.device).flat();
+                        let keep = Tensor::ones([1, p], &self.device) - ind.clone();
+                        let masked = sub * keep.expand([changed.len(), p]);
+                        let shape = &self.shapes[id];
+                        let value = if shape.len() == 3 {
+                            Value::Map(masked.reshape([changed.len(), shape[0], shape[1], shape[2]]))
+                        } else {
+                            Value::Vec(masked)
+                        };
+                        out.push(Branch {
+                            rows: changed.iter().map(|&i| b.rows[i]).collect(),
+                            members: changed.iter().map(|&i| b.members[i] & set).collect(),
+                            value,
+                        });
+                        for &i in &changed {
+                            b.members[i] &= !set;
+                        }
+                    }
+                    let live: Vec<usize> = (0..b.rows.len()).filter(|&i| b.members[i] != 0).collect();
+                    if live.len() == b.rows.len() {
+                        out.push(b);
+                    } else if !live.is_empty() {
+                        out.push(Branch {
+                            value: select_rows(&b.value, &live, &self.device),
+                            rows: live.iter().map(|&i| b.rows[i]).collect(),
+                            members: live.iter().map(|&i| b.members[i]).collect(),
+                        });
+                    }
+                }
+                branches = out;
             }
             if id < node {
                 self.release(id, &mut values);
             }
-            values[id] = Some(g);
+            values[id] = Some(branches);
         }
-        let g = values[node].take().expect("node computed");
-        let flat = g.value.flat();
-        Ok((0..k)
-            .map(|m| flat.clone().narrow(0, g.group_of[m] * batch, batch))
-            .collect())
+        let per: usize = self.shapes[node].iter().product();
+        let mut result = vec![vec![0.0f32; batch * per]; masks.modules];
+        for b in values[node].take().expect("node computed") {
+            let data = to_vec(b.value.flat());
+            for (i, (&r, &set)) in b.rows.iter().zip(&b.members).enumerate() {
+                for (m, out) in result.iter_mut().enumerate() {
+                    if set >> m & 1 == 1 {
+                        out[r * per..(r + 1) * per].copy_from_slice(&data[i * per..(i + 1) * per]);
+                    }
+                }
+            }
+        }
+        Ok(result)
     }
-}
 
-/// Reorders the `groups` blocks of `batch` rows of `v` into the blocks listed in `pick`.
-fn gather(v: &Value, groups: usize, pick: &[usize], batch: usize, device: &Device) -> Value {
-    if pick.len() == groups && pick.iter().enumerate().all(|(i, &p)| i == p) {
-        return v.clone();
-    }
-    let idx: Vec<i64> = pick
-        .iter()
-        .flat_map(|&p| (p * batch..(p + 1) * batch).map(|r| r as i64))
-        .collect();
-    let idx = Tensor::<1, burn::tensor::Int>::from_data(BurnData::new(idx, [pick.len() * batch]), device);
-    match v {
-        Value::Map(t) => Value::Map(t.clone().select(0, idx)),
-        Value::Vec(t) => Value::Vec(t.clone().select(0, idx)),
+    /// Applies a two-input op to branched inputs: one branch per distinct pair of input
+    /// branches that share an image and a module.
+    fn join(&self, id: NodeId, args: &[&Vec<Branch>]) -> Vec<Branch> {
+        let (a, b) = (args[0], args[1]);
+        // (branch of a, branch of b) -> rows (positions in each) and members.
+        let mut pairs: Vec<((usize, usize), Vec<(usize, usize, usize, u64)>)> = Vec::new();
+        let mut where_b: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
+        for (j, bb) in b.iter().enumerate() {
+            for (pos, &r) in bb.rows.iter().enumerate() {
+                where_b.entry(r).or_default().push((j, pos));
+            }
+        }
+        for (i, ba) in a.iter().enumerate() {
+            for (pa, &r) in ba.rows.iter().enumerate() {
+                for &(j, pb) in where_b.get(&r).map(Vec::as_slice).unwrap_or(&[]) {
+                    let m = ba.members[pa] & b[j].members[pb];
+                    if m == 0 {
+                        continue;
+                    }
+                    match pairs.iter_mut().find(|(k, _)| *k == (i, j)) {
+                        Some((_, v)) => v.push((r, pa, pb, m)),
+                        None => pairs.push(((i, j), vec![(r, pa, pb, m)])),
+                    }
+                }
+            }
+        }
+        pairs
+            .into_iter()
+            .map(|((i, j), rows)| {
+                let pa: Vec<usize> = rows.iter().map(|x| x.1).collect();
+                let pb: Vec<usize> = rows.iter().map(|x| x.2).collect();
+                let full = |br: &Branch, p: &[usize]| {
+                    if p.len() == br.rows.len() && p.iter().enumerate().all(|(k, &x)| k == x) {
+                        br.value.clone()
+                    } else {
+                        select_rows(&br.value, p, &self.device)
+                    }
+                };
+                let va = full(&a[i], &pa);
+                let vb = full(&b[j], &pb);
+                Branch {
+                    rows: rows.iter().map(|x| x.0).collect(),
+                    members: rows.iter().map(|x| x.3).collect(),
+                    value: self.apply(id, vec![va, vb]),
+                }
+            })
+            .collect()
     }
 }
 

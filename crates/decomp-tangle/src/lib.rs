@@ -140,38 +140,52 @@ pub fn bln_units(head: &BinaryHead, rule: BlnRule, delta: f32) -> Vec<usize> {
         .collect()
 }
 
-/// Concern modularization: the module's masks for `cfg.variant`, from the untangled masks.
+/// Concern modularization for `cfg.variant`: the masks applied at inference, the dead
+/// positions found by backtracking, and the head.
 ///
-/// `ci-ti-mc` keeps the masks as they are. `mc-bln` marks the head inputs chosen by
-/// [`bln_units`] and pushes the marks back (flatten, pooling, ReLU, Add) to the nodes that
-/// produced them. `mc-bln-bi` also pushes every dead position back through convolutions
-/// to the input. Marks land only where every consumer of a node agrees.
-pub fn modularize(model: &ModelIr, untangled: &[NodeMask], head: &BinaryHead, cfg: &DecompConfig) -> Result<Vec<NodeMask>, TangleError> {
-    let keep_nonempty = |v: Vec<NodeMask>| v.into_iter().filter(|m| m.zeroed.count_ones() > 0).collect();
+/// `ci-ti-mc` keeps the untangled masks and the plain head. `mc-bln` removes the head
+/// inputs chosen by [`bln_units`] (their head weights become zero, which is the same as
+/// zeroing the units) and pushes the removal back (flatten, pooling, ReLU, Add) to the
+/// positions that produced them. `mc-bln-bi` also pushes every dead position back through
+/// convolutions to the input. Backtracked positions land only where every consumer of a
+/// node agrees, so they cannot change the module's output: they are recorded as `dead`.
+pub fn modularize(
+    model: &ModelIr,
+    untangled: &[NodeMask],
+    mut head: BinaryHead,
+    cfg: &DecompConfig,
+) -> Result<(Vec<NodeMask>, Vec<NodeMask>, BinaryHead), TangleError> {
+    let nonempty = |v: Vec<NodeMask>| -> Vec<NodeMask> { v.into_iter().filter(|m| m.zeroed.count_ones() > 0).collect() };
+    let masks = nonempty(untangled.to_vec());
     if cfg.variant == Variant::CiTiMc {
-        return Ok(keep_nonempty(untangled.to_vec()));
+        return Ok((masks, Vec::new(), head));
     }
     let shapes = model.check()?;
-    let mut seeds = untangled.to_vec();
     let f: usize = shapes[head.input].iter().product();
     let mut units = BitSet::new(f);
-    for u in bln_units(head, cfg.bln_rule, cfg.bln_delta) {
+    for u in bln_units(&head, cfg.bln_rule, cfg.bln_delta) {
         units.set(u, true);
+        head.weight.data[u] = 0.0;
+        head.weight.data[f + u] = 0.0;
     }
+    let mut seeds = masks.clone();
     seeds.push(NodeMask { node: head.input, zeroed: units });
     let dead = propagate_dead(&model.graph, &shapes, &seeds, cfg.variant == Variant::McBlnBi);
     let g = &model.graph;
-    let masks = dead
+    let dead = dead
         .into_iter()
         .enumerate()
-        .filter(|(id, _)| {
-            // ReLU / pooling / flatten outputs follow from the masks of their inputs.
-            !matches!(g.nodes[*id].op, Op::Input { .. } | Op::Relu | Op::GlobalAvgPool | Op::Flatten)
-                || *id == head.input
+        // ReLU / pooling / flatten outputs follow from their inputs; the input is not a layer.
+        .filter(|(id, _)| !matches!(g.nodes[*id].op, Op::Input { .. } | Op::Relu | Op::GlobalAvgPool | Op::Flatten))
+        .map(|(node, mut zeroed)| {
+            // Positions already masked are not "dead" in addition.
+            if let Some(m) = masks.iter().find(|m| m.node == node) {
+                zeroed.intersect_with(&m.zeroed.complement());
+            }
+            NodeMask { node, zeroed }
         })
-        .map(|(node, zeroed)| NodeMask { node, zeroed })
         .collect();
-    Ok(keep_nonempty(masks))
+    Ok((masks, nonempty(dead), head))
 }
 
 /// Everything a module artifact records besides masks and head.
@@ -191,8 +205,7 @@ pub fn build_module(
     cfg: &DecompConfig,
     origin: &ModuleOrigin<'_>,
 ) -> Result<ModuleIr, TangleError> {
-    let head = binary_head(model, concern.class)?;
-    let masks = modularize(model, untangled, &head, cfg)?;
+    let (masks, dead, head) = modularize(model, untangled, binary_head(model, concern.class)?, cfg)?;
     Ok(ModuleIr {
         class: concern.class,
         class_name: model.meta.class_names.get(concern.class).cloned().unwrap_or_default(),
@@ -200,6 +213,7 @@ pub fn build_module(
         model_path: origin.model_path.to_string(),
         model: model.clone(),
         masks,
+        dead,
         head,
         config: cfg.clone(),
         counts: SampleCounts {

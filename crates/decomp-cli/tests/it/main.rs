@@ -1,0 +1,4 @@
+//! Pipeline tests: decomposition stages on a tiny synthetic model, and the CLI contract.
+
+mod cli;
+mod pipeline;
