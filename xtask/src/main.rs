@@ -20,7 +20,8 @@ enum Cmd {
     /// Run an experiment end to end and write its report under `results/<name>/`.
     ///
     /// Experiments: `eval` (default): the four pretrained CIFAR-10 ResNets evaluated on the
-    /// 4,000 lossless training images and on the CIFAR-10 test split.
+    /// 4,000 lossless training images and on the CIFAR-10 test split. `table1`: the paper's
+    /// Table 1 (decompose ResNet-20/32/44/56 with the three variants, compose, evaluate).
     RunExperiment {
         /// Experiment name.
         #[arg(default_value = "eval")]
@@ -45,6 +46,10 @@ enum Cmd {
         /// Evaluate only the first N images of each split (quick runs).
         #[arg(long)]
         limit: Option<usize>,
+        /// Where intermediate artifacts go (modules, concern sets); finished artifacts are
+        /// reused on a rerun.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
     },
 }
 
@@ -65,6 +70,7 @@ fn main() -> Result<()> {
             features,
             device,
             limit,
+            runs,
         } => {
             let data_dir = match data_dir.or_else(|| std::env::var_os("DECOMP_DATA_DIR").map(PathBuf::from)) {
                 Some(d) => d,
@@ -91,7 +97,8 @@ fn main() -> Result<()> {
             };
             match name.as_str() {
                 "eval" => eval_experiment(&ctx, &data_dir, models_dir.as_deref(), &root().join(out).join("eval")),
-                other => bail!("unknown experiment {other:?}; known: eval"),
+                "table1" => table1(&ctx, &data_dir, models_dir.as_deref(), &root().join(&out).join("table1"), &root().join(runs)),
+                other => bail!("unknown experiment {other:?}; known: eval, table1"),
             }
         }
     }
@@ -188,5 +195,116 @@ fn write(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// The paper's Table 1 (MC-BLN, CIFAR-10): model top-1/top-5, modules top-1/top-5, JI.
+const PAPER_TABLE1: [(&str, f64, f64, f64, f64, f64); 3] = [
+    ("resnet20", 87.1, 99.5, 87.0, 99.4, 0.75),
+    ("resnet32", 85.3, 99.2, 78.6, 98.1, 0.51),
+    ("resnet56", 86.7, 99.4, 84.5, 98.9, 0.41),
+];
+
+const VARIANTS: [&str; 3] = ["ci-ti-mc", "mc-bln", "mc-bln-bi"];
+
+fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, runs: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut rows = Vec::new();
+    for (arch, file) in ARCHS {
+        let weights = match models_dir {
+            Some(d) => d.join(file).display().to_string(),
+            None => format!("akamaster/{arch}"),
+        };
+        let dir = runs.join("table1").join(arch);
+        let summary_path = dir.join("summary.json");
+        if !summary_path.is_file() {
+            let args: Vec<String> = [
+                "decompose", "--weights", &weights, "--dataset", "cifar10", "--data-dir", &data_dir.display().to_string(),
+                "--variants", &VARIANTS.join(","), "--device", &ctx.device, "--out-dir", &dir.display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            ctx.decomp(&args)?;
+        } else {
+            eprintln!("reusing {}", summary_path.display());
+        }
+        let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
+        let decompose_seconds = summary["concern_seconds"].as_f64().unwrap_or(f64::NAN) + summary["tangle_seconds"].as_f64().unwrap_or(f64::NAN);
+        for variant in VARIANTS {
+            let vdir = dir.join(variant);
+            let result = vdir.join("compose.json");
+            if !result.is_file() {
+                let mut mods: Vec<String> = std::fs::read_dir(&vdir)
+                    .with_context(|| format!("listing {}", vdir.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "mod"))
+                    .map(|p| p.display().to_string())
+                    .collect();
+                mods.sort();
+                let mut args = vec!["compose".to_string()];
+                args.extend(mods);
+                args.extend(["--dataset", "cifar10", "--data-dir", &data_dir.display().to_string(), "--split", "test", "--device", &ctx.device, "--out", &result.display().to_string()].iter().map(|s| s.to_string()));
+                if let Some(n) = ctx.limit {
+                    args.extend(["--limit".into(), n.to_string()]);
+                }
+                ctx.decomp(&args)?;
+            } else {
+                eprintln!("reusing {}", result.display());
+            }
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
+            rows.push(serde_json::json!({
+                "model": arch,
+                "variant": variant,
+                "n": v["n"],
+                "model_top1": v["model_top1"],
+                "model_top5": v["model_top5"],
+                "composed_top1": v["composed_top1"],
+                "composed_top5": v["composed_top5"],
+                "module_size": v["mean_module_size"],
+                "mean_overlap": v["mean_overlap"],
+                "decompose_seconds": decompose_seconds,
+                "compose_seconds": v["seconds"],
+                "config": v["config"],
+            }));
+        }
+    }
+    write(&out.join("table1.json"), &serde_json::to_string_pretty(&rows)?)?;
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+    let mut csv = String::from("model,variant,n,model_top1,model_top5,composed_top1,composed_top5,module_size,mean_overlap,decompose_seconds,compose_seconds\n");
+    let mut md = String::from(
+        "# Table 1: CIFAR-10 ResNets decomposed into modules and recomposed\n\n\
+         Generated by `cargo xtask run-experiment table1` on the CIFAR-10 test split in `shared/datasets`\n\
+         (a JPEG-derived rebuild: models score about 10 points below their published accuracy; compare\n\
+         modules with their model on the same images). Pretrained weights: akamaster/pytorch_resnet_cifar10\n\
+         (BatchNorm, option-A shortcuts). Module size = fraction of the model's layer positions a module\n\
+         keeps (conv outputs and residual adds), averaged over modules; the paper's JI is not directly\n\
+         comparable. `decompose s` = concern + tangling identification for all 10 classes (all three\n\
+         variants share it), on this machine's CPU.\n\n\
+         | model | variant | model top-1 | model top-5 | composed top-1 | composed top-5 | Δ top-1 | module size | decompose s | compose s |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let d = r["composed_top1"].as_f64().zip(r["model_top1"].as_f64()).map_or("-".into(), |(a, b)| format!("{:+.2}", a - b));
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {d} | {:.3} | {:.0} | {:.0} |\n",
+            r["model"].as_str().unwrap_or(""), r["variant"].as_str().unwrap_or(""),
+            f(&r["model_top1"]), f(&r["model_top5"]), f(&r["composed_top1"]), f(&r["composed_top5"]),
+            r["module_size"].as_f64().unwrap_or(f64::NAN), r["decompose_seconds"].as_f64().unwrap_or(f64::NAN), r["compose_seconds"].as_f64().unwrap_or(f64::NAN),
+        ));
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            r["model"].as_str().unwrap_or(""), r["variant"].as_str().unwrap_or(""), r["n"], r["model_top1"], r["model_top5"],
+            r["composed_top1"], r["composed_top5"], r["module_size"], r["mean_overlap"], r["decompose_seconds"], r["compose_seconds"],
+        ));
+    }
+    md.push_str("\n## The paper's numbers (MC-BLN, its own models without BatchNorm, original test set)\n\n| model | model top-1 | model top-5 | modules top-1 | modules top-5 | JI |\n|---|---|---|---|---|---|\n");
+    for (m, a, b, c, d, ji) in PAPER_TABLE1 {
+        md.push_str(&format!("| {m} | {a} | {b} | {c} | {d} | {ji} |\n"));
+    }
+    md.push_str("\nConfiguration of every row (METHOD.md knobs): see `config` in `table1.json`.\n");
+    write(&out.join("table1.md"), &md)?;
+    write(&out.join("table1.csv"), &csv)?;
+    println!("report: {}", out.join("table1.md").display());
     Ok(())
 }
