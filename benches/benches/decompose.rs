@@ -40,7 +40,7 @@ fn setup() -> (ModelIr, Dataset, Dataset) {
 
 fn modules(model: &ModelIr, train: &Dataset, exec: &Executor, cfg: &DecompConfig) -> Vec<ModuleIr> {
     let classes: Vec<usize> = (0..10).collect();
-    let (_, concerns) = decomp_concern::identify(exec, model, train, cfg, &classes, 128, &mut |_| {}).expect("concern");
+    let (_, concerns) = decomp_concern::identify(exec, model, train, cfg, &classes, 128, &mut |_, _| {}).expect("concern");
     concerns
         .iter()
         .map(|c| {
@@ -64,7 +64,7 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements((per_class * classes.len()) as u64));
     g.bench_function("resnet20_10_classes", |b| {
-        b.iter(|| decomp_concern::identify(&exec, &model, &train, &cfg, &classes, 128, &mut |_| {}).expect("concern"))
+        b.iter(|| decomp_concern::identify(&exec, &model, &train, &cfg, &classes, 128, &mut |_, _| {}).expect("concern"))
     });
     g.finish();
 

@@ -210,28 +210,36 @@ const VARIANTS: [&str; 3] = ["ci-ti-mc", "mc-bln", "mc-bln-bi"];
 fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, runs: &Path) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let mut rows = Vec::new();
-    for (arch, file) in ARCHS {
+    // The four models with the default configuration, then an ablation: the paper's literal
+    // mask site (every conv output, also before residual adds) on ResNet-20.
+    let mut runs_list: Vec<(&str, &str, String, Vec<&str>, Vec<&str>)> = ARCHS
+        .iter()
+        .map(|&(arch, file)| (arch, file, arch.to_string(), Vec::new(), VARIANTS.to_vec()))
+        .collect();
+    runs_list.push(("resnet20", ARCHS[0].1, "resnet20-conv-output".into(), vec!["--mask-site", "conv-output"], vec!["mc-bln"]));
+    for (arch, file, name, extra, variants) in runs_list {
         let weights = match models_dir {
             Some(d) => d.join(file).display().to_string(),
             None => format!("akamaster/{arch}"),
         };
-        let dir = runs.join("table1").join(arch);
+        let dir = runs.join("table1").join(&name);
         let summary_path = dir.join("summary.json");
         if !summary_path.is_file() {
-            let args: Vec<String> = [
+            let mut args: Vec<String> = [
                 "decompose", "--weights", &weights, "--dataset", "cifar10", "--data-dir", &data_dir.display().to_string(),
-                "--variants", &VARIANTS.join(","), "--device", &ctx.device, "--out-dir", &dir.display().to_string(),
+                "--variants", &variants.join(","), "--device", &ctx.device, "--out-dir", &dir.display().to_string(),
             ]
             .iter()
             .map(|s| s.to_string())
             .collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
             ctx.decomp(&args)?;
         } else {
             eprintln!("reusing {}", summary_path.display());
         }
         let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
         let decompose_seconds = summary["concern_seconds"].as_f64().unwrap_or(f64::NAN) + summary["tangle_seconds"].as_f64().unwrap_or(f64::NAN);
-        for variant in VARIANTS {
+        for &variant in &variants {
             let vdir = dir.join(variant);
             let result = vdir.join("compose.json");
             if !result.is_file() {
@@ -253,9 +261,10 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
                 eprintln!("reusing {}", result.display());
             }
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
+            let label = if extra.is_empty() { variant.to_string() } else { format!("{variant} ({})", extra.join(" ")) };
             rows.push(serde_json::json!({
                 "model": arch,
-                "variant": variant,
+                "variant": label,
                 "n": v["n"],
                 "model_top1": v["model_top1"],
                 "model_top5": v["model_top5"],

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use decomp_compose::{Mode, compose, sizes};
-use decomp_data::{Dataset, DatasetKind, Split};
+use decomp_data::Dataset;
 use decomp_eval::Accumulator;
 use decomp_ir::{
     BlnRule, ConcernSet, DecompConfig, MaskSite, ModelIr, ModuleIr, PositiveFilter, Top5Ranking, Variant,
@@ -99,7 +99,7 @@ pub struct RunArgs {
 
 fn bar(len: u64, prefix: String) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(len).with_style(
-        indicatif::ProgressStyle::with_template("{prefix:>18} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")
+        indicatif::ProgressStyle::with_template("{prefix:>12} {msg:>9} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")
             .expect("valid template"),
     );
     b.set_prefix(prefix);
@@ -139,7 +139,10 @@ fn run_concern(model: &ModelIr, model_path: &str, train: &Dataset, cfg: &DecompC
     let classes: Vec<usize> = run.classes.clone().unwrap_or_else(|| (0..model.num_classes()).collect());
     let start = Instant::now();
     let b = bar((classes.len() * cfg.positives_per_class) as u64, "concern".into());
-    let (sites, concerns) = decomp_concern::identify(&exec, model, train, cfg, &classes, run.batch_size, &mut |n| b.inc(n as u64))?;
+    let (sites, concerns) = decomp_concern::identify(&exec, model, train, cfg, &classes, run.batch_size, &mut |c, n| {
+        b.set_message(format!("class {c}"));
+        b.inc(n as u64)
+    })?;
     b.finish_and_clear();
     Ok(ConcernSet {
         model_hash: model_hash(model)?,
@@ -207,6 +210,7 @@ fn run_tangle(model: &ModelIr, train: &Dataset, set: &ConcernSet, variants: &[Va
     let b = bar(total as u64, "tangle".into());
     for concern in &set.classes {
         let (sample, per_class) = decomp_tangle::unconcerned_sample(train, concern.class, concern.positives.len(), set.config.seed);
+        b.set_message(format!("class {}", concern.class));
         let untangled = decomp_tangle::untangle(&exec, train, concern, &sample, run.batch_size, &mut |n| b.inc(n as u64))?;
         for &variant in variants {
             let cfg = DecompConfig { variant, ..set.config.clone() };
@@ -346,8 +350,6 @@ pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
         bail!("--classes lists {} classes for {} modules", classes.len(), modules.len());
     }
     let full = open_dataset(&a.data, &modules[0].model)?;
-    let kind = DatasetKind::parse(&a.data.dataset)?;
-    let _: Split = a.data.split.parse()?;
     let identity = classes.len() == full.num_classes() && classes.iter().enumerate().all(|(i, &c)| i == c);
     let data = if identity { full } else { full.subset_classes(&classes)? };
     let device = parse_device(&a.device)?;
@@ -391,7 +393,6 @@ pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
         seconds,
         mode: format!("{mode:?}").to_lowercase(),
     };
-    let _ = kind;
     let text = serde_json::to_string(&out)?;
     if let Some(p) = &a.out {
         write_atomic(p, text.as_bytes())?;

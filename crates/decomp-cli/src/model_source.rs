@@ -47,8 +47,13 @@ pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
         }
         None => None,
     };
-    Ok(import_resnet(&path, expected.as_ref(), akamaster_norm(), None)
-        .with_context(|| format!("importing {}", path.display()))?)
+    let mut model = import_resnet(&path, expected.as_ref(), akamaster_norm(), None)
+        .with_context(|| format!("importing {}", path.display()))?;
+    // PyTorch state dicts carry no class names; the supported checkpoints are CIFAR-10's.
+    if model.num_classes() == decomp_data::CIFAR10_CLASSES.len() {
+        model.meta.class_names = decomp_data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+    }
+    Ok(model)
 }
 
 fn resolve_weights(args: &ModelArgs) -> Result<PathBuf> {

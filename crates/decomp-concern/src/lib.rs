@@ -73,29 +73,8 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Positions active (`> 0`) at `sites` for at least one image of `indices`.
-pub fn activity(
-    exec: &Executor,
-    data: &Dataset,
-    indices: &[usize],
-    sites: &[NodeId],
-    batch_size: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<Vec<BitSet>, ConcernError> {
-    let shapes = exec.shapes();
-    let mut active: Vec<BitSet> = sites.iter().map(|&s| BitSet::new(shapes[s].iter().product())).collect();
-    let view = data.select(indices)?;
-    for batch in view.batches(batch_size.max(1)) {
-        let b = batch?;
-        let n = b.labels.len();
-        let out = exec.forward_probe(exec.input_tensor(b.images, n)?, &Probe { capture: sites, masks: None })?;
-        accumulate_active(&out.captured, None, &mut active);
-        progress(n);
-    }
-    Ok(active)
-}
-
 /// Concern identification for `classes` of `model` on its training data `train`.
+/// `progress(class, images)` is called after every batch.
 pub fn identify(
     exec: &Executor,
     model: &ModelIr,
@@ -103,7 +82,7 @@ pub fn identify(
     cfg: &DecompConfig,
     classes: &[usize],
     batch_size: usize,
-    progress: &mut dyn FnMut(usize),
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<NodeId>, Vec<ClassConcern>), ConcernError> {
     let k = model.num_classes();
     if train.num_classes() != k {
@@ -145,7 +124,7 @@ pub fn identify(
                 .collect();
             accumulate_active(&fwd.captured, Some(&rows), &mut active);
             positives.extend(rows.iter().map(|&r| chunk[r]));
-            progress(n);
+            progress(class, n);
         }
         if positives.is_empty() {
             return Err(ConcernError::NoPositives {

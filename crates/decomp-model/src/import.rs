@@ -28,20 +28,6 @@ pub fn akamaster_norm() -> InputNorm {
     }
 }
 
-/// CIFAR-10 class names in label order.
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
-
 /// A checkpoint's tensors as `f32`, keyed by name with wrapper prefixes removed.
 pub struct StateDict {
     pub tensors: BTreeMap<String, TensorData>,
@@ -218,11 +204,16 @@ pub fn import_resnet(
     let mut model = cfg.build()?;
     sd.load_into(&mut model, path)?;
     let k = model.num_classes();
-    model.meta.class_names = match class_names {
-        Some(names) if names.len() == k => names,
-        _ if k == 10 => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
-        _ => model.meta.class_names,
-    };
+    match class_names {
+        Some(names) if names.len() == k => model.meta.class_names = names,
+        Some(names) => {
+            return Err(ModelError::Config(format!(
+                "{} class names given for a {k}-class checkpoint",
+                names.len()
+            )));
+        }
+        None => {}
+    }
     model.meta.input_norm = input_norm;
     model.meta.source = format!("pytorch checkpoint {}", path.display());
     model.check()?;

@@ -22,7 +22,7 @@ fn cfg(variant: Variant, positives: usize) -> DecompConfig {
 
 fn modules(model: &ModelIr, data: &Dataset, exec: &Executor, cfg: &DecompConfig) -> Vec<ModuleIr> {
     let classes: Vec<usize> = (0..K).collect();
-    let (_, concerns) = decomp_concern::identify(exec, model, data, cfg, &classes, 16, &mut |_| {}).expect("concern");
+    let (_, concerns) = decomp_concern::identify(exec, model, data, cfg, &classes, 16, &mut |_, _| {}).expect("concern");
     concerns
         .iter()
         .map(|c| {
@@ -88,7 +88,7 @@ fn masks_shrink_monotonically() {
     let mut previous: Option<Vec<decomp_ir::ClassConcern>> = None;
     for n in [2, 6, 24] {
         let c = DecompConfig { positive_filter: PositiveFilter::All, ..cfg(Variant::CiTiMc, n) };
-        let (_, concerns) = decomp_concern::identify(&exec, &model, &data, &c, &classes, 8, &mut |_| {}).expect("concern");
+        let (_, concerns) = decomp_concern::identify(&exec, &model, &data, &c, &classes, 8, &mut |_, _| {}).expect("concern");
         for cc in &concerns {
             assert_eq!(cc.positives.len(), n);
             let (sample, _) = decomp_tangle::unconcerned_sample(&data, cc.class, n, 0);
