@@ -87,7 +87,7 @@ enum Command {
     },
     /// Print what an artifact holds.
     Inspect {
-        /// An `.ir` model artifact.
+        /// A model (`.ir`), module (`.mod`) or concern-set (`.cs`) artifact.
         path: PathBuf,
     },
 }

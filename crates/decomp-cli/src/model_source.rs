@@ -125,7 +125,48 @@ pub fn export(a: ExportArgs) -> Result<()> {
 }
 
 pub fn inspect(path: &Path) -> Result<()> {
-    let model: ModelIr = read_artifact(path)?;
+    match read_artifact::<ModelIr>(path) {
+        Ok(model) => return inspect_model(&model),
+        Err(decomp_ir::IrError::WrongKind { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match read_artifact::<decomp_ir::ModuleIr>(path) {
+        Ok(m) => return inspect_module(&m),
+        Err(decomp_ir::IrError::WrongKind { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let set: decomp_ir::ConcernSet = read_artifact(path)?;
+    println!("concern set of {} ({}) on {}", set.model_path, set.model_hash, set.dataset);
+    println!("config: {:?}", set.config);
+    println!("sites: {:?}; {:.1} s", set.sites, set.seconds);
+    for c in &set.classes {
+        let inactive: usize = c.inactive.masks.iter().map(|m| m.zeroed.count_ones()).sum();
+        println!("class {:3}: {} positives, {inactive} inactive positions", c.class, c.positives.len());
+    }
+    Ok(())
+}
+
+fn inspect_module(m: &decomp_ir::ModuleIr) -> Result<()> {
+    let shapes = m.model.check()?;
+    println!("module of class {} ({}) from {} ({})", m.class, m.class_name, m.model_path, m.model_hash);
+    println!("config: {:?}", m.config);
+    println!("samples: {:?}", m.counts);
+    println!("provenance: {}", m.provenance);
+    let f = m.head.weight.shape[1];
+    let removed = (0..f).filter(|&u| m.head.weight.data[u] == 0.0 && m.head.weight.data[f + u] == 0.0).count();
+    println!("head: {f} inputs from node {}, {removed} removed", m.head.input);
+    for (what, list) in [("mask", &m.masks), ("dead", &m.dead)] {
+        for nm in list.iter() {
+            let n: usize = shapes[nm.node].iter().product();
+            println!("{what:>4} {:<24} {:>7} of {:>7} positions", m.model.graph.nodes[nm.node].name, nm.zeroed.count_ones(), n);
+        }
+    }
+    let removed: Vec<decomp_ir::NodeMask> = m.masks.iter().chain(&m.dead).cloned().collect();
+    println!("module size: {:.4}", decomp_ir::analysis::module_size(&m.model.graph, &shapes, &removed));
+    Ok(())
+}
+
+fn inspect_model(model: &ModelIr) -> Result<()> {
     let shapes = model.check()?;
     println!("arch: {}", model.meta.arch);
     println!("source: {}", model.meta.source);

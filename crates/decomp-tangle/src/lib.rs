@@ -146,8 +146,9 @@ pub fn bln_units(head: &BinaryHead, rule: BlnRule, delta: f32) -> Vec<usize> {
 /// `ci-ti-mc` keeps the untangled masks and the plain head. `mc-bln` removes the head
 /// inputs chosen by [`bln_units`] (their head weights become zero, which is the same as
 /// zeroing the units) and pushes the removal back (flatten, pooling, ReLU, Add) to the
-/// positions that produced them. `mc-bln-bi` also pushes every dead position back through
-/// convolutions to the input. Backtracked positions land only where every consumer of a
+/// positions that produced them, stopping at the last conv layer. `mc-bln-bi` pushes every
+/// mask and removed input back through convolutions (and BatchNorm, Add, pooling) to the
+/// input. Backtracked positions land only where every consumer of a
 /// node agrees, so they cannot change the module's output: they are recorded as `dead`.
 pub fn modularize(
     model: &ModelIr,
@@ -168,9 +169,12 @@ pub fn modularize(
         head.weight.data[u] = 0.0;
         head.weight.data[f + u] = 0.0;
     }
-    let mut seeds = masks.clone();
+    // MC-BLN backtracks only the removed head inputs, and not through convolutions (to the
+    // last conv layer); MC-BI backtracks every mask and removed input through convolutions.
+    let bi = cfg.variant == Variant::McBlnBi;
+    let mut seeds = if bi { masks.clone() } else { Vec::new() };
     seeds.push(NodeMask { node: head.input, zeroed: units });
-    let dead = propagate_dead(&model.graph, &shapes, &seeds, cfg.variant == Variant::McBlnBi);
+    let dead = propagate_dead(&model.graph, &shapes, &seeds, bi);
     let g = &model.graph;
     let dead = dead
         .into_iter()
