@@ -9,7 +9,7 @@ use decomp_data::Dataset;
 use decomp_eval::Accumulator;
 use decomp_ir::{
     BlnRule, ConcernSet, DecompConfig, MaskSite, ModelIr, ModuleIr, PositiveFilter, Top5Ranking, Variant,
-    encode_artifact, hex_hash, read_artifact, write_artifact, write_atomic,
+    read_artifact, write_artifact, write_atomic,
 };
 use decomp_model::{Executor, parse_device};
 use serde::Serialize;
@@ -106,11 +106,6 @@ fn bar(len: u64, prefix: String) -> indicatif::ProgressBar {
     b
 }
 
-fn model_hash(model: &ModelIr) -> Result<String> {
-    let (_, hash) = encode_artifact(model).map_err(anyhow::Error::msg)?;
-    Ok(hex_hash(&hash))
-}
-
 fn training_data(data: &DataArgs, model: &ModelIr) -> Result<Dataset> {
     let mut d = data.clone();
     d.split = "train".into();
@@ -145,7 +140,7 @@ fn run_concern(model: &ModelIr, model_path: &str, train: &Dataset, cfg: &DecompC
     })?;
     b.finish_and_clear();
     Ok(ConcernSet {
-        model_hash: model_hash(model)?,
+        model_hash: model.content_hash(),
         model_path: model_path.to_string(),
         dataset: dataset.to_string(),
         config: cfg.clone(),
@@ -238,7 +233,7 @@ fn write_summary(out_dir: &Path, s: &DecomposeSummary) -> Result<()> {
 pub fn tangle(a: TangleArgs) -> Result<()> {
     let model = crate::model_source::load_model(&a.model)?;
     let set: ConcernSet = read_artifact(&a.concern)?;
-    let hash = model_hash(&model)?;
+    let hash = model.content_hash();
     if hash != set.model_hash {
         bail!("{}: concern set was computed for model {} ({}), --weights is {hash}", a.concern.display(), set.model_path, set.model_hash);
     }

@@ -33,6 +33,19 @@ pub struct ModelIr {
 }
 
 impl ModelIr {
+    /// Identity of the model's content: SHA-256 (hex) of its graph, class names and input
+    /// normalization, so the same weights give the same hash whatever file or path they came
+    /// from (`meta.source` and `meta.arch` are not part of it).
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let bytes = bincode::serde::encode_to_vec(
+            (&self.graph, &self.meta.class_names, &self.meta.input_norm),
+            bincode::config::standard(),
+        )
+        .expect("in-memory encoding of plain data cannot fail");
+        hex::encode(Sha256::digest(bytes))
+    }
+
     /// Number of output classes.
     pub fn num_classes(&self) -> usize {
         self.meta.class_names.len()

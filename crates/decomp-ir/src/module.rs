@@ -173,7 +173,7 @@ pub struct SampleCounts {
 pub struct ModuleIr {
     pub class: usize,
     pub class_name: String,
-    /// SHA-256 of the source model artifact's payload.
+    /// [`ModelIr::content_hash`] of the source model.
     pub model_hash: String,
     pub model_path: String,
     pub model: ModelIr,

@@ -109,6 +109,18 @@ fn round_trip_through_a_file() {
 }
 
 #[test]
+fn content_hash_ignores_provenance() {
+    let a = tiny_model();
+    let mut b = tiny_model();
+    b.meta.source = "another/path/to/the/same/weights.th".into();
+    assert_eq!(a.content_hash(), b.content_hash());
+    if let Op::Linear { bias: Some(bias), .. } = &mut b.graph.nodes[11].op {
+        bias.data[0] += 1.0;
+    }
+    assert_ne!(a.content_hash(), b.content_hash());
+}
+
+#[test]
 fn size_limit_and_kind_are_enforced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("model.ir");
