@@ -60,3 +60,70 @@ fn errors_name_the_culprit() {
     assert!(!ok);
     assert!(err.contains("bad.bin"), "{err}");
 }
+
+/// Stage by stage through the binary: concern -> tangle -> compose, each reading the
+/// previous stage's files, and `decompose` giving the same modules in one go.
+#[test]
+fn stages_run_alone_on_previous_artifacts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let model = decomp_model::ResNetConfig::new(8, 10).build().expect("build");
+    let m = d.join("m.ir");
+    decomp_ir::write_artifact(&m, &model).expect("write model");
+    let data = d.join("records.bin");
+    cifar_file(&data, 40);
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+    let common = ["--weights", &s(&m), "--data-file", &s(&data), "--batch-size", "8"];
+    let cfg = ["--positives", "3", "--positive-filter", "all"];
+
+    let cs = d.join("c.cs");
+    let mut args = vec!["concern"];
+    args.extend(common);
+    args.extend(cfg);
+    args.extend(["--out", cs.to_str().expect("utf8")]);
+    let (ok, _, err) = decomp(&args);
+    assert!(ok, "{err}");
+
+    let staged = d.join("staged");
+    let mut args = vec!["tangle", "--concern", cs.to_str().expect("utf8"), "--variants", "mc-bln,ci-ti-mc"];
+    args.extend(common);
+    args.extend(["--out-dir", staged.to_str().expect("utf8")]);
+    let (ok, _, err) = decomp(&args);
+    assert!(ok, "{err}");
+
+    let one_go = d.join("one");
+    let mut args = vec!["decompose", "--variants", "mc-bln"];
+    args.extend(common);
+    args.extend(cfg);
+    args.extend(["--out-dir", one_go.to_str().expect("utf8")]);
+    let (ok, _, err) = decomp(&args);
+    assert!(ok, "{err}");
+    for c in 0..10 {
+        let name = format!("mc-bln/module_{c:03}.mod");
+        let a: decomp_ir::ModuleIr = decomp_ir::read_artifact(&staged.join(&name)).expect("staged module");
+        let b: decomp_ir::ModuleIr = decomp_ir::read_artifact(&one_go.join(&name)).expect("one-go module");
+        assert_eq!((a.masks, a.head, a.counts), (b.masks, b.head, b.counts), "class {c}");
+    }
+
+    let mods: Vec<String> = (0..10).map(|c| s(&staged.join(format!("mc-bln/module_{c:03}.mod")))).collect();
+    let mut args: Vec<&str> = vec!["compose"];
+    args.extend(mods.iter().map(String::as_str));
+    let data_s = s(&data);
+    args.extend(["--data-file", &data_s, "--json"]);
+    let (ok, out, err) = decomp(&args);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["n"], 40);
+    assert_eq!(v["variant"], "mc-bln");
+    for key in ["composed_top1", "composed_top5", "model_top1", "mean_module_size"] {
+        assert!(v[key].is_number(), "{key} missing: {v}");
+    }
+
+    // A concern set does not go with another model.
+    let other = decomp_model::ResNetConfig::new(8, 10).with_seed(1).build().expect("build");
+    let m2 = d.join("m2.ir");
+    decomp_ir::write_artifact(&m2, &other).expect("write");
+    let (ok, _, err) = decomp(&["tangle", "--concern", &s(&cs), "--weights", &s(&m2), "--data-file", &s(&data), "--out-dir", &s(&d.join("x"))]);
+    assert!(!ok);
+    assert!(err.contains("concern set was computed for model"), "{err}");
+}
