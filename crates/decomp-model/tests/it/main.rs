@@ -2,6 +2,7 @@
 
 mod executor;
 mod real;
+mod zip_checkpoint;
 
 use std::path::PathBuf;
 
