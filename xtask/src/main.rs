@@ -212,6 +212,8 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
     let mut rows = Vec::new();
     // The four models with the default configuration, then ablations on ResNet-20: the
     // paper's literal mask site (every conv output, also before residual adds)...
+    // (architecture, checkpoint file, run name, extra flags, variants)
+    #[allow(clippy::type_complexity)]
     let mut runs_list: Vec<(&str, &str, String, Vec<&str>, Vec<&str>)> = ARCHS
         .iter()
         .map(|&(arch, file)| (arch, file, arch.to_string(), Vec::new(), VARIANTS.to_vec()))

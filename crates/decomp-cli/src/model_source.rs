@@ -26,10 +26,10 @@ pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
     let path = resolve_weights(args)?;
     if is_ir(&path)? {
         let model: ModelIr = read_artifact(&path)?;
-        if let Some(arch) = &args.arch {
-            if &model.meta.arch != arch {
-                bail!("{}: model is {}, --arch says {arch}", path.display(), model.meta.arch);
-            }
+        if let Some(arch) = &args.arch
+            && &model.meta.arch != arch
+        {
+            bail!("{}: model is {}, --arch says {arch}", path.display(), model.meta.arch);
         }
         return Ok(model);
     }

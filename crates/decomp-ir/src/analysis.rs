@@ -126,12 +126,12 @@ fn window_dead(
     let mut b = BitSet::new(numel(in_shape));
     for ci in 0..c {
         let outs = out_channels(ci);
-        for y in 0..h {
-            for x in 0..w {
+        for (y, row_cover) in rows.iter().enumerate() {
+            for (x, col_cover) in cols.iter().enumerate() {
                 let all_dead = outs.iter().all(|&co| {
-                    rows[y]
+                    row_cover
                         .iter()
-                        .all(|&oy| cols[x].iter().all(|&ox| dead_out.get((co * oh + oy) * ow + ox)))
+                        .all(|&oy| col_cover.iter().all(|&ox| dead_out.get((co * oh + oy) * ow + ox)))
                 });
                 if all_dead {
                     b.set((ci * h + y) * w + x, true);
@@ -174,10 +174,10 @@ pub fn active_sets(graph: &Graph, shapes: &[Shape], masks: &[NodeMask]) -> Vec<(
         .map(|id| {
             let mut z = zeroed_at(id);
             let cons = graph.consumers(id);
-            if let [only] = cons.as_slice() {
-                if matches!(graph.nodes[*only].op, Op::BatchNorm2d { .. }) {
-                    z.union_with(&zeroed_at(*only));
-                }
+            if let [only] = cons.as_slice()
+                && matches!(graph.nodes[*only].op, Op::BatchNorm2d { .. })
+            {
+                z.union_with(&zeroed_at(*only));
             }
             (id, z.complement())
         })

@@ -356,10 +356,10 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
             ] {
                 check_tensor(t, what, &[c])?;
             }
-            if running_var.data.iter().any(|&v| !(v >= 0.0)) {
+            if running_var.data.iter().any(|&v| v.is_nan() || v < 0.0) {
                 return Err("running_var has a negative or NaN value".into());
             }
-            if !(*eps > 0.0) {
+            if eps.is_nan() || *eps <= 0.0 {
                 return Err(format!("eps must be positive, found {eps}"));
             }
             ins[0].clone()

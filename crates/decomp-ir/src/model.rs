@@ -71,7 +71,7 @@ impl ModelIr {
                 norm.std.len()
             )));
         }
-        if norm.std.iter().any(|&s| !(s > 0.0)) {
+        if norm.std.iter().any(|&s| s.is_nan() || s <= 0.0) {
             return Err(IrError::Invalid(format!(
                 "input normalization std must be positive, found {:?}",
                 norm.std

@@ -21,6 +21,7 @@ pub struct Executor {
     last_use: Vec<NodeId>,
 }
 
+#[allow(clippy::large_enum_variant)] // a few per graph, built once
 enum ExecOp {
     Input,
     Conv {
@@ -601,7 +602,9 @@ impl Executor {
     fn join(&self, id: NodeId, args: &[&Vec<Branch>]) -> Vec<Branch> {
         let (a, b) = (args[0], args[1]);
         // (branch of a, branch of b) -> rows (positions in each) and members.
-        let mut pairs: Vec<((usize, usize), Vec<(usize, usize, usize, u64)>)> = Vec::new();
+        // (image, position in a, position in b, shared members) per pair of branches.
+        type Rows = Vec<(usize, usize, usize, u64)>;
+        let mut pairs: Vec<((usize, usize), Rows)> = Vec::new();
         let mut where_b: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
         for (j, bb) in b.iter().enumerate() {
             for (pos, &r) in bb.rows.iter().enumerate() {

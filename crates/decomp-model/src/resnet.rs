@@ -71,7 +71,7 @@ impl ResNetConfig {
 
     /// Blocks per stage, `n = (depth - 2) / 6`.
     pub fn blocks_per_stage(&self) -> Result<usize, ModelError> {
-        if self.depth < 8 || (self.depth - 2) % 6 != 0 {
+        if self.depth < 8 || !(self.depth - 2).is_multiple_of(6) {
             return Err(ModelError::Config(format!(
                 "ResNet depth must be 6n+2 (20, 32, 44, 56, ...), found {}",
                 self.depth

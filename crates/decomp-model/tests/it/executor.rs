@@ -108,7 +108,7 @@ fn wrong_input_shape_is_an_error() {
     let device = Device::flex();
     let model = ResNetConfig::new(8, 4).build().expect("build");
     let exec = Executor::new(&model, &device).expect("executor");
-    let err = exec.forward(random_input(&device, 1, [3, 16, 16])).err().expect("shape error");
+    let err = exec.forward(random_input(&device, 1, [3, 16, 16])).expect_err("shape error");
     assert!(err.to_string().contains("[1, 3, 16, 16]"), "{err}");
     assert!(ResNetConfig::new(21, 10).build().is_err());
 }

@@ -80,14 +80,12 @@ fn wrong_architecture_lists_mismatches() {
     let Some(shared) = shared_dir() else { return };
     let path = shared.join("models/cifar10/resnet20-12fca82f.th");
     let err = import_resnet(&path, Some(&ResNetConfig::new(32, 10)), akamaster_norm(), None)
-        .err()
-        .expect("resnet20 weights are not a resnet32")
+        .expect_err("resnet20 weights are not a resnet32")
         .to_string();
     assert!(err.contains("missing from the checkpoint (60)"), "{err}");
     assert!(err.contains("layer1.3.conv1.weight [16, 16, 3, 3]"), "{err}");
     let err = import_resnet(&path, Some(&ResNetConfig::new(20, 100)), akamaster_norm(), None)
-        .err()
-        .expect("wrong class count")
+        .expect_err("wrong class count")
         .to_string();
     assert!(err.contains("linear.weight: checkpoint [10, 64], model [100, 64]"), "{err}");
     let sd = StateDict::read(&path).expect("read");
