@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use decomp_ir::{ModelIr, read_artifact, write_artifact};
-use decomp_model::import::{akamaster_norm, import_resnet};
+use decomp_model::import::akamaster_norm;
 use decomp_model::{ResNetConfig, parse_device};
 
 use crate::ModelArgs;
@@ -33,27 +33,26 @@ pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
         }
         return Ok(model);
     }
+    let sd = decomp_model::import::StateDict::read(&path)?;
+    let detected = sd.detect_resnet();
+    // `--arch` asserts the depth; BatchNorm, shortcut, input and classes come from the
+    // checkpoint itself.
     let expected = match &args.arch {
         Some(a) => {
-            // The class count comes from the checkpoint; only depth is asserted here.
-            let sd = decomp_model::import::StateDict::read(&path)?;
-            let detected = sd.detect_resnet();
-            let classes = detected.as_ref().map_or(10, |c| c.num_classes);
-            let mut cfg = parse_arch(a, classes)?;
-            if let Some(d) = detected {
+            let mut cfg = parse_arch(a, detected.as_ref().map_or(10, |c| c.num_classes))?;
+            if let Some(d) = &detected {
                 cfg = cfg.with_batch_norm(d.batch_norm).with_shortcut(d.shortcut).with_input(d.input);
             }
             Some(cfg)
         }
         None => None,
     };
-    let mut model = import_resnet(&path, expected.as_ref(), akamaster_norm(), None)
-        .with_context(|| format!("importing {}", path.display()))?;
     // PyTorch state dicts carry no class names; the supported checkpoints are CIFAR-10's.
-    if model.num_classes() == decomp_data::CIFAR10_CLASSES.len() {
-        model.meta.class_names = decomp_data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
-    }
-    Ok(model)
+    let classes = expected.as_ref().or(detected.as_ref()).map_or(0, |c| c.num_classes);
+    let names = (classes == decomp_data::CIFAR10_CLASSES.len())
+        .then(|| decomp_data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect());
+    sd.to_resnet(&path, expected.as_ref(), akamaster_norm(), names)
+        .with_context(|| format!("importing {}", path.display()))
 }
 
 fn resolve_weights(args: &ModelArgs) -> Result<PathBuf> {

@@ -51,7 +51,10 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn op(&self, name: &str) -> Option<&Op> {
-        self.model.graph.find(name).map(|i| &self.model.graph.nodes[i].op)
+        self.model
+            .graph
+            .find(name)
+            .map(|i| &self.model.graph.nodes[i].op)
     }
 
     fn conv(&self, name: &str) -> Result<Conv2d, ModelError> {
@@ -65,11 +68,18 @@ impl Loader<'_> {
         else {
             return Err(ModelError::Config(format!("no conv2d node named {name}")));
         };
-        let [o, i, kh, kw] = [weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]];
+        let [o, i, kh, kw] = [
+            weight.shape[0],
+            weight.shape[1],
+            weight.shape[2],
+            weight.shape[3],
+        ];
         let mut conv = Conv2dConfig::new([i * groups, o], [kh, kw])
             .with_stride(*stride)
             .with_groups(*groups)
-            .with_padding(PaddingConfig2d::Explicit(padding[0], padding[1], padding[0], padding[1]))
+            .with_padding(PaddingConfig2d::Explicit(
+                padding[0], padding[1], padding[0], padding[1],
+            ))
             .with_bias(bias.is_some())
             .init(self.device);
         conv.weight = Param::from_tensor(t(weight, self.device));
@@ -120,7 +130,10 @@ impl ResNet {
                     }) => (*stride, *pad_before, *pad_after),
                     _ => (1, 0, 0),
                 };
-                let proj = l.op(&format!("{p}.shortcut.0")).map(|_| l.conv(&format!("{p}.shortcut.0"))).transpose()?;
+                let proj = l
+                    .op(&format!("{p}.shortcut.0"))
+                    .map(|_| l.conv(&format!("{p}.shortcut.0")))
+                    .transpose()?;
                 blocks.push(BasicBlock {
                     conv1: l.conv(&format!("{p}.conv1"))?,
                     bn1: l.bn(&format!("{p}.bn1"))?,

@@ -22,7 +22,10 @@ pub fn parse_device(name: &str) -> Result<Device, ModelError> {
     let unavailable = |why: &str| {
         Err(ModelError::Device(
             name.to_string(),
-            format!("{why}; this build supports: {}", available_devices().join(", ")),
+            format!(
+                "{why}; this build supports: {}",
+                available_devices().join(", ")
+            ),
         ))
     };
     let (kind, index) = match name.split_once(':') {

@@ -239,7 +239,10 @@ impl Executor {
     pub fn compile_masks(&self, masks: &[NodeMask]) -> Result<CompiledMasks, ModelError> {
         let mut by_node = HashMap::new();
         for m in masks {
-            let shape = self.shapes.get(m.node).ok_or(ModelError::NoSuchNode(m.node))?;
+            let shape = self
+                .shapes
+                .get(m.node)
+                .ok_or(ModelError::NoSuchNode(m.node))?;
             let n: usize = shape.iter().product();
             if m.zeroed.len() != n {
                 return Err(ModelError::MaskShape {
@@ -266,7 +269,11 @@ impl Executor {
     }
 
     /// Forward pass that can also capture node outputs and apply masks.
-    pub fn forward_probe(&self, x: Tensor<4>, probe: &Probe<'_>) -> Result<ForwardOutput, ModelError> {
+    pub fn forward_probe(
+        &self,
+        x: Tensor<4>,
+        probe: &Probe<'_>,
+    ) -> Result<ForwardOutput, ModelError> {
         let dims = x.dims();
         if dims[1..] != self.shapes[0][..] {
             return Err(ModelError::InputShape {
@@ -288,7 +295,11 @@ impl Executor {
                 .enumerate()
                 .map(|(k, &i)| {
                     let last = self.last_use[i] == id && !ins[k + 1..].contains(&i);
-                    let v = if last { values[i].take() } else { values[i].clone() };
+                    let v = if last {
+                        values[i].take()
+                    } else {
+                        values[i].clone()
+                    };
                     v.expect("validated graph: inputs computed before use")
                 })
                 .collect();
@@ -307,10 +318,7 @@ impl Executor {
             self.release(id, &mut values);
             values[id] = Some(v);
         }
-        let logits = values[self.output]
-            .take()
-            .expect("output computed")
-            .flat();
+        let logits = values[self.output].take().expect("output computed").flat();
         Ok(ForwardOutput {
             logits,
             captured: captured
@@ -339,7 +347,12 @@ impl Executor {
                 weight,
                 bias,
                 options,
-            } => Value::Map(conv2d(arg(0).map(), weight.clone(), bias.clone(), options.clone())),
+            } => Value::Map(conv2d(
+                arg(0).map(),
+                weight.clone(),
+                bias.clone(),
+                options.clone(),
+            )),
             ExecOp::BatchNorm {
                 gamma,
                 beta,
@@ -379,7 +392,11 @@ impl Executor {
             } => {
                 let t = arg(0).map();
                 let st = *stride as isize;
-                let t = if *stride > 1 { t.slice(s![.., .., ..;st, ..;st]) } else { t };
+                let t = if *stride > 1 {
+                    t.slice(s![.., .., ..;st, ..;st])
+                } else {
+                    t
+                };
                 let [b, _, h, w] = t.dims();
                 let mut parts = Vec::with_capacity(3);
                 if *pad_before > 0 {
@@ -457,8 +474,13 @@ impl Executor {
                 let compiled = distinct
                     .into_iter()
                     .map(|(set, b)| {
-                        let ind: Vec<f32> = (0..b.len()).map(|i| if b.get(i) { 1.0 } else { 0.0 }).collect();
-                        (set, Tensor::from_data(BurnData::new(ind, [1, b.len()]), &self.device))
+                        let ind: Vec<f32> = (0..b.len())
+                            .map(|i| if b.get(i) { 1.0 } else { 0.0 })
+                            .collect();
+                        (
+                            set,
+                            Tensor::from_data(BurnData::new(ind, [1, b.len()]), &self.device),
+                        )
                     })
                     .collect();
                 (node, compiled)
@@ -466,7 +488,9 @@ impl Executor {
             .collect();
         let relu_fed = (0..self.ops.len())
             .map(|id| {
-                let cons: Vec<usize> = (0..self.ops.len()).filter(|&j| self.inputs[j].contains(&id)).collect();
+                let cons: Vec<usize> = (0..self.ops.len())
+                    .filter(|&j| self.inputs[j].contains(&id))
+                    .collect();
                 !cons.is_empty() && cons.iter().all(|&j| matches!(self.ops[j], ExecOp::Relu))
             })
             .collect();
@@ -486,7 +510,12 @@ impl Executor {
     /// only feeds ReLUs changes nothing on an image whose masked positions are all `<= 0`).
     /// Each branch is a batch of its own, so the modules' masks are stacked along the batch
     /// axis with shared weights, and an image costs one pass per distinct behaviour.
-    pub fn forward_modules(&self, x: Tensor<4>, masks: &ModuleMasks, node: NodeId) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn forward_modules(
+        &self,
+        x: Tensor<4>,
+        masks: &ModuleMasks,
+        node: NodeId,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let dims = x.dims();
         if dims[1..] != self.shapes[0][..] {
             return Err(ModelError::InputShape {
@@ -498,7 +527,11 @@ impl Executor {
             return Err(ModelError::NoSuchNode(node));
         }
         let batch = dims[0];
-        let all: u64 = if masks.modules == 64 { u64::MAX } else { (1u64 << masks.modules) - 1 };
+        let all: u64 = if masks.modules == 64 {
+            u64::MAX
+        } else {
+            (1u64 << masks.modules) - 1
+        };
         let mut values: Vec<Option<Vec<Branch>>> = vec![None; self.ops.len()];
         let mut input = Some(x);
         for id in 0..=node {
@@ -529,7 +562,9 @@ impl Executor {
                 let mut out = Vec::new();
                 for mut b in branches {
                     for (set, ind) in distinct {
-                        let hit: Vec<usize> = (0..b.rows.len()).filter(|&i| b.members[i] & set != 0).collect();
+                        let hit: Vec<usize> = (0..b.rows.len())
+                            .filter(|&i| b.members[i] & set != 0)
+                            .collect();
                         if hit.is_empty() {
                             continue;
                         }
@@ -537,7 +572,9 @@ impl Executor {
                         let p = flat.dims()[1];
                         let changed: Vec<usize> = if masks.relu_fed[id] {
                             let s = to_vec(
-                                (burn::tensor::activation::relu(flat.clone()) * ind.clone().expand([b.rows.len(), p])).sum_dim(1),
+                                (burn::tensor::activation::relu(flat.clone())
+                                    * ind.clone().expand([b.rows.len(), p]))
+                                .sum_dim(1),
                             );
                             hit.into_iter().filter(|&i| s[i] > 0.0).collect()
                         } else {
@@ -551,7 +588,12 @@ impl Executor {
                         let masked = sub * keep.expand([changed.len(), p]);
                         let shape = &self.shapes[id];
                         let value = if shape.len() == 3 {
-                            Value::Map(masked.reshape([changed.len(), shape[0], shape[1], shape[2]]))
+                            Value::Map(masked.reshape([
+                                changed.len(),
+                                shape[0],
+                                shape[1],
+                                shape[2],
+                            ]))
                         } else {
                             Value::Vec(masked)
                         };
@@ -564,7 +606,8 @@ impl Executor {
                             b.members[i] &= !set;
                         }
                     }
-                    let live: Vec<usize> = (0..b.rows.len()).filter(|&i| b.members[i] != 0).collect();
+                    let live: Vec<usize> =
+                        (0..b.rows.len()).filter(|&i| b.members[i] != 0).collect();
                     if live.len() == b.rows.len() {
                         out.push(b);
                     } else if !live.is_empty() {
@@ -664,7 +707,10 @@ pub fn accumulate_active(
         let t = match rows {
             Some(r) => {
                 let idx: Vec<i64> = r.iter().map(|&i| i as i64).collect();
-                let idx = Tensor::<1, burn::tensor::Int>::from_data(BurnData::new(idx, [r.len()]), &t.device());
+                let idx = Tensor::<1, burn::tensor::Int>::from_data(
+                    BurnData::new(idx, [r.len()]),
+                    &t.device(),
+                );
                 t.clone().select(0, idx)
             }
             None => t.clone(),

@@ -84,7 +84,10 @@ impl StateDict {
                     data.len()
                 )));
             }
-            if tensors.insert(key.clone(), TensorData { shape, data }).is_some() {
+            if tensors
+                .insert(key.clone(), TensorData { shape, data })
+                .is_some()
+            {
                 return Err(err(format!("two tensors map to the name {key}")));
             }
         }
@@ -95,12 +98,18 @@ impl StateDict {
     /// blocks, BatchNorm from `bn1`, shortcut type, classes from `linear.weight`).
     pub fn detect_resnet(&self) -> Option<ResNetConfig> {
         let blocks = (0..)
-            .take_while(|i| self.tensors.contains_key(&format!("layer1.{i}.conv1.weight")))
+            .take_while(|i| {
+                self.tensors
+                    .contains_key(&format!("layer1.{i}.conv1.weight"))
+            })
             .count();
         let classes = self.tensors.get("linear.weight")?.shape.first().copied()?;
         let conv1 = self.tensors.get("conv1.weight")?;
         let bn = self.tensors.contains_key("bn1.weight");
-        let b = self.tensors.keys().any(|k| k.contains(".shortcut.0.weight"));
+        let b = self
+            .tensors
+            .keys()
+            .any(|k| k.contains(".shortcut.0.weight"));
         (blocks > 0).then(|| {
             ResNetConfig::new(6 * blocks + 2, classes)
                 .with_batch_norm(bn)
@@ -193,29 +202,43 @@ pub fn import_resnet(
     input_norm: InputNorm,
     class_names: Option<Vec<String>>,
 ) -> Result<ModelIr, ModelError> {
-    let sd = StateDict::read(path)?;
-    let cfg = match expected {
-        Some(c) => c.clone(),
-        None => sd.detect_resnet().ok_or_else(|| ModelError::Checkpoint {
-            path: path.to_path_buf(),
-            msg: "not a CIFAR ResNet state dict (no conv1.weight / layer1.0.conv1.weight / linear.weight); pass --arch".into(),
-        })?,
-    };
-    let mut model = cfg.build()?;
-    sd.load_into(&mut model, path)?;
-    let k = model.num_classes();
-    match class_names {
-        Some(names) if names.len() == k => model.meta.class_names = names,
-        Some(names) => {
-            return Err(ModelError::Config(format!(
-                "{} class names given for a {k}-class checkpoint",
-                names.len()
-            )));
+    StateDict::read(path)?.to_resnet(path, expected, input_norm, class_names)
+}
+
+impl StateDict {
+    /// The CIFAR ResNet these tensors describe (see [`import_resnet`]); `origin` names the
+    /// checkpoint in errors and provenance.
+    pub fn to_resnet(
+        &self,
+        path: &Path,
+        expected: Option<&ResNetConfig>,
+        input_norm: InputNorm,
+        class_names: Option<Vec<String>>,
+    ) -> Result<ModelIr, ModelError> {
+        let sd = self;
+        let cfg = match expected {
+            Some(c) => c.clone(),
+            None => sd.detect_resnet().ok_or_else(|| ModelError::Checkpoint {
+                path: path.to_path_buf(),
+                msg: "not a CIFAR ResNet state dict (no conv1.weight / layer1.0.conv1.weight / linear.weight); pass --arch".into(),
+            })?,
+        };
+        let mut model = cfg.build()?;
+        sd.load_into(&mut model, path)?;
+        let k = model.num_classes();
+        match class_names {
+            Some(names) if names.len() == k => model.meta.class_names = names,
+            Some(names) => {
+                return Err(ModelError::Config(format!(
+                    "{} class names given for a {k}-class checkpoint",
+                    names.len()
+                )));
+            }
+            None => {}
         }
-        None => {}
+        model.meta.input_norm = input_norm;
+        model.meta.source = format!("pytorch checkpoint {}", path.display());
+        model.check()?;
+        Ok(model)
     }
-    model.meta.input_norm = input_norm;
-    model.meta.source = format!("pytorch checkpoint {}", path.display());
-    model.check()?;
-    Ok(model)
 }

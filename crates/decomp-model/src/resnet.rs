@@ -98,9 +98,23 @@ impl ResNetConfig {
             for i in 0..n {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let p = format!("layer{}.{i}", stage + 1);
-                let y = b.conv_bn(&format!("{p}.conv1"), &format!("{p}.bn1"), x, in_planes, planes, stride);
+                let y = b.conv_bn(
+                    &format!("{p}.conv1"),
+                    &format!("{p}.bn1"),
+                    x,
+                    in_planes,
+                    planes,
+                    stride,
+                );
                 let y = b.graph.push(format!("{p}.relu1"), Op::Relu, vec![y]);
-                let y = b.conv_bn(&format!("{p}.conv2"), &format!("{p}.bn2"), y, planes, planes, 1);
+                let y = b.conv_bn(
+                    &format!("{p}.conv2"),
+                    &format!("{p}.bn2"),
+                    y,
+                    planes,
+                    planes,
+                    1,
+                );
                 let short = if stride != 1 || in_planes != planes {
                     match self.shortcut {
                         Shortcut::A => b.graph.push(
@@ -151,7 +165,9 @@ impl ResNetConfig {
         let model = ModelIr {
             meta: ModelMeta {
                 arch: format!("resnet{}", self.depth),
-                class_names: (0..self.num_classes).map(|i| format!("class_{i}")).collect(),
+                class_names: (0..self.num_classes)
+                    .map(|i| format!("class_{i}"))
+                    .collect(),
                 input_norm: InputNorm {
                     mean: vec![0.0; self.input[0]],
                     std: vec![1.0; self.input[0]],
@@ -185,7 +201,15 @@ impl Builder {
         TensorData { shape, data }
     }
 
-    fn conv_bn(&mut self, conv: &str, bn: &str, x: NodeId, cin: usize, cout: usize, stride: usize) -> NodeId {
+    fn conv_bn(
+        &mut self,
+        conv: &str,
+        bn: &str,
+        x: NodeId,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+    ) -> NodeId {
         self.conv_bn_k(conv, bn, x, cin, cout, stride, 3)
     }
 
@@ -219,10 +243,16 @@ impl Builder {
         self.graph.push(
             bn,
             Op::BatchNorm2d {
-                gamma: TensorData { shape: vec![cout], data: vec![1.0; cout] },
+                gamma: TensorData {
+                    shape: vec![cout],
+                    data: vec![1.0; cout],
+                },
                 beta: TensorData::zeros(vec![cout]),
                 running_mean: TensorData::zeros(vec![cout]),
-                running_var: TensorData { shape: vec![cout], data: vec![1.0; cout] },
+                running_var: TensorData {
+                    shape: vec![cout],
+                    data: vec![1.0; cout],
+                },
                 eps: 1e-5,
             },
             vec![y],

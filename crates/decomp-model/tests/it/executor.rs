@@ -4,13 +4,21 @@ use decomp_model::{Device, Executor, Probe, ResNetConfig, Shortcut, Tensor, to_v
 
 fn random_input(device: &Device, n: usize, shape: [usize; 3]) -> Tensor<4> {
     let len = n * shape.iter().product::<usize>();
-    let data: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.7311).sin() * 1.5).collect();
-    Tensor::from_data(burn::tensor::TensorData::new(data, [n, shape[0], shape[1], shape[2]]), device)
+    let data: Vec<f32> = (0..len)
+        .map(|i| ((i as f32) * 0.7311).sin() * 1.5)
+        .collect();
+    Tensor::from_data(
+        burn::tensor::TensorData::new(data, [n, shape[0], shape[1], shape[2]]),
+        device,
+    )
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Every builder variant runs, and the IR executor equals the plain burn module.
@@ -21,14 +29,23 @@ fn executor_matches_plain_burn_module() {
         ResNetConfig::new(20, 10),
         ResNetConfig::new(20, 7).with_batch_norm(false),
         ResNetConfig::new(8, 3).with_shortcut(Shortcut::B),
-        ResNetConfig::new(8, 5).with_input([3, 64, 64]).with_batch_norm(false).with_shortcut(Shortcut::B),
+        ResNetConfig::new(8, 5)
+            .with_input([3, 64, 64])
+            .with_batch_norm(false)
+            .with_shortcut(Shortcut::B),
         ResNetConfig::new(14, 4).with_input([1, 28, 28]),
     ];
     for cfg in cases {
         let mut model = cfg.clone().with_seed(3).build().expect("build");
         // Non-trivial BatchNorm statistics, so the comparison exercises them.
         for node in &mut model.graph.nodes {
-            if let Op::BatchNorm2d { running_mean, running_var, beta, .. } = &mut node.op {
+            if let Op::BatchNorm2d {
+                running_mean,
+                running_var,
+                beta,
+                ..
+            } = &mut node.op
+            {
                 for (i, v) in running_mean.data.iter_mut().enumerate() {
                     *v = (i as f32 * 0.1).sin() * 0.2;
                 }
@@ -62,7 +79,13 @@ fn capture_and_masks() {
     assert_eq!(sites.len(), 7);
     let x = random_input(&device, 2, [3, 32, 32]);
     let plain = exec
-        .forward_probe(x.clone(), &Probe { capture: &sites, masks: None })
+        .forward_probe(
+            x.clone(),
+            &Probe {
+                capture: &sites,
+                masks: None,
+            },
+        )
         .expect("forward");
     for (site, t) in sites.iter().zip(&plain.captured) {
         let numel: usize = exec.shapes()[*site].iter().product();
@@ -74,8 +97,21 @@ fn capture_and_masks() {
 
     // An empty mask changes nothing.
     let n0: usize = exec.shapes()[bn1].iter().product();
-    let empty = exec.compile_masks(&[NodeMask { node: bn1, zeroed: BitSet::new(n0) }]).expect("masks");
-    let same = exec.forward_probe(x.clone(), &Probe { capture: &[], masks: Some(&empty) }).expect("forward");
+    let empty = exec
+        .compile_masks(&[NodeMask {
+            node: bn1,
+            zeroed: BitSet::new(n0),
+        }])
+        .expect("masks");
+    let same = exec
+        .forward_probe(
+            x.clone(),
+            &Probe {
+                capture: &[],
+                masks: Some(&empty),
+            },
+        )
+        .expect("forward");
     assert_eq!(to_vec(same.logits), to_vec(plain.logits.clone()));
 
     // Zeroing channel 0 of bn1 zeroes exactly those outputs, and the logits move.
@@ -83,20 +119,34 @@ fn capture_and_masks() {
     for i in 0..32 * 32 {
         zeroed.set(i, true);
     }
-    let masks = exec.compile_masks(&[NodeMask { node: bn1, zeroed }]).expect("masks");
+    let masks = exec
+        .compile_masks(&[NodeMask { node: bn1, zeroed }])
+        .expect("masks");
     let out = exec
-        .forward_probe(x, &Probe { capture: &[bn1], masks: Some(&masks) })
+        .forward_probe(
+            x,
+            &Probe {
+                capture: &[bn1],
+                masks: Some(&masks),
+            },
+        )
         .expect("forward");
     let v = to_vec(out.captured[0].clone());
     for b in 0..2 {
         assert!(v[b * n0..b * n0 + 1024].iter().all(|&x| x == 0.0));
-        assert_eq!(&v[b * n0 + 1024..(b + 1) * n0], &pre[b * n0 + 1024..(b + 1) * n0]);
+        assert_eq!(
+            &v[b * n0 + 1024..(b + 1) * n0],
+            &pre[b * n0 + 1024..(b + 1) * n0]
+        );
     }
     assert_ne!(to_vec(out.logits), to_vec(plain.logits));
 
     // A mask of the wrong size is an error naming the node.
     let err = exec
-        .compile_masks(&[NodeMask { node: bn1, zeroed: BitSet::new(5) }])
+        .compile_masks(&[NodeMask {
+            node: bn1,
+            zeroed: BitSet::new(5),
+        }])
         .err()
         .expect("wrong size")
         .to_string();
@@ -108,7 +158,9 @@ fn wrong_input_shape_is_an_error() {
     let device = Device::flex();
     let model = ResNetConfig::new(8, 4).build().expect("build");
     let exec = Executor::new(&model, &device).expect("executor");
-    let err = exec.forward(random_input(&device, 1, [3, 16, 16])).expect_err("shape error");
+    let err = exec
+        .forward(random_input(&device, 1, [3, 16, 16]))
+        .expect_err("shape error");
     assert!(err.to_string().contains("[1, 3, 16, 16]"), "{err}");
     assert!(ResNetConfig::new(21, 10).build().is_err());
 }
@@ -119,6 +171,9 @@ fn burnpack_export_writes_a_file() {
     let model = ResNetConfig::new(8, 4).build().expect("build");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.bpk");
-    ResNet::from_ir(&model, &device).expect("module").export(&path).expect("export");
+    ResNet::from_ir(&model, &device)
+        .expect("module")
+        .export(&path)
+        .expect("export");
     assert!(std::fs::metadata(&path).expect("written").len() > 4 * model.graph.num_params() as u64);
 }

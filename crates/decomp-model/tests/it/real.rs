@@ -29,12 +29,19 @@ fn logits_match_numpy_reference() {
         let text = std::fs::read_to_string(format!("{FIXTURES}/{fixture}")).expect("fixture");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         let expected: Vec<Vec<f64>> = serde_json::from_value(v["logits"].clone()).expect("logits");
-        let model = import_resnet(&shared.join("models/cifar10").join(ckpt), None, akamaster_norm(), None)
-            .expect("import");
+        let model = import_resnet(
+            &shared.join("models/cifar10").join(ckpt),
+            None,
+            akamaster_norm(),
+            None,
+        )
+        .expect("import");
         let device = Device::flex();
         let exec = Executor::new(&model, &device).expect("executor");
         let batch = lossless(&shared).batch(0..expected.len()).expect("batch");
-        let x = exec.input_tensor(batch.images, expected.len()).expect("input");
+        let x = exec
+            .input_tensor(batch.images, expected.len())
+            .expect("input");
         let got = to_vec(exec.forward(x).expect("forward"));
         let mut worst = 0.0f64;
         for (i, row) in expected.iter().enumerate() {
@@ -43,7 +50,10 @@ fn logits_match_numpy_reference() {
             }
         }
         eprintln!("{ckpt}: max |logit - numpy reference| = {worst:.2e}");
-        assert!(worst < 1e-4, "{ckpt}: logits differ from the numpy reference by {worst}");
+        assert!(
+            worst < 1e-4,
+            "{ckpt}: logits differ from the numpy reference by {worst}"
+        );
     }
 }
 
@@ -65,11 +75,17 @@ fn resnet20_on_lossless_training_images() {
     for b in ds.batches(200) {
         let b = b.expect("batch");
         let n = b.labels.len();
-        let logits = to_vec(exec.forward(exec.input_tensor(b.images, n).expect("input")).expect("forward"));
+        let logits = to_vec(
+            exec.forward(exec.input_tensor(b.images, n).expect("input"))
+                .expect("forward"),
+        );
         acc.add(&logits, &b.labels).expect("metrics");
     }
     let r = acc.finish();
-    eprintln!("resnet20 on 4000 lossless training images: top-1 {:.2}% top-5 {:.2}%", r.top1, r.top5);
+    eprintln!(
+        "resnet20 on 4000 lossless training images: top-1 {:.2}% top-5 {:.2}%",
+        r.top1, r.top5
+    );
     assert_eq!(r.n, 4000);
     assert!(r.top1 >= 99.5, "top-1 {}", r.top1);
 }
@@ -79,15 +95,31 @@ fn resnet20_on_lossless_training_images() {
 fn wrong_architecture_lists_mismatches() {
     let Some(shared) = shared_dir() else { return };
     let path = shared.join("models/cifar10/resnet20-12fca82f.th");
-    let err = import_resnet(&path, Some(&ResNetConfig::new(32, 10)), akamaster_norm(), None)
-        .expect_err("resnet20 weights are not a resnet32")
-        .to_string();
+    let err = import_resnet(
+        &path,
+        Some(&ResNetConfig::new(32, 10)),
+        akamaster_norm(),
+        None,
+    )
+    .expect_err("resnet20 weights are not a resnet32")
+    .to_string();
     assert!(err.contains("missing from the checkpoint (60)"), "{err}");
-    assert!(err.contains("layer1.3.conv1.weight [16, 16, 3, 3]"), "{err}");
-    let err = import_resnet(&path, Some(&ResNetConfig::new(20, 100)), akamaster_norm(), None)
-        .expect_err("wrong class count")
-        .to_string();
-    assert!(err.contains("linear.weight: checkpoint [10, 64], model [100, 64]"), "{err}");
+    assert!(
+        err.contains("layer1.3.conv1.weight [16, 16, 3, 3]"),
+        "{err}"
+    );
+    let err = import_resnet(
+        &path,
+        Some(&ResNetConfig::new(20, 100)),
+        akamaster_norm(),
+        None,
+    )
+    .expect_err("wrong class count")
+    .to_string();
+    assert!(
+        err.contains("linear.weight: checkpoint [10, 64], model [100, 64]"),
+        "{err}"
+    );
     let sd = StateDict::read(&path).expect("read");
     let cfg = sd.detect_resnet().expect("detected");
     assert_eq!((cfg.depth, cfg.num_classes, cfg.batch_norm), (20, 10, true));
@@ -100,6 +132,12 @@ fn unreadable_checkpoint_names_the_file() {
     std::fs::write(&path, b"definitely not a checkpoint").expect("write");
     let err = StateDict::read(&path).err().expect("junk").to_string();
     assert!(err.contains("junk.th"), "{err}");
-    let err = StateDict::read(&dir.path().join("none.th")).err().expect("missing").to_string();
-    assert!(err.contains("none.th") && err.contains("no such file"), "{err}");
+    let err = StateDict::read(&dir.path().join("none.th"))
+        .err()
+        .expect("missing")
+        .to_string();
+    assert!(
+        err.contains("none.th") && err.contains("no such file"),
+        "{err}"
+    );
 }

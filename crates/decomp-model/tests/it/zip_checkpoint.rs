@@ -4,8 +4,8 @@
 use std::io::Write;
 
 use decomp_ir::{ModelIr, Op, TensorData};
-use decomp_model::import::{StateDict, akamaster_norm, import_resnet};
 use decomp_model::ResNetConfig;
+use decomp_model::import::{StateDict, akamaster_norm, import_resnet};
 
 /// Pickle protocol 2 of `{name: _rebuild_tensor_v2(storage_i, 0, size, stride, False, OrderedDict())}`.
 fn data_pkl(tensors: &[(String, &TensorData)]) -> Vec<u8> {
@@ -61,7 +61,13 @@ fn write_zip_checkpoint(path: &std::path::Path, model: &ModelIr, prefix: &str) {
                     tensors.push((format!("{n}.bias"), b));
                 }
             }
-            Op::BatchNorm2d { gamma, beta, running_mean, running_var, .. } => {
+            Op::BatchNorm2d {
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                ..
+            } => {
                 tensors.push((format!("{n}.weight"), gamma));
                 tensors.push((format!("{n}.bias"), beta));
                 tensors.push((format!("{n}.running_mean"), running_mean));
@@ -71,11 +77,13 @@ fn write_zip_checkpoint(path: &std::path::Path, model: &ModelIr, prefix: &str) {
         }
     }
     let mut z = zip::ZipWriter::new(std::fs::File::create(path).expect("create"));
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     z.start_file("archive/data.pkl", opts).expect("entry");
     z.write_all(&data_pkl(&tensors)).expect("pkl");
     for (i, (_, t)) in tensors.iter().enumerate() {
-        z.start_file(format!("archive/data/{i}"), opts).expect("entry");
+        z.start_file(format!("archive/data/{i}"), opts)
+            .expect("entry");
         let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
         z.write_all(&bytes).expect("storage");
     }
@@ -89,14 +97,25 @@ fn zip_checkpoint_imports_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (cfg, prefix) in [
         (ResNetConfig::new(8, 10).with_seed(11), "module."),
-        (ResNetConfig::new(14, 5).with_seed(12).with_batch_norm(false), ""),
+        (
+            ResNetConfig::new(14, 5)
+                .with_seed(12)
+                .with_batch_norm(false),
+            "",
+        ),
     ] {
         let original = cfg.build().expect("build");
         let path = dir.path().join("model.pt");
         write_zip_checkpoint(&path, &original, prefix);
         // Detected from the tensor names, and checked against an explicit architecture.
-        let detected = StateDict::read(&path).expect("read zip").detect_resnet().expect("resnet");
-        assert_eq!((detected.depth, detected.num_classes, detected.batch_norm), (cfg.depth, cfg.num_classes, cfg.batch_norm));
+        let detected = StateDict::read(&path)
+            .expect("read zip")
+            .detect_resnet()
+            .expect("resnet");
+        assert_eq!(
+            (detected.depth, detected.num_classes, detected.batch_norm),
+            (cfg.depth, cfg.num_classes, cfg.batch_norm)
+        );
         let imported = import_resnet(&path, Some(&cfg), akamaster_norm(), None).expect("import");
         assert_eq!(imported.graph, original.graph, "{cfg:?}");
     }
