@@ -1,13 +1,14 @@
-//! ResNet-20 inference throughput: the IR executor against a plain burn `Module` with the
-//! same weights, same device, same batch. Both read the logits back to the host, which
-//! synchronizes the device before the clock stops.
+//! ResNet-20 inference throughput: the IR executor on its CPU plan (`Engine::Cpu`) and on
+//! burn ops (`Engine::Burn`) against a plain burn `Module` with the same weights, same device,
+//! same batch. All read the logits back to the host, which synchronizes the device before
+//! the clock stops. `DECOMP_CPU_TILE` / `DECOMP_CPU_BLOCK` change the CPU plan's tuning.
 //!
-//! Run: `cargo bench -p decomp-benches --bench executor`
+//! Run: `cargo bench -p decomp-benches --profile dev --bench executor`
 
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use decomp_model::burn_resnet::ResNet;
-use decomp_model::{Executor, ResNetConfig, to_vec};
+use decomp_model::{Engine, Executor, ResNetConfig, to_vec};
 
 const BATCH: usize = 128;
 
@@ -19,14 +20,21 @@ fn input(device: &Device) -> Tensor<4> {
 
 fn resnet20(c: &mut Criterion) {
     let device = Device::flex();
-    let model = ResNetConfig::new(20, 10).with_seed(7).build().expect("build");
-    let exec = Executor::new(&model, &device).expect("executor");
+    let model = ResNetConfig::new(20, 10)
+        .with_seed(7)
+        .build()
+        .expect("build");
+    let fast = Executor::with_engine(&model, &device, Engine::Cpu).expect("executor");
+    let exec = Executor::with_engine(&model, &device, Engine::Burn).expect("executor");
     let net = ResNet::from_ir(&model, &device).expect("module");
     let x = input(&device);
     let mut g = c.benchmark_group("resnet20_inference_flex");
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(20);
-    g.bench_function(BenchmarkId::new("ir_executor", BATCH), |b| {
+    g.bench_function(BenchmarkId::new("ir_executor_cpu", BATCH), |b| {
+        b.iter(|| to_vec(fast.forward(x.clone()).expect("forward")))
+    });
+    g.bench_function(BenchmarkId::new("ir_executor_burn", BATCH), |b| {
         b.iter(|| to_vec(exec.forward(x.clone()).expect("forward")))
     });
     g.bench_function(BenchmarkId::new("burn_module", BATCH), |b| {

@@ -8,6 +8,46 @@ use burn::tensor::{Device, Tensor, TensorData as BurnData, s};
 use decomp_ir::{ModelIr, NodeId, NodeMask, Op, Shape, TensorData};
 
 use crate::ModelError;
+use crate::cpu::{CpuPlan, CpuTuning, HostMasks, HostModuleMasks};
+
+/// Which implementation an [`Executor`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The CPU plan ([`Engine::Cpu`]) on the `flex` device when it supports the graph,
+    /// otherwise burn ops ([`Engine::Burn`]). `DECOMP_ENGINE=burn` (or `cpu`) overrides it.
+    Auto,
+    /// burn tensor ops on the executor's device: every device; the reference.
+    Burn,
+    /// The compiled CPU plan (`flex` device only): BatchNorm folded into convolutions,
+    /// channels-last, im2col + GEMM, parallel over image tiles. Equal to `Burn` within
+    /// float rounding.
+    Cpu,
+}
+
+impl Engine {
+    /// `DECOMP_ENGINE` (`burn`, `cpu` or `auto`), else [`Engine::Auto`].
+    pub fn from_env() -> Result<Self, ModelError> {
+        match std::env::var("DECOMP_ENGINE") {
+            Ok(v) => v.parse(),
+            Err(_) => Ok(Engine::Auto),
+        }
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "auto" | "" => Ok(Engine::Auto),
+            "burn" => Ok(Engine::Burn),
+            "cpu" | "fast" => Ok(Engine::Cpu),
+            _ => Err(ModelError::Config(format!(
+                "unknown engine {s:?}: expected auto, burn or cpu"
+            ))),
+        }
+    }
+}
 
 /// A compiled graph: IR ops with their parameters uploaded to one device.
 pub struct Executor {
@@ -19,6 +59,8 @@ pub struct Executor {
     output: NodeId,
     /// For every node, the last node that reads it (intermediates are dropped after it).
     last_use: Vec<NodeId>,
+    /// The compiled CPU plan, when this executor runs [`Engine::Cpu`].
+    cpu: Option<CpuPlan>,
 }
 
 #[allow(clippy::large_enum_variant)] // a few per graph, built once
@@ -99,6 +141,8 @@ impl Value {
 /// (zeroed), multiplied into the node's output.
 pub struct CompiledMasks {
     by_node: HashMap<NodeId, Tensor<2>>,
+    /// The same masks for the CPU plan (`None`: a mask sits on a node the plan folds away).
+    host: Option<HostMasks>,
 }
 
 /// What a forward pass should do besides computing logits.
@@ -123,9 +167,34 @@ fn upload<const D: usize>(t: &TensorData, device: &Device) -> Tensor<D> {
 }
 
 impl Executor {
-    /// Validates `model` and uploads its parameters to `device`.
+    /// Validates `model` and uploads its parameters to `device`; the engine is
+    /// [`Engine::from_env`] (by default the CPU plan on `flex`, burn ops elsewhere).
     pub fn new(model: &ModelIr, device: &Device) -> Result<Self, ModelError> {
+        Self::with_engine(model, device, Engine::from_env()?)
+    }
+
+    /// Like [`Executor::new`] with an explicit engine. [`Engine::Cpu`] needs the `flex`
+    /// device and a graph the plan supports.
+    pub fn with_engine(
+        model: &ModelIr,
+        device: &Device,
+        engine: Engine,
+    ) -> Result<Self, ModelError> {
         let shapes = model.check()?;
+        let is_flex = *device == Device::flex();
+        let cpu = match engine {
+            Engine::Burn => None,
+            Engine::Auto if !is_flex => None,
+            Engine::Auto => CpuPlan::new(model, &shapes, CpuTuning::from_env()),
+            Engine::Cpu if !is_flex => {
+                return Err(ModelError::Config(format!(
+                    "the cpu engine runs on the flex device only, not {device:?}"
+                )));
+            }
+            Engine::Cpu => Some(CpuPlan::new(model, &shapes, CpuTuning::from_env()).ok_or_else(|| {
+                ModelError::Config("the cpu engine does not support this graph (grouped convolution or a newer op)".into())
+            })?),
+        };
         let graph = &model.graph;
         let mut ops = Vec::with_capacity(graph.nodes.len());
         for node in &graph.nodes {
@@ -207,11 +276,33 @@ impl Executor {
             shapes,
             output: graph.output,
             last_use,
+            cpu,
         })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The engine this executor runs: [`Engine::Cpu`] or [`Engine::Burn`].
+    pub fn engine(&self) -> Engine {
+        if self.cpu.is_some() {
+            Engine::Cpu
+        } else {
+            Engine::Burn
+        }
+    }
+
+    /// Tile size and im2col block of the CPU plan (`None` on the burn engine).
+    pub fn cpu_tuning(&self) -> Option<CpuTuning> {
+        self.cpu.as_ref().map(CpuPlan::tuning)
+    }
+
+    /// Changes the CPU plan's tuning (no effect on the burn engine).
+    pub fn set_cpu_tuning(&mut self, tuning: CpuTuning) {
+        if let Some(p) = self.cpu.as_mut() {
+            p.set_tuning(tuning);
+        }
     }
 
     /// Output shape of every node (batch axis excluded).
@@ -260,7 +351,8 @@ impl Executor {
                 Tensor::from_data(BurnData::new(keep, [1, n]), &self.device),
             );
         }
-        Ok(CompiledMasks { by_node })
+        let host = self.cpu.as_ref().and_then(|p| p.host_masks(masks));
+        Ok(CompiledMasks { by_node, host })
     }
 
     /// Logits `[batch, classes]` of a `[batch, c, h, w]` input.
@@ -283,6 +375,26 @@ impl Executor {
         }
         if let Some(&bad) = probe.capture.iter().find(|&&c| c >= self.ops.len()) {
             return Err(ModelError::NoSuchNode(bad));
+        }
+        if let Some(plan) = &self.cpu
+            && probe.capture.iter().all(|&c| plan.materialized(c))
+            && probe.masks.is_none_or(|m| m.host.is_some())
+        {
+            let batch = dims[0];
+            let (logits, captured) = plan.forward(
+                &to_vec(x),
+                batch,
+                probe.capture,
+                probe.masks.and_then(|m| m.host.as_ref()),
+            );
+            let upload2 = |v: Vec<f32>| {
+                let per = v.len().checked_div(batch).unwrap_or(0);
+                Tensor::<2>::from_data(BurnData::new(v, [batch, per]), &self.device)
+            };
+            return Ok(ForwardOutput {
+                logits: upload2(logits),
+                captured: captured.into_iter().map(upload2).collect(),
+            });
         }
         let mut values: Vec<Option<Value>> = vec![None; self.ops.len()];
         let mut captured: Vec<Option<Tensor<2>>> = vec![None; probe.capture.len()];
@@ -422,6 +534,9 @@ pub struct ModuleMasks {
     /// Nodes whose consumers are all ReLUs: there a mask changes nothing on an image whose
     /// masked positions are all `<= 0`.
     relu_fed: Vec<bool>,
+    /// The same masks for the CPU plan (`None` off the CPU engine, or when a mask sits on a
+    /// node the plan folds away).
+    host: Option<HostModuleMasks>,
 }
 
 impl ModuleMasks {
@@ -468,6 +583,18 @@ impl Executor {
                 }
             }
         }
+        let relu_fed: Vec<bool> = (0..self.ops.len())
+            .map(|id| {
+                let cons: Vec<usize> = (0..self.ops.len())
+                    .filter(|&j| self.inputs[j].contains(&id))
+                    .collect();
+                !cons.is_empty() && cons.iter().all(|&j| matches!(self.ops[j], ExecOp::Relu))
+            })
+            .collect();
+        let host = self
+            .cpu
+            .as_ref()
+            .and_then(|p| p.host_module_masks(modules.len(), &by_node, relu_fed.clone()));
         let by_node = by_node
             .into_iter()
             .map(|(node, distinct)| {
@@ -486,18 +613,11 @@ impl Executor {
                 (node, compiled)
             })
             .collect();
-        let relu_fed = (0..self.ops.len())
-            .map(|id| {
-                let cons: Vec<usize> = (0..self.ops.len())
-                    .filter(|&j| self.inputs[j].contains(&id))
-                    .collect();
-                !cons.is_empty() && cons.iter().all(|&j| matches!(self.ops[j], ExecOp::Relu))
-            })
-            .collect();
         Ok(ModuleMasks {
             modules: modules.len(),
             by_node,
             relu_fed,
+            host,
         })
     }
 
@@ -527,6 +647,11 @@ impl Executor {
             return Err(ModelError::NoSuchNode(node));
         }
         let batch = dims[0];
+        if let (Some(plan), Some(host)) = (&self.cpu, &masks.host)
+            && plan.materialized(node)
+        {
+            return Ok(plan.forward_modules(&to_vec(x), batch, host, node, masks.modules));
+        }
         let all: u64 = if masks.modules == 64 {
             u64::MAX
         } else {
@@ -730,4 +855,88 @@ pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .convert::<f32>()
         .try_into_vec::<f32>()
         .expect("f32 data after conversion")
+}
+
+/// Which positions of some nodes are active (`> 0`) on each image of one batch, from
+/// [`Executor::forward_active`]: what concern and tangling identification reduce.
+pub struct ActiveBatch {
+    /// `[batch * classes]` row-major, on the host.
+    pub logits: Vec<f32>,
+    batch: usize,
+    sites: Vec<NodeId>,
+    inner: ActiveInner,
+}
+
+enum ActiveInner {
+    /// CPU plan: one bit per image and position, storage order, per site.
+    Bits(Vec<Vec<u64>>),
+    /// Burn engine: the captured outputs, reduced on the device.
+    Captured(Vec<Tensor<2>>),
+}
+
+impl Executor {
+    /// Logits of `x` and, for every node of `sites`, which positions are `> 0` on each image,
+    /// for [`ActiveBatch::accumulate`]. On the CPU engine the site outputs are reduced to one
+    /// bit per position while each image tile is computed, never stored as values.
+    pub fn forward_active(
+        &self,
+        x: Tensor<4>,
+        sites: &[NodeId],
+    ) -> Result<ActiveBatch, ModelError> {
+        let dims = x.dims();
+        if dims[1..] != self.shapes[0][..] {
+            return Err(ModelError::InputShape {
+                found: dims.to_vec(),
+                expected: self.shapes[0].clone(),
+            });
+        }
+        if let Some(&bad) = sites.iter().find(|&&c| c >= self.ops.len()) {
+            return Err(ModelError::NoSuchNode(bad));
+        }
+        let batch = dims[0];
+        if let Some(plan) = &self.cpu
+            && sites.iter().all(|&c| plan.materialized(c))
+        {
+            let (logits, bits) = plan.forward_active(&to_vec(x), batch, sites);
+            return Ok(ActiveBatch {
+                logits,
+                batch,
+                sites: sites.to_vec(),
+                inner: ActiveInner::Bits(bits),
+            });
+        }
+        let out = self.forward_probe(
+            x,
+            &Probe {
+                capture: sites,
+                masks: None,
+            },
+        )?;
+        Ok(ActiveBatch {
+            logits: to_vec(out.logits),
+            batch,
+            sites: sites.to_vec(),
+            inner: ActiveInner::Captured(out.captured),
+        })
+    }
+
+    /// Marks in `active` (one bitset per site of `batch`, channel-first positions) every
+    /// position that is `> 0` on at least one of the chosen rows (all rows when `None`).
+    pub fn accumulate(
+        &self,
+        batch: &ActiveBatch,
+        rows: Option<&[usize]>,
+        active: &mut [decomp_ir::BitSet],
+    ) {
+        if rows.is_some_and(<[usize]>::is_empty) {
+            return;
+        }
+        match (&batch.inner, &self.cpu) {
+            (ActiveInner::Bits(bits), Some(plan)) => {
+                plan.accumulate_bits(&batch.sites, bits, batch.batch, rows, active)
+            }
+            (ActiveInner::Captured(c), _) => accumulate_active(c, rows, active),
+            (ActiveInner::Bits(_), None) => unreachable!("bits come from the CPU plan"),
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //! - [`parse_device`] turns `cpu` / `cuda:N` / `wgpu` into a device.
 
 pub mod burn_resnet;
+mod cpu;
 mod device;
 mod error;
 mod executor;
@@ -17,10 +18,12 @@ pub mod import;
 pub mod resnet;
 
 pub use burn::tensor::{Device, Tensor, TensorData as BurnTensorData};
+pub use cpu::CpuTuning;
 pub use decomp_ir::ModelIr;
 pub use device::{available_devices, parse_device};
 pub use error::ModelError;
 pub use executor::{
-    CompiledMasks, Executor, ForwardOutput, ModuleMasks, Probe, accumulate_active, to_vec,
+    ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe,
+    accumulate_active, to_vec,
 };
 pub use resnet::{ResNetConfig, Shortcut};

@@ -12,7 +12,7 @@ use decomp_ir::{
     BinaryHead, BitSet, BlnRule, ClassConcern, DecompConfig, ModelIr, ModuleIr, NodeId, NodeMask, Op, SampleCounts,
     TensorData, Variant,
 };
-use decomp_model::{Executor, Probe, accumulate_active};
+use decomp_model::Executor;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -74,8 +74,8 @@ pub fn untangle(
     for batch in view.batches(batch_size.max(1)) {
         let b = batch?;
         let n = b.labels.len();
-        let out = exec.forward_probe(exec.input_tensor(b.images, n)?, &Probe { capture: &sites, masks: None })?;
-        accumulate_active(&out.captured, None, &mut active);
+        let out = exec.forward_active(exec.input_tensor(b.images, n)?, &sites)?;
+        exec.accumulate(&out, None, &mut active);
         progress(n);
     }
     Ok(concern

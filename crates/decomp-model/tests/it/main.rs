@@ -1,5 +1,6 @@
 //! Executor, builders and import, checked against an independent implementation.
 
+mod cpu;
 mod executor;
 mod real;
 mod zip_checkpoint;

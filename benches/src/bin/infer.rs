@@ -1,0 +1,144 @@
+//! ResNet inference (or the engine's share of it) timed outside criterion, printing one JSON
+//! line: the probe `scripts/bench_frameworks.py` runs interleaved with PyTorch and TensorFlow.
+//!
+//! `cargo run -p decomp-benches --bin infer -- [--engine cpu|burn|module] [--depth 20]
+//!  [--batch 128] [--iters 10] [--warmup 2] [--weights FILE.th]`
+//!
+//! `module` is the plain burn `Module` ResNet. Threads: `RAYON_NUM_THREADS` (rayon's global
+//! pool, which both burn `flex` and the CPU plan use). Peak RSS and CPU time come from
+//! `/proc/self/status` and `/proc/self/stat` (Linux; reported as null elsewhere).
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use decomp_model::burn_resnet::ResNet;
+use decomp_model::import::{akamaster_norm, import_resnet};
+use decomp_model::{Engine, Executor, ResNetConfig, to_vec};
+
+struct Args {
+    engine: String,
+    depth: usize,
+    batch: usize,
+    iters: usize,
+    warmup: usize,
+    weights: Option<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        engine: "cpu".into(),
+        depth: 20,
+        batch: 128,
+        iters: 10,
+        warmup: 2,
+        weights: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--engine" => a.engine = val()?,
+            "--depth" => a.depth = num(val()?)?,
+            "--batch" => a.batch = num(val()?)?,
+            "--iters" => a.iters = num(val()?)?,
+            "--warmup" => a.warmup = num(val()?)?,
+            "--weights" => a.weights = Some(val()?),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(a)
+}
+
+/// (user + system CPU seconds, peak RSS in KiB) of this process.
+fn usage() -> (Option<f64>, Option<u64>) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        });
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        });
+    (cpu, rss)
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let model = match &args.weights {
+        Some(w) => match import_resnet(std::path::Path::new(w), None, akamaster_norm(), None) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("error: importing {w}: {e}");
+                std::process::exit(1);
+            }
+        },
+        None => ResNetConfig::new(args.depth, 10)
+            .with_seed(7)
+            .build()
+            .expect("a valid ResNet depth"),
+    };
+    let device = Device::flex();
+    let n = args.batch * 3 * 32 * 32;
+    let data: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.618).sin()).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(data, [args.batch, 3, 32, 32]), &device);
+    let run: Box<dyn Fn()> = match args.engine.as_str() {
+        "module" => {
+            let net = ResNet::from_ir(&model, &device).expect("module");
+            Box::new(move || drop(to_vec(net.forward(x.clone()))))
+        }
+        e => {
+            let engine: Engine = e.parse().unwrap_or_else(|err| {
+                eprintln!("error: {err}");
+                std::process::exit(2)
+            });
+            let exec = Executor::with_engine(&model, &device, engine).expect("executor");
+            Box::new(move || drop(to_vec(exec.forward(x.clone()).expect("forward"))))
+        }
+    };
+    for _ in 0..args.warmup {
+        run();
+    }
+    let (cpu0, _) = usage();
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t = Instant::now();
+        run();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let (cpu1, rss) = usage();
+    let total: f64 = times.iter().sum();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let cpu = cpu0.zip(cpu1).map(|(a, b)| b - a);
+    println!(
+        "{{\"framework\":\"decomp\",\"engine\":\"{}\",\"depth\":{},\"batch\":{},\"iters\":{},\"threads\":{},\"img_per_s\":{:.1},\"img_per_s_median\":{:.1},\"cpu_s_per_img\":{},\"peak_rss_kib\":{}}}",
+        args.engine,
+        args.depth,
+        args.batch,
+        args.iters,
+        rayon::current_num_threads(),
+        (args.batch * args.iters) as f64 / total,
+        args.batch as f64 / median,
+        cpu.map_or("null".into(), |c| format!(
+            "{:.6}",
+            c / (args.batch * args.iters) as f64
+        )),
+        rss.map_or("null".into(), |r| r.to_string()),
+    );
+}

@@ -1,0 +1,1105 @@
+//! The CPU inference plan behind [`Executor`](crate::Executor) on the `flex` device.
+//!
+//! Compiled once from a [`ModelIr`]: every BatchNorm that is the only consumer of a
+//! convolution is folded into the convolution's weights and bias (the convolution's own output
+//! is then never materialized, and the fused node produces exactly the BatchNorm's output, so
+//! masks and captures at BatchNorm outputs keep their meaning); feature maps are kept
+//! channels-last (`[image][y][x][channel]`, "storage order"); convolutions run as im2col over
+//! a cache-sized block of output pixels followed by one product with the `gemm` crate (through
+//! [`decomp_gemm::sgemm`]), the bias preloaded into the destination; batches are split into
+//! tiles of a few images that rayon runs in parallel.
+//!
+//! Everything the stages see keeps the IR's channel-first meaning: masks and captured
+//! positions are indexed `c * h * w + y * w + x` and converted at the boundary.
+
+use std::collections::HashMap;
+
+use decomp_gemm::{Gemm, sgemm};
+use decomp_ir::{BitSet, ModelIr, NodeId, NodeMask, Op, Shape};
+use rayon::prelude::*;
+
+/// Tuning knobs of the CPU plan. Defaults are the fastest measured settings for
+/// ResNet-20 at batch 128 on a 2-core AVX2/AVX-512 machine (`benches/executor.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTuning {
+    /// Images per parallel task.
+    pub tile: usize,
+    /// Elements of the im2col block (output pixels x kernel size) per matrix product.
+    pub block: usize,
+}
+
+impl Default for CpuTuning {
+    fn default() -> Self {
+        Self {
+            tile: 4,
+            block: 1 << 16,
+        }
+    }
+}
+
+impl CpuTuning {
+    /// Defaults, overridden by `DECOMP_CPU_TILE` / `DECOMP_CPU_BLOCK` when set to a positive
+    /// number (for tuning experiments).
+    pub fn from_env() -> Self {
+        let get = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&v| v > 0)
+                .unwrap_or(default)
+        };
+        let d = Self::default();
+        Self {
+            tile: get("DECOMP_CPU_TILE", d.tile),
+            block: get("DECOMP_CPU_BLOCK", d.block),
+        }
+    }
+}
+
+struct Conv {
+    /// `[kh * kw * cin, cout]`, row `(ky * kw + kx) * cin + ci`, BatchNorm scale folded in.
+    w: Vec<f32>,
+    /// `[cout]`, BatchNorm shift folded in.
+    bias: Vec<f32>,
+    cin: usize,
+    cout: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    in_hw: [usize; 2],
+    out_hw: [usize; 2],
+}
+
+enum POp {
+    Input,
+    /// A convolution folded into its BatchNorm: never computed.
+    Folded,
+    Conv(Conv),
+    /// A BatchNorm that could not be folded: `x * scale[c] + shift[c]`.
+    Affine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    },
+    Relu,
+    Add,
+    Pool {
+        max: bool,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 2],
+    },
+    GlobalAvgPool,
+    Flatten,
+    /// `w` is `[in, out]`.
+    Linear {
+        w: Vec<f32>,
+        bias: Vec<f32>,
+        out: usize,
+    },
+    ShortcutA {
+        stride: usize,
+        pad_before: usize,
+    },
+}
+
+struct PNode {
+    op: POp,
+    inputs: Vec<NodeId>,
+}
+
+/// A model compiled for the CPU; see the module docs.
+pub(crate) struct CpuPlan {
+    nodes: Vec<PNode>,
+    shapes: Vec<Shape>,
+    output: NodeId,
+    last_use: Vec<usize>,
+    tuning: CpuTuning,
+}
+
+/// Masks of one probe in storage order: per node, a multiplier per position (1 keep, 0 zero).
+pub(crate) struct HostMasks {
+    keep: HashMap<NodeId, Vec<f32>>,
+}
+
+/// Module masks in storage order: per node, its distinct masks as (modules using it, zeroed
+/// storage positions).
+pub(crate) struct HostModuleMasks {
+    by_node: HashMap<NodeId, Vec<(u64, Vec<u32>)>>,
+    relu_fed: Vec<bool>,
+    all: u64,
+}
+
+/// A node value handed to an op: moved when this op is its last reader.
+enum Arg<'a> {
+    Owned(Vec<f32>),
+    Borrowed(&'a [f32]),
+}
+
+impl Arg<'_> {
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            Arg::Owned(v) => v,
+            Arg::Borrowed(s) => s,
+        }
+    }
+
+    fn into_owned(self) -> Vec<f32> {
+        match self {
+            Arg::Owned(v) => v,
+            Arg::Borrowed(s) => s.to_vec(),
+        }
+    }
+}
+
+/// `[c, h, w]` of a feature map, `[n, 1, 1]` of a vector: in both, storage position
+/// `p * c + ch` is IR position `ch * h * w + p`.
+fn chw(shape: &Shape) -> [usize; 3] {
+    match shape.as_slice() {
+        &[c, h, w] => [c, h, w],
+        s => [s.iter().product(), 1, 1],
+    }
+}
+
+/// IR (channel-first) position of storage position `s`.
+fn ir_index(shape: &Shape, s: usize) -> usize {
+    let [c, h, w] = chw(shape);
+    (s % c) * h * w + s / c
+}
+
+/// Storage position of IR position `i`.
+fn storage_index(shape: &Shape, i: usize) -> usize {
+    let [c, h, w] = chw(shape);
+    let hw = h * w;
+    (i % hw) * c + i / hw
+}
+
+/// One image from channel-first to storage order.
+fn to_storage(shape: &Shape, src: &[f32], dst: &mut [f32]) {
+    let [c, h, w] = chw(shape);
+    let hw = h * w;
+    if hw == 1 || c == 1 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (ch, plane) in src.chunks_exact(hw).enumerate() {
+        for (p, &v) in plane.iter().enumerate() {
+            dst[p * c + ch] = v;
+        }
+    }
+}
+
+/// One image from storage to channel-first order.
+fn to_ir(shape: &Shape, src: &[f32], dst: &mut [f32]) {
+    let [c, h, w] = chw(shape);
+    let hw = h * w;
+    if hw == 1 || c == 1 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (p, px) in src.chunks_exact(c).enumerate() {
+        for (ch, &v) in px.iter().enumerate() {
+            dst[ch * hw + p] = v;
+        }
+    }
+}
+
+/// `rows` copies of `row`, back to back.
+fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
+    let mut v = vec![0.0f32; rows * row.len()];
+    if !row.is_empty() {
+        for r in v.chunks_exact_mut(row.len()) {
+            r.copy_from_slice(row);
+        }
+    }
+    v
+}
+
+fn numel(shape: &Shape) -> usize {
+    shape.iter().product()
+}
+
+impl CpuPlan {
+    /// Compiles `model` (already validated, with node output shapes `shapes`); `None` when it
+    /// uses something this plan does not run (grouped convolutions, ops added later).
+    pub(crate) fn new(model: &ModelIr, shapes: &[Shape], tuning: CpuTuning) -> Option<Self> {
+        let g = &model.graph;
+        let consumers: Vec<Vec<NodeId>> = (0..g.nodes.len()).map(|id| g.consumers(id)).collect();
+        // conv id -> BatchNorm id that absorbs it.
+        let mut fold_into: HashMap<NodeId, NodeId> = HashMap::new();
+        for (id, node) in g.nodes.iter().enumerate() {
+            if let Op::Conv2d { groups: 1, .. } = node.op
+                && let [bn] = consumers[id].as_slice()
+                && matches!(g.nodes[*bn].op, Op::BatchNorm2d { .. })
+                && id != g.output
+            {
+                fold_into.insert(id, *bn);
+            }
+        }
+        let folded_conv: HashMap<NodeId, NodeId> =
+            fold_into.iter().map(|(&c, &b)| (b, c)).collect();
+        let mut nodes = Vec::with_capacity(g.nodes.len());
+        for (id, node) in g.nodes.iter().enumerate() {
+            let inputs = node.inputs.clone();
+            let pnode = match &node.op {
+                Op::Input { .. } => PNode {
+                    op: POp::Input,
+                    inputs,
+                },
+                Op::Conv2d { .. } if fold_into.contains_key(&id) => PNode {
+                    op: POp::Folded,
+                    inputs,
+                },
+                Op::Conv2d { .. } => PNode {
+                    op: POp::Conv(conv(&node.op, &shapes[inputs[0]], &shapes[id], None)?),
+                    inputs,
+                },
+                Op::BatchNorm2d {
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    eps,
+                } => {
+                    let scale: Vec<f32> = gamma
+                        .data
+                        .iter()
+                        .zip(&running_var.data)
+                        .map(|(&g, &v)| (g as f64 / (v as f64 + eps).sqrt()) as f32)
+                        .collect();
+                    let shift: Vec<f32> = beta
+                        .data
+                        .iter()
+                        .zip(&running_mean.data)
+                        .zip(&scale)
+                        .map(|((&b, &m), &s)| (b as f64 - m as f64 * s as f64) as f32)
+                        .collect();
+                    match folded_conv.get(&id) {
+                        Some(&c) => {
+                            let cnode = &g.nodes[c];
+                            PNode {
+                                op: POp::Conv(conv(
+                                    &cnode.op,
+                                    &shapes[cnode.inputs[0]],
+                                    &shapes[c],
+                                    Some((&scale, &shift)),
+                                )?),
+                                inputs: cnode.inputs.clone(),
+                            }
+                        }
+                        None => PNode {
+                            op: POp::Affine { scale, shift },
+                            inputs,
+                        },
+                    }
+                }
+                Op::Relu => PNode {
+                    op: POp::Relu,
+                    inputs,
+                },
+                Op::Add => PNode {
+                    op: POp::Add,
+                    inputs,
+                },
+                Op::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                }
+                | Op::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                } => PNode {
+                    op: POp::Pool {
+                        max: matches!(node.op, Op::MaxPool2d { .. }),
+                        kernel: *kernel,
+                        stride: *stride,
+                        pad: *padding,
+                    },
+                    inputs,
+                },
+                Op::GlobalAvgPool => PNode {
+                    op: POp::GlobalAvgPool,
+                    inputs,
+                },
+                Op::Flatten => PNode {
+                    op: POp::Flatten,
+                    inputs,
+                },
+                Op::Linear { weight, bias } => {
+                    let (out, inp) = (weight.shape[0], weight.shape[1]);
+                    let mut w = vec![0.0f32; inp * out];
+                    for o in 0..out {
+                        for i in 0..inp {
+                            w[i * out + o] = weight.data[o * inp + i];
+                        }
+                    }
+                    PNode {
+                        op: POp::Linear {
+                            w,
+                            bias: bias
+                                .as_ref()
+                                .map_or_else(|| vec![0.0; out], |b| b.data.clone()),
+                            out,
+                        },
+                        inputs,
+                    }
+                }
+                Op::ShortcutA {
+                    stride, pad_before, ..
+                } => PNode {
+                    op: POp::ShortcutA {
+                        stride: *stride,
+                        pad_before: *pad_before,
+                    },
+                    inputs,
+                },
+                // Ops this plan does not know run on the reference path.
+                #[allow(unreachable_patterns)]
+                _ => return None,
+            };
+            nodes.push(pnode);
+        }
+        let mut last_use: Vec<usize> = (0..nodes.len()).collect();
+        for (id, n) in nodes.iter().enumerate() {
+            for &i in &n.inputs {
+                last_use[i] = last_use[i].max(id);
+            }
+        }
+        last_use[g.output] = usize::MAX;
+        Some(Self {
+            nodes,
+            shapes: shapes.to_vec(),
+            output: g.output,
+            last_use,
+            tuning,
+        })
+    }
+
+    pub(crate) fn tuning(&self) -> CpuTuning {
+        self.tuning
+    }
+
+    pub(crate) fn set_tuning(&mut self, tuning: CpuTuning) {
+        self.tuning = CpuTuning {
+            tile: tuning.tile.max(1),
+            block: tuning.block.max(1),
+        };
+    }
+
+    /// Whether node `id`'s output exists in this plan (a folded convolution's does not).
+    pub(crate) fn materialized(&self, id: NodeId) -> bool {
+        !matches!(self.nodes[id].op, POp::Folded)
+    }
+
+    /// Probe masks in storage order, or `None` when one sits on a node this plan does not
+    /// materialize.
+    pub(crate) fn host_masks(&self, masks: &[NodeMask]) -> Option<HostMasks> {
+        let mut keep = HashMap::new();
+        for m in masks {
+            if !self.materialized(m.node) {
+                return None;
+            }
+            let shape = &self.shapes[m.node];
+            let mut k = vec![1.0f32; numel(shape)];
+            for i in 0..m.zeroed.len() {
+                if m.zeroed.get(i) {
+                    k[storage_index(shape, i)] = 0.0;
+                }
+            }
+            // Several masks on one node all apply.
+            keep.entry(m.node)
+                .and_modify(|e: &mut Vec<f32>| e.iter_mut().zip(&k).for_each(|(a, b)| *a *= b))
+                .or_insert(k);
+        }
+        Some(HostMasks { keep })
+    }
+
+    /// Distinct module masks in storage order (see `ModuleMasks`), or `None` as for
+    /// [`Self::host_masks`].
+    pub(crate) fn host_module_masks(
+        &self,
+        modules: usize,
+        by_node: &HashMap<NodeId, Vec<(u64, BitSet)>>,
+        relu_fed: Vec<bool>,
+    ) -> Option<HostModuleMasks> {
+        let mut out = HashMap::new();
+        for (&node, distinct) in by_node {
+            if !self.materialized(node) {
+                return None;
+            }
+            let shape = &self.shapes[node];
+            let list = distinct
+                .iter()
+                .map(|(set, b)| {
+                    let mut idx: Vec<u32> = (0..b.len())
+                        .filter(|&i| b.get(i))
+                        .map(|i| storage_index(shape, i) as u32)
+                        .collect();
+                    idx.sort_unstable();
+                    (*set, idx)
+                })
+                .collect();
+            out.insert(node, list);
+        }
+        Some(HostModuleMasks {
+            by_node: out,
+            relu_fed,
+            all: if modules == 64 {
+                u64::MAX
+            } else {
+                (1u64 << modules) - 1
+            },
+        })
+    }
+
+    /// Image batch (`[batch, c, h, w]` channel-first) split into tiles.
+    fn tiles<'a>(&self, x: &'a [f32], batch: usize) -> Vec<(usize, &'a [f32])> {
+        let per = numel(&self.shapes[0]);
+        let tile = self.tuning.tile.max(1);
+        (0..batch)
+            .step_by(tile)
+            .map(|start| {
+                let n = tile.min(batch - start);
+                (n, &x[start * per..(start + n) * per])
+            })
+            .collect()
+    }
+
+    /// Logits `[batch * classes]` and captured node outputs `[batch * positions]`, both
+    /// channel-first.
+    pub(crate) fn forward(
+        &self,
+        x: &[f32],
+        batch: usize,
+        capture: &[NodeId],
+        masks: Option<&HostMasks>,
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let parts: Vec<(Vec<f32>, Vec<Vec<f32>>)> = self
+            .tiles(x, batch)
+            .into_par_iter()
+            .map(|(n, xs)| {
+                let mut caps: Vec<Vec<f32>> = capture
+                    .iter()
+                    .map(|&c| vec![0.0; n * numel(&self.shapes[c])])
+                    .collect();
+                let logits = self.run_tile(xs, n, self.output, masks, &mut |id, v| {
+                    for (slot, _) in caps.iter_mut().zip(capture).filter(|(_, c)| **c == id) {
+                        let shape = &self.shapes[id];
+                        let per = numel(shape);
+                        for (src, dst) in v.chunks_exact(per).zip(slot.chunks_exact_mut(per)) {
+                            to_ir(shape, src, dst);
+                        }
+                    }
+                });
+                (self.out_to_ir(logits), caps)
+            })
+            .collect();
+        let mut logits = Vec::new();
+        let mut caps: Vec<Vec<f32>> = vec![Vec::new(); capture.len()];
+        for (l, c) in parts {
+            logits.extend(l);
+            for (all, part) in caps.iter_mut().zip(c) {
+                all.extend(part);
+            }
+        }
+        (logits, caps)
+    }
+
+    fn out_to_ir(&self, v: Vec<f32>) -> Vec<f32> {
+        let shape = &self.shapes[self.output];
+        let per = numel(shape);
+        let mut out = vec![0.0; v.len()];
+        for (src, dst) in v.chunks_exact(per).zip(out.chunks_exact_mut(per)) {
+            to_ir(shape, src, dst);
+        }
+        out
+    }
+
+    /// Logits (channel-first, `[batch * classes]`) and, per site, one bit per image and
+    /// position (`> 0`), in storage order: `[batch * words]` with `words = positions / 64`
+    /// rounded up.
+    pub(crate) fn forward_active(
+        &self,
+        x: &[f32],
+        batch: usize,
+        sites: &[NodeId],
+    ) -> (Vec<f32>, Vec<Vec<u64>>) {
+        let words: Vec<usize> = sites
+            .iter()
+            .map(|&s| numel(&self.shapes[s]).div_ceil(64))
+            .collect();
+        let parts: Vec<(Vec<f32>, Vec<Vec<u64>>)> = self
+            .tiles(x, batch)
+            .into_par_iter()
+            .map(|(n, xs)| {
+                let mut bits: Vec<Vec<u64>> = words.iter().map(|&w| vec![0u64; n * w]).collect();
+                let logits = self.run_tile(xs, n, self.output, None, &mut |id, v| {
+                    for ((slot, _), &w) in bits
+                        .iter_mut()
+                        .zip(sites)
+                        .zip(&words)
+                        .filter(|((_, s), _)| **s == id)
+                    {
+                        let per = numel(&self.shapes[id]);
+                        for (img, dst) in v.chunks_exact(per).zip(slot.chunks_exact_mut(w)) {
+                            for (word, chunk) in dst.iter_mut().zip(img.chunks(64)) {
+                                let mut acc = 0u64;
+                                for (b, &x) in chunk.iter().enumerate() {
+                                    acc |= u64::from(x > 0.0) << b;
+                                }
+                                *word = acc;
+                            }
+                        }
+                    }
+                });
+                (self.out_to_ir(logits), bits)
+            })
+            .collect();
+        let mut logits = Vec::new();
+        let mut bits: Vec<Vec<u64>> = vec![Vec::new(); sites.len()];
+        for (l, b) in parts {
+            logits.extend(l);
+            for (all, part) in bits.iter_mut().zip(b) {
+                all.extend(part);
+            }
+        }
+        (logits, bits)
+    }
+
+    /// ORs the storage-order bits of the chosen rows (`None`: all) into channel-first `active`.
+    pub(crate) fn accumulate_bits(
+        &self,
+        sites: &[NodeId],
+        bits: &[Vec<u64>],
+        batch: usize,
+        rows: Option<&[usize]>,
+        active: &mut [BitSet],
+    ) {
+        for ((&site, b), acc) in sites.iter().zip(bits).zip(active.iter_mut()) {
+            let shape = &self.shapes[site];
+            let w = numel(shape).div_ceil(64);
+            let mut any = vec![0u64; w];
+            let mut or_row = |r: usize| {
+                for (a, x) in any.iter_mut().zip(&b[r * w..(r + 1) * w]) {
+                    *a |= x;
+                }
+            };
+            match rows {
+                Some(rs) => rs
+                    .iter()
+                    .copied()
+                    .filter(|&r| r < batch)
+                    .for_each(&mut or_row),
+                None => (0..batch).for_each(&mut or_row),
+            }
+            for (wi, &word) in any.iter().enumerate() {
+                let mut word = word;
+                while word != 0 {
+                    let bit = word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    acc.set(ir_index(shape, wi * 64 + bit), true);
+                }
+            }
+        }
+    }
+
+    /// Output of `node` for every module (channel-first `[batch * positions]` each), one
+    /// branching pass per image (see `Executor::forward_modules`).
+    pub(crate) fn forward_modules(
+        &self,
+        x: &[f32],
+        batch: usize,
+        masks: &HostModuleMasks,
+        node: NodeId,
+        modules: usize,
+    ) -> Vec<Vec<f32>> {
+        let per_in = numel(&self.shapes[0]);
+        let branches: Vec<Vec<(u64, Vec<f32>)>> = (0..batch)
+            .into_par_iter()
+            .map(|i| self.run_branches(&x[i * per_in..(i + 1) * per_in], masks, node))
+            .collect();
+        let shape = &self.shapes[node];
+        let per = numel(shape);
+        let mut result = vec![vec![0.0f32; batch * per]; modules];
+        let mut ir = vec![0.0f32; per];
+        for (img, bs) in branches.iter().enumerate() {
+            for (set, v) in bs {
+                to_ir(shape, v, &mut ir);
+                for (m, out) in result.iter_mut().enumerate() {
+                    if set >> m & 1 == 1 {
+                        out[img * per..(img + 1) * per].copy_from_slice(&ir);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Runs nodes `0..=stop` on one tile of `n` images; returns `stop`'s value. `on_value` sees
+    /// every materialized node's value (after its mask).
+    fn run_tile(
+        &self,
+        x: &[f32],
+        n: usize,
+        stop: NodeId,
+        masks: Option<&HostMasks>,
+        on_value: &mut dyn FnMut(NodeId, &[f32]),
+    ) -> Vec<f32> {
+        let mut values: Vec<Option<Vec<f32>>> = vec![None; self.nodes.len()];
+        let mut scratch = Vec::new();
+        for id in 0..=stop {
+            let node = &self.nodes[id];
+            let mut v = match node.op {
+                POp::Folded => continue,
+                POp::Input => {
+                    let shape = &self.shapes[0];
+                    let per = numel(shape);
+                    let mut v = vec![0.0; n * per];
+                    for (src, dst) in x.chunks_exact(per).zip(v.chunks_exact_mut(per)) {
+                        to_storage(shape, src, dst);
+                    }
+                    v
+                }
+                _ => {
+                    let ins = &node.inputs;
+                    let mut owned: Vec<Option<Vec<f32>>> = ins
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &i)| {
+                            if self.last_use[i] == id
+                                && !ins[..k].contains(&i)
+                                && !ins[k + 1..].contains(&i)
+                            {
+                                values[i].take()
+                            } else {
+                                None
+                            }
+                        })
+                        .collect();
+                    let args: Vec<Arg<'_>> = ins
+                        .iter()
+                        .zip(owned.iter_mut())
+                        .map(|(&i, o)| match o.take() {
+                            Some(v) => Arg::Owned(v),
+                            None => Arg::Borrowed(
+                                values[i]
+                                    .as_deref()
+                                    .expect("validated graph: inputs computed before use"),
+                            ),
+                        })
+                        .collect();
+                    self.apply(id, args, n, &mut scratch)
+                }
+            };
+            if let Some(k) = masks.and_then(|m| m.keep.get(&id)) {
+                for img in v.chunks_exact_mut(k.len()) {
+                    for (a, b) in img.iter_mut().zip(k) {
+                        *a *= b;
+                    }
+                }
+            }
+            on_value(id, &v);
+            for &i in &node.inputs {
+                if self.last_use[i] == id {
+                    values[i] = None;
+                }
+            }
+            values[id] = Some(v);
+        }
+        values[stop].take().expect("stop node computed")
+    }
+
+    /// Runs nodes `0..=stop` on one image for all modules at once; returns `stop`'s value per
+    /// set of modules sharing it.
+    fn run_branches(
+        &self,
+        x: &[f32],
+        masks: &HostModuleMasks,
+        stop: NodeId,
+    ) -> Vec<(u64, Vec<f32>)> {
+        type Branches = Vec<(u64, Vec<f32>)>;
+        let mut values: Vec<Option<Branches>> = vec![None; self.nodes.len()];
+        let mut scratch = Vec::new();
+        for id in 0..=stop {
+            let node = &self.nodes[id];
+            let mut branches: Branches = match node.op {
+                POp::Folded => continue,
+                POp::Input => {
+                    let mut v = vec![0.0; x.len()];
+                    to_storage(&self.shapes[0], x, &mut v);
+                    vec![(masks.all, v)]
+                }
+                _ => match node.inputs.as_slice() {
+                    &[i] => {
+                        if self.last_use[i] == id {
+                            values[i]
+                                .take()
+                                .expect("inputs computed before use")
+                                .into_iter()
+                                .map(|(set, v)| {
+                                    (set, self.apply(id, vec![Arg::Owned(v)], 1, &mut scratch))
+                                })
+                                .collect()
+                        } else {
+                            values[i]
+                                .as_ref()
+                                .expect("inputs computed before use")
+                                .iter()
+                                .map(|(set, v)| {
+                                    (
+                                        *set,
+                                        self.apply(id, vec![Arg::Borrowed(v)], 1, &mut scratch),
+                                    )
+                                })
+                                .collect()
+                        }
+                    }
+                    ins => {
+                        // Two-input op: one output per pair of input branches sharing a module.
+                        let a = values[ins[0]].as_ref().expect("inputs computed before use");
+                        let b = values[ins[1]].as_ref().expect("inputs computed before use");
+                        let mut out = Vec::new();
+                        for (sa, va) in a {
+                            for (sb, vb) in b {
+                                let set = sa & sb;
+                                if set != 0 {
+                                    out.push((
+                                        set,
+                                        self.apply(
+                                            id,
+                                            vec![Arg::Borrowed(va), Arg::Borrowed(vb)],
+                                            1,
+                                            &mut scratch,
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
+                        out
+                    }
+                },
+            };
+            if let Some(distinct) = masks.by_node.get(&id) {
+                let mut out = Vec::with_capacity(branches.len());
+                for (mut members, v) in branches {
+                    for (set, zeroed) in distinct {
+                        if members & set == 0 {
+                            continue;
+                        }
+                        let changes =
+                            !masks.relu_fed[id] || zeroed.iter().any(|&s| v[s as usize] > 0.0);
+                        if !changes {
+                            continue;
+                        }
+                        let mut masked = v.clone();
+                        for &s in zeroed {
+                            masked[s as usize] = 0.0;
+                        }
+                        out.push((members & set, masked));
+                        members &= !set;
+                    }
+                    if members != 0 {
+                        out.push((members, v));
+                    }
+                }
+                branches = out;
+            }
+            for &i in &node.inputs {
+                if self.last_use[i] == id {
+                    values[i] = None;
+                }
+            }
+            values[id] = Some(branches);
+        }
+        values[stop].take().expect("stop node computed")
+    }
+
+    /// Applies node `id`'s op to `n` images of argument values in storage order.
+    fn apply(&self, id: NodeId, args: Vec<Arg<'_>>, n: usize, scratch: &mut Vec<f32>) -> Vec<f32> {
+        let mut args = args.into_iter();
+        let mut arg = || args.next().expect("arity checked by validation");
+        let in_shape = |k: usize| &self.shapes[self.nodes[id].inputs[k]];
+        match &self.nodes[id].op {
+            POp::Input | POp::Folded => unreachable!("input and folded nodes are not applied"),
+            POp::Conv(c) => self.conv(c, arg().as_slice(), n, scratch),
+            POp::Affine { scale, shift } => {
+                let mut v = arg().into_owned();
+                let c = scale.len();
+                for px in v.chunks_exact_mut(c) {
+                    for ((x, s), b) in px.iter_mut().zip(scale).zip(shift) {
+                        *x = *x * s + b;
+                    }
+                }
+                v
+            }
+            POp::Relu => {
+                let mut v = arg().into_owned();
+                for x in &mut v {
+                    *x = x.max(0.0);
+                }
+                v
+            }
+            POp::Add => {
+                let (a, b) = (arg(), arg());
+                let (mut acc, other) = match (a, b) {
+                    (Arg::Owned(a), b) => (a, b),
+                    (a, Arg::Owned(b)) => (b, a),
+                    (a, b) => (a.into_owned(), b),
+                };
+                for (x, y) in acc.iter_mut().zip(other.as_slice()) {
+                    *x += y;
+                }
+                acc
+            }
+            POp::Pool {
+                max,
+                kernel,
+                stride,
+                pad,
+            } => {
+                let [c, h, w] = chw(in_shape(0));
+                let [_, ho, wo] = chw(&self.shapes[id]);
+                let x = arg();
+                let x = x.as_slice();
+                let mut out = vec![0.0f32; n * ho * wo * c];
+                let mut acc = vec![0.0f32; c];
+                for img in 0..n {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            acc.fill(if *max { f32::NEG_INFINITY } else { 0.0 });
+                            for ky in 0..kernel[0] {
+                                let Some(iy) =
+                                    (oy * stride[0] + ky).checked_sub(pad[0]).filter(|&y| y < h)
+                                else {
+                                    continue;
+                                };
+                                for kx in 0..kernel[1] {
+                                    let Some(ix) = (ox * stride[1] + kx)
+                                        .checked_sub(pad[1])
+                                        .filter(|&x| x < w)
+                                    else {
+                                        continue;
+                                    };
+                                    let px = &x[((img * h + iy) * w + ix) * c..][..c];
+                                    for (a, &v) in acc.iter_mut().zip(px) {
+                                        *a = if *max { a.max(v) } else { *a + v };
+                                    }
+                                }
+                            }
+                            let dst = &mut out[((img * ho + oy) * wo + ox) * c..][..c];
+                            if *max {
+                                dst.copy_from_slice(&acc);
+                            } else {
+                                // Padding counts (burn's `count_include_pad` default).
+                                let area = (kernel[0] * kernel[1]) as f32;
+                                for (d, a) in dst.iter_mut().zip(&acc) {
+                                    *d = a / area;
+                                }
+                            }
+                        }
+                    }
+                }
+                out
+            }
+            POp::GlobalAvgPool => {
+                let [c, h, w] = chw(in_shape(0));
+                let x = arg();
+                let mut out = vec![0.0f32; n * c];
+                for (img, dst) in x
+                    .as_slice()
+                    .chunks_exact(h * w * c)
+                    .zip(out.chunks_exact_mut(c))
+                {
+                    for px in img.chunks_exact(c) {
+                        for (d, v) in dst.iter_mut().zip(px) {
+                            *d += v;
+                        }
+                    }
+                    for d in dst.iter_mut() {
+                        *d /= (h * w) as f32;
+                    }
+                }
+                out
+            }
+            POp::Flatten => {
+                let shape = in_shape(0);
+                let x = arg();
+                let [_, h, w] = chw(shape);
+                if h * w == 1 {
+                    return x.into_owned();
+                }
+                let per = numel(shape);
+                let mut out = vec![0.0f32; n * per];
+                for (src, dst) in x
+                    .as_slice()
+                    .chunks_exact(per)
+                    .zip(out.chunks_exact_mut(per))
+                {
+                    to_ir(shape, src, dst);
+                }
+                out
+            }
+            POp::Linear { w, bias, out } => {
+                let x = arg();
+                let inp = w.len() / out;
+                let mut y = repeat_rows(bias, n);
+                let g = Gemm {
+                    m: n,
+                    n: *out,
+                    k: inp,
+                    lhs_rs: inp,
+                    rhs_rs: *out,
+                    dst_rs: *out,
+                };
+                sgemm(g, &mut y, x.as_slice(), w, true)
+                    .expect("linear shapes checked by validation");
+                y
+            }
+            POp::ShortcutA { stride, pad_before } => {
+                let [c, h, w] = chw(in_shape(0));
+                let [co, ho, wo] = chw(&self.shapes[id]);
+                let x = arg();
+                let x = x.as_slice();
+                let mut out = vec![0.0f32; n * ho * wo * co];
+                for img in 0..n {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let src = &x[((img * h + oy * stride) * w + ox * stride) * c..][..c];
+                            out[((img * ho + oy) * wo + ox) * co + pad_before..][..c]
+                                .copy_from_slice(src);
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Convolution of `n` channels-last images: im2col over blocks of output pixels, then one
+    /// product per block into the bias-initialized output.
+    #[inline(never)]
+    fn conv(&self, c: &Conv, x: &[f32], n: usize, scratch: &mut Vec<f32>) -> Vec<f32> {
+        let [h, w] = c.in_hw;
+        let [ho, wo] = c.out_hw;
+        let rows = n * ho * wo;
+        let k = c.kernel[0] * c.kernel[1] * c.cin;
+        let mut y = repeat_rows(&c.bias, rows);
+        let pointwise = c.kernel == [1, 1] && c.stride == [1, 1] && c.pad == [0, 0];
+        if pointwise {
+            let g = Gemm {
+                m: rows,
+                n: c.cout,
+                k,
+                lhs_rs: k,
+                rhs_rs: c.cout,
+                dst_rs: c.cout,
+            };
+            sgemm(g, &mut y, x, &c.w, true).expect("conv shapes checked by validation");
+            return y;
+        }
+        let block = (self.tuning.block / k).clamp(1, rows);
+        scratch.resize(block * k, 0.0);
+        let row_len = c.kernel[1] * c.cin;
+        for r0 in (0..rows).step_by(block) {
+            let r1 = (r0 + block).min(rows);
+            for (r, patch) in (r0..r1).zip(scratch.chunks_exact_mut(k)) {
+                let img = r / (ho * wo);
+                let q = r % (ho * wo);
+                let (oy, ox) = (q / wo, q % wo);
+                let base = img * h * w * c.cin;
+                for (ky, prow) in patch.chunks_exact_mut(row_len).enumerate() {
+                    let Some(iy) = (oy * c.stride[0] + ky)
+                        .checked_sub(c.pad[0])
+                        .filter(|&y| y < h)
+                    else {
+                        prow.fill(0.0);
+                        continue;
+                    };
+                    let x0 = (ox * c.stride[1]) as isize - c.pad[1] as isize;
+                    let line = &x[base + iy * w * c.cin..base + (iy + 1) * w * c.cin];
+                    if x0 >= 0 && x0 as usize + c.kernel[1] <= w {
+                        let s = x0 as usize * c.cin;
+                        prow.copy_from_slice(&line[s..s + row_len]);
+                    } else {
+                        for (kx, seg) in prow.chunks_exact_mut(c.cin).enumerate() {
+                            let ix = x0 + kx as isize;
+                            if ix < 0 || ix as usize >= w {
+                                seg.fill(0.0);
+                            } else {
+                                let s = ix as usize * c.cin;
+                                seg.copy_from_slice(&line[s..s + c.cin]);
+                            }
+                        }
+                    }
+                }
+            }
+            let g = Gemm {
+                m: r1 - r0,
+                n: c.cout,
+                k,
+                lhs_rs: k,
+                rhs_rs: c.cout,
+                dst_rs: c.cout,
+            };
+            sgemm(
+                g,
+                &mut y[r0 * c.cout..r1 * c.cout],
+                &scratch[..(r1 - r0) * k],
+                &c.w,
+                true,
+            )
+            .expect("conv shapes checked by validation");
+        }
+        y
+    }
+}
+
+/// A convolution in plan form, with an optional BatchNorm `(scale, shift)` folded in.
+fn conv(
+    op: &Op,
+    in_shape: &Shape,
+    out_shape: &Shape,
+    bn: Option<(&[f32], &[f32])>,
+) -> Option<Conv> {
+    let Op::Conv2d {
+        weight,
+        bias,
+        stride,
+        padding,
+        groups: 1,
+    } = op
+    else {
+        return None;
+    };
+    let &[cout, cin, kh, kw] = weight.shape.as_slice() else {
+        return None;
+    };
+    let [_, h, w] = chw(in_shape);
+    let [_, ho, wo] = chw(out_shape);
+    let mut wm = vec![0.0f32; kh * kw * cin * cout];
+    let mut b = vec![0.0f32; cout];
+    for co in 0..cout {
+        let (s, t) = bn.map_or((1.0, 0.0), |(s, t)| (s[co], t[co]));
+        for ci in 0..cin {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let v = weight.data[((co * cin + ci) * kh + ky) * kw + kx];
+                    wm[((ky * kw + kx) * cin + ci) * cout + co] = v * s;
+                }
+            }
+        }
+        b[co] = bias.as_ref().map_or(0.0, |b| b.data[co]) * s + t;
+    }
+    Some(Conv {
+        w: wm,
+        bias: b,
+        cin,
+        cout,
+        kernel: [kh, kw],
+        stride: *stride,
+        pad: *padding,
+        in_hw: [h, w],
+        out_hw: [ho, wo],
+    })
+}
