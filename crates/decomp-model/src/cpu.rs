@@ -26,6 +26,9 @@ pub struct CpuTuning {
     pub tile: usize,
     /// Elements of the im2col block (output pixels x kernel size) per matrix product.
     pub block: usize,
+    /// 3x3 stride-1 convolutions with padding 1 as Winograd F(2x2, 3x3): 2.25x fewer
+    /// multiplications, within float rounding of the direct product.
+    pub winograd: bool,
 }
 
 impl Default for CpuTuning {
@@ -33,6 +36,7 @@ impl Default for CpuTuning {
         Self {
             tile: 4,
             block: 1 << 16,
+            winograd: true,
         }
     }
 }
@@ -52,6 +56,7 @@ impl CpuTuning {
         Self {
             tile: get("DECOMP_CPU_TILE", d.tile),
             block: get("DECOMP_CPU_BLOCK", d.block),
+            winograd: std::env::var("DECOMP_CPU_WINOGRAD").map_or(d.winograd, |v| v != "0"),
         }
     }
 }
@@ -59,6 +64,9 @@ impl CpuTuning {
 struct Conv {
     /// `[kh * kw * cin, cout]`, row `(ky * kw + kx) * cin + ci`, BatchNorm scale folded in.
     w: Vec<f32>,
+    /// Winograd-domain weights `G g G^T` as `[16][cin][cout]`, for 3x3 stride-1 padding-1
+    /// convolutions.
+    wino: Option<Vec<f32>>,
     /// `[cout]`, BatchNorm shift folded in.
     bias: Vec<f32>,
     cin: usize,
@@ -384,6 +392,7 @@ impl CpuPlan {
         self.tuning = CpuTuning {
             tile: tuning.tile.max(1),
             block: tuning.block.max(1),
+            winograd: tuning.winograd,
         };
     }
 
@@ -822,7 +831,12 @@ impl CpuPlan {
         let in_shape = |k: usize| &self.shapes[self.nodes[id].inputs[k]];
         match &self.nodes[id].op {
             POp::Input | POp::Folded => unreachable!("input and folded nodes are not applied"),
-            POp::Conv(c) => self.conv(c, arg().as_slice(), n, scratch),
+            POp::Conv(c) => match &c.wino {
+                Some(u) if self.tuning.winograd => {
+                    self.winograd(c, u, arg().as_slice(), n, scratch)
+                }
+                _ => self.conv(c, arg().as_slice(), n, scratch),
+            },
             POp::Affine { scale, shift } => {
                 let mut v = arg().into_owned();
                 let c = scale.len();
@@ -976,6 +990,64 @@ impl CpuPlan {
         }
     }
 
+    /// 3x3 stride-1 padding-1 convolution of `n` channels-last images as Winograd
+    /// F(2x2, 3x3): per block of 2x2 output tiles, the input transform `B^T d B` (adds over
+    /// channel vectors), 16 products `[tiles, cin] x [cin, cout]`, and the output transform
+    /// `A^T m A` plus bias.
+    #[inline(never)]
+    fn winograd(
+        &self,
+        c: &Conv,
+        u: &[f32],
+        x: &[f32],
+        n: usize,
+        scratch: &mut Vec<f32>,
+    ) -> Vec<f32> {
+        let [h, w] = c.in_hw;
+        let (cin, cout) = (c.cin, c.cout);
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let tiles = n * th * tw;
+        let mut y = vec![0.0f32; n * h * w * cout];
+        let tb = (self.tuning.block / (16 * cin.max(cout))).clamp(1, tiles);
+        scratch.resize(tb * 16 * (cin + cout), 0.0);
+        let (v, m) = scratch.split_at_mut(tb * 16 * cin);
+        let zero = vec![0.0f32; cin];
+        let mut tmp = vec![0.0f32; 16 * cin.max(cout)];
+        let geo = Wino {
+            h,
+            w,
+            cin,
+            cout,
+            th,
+            tw,
+        };
+        for t0 in (0..tiles).step_by(tb) {
+            let t1 = (t0 + tb).min(tiles);
+            wino_input(geo, x, t0, t1, v, &mut tmp, &zero);
+            let rows = t1 - t0;
+            for xi in 0..16 {
+                let g = Gemm {
+                    m: rows,
+                    n: cout,
+                    k: cin,
+                    lhs_rs: 16 * cin,
+                    rhs_rs: cout,
+                    dst_rs: 16 * cout,
+                };
+                sgemm(
+                    g,
+                    &mut m[xi * cout..],
+                    &v[xi * cin..],
+                    &u[xi * cin * cout..(xi + 1) * cin * cout],
+                    false,
+                )
+                .expect("winograd shapes are consistent");
+            }
+            wino_output(geo, m, t0, t1, &mut y, &mut tmp, &c.bias);
+        }
+        y
+    }
+
     /// Convolution of `n` channels-last images: im2col over blocks of output pixels, then one
     /// product per block into the bias-initialized output.
     #[inline(never)]
@@ -1055,6 +1127,167 @@ impl CpuPlan {
     }
 }
 
+/// Geometry of one Winograd convolution: input `h x w`, `th x tw` tiles of 2x2 outputs.
+#[derive(Clone, Copy)]
+struct Wino {
+    h: usize,
+    w: usize,
+    cin: usize,
+    cout: usize,
+    th: usize,
+    tw: usize,
+}
+
+/// Input transform of tiles `t0..t1`: `v[t - t0][a * 4 + b][ci] = (B^T d B)[a][b]` over
+/// channel vectors, with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+/// Compiled per SIMD level and dispatched at run time (macerator), so the channel loops
+/// vectorize with the widest instructions the CPU has.
+#[allow(clippy::extra_unused_type_parameters)]
+#[macerator::with_simd]
+fn wino_input<S: macerator::Simd>(
+    geo: Wino,
+    x: &[f32],
+    t0: usize,
+    t1: usize,
+    v: &mut [f32],
+    tmp: &mut [f32],
+    zero: &[f32],
+) {
+    let Wino {
+        h, w, cin, th, tw, ..
+    } = geo;
+    for (t, vt) in (t0..t1).zip(v.chunks_exact_mut(16 * cin)) {
+        let img = t / (th * tw);
+        let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
+        let px = |r: usize, q: usize| -> &[f32] {
+            let (iy, ix) = ((2 * ty + r).wrapping_sub(1), (2 * tx + q).wrapping_sub(1));
+            if iy < h && ix < w {
+                &x[((img * h + iy) * w + ix) * cin..][..cin]
+            } else {
+                zero
+            }
+        };
+        // Rows: tmp[q * 4 + a] = (B^T d)[a][q].
+        for (q, out) in tmp[..16 * cin].chunks_exact_mut(4 * cin).enumerate() {
+            butterfly_in(px(0, q), px(1, q), px(2, q), px(3, q), out);
+        }
+        // Columns: v[a * 4 + b] = (B^T d B)[a][b].
+        for (a, out) in vt.chunks_exact_mut(4 * cin).enumerate() {
+            let col = |q: usize| &tmp[(q * 4 + a) * cin..][..cin];
+            butterfly_in(col(0), col(1), col(2), col(3), out);
+        }
+    }
+}
+
+/// Output transform of tiles `t0..t1` into channels-last `y`: `A^T m A + bias`, with
+/// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`; outputs beyond an odd edge are dropped.
+#[allow(clippy::extra_unused_type_parameters)]
+#[macerator::with_simd]
+fn wino_output<S: macerator::Simd>(
+    geo: Wino,
+    m: &[f32],
+    t0: usize,
+    t1: usize,
+    y: &mut [f32],
+    tmp: &mut [f32],
+    bias: &[f32],
+) {
+    let Wino {
+        h, w, cout, th, tw, ..
+    } = geo;
+    for (t, mt) in (t0..t1).zip(m.chunks_exact(16 * cout)) {
+        let img = t / (th * tw);
+        let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
+        let e = |a: usize, b: usize| &mt[(a * 4 + b) * cout..][..cout];
+        // Rows: tmp[dy * 4 + b] = (A^T m)[dy][b].
+        let (r0, r1) = tmp[..8 * cout].split_at_mut(4 * cout);
+        for b in 0..4 {
+            butterfly_out(
+                e(0, b),
+                e(1, b),
+                e(2, b),
+                e(3, b),
+                &mut r0[b * cout..][..cout],
+                &mut r1[b * cout..][..cout],
+                None,
+            );
+        }
+        for dy in 0..2 {
+            let oy = 2 * ty + dy;
+            if oy >= h {
+                continue;
+            }
+            let r = |b: usize| &tmp[(dy * 4 + b) * cout..][..cout];
+            let ox = 2 * tx;
+            let row = &mut y[((img * h + oy) * w + ox) * cout..];
+            if ox + 1 < w {
+                let (y0, y1) = row[..2 * cout].split_at_mut(cout);
+                butterfly_out(r(0), r(1), r(2), r(3), y0, y1, Some(bias));
+            } else {
+                let mut spill = vec![0.0f32; cout];
+                butterfly_out(
+                    r(0),
+                    r(1),
+                    r(2),
+                    r(3),
+                    &mut row[..cout],
+                    &mut spill,
+                    Some(bias),
+                );
+            }
+        }
+    }
+}
+
+/// One Winograd input butterfly over channel vectors: `out` holds four vectors
+/// `[d0 - d2, d1 + d2, d2 - d1, d1 - d3]`.
+#[inline(always)]
+fn butterfly_in(d0: &[f32], d1: &[f32], d2: &[f32], d3: &[f32], out: &mut [f32]) {
+    let c = d0.len();
+    let (d1, d2, d3) = (&d1[..c], &d2[..c], &d3[..c]);
+    let (o0, rest) = out[..4 * c].split_at_mut(c);
+    let (o1, rest) = rest.split_at_mut(c);
+    let (o2, o3) = rest.split_at_mut(c);
+    for i in 0..c {
+        let (a, b, cc, d) = (d0[i], d1[i], d2[i], d3[i]);
+        o0[i] = a - cc;
+        o1[i] = b + cc;
+        o2[i] = cc - b;
+        o3[i] = b - d;
+    }
+}
+
+/// One Winograd output butterfly over channel vectors: `o0 = m0 + m1 + m2`,
+/// `o1 = m1 - m2 - m3`, plus `bias` when given.
+#[inline(always)]
+fn butterfly_out(
+    m0: &[f32],
+    m1: &[f32],
+    m2: &[f32],
+    m3: &[f32],
+    o0: &mut [f32],
+    o1: &mut [f32],
+    bias: Option<&[f32]>,
+) {
+    let c = m0.len();
+    let (m1, m2, m3, o0, o1) = (&m1[..c], &m2[..c], &m3[..c], &mut o0[..c], &mut o1[..c]);
+    match bias {
+        Some(b) => {
+            let b = &b[..c];
+            for i in 0..c {
+                o0[i] = m0[i] + m1[i] + m2[i] + b[i];
+                o1[i] = m1[i] - m2[i] - m3[i] + b[i];
+            }
+        }
+        None => {
+            for i in 0..c {
+                o0[i] = m0[i] + m1[i] + m2[i];
+                o1[i] = m1[i] - m2[i] - m3[i];
+            }
+        }
+    }
+}
+
 /// A convolution in plan form, with an optional BatchNorm `(scale, shift)` folded in.
 fn conv(
     op: &Op,
@@ -1091,7 +1324,37 @@ fn conv(
         }
         b[co] = bias.as_ref().map_or(0.0, |b| b.data[co]) * s + t;
     }
+    let wino = (kh == 3 && kw == 3 && *stride == [1, 1] && *padding == [1, 1]).then(|| {
+        // U = G g G^T per (ci, co), G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]].
+        let g = [
+            [1.0f64, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.5, -0.5, 0.5],
+            [0.0, 0.0, 1.0],
+        ];
+        let mut u = vec![0.0f32; 16 * cin * cout];
+        for ci in 0..cin {
+            for co in 0..cout {
+                let s = bn.map_or(1.0, |(s, _)| s[co]) as f64;
+                let k =
+                    |y: usize, x: usize| weight.data[((co * cin + ci) * 3 + y) * 3 + x] as f64 * s;
+                for a in 0..4 {
+                    for b in 0..4 {
+                        let mut v = 0.0;
+                        for y in 0..3 {
+                            for x in 0..3 {
+                                v += g[a][y] * k(y, x) * g[b][x];
+                            }
+                        }
+                        u[((a * 4 + b) * cin + ci) * cout + co] = v as f32;
+                    }
+                }
+            }
+        }
+        u
+    });
     Some(Conv {
+        wino,
         w: wm,
         bias: b,
         cin,

@@ -31,13 +31,19 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Both engines of one model, the CPU one with a small tile so batches span several tiles.
+/// Both engines of one model, the CPU one with a small tile and block so batches span
+/// several tiles and products several blocks.
 fn engines(model: &ModelIr) -> (Executor, Executor) {
+    engines_with(model, true)
+}
+
+fn engines_with(model: &ModelIr, winograd: bool) -> (Executor, Executor) {
     let device = Device::flex();
     let mut cpu = Executor::with_engine(model, &device, Engine::Cpu).expect("cpu engine");
     cpu.set_cpu_tuning(CpuTuning {
         tile: 2,
         block: 1000,
+        winograd,
     });
     let burn = Executor::with_engine(model, &device, Engine::Burn).expect("burn engine");
     assert_eq!((cpu.engine(), burn.engine()), (Engine::Cpu, Engine::Burn));
@@ -83,26 +89,29 @@ fn pattern_mask(exec: &Executor, node: NodeId, stride: usize, offset: usize) -> 
 
 /// Logits and captures of `sites` under `masks` agree between the engines.
 fn check_probe(model: &ModelIr, batch: usize, sites: &[NodeId], masks: &[NodeMask], what: &str) {
-    let (cpu, burn) = engines(model);
-    let x = input(batch, model.graph.input_shape().expect("input"), 0.3);
-    let (mc, mb) = (
-        cpu.compile_masks(masks).expect("masks"),
-        burn.compile_masks(masks).expect("masks"),
-    );
-    let run = |e: &Executor, m| {
-        let probe = Probe {
-            capture: sites,
-            masks: if masks.is_empty() { None } else { Some(m) },
+    for winograd in [true, false] {
+        let what = &format!("{what}, winograd {winograd}");
+        let (cpu, burn) = engines_with(model, winograd);
+        let x = input(batch, model.graph.input_shape().expect("input"), 0.3);
+        let (mc, mb) = (
+            cpu.compile_masks(masks).expect("masks"),
+            burn.compile_masks(masks).expect("masks"),
+        );
+        let run = |e: &Executor, m| {
+            let probe = Probe {
+                capture: sites,
+                masks: if masks.is_empty() { None } else { Some(m) },
+            };
+            e.forward_probe(x.clone(), &probe).expect("forward")
         };
-        e.forward_probe(x.clone(), &probe).expect("forward")
-    };
-    let (a, b) = (run(&cpu, &mc), run(&burn, &mb));
-    let d = max_abs_diff(&to_vec(a.logits), &to_vec(b.logits));
-    assert!(d < TOL, "{what}: logits differ by {d}");
-    for ((s, ca), cb) in sites.iter().zip(a.captured).zip(b.captured) {
-        assert_eq!(ca.dims(), cb.dims(), "{what}: capture of node {s}");
-        let d = max_abs_diff(&to_vec(ca), &to_vec(cb));
-        assert!(d < TOL, "{what}: capture of node {s} differs by {d}");
+        let (a, b) = (run(&cpu, &mc), run(&burn, &mb));
+        let d = max_abs_diff(&to_vec(a.logits), &to_vec(b.logits));
+        assert!(d < TOL, "{what}: logits differ by {d}");
+        for ((s, ca), cb) in sites.iter().zip(a.captured).zip(b.captured) {
+            assert_eq!(ca.dims(), cb.dims(), "{what}: capture of node {s}");
+            let d = max_abs_diff(&to_vec(ca), &to_vec(cb));
+            assert!(d < TOL, "{what}: capture of node {s} differs by {d}");
+        }
     }
 }
 
