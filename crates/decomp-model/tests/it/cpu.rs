@@ -31,20 +31,36 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Both engines of one model, the CPU one with a small tile and block so batches span
-/// several tiles and products several blocks.
+/// Both engines of one model, the CPU one with its default tuning.
 fn engines(model: &ModelIr) -> (Executor, Executor) {
-    engines_with(model, true)
+    engines_with(model, CpuTuning::default())
 }
 
-fn engines_with(model: &ModelIr, winograd: bool) -> (Executor, Executor) {
+/// CPU tunings every probe is checked with: defaults; a small tile and block so batches
+/// span several tiles and products several blocks (and the register-blocked kernels run
+/// their remainder rows); no Winograd (im2col + gemm everywhere).
+fn tunings() -> [CpuTuning; 3] {
+    let d = CpuTuning::default();
+    [
+        d,
+        CpuTuning {
+            tile: 2,
+            block: 1000,
+            ..d
+        },
+        CpuTuning {
+            winograd: false,
+            small_kernels: false,
+            ..d
+        },
+    ]
+}
+
+fn engines_with(model: &ModelIr, tuning: CpuTuning) -> (Executor, Executor) {
     let device = Device::flex();
     let mut cpu = Executor::with_engine(model, &device, Engine::Cpu).expect("cpu engine");
-    cpu.set_cpu_tuning(CpuTuning {
-        tile: 2,
-        block: 1000,
-        winograd,
-    });
+    cpu.set_cpu_tuning(tuning);
+    assert_eq!(cpu.cpu_tuning(), Some(tuning));
     let burn = Executor::with_engine(model, &device, Engine::Burn).expect("burn engine");
     assert_eq!((cpu.engine(), burn.engine()), (Engine::Cpu, Engine::Burn));
     (cpu, burn)
@@ -89,9 +105,9 @@ fn pattern_mask(exec: &Executor, node: NodeId, stride: usize, offset: usize) -> 
 
 /// Logits and captures of `sites` under `masks` agree between the engines.
 fn check_probe(model: &ModelIr, batch: usize, sites: &[NodeId], masks: &[NodeMask], what: &str) {
-    for winograd in [true, false] {
-        let what = &format!("{what}, winograd {winograd}");
-        let (cpu, burn) = engines_with(model, winograd);
+    for tuning in tunings() {
+        let what = &format!("{what}, {tuning:?}");
+        let (cpu, burn) = engines_with(model, tuning);
         let x = input(batch, model.graph.input_shape().expect("input"), 0.3);
         let (mc, mb) = (
             cpu.compile_masks(masks).expect("masks"),
