@@ -90,14 +90,14 @@ impl ConfigArgs {
 pub struct RunArgs {
     /// Classes to decompose (comma-separated); default all.
     #[arg(long, value_delimiter = ',')]
-    classes: Option<Vec<usize>>,
+    pub(crate) classes: Option<Vec<usize>>,
     #[arg(long, default_value_t = 128)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     #[arg(long, default_value = "cpu")]
-    device: String,
+    pub(crate) device: String,
 }
 
-fn bar(len: u64, prefix: String) -> indicatif::ProgressBar {
+pub(crate) fn bar(len: u64, prefix: String) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(len).with_style(
         indicatif::ProgressStyle::with_template("{prefix:>12} {msg:>9} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")
             .expect("valid template"),
@@ -123,6 +123,8 @@ pub struct ConcernArgs {
     config: ConfigArgs,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    channel: crate::channel::ChannelArgs,
     /// Output concern-set artifact.
     #[arg(long)]
     out: PathBuf,
@@ -154,6 +156,9 @@ pub fn concern(a: ConcernArgs) -> Result<()> {
     let model = crate::model_source::load_model(&a.model)?;
     let train = training_data(&a.data, &model)?;
     let cfg = a.config.config(Variant::McBln)?;
+    if a.channel.config()?.is_some() {
+        return crate::channel::concern(&a.model, &a.data, &cfg, &a.run, &a.out);
+    }
     let set = run_concern(&model, &a.model.weights, &train, &cfg, &a.run, &a.data.dataset)?;
     write_artifact(&a.out, &set)?;
     eprintln!("concern set for {} classes in {:.1} s: {}", set.classes.len(), set.seconds, a.out.display());
@@ -174,6 +179,8 @@ pub struct TangleArgs {
     variants: Vec<String>,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    channel: crate::channel::ChannelArgs,
     /// Output folder: one `<variant>/module_<class>.mod` per class and variant.
     #[arg(long)]
     out_dir: PathBuf,
@@ -231,6 +238,9 @@ fn write_summary(out_dir: &Path, s: &DecomposeSummary) -> Result<()> {
 }
 
 pub fn tangle(a: TangleArgs) -> Result<()> {
+    if let Some(c) = a.channel.config()? {
+        return crate::channel::tangle(&a.model, &a.data, &a.concern, &c, &a.run, &a.out_dir);
+    }
     let model = crate::model_source::load_model(&a.model)?;
     let set: ConcernSet = read_artifact(&a.concern)?;
     let hash = model.content_hash();
@@ -263,6 +273,8 @@ pub struct DecomposeArgs {
     variants: Vec<String>,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    channel: crate::channel::ChannelArgs,
     /// Output folder: `concern.cs`, `<variant>/module_<class>.mod`, `summary.json`.
     #[arg(long)]
     out_dir: PathBuf,
@@ -273,6 +285,9 @@ pub fn decompose(a: DecomposeArgs) -> Result<()> {
     let train = training_data(&a.data, &model)?;
     let variants = parse_variants(&a.variants)?;
     let cfg = a.config.config(variants.first().copied().unwrap_or(Variant::McBln))?;
+    if let Some(c) = a.channel.config()? {
+        return crate::channel::decompose(&a.model, &a.data, &cfg, &c, &a.run, &a.out_dir);
+    }
     let set = run_concern(&model, &a.model.weights, &train, &cfg, &a.run, &a.data.dataset)?;
     write_artifact(&a.out_dir.join("concern.cs"), &set)?;
     let (modules, secs) = run_tangle(&model, &train, &set, &variants, &a.run, &a.out_dir)?;
@@ -311,6 +326,10 @@ pub struct ComposeArgs {
     /// Also write the JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Channel modules: also run their source model (weights, `.ir` or known name) on the
+    /// same batches, for its accuracy and the measured time ratio.
+    #[arg(long)]
+    reference_model: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -335,6 +354,18 @@ struct ComposeOutput {
 }
 
 pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
+    if crate::channel::artifact_kind(&a.modules[0])? == Some(decomp_ir::ArtifactKind::ChannelModule) {
+        return crate::channel::compose(crate::channel::ComposeInputs {
+            modules: &a.modules,
+            data: &a.data,
+            classes: a.classes.as_deref(),
+            batch_size: a.batch_size,
+            device: &a.device,
+            reference: a.reference_model.as_deref(),
+            json: a.json,
+            out: a.out.as_deref(),
+        });
+    }
     let modules: Vec<ModuleIr> = a
         .modules
         .iter()

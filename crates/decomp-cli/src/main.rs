@@ -2,6 +2,7 @@
 //! device, knows file locations and installs a tracing subscriber; every subcommand is one
 //! stage runnable on the artifacts of the previous one.
 
+mod channel;
 mod decompose;
 mod eval;
 mod model_source;

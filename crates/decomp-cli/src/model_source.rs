@@ -124,6 +124,9 @@ pub fn export(a: ExportArgs) -> Result<()> {
 }
 
 pub fn inspect(path: &Path) -> Result<()> {
+    if crate::channel::inspect(path)? {
+        return Ok(());
+    }
     match read_artifact::<ModelIr>(path) {
         Ok(model) => return inspect_model(&model),
         Err(decomp_ir::IrError::WrongKind { .. }) => {}

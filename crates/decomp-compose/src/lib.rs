@@ -5,8 +5,13 @@
 //! returns per-image predictions; the modules of one model run as **one batched forward**
 //! ([`decomp_model::Executor::forward_modules`]), with the naive one-pass-per-module path
 //! kept as the reference ([`Mode::Naive`]). [`sizes`] reports module size and overlap.
+//! [`compose_channel`] composes physically small channel modules (one pass each, timed).
+
+mod channel;
 
 use std::collections::BTreeMap;
+
+pub use channel::{ChannelRun, compose_channel, union_cost};
 
 use decomp_data::Dataset;
 use decomp_ir::analysis::{active_sets, module_size, overlap};

@@ -4,7 +4,12 @@
 //! and keeps, per mask site, the positions whose pre-activation is `<= 0` for every one of
 //! them. Sites are IR nodes ([`mask_sites`]), so any graph the executor runs works; the
 //! statistics are reduced on the device batch by batch, never stored per image.
+//! [`identify_channels`] records per-channel activation statistics instead (channel-level
+//! decomposition).
 
+mod channel;
+
+pub use channel::{ClassStats, identify_channels};
 use decomp_data::Dataset;
 use decomp_ir::{BitSet, ClassConcern, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op, PositiveFilter, SiteMasks};
 use decomp_model::{Executor, Probe, accumulate_active, to_vec};
@@ -73,6 +78,56 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
+/// Runs the positives of `class` (chosen by `cfg`: seeded order, positive filter, at most
+/// `positives_per_class`) through the unmodified model, capturing `sites`; `sink(captured,
+/// rows)` sees each batch's captured outputs and the rows that are positives. Returns the
+/// dataset indices of the positives.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn positives_pass(
+    exec: &Executor,
+    train: &Dataset,
+    cfg: &DecompConfig,
+    class: usize,
+    sites: &[NodeId],
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+    sink: &mut dyn FnMut(&[decomp_model::Tensor<2>], &[usize]),
+) -> Result<Vec<usize>, ConcernError> {
+    let k = train.num_classes();
+    let order = class_order(train, class, cfg.seed, 0);
+    let mut positives = Vec::new();
+    let want = cfg.positives_per_class;
+    let mut start = 0;
+    while positives.len() < want && start < order.len() {
+        // Ask for what is still missing (plus slack for filtered-out images).
+        let take = (want - positives.len()).max(1).min(batch_size.max(1));
+        let chunk = &order[start..(start + take).min(order.len())];
+        start += chunk.len();
+        let b = train.select(chunk)?.batch(0..chunk.len())?;
+        let n = b.labels.len();
+        let fwd = exec.forward_probe(exec.input_tensor(b.images, n)?, &Probe { capture: sites, masks: None })?;
+        let logits = to_vec(fwd.logits);
+        let rows: Vec<usize> = (0..n)
+            .filter(|&i| {
+                let row = &logits[i * k..(i + 1) * k];
+                match cfg.positive_filter {
+                    PositiveFilter::All => true,
+                    PositiveFilter::Correct => argmax(row) == class,
+                    PositiveFilter::Confident(t) => argmax(row) == class && softmax_prob(row, class) > t,
+                }
+            })
+            .take(want - positives.len())
+            .collect();
+        sink(&fwd.captured, &rows);
+        positives.extend(rows.iter().map(|&r| chunk[r]));
+        progress(class, n);
+    }
+    if positives.is_empty() {
+        return Err(ConcernError::NoPositives { class, available: order.len(), filter: cfg.positive_filter });
+    }
+    Ok(positives)
+}
+
 /// Concern identification for `classes` of `model` on its training data `train`.
 /// `progress(class, images)` is called after every batch.
 pub fn identify(
@@ -97,42 +152,10 @@ pub fn identify(
         }
         let span = tracing::info_span!("concern", class);
         let _enter = span.enter();
-        let order = class_order(train, class, cfg.seed, 0);
         let mut active: Vec<BitSet> = sites.iter().map(|&s| BitSet::new(shapes[s].iter().product())).collect();
-        let mut positives = Vec::new();
-        let want = cfg.positives_per_class;
-        let mut start = 0;
-        while positives.len() < want && start < order.len() {
-            // Ask for what is still missing (plus slack for filtered-out images).
-            let take = (want - positives.len()).max(1).min(batch_size.max(1));
-            let chunk = &order[start..(start + take).min(order.len())];
-            start += chunk.len();
-            let b = train.select(chunk)?.batch(0..chunk.len())?;
-            let n = b.labels.len();
-            let fwd = exec.forward_probe(exec.input_tensor(b.images, n)?, &Probe { capture: &sites, masks: None })?;
-            let logits = to_vec(fwd.logits);
-            let rows: Vec<usize> = (0..n)
-                .filter(|&i| {
-                    let row = &logits[i * k..(i + 1) * k];
-                    match cfg.positive_filter {
-                        PositiveFilter::All => true,
-                        PositiveFilter::Correct => argmax(row) == class,
-                        PositiveFilter::Confident(t) => argmax(row) == class && softmax_prob(row, class) > t,
-                    }
-                })
-                .take(want - positives.len())
-                .collect();
-            accumulate_active(&fwd.captured, Some(&rows), &mut active);
-            positives.extend(rows.iter().map(|&r| chunk[r]));
-            progress(class, n);
-        }
-        if positives.is_empty() {
-            return Err(ConcernError::NoPositives {
-                class,
-                available: order.len(),
-                filter: cfg.positive_filter,
-            });
-        }
+        let positives = positives_pass(exec, train, cfg, class, &sites, batch_size, progress, &mut |captured, rows| {
+            accumulate_active(captured, Some(rows), &mut active)
+        })?;
         tracing::debug!(positives = positives.len(), "concern identified");
         out.push(ClassConcern {
             class,

@@ -205,3 +205,60 @@ pub fn overlap(a: &[(NodeId, BitSet)], b: &[(NodeId, BitSet)]) -> f64 {
     }
     if union == 0 { 1.0 } else { inter as f64 / union as f64 }
 }
+
+/// Size and compute of a graph, per image (batch of one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cost {
+    /// Learned parameters: conv/linear weights and biases, BatchNorm scale and shift
+    /// ([`Op::num_params`]).
+    pub params: u64,
+    /// Other stored values inference needs: BatchNorm running statistics, bias maps, gather
+    /// fills.
+    pub constants: u64,
+    /// Multiply-accumulates of convolutions and linear layers.
+    pub macs: u64,
+    /// Floating-point operations: 2 per multiply-accumulate, plus 1 per output element of
+    /// each element-wise op (conv/linear bias, ReLU, Add, bias map, shortcut/gather copy), 2 for
+    /// BatchNorm (scale and shift), and one per window element of pooling.
+    pub flops: u64,
+}
+
+/// [`Cost`] of a graph whose node output shapes are `shapes` (from [`Graph::validate`]).
+pub fn cost(graph: &Graph, shapes: &[Shape]) -> Cost {
+    let mut c = Cost::default();
+    for (id, node) in graph.nodes.iter().enumerate() {
+        let out = numel(&shapes[id]) as u64;
+        let input = node.inputs.first().map_or(0, |&i| numel(&shapes[i]) as u64);
+        c.params += node.op.num_params() as u64;
+        match &node.op {
+            Op::Conv2d { weight, bias, .. } => {
+                let per_out: u64 = weight.shape[1..].iter().product::<usize>() as u64;
+                c.macs += out * per_out;
+                c.flops += 2 * out * per_out + if bias.is_some() { out } else { 0 };
+            }
+            Op::Linear { weight, bias } => {
+                let m = weight.numel() as u64;
+                c.macs += m;
+                c.flops += 2 * m + if bias.is_some() { out } else { 0 };
+            }
+            Op::BatchNorm2d { running_mean, running_var, .. } => {
+                c.constants += (running_mean.numel() + running_var.numel()) as u64;
+                c.flops += 2 * out;
+            }
+            Op::Relu | Op::Add | Op::ShortcutA { .. } | Op::ChannelGather { .. } => c.flops += out,
+            Op::BiasMap { bias } => {
+                c.constants += bias.numel() as u64;
+                c.flops += out;
+            }
+            Op::MaxPool2d { kernel, .. } | Op::AvgPool2d { kernel, .. } => {
+                c.flops += out * (kernel[0] * kernel[1]) as u64;
+            }
+            Op::GlobalAvgPool => c.flops += input,
+            Op::Input { .. } | Op::Flatten => {}
+        }
+        if let Op::ChannelGather { fill, .. } = &node.op {
+            c.constants += fill.len() as u64;
+        }
+    }
+    c
+}

@@ -44,6 +44,11 @@ pub enum ArtifactKind {
     Module = 2,
     ConcernSet = 3,
     Report = 4,
+    /// Per-channel activation statistics of every class (channel-level concern
+    /// identification).
+    ChannelConcernSet = 6,
+    /// A physically small module: its own graph with the kept channels only.
+    ChannelModule = 7,
 }
 
 impl ArtifactKind {
@@ -53,6 +58,8 @@ impl ArtifactKind {
             2 => Self::Module,
             3 => Self::ConcernSet,
             4 => Self::Report,
+            6 => Self::ChannelConcernSet,
+            7 => Self::ChannelModule,
             _ => return None,
         })
     }
@@ -65,6 +72,8 @@ impl fmt::Display for ArtifactKind {
             Self::Module => "module",
             Self::ConcernSet => "concern-set",
             Self::Report => "report",
+            Self::ChannelConcernSet => "channel-concern-set",
+            Self::ChannelModule => "channel-module",
         })
     }
 }

@@ -98,6 +98,19 @@ pub enum Op {
         pad_before: usize,
         pad_after: usize,
     },
+    /// Adds a fixed `[c, h, w]` map to its input. Channel extraction uses it to fold the
+    /// exact contribution of removed input channels held at a constant into the next layer
+    /// (through a zero-padded convolution a constant channel gives a position-dependent map).
+    BiasMap { bias: TensorData },
+    /// Channel gather of a channel-pruned option-A shortcut: keep every `stride`-th row and
+    /// column, then output channel `o` is input channel `sources[o]`, or the constant
+    /// `fill[o]` where `sources[o]` is `None`. [`Op::ShortcutA`] is the special case of
+    /// sources `[None; pad_before] ++ [0..c] ++ [None; pad_after]` and zero fill.
+    ChannelGather {
+        stride: usize,
+        sources: Vec<Option<usize>>,
+        fill: Vec<f32>,
+    },
 }
 
 impl Op {
@@ -115,6 +128,8 @@ impl Op {
             Op::Flatten => "flatten",
             Op::Linear { .. } => "linear",
             Op::ShortcutA { .. } => "shortcut_a",
+            Op::BiasMap { .. } => "bias_map",
+            Op::ChannelGather { .. } => "channel_gather",
         }
     }
 
@@ -423,6 +438,42 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
                 .and_then(|c| c.checked_add(*pad_after))
                 .ok_or("channel padding overflows")?;
             vec![c, h.div_ceil(*stride), w.div_ceil(*stride)]
+        }
+        Op::BiasMap { bias } => {
+            feature_map(ins[0])?;
+            check_tensor(bias, "bias", ins[0])?;
+            if bias.data.iter().any(|v| !v.is_finite()) {
+                return Err("bias map has a non-finite value".into());
+            }
+            ins[0].clone()
+        }
+        Op::ChannelGather {
+            stride,
+            sources,
+            fill,
+        } => {
+            let [c, h, w] = feature_map(ins[0])?;
+            if *stride == 0 {
+                return Err("stride must be non-zero".into());
+            }
+            if sources.is_empty() || fill.len() != sources.len() {
+                return Err(format!(
+                    "{} sources and {} fill values: expected the same non-zero count",
+                    sources.len(),
+                    fill.len()
+                ));
+            }
+            if let Some((o, s)) = sources
+                .iter()
+                .enumerate()
+                .find_map(|(o, s)| s.filter(|&s| s >= c).map(|s| (o, s)))
+            {
+                return Err(format!("output channel {o} reads input channel {s} of {c}"));
+            }
+            if fill.iter().any(|v| !v.is_finite()) {
+                return Err("fill has a non-finite value".into());
+            }
+            vec![sources.len(), h.div_ceil(*stride), w.div_ceil(*stride)]
         }
     })
 }

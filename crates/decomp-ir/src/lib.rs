@@ -6,6 +6,8 @@
 //! - [`BitSet`] / [`NodeMask`]: compact masks over node outputs, used by modules.
 //! - [`DecompConfig`], [`ConcernSet`], [`ModuleIr`]: decomposition artifacts; every
 //!   open choice of the method is a named field of [`DecompConfig`].
+//! - [`channel`]: channel spaces, channel plans, physical extraction of channel modules;
+//!   [`ChannelConcernSet`] / [`ChannelModule`] are their artifacts.
 //! - [`artifact`]: the file envelope (magic, format version, kind, length, SHA-256) and
 //!   atomic writes; [`read_artifact`] validates what it decodes.
 //!
@@ -13,6 +15,8 @@
 
 pub mod analysis;
 pub mod artifact;
+pub mod channel;
+mod channel_module;
 mod error;
 mod graph;
 mod mask;
@@ -22,6 +26,10 @@ mod module;
 pub use artifact::{
     Artifact, ArtifactKind, decode_artifact, encode_artifact, hex_hash, read_artifact,
     read_artifact_limited, write_artifact, write_atomic,
+};
+pub use channel_module::{
+    ActivationRate, ChannelConcernSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels, Compensation,
+    SiteChannelStats, UnconcernedStats,
 };
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Op, Shape, TensorData, checked_product};

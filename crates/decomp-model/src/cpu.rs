@@ -114,6 +114,15 @@ enum POp {
         stride: usize,
         pad_before: usize,
     },
+    /// A fixed map added to every image, channels-last `[h, w, c]`.
+    BiasMap { map: Vec<f32> },
+    /// Subsample by `stride`, then output channel `o` is input channel `sources[o]` or the
+    /// constant `fill[o]`.
+    Gather {
+        stride: usize,
+        sources: Vec<Option<usize>>,
+        fill: Vec<f32>,
+    },
 }
 
 struct PNode {
@@ -365,6 +374,31 @@ impl CpuPlan {
                     op: POp::ShortcutA {
                         stride: *stride,
                         pad_before: *pad_before,
+                    },
+                    inputs,
+                },
+                Op::BiasMap { bias } => {
+                    let [c, h, w] = chw(&shapes[id]);
+                    let mut map = vec![0.0f32; c * h * w];
+                    for ch in 0..c {
+                        for p in 0..h * w {
+                            map[p * c + ch] = bias.data[ch * h * w + p];
+                        }
+                    }
+                    PNode {
+                        op: POp::BiasMap { map },
+                        inputs,
+                    }
+                }
+                Op::ChannelGather {
+                    stride,
+                    sources,
+                    fill,
+                } => PNode {
+                    op: POp::Gather {
+                        stride: *stride,
+                        sources: sources.clone(),
+                        fill: fill.clone(),
                     },
                     inputs,
                 },
@@ -989,6 +1023,38 @@ impl CpuPlan {
                             let src = &x[((img * h + oy * stride) * w + ox * stride) * c..][..c];
                             out[((img * ho + oy) * wo + ox) * co + pad_before..][..c]
                                 .copy_from_slice(src);
+                        }
+                    }
+                }
+                out
+            }
+            POp::BiasMap { map } => {
+                let mut v = arg().into_owned();
+                for img in v.chunks_exact_mut(map.len()) {
+                    for (x, b) in img.iter_mut().zip(map) {
+                        *x += b;
+                    }
+                }
+                v
+            }
+            POp::Gather {
+                stride,
+                sources,
+                fill,
+            } => {
+                let [c, h, w] = chw(in_shape(0));
+                let [co, ho, wo] = chw(&self.shapes[id]);
+                let x = arg();
+                let x = x.as_slice();
+                let mut out = vec![0.0f32; n * ho * wo * co];
+                for img in 0..n {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let src = &x[((img * h + oy * stride) * w + ox * stride) * c..][..c];
+                            let dst = &mut out[((img * ho + oy) * wo + ox) * co..][..co];
+                            for ((d, s), f) in dst.iter_mut().zip(sources).zip(fill) {
+                                *d = s.map_or(*f, |s| src[s]);
+                            }
                         }
                     }
                 }

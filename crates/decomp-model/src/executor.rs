@@ -94,6 +94,16 @@ enum ExecOp {
         pad_before: usize,
         pad_after: usize,
     },
+    /// `[1, c, h, w]`, broadcast over the batch.
+    BiasMap(Tensor<4>),
+    /// Channel gather: source index per output channel (0 where the channel is a constant),
+    /// 1/0 keep factors and the constants, both `[1, out, 1, 1]`.
+    Gather {
+        stride: usize,
+        index: Tensor<1, burn::tensor::Int>,
+        keep: Tensor<4>,
+        fill: Tensor<4>,
+    },
 }
 
 /// A node's value during a forward pass.
@@ -259,6 +269,18 @@ impl Executor {
                     pad_before: *pad_before,
                     pad_after: *pad_after,
                 },
+                Op::BiasMap { bias } => ExecOp::BiasMap(upload::<3>(bias, device).unsqueeze()),
+                Op::ChannelGather { stride, sources, fill } => {
+                    let o = sources.len();
+                    let index: Vec<i64> = sources.iter().map(|s| s.unwrap_or(0) as i64).collect();
+                    let keep: Vec<f32> = sources.iter().map(|s| if s.is_some() { 1.0 } else { 0.0 }).collect();
+                    ExecOp::Gather {
+                        stride: *stride,
+                        index: Tensor::from_data(BurnData::new(index, [o]), device),
+                        keep: Tensor::from_data(BurnData::new(keep, [1, o, 1, 1]), device),
+                        fill: Tensor::from_data(BurnData::new(fill.clone(), [1, o, 1, 1]), device),
+                    }
+                }
             });
         }
         let mut last_use: Vec<NodeId> = (0..graph.nodes.len()).collect();
@@ -519,6 +541,28 @@ impl Executor {
                     parts.push(Tensor::zeros([b, *pad_after, h, w], &self.device));
                 }
                 Value::Map(Tensor::cat(parts, 1))
+            }
+            ExecOp::BiasMap(bias) => {
+                let t = arg(0).map();
+                let dims = t.dims();
+                Value::Map(t + bias.clone().expand(dims))
+            }
+            ExecOp::Gather {
+                stride,
+                index,
+                keep,
+                fill,
+            } => {
+                let t = arg(0).map();
+                let st = *stride as isize;
+                let t = if *stride > 1 {
+                    t.slice(s![.., .., ..;st, ..;st])
+                } else {
+                    t
+                };
+                let t = t.select(1, index.clone()); // [b, out, h', w']
+                let dims = t.dims();
+                Value::Map(t * keep.clone().expand(dims) + fill.clone().expand(dims))
             }
         }
     }

@@ -10,6 +10,7 @@
 //! - [`parse_device`] turns `cpu` / `cuda:N` / `wgpu` into a device.
 
 pub mod burn_resnet;
+mod channel_stats;
 mod cpu;
 mod device;
 mod error;
@@ -20,6 +21,7 @@ pub mod resnet;
 pub use burn::tensor::{Device, Tensor, TensorData as BurnTensorData};
 pub use cpu::CpuTuning;
 pub use decomp_ir::ModelIr;
+pub use channel_stats::ChannelAccumulator;
 pub use device::{available_devices, parse_device};
 pub use error::ModelError;
 pub use executor::{

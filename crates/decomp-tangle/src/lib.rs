@@ -5,7 +5,13 @@
 //! - [`binary_head`] turns the K-way output layer into the 2-way mine/other head.
 //! - [`modularize`] applies the variant (`ci-ti-mc`, `mc-bln`, `mc-bln-bi`) and returns the
 //!   module's masks; [`build_module`] assembles the [`ModuleIr`] artifact value.
+//! - Channel level: [`channel_untangle`] (unconcerned statistics), [`channel_plan`]
+//!   (thresholds, residual-stream unions, compensation constants), [`build_channel_module`]
+//!   (the physically small [`decomp_ir::ChannelModule`]).
 
+mod channel;
+
+pub use channel::{build_channel_module, channel_plan, channel_untangle};
 use decomp_data::Dataset;
 use decomp_ir::analysis::propagate_dead;
 use decomp_ir::{

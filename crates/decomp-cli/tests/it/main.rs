@@ -1,4 +1,5 @@
 //! Pipeline tests: decomposition stages on a tiny synthetic model, and the CLI contract.
 
+mod channel;
 mod cli;
 mod pipeline;

@@ -1,0 +1,476 @@
+//! Channel-level decomposition on tiny BatchNorm ResNets with option-A shortcuts: physical
+//! extraction equals the masked full model, `tau = 0` reproduces element-level concern
+//! identification at channel granularity, channel-module artifacts reject bad input, and
+//! the CLI runs the stages one by one.
+
+use std::path::Path;
+use std::process::Command;
+
+use decomp_data::Dataset;
+use decomp_ir::analysis::cost;
+use decomp_ir::channel::{ChannelPlan, channel_spaces, extract, reference};
+use decomp_ir::{
+    ActivationRate, ChannelConfig, ChannelModule, Compensation, DecompConfig, IrError, ModelIr, Op,
+    PositiveFilter, TensorData, read_artifact, write_artifact,
+};
+use decomp_model::{Device, Engine, Executor, Probe, ResNetConfig, to_vec};
+
+/// A deterministic value in `[-1, 1)` for index `i` and seed `s` (no RNG dependency).
+fn noise(i: usize, s: u64) -> f32 {
+    let mut x =
+        (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ s.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    (x % 2_000_000) as f32 / 1_000_000.0 - 1.0
+}
+
+/// A ResNet of `depth` with BatchNorm statistics perturbed so that channels differ.
+fn model(depth: usize, seed: u64) -> ModelIr {
+    let mut m = ResNetConfig::new(depth, 4)
+        .with_input([3, 12, 12])
+        .with_seed(seed)
+        .build()
+        .expect("build");
+    for (k, node) in m.graph.nodes.iter_mut().enumerate() {
+        if let Op::BatchNorm2d {
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            ..
+        } = &mut node.op
+        {
+            for c in 0..gamma.data.len() {
+                gamma.data[c] = 0.6 + 0.5 * noise(c, seed + k as u64).abs();
+                beta.data[c] = 0.3 * noise(c + 100, seed + k as u64);
+                running_mean.data[c] = 0.2 * noise(c + 200, seed + k as u64);
+                running_var.data[c] = 0.5 + noise(c + 300, seed + k as u64).abs();
+            }
+        }
+    }
+    m
+}
+
+/// A plan keeping a pseudo-random subset (at least one channel per group), with random
+/// non-negative fills when `fills`.
+fn plan(m: &ModelIr, seed: u64, keep: f32, fills: bool) -> ChannelPlan {
+    let shapes = m.check().expect("valid");
+    let spaces = channel_spaces(&m.graph, &shapes).expect("spaces");
+    let mut p = ChannelPlan::keep_all(&spaces);
+    for (gi, g) in p.groups.iter_mut().enumerate() {
+        for c in 0..g.kept.len() {
+            g.kept.set(
+                c,
+                c == 0 || noise(c, seed * 31 + gi as u64) * 0.5 + 0.5 < keep,
+            );
+        }
+        if fills {
+            for (si, f) in g.fill.iter_mut().enumerate() {
+                for (c, v) in f.iter_mut().enumerate() {
+                    *v = (noise(c + 7, seed + 1000 * gi as u64 + si as u64) * 0.5 + 0.5) * 0.8;
+                }
+            }
+        }
+    }
+    p
+}
+
+fn input(n: usize, seed: u64) -> Vec<f32> {
+    (0..n * 3 * 12 * 12).map(|i| 1.5 * noise(i, seed)).collect()
+}
+
+fn outputs(
+    m: &ModelIr,
+    masks: &[decomp_ir::NodeMask],
+    x: &[f32],
+    n: usize,
+    engine: Engine,
+) -> Vec<f32> {
+    let exec = Executor::with_engine(m, &Device::flex(), engine).expect("executor");
+    let masks = exec.compile_masks(masks).expect("masks");
+    let out = exec
+        .forward_probe(
+            exec.input_tensor(x.to_vec(), n).expect("input"),
+            &Probe {
+                capture: &[],
+                masks: Some(&masks),
+            },
+        )
+        .expect("forward");
+    to_vec(out.logits)
+}
+
+/// Each case: (depth, plan seed, kept fraction, compensation). The extracted graph and the
+/// masked full model agree to 1e-5 (relative to the output scale) on random inputs, on the
+/// burn engine and on the CPU plan, and the extracted graph is smaller whenever a channel
+/// is removed.
+#[test]
+fn extracted_module_equals_masked_full_model() {
+    let cases = [
+        (8, 1, 1.0, false),
+        (8, 2, 0.5, false),
+        (8, 3, 0.5, true),
+        (14, 4, 0.3, true),
+        (14, 5, 0.7, false),
+        (20, 6, 0.2, true),
+    ];
+    for (depth, seed, keep, fills) in cases {
+        let m = model(depth, seed);
+        let p = plan(&m, seed, keep, fills);
+        let head = decomp_tangle::binary_head(&m, 1).expect("head");
+        let small = extract(&m, &head, 1, &p).expect("extract");
+        let (full, masks) = reference(&m, &head, 1, &p).expect("reference");
+        let x = input(6, seed);
+        let b = outputs(&full, &masks, &x, 6, Engine::Burn);
+        for engine in [Engine::Burn, Engine::Cpu] {
+            let a = outputs(&small, &[], &x, 6, engine);
+            let scale = b.iter().fold(1.0f32, |s, v| s.max(v.abs()));
+            let diff = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f32, |d, (x, y)| d.max((x - y).abs()));
+            assert!(
+                diff <= 1e-5 * scale,
+                "depth {depth} seed {seed} {engine:?}: max difference {diff} (scale {scale})"
+            );
+        }
+        let (kept, total) = p.kept_channels();
+        // Same two-way head on both sides: multiply-accumulates drop exactly when a channel goes.
+        let (cs, cf) = (
+            cost(&small.graph, &small.check().expect("valid")),
+            cost(&full.graph, &full.check().expect("valid")),
+        );
+        assert_eq!(
+            kept < total,
+            cs.macs < cf.macs,
+            "depth {depth} seed {seed}: {kept}/{total} channels, {cs:?} vs {cf:?}"
+        );
+        if fills && kept < total {
+            assert!(
+                small
+                    .graph
+                    .nodes
+                    .iter()
+                    .any(|n| matches!(n.op, Op::BiasMap { .. })),
+                "compensation folds into bias maps"
+            );
+        }
+    }
+}
+
+/// The residual stream of each stage is one channel space: stem and every block's Add of
+/// a stage share it, and each block's inner channels are a space of their own.
+#[test]
+fn residual_streams_are_one_space() {
+    let m = model(14, 0); // 2 blocks per stage
+    let shapes = m.check().expect("valid");
+    let s = channel_spaces(&m.graph, &shapes).expect("spaces");
+    let space = |name: &str| s.of_node[m.graph.find(name).expect(name)].expect("has a space");
+    assert_eq!(space("bn1"), space("layer1.0.add"));
+    assert_eq!(space("layer1.0.add"), space("layer1.1.add"));
+    assert_ne!(space("layer1.1.add"), space("layer2.0.add"));
+    assert_eq!(space("layer2.0.add"), space("layer2.1.add"));
+    assert_ne!(space("layer1.0.bn1"), space("layer1.1.bn1"));
+    // 3 streams + 6 blocks' inner channels.
+    assert_eq!(s.prunable().len(), 9);
+}
+
+/// With `tau = 0` and no tangling, a channel is kept exactly when element-level concern
+/// identification (same positives) finds any of its positions active.
+#[test]
+fn tau_zero_reproduces_element_masks() {
+    let m = model(8, 3);
+    let data = Dataset::synthetic(4, 12, [3, 12, 12], 2);
+    let exec = Executor::new(&m, &Device::flex()).expect("executor");
+    let cfg = DecompConfig {
+        positives_per_class: 10,
+        positive_filter: PositiveFilter::All,
+        ..DecompConfig::default()
+    };
+    let classes = [0, 1, 2, 3];
+    let (sites, elem) =
+        decomp_concern::identify(&exec, &m, &data, &cfg, &classes, 8, &mut |_, _| {})
+            .expect("identify");
+    let (csites, chan) =
+        decomp_concern::identify_channels(&exec, &m, &data, &cfg, &classes, 8, &mut |_, _| {})
+            .expect("channels");
+    assert_eq!(sites, csites);
+    let shapes = exec.shapes();
+    for (e, (class, positives, stats)) in elem.iter().zip(&chan) {
+        assert_eq!(e.class, *class);
+        assert_eq!(&e.positives, positives, "same positives");
+        for (mask, st) in e.inactive.masks.iter().zip(&stats.sites) {
+            let hw = shapes[mask.node][1] * shapes[mask.node][2];
+            for c in 0..st.frac_active.len() {
+                let active = (0..hw).any(|p| !mask.zeroed.get(c * hw + p));
+                assert_eq!(
+                    active,
+                    st.frac_active[c] > 0.0,
+                    "class {class} node {} channel {c}",
+                    mask.node
+                );
+                assert_eq!(active, st.any_active[c] > 0.0);
+            }
+        }
+        let ch = decomp_ir::ClassChannels {
+            class: *class,
+            positives: positives.clone(),
+            concerned: stats.clone(),
+            unconcerned: None,
+        };
+        let ccfg = ChannelConfig {
+            tau: 0.0,
+            tau_neg: 2.0,
+            rate: ActivationRate::MeanPositions,
+            compensation: Compensation::Off,
+        };
+        let p = decomp_tangle::channel_plan(&m, &ch.concerned, None, &ccfg).expect("plan");
+        for g in &p.groups {
+            for c in 0..g.kept.len() {
+                let any = g
+                    .sites
+                    .iter()
+                    .any(|&s| stats.site(s).expect("site").frac_active[c] > 0.0);
+                assert_eq!(g.kept.get(c), any || g.kept.count_ones() == 1);
+            }
+        }
+    }
+}
+
+fn module_file(dir: &Path) -> (std::path::PathBuf, ChannelModule) {
+    let m = model(8, 9);
+    let data = Dataset::synthetic(4, 10, [3, 12, 12], 4);
+    let exec = Executor::new(&m, &Device::flex()).expect("executor");
+    let cfg = DecompConfig {
+        positives_per_class: 8,
+        positive_filter: PositiveFilter::All,
+        ..DecompConfig::default()
+    };
+    let (sites, chan) =
+        decomp_concern::identify_channels(&exec, &m, &data, &cfg, &[2], 8, &mut |_, _| {})
+            .expect("channels");
+    let (class, positives, stats) = chan.into_iter().next().expect("one class");
+    let (sample, per) = decomp_tangle::unconcerned_sample(&data, class, positives.len(), 0);
+    let neg = decomp_tangle::channel_untangle(&exec, &data, &sites, &sample, 8, &mut |_| {})
+        .expect("untangle");
+    let ch = decomp_ir::ClassChannels {
+        class,
+        positives,
+        concerned: stats,
+        unconcerned: Some(decomp_ir::UnconcernedStats {
+            images: sample,
+            per_class: per,
+            stats: neg,
+        }),
+    };
+    let ccfg = ChannelConfig {
+        tau: 0.3,
+        tau_neg: 0.5,
+        ..ChannelConfig::default()
+    };
+    let origin = decomp_tangle::ModuleOrigin {
+        model_hash: "h",
+        model_path: "p",
+        provenance: "test".into(),
+    };
+    let module =
+        decomp_tangle::build_channel_module(&m, &ch, &cfg, &ccfg, &origin).expect("module");
+    let path = dir.join("module_002.mod");
+    write_artifact(&path, &module).expect("write");
+    (path, module)
+}
+
+/// Round trip, then each case damages one field and names what the reader reports.
+#[test]
+fn channel_module_files_reject_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, module) = module_file(dir.path());
+    let back: ChannelModule = read_artifact(&path).expect("read back");
+    assert_eq!(back, module);
+    assert!(module.cost.flops < module.model_cost.flops);
+    type Mutate = fn(&mut ChannelModule);
+    let cases: &[(Mutate, &str)] = &[
+        (|m| m.cost.flops += 1, "recorded cost"),
+        (
+            |m| m.module.meta.class_names.push("x".into()),
+            "expected [3]",
+        ),
+        (
+            |m| {
+                let out = m.module.graph.output;
+                m.module.graph.nodes[out].op = Op::Linear {
+                    weight: TensorData::zeros(vec![3, 1]),
+                    bias: None,
+                };
+            },
+            "weight: expected shape [3,",
+        ),
+        (
+            |m| {
+                let id = m
+                    .module
+                    .graph
+                    .nodes
+                    .iter()
+                    .position(|n| matches!(n.op, Op::ChannelGather { .. }))
+                    .expect("a gather");
+                if let Op::ChannelGather { sources, .. } = &mut m.module.graph.nodes[id].op {
+                    sources[0] = Some(999);
+                }
+            },
+            "reads input channel 999",
+        ),
+    ];
+    for (mutate, want) in cases {
+        let mut bad = module.clone();
+        mutate(&mut bad);
+        let p = dir.path().join("bad.mod");
+        write_artifact(&p, &bad).expect("write");
+        let err = read_artifact::<ChannelModule>(&p)
+            .expect_err("must be rejected")
+            .to_string();
+        assert!(
+            err.contains("bad.mod") && err.contains(want),
+            "{want}: {err}"
+        );
+    }
+    // An element-level module reader refuses a channel module by kind, and vice versa.
+    let err = read_artifact::<decomp_ir::ModuleIr>(&path).expect_err("wrong kind");
+    assert!(
+        matches!(err, IrError::WrongKind { .. }) && err.to_string().contains("channel-module"),
+        "{err}"
+    );
+    let m = model(8, 1);
+    let mp = dir.path().join("m.ir");
+    write_artifact(&mp, &m).expect("write");
+    let err = read_artifact::<ChannelModule>(&mp)
+        .expect_err("wrong kind")
+        .to_string();
+    assert!(
+        err.contains("artifact kind is model, expected channel-module"),
+        "{err}"
+    );
+}
+
+fn decomp(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_decomp"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run decomp");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Writes `n` CIFAR-10 records (label i % 10, pixels from i).
+fn cifar_file(path: &Path, n: usize) {
+    let mut bytes = Vec::with_capacity(n * 3073);
+    for i in 0..n {
+        bytes.push((i % 10) as u8);
+        bytes.extend((0..3072).map(|p| ((p * 7 + i * 13 + p * p * i) % 256) as u8));
+    }
+    std::fs::write(path, bytes).expect("write records");
+}
+
+/// concern -> tangle -> compose -> inspect at channel granularity through the binary, and
+/// `decompose` giving the same module files in one go.
+#[test]
+fn channel_stages_run_alone_on_previous_artifacts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let model = ResNetConfig::new(8, 10).build().expect("build");
+    let m = d.join("m.ir");
+    write_artifact(&m, &model).expect("write model");
+    let data = d.join("records.bin");
+    cifar_file(&data, 40);
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+    let common = [
+        "--weights",
+        &s(&m),
+        "--data-file",
+        &s(&data),
+        "--batch-size",
+        "8",
+        "--positives",
+        "3",
+        "--positive-filter",
+        "all",
+    ];
+    let thresholds = [
+        "--granularity",
+        "channel",
+        "--tau",
+        "0.4",
+        "--tau-neg",
+        "0.6",
+    ];
+    let cs = d.join("c.ccs");
+    let mut args = vec![
+        "concern",
+        "--granularity",
+        "channel",
+        "--out",
+        cs.to_str().expect("utf8"),
+    ];
+    args.extend(common);
+    let (ok, _, err) = decomp(&args);
+    assert!(ok, "{err}");
+    let stage = d.join("stages");
+    let mut args = vec![
+        "tangle",
+        "--concern",
+        cs.to_str().expect("utf8"),
+        "--out-dir",
+        stage.to_str().expect("utf8"),
+    ];
+    args.extend(thresholds);
+    args.extend(&common[..6]);
+    let (ok, _, err) = decomp(&args);
+    assert!(ok, "{err}");
+    let one = d.join("one");
+    let mut args = vec!["decompose", "--out-dir", one.to_str().expect("utf8")];
+    args.extend(thresholds);
+    args.extend(common);
+    let (ok, _, err) = decomp(&args);
+    assert!(ok, "{err}");
+    let mods: Vec<String> = (0..10)
+        .map(|c| s(&stage.join(format!("module_{c:03}.mod"))))
+        .collect();
+    for (c, p) in mods.iter().enumerate() {
+        let a: ChannelModule = read_artifact(Path::new(p)).expect("stage module");
+        let b: ChannelModule =
+            read_artifact(&one.join(format!("module_{c:03}.mod"))).expect("decompose module");
+        assert_eq!(a.module, b.module, "class {c}");
+        assert_eq!(a.plan, b.plan);
+    }
+    let mut args: Vec<&str> = vec!["compose"];
+    args.extend(mods.iter().map(String::as_str));
+    let (ms, ds) = (s(&m), s(&data));
+    args.extend(["--data-file", &ds, "--json", "--reference-model", &ms]);
+    let (ok, out, err) = decomp(&args);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(v["n"], 40);
+    assert_eq!(v["per_module"].as_array().expect("per module").len(), 10);
+    assert!(v["mean_flops_percent"].as_f64().expect("flops %") < 100.0);
+    assert!(v["model_top1"].as_f64().is_some());
+    let (ok, out, err) = decomp(&["inspect", &mods[0]]);
+    assert!(ok, "{err}");
+    assert!(out.contains("FLOPs") && out.contains("parameters"), "{out}");
+    let (ok, out, err) = decomp(&["inspect", cs.to_str().expect("utf8")]);
+    assert!(ok, "{err}");
+    assert!(out.contains("channel concern set"), "{out}");
+    // Mixing element and channel modules is refused with both file names.
+    let (ok, _, err) = decomp(&[
+        "compose",
+        &mods[0],
+        cs.to_str().expect("utf8"),
+        "--data-file",
+        &s(&data),
+    ]);
+    assert!(!ok && err.contains("c.ccs"), "{err}");
+}

@@ -1,0 +1,263 @@
+//! Channel-level decomposition artifacts: per-channel activation statistics
+//! ([`ChannelConcernSet`]) and physically small modules ([`ChannelModule`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::Cost;
+use crate::artifact::{Artifact, ArtifactKind};
+use crate::channel::ChannelPlan;
+use crate::graph::NodeId;
+use crate::model::ModelIr;
+use crate::module::{DecompConfig, SampleCounts};
+
+/// Which per-channel statistic is compared with the thresholds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActivationRate {
+    /// Fraction of the channel's positions that are `> 0`, averaged over images (default):
+    /// how much of the feature map the channel lights up for the class.
+    MeanPositions,
+    /// Fraction of images for which any position of the channel is `> 0`.
+    AnyPosition,
+}
+
+impl ActivationRate {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MeanPositions => "mean-positions",
+            Self::AnyPosition => "any-position",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::MeanPositions, Self::AnyPosition]
+            .into_iter()
+            .find(|r| r.name() == s)
+    }
+}
+
+/// What a removed channel outputs after its ReLU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compensation {
+    /// Zero (plain removal).
+    Off,
+    /// Its mean post-ReLU activation (over positions and images) on the concerned images.
+    Concerned,
+    /// Its mean post-ReLU activation on the concerned and the unconcerned images together
+    /// (the module's 1:1 sample), weighted by image count (default).
+    Sample,
+}
+
+impl Compensation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Concerned => "concerned",
+            Self::Sample => "sample",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Off, Self::Concerned, Self::Sample]
+            .into_iter()
+            .find(|c| c.name() == s)
+    }
+}
+
+/// Choices of channel-level decomposition (issue 6), recorded in every channel module.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelConfig {
+    /// Concern identification keeps a channel when its rate on the concerned images is
+    /// `>= tau` and `> 0` (so `tau = 0` keeps every channel that is ever active: the element
+    /// method's "keep if ever active" at channel granularity). Default 0.
+    pub tau: f32,
+    /// Tangling identification brings back a channel whose rate on the unconcerned sample is
+    /// `>= tau_neg` and `> 0`; values above 1 bring back nothing. Default 0 (any activity,
+    /// as the element method).
+    pub tau_neg: f32,
+    pub rate: ActivationRate,
+    pub compensation: Compensation,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            tau: 0.0,
+            tau_neg: 0.0,
+            rate: ActivationRate::MeanPositions,
+            compensation: Compensation::Sample,
+        }
+    }
+}
+
+/// Per-channel statistics of one mask site (a ReLU input `[c, h, w]`) over some images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteChannelStats {
+    pub node: NodeId,
+    /// Per channel: fraction of images with any position `> 0`.
+    pub any_active: Vec<f32>,
+    /// Per channel: fraction of positions `> 0`, averaged over images.
+    pub frac_active: Vec<f32>,
+    /// Per channel: mean of `max(x, 0)` over positions and images (the post-ReLU mean).
+    pub mean_relu: Vec<f32>,
+}
+
+impl SiteChannelStats {
+    /// The rate `rate` selects.
+    pub fn rate(&self, rate: ActivationRate) -> &[f32] {
+        match rate {
+            ActivationRate::MeanPositions => &self.frac_active,
+            ActivationRate::AnyPosition => &self.any_active,
+        }
+    }
+}
+
+/// Statistics of every mask site over one set of images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    pub images: usize,
+    pub sites: Vec<SiteChannelStats>,
+}
+
+impl ChannelStats {
+    fn check(&self, what: &str) -> Result<(), String> {
+        for s in &self.sites {
+            let c = s.any_active.len();
+            if s.frac_active.len() != c || s.mean_relu.len() != c {
+                return Err(format!(
+                    "{what}: site {} has {c}/{}/{} channel statistics",
+                    s.node,
+                    s.frac_active.len(),
+                    s.mean_relu.len()
+                ));
+            }
+            if s.any_active
+                .iter()
+                .chain(&s.frac_active)
+                .any(|v| !(0.0..=1.0).contains(v))
+            {
+                return Err(format!("{what}: site {} has a rate outside [0, 1]", s.node));
+            }
+            if s.mean_relu.iter().any(|v| !v.is_finite() || *v < 0.0) {
+                return Err(format!(
+                    "{what}: site {} has a negative or non-finite mean activation",
+                    s.node
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Statistics for `sites` in that order, or the first one missing.
+    pub fn site(&self, node: NodeId) -> Option<&SiteChannelStats> {
+        self.sites.iter().find(|s| s.node == node)
+    }
+}
+
+/// Channel statistics of the unconcerned sample of one class (tangling identification).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnconcernedStats {
+    /// Dataset indices (training split) of the sample.
+    pub images: Vec<usize>,
+    pub per_class: usize,
+    pub stats: ChannelStats,
+}
+
+/// Channel-level concern (and, once tangling identification ran, unconcerned) statistics
+/// of one class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassChannels {
+    pub class: usize,
+    /// Dataset indices of the positives used (same selection as element-level concern
+    /// identification with the same config).
+    pub positives: Vec<usize>,
+    pub concerned: ChannelStats,
+    pub unconcerned: Option<UnconcernedStats>,
+}
+
+/// Output of channel-level concern identification: per class and mask site, per-channel
+/// activation statistics. Thresholds are applied later, so one identification serves a
+/// whole sweep of `tau` / `tau_neg`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelConcernSet {
+    pub model_hash: String,
+    pub model_path: String,
+    pub dataset: String,
+    pub config: DecompConfig,
+    /// Mask sites (ReLU inputs).
+    pub sites: Vec<NodeId>,
+    pub classes: Vec<ClassChannels>,
+    /// Seconds spent on the concerned and on the unconcerned images.
+    pub seconds: f64,
+    pub tangle_seconds: f64,
+}
+
+impl Artifact for ChannelConcernSet {
+    const KIND: ArtifactKind = ArtifactKind::ChannelConcernSet;
+    fn validate(&self) -> Result<(), String> {
+        for c in &self.classes {
+            let what = format!("class {}", c.class);
+            c.concerned.check(&what)?;
+            if let Some(u) = &c.unconcerned {
+                u.stats.check(&format!("{what} (unconcerned)"))?;
+            }
+            for stats in
+                std::iter::once(&c.concerned).chain(c.unconcerned.as_ref().map(|u| &u.stats))
+            {
+                let nodes: Vec<NodeId> = stats.sites.iter().map(|s| s.node).collect();
+                if nodes != self.sites {
+                    return Err(format!(
+                        "{what}: statistics for sites {nodes:?}, the set lists {:?}",
+                        self.sites
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A physically small module: its own two-output graph (`[mine, other]` logits) holding
+/// only the kept channels of its source model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelModule {
+    pub class: usize,
+    pub class_name: String,
+    /// [`ModelIr::content_hash`] of the source model.
+    pub model_hash: String,
+    pub model_path: String,
+    /// The extracted graph; class names `[class name, "other"]`.
+    pub module: ModelIr,
+    /// Which channels of the source model it keeps.
+    pub plan: ChannelPlan,
+    pub config: DecompConfig,
+    pub channel: ChannelConfig,
+    pub counts: SampleCounts,
+    /// Cost of `module`, and of the source model (with its K-way output layer).
+    pub cost: Cost,
+    pub model_cost: Cost,
+    pub provenance: String,
+}
+
+impl Artifact for ChannelModule {
+    const KIND: ArtifactKind = ArtifactKind::ChannelModule;
+    fn validate(&self) -> Result<(), String> {
+        let shapes = self.module.check().map_err(|e| e.to_string())?;
+        if self.module.num_classes() != 2 {
+            return Err(format!(
+                "module graph has {} outputs, expected 2 (mine, other)",
+                self.module.num_classes()
+            ));
+        }
+        let cost = crate::analysis::cost(&self.module.graph, &shapes);
+        if cost != self.cost {
+            return Err(format!(
+                "recorded cost {:?} does not match the module graph's {:?}",
+                self.cost, cost
+            ));
+        }
+        for (i, g) in self.plan.groups.iter().enumerate() {
+            g.kept.check().map_err(|e| format!("plan group {i}: {e}"))?;
+        }
+        Ok(())
+    }
+}

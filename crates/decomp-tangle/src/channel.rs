@@ -1,0 +1,164 @@
+//! Channel-level tangling identification and modularization: statistics of the
+//! unconcerned sample ([`channel_untangle`]), the thresholds ([`channel_plan`]) and the
+//! physically small module ([`build_channel_module`]).
+
+use decomp_data::Dataset;
+use decomp_ir::channel::{ChannelGroup, ChannelPlan, channel_spaces, extract};
+use decomp_ir::{
+    BitSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels, Compensation, DecompConfig,
+    ModelIr, NodeId, SampleCounts, analysis,
+};
+use decomp_model::{ChannelAccumulator, Executor, Probe};
+
+use crate::{ModuleOrigin, TangleError, binary_head};
+
+/// Channel statistics at `sites` of the images `unconcerned` (indices into `train`).
+pub fn channel_untangle(
+    exec: &Executor,
+    train: &Dataset,
+    sites: &[NodeId],
+    unconcerned: &[usize],
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<ChannelStats, TangleError> {
+    let mut acc = ChannelAccumulator::new(sites, exec.shapes());
+    let view = train.select(unconcerned)?;
+    for batch in view.batches(batch_size.max(1)) {
+        let b = batch?;
+        let n = b.labels.len();
+        let out = exec.forward_probe(
+            exec.input_tensor(b.images, n)?,
+            &Probe {
+                capture: sites,
+                masks: None,
+            },
+        )?;
+        acc.add(&out.captured, None);
+        progress(n);
+    }
+    Ok(acc.finish())
+}
+
+/// The channels a module keeps: per site, a channel is kept when its concerned rate is
+/// `>= tau` (and `> 0`), or brought back when its unconcerned rate is `>= tau_neg` (and
+/// `> 0`); a channel space (a residual stream joins several sites) keeps the union over its
+/// sites, and at least its most active channel. Removed channels are held at their mean
+/// post-ReLU activation per `cfg.compensation`.
+pub fn channel_plan(
+    model: &ModelIr,
+    concerned: &ChannelStats,
+    unconcerned: Option<&ChannelStats>,
+    cfg: &ChannelConfig,
+) -> Result<ChannelPlan, TangleError> {
+    let shapes = model.check()?;
+    let spaces = channel_spaces(&model.graph, &shapes)?;
+    let missing = |what: &str, node: NodeId| {
+        TangleError::Masks(format!("{what} statistics lack mask site {node}"))
+    };
+    let mut groups = Vec::new();
+    for s in spaces.prunable() {
+        let sp = &spaces.spaces[s];
+        let mut kept = BitSet::new(sp.channels);
+        let mut best = (f32::NEG_INFINITY, 0usize);
+        let mut fill = Vec::with_capacity(sp.sites.len());
+        for &site in &sp.sites {
+            let pos = concerned
+                .site(site)
+                .ok_or_else(|| missing("concerned", site))?;
+            let neg = match unconcerned {
+                Some(u) => Some(u.site(site).ok_or_else(|| missing("unconcerned", site))?),
+                None => None,
+            };
+            if pos.any_active.len() != sp.channels {
+                return Err(TangleError::Masks(format!(
+                    "site {site}: {} channel statistics, the node has {} channels",
+                    pos.any_active.len(),
+                    sp.channels
+                )));
+            }
+            for (c, &r) in pos.rate(cfg.rate).iter().enumerate() {
+                let keep_pos = r > 0.0 && r >= cfg.tau;
+                let keep_neg = neg.is_some_and(|n| {
+                    let r = n.rate(cfg.rate)[c];
+                    r > 0.0 && r >= cfg.tau_neg
+                });
+                if keep_pos || keep_neg {
+                    kept.set(c, true);
+                }
+                if r > best.0 {
+                    best = (r, c);
+                }
+            }
+            let (np, nn) = (
+                concerned.images as f32,
+                unconcerned.map_or(0, |u| u.images) as f32,
+            );
+            fill.push(
+                (0..sp.channels)
+                    .map(|c| match (cfg.compensation, neg) {
+                        (Compensation::Off, _) => 0.0,
+                        (Compensation::Concerned, _) | (Compensation::Sample, None) => {
+                            pos.mean_relu[c]
+                        }
+                        (Compensation::Sample, Some(n)) => {
+                            (pos.mean_relu[c] * np + n.mean_relu[c] * nn) / (np + nn).max(1.0)
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        if kept.count_ones() == 0 {
+            kept.set(best.1, true);
+        }
+        groups.push(ChannelGroup {
+            sites: sp.sites.clone(),
+            kept,
+            fill,
+        });
+    }
+    Ok(ChannelPlan { groups })
+}
+
+/// Assembles the channel module of `concern.class`: the CI+TI+MC binary head (no BLN) on
+/// the graph extracted for [`channel_plan`]'s channels.
+pub fn build_channel_module(
+    model: &ModelIr,
+    concern: &ClassChannels,
+    cfg: &DecompConfig,
+    channel: &ChannelConfig,
+    origin: &ModuleOrigin<'_>,
+) -> Result<ChannelModule, TangleError> {
+    let plan = channel_plan(
+        model,
+        &concern.concerned,
+        concern.unconcerned.as_ref().map(|u| &u.stats),
+        channel,
+    )?;
+    let head = binary_head(model, concern.class)?;
+    let module = extract(model, &head, concern.class, &plan)?;
+    let shapes = module.check()?;
+    let model_shapes = model.check()?;
+    Ok(ChannelModule {
+        class: concern.class,
+        class_name: model
+            .meta
+            .class_names
+            .get(concern.class)
+            .cloned()
+            .unwrap_or_default(),
+        model_hash: origin.model_hash.to_string(),
+        model_path: origin.model_path.to_string(),
+        cost: analysis::cost(&module.graph, &shapes),
+        model_cost: analysis::cost(&model.graph, &model_shapes),
+        module,
+        plan,
+        config: cfg.clone(),
+        channel: channel.clone(),
+        counts: SampleCounts {
+            positives: concern.positives.len(),
+            unconcerned: concern.unconcerned.as_ref().map_or(0, |u| u.images.len()),
+            unconcerned_per_class: concern.unconcerned.as_ref().map_or(0, |u| u.per_class),
+        },
+        provenance: origin.provenance.clone(),
+    })
+}
