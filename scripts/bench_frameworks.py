@@ -14,7 +14,9 @@ Two subcommands:
   compare run `rounds` rounds; each round runs every probe once as a fresh process, in the
           same order (decomp cpu engine, decomp burn engine, PyTorch, TensorFlow, ...), and
           reports per probe the median images/s, the ratio to decomp's CPU engine, and the
-          peak RSS of the process (os.wait4's ru_maxrss). Writes JSON to --out if given.
+          peak RSS of the process (os.wait4's ru_maxrss) and the median CPU time per image
+          (user + system seconds of the timed steps: less sensitive than wall time to other
+          load on the machine). Writes JSON to --out if given.
             bench_frameworks.py compare --rounds 3 --decomp target/debug/infer \\
                 --weights ../shared/models/cifar10/resnet20-12fca82f.th --train
 
@@ -286,6 +288,7 @@ def cmd_compare(args):
         if args.train:
             probes.append((f"{fw} train", "train", me + ["--framework", fw, "--mode", "train"]))
     results = {name: [] for name, _, _ in probes}
+    cpu = {name: [] for name, _, _ in probes}
     rss = {name: 0 for name, _, _ in probes}
     loads = []
     for r in range(args.rounds):
@@ -293,6 +296,8 @@ def cmd_compare(args):
             loads.append(loadavg())
             j, maxrss = run_child(cmd, args.threads)
             results[name].append(j["img_per_s"])
+            if j.get("cpu_s_per_img") is not None:
+                cpu[name].append(j["cpu_s_per_img"])
             rss[name] = max(rss[name], maxrss)
             log(f"round {r + 1}/{args.rounds} {name}: {j['img_per_s']} img/s (load {loads[-1]:.2f})")
     med = {k: statistics.median(v) for k, v in results.items()}
@@ -310,6 +315,7 @@ def cmd_compare(args):
                 "img_per_s_median": med[name],
                 "img_per_s_all": results[name],
                 "ratio_decomp_cpu_to_this": round(base / med[name], 3) if base else None,
+                "cpu_ms_per_img_median": round(1000 * statistics.median(cpu[name]), 3) if cpu[name] else None,
                 "peak_rss_mib": round(rss[name] / 1024, 1),
             }
             for name, mode, _ in probes

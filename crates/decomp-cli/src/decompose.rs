@@ -330,6 +330,10 @@ pub struct ComposeArgs {
     /// same batches, for its accuracy and the measured time ratio.
     #[arg(long)]
     reference_model: Option<String>,
+    /// Write every module's margin on every image (and the labels) here, for `decomp vote`
+    /// to compose any selection of these modules without running a model again.
+    #[arg(long)]
+    save_margins: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -419,6 +423,30 @@ pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
         seconds,
         mode: format!("{mode:?}").to_lowercase(),
     };
+    if let Some(p) = &a.save_margins {
+        let m = crate::vote::Margins {
+            format: crate::vote::MARGINS_FORMAT.into(),
+            images: crate::vote::image_set(&a.data, &classes),
+            class_names: data.class_names().to_vec(),
+            modules: modules
+                .iter()
+                .zip(&a.modules)
+                .map(|(m, p)| crate::vote::MarginModule {
+                    path: p.display().to_string(),
+                    class: m.class,
+                    class_name: m.class_name.clone(),
+                    model_hash: m.model_hash.clone(),
+                })
+                .collect(),
+            labels: run.labels.clone(),
+            margins: run.margins.clone(),
+            model_top1: out.model_top1,
+            model_top5: out.model_top5,
+            model_per_class: out.model_per_class.clone(),
+            seconds,
+        };
+        write_atomic(p, serde_json::to_string(&m)?.as_bytes())?;
+    }
     let text = serde_json::to_string(&out)?;
     if let Some(p) = &a.out {
         write_atomic(p, text.as_bytes())?;

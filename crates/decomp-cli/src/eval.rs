@@ -44,11 +44,11 @@ struct EvalOutput<'a> {
     images_per_second: f64,
 }
 
-/// Opens the dataset the flags describe, normalized the way `model` expects.
-pub fn open_dataset(args: &DataArgs, model: &ModelIr) -> Result<Dataset> {
+/// Opens the dataset the flags describe, as stored (native shape and statistics).
+pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
     let kind = DatasetKind::parse(&args.dataset)?;
     let split: Split = args.split.parse()?;
-    let ds = if let Some(file) = &args.data_file {
+    Ok(if let Some(file) = &args.data_file {
         Dataset::from_cifar_file(kind, file)?
     } else if args.data_dir.is_file() {
         Dataset::from_cifar_file(kind, &args.data_dir)?
@@ -64,7 +64,11 @@ pub fn open_dataset(args: &DataArgs, model: &ModelIr) -> Result<Dataset> {
             }
             Err(e) => return Err(e.into()),
         }
-    };
+    })
+}
+
+/// Converts `ds` to the channels and size `model` takes, normalized the way it expects.
+pub fn fit_to_model(ds: Dataset, model: &ModelIr) -> Result<Dataset> {
     let [c, h, w] = model.graph.input_shape()?;
     let mut ds = ds;
     if ds.image_shape()[0] != c {
@@ -74,7 +78,12 @@ pub fn open_dataset(args: &DataArgs, model: &ModelIr) -> Result<Dataset> {
         ds = ds.with_resize(h, w);
     }
     let norm = Normalization::new(&model.meta.input_norm.mean, &model.meta.input_norm.std);
-    let ds = ds.with_normalization(norm);
+    Ok(ds.with_normalization(norm))
+}
+
+/// Opens the dataset the flags describe, normalized the way `model` expects.
+pub fn open_dataset(args: &DataArgs, model: &ModelIr) -> Result<Dataset> {
+    let ds = fit_to_model(open_raw_dataset(args)?, model)?;
     Ok(match args.limit {
         Some(n) => ds.take(n),
         None => ds,

@@ -4,8 +4,12 @@
 
 mod channel;
 mod decompose;
+mod energy;
 mod eval;
 mod model_source;
+mod plot;
+mod train;
+mod vote;
 
 use std::path::PathBuf;
 
@@ -75,6 +79,12 @@ enum Command {
     Decompose(decompose::DecomposeArgs),
     /// Compose module files (of one or several models) and evaluate them by voting.
     Compose(decompose::ComposeArgs),
+    /// Compose any selection of modules from margins saved by `compose --save-margins`.
+    Vote(vote::VoteArgs),
+    /// Write a freshly initialized (untrained) CIFAR ResNet as a `.ir` model (tests, fixtures).
+    NewModel(model_source::NewModelArgs),
+    /// Train a ResNet from scratch or fine-tune imported weights (resumable run directory).
+    Train(train::TrainArgs),
     /// Convert a PyTorch checkpoint into a decomp `.ir` model artifact.
     Import(model_source::ImportArgs),
     /// Write a model in burn's own record format (burnpack `.bpk`).
@@ -117,6 +127,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tangle(a) => decompose::tangle(a),
         Command::Decompose(a) => decompose::decompose(a),
         Command::Compose(a) => decompose::compose_cmd(a),
+        Command::Vote(a) => vote::run(a),
+        Command::NewModel(a) => model_source::new_model(a),
+        Command::Train(a) => train::run(a),
         Command::Import(a) => model_source::import(a),
         Command::Export(a) => model_source::export(a),
         Command::FetchData { dataset, data_dir } => {

@@ -106,6 +106,39 @@ pub fn import(a: ImportArgs) -> Result<()> {
 }
 
 #[derive(clap::Args)]
+pub struct NewModelArgs {
+    /// Architecture: resnet8, resnet20, ... (any resnet(6n+2)).
+    #[arg(long)]
+    arch: String,
+    /// Number of classes.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Without BatchNorm.
+    #[arg(long)]
+    no_batch_norm: bool,
+    /// Seed of the He initialization.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output `.ir` file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn new_model(a: NewModelArgs) -> Result<()> {
+    if a.classes < 2 {
+        bail!("--classes {}: a classifier needs at least 2 classes", a.classes);
+    }
+    let cfg = parse_arch(&a.arch, a.classes)?.with_batch_norm(!a.no_batch_norm).with_seed(a.seed);
+    let mut model = cfg.build()?;
+    if a.classes == decomp_data::CIFAR10_CLASSES.len() {
+        model.meta.class_names = decomp_data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+    }
+    let hash = write_artifact(&a.out, &model)?;
+    println!("{}: {} untrained (seed {}), sha256 {}", a.out.display(), model.meta.arch, a.seed, decomp_ir::hex_hash(&hash));
+    Ok(())
+}
+
+#[derive(clap::Args)]
 pub struct ExportArgs {
     #[command(flatten)]
     model: ModelArgs,

@@ -102,9 +102,38 @@ struct Group {
     features: usize,
     /// The model's own output layer `[classes][features]` and bias, when evaluated.
     model_head: Option<(Vec<f32>, Vec<f32>)>,
+    /// Per-channel `(scale, shift)` taking the dataset's normalized pixels to this model's
+    /// normalization, when they differ (modules of models trained on other datasets).
+    renorm: Option<Vec<(f32, f32)>>,
 }
 
-fn groups(modules: &[ModuleIr], device: &Device, with_model: bool) -> Result<Vec<Group>, ComposeError> {
+/// `(scale, shift)` per channel with `x_model = x_data * scale + shift`, or `None` when the
+/// two normalizations agree.
+fn renormalization(data: &decomp_data::Normalization, model: &decomp_ir::InputNorm) -> Option<Vec<(f32, f32)>> {
+    if data.mean == model.mean && data.std == model.std {
+        return None;
+    }
+    Some(
+        data.mean
+            .iter()
+            .zip(&data.std)
+            .zip(model.mean.iter().zip(&model.std))
+            .map(|((&md, &sd), (&mm, &sm))| (sd / sm, (md - mm) / sm))
+            .collect(),
+    )
+}
+
+fn apply_renorm(images: &mut [f32], channels: &[(f32, f32)], plane: usize) {
+    let c = channels.len();
+    for (i, chunk) in images.chunks_mut(plane).enumerate() {
+        let (scale, shift) = channels[i % c];
+        for v in chunk {
+            *v = *v * scale + shift;
+        }
+    }
+}
+
+fn groups(modules: &[ModuleIr], data: &Dataset, device: &Device, with_model: bool) -> Result<Vec<Group>, ComposeError> {
     let mut by_hash: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, m) in modules.iter().enumerate() {
         by_hash.entry(m.model_hash.as_str()).or_default().push(i);
@@ -135,6 +164,7 @@ fn groups(modules: &[ModuleIr], device: &Device, with_model: bool) -> Result<Vec
             None
         };
         out.push(Group {
+            renorm: renormalization(data.normalization(), &first.model.meta.input_norm),
             features: first.head.weight.shape[1],
             head_input: first.head.input,
             exec,
@@ -158,7 +188,9 @@ fn margin(module: &ModuleIr, f: &[f32]) -> f32 {
 }
 
 /// Runs `modules` over `data` and votes. Label `i` of `data` must be the class of
-/// `modules[i]` (use `Dataset::subset_classes` to arrange it).
+/// `modules[i]` (use `Dataset::subset_classes` to arrange it). Each model sees the images
+/// in its own input normalization (converted from `data`'s), so modules of models trained
+/// with different statistics compose.
 pub fn compose(
     modules: &[ModuleIr],
     data: &Dataset,
@@ -177,14 +209,18 @@ pub fn compose(
     let covers_model = modules.iter().all(|m| m.model_hash == modules[0].model_hash)
         && modules.len() == modules[0].model.num_classes()
         && modules.iter().enumerate().all(|(i, m)| m.class == i);
-    let groups = groups(modules, device, covers_model)?;
+    let groups = groups(modules, data, device, covers_model)?;
     let mut run = ComposedRun { model_rank: covers_model.then(Vec::new), ..Default::default() };
     for batch in data.batches(batch_size.max(1)) {
         let b = batch?;
         let n = b.labels.len();
         let mut margins = vec![vec![0.0f32; modules.len()]; n];
         for g in &groups {
-            let x = g.exec.input_tensor(b.images.clone(), n)?;
+            let mut images = b.images.clone();
+            if let Some(r) = &g.renorm {
+                apply_renorm(&mut images, r, b.shape[2] * b.shape[3]);
+            }
+            let x = g.exec.input_tensor(images, n)?;
             let feats: Vec<Vec<f32>> = match mode {
                 Mode::Batched => g.exec.forward_modules(x, &g.masks, g.head_input)?,
                 Mode::Naive => {

@@ -12,6 +12,8 @@
 //!   [`Dataset::batches`] iterator of [`Batch`]es, [`Dataset::raw_u8`]), after the optional
 //!   [`Dataset::with_resize`] / [`Dataset::with_channels`] transforms and the
 //!   [`Normalization`] `x = (pixel / 255 - mean) / std`.
+//! * [`Augmentation`] applies the training augmentations (pad + random crop, shift, flip)
+//!   to a decoded batch, drawing from a caller-seeded generator.
 //! * [`fetch`] downloads official archives and pretrained weights with checksum verification
 //!   and atomic placement.
 //! * [`DataError`] is the one error type; it names the file, record and byte offset at fault.
@@ -34,6 +36,7 @@
 //! # Ok::<(), decomp_data::DataError>(())
 //! ```
 
+pub mod augment;
 mod cifar;
 mod dataset;
 mod error;
@@ -45,6 +48,7 @@ mod synthetic;
 mod tiny;
 mod transform;
 
+pub use augment::Augmentation;
 pub use cifar::{CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES};
 pub use dataset::{Batch, Batches, Dataset};
 pub use error::DataError;

@@ -44,6 +44,8 @@ pub enum ArtifactKind {
     Module = 2,
     ConcernSet = 3,
     Report = 4,
+    /// A training run's resumable state (model, optimizer, epoch, history).
+    TrainCheckpoint = 5,
     /// Per-channel activation statistics of every class (channel-level concern
     /// identification).
     ChannelConcernSet = 6,
@@ -58,6 +60,7 @@ impl ArtifactKind {
             2 => Self::Module,
             3 => Self::ConcernSet,
             4 => Self::Report,
+            5 => Self::TrainCheckpoint,
             6 => Self::ChannelConcernSet,
             7 => Self::ChannelModule,
             _ => return None,
@@ -72,6 +75,7 @@ impl fmt::Display for ArtifactKind {
             Self::Module => "module",
             Self::ConcernSet => "concern-set",
             Self::Report => "report",
+            Self::TrainCheckpoint => "train-checkpoint",
             Self::ChannelConcernSet => "channel-concern-set",
             Self::ChannelModule => "channel-module",
         })

@@ -3,10 +3,16 @@
 //! Two uses: the reference the IR [`Executor`](crate::Executor) is benchmarked against
 //! (same math, written the ordinary burn way), and export of a model to burn's own record
 //! format (burnpack, `.bpk`) for users who want to continue in burn without decomp.
+//! It is also the module [`crate::train`] trains: [`ResNet::from_ir`] loads an IR model,
+//! [`ResNet::write_into`] writes the trained parameters (and BatchNorm running statistics)
+//! back into it.
+//!
+//! Parameter ids are derived from node names (not drawn at random), so an optimizer state
+//! saved in one process applies to the same model rebuilt in another (training resume).
 
 use std::path::Path;
 
-use burn::module::{Module, Param, RunningState};
+use burn::module::{Module, Param, ParamId, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
@@ -14,6 +20,7 @@ use burn::tensor::{Device, Tensor, TensorData as BurnData, s};
 use decomp_ir::{ModelIr, Op, TensorData};
 
 use crate::ModelError;
+use crate::executor::to_vec;
 
 /// One residual block.
 #[derive(Module, Debug)]
@@ -42,6 +49,31 @@ pub struct ResNet {
 
 fn t<const D: usize>(d: &TensorData, device: &Device) -> Tensor<D> {
     Tensor::from_data(BurnData::new(d.data.clone(), d.shape.clone()), device)
+}
+
+/// A trainable parameter whose id is a stable hash (FNV-1a) of `name`.
+fn param<const D: usize>(name: &str, value: Tensor<D>) -> Param<Tensor<D>> {
+    let mut p = Param::from_tensor(value);
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    p.id = ParamId::from(hash);
+    p
+}
+
+fn host(t: Tensor<1>) -> TensorData {
+    let n = t.dims()[0];
+    TensorData {
+        shape: vec![n],
+        data: to_vec(t),
+    }
+}
+
+fn host4(t: Tensor<4>) -> TensorData {
+    TensorData {
+        shape: t.dims().to_vec(),
+        data: to_vec(t),
+    }
 }
 
 struct Loader<'a> {
@@ -82,8 +114,10 @@ impl Loader<'_> {
             ))
             .with_bias(bias.is_some())
             .init(self.device);
-        conv.weight = Param::from_tensor(t(weight, self.device));
-        conv.bias = bias.as_ref().map(|b| Param::from_tensor(t(b, self.device)));
+        conv.weight = param(&format!("{name}.weight"), t(weight, self.device));
+        conv.bias = bias
+            .as_ref()
+            .map(|b| param(&format!("{name}.bias"), t(b, self.device)));
         Ok(conv)
     }
 
@@ -101,8 +135,8 @@ impl Loader<'_> {
         let mut bn = BatchNormConfig::new(gamma.numel())
             .with_epsilon(*eps)
             .init(self.device);
-        bn.gamma = Param::from_tensor(t(gamma, self.device));
-        bn.beta = Param::from_tensor(t(beta, self.device));
+        bn.gamma = param(&format!("{name}.weight"), t(gamma, self.device));
+        bn.beta = param(&format!("{name}.bias"), t(beta, self.device));
         bn.running_mean = RunningState::new(t(running_mean, self.device));
         bn.running_var = RunningState::new(t(running_var, self.device));
         Ok(Some(bn))
@@ -153,8 +187,16 @@ impl ResNet {
         let mut linear = LinearConfig::new(weight.shape[1], weight.shape[0])
             .with_bias(bias.is_some())
             .init(device);
-        linear.weight = Param::from_tensor(t::<2>(weight, device).transpose());
-        linear.bias = bias.as_ref().map(|b| Param::from_tensor(t(b, device)));
+        // Transposed on the host, so the parameter is a contiguous `[in, out]` tensor like
+        // the ones the optimizer produces (a strided view would change the matmul's
+        // summation order, and a resumed run would drift from an uninterrupted one).
+        let (o, i) = (weight.shape[0], weight.shape[1]);
+        let transposed: Vec<f32> = (0..i * o).map(|k| weight.data[(k % o) * i + k / o]).collect();
+        linear.weight = param(
+            "linear.weight",
+            Tensor::from_data(BurnData::new(transposed, [i, o]), device),
+        );
+        linear.bias = bias.as_ref().map(|b| param("linear.bias", t(b, device)));
         Ok(Self {
             conv1: l.conv("conv1")?,
             bn1: l.bn("bn1")?,
@@ -178,12 +220,106 @@ impl ResNet {
         self.linear.forward(x)
     }
 
+    /// Writes the current parameters and BatchNorm running statistics into the nodes of
+    /// `model` with the same names (the IR model this one was built from, or a copy).
+    pub fn write_into(&self, model: &mut ModelIr) -> Result<(), ModelError> {
+        let mut w = Writer { model };
+        w.conv("conv1", &self.conv1)?;
+        w.bn("bn1", self.bn1.as_ref())?;
+        let mut names = Vec::new();
+        for stage in 1..=3 {
+            for i in 0.. {
+                let p = format!("layer{stage}.{i}");
+                if w.model.graph.find(&format!("{p}.conv1")).is_none() {
+                    break;
+                }
+                names.push(p);
+            }
+        }
+        if names.len() != self.blocks.len() {
+            return Err(ModelError::Config(format!(
+                "the IR model has {} residual blocks, the trained module {}",
+                names.len(),
+                self.blocks.len()
+            )));
+        }
+        for (p, b) in names.iter().zip(&self.blocks) {
+            w.conv(&format!("{p}.conv1"), &b.conv1)?;
+            w.bn(&format!("{p}.bn1"), b.bn1.as_ref())?;
+            w.conv(&format!("{p}.conv2"), &b.conv2)?;
+            w.bn(&format!("{p}.bn2"), b.bn2.as_ref())?;
+            if let Some(proj) = &b.proj {
+                w.conv(&format!("{p}.shortcut.0"), proj)?;
+                w.bn(&format!("{p}.shortcut.1"), b.proj_bn.as_ref())?;
+            }
+        }
+        let node = w.node("linear")?;
+        let Op::Linear { weight, bias } = node else {
+            return Err(ModelError::Config("node linear is not a linear layer".into()));
+        };
+        let lw = self.linear.weight.val().transpose();
+        let [o, i] = lw.dims();
+        *weight = TensorData {
+            shape: vec![o, i],
+            data: to_vec(lw),
+        };
+        if let (Some(b), Some(lb)) = (bias.as_mut(), &self.linear.bias) {
+            *b = host(lb.val());
+        }
+        Ok(())
+    }
+
     /// Writes the parameters in burn's record format (burnpack).
     pub fn export(self, path: &Path) -> Result<(), ModelError> {
         self.save_file(path).map_err(|e| ModelError::Export {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })
+    }
+}
+
+struct Writer<'a> {
+    model: &'a mut ModelIr,
+}
+
+impl Writer<'_> {
+    fn node(&mut self, name: &str) -> Result<&mut Op, ModelError> {
+        let i = self
+            .model
+            .graph
+            .find(name)
+            .ok_or_else(|| ModelError::Config(format!("no node named {name} in the IR model")))?;
+        Ok(&mut self.model.graph.nodes[i].op)
+    }
+
+    fn conv(&mut self, name: &str, conv: &Conv2d) -> Result<(), ModelError> {
+        let Op::Conv2d { weight, bias, .. } = self.node(name)? else {
+            return Err(ModelError::Config(format!("node {name} is not a conv2d")));
+        };
+        *weight = host4(conv.weight.val());
+        if let (Some(b), Some(cb)) = (bias.as_mut(), &conv.bias) {
+            *b = host(cb.val());
+        }
+        Ok(())
+    }
+
+    fn bn(&mut self, name: &str, bn: Option<&BatchNorm>) -> Result<(), ModelError> {
+        let Some(bn) = bn else { return Ok(()) };
+        let Op::BatchNorm2d {
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            ..
+        } = self.node(name)?
+        else {
+            return Err(ModelError::Config(format!("node {name} is not a batch norm")));
+        };
+        *gamma = host(bn.gamma.val());
+        *beta = host(bn.beta.val());
+        *running_mean = host(bn.running_mean.value_sync());
+        *running_var = host(bn.running_var.value_sync());
+        Ok(())
     }
 }
 

@@ -31,6 +31,10 @@ pub enum ModelError {
     NoSuchNode(usize),
     #[error("device {0:?} is not available: {1}")]
     Device(String, String),
+    #[error(transparent)]
+    Data(#[from] decomp_data::DataError),
+    #[error("training: {0}")]
+    Train(String),
     #[error("{path}: cannot export: {msg}")]
     Export { path: PathBuf, msg: String },
 }

@@ -7,6 +7,8 @@
 //!   node outputs (pre-activations for concern identification) and apply node masks.
 //! - [`burn_resnet`] is a plain burn `Module` ResNet: the baseline the executor is
 //!   benchmarked against, and the route to burn's own record format (`.bpk`).
+//! - [`train`] trains ResNets with burn autodiff (SGD/Adam, schedules, augmentation) from
+//!   scratch or from imported weights, with checkpoints that resume bit for bit.
 //! - [`parse_device`] turns `cpu` / `cuda:N` / `wgpu` into a device.
 
 pub mod burn_resnet;
@@ -17,13 +19,14 @@ mod error;
 mod executor;
 pub mod import;
 pub mod resnet;
+pub mod train;
 
 pub use burn::tensor::{Device, Tensor, TensorData as BurnTensorData};
-pub use cpu::CpuTuning;
 pub use decomp_ir::ModelIr;
 pub use channel_stats::ChannelAccumulator;
 pub use device::{available_devices, parse_device};
 pub use error::ModelError;
+pub use cpu::CpuTuning;
 pub use executor::{
     ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe,
     accumulate_active, to_vec,

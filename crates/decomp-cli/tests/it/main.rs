@@ -3,3 +3,4 @@
 mod channel;
 mod cli;
 mod pipeline;
+mod train;

@@ -3,6 +3,7 @@
 mod cpu;
 mod executor;
 mod real;
+mod train;
 mod zip_checkpoint;
 
 use std::path::PathBuf;

@@ -1,0 +1,562 @@
+//! Training IR-built ResNets with burn autodiff: from scratch or from an imported checkpoint
+//! (fine-tuning), with checkpoints that resume bit for bit.
+//!
+//! - [`TrainConfig`]: optimizer ([`OptimizerConfig`]: SGD with momentum and weight decay, or
+//!   Adam), base learning rate and [`Schedule`] (step or cosine), epochs, batch size,
+//!   augmentation ([`AugmentConfig`]) and seed. Named recipes (`he2016`, `paper-keras`) are
+//!   presets of this struct, kept in `experiments/recipes.toml`.
+//! - [`Trainer`]: one training run. [`Trainer::run_epoch`] trains one epoch and validates;
+//!   [`Trainer::checkpoint`] captures everything needed to continue ([`TrainCheckpoint`]:
+//!   model, optimizer state, epochs done, metrics history, best epoch so far), and
+//!   [`Trainer::resume`] continues from one.
+//!
+//! Determinism: every random choice of epoch `e` (shuffle order, augmentation) is drawn from
+//! generators seeded by `(seed, e)`, parameters have name-derived ids so the optimizer state
+//! reattaches to a rebuilt model, and an epoch only ever starts from a checkpoint taken at an
+//! epoch boundary. A run killed anywhere and resumed therefore repeats exactly the epochs an
+//! uninterrupted run would have computed (the CPU backend computes the same floats for the
+//! same inputs).
+//!
+//! No file I/O here: the caller writes checkpoints, metrics and the best model.
+
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Bytes, Device, Int, Tensor, TensorData as BurnData};
+use decomp_data::{Augmentation, Dataset};
+use decomp_ir::{Artifact, ArtifactKind, ModelIr};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::ModelError;
+use crate::burn_resnet::ResNet;
+use crate::executor::{Executor, to_vec};
+
+/// The optimizer and its hyper-parameters (the learning rate is [`TrainConfig::lr`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OptimizerConfig {
+    /// SGD with momentum; `weight_decay` is an L2 penalty added to the gradient.
+    Sgd {
+        momentum: f64,
+        /// PyTorch's dampening (0 = the usual heavy-ball momentum).
+        dampening: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
+    /// Adam; `weight_decay` is an L2 penalty added to the gradient (Keras-style kernel
+    /// regularization, not AdamW's decoupled decay).
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        epsilon: f64,
+        weight_decay: f64,
+    },
+}
+
+/// How the learning rate changes over training. Progress is the fraction of all epochs done
+/// (`epoch / epochs`), so a short run follows the same shape as a full-length one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// The base learning rate throughout.
+    Constant,
+    /// Piecewise constant by epoch: from the first epoch whose progress is at least
+    /// `milestones[i]`, the rate is `lr * factors[i]` (absolute factors, not cumulative).
+    Step {
+        milestones: Vec<f64>,
+        factors: Vec<f64>,
+    },
+    /// Cosine annealing per step from `lr` to `lr * min_factor` over the whole run.
+    Cosine { min_factor: f64 },
+}
+
+/// Training augmentation, applied on the fly to every training batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AugmentConfig {
+    /// Black padding (pixels per side) before a random crop to the original size.
+    pub pad_crop: usize,
+    /// Random shift as a fraction of the image size, edges repeated.
+    pub shift: f32,
+    /// Random horizontal flip.
+    pub flip: bool,
+}
+
+impl From<AugmentConfig> for Augmentation {
+    fn from(a: AugmentConfig) -> Self {
+        Augmentation {
+            pad_crop: a.pad_crop,
+            shift: a.shift,
+            flip: a.flip,
+        }
+    }
+}
+
+/// Everything that decides a training run's arithmetic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub optimizer: OptimizerConfig,
+    /// Base learning rate.
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub augment: AugmentConfig,
+    /// Seeds the shuffle order and augmentation of every epoch.
+    pub seed: u64,
+    /// Batch size of the validation pass (no effect on the result).
+    pub eval_batch_size: usize,
+}
+
+impl TrainConfig {
+    /// Checks the values a user can get wrong; the error names the field.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |field: &str, msg: String| Err(ModelError::Config(format!("{field}: {msg}")));
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", format!("{} is not a positive number", self.lr));
+        }
+        if self.epochs == 0 {
+            return bad("epochs", "0, expected at least 1".into());
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return bad("batch_size", "0, expected at least 1".into());
+        }
+        if let Schedule::Step {
+            milestones,
+            factors,
+        } = &self.schedule
+        {
+            if milestones.len() != factors.len() {
+                return bad(
+                    "schedule",
+                    format!(
+                        "{} milestones but {} factors, expected one factor per milestone",
+                        milestones.len(),
+                        factors.len()
+                    ),
+                );
+            }
+            if milestones.windows(2).any(|w| w[0] > w[1])
+                || milestones.iter().any(|m| !(0.0..=1.0).contains(m))
+            {
+                return bad(
+                    "schedule.milestones",
+                    format!("{milestones:?}, expected increasing fractions of the run in [0, 1]"),
+                );
+            }
+        }
+        if !(0.0..1.0).contains(&self.augment.shift) {
+            return bad(
+                "augment.shift",
+                format!("{}, expected [0, 1)", self.augment.shift),
+            );
+        }
+        Ok(())
+    }
+
+    /// The learning rate at `epoch` after `step` of `steps` batches of that epoch.
+    pub fn lr_at(&self, epoch: usize, step: usize, steps: usize) -> f64 {
+        let epochs = self.epochs as f64;
+        match &self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Step {
+                milestones,
+                factors,
+            } => {
+                let progress = epoch as f64 / epochs;
+                let factor = milestones
+                    .iter()
+                    .zip(factors)
+                    .filter(|(m, _)| progress + 1e-9 >= **m)
+                    .map(|(_, f)| *f)
+                    .next_back()
+                    .unwrap_or(1.0);
+                self.lr * factor
+            }
+            Schedule::Cosine { min_factor } => {
+                let t = (epoch as f64 + step as f64 / steps.max(1) as f64) / epochs;
+                let cos = 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos());
+                self.lr * (min_factor + (1.0 - min_factor) * cos)
+            }
+        }
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        match self.optimizer {
+            OptimizerConfig::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+            } => SgdConfig::new()
+                .with_momentum((momentum > 0.0).then(|| MomentumConfig {
+                    momentum,
+                    dampening,
+                    nesterov,
+                }))
+                .with_weight_decay(
+                    (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)),
+                )
+                .init(),
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => AdamConfig::new()
+                .with_beta_1(beta1 as f32)
+                .with_beta_2(beta2 as f32)
+                .with_epsilon(epsilon as f32)
+                .with_weight_decay(
+                    (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)),
+                )
+                .init(),
+        }
+    }
+}
+
+/// What one epoch measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Learning rate at the start of the epoch.
+    pub lr: f64,
+    /// Mean cross-entropy over the epoch's (augmented) training batches.
+    pub train_loss: f64,
+    /// Top-1 accuracy on the augmented training batches, as seen while training.
+    pub train_acc: f64,
+    /// Cross-entropy and top-1 on the validation split (`None` without one).
+    pub val_loss: Option<f64>,
+    pub val_acc: Option<f64>,
+    /// Wall time of the epoch (training + validation), seconds.
+    pub wall_s: f64,
+    /// Training images per second (training steps only).
+    pub images_per_s: f64,
+    /// Measured energy of the epoch in joules, filled in by the caller when a meter exists.
+    pub energy_j: Option<f64>,
+}
+
+/// The best epoch so far by validation accuracy (by training accuracy without validation).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestEpoch {
+    pub epoch: usize,
+    pub accuracy: f64,
+}
+
+/// A training run's complete resumable state, taken at an epoch boundary.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainCheckpoint {
+    pub config: TrainConfig,
+    /// Identifies the training data (dataset, classes, split); resuming on other data is
+    /// refused. Chosen by the caller.
+    pub data_id: String,
+    /// The model after `epochs_done` epochs (parameters and BatchNorm statistics).
+    pub model: ModelIr,
+    /// burn's optimizer record (burnpack bytes), keyed by name-derived parameter ids.
+    pub optimizer: Vec<u8>,
+    pub epochs_done: usize,
+    pub history: Vec<EpochMetrics>,
+    pub best: Option<BestEpoch>,
+}
+
+impl Artifact for TrainCheckpoint {
+    const KIND: ArtifactKind = ArtifactKind::TrainCheckpoint;
+
+    fn validate(&self) -> Result<(), String> {
+        self.model.check().map_err(|e| e.to_string())?;
+        if self.history.len() != self.epochs_done {
+            return Err(format!(
+                "{} epochs done but {} rows of metrics, expected one row per epoch",
+                self.epochs_done,
+                self.history.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of one epoch.
+#[derive(Clone, Debug)]
+pub struct EpochOutcome {
+    pub metrics: EpochMetrics,
+    /// True when this epoch is the new best (the caller saves the model).
+    pub improved: bool,
+}
+
+/// One training run: the model on an autodiff device, its optimizer and its history.
+pub struct Trainer {
+    config: TrainConfig,
+    data_id: String,
+    /// The model as IR: names, shapes and metadata; parameters are written back on export.
+    template: ModelIr,
+    device: Device,
+    model: Option<ResNet>,
+    optim: ModuleOptimizer,
+    epochs_done: usize,
+    history: Vec<EpochMetrics>,
+    best: Option<BestEpoch>,
+}
+
+/// Seed of the random stream `stream` of `epoch` (64-bit mix of the three).
+fn epoch_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
+    let mut z = seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ stream.rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Trainer {
+    /// A new run starting from `init` (random initialization or imported weights).
+    /// `device` is the plain device; training runs on its autodiff version.
+    pub fn new(
+        init: ModelIr,
+        config: TrainConfig,
+        data_id: String,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let ad = device.clone().autodiff();
+        let model = ResNet::from_ir(&init, &ad)?;
+        let optim = config.optimizer();
+        Ok(Self {
+            config,
+            data_id,
+            template: init,
+            device: device.clone(),
+            model: Some(model),
+            optim,
+            epochs_done: 0,
+            history: Vec::new(),
+            best: None,
+        })
+    }
+
+    /// Continues the run a checkpoint was taken from. `config` and `data_id` must be the
+    /// ones it was taken with, except `epochs`, which may grow (train longer).
+    pub fn resume(
+        checkpoint: TrainCheckpoint,
+        config: &TrainConfig,
+        data_id: &str,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let same = TrainConfig {
+            epochs: checkpoint.config.epochs,
+            ..config.clone()
+        };
+        if same != checkpoint.config {
+            return Err(ModelError::Config(format!(
+                "the checkpoint was taken with a different training configuration: checkpoint {:?}, now {:?}",
+                checkpoint.config, config
+            )));
+        }
+        if checkpoint.data_id != data_id {
+            return Err(ModelError::Config(format!(
+                "the checkpoint was taken on other training data: checkpoint `{}`, now `{data_id}`",
+                checkpoint.data_id
+            )));
+        }
+        let ad = device.clone().autodiff();
+        let model = ResNet::from_ir(&checkpoint.model, &ad)?;
+        let optim = config
+            .optimizer()
+            .from_bytes(Bytes::from_bytes_vec(checkpoint.optimizer))
+            .map_err(|e| ModelError::Config(format!("optimizer state in the checkpoint: {e}")))?;
+        Ok(Self {
+            config: config.clone(),
+            data_id: checkpoint.data_id,
+            template: checkpoint.model,
+            device: device.clone(),
+            model: Some(model),
+            optim,
+            epochs_done: checkpoint.epochs_done,
+            history: checkpoint.history,
+            best: checkpoint.best,
+        })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    pub fn epochs_done(&self) -> usize {
+        self.epochs_done
+    }
+
+    pub fn finished(&self) -> bool {
+        self.epochs_done >= self.config.epochs
+    }
+
+    pub fn history(&self) -> &[EpochMetrics] {
+        &self.history
+    }
+
+    pub fn best(&self) -> Option<BestEpoch> {
+        self.best
+    }
+
+    fn model(&self) -> Result<&ResNet, ModelError> {
+        self.model
+            .as_ref()
+            .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))
+    }
+
+    /// The current model as IR (parameters and BatchNorm statistics written back).
+    pub fn model_ir(&self) -> Result<ModelIr, ModelError> {
+        let mut ir = self.template.clone();
+        self.model()?.write_into(&mut ir)?;
+        Ok(ir)
+    }
+
+    /// The resumable state after the last finished epoch.
+    pub fn checkpoint(&self) -> Result<TrainCheckpoint, ModelError> {
+        let optimizer = self
+            .optim
+            .into_bytes()
+            .map_err(|e| ModelError::Config(format!("serializing the optimizer state: {e}")))?;
+        Ok(TrainCheckpoint {
+            config: self.config.clone(),
+            data_id: self.data_id.clone(),
+            model: self.model_ir()?,
+            optimizer: optimizer.to_vec(),
+            epochs_done: self.epochs_done,
+            history: self.history.clone(),
+            best: self.best,
+        })
+    }
+
+    /// Trains the next epoch on `train`, then validates on `val` (may be empty).
+    /// `progress(done, total)` is called after every batch with image counts.
+    pub fn run_epoch(
+        &mut self,
+        train: &Dataset,
+        val: &Dataset,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<EpochOutcome, ModelError> {
+        if train.is_empty() {
+            return Err(ModelError::Config("the training split is empty".into()));
+        }
+        let epoch = self.epochs_done;
+        let start = Instant::now();
+        let cfg = self.config.clone();
+        let ad = self.device.clone().autodiff();
+        let order = train.shuffled(epoch_seed(cfg.seed, epoch, 1));
+        let mut aug_rng = ChaCha8Rng::seed_from_u64(epoch_seed(cfg.seed, epoch, 2));
+        let augmentation = Augmentation::from(cfg.augment);
+        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+        let steps = order.len().div_ceil(cfg.batch_size);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for (step, batch) in order.batches(cfg.batch_size).enumerate() {
+            let mut batch = batch?;
+            augmentation.apply(&mut batch, order.normalization(), &mut aug_rng);
+            let n = batch.labels.len();
+            let x = Tensor::<4>::from_data(BurnData::new(batch.images, batch.shape), &ad);
+            let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+            let y = Tensor::<1, Int>::from_data(BurnData::new(targets, [n]), &ad);
+            let model = self
+                .model
+                .take()
+                .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))?;
+            let logits = model.forward(x);
+            let loss = loss_fn.forward(logits.clone(), y);
+            let loss_value = f64::from(to_vec(loss.clone().detach())[0]);
+            if !loss_value.is_finite() {
+                return Err(ModelError::Config(format!(
+                    "training diverged at epoch {} step {step}: loss {loss_value} (lower the learning rate)",
+                    epoch + 1
+                )));
+            }
+            let predicted = to_vec(logits.detach().argmax(1).float().reshape([n]));
+            correct += predicted
+                .iter()
+                .zip(&batch.labels)
+                .filter(|(p, l)| **p as usize == **l)
+                .count();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let lr = cfg.lr_at(epoch, step, steps);
+            self.model = Some(self.optim.step(lr, model, grads));
+            loss_sum += loss_value * n as f64;
+            seen += n;
+            progress(seen, order.len());
+        }
+        let train_s = start.elapsed().as_secs_f64();
+        let (val_loss, val_acc) = if val.is_empty() {
+            (None, None)
+        } else {
+            let (l, a) = self.evaluate(val)?;
+            (Some(l), Some(a))
+        };
+        self.epochs_done += 1;
+        let train_acc = correct as f64 / seen as f64;
+        let metrics = EpochMetrics {
+            epoch: self.epochs_done,
+            lr: cfg.lr_at(epoch, 0, steps),
+            train_loss: loss_sum / seen as f64,
+            train_acc,
+            val_loss,
+            val_acc,
+            wall_s: start.elapsed().as_secs_f64(),
+            images_per_s: seen as f64 / train_s,
+            energy_j: None,
+        };
+        let score = val_acc.unwrap_or(train_acc);
+        let improved = self.best.is_none_or(|b| score > b.accuracy);
+        if improved {
+            self.best = Some(BestEpoch {
+                epoch: self.epochs_done,
+                accuracy: score,
+            });
+        }
+        debug!(
+            epoch = self.epochs_done,
+            train_loss = metrics.train_loss,
+            train_acc,
+            val_acc = ?val_acc,
+            images_per_s = metrics.images_per_s,
+            "epoch done"
+        );
+        self.history.push(metrics.clone());
+        Ok(EpochOutcome { metrics, improved })
+    }
+
+    /// Records the caller's energy measurement for the last epoch (before checkpointing).
+    pub fn set_last_energy(&mut self, joules: Option<f64>) {
+        if let Some(last) = self.history.last_mut() {
+            last.energy_j = joules;
+        }
+    }
+
+    /// Mean cross-entropy and top-1 of the current model on `data` (inference mode: the
+    /// IR executor with BatchNorm running statistics).
+    pub fn evaluate(&self, data: &Dataset) -> Result<(f64, f64), ModelError> {
+        let ir = self.model_ir()?;
+        let exec = Executor::new(&ir, &self.device)?;
+        let (mut loss, mut correct) = (0.0f64, 0usize);
+        for batch in data.batches(self.config.eval_batch_size) {
+            let batch = batch?;
+            let n = batch.labels.len();
+            let logits = to_vec(exec.forward(exec.input_tensor(batch.images, n)?)?);
+            let k = logits.len() / n.max(1);
+            for (row, &label) in logits.chunks(k).zip(&batch.labels) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+                loss += f64::from(lse - row[label]);
+                let arg = row
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                    )
+                    .0;
+                correct += usize::from(arg == label);
+            }
+        }
+        let n = data.len() as f64;
+        Ok((loss / n, correct as f64 / n))
+    }
+}
