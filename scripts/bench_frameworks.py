@@ -280,6 +280,8 @@ def cmd_compare(args):
         probes.append(("decomp cpu engine", "infer", [args.decomp, "--engine", "cpu"] + common + w))
         if not args.skip_burn:
             probes.append(("decomp burn engine", "infer", [args.decomp, "--engine", "burn"] + common + w))
+    if args.decomp_train:
+        probes.append(("decomp train", "train", [args.decomp_train] + common))
     for fw in args.frameworks.split(","):
         if not fw:
             continue
@@ -302,6 +304,7 @@ def cmd_compare(args):
             log(f"round {r + 1}/{args.rounds} {name}: {j['img_per_s']} img/s (load {loads[-1]:.2f})")
     med = {k: statistics.median(v) for k, v in results.items()}
     base = med.get("decomp cpu engine")
+    base_train = med.get("decomp train")
     summary = {
         "batch": args.batch,
         "threads": args.threads,
@@ -314,7 +317,8 @@ def cmd_compare(args):
                 "mode": mode,
                 "img_per_s_median": med[name],
                 "img_per_s_all": results[name],
-                "ratio_decomp_cpu_to_this": round(base / med[name], 3) if base else None,
+                "ratio_decomp_cpu_to_this": round(base / med[name], 3) if base and mode == "infer" else None,
+                "ratio_decomp_train_to_this": round(base_train / med[name], 3) if base_train and mode == "train" else None,
                 "cpu_ms_per_img_median": round(1000 * statistics.median(cpu[name]), 3) if cpu[name] else None,
                 "peak_rss_mib": round(rss[name] / 1024, 1),
             }
@@ -358,6 +362,7 @@ def main():
     c = sub.choices["compare"]
     c.add_argument("--rounds", type=int, default=3)
     c.add_argument("--decomp", help="path of decomp's `infer` probe binary")
+    c.add_argument("--decomp-train", help="path of decomp's `train_probe` binary (training steps)")
     c.add_argument("--skip-burn", action="store_true", help="do not time decomp's burn engine")
     c.add_argument("--frameworks", default="torch,tf", help="comma list of torch, tf (empty: none)")
     c.add_argument("--train", action="store_true", help="also time a training step per framework")

@@ -26,7 +26,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Bytes, Device, Int, Tensor, TensorData as BurnData};
-use decomp_data::{Augmentation, Dataset};
+use decomp_data::{Augmentation, Batch, Dataset};
 use decomp_ir::{Artifact, ArtifactKind, ModelIr};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -443,42 +443,23 @@ impl Trainer {
         let epoch = self.epochs_done;
         let start = Instant::now();
         let cfg = self.config.clone();
-        let ad = self.device.clone().autodiff();
         let order = train.shuffled(epoch_seed(cfg.seed, epoch, 1));
         let mut aug_rng = ChaCha8Rng::seed_from_u64(epoch_seed(cfg.seed, epoch, 2));
         let augmentation = Augmentation::from(cfg.augment);
-        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
         let steps = order.len().div_ceil(cfg.batch_size);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (step, batch) in order.batches(cfg.batch_size).enumerate() {
             let mut batch = batch?;
             augmentation.apply(&mut batch, order.normalization(), &mut aug_rng);
             let n = batch.labels.len();
-            let x = Tensor::<4>::from_data(BurnData::new(batch.images, batch.shape), &ad);
-            let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            let y = Tensor::<1, Int>::from_data(BurnData::new(targets, [n]), &ad);
-            let model = self
-                .model
-                .take()
-                .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))?;
-            let logits = model.forward(x);
-            let loss = loss_fn.forward(logits.clone(), y);
-            let loss_value = f64::from(to_vec(loss.clone().detach())[0]);
-            if !loss_value.is_finite() {
-                return Err(ModelError::Config(format!(
-                    "training diverged at epoch {} step {step}: loss {loss_value} (lower the learning rate)",
-                    epoch + 1
-                )));
-            }
-            let predicted = to_vec(logits.detach().argmax(1).float().reshape([n]));
-            correct += predicted
-                .iter()
-                .zip(&batch.labels)
-                .filter(|(p, l)| **p as usize == **l)
-                .count();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
             let lr = cfg.lr_at(epoch, step, steps);
-            self.model = Some(self.optim.step(lr, model, grads));
+            let (loss_value, right) = self.step(batch, lr).map_err(|e| match e {
+                ModelError::Train(msg) => {
+                    ModelError::Train(format!("epoch {} step {step}: {msg}", epoch + 1))
+                }
+                e => e,
+            })?;
+            correct += right;
             loss_sum += loss_value * n as f64;
             seen += n;
             progress(seen, order.len());
@@ -521,6 +502,40 @@ impl Trainer {
         );
         self.history.push(metrics.clone());
         Ok(EpochOutcome { metrics, improved })
+    }
+
+    /// One optimizer step at learning rate `lr` on an (already augmented) batch. Returns the
+    /// batch's mean cross-entropy and the number of images the model got right before the
+    /// update. Public for throughput probes; [`Trainer::run_epoch`] is the normal entry.
+    pub fn step(&mut self, batch: Batch, lr: f64) -> Result<(f64, usize), ModelError> {
+        let ad = self.device.clone().autodiff();
+        let n = batch.labels.len();
+        let x = Tensor::<4>::from_data(BurnData::new(batch.images, batch.shape), &ad);
+        let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+        let y = Tensor::<1, Int>::from_data(BurnData::new(targets, [n]), &ad);
+        let model = self
+            .model
+            .take()
+            .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))?;
+        let logits = model.forward(x);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&ad)
+            .forward(logits.clone(), y);
+        let loss_value = f64::from(to_vec(loss.clone().detach())[0]);
+        if !loss_value.is_finite() {
+            return Err(ModelError::Train(format!(
+                "diverged: loss {loss_value} (lower the learning rate)"
+            )));
+        }
+        let predicted = to_vec(logits.detach().argmax(1).float().reshape([n]));
+        let correct = predicted
+            .iter()
+            .zip(&batch.labels)
+            .filter(|(p, l)| **p as usize == **l)
+            .count();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        self.model = Some(self.optim.step(lr, model, grads));
+        Ok((loss_value, correct))
     }
 
     /// Records the caller's energy measurement for the last epoch (before checkpointing).

@@ -1,0 +1,115 @@
+//! ResNet training throughput (one SGD step per batch: forward, backward, update) through
+//! decomp's `Trainer`, printing one JSON line in the format of the `infer` probe, so
+//! `scripts/bench_frameworks.py compare --train --decomp-train target/debug/train_probe`
+//! times it interleaved with PyTorch and TensorFlow training steps.
+//!
+//! `cargo run -p decomp-benches --bin train_probe -- [--depth 20] [--batch 128] [--iters 5]
+//!  [--warmup 2]`
+//!
+//! Same recipe as the Python probes: SGD lr 0.1, momentum 0.9, weight decay 1e-4, random
+//! labels, BatchNorm ResNet, 32x32 inputs. Threads: `RAYON_NUM_THREADS`.
+
+use std::time::Instant;
+
+use decomp_data::Batch;
+use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};
+use decomp_model::{Device, ResNetConfig};
+
+fn flag(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| {
+            v.parse().unwrap_or_else(|e| {
+                eprintln!("error: {name} {v}: {e}");
+                std::process::exit(2)
+            })
+        })
+}
+
+/// (user + system CPU seconds, peak RSS in KiB) of this process (Linux).
+fn usage() -> (Option<f64>, Option<u64>) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        });
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        });
+    (cpu, rss)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (depth, batch, iters, warmup) = (
+        flag(&args, "--depth", 20),
+        flag(&args, "--batch", 128),
+        flag(&args, "--iters", 5),
+        flag(&args, "--warmup", 2),
+    );
+    let model = ResNetConfig::new(depth, 10)
+        .with_seed(7)
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        });
+    let config = TrainConfig {
+        optimizer: OptimizerConfig::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 1e-4,
+        },
+        lr: 0.1,
+        schedule: Schedule::Constant,
+        epochs: 1,
+        batch_size: batch,
+        augment: AugmentConfig::default(),
+        seed: 0,
+        eval_batch_size: batch,
+    };
+    let mut trainer = Trainer::new(model, config, "probe".into(), &Device::flex())
+        .expect("a valid training configuration");
+    let make = |k: usize| Batch {
+        images: (0..batch * 3 * 32 * 32)
+            .map(|i| ((i + k) as f32 * 0.618).sin())
+            .collect(),
+        labels: (0..batch).map(|i| (i * 7 + k) % 10).collect(),
+        shape: [batch, 3, 32, 32],
+    };
+    for k in 0..warmup {
+        trainer.step(make(k), 0.1).expect("step");
+    }
+    let (cpu0, _) = usage();
+    let mut times = Vec::with_capacity(iters);
+    for k in 0..iters {
+        let b = make(warmup + k);
+        let t = Instant::now();
+        trainer.step(b, 0.1).expect("step");
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let (cpu1, rss) = usage();
+    let total: f64 = times.iter().sum();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let cpu = cpu0.zip(cpu1).map(|(a, b)| b - a);
+    println!(
+        "{{\"framework\":\"decomp\",\"engine\":\"train\",\"depth\":{depth},\"batch\":{batch},\"iters\":{iters},\"threads\":{},\"img_per_s\":{:.1},\"img_per_s_median\":{:.1},\"cpu_s_per_img\":{},\"peak_rss_kib\":{}}}",
+        rayon::current_num_threads(),
+        (batch * iters) as f64 / total,
+        batch as f64 / median,
+        cpu.map_or("null".into(), |c| format!(
+            "{:.6}",
+            c / (batch * iters) as f64
+        )),
+        rss.map_or("null".into(), |r| r.to_string()),
+    );
+}
