@@ -1,0 +1,253 @@
+//! `decomp vote`: compose any selection of modules from saved margins.
+//!
+//! A module's margin on an image does not depend on which other modules are composed with
+//! it, so `decomp compose --save-margins` runs each model once over an image set and `vote`
+//! then evaluates any selection (a pair of classes, all classes with one module replaced by
+//! another model's, a class removed) with the same voting rule as `compose`, in
+//! milliseconds. Every margin file of one vote must cover the same images.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use decomp_compose::label_rank;
+use decomp_eval::Accumulator;
+use decomp_ir::{Top5Ranking, write_atomic};
+use serde::{Deserialize, Serialize};
+
+use crate::DataArgs;
+
+pub const MARGINS_FORMAT: &str = "decomp-margins/1";
+
+/// What `decomp compose --save-margins` writes.
+#[derive(Serialize, Deserialize)]
+pub struct Margins {
+    pub format: String,
+    /// The image set (dataset, split, classes, limit): margin files of one vote must agree.
+    pub images: String,
+    /// Class names of the labels (label `i` = the class of module `i`).
+    pub class_names: Vec<String>,
+    pub modules: Vec<MarginModule>,
+    pub labels: Vec<usize>,
+    /// `[images][modules]`: `z_mine - z_other` of each module on each image.
+    pub margins: Vec<Vec<f32>>,
+    pub model_top1: Option<f64>,
+    pub model_top5: Option<f64>,
+    pub model_per_class: Option<Vec<f64>>,
+    pub seconds: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct MarginModule {
+    pub path: String,
+    pub class: usize,
+    pub class_name: String,
+    pub model_hash: String,
+}
+
+/// A stable description of the images `compose` ran on.
+pub fn image_set(data: &DataArgs, classes: &[usize]) -> String {
+    let source = match (&data.data_file, &data.dataset_path) {
+        (Some(f), _) => format!("file {}", f.display()),
+        (None, Some(p)) => format!("folder {} split {}", p.display(), data.split),
+        (None, None) => format!("dir {} split {}", data.data_dir.display(), data.split),
+    };
+    let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
+    format!(
+        "{} {source} classes {} limit {:?}",
+        data.dataset,
+        classes.join(","),
+        data.limit
+    )
+}
+
+#[derive(clap::Args)]
+pub struct VoteArgs {
+    /// Margin files from `decomp compose --save-margins`, all over the same images.
+    #[arg(long = "margins", required = true)]
+    margins: Vec<PathBuf>,
+    /// The composed modules, in order, comma-separated: `F:I` is module `I` of margin file
+    /// `F` (0-based, in `--margins` order) and stands for that file's label `I`;
+    /// `F:I&G:J` votes "mine" only when both do (the smaller margin: a re-verified module).
+    /// Images whose label no entry stands for are left out.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pick: Vec<String>,
+    /// Top-5 ranking: `voters-first` or `confidence`.
+    #[arg(long, default_value = "voters-first")]
+    top5_ranking: String,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One composed entry: the (file, column) parts whose smallest margin it uses.
+fn parse_entry(s: &str, files: usize) -> Result<Vec<(usize, usize)>> {
+    s.split('&')
+        .map(|part| {
+            let (f, i) = part
+                .split_once(':')
+                .with_context(|| format!("--pick {s:?}: expected FILE:MODULE, e.g. 0:3"))?;
+            let f: usize = f
+                .trim()
+                .parse()
+                .with_context(|| format!("--pick {s:?}: file index {f:?} is not a number"))?;
+            let i: usize = i
+                .trim()
+                .parse()
+                .with_context(|| format!("--pick {s:?}: module index {i:?} is not a number"))?;
+            if f >= files {
+                bail!("--pick {s:?}: file index {f}, but {files} --margins files are given");
+            }
+            Ok((f, i))
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct VoteOutput {
+    pick: Vec<String>,
+    /// Class name of each entry (from its first part's file).
+    classes: Vec<String>,
+    /// Source module of each entry's first part.
+    modules: Vec<String>,
+    n: usize,
+    top1: f64,
+    top5: f64,
+    per_class: Vec<f64>,
+    per_class_n: Vec<usize>,
+}
+
+pub fn run(a: VoteArgs) -> Result<()> {
+    let files: Vec<Margins> = a
+        .margins
+        .iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let m: Margins = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a margins file", p.display()))?;
+            if m.format != MARGINS_FORMAT {
+                bail!(
+                    "{}: format {:?}, expected {MARGINS_FORMAT}",
+                    p.display(),
+                    m.format
+                );
+            }
+            if m.margins.len() != m.labels.len()
+                || m.margins.iter().any(|r| r.len() != m.modules.len())
+            {
+                bail!(
+                    "{}: margins do not have one row per label and one column per module",
+                    p.display()
+                );
+            }
+            Ok(m)
+        })
+        .collect::<Result<_>>()?;
+    for (p, m) in a.margins.iter().zip(&files).skip(1) {
+        if m.images != files[0].images || m.labels != files[0].labels {
+            bail!(
+                "{} covers other images ({}) than {} ({})",
+                p.display(),
+                m.images,
+                a.margins[0].display(),
+                files[0].images
+            );
+        }
+    }
+    let ranking = match a.top5_ranking.as_str() {
+        "voters-first" => Top5Ranking::VotersFirst,
+        "confidence" => Top5Ranking::Confidence,
+        s => bail!("--top5-ranking {s:?}: expected voters-first or confidence"),
+    };
+    let entries: Vec<Vec<(usize, usize)>> = a
+        .pick
+        .iter()
+        .map(|s| parse_entry(s, files.len()))
+        .collect::<Result<_>>()?;
+    for (s, e) in a.pick.iter().zip(&entries) {
+        for &(f, i) in e {
+            if i >= files[f].modules.len() {
+                bail!(
+                    "--pick {s:?}: {} has {} modules",
+                    a.margins[f].display(),
+                    files[f].modules.len()
+                );
+            }
+        }
+    }
+    // Label of the image set each entry stands for, and the entry of each label.
+    let labels = &files[0].labels;
+    let num_labels = files[0]
+        .class_names
+        .len()
+        .max(labels.iter().max().map_or(0, |&l| l + 1));
+    let mut entry_of = vec![None; num_labels];
+    for (k, e) in entries.iter().enumerate() {
+        let l = e[0].1;
+        match entry_of.get_mut(l) {
+            Some(slot @ None) => *slot = Some(k),
+            Some(Some(_)) => bail!("--pick: two entries stand for label {l}"),
+            None => bail!(
+                "--pick {:?}: label {l} does not occur in the image set",
+                a.pick[k]
+            ),
+        }
+    }
+    let mut acc = Accumulator::new(entries.len());
+    let mut row = vec![0.0f32; entries.len()];
+    for (i, &l) in labels.iter().enumerate() {
+        let Some(target) = entry_of[l] else { continue };
+        for (slot, e) in row.iter_mut().zip(&entries) {
+            *slot = e
+                .iter()
+                .map(|&(f, c)| files[f].margins[i][c])
+                .fold(f32::INFINITY, f32::min);
+        }
+        acc.add_rank(target, label_rank(&row, target, ranking))?;
+    }
+    if acc.count() == 0 {
+        bail!("no image of the image set has a label the picked modules stand for");
+    }
+    let r = acc.finish();
+    let out = VoteOutput {
+        pick: a.pick.clone(),
+        classes: entries
+            .iter()
+            .map(|e| {
+                files[e[0].0]
+                    .class_names
+                    .get(e[0].1)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect(),
+        modules: entries
+            .iter()
+            .map(|e| files[e[0].0].modules[e[0].1].path.clone())
+            .collect(),
+        n: r.n,
+        top1: r.top1,
+        top5: r.top5,
+        per_class: r.per_class,
+        per_class_n: r.per_class_n,
+    };
+    let text = serde_json::to_string(&out)?;
+    if let Some(p) = &a.out {
+        write_atomic(p, text.as_bytes())?;
+    }
+    if a.json {
+        println!("{text}");
+    } else {
+        println!(
+            "{} modules on {} images: top-1 {:.2}%  top-5 {:.2}%",
+            entries.len(),
+            out.n,
+            out.top1,
+            out.top5
+        );
+    }
+    Ok(())
+}
