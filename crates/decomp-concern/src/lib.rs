@@ -3,7 +3,8 @@
 //! [`identify`] runs each class's concerned training images through the unmodified model
 //! and keeps, per mask site, the positions whose pre-activation is `<= 0` for every one of
 //! them. Sites are IR nodes ([`mask_sites`]), so any graph the executor runs works; the
-//! statistics are reduced on the device batch by batch, never stored per image.
+//! statistics are reduced batch by batch ([`Executor::forward_active`]: to one bit per
+//! position while each image tile is computed on the CPU engine), never stored per image.
 //! [`identify_channels`] records per-channel activation statistics instead (channel-level
 //! decomposition).
 
@@ -12,7 +13,7 @@ mod channel;
 pub use channel::{ClassStats, identify_channels};
 use decomp_data::Dataset;
 use decomp_ir::{BitSet, ClassConcern, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op, PositiveFilter, SiteMasks};
-use decomp_model::{Executor, Probe, accumulate_active, to_vec};
+use decomp_model::{Executor, Probe, to_vec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -93,6 +94,26 @@ pub(crate) fn positives_pass(
     progress: &mut dyn FnMut(usize, usize),
     sink: &mut dyn FnMut(&[decomp_model::Tensor<2>], &[usize]),
 ) -> Result<Vec<usize>, ConcernError> {
+    let mut forward = |x| {
+        let fwd = exec.forward_probe(x, &Probe { capture: sites, masks: None })?;
+        Ok((to_vec(fwd.logits), fwd.captured))
+    };
+    positives_loop(exec, train, cfg, class, batch_size, progress, &mut forward, &mut |c: &Vec<_>, rows| sink(c, rows))
+}
+
+/// The loop of [`positives_pass`] over any forward pass returning `(logits, per-batch
+/// value)`; `sink(value, rows)` sees the rows that are positives.
+#[allow(clippy::too_many_arguments)]
+fn positives_loop<T>(
+    exec: &Executor,
+    train: &Dataset,
+    cfg: &DecompConfig,
+    class: usize,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+    forward: &mut dyn FnMut(decomp_model::Tensor<4>) -> Result<(Vec<f32>, T), ConcernError>,
+    sink: &mut dyn FnMut(&T, &[usize]),
+) -> Result<Vec<usize>, ConcernError> {
     let k = train.num_classes();
     let order = class_order(train, class, cfg.seed, 0);
     let mut positives = Vec::new();
@@ -105,8 +126,7 @@ pub(crate) fn positives_pass(
         start += chunk.len();
         let b = train.select(chunk)?.batch(0..chunk.len())?;
         let n = b.labels.len();
-        let fwd = exec.forward_probe(exec.input_tensor(b.images, n)?, &Probe { capture: sites, masks: None })?;
-        let logits = to_vec(fwd.logits);
+        let (logits, value) = forward(exec.input_tensor(b.images, n)?)?;
         let rows: Vec<usize> = (0..n)
             .filter(|&i| {
                 let row = &logits[i * k..(i + 1) * k];
@@ -118,7 +138,7 @@ pub(crate) fn positives_pass(
             })
             .take(want - positives.len())
             .collect();
-        sink(&fwd.captured, &rows);
+        sink(&value, &rows);
         positives.extend(rows.iter().map(|&r| chunk[r]));
         progress(class, n);
     }
@@ -153,8 +173,14 @@ pub fn identify(
         let span = tracing::info_span!("concern", class);
         let _enter = span.enter();
         let mut active: Vec<BitSet> = sites.iter().map(|&s| BitSet::new(shapes[s].iter().product())).collect();
-        let positives = positives_pass(exec, train, cfg, class, &sites, batch_size, progress, &mut |captured, rows| {
-            accumulate_active(captured, Some(rows), &mut active)
+        // Activity reduced to bits while each image tile is computed (CPU engine), not
+        // captured as values.
+        let mut forward = |x| {
+            let mut fwd = exec.forward_active(x, &sites)?;
+            Ok((std::mem::take(&mut fwd.logits), fwd))
+        };
+        let positives = positives_loop(exec, train, cfg, class, batch_size, progress, &mut forward, &mut |fwd, rows| {
+            exec.accumulate(fwd, Some(rows), &mut active)
         })?;
         tracing::debug!(positives = positives.len(), "concern identified");
         out.push(ClassConcern {
