@@ -1,5 +1,14 @@
 //! Orchestration: `cargo xtask run-experiment [NAME]`. Dependency-light by design: it
-//! spawns the `decomp` binary through cargo and links no burn.
+//! spawns the `decomp` binary and links no burn.
+//!
+//! `eval` and `table1` are written out here; every other experiment is a manifest under
+//! `experiments/` run by the stage engine (`engine.rs`, `scenarios.rs`).
+
+mod engine;
+mod manifest;
+mod plot;
+mod scenarios;
+
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,13 +28,28 @@ struct Cli {
 enum Cmd {
     /// Run an experiment end to end and write its report under `results/<name>/`.
     ///
-    /// Experiments: `eval` (default): the four pretrained CIFAR-10 ResNets evaluated on the
-    /// 4,000 lossless training images and on the CIFAR-10 test split. `table1`: the paper's
-    /// Table 1 (decompose ResNet-20/32/44/56 with the three variants, compose, evaluate).
+    /// Experiments: `default` (no argument): `experiments/default.toml`, a reduced Table 2
+    /// plus Table 4 that fits in 30 minutes on 2 CPU cores. `eval`: the four pretrained
+    /// CIFAR-10 ResNets on the lossless training images and the test split. `table1`: the
+    /// paper's Table 1. Any `experiments/<name>.toml` (table2..table6, co2e), or a path to a
+    /// manifest. Finished stage artifacts under `runs/store` are reused.
     RunExperiment {
-        /// Experiment name.
-        #[arg(default_value = "eval")]
+        /// Experiment name, or a path to a manifest `.toml`.
+        #[arg(default_value = "default")]
         name: String,
+        /// Recompute this stage and every later one (earlier ones must be finished).
+        #[arg(long, conflicts_with = "only")]
+        from: Option<String>,
+        /// Recompute only this stage (earlier ones must be finished; later ones are not run).
+        #[arg(long)]
+        only: Option<String>,
+        /// Run only shard I of N of the per-class work (`--shard 0/2`); a final run without
+        /// `--shard` on the merged store builds the report.
+        #[arg(long)]
+        shard: Option<String>,
+        /// The `decomp` binary to run (default: build decomp-cli, then target/debug/decomp).
+        #[arg(long, env = "DECOMP_BIN")]
+        decomp_bin: Option<PathBuf>,
         /// Folder holding `cifar-10-batches-bin/` and `cifar-10-train-first4000-lossless/`.
         /// Default: $DECOMP_DATA_DIR, else `../shared/datasets` when it exists.
         #[arg(long)]
@@ -64,6 +88,10 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::RunExperiment {
             name,
+            from,
+            only,
+            shard,
+            decomp_bin,
             data_dir,
             models_dir,
             out,
@@ -98,10 +126,90 @@ fn main() -> Result<()> {
             match name.as_str() {
                 "eval" => eval_experiment(&ctx, &data_dir, models_dir.as_deref(), &root().join(out).join("eval")),
                 "table1" => table1(&ctx, &data_dir, models_dir.as_deref(), &root().join(&out).join("table1"), &root().join(runs)),
-                other => bail!("unknown experiment {other:?}; known: eval, table1"),
+                manifest_name => {
+                    let sel = engine::Selection {
+                        only,
+                        from,
+                        shard: shard.as_deref().map(engine::Selection::parse_shard).transpose()?,
+                    };
+                    let built = match decomp_bin {
+                        Some(b) => b,
+                        None => build_decomp(ctx.features.as_deref())?,
+                    };
+                    let runs = root().join(runs);
+                    let decomp = snapshot_decomp(&built, &runs)?;
+                    let env = scenarios::Env { root: root(), data_dir, models_dir, results: root().join(out) };
+                    let eng = engine::Engine::new(decomp.clone(), ctx.device.clone(), runs.join("store"), sel);
+                    let result = run_manifest(&eng, &env, manifest_name);
+                    let _ = std::fs::remove_file(&decomp);
+                    result
+                }
             }
         }
     }
+}
+
+/// Builds the `decomp` binary once and returns its path (stages run it directly, without
+/// cargo's per-call overhead).
+fn build_decomp(features: Option<&str>) -> Result<PathBuf> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root()).args(["build", "--quiet", "--package", "decomp-cli", "--bin", "decomp"]);
+    if let Some(f) = features {
+        cmd.args(["--features", f]);
+    }
+    let status = cmd.status().context("spawning cargo build -p decomp-cli")?;
+    if !status.success() {
+        bail!("cargo build -p decomp-cli failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    Ok(target.join("debug").join("decomp"))
+}
+
+/// A private copy of the `decomp` binary for this run, so a rebuild of the workspace while
+/// a long experiment runs cannot change the program under it.
+fn snapshot_decomp(bin: &Path, runs: &Path) -> Result<PathBuf> {
+    let dir = runs.join("bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let copy = dir.join(format!("decomp-{}", std::process::id()));
+    std::fs::copy(bin, &copy).with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
+    Ok(copy)
+}
+
+/// Runs a manifest (a suite runs its members in order) and prints where the reports are.
+fn run_manifest(eng: &engine::Engine, env: &scenarios::Env, name: &str) -> Result<()> {
+    let (short, m) = manifest::Manifest::load(&env.root, name)?;
+    if m.scenario == "suite" {
+        for member in &m.members {
+            run_manifest(eng, env, member)?;
+        }
+        return Ok(());
+    }
+    let stages: Vec<&'static str> = match m.scenario.as_str() {
+        "intra-reuse" => vec!["import", "decompose", "train", "margins", "vote", "report"],
+        "intra-replace" | "motivating" => vec!["import", "decompose", "margins", "vote", "report"],
+        "co2e" => vec!["import", "decompose", "train", "margins", "vote", "report"],
+        other => bail!("{name}: unknown scenario {other:?}; known: suite, intra-reuse, intra-replace, motivating, co2e"),
+    };
+    // The engine is shared by suite members; each member sets its own stage list.
+    let mut eng = eng.clone_settings();
+    eng.stages = stages;
+    let manifest = if name.ends_with(".toml") { name.to_string() } else { format!("experiments/{name}.toml") };
+    let run = scenarios::Run { eng: &eng, env, name: short.clone(), manifest, m };
+    match run.m.scenario.as_str() {
+        "intra-reuse" => scenarios::intra_reuse(&run)?,
+        "intra-replace" => scenarios::intra_replace(&run, false)?,
+        "motivating" => scenarios::intra_replace(&run, true)?,
+        "co2e" => scenarios::co2e(&run)?,
+        _ => unreachable!("checked above"),
+    }
+    let report = env.results.join(&short).join("report.md");
+    let ran = eng.ran.lock().expect("ran").len();
+    if eng.sel.shard.is_some() || !report.is_file() {
+        println!("{short}: {ran} units run; no report from this process (shard, or --only of an earlier stage)");
+    } else {
+        println!("report: {}", report.display());
+    }
+    Ok(())
 }
 
 struct Ctx {

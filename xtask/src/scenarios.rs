@@ -1,0 +1,1150 @@
+//! The reuse/replace scenarios of METHOD.md sections 4-5, as chains of engine units.
+//!
+//! Every scenario follows the same shape: resolve models (import or train), decompose the
+//! classes it needs (one unit per class: what shards split), train TMA baselines (one unit
+//! per pair), then in the merge step run each model's modules once over the test images
+//! (`decomp compose --save-margins`), evaluate every composition from those margins
+//! (`decomp vote`) and write the report from artifacts only.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::engine::{Engine, Kind, read_json, write_atomic};
+use crate::manifest::{Manifest, ModelSpec, TrainSpec};
+use crate::plot;
+
+/// Where things are.
+pub struct Env {
+    pub root: PathBuf,
+    pub data_dir: PathBuf,
+    pub models_dir: Option<PathBuf>,
+    pub results: PathBuf,
+}
+
+pub struct Run<'a> {
+    pub eng: &'a Engine,
+    pub env: &'a Env,
+    pub name: String,
+    /// The manifest as given (`experiments/<name>.toml` or a path).
+    pub manifest: String,
+    pub m: Manifest,
+}
+
+/// A dataset as `decomp` flags plus the key that identifies its contents.
+struct Data {
+    args: Vec<String>,
+    key: Value,
+    num_classes: usize,
+}
+
+/// A model as an `.ir` file.
+#[derive(Clone)]
+struct Model {
+    ir: PathBuf,
+    hash: String,
+    data: String,
+    arch: String,
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// `k` distinct classes of `0..n`, drawn with a SplitMix64 Fisher-Yates shuffle from `seed`
+/// and sorted.
+pub fn seeded_choice(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed ^ 0x5EED_C1A5_5E5u64;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in 0..k.min(n) {
+        let j = i + (next() % (n - i) as u64) as usize;
+        v.swap(i, j);
+    }
+    let mut out = v[..k.min(n)].to_vec();
+    out.sort_unstable();
+    out
+}
+
+fn f2(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.2}"))
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+impl Run<'_> {
+    fn spec_data(&self, role: &str) -> Result<Data> {
+        let spec = self
+            .m
+            .data
+            .get(role)
+            .with_context(|| format!("manifest has no [data.{role}]"))?;
+        let (folder, mut args) = match &spec.path {
+            Some(p) => {
+                let f = self.env.data_dir.join(p);
+                (f.clone(), vec!["--dataset-path".to_string(), s(&f)])
+            }
+            None => {
+                let folder = match spec.dataset.as_str() {
+                    "cifar10" => "cifar-10-batches-bin",
+                    "cifar100" | "cifar100-coarse" => "cifar-100-binary",
+                    "tiny-imagenet" => "tiny-imagenet-200",
+                    other => bail!(
+                        "[data.{role}] dataset {other:?}: set `path` (the dataset folder under --data-dir)"
+                    ),
+                };
+                (
+                    self.env.data_dir.join(folder),
+                    vec!["--data-dir".to_string(), s(&self.env.data_dir)],
+                )
+            }
+        };
+        if !folder.is_dir() {
+            bail!(
+                "dataset folder {} is missing: pass --data-dir (a folder holding {}), or fetch it with `decomp fetch-data --dataset {} --data-dir DIR`",
+                folder.display(),
+                folder
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().to_string()),
+                spec.dataset
+            );
+        }
+        let num_classes = match spec.dataset.as_str() {
+            "cifar10" | "fashion-mnist" | "mnist" => 10,
+            "cifar100" => 100,
+            "cifar100-coarse" => 20,
+            _ => {
+                let w = folder.join("wnids.txt");
+                let text = std::fs::read_to_string(&w)
+                    .with_context(|| format!("reading {}", w.display()))?;
+                text.lines().filter(|l| !l.trim().is_empty()).count()
+            }
+        };
+        args.splice(0..0, ["--dataset".to_string(), spec.dataset.clone()]);
+        let key = json!({ "dataset": spec.dataset, "files": self.eng.tree_hash(&folder)? });
+        Ok(Data {
+            args,
+            key,
+            num_classes,
+        })
+    }
+
+    fn resolve_weights(&self, w: &str) -> Result<(String, Value)> {
+        if let Some(rest) = w.strip_prefix("models:") {
+            let dir = self.env.models_dir.as_ref().context("weights use `models:` but no --models-dir (default ../shared/models/cifar10) exists")?;
+            let p = dir.join(rest);
+            return Ok((s(&p), json!(self.eng.file_hash(&p)?)));
+        }
+        let p = Path::new(w);
+        if p.is_file() {
+            return Ok((w.to_string(), json!(self.eng.file_hash(p)?)));
+        }
+        // A known pretrained name: its checksum is fixed by decomp.
+        Ok((w.to_string(), json!(w)))
+    }
+
+    fn model(&self, role: &str) -> Result<Option<Model>> {
+        let spec: &ModelSpec = self
+            .m
+            .models
+            .get(role)
+            .with_context(|| format!("manifest has no [models.{role}]"))?;
+        if let Some(w) = &spec.weights {
+            let (weights, wkey) = self.resolve_weights(w)?;
+            let key = json!({ "weights": wkey, "arch": spec.arch });
+            let stem = Path::new(&weights)
+                .file_stem()
+                .map_or(role.to_string(), |s| s.to_string_lossy().to_string());
+            let dir = self
+                .eng
+                .unit("import", Kind::Shared, 0, &stem, &key, |work| {
+                    let mut a = strings(&[
+                        "import",
+                        "--weights",
+                        &weights,
+                        "--out",
+                        &s(&work.join("model.ir")),
+                    ]);
+                    if let Some(arch) = &spec.arch {
+                        a.extend(strings(&["--arch", arch]));
+                    }
+                    self.eng.decomp(&a).map(drop)
+                })?;
+            let Some(dir) = dir else { return Ok(None) };
+            let ir = dir.join("model.ir");
+            return Ok(Some(Model {
+                hash: self.eng.file_hash(&ir)?,
+                ir,
+                data: spec.data.clone(),
+                arch: spec.arch.clone().unwrap_or_else(|| role.into()),
+            }));
+        }
+        let t = spec
+            .train
+            .as_ref()
+            .with_context(|| format!("[models.{role}] needs `weights` or `train`"))?;
+        let data = self.spec_data(&spec.data)?;
+        let Some(dir) = self.train(role, 0, &data, None, t)? else {
+            return Ok(None);
+        };
+        let ir = dir.join("best.ir");
+        Ok(Some(Model {
+            hash: self.eng.file_hash(&ir)?,
+            ir,
+            data: spec.data.clone(),
+            arch: t.arch.clone(),
+        }))
+    }
+
+    /// `decomp train` as a per-unit stage (resumable: see engine).
+    fn train(
+        &self,
+        name: &str,
+        index: usize,
+        data: &Data,
+        classes: Option<&[usize]>,
+        t: &TrainSpec,
+    ) -> Result<Option<PathBuf>> {
+        let key = json!({ "data": data.key, "classes": classes, "train": t });
+        self.eng
+            .unit("train", Kind::PerUnit, index, name, &key, |work| {
+                let mut a = vec!["train".to_string()];
+                a.extend(data.args.iter().cloned());
+                if let Some(c) = classes {
+                    a.extend(["--classes".into(), join(c)]);
+                }
+                a.extend(strings(&[
+                    "--arch",
+                    &t.arch,
+                    "--recipe",
+                    &t.recipe,
+                    "--seed",
+                    &t.seed.to_string(),
+                    "--device",
+                    &self.eng.device,
+                ]));
+                for (flag, v) in [
+                    ("--epochs", t.epochs),
+                    ("--batch-size", t.batch_size),
+                    ("--train-limit", t.train_limit),
+                ] {
+                    if let Some(v) = v {
+                        a.extend([flag.to_string(), v.to_string()]);
+                    }
+                }
+                if let Some(f) = t.val_fraction {
+                    a.extend(["--val-fraction".into(), f.to_string()]);
+                }
+                if t.no_batch_norm {
+                    a.push("--no-batch-norm".into());
+                }
+                a.extend(t.args.iter().cloned());
+                a.extend(["--eval-test".into(), "--out-dir".into(), s(work)]);
+                if work.join("last.ckpt").is_file() {
+                    a.push("--resume".into());
+                }
+                self.eng.decomp(&a).map(drop)
+            })
+    }
+
+    /// The module of `class` of `model` (one decomposition unit).
+    fn module(&self, model: &Model, class: usize, index: usize) -> Result<Option<PathBuf>> {
+        let data = self.spec_data(&model.data)?;
+        let d = &self.m.decompose;
+        let key = json!({ "model": model.hash, "data": data.key, "decompose": d, "class": class });
+        let name = format!("{}-class{class:03}", model.arch);
+        let dir = self
+            .eng
+            .unit("decompose", Kind::PerUnit, index, &name, &key, |work| {
+                let mut a = strings(&["decompose", "--weights", &s(&model.ir)]);
+                a.extend(data.args.iter().cloned());
+                a.extend(strings(&[
+                    "--classes",
+                    &class.to_string(),
+                    "--variants",
+                    &d.variant,
+                    "--positives",
+                    &d.positives.to_string(),
+                    "--device",
+                    &self.eng.device,
+                ]));
+                a.extend(d.args.iter().cloned());
+                a.extend(["--out-dir".into(), s(work)]);
+                self.eng.decomp(&a).map(drop)
+            })?;
+        Ok(dir.map(|d| {
+            d.join(&self.m.decompose.variant)
+                .join(format!("module_{class:03}.mod"))
+        }))
+    }
+
+    /// Margins of `modules` (module i stands for dataset class `classes[i]`) on the test
+    /// images of those classes.
+    fn margins(
+        &self,
+        name: &str,
+        modules: &[PathBuf],
+        data_role: &str,
+        classes: &[usize],
+    ) -> Result<Option<PathBuf>> {
+        let data = self.spec_data(data_role)?;
+        let hashes = modules
+            .iter()
+            .map(|p| self.eng.file_hash(p))
+            .collect::<Result<Vec<_>>>()?;
+        let key = json!({ "modules": hashes, "data": data.key, "classes": classes, "limit": self.m.compose.limit });
+        let dir = self
+            .eng
+            .unit("margins", Kind::Merge, 0, name, &key, |work| {
+                let mut a = vec!["compose".to_string()];
+                a.extend(modules.iter().map(|p| s(p)));
+                a.extend(data.args.iter().cloned());
+                a.extend(strings(&[
+                    "--split",
+                    "test",
+                    "--classes",
+                    &join(classes),
+                    "--device",
+                    &self.eng.device,
+                ]));
+                if let Some(n) = self.m.compose.limit {
+                    a.extend(["--limit".into(), n.to_string()]);
+                }
+                a.extend([
+                    "--save-margins".into(),
+                    s(&work.join("margins.json")),
+                    "--out".into(),
+                    s(&work.join("compose.json")),
+                ]);
+                self.eng.decomp(&a).map(drop)
+            })?;
+        Ok(dir.map(|d| d.join("margins.json")))
+    }
+
+    fn vote(&self, name: &str, margins: &[PathBuf], pick: &[String]) -> Result<Option<Value>> {
+        let hashes = margins
+            .iter()
+            .map(|p| self.eng.file_hash(p))
+            .collect::<Result<Vec<_>>>()?;
+        let key = json!({ "margins": hashes, "pick": pick });
+        let dir = self.eng.unit("vote", Kind::Merge, 0, name, &key, |work| {
+            let mut a = vec!["vote".to_string()];
+            for m in margins {
+                a.extend(["--margins".into(), s(m)]);
+            }
+            a.extend([
+                "--pick".into(),
+                pick.join(","),
+                "--out".into(),
+                s(&work.join("vote.json")),
+            ]);
+            self.eng.decomp(&a).map(drop)
+        })?;
+        dir.map(|d| read_json(&d.join("vote.json"))).transpose()
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.env.results.join(&self.name)
+    }
+
+    /// Whether this process builds reports (not under `--shard`, and `report` selected).
+    fn reporting(&self) -> Result<bool> {
+        if self.eng.sel.shard.is_some() {
+            return Ok(false);
+        }
+        Ok(match (&self.eng.sel.only, &self.eng.sel.from) {
+            (Some(o), _) => o == "report",
+            _ => true,
+        })
+    }
+
+    fn header(&self, md: &mut String) {
+        let _ = writeln!(md, "# {}\n", self.m.title);
+        let _ = writeln!(
+            md,
+            "Generated by `cargo xtask run-experiment {}` from the artifacts of the experiment (manifest \
+             `{}`). Decomposition: variant `{}`, {} positives per class{}.\n",
+            self.name,
+            self.manifest,
+            self.m.decompose.variant,
+            self.m.decompose.positives,
+            if self.m.decompose.args.is_empty() {
+                String::new()
+            } else {
+                format!(", flags `{}`", self.m.decompose.args.join(" "))
+            }
+        );
+        if !self.m.notes.trim().is_empty() {
+            let _ = writeln!(md, "{}\n", self.m.notes.trim());
+        }
+    }
+
+    fn finish(&self, md: &str, json_rows: &Value, csv: &str) -> Result<()> {
+        let out = self.out_dir();
+        write_atomic(&out.join("report.md"), md)?;
+        write_atomic(
+            &out.join(format!("{}.json", self.name)),
+            &serde_json::to_string_pretty(json_rows)?,
+        )?;
+        write_atomic(&out.join(format!("{}.csv", self.name)), csv)?;
+        write_atomic(
+            &out.join("manifest.json"),
+            &serde_json::to_string_pretty(&self.m)?,
+        )?;
+        Ok(())
+    }
+}
+
+fn join(c: &[usize]) -> String {
+    c.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn pairs(classes: &[usize]) -> Vec<(usize, usize)> {
+    let mut v = Vec::new();
+    for i in 0..classes.len() {
+        for j in i + 1..classes.len() {
+            v.push((i, j));
+        }
+    }
+    v
+}
+
+/// Reads a class-name list out of a vote/compose JSON.
+fn names(v: &Value) -> Vec<String> {
+    v["classes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Table 2: intra-dataset reuse.
+pub fn intra_reuse(r: &Run) -> Result<()> {
+    let Some(base) = r.model("base")? else {
+        return Ok(());
+    };
+    let data = r.spec_data(&base.data)?;
+    let classes =
+        r.m.select.fixed.clone().unwrap_or_else(|| {
+            seeded_choice(data.num_classes, r.m.select.classes, r.m.select.seed)
+        });
+    let mut modules = Vec::new();
+    for (i, &c) in classes.iter().enumerate() {
+        modules.push(r.module(&base, c, i)?);
+    }
+    let ps = pairs(&classes);
+    let mut tma = Vec::new();
+    for (j, &(a, b)) in ps.iter().enumerate() {
+        let (ca, cb) = (classes[a], classes[b]);
+        let pc = [ca, cb];
+        let got = match &r.m.tma {
+            Some(t) => r.train(&format!("tma-{ca}-{cb}"), j, &data, Some(&pc), t)?,
+            None => None,
+        };
+        tma.push(got);
+    }
+    let Some(modules) = modules.into_iter().collect::<Option<Vec<_>>>() else {
+        return Ok(());
+    };
+    let Some(margins) = r.margins(
+        &format!("{}-{}", base.arch, join(&classes).replace(',', "-")),
+        &modules,
+        &base.data,
+        &classes,
+    )?
+    else {
+        return Ok(());
+    };
+    let mut votes = Vec::new();
+    for &(a, b) in &ps {
+        let pick = vec![format!("0:{a}"), format!("0:{b}")];
+        votes.push(r.vote(
+            &format!("pair-{}-{}", classes[a], classes[b]),
+            std::slice::from_ref(&margins),
+            &pick,
+        )?);
+    }
+    if !r.reporting()? {
+        return Ok(());
+    }
+    let compose = read_json(&margins.with_file_name("compose.json"))?;
+    let class_names = names(&compose);
+    let mut md = String::new();
+    r.header(&mut md);
+    let _ = writeln!(
+        md,
+        "Model: `{}` ({}). Classes drawn with seed {}: {}.\n",
+        r.m.models["base"].weights.clone().unwrap_or_default(),
+        base.arch,
+        r.m.select.seed,
+        classes
+            .iter()
+            .zip(&class_names)
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(t) = &r.m.tma {
+        let _ = writeln!(
+            md,
+            "TMA: `{}` trained on the pair's training images with recipe `{}`, {} epochs{}{}, seed {}; best-validation checkpoint.\n",
+            t.arch,
+            t.recipe,
+            t.epochs.map_or("recipe default".into(), |e| e.to_string()),
+            t.train_limit
+                .map_or(String::new(), |n| format!(", first {n} training images")),
+            t.batch_size
+                .map_or(String::new(), |b| format!(", batch {b}")),
+            t.seed
+        );
+    }
+    md.push_str("| pair | test images | composed modules (MA) top-1 % | TMA top-1 % | MA − TMA | TMA best epoch / epochs |\n|---|---|---|---|---|---|\n");
+    let mut csv = String::from(
+        "class_a,class_b,name_a,name_b,n,composed_top1,tma_top1,delta,tma_best_epoch,tma_epochs\n",
+    );
+    let mut rows = Vec::new();
+    let (mut sum_ma, mut sum_d, mut nd) = (0.0, 0.0, 0usize);
+    let mut cats = Vec::new();
+    let (mut ma_s, mut tma_s) = (Vec::new(), Vec::new());
+    for (k, &(a, b)) in ps.iter().enumerate() {
+        let v = votes[k].as_ref().context("vote missing")?;
+        let ma = num(&v["top1"]);
+        let (tma_top1, best, epochs) = match &tma[k] {
+            Some(dir) => {
+                let m = read_json(&dir.join("metrics.json"))?;
+                (
+                    num(&m["test_top1"]),
+                    m["best_epoch"].clone(),
+                    m["epochs"].as_array().map_or(0, Vec::len),
+                )
+            }
+            None => (f64::NAN, Value::Null, 0),
+        };
+        let d = ma - tma_top1;
+        sum_ma += ma;
+        if d.is_finite() {
+            sum_d += d;
+            nd += 1;
+        }
+        let label = format!("{}/{}", class_names[a], class_names[b]);
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {ma:.2} | {} | {} | {} |",
+            v["n"],
+            if tma_top1.is_finite() {
+                format!("{tma_top1:.2}")
+            } else {
+                "-".into()
+            },
+            if d.is_finite() {
+                format!("{d:+.2}")
+            } else {
+                "-".into()
+            },
+            if best.is_null() {
+                "-".into()
+            } else {
+                format!("{best} / {epochs}")
+            }
+        );
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{ma},{tma_top1},{d},{best},{epochs}",
+            classes[a], classes[b], class_names[a], class_names[b], v["n"]
+        );
+        rows.push(json!({"classes": [classes[a], classes[b]], "names": [class_names[a], class_names[b]], "vote": v, "tma_top1": tma_top1, "delta": d, "tma_best_epoch": best, "tma_epochs": epochs}));
+        cats.push(label);
+        ma_s.push(ma);
+        tma_s.push(tma_top1);
+    }
+    let n = ps.len().max(1) as f64;
+    let _ = writeln!(
+        md,
+        "| **mean** | | {:.2} | | {} | |\n",
+        sum_ma / n,
+        if nd > 0 {
+            format!("{:+.2}", sum_d / nd as f64)
+        } else {
+            "-".into()
+        }
+    );
+    let _ = writeln!(
+        md,
+        "Module size (fraction of the model's positions kept) per class: {}.\n",
+        classes
+            .iter()
+            .enumerate()
+            .map(|(i, _)| format!("{} {:.3}", class_names[i], num(&compose["module_size"][i])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    md.push_str(
+        "## The paper's numbers\n\nTable 2 of the paper (CIFAR-10, its own ResNets without BatchNorm): intra-dataset reuse *beats* \
+         the 2-class model trained from scratch by **6.6 points** on average (METHOD.md section 7); across datasets reuse \
+         loses 2.3% on average against the original models. Compare the deltas, not the absolute accuracies: our test \
+         split is the JPEG rebuild and our TMA is trained for far fewer epochs (see above).\n\n![MA vs TMA per pair](pairs.svg)\n",
+    );
+    plot::bars(
+        &r.out_dir().join("pairs.svg"),
+        "Intra-dataset reuse: composed modules vs TMA",
+        "top-1 %",
+        &cats,
+        &[("modules (MA)", ma_s), ("TMA", tma_s)],
+    )?;
+    r.finish(
+        &md,
+        &json!({"classes": classes, "names": class_names, "pairs": rows, "compose": compose}),
+        &csv,
+    )?;
+    Ok(())
+}
+
+/// Tables 4 and 6: replace modules of a weaker model by a stronger model's.
+pub fn intra_replace(r: &Run, motivating: bool) -> Result<()> {
+    let (Some(weak), Some(strong)) = (r.model("weak")?, r.model("strong")?) else {
+        return Ok(());
+    };
+    let data = r.spec_data(&weak.data)?;
+    let k = data.num_classes;
+    let classes: Vec<usize> = (0..k).collect();
+    let mut wm = Vec::new();
+    let mut sm = Vec::new();
+    for c in 0..k {
+        wm.push(r.module(&weak, c, c)?);
+    }
+    for c in 0..k {
+        sm.push(r.module(&strong, c, k + c)?);
+    }
+    let (Some(wm), Some(sm)) = (
+        wm.into_iter().collect::<Option<Vec<_>>>(),
+        sm.into_iter().collect::<Option<Vec<_>>>(),
+    ) else {
+        return Ok(());
+    };
+    let (Some(mw), Some(ms)) = (
+        r.margins(&format!("{}-all", weak.arch), &wm, &weak.data, &classes)?,
+        r.margins(&format!("{}-all", strong.arch), &sm, &strong.data, &classes)?,
+    ) else {
+        return Ok(());
+    };
+    let files = vec![mw.clone(), ms.clone()];
+    let all = |f: usize| (0..k).map(|c| format!("{f}:{c}")).collect::<Vec<_>>();
+    let base_w = r.vote("weak-all", &files, &all(0))?.context("vote")?;
+    let base_s = r.vote("strong-all", &files, &all(1))?.context("vote")?;
+    let cw = read_json(&mw.with_file_name("compose.json"))?;
+    let cs = read_json(&ms.with_file_name("compose.json"))?;
+    let class_names = names(&cw);
+    if motivating {
+        return motivating_report(
+            r,
+            &weak,
+            &strong,
+            &files,
+            &base_w,
+            &base_s,
+            &cw,
+            &cs,
+            &class_names,
+        );
+    }
+    let mut replaced = Vec::new();
+    for x in 0..k {
+        let mut pick = all(0);
+        pick[x] = format!("1:{x}");
+        replaced.push(
+            r.vote(&format!("replace-{x}"), &files, &pick)?
+                .context("vote")?,
+        );
+    }
+    if !r.reporting()? {
+        return Ok(());
+    }
+    let mut md = String::new();
+    r.header(&mut md);
+    let _ = writeln!(
+        md,
+        "Weaker model: `{}`; stronger model: `{}`. Each row composes all {k} modules of the weaker model with the module of \
+         class x taken from the stronger model, evaluated on the full test split ({} images).\n",
+        weak.arch, strong.arch, base_w["n"]
+    );
+    md.push_str("| composition | top-1 % | top-5 % | Δ top-1 vs weaker composed | class x accuracy % (weaker → replaced) |\n|---|---|---|---|---|\n");
+    let _ = writeln!(
+        md,
+        "| {} model | {} | {} | | |",
+        weak.arch,
+        f2(&cw["model_top1"]),
+        f2(&cw["model_top5"])
+    );
+    let _ = writeln!(
+        md,
+        "| {} model | {} | {} | | |",
+        strong.arch,
+        f2(&cs["model_top1"]),
+        f2(&cs["model_top5"])
+    );
+    let _ = writeln!(
+        md,
+        "| {} modules | {} | {} | | |",
+        weak.arch,
+        f2(&base_w["top1"]),
+        f2(&base_w["top5"])
+    );
+    let _ = writeln!(
+        md,
+        "| {} modules | {} | {} | | |",
+        strong.arch,
+        f2(&base_s["top1"]),
+        f2(&base_s["top5"])
+    );
+    let mut csv = String::from("x,class,top1,top5,delta_top1,class_acc_before,class_acc_after\n");
+    let mut rows = Vec::new();
+    let mut sum = 0.0;
+    for (x, v) in replaced.iter().enumerate() {
+        let d = num(&v["top1"]) - num(&base_w["top1"]);
+        sum += d;
+        let before = num(&base_w["per_class"][x]);
+        let after = num(&v["per_class"][x]);
+        let _ = writeln!(
+            md,
+            "| replace {x} ({}) | {} | {} | {d:+.2} | {before:.1} → {after:.1} |",
+            class_names[x],
+            f2(&v["top1"]),
+            f2(&v["top5"])
+        );
+        let _ = writeln!(
+            csv,
+            "{x},{},{},{},{d},{before},{after}",
+            class_names[x], v["top1"], v["top5"]
+        );
+        rows.push(json!({"x": x, "class": class_names[x], "vote": v, "delta_top1": d}));
+    }
+    let _ = writeln!(
+        md,
+        "\nMean Δ top-1 over x: {:+.2} points.\n",
+        sum / k as f64
+    );
+    md.push_str(
+        "## The paper's numbers\n\nTable 4 of the paper replaces modules of its ResNet-32 by its ResNet-20's on CIFAR-10 \
+         (its models, original test set); over all replacement scenarios it reports an average accuracy loss of **0.5%** \
+         (METHOD.md section 7).\n\n![per-class accuracy](per_class.svg)\n\n![module size](module_size.svg)\n",
+    );
+    let per = |v: &Value| (0..k).map(|c| num(&v["per_class"][c])).collect::<Vec<_>>();
+    let replaced_x: Vec<f64> = (0..k).map(|x| num(&replaced[x]["per_class"][x])).collect();
+    plot::bars(
+        &r.out_dir().join("per_class.svg"),
+        "Per-class top-1: weaker modules, stronger modules, class x replaced",
+        "top-1 %",
+        &class_names,
+        &[
+            (&format!("{} modules", weak.arch), per(&base_w)),
+            (&format!("{} modules", strong.arch), per(&base_s)),
+            ("x replaced", replaced_x),
+        ],
+    )?;
+    let size = |v: &Value| {
+        (0..k)
+            .map(|c| num(&v["module_size"][c]))
+            .collect::<Vec<_>>()
+    };
+    plot::bars(
+        &r.out_dir().join("module_size.svg"),
+        "Module size per class",
+        "fraction of positions kept",
+        &class_names,
+        &[(&weak.arch, size(&cw)), (&strong.arch, size(&cs))],
+    )?;
+    r.finish(&md, &json!({"weak": base_w, "strong": base_s, "weak_compose": cw, "strong_compose": cs, "replace": rows}), &csv)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn motivating_report(
+    r: &Run,
+    weak: &Model,
+    strong: &Model,
+    files: &[PathBuf],
+    base_w: &Value,
+    base_s: &Value,
+    cw: &Value,
+    cs: &Value,
+    names_: &[String],
+) -> Result<()> {
+    let k = names_.len();
+    // The weak class: the lowest per-class accuracy of the weaker model's composed modules.
+    let w = (0..k)
+        .min_by(|&a, &b| num(&base_w["per_class"][a]).total_cmp(&num(&base_w["per_class"][b])))
+        .context("no classes")?;
+    let all: Vec<String> = (0..k).map(|c| format!("0:{c}")).collect();
+    let mut rep = all.clone();
+    rep[w] = format!("1:{w}");
+    let replace = r
+        .vote(&format!("motivating-replace-{w}"), files, &rep)?
+        .context("vote")?;
+    let remove_pick: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|&(c, _)| c != w)
+        .map(|(_, p)| p.clone())
+        .collect();
+    let remove = r
+        .vote(&format!("motivating-remove-{w}"), files, &remove_pick)?
+        .context("vote")?;
+    let mut ver = all.clone();
+    ver[w] = format!("0:{w}&1:{w}");
+    let reverify = r
+        .vote(&format!("motivating-reverify-{w}"), files, &ver)?
+        .context("vote")?;
+    if !r.reporting()? {
+        return Ok(());
+    }
+    let n_all = num(&base_w["n"]);
+    let n_w = num(&base_w["per_class_n"][w]);
+    // Removing a class: its images can no longer be classified correctly.
+    let remove_all = num(&remove["top1"]) * num(&remove["n"]) / n_all;
+    let others = |v: &Value| -> f64 {
+        let (mut c, mut n) = (0.0, 0.0);
+        for i in (0..k).filter(|&i| i != w) {
+            let ni = num(&v["per_class_n"][i]);
+            c += num(&v["per_class"][i]) * ni;
+            n += ni;
+        }
+        c / n
+    };
+    let mut md = String::new();
+    r.header(&mut md);
+    let _ = writeln!(
+        md,
+        "The weak class is the class on which the composed modules of `{}` are least accurate: **{w} ({})**, \
+         {:.1}% of its {n_w} test images. Three fixes, no retraining:\n\n\
+         * **replace**: its module comes from `{}`;\n\
+         * **remove**: compose the other {} modules (images of class {w} can then only be wrong; the other classes are \
+           evaluated on their own images too);\n\
+         * **re-verify**: the weak module votes \"mine\" only when the `{}` module of the same class agrees (the smaller \
+           of the two margins), a second opinion before a sensitive label is given.\n",
+        weak.arch,
+        names_[w],
+        num(&base_w["per_class"][w]),
+        strong.arch,
+        k - 1,
+        strong.arch
+    );
+    md.push_str("| composition | top-1 % (all test images) | top-5 % | weak class accuracy % | other classes accuracy % |\n|---|---|---|---|---|\n");
+    let _ = writeln!(
+        md,
+        "| {} model | {} | {} | {:.2} | |",
+        weak.arch,
+        f2(&cw["model_top1"]),
+        f2(&cw["model_top5"]),
+        num(&cw["model_per_class"][w])
+    );
+    let _ = writeln!(
+        md,
+        "| {} modules | {} | {} | {:.2} | {:.2} |",
+        weak.arch,
+        f2(&base_w["top1"]),
+        f2(&base_w["top5"]),
+        num(&base_w["per_class"][w]),
+        others(base_w)
+    );
+    let _ = writeln!(
+        md,
+        "| replace class {w} | {} | {} | {:.2} | {:.2} |",
+        f2(&replace["top1"]),
+        f2(&replace["top5"]),
+        num(&replace["per_class"][w]),
+        others(&replace)
+    );
+    let _ = writeln!(
+        md,
+        "| remove class {w} | {remove_all:.2} | - | 0.00 | {:.2} |",
+        num(&remove["top1"])
+    );
+    let _ = writeln!(
+        md,
+        "| re-verify class {w} | {} | {} | {:.2} | {:.2} |",
+        f2(&reverify["top1"]),
+        f2(&reverify["top5"]),
+        num(&reverify["per_class"][w]),
+        others(&reverify)
+    );
+    let _ = writeln!(
+        md,
+        "| {} modules (donor) | {} | {} | {:.2} | {:.2} |",
+        strong.arch,
+        f2(&base_s["top1"]),
+        f2(&base_s["top5"]),
+        num(&base_s["per_class"][w]),
+        others(base_s)
+    );
+    let _ = writeln!(
+        md,
+        "| {} model (donor) | {} | {} | {:.2} | |",
+        strong.arch,
+        f2(&cs["model_top1"]),
+        f2(&cs["model_top5"]),
+        num(&cs["model_per_class"][w])
+    );
+    md.push_str(
+        "\n## The paper's numbers\n\nThe paper's motivating example (Table 6) fixes a faulty class of a Tiny ImageNet model \
+         (the gorilla/person confusion) by replacing or removing its module; replacement costs about 0.5% accuracy on \
+         average (METHOD.md section 7). Here the same three operations run on CIFAR-10, on the class the weaker model \
+         handles worst.\n",
+    );
+    let csv = format!(
+        "composition,top1,top5,weak_class_acc,others_acc\nweak_modules,{},{},{},{}\nreplace,{},{},{},{}\nremove,{remove_all},,0,{}\nreverify,{},{},{},{}\n",
+        base_w["top1"],
+        base_w["top5"],
+        base_w["per_class"][w],
+        others(base_w),
+        replace["top1"],
+        replace["top5"],
+        replace["per_class"][w],
+        others(&replace),
+        remove["top1"],
+        reverify["top1"],
+        reverify["top5"],
+        reverify["per_class"][w],
+        others(&reverify),
+    );
+    r.finish(&md, &json!({"weak_class": w, "weak_class_name": names_[w], "weak_modules": base_w, "strong_modules": base_s, "replace": replace, "remove": remove, "remove_top1_all_images": remove_all, "reverify": reverify, "weak_compose": cw}), &csv)?;
+    let _ = n_w;
+    Ok(())
+}
+
+/// Energy of `wall_s` seconds at the declared power (kWh at the wall, with PUE) and CO2e (lbs).
+fn co2e_of(r: &Run, wall_s: f64, measured_j: Option<f64>) -> (f64, f64, &'static str) {
+    let c = &r.m.co2e;
+    let kwh = match measured_j {
+        Some(j) => c.pue * j / 3.6e6,
+        None => c.pue * (wall_s / 3600.0) * (c.cpu_w + c.dram_w + c.gpus * c.gpu_w) / 1000.0,
+    };
+    (
+        kwh,
+        c.lbs_per_kwh * kwh,
+        if measured_j.is_some() {
+            "measured"
+        } else {
+            "declared TDP"
+        },
+    )
+}
+
+/// The cost comparison of METHOD.md section 5.
+pub fn co2e(r: &Run) -> Result<()> {
+    let Some(base) = r.model("base")? else {
+        return Ok(());
+    };
+    let data = r.spec_data(&base.data)?;
+    let k = data.num_classes;
+    let classes: Vec<usize> = (0..k).collect();
+    let mut mods = Vec::new();
+    for c in 0..k {
+        mods.push(r.module(&base, c, c)?);
+    }
+    let t =
+        r.m.tma
+            .as_ref()
+            .context("co2e needs [tma]: the measured from-scratch training run")?;
+    let scratch = r.train("scratch", k, &data, None, t)?;
+    let Some(mods) = mods.into_iter().collect::<Option<Vec<_>>>() else {
+        return Ok(());
+    };
+    let Some(scratch) = scratch else {
+        return Ok(());
+    };
+    let pair = seeded_choice(k, 2, r.m.select.seed);
+    let Some(m_pair) = r.margins(
+        &format!("{}-{}", base.arch, join(&pair).replace(',', "-")),
+        &[mods[pair[0]].clone(), mods[pair[1]].clone()],
+        &base.data,
+        &pair,
+    )?
+    else {
+        return Ok(());
+    };
+    let Some(m_all) = r.margins(&format!("{}-all", base.arch), &mods, &base.data, &classes)? else {
+        return Ok(());
+    };
+    let v_pair = r.vote(
+        "pair",
+        std::slice::from_ref(&m_pair),
+        &["0:0".to_string(), "0:1".to_string()],
+    )?;
+    if !r.reporting()? {
+        return Ok(());
+    }
+    let _ = v_pair;
+    let wall = |unit_file: &Path| -> Result<f64> { Ok(num(&read_json(unit_file)?["wall_s"])) };
+    let decompose_s: f64 = mods
+        .iter()
+        .map(|m| {
+            wall(
+                &m.parent()
+                    .and_then(Path::parent)
+                    .context("module path")?
+                    .join("unit.json"),
+            )
+        })
+        .sum::<Result<f64>>()?;
+    let metrics = read_json(&scratch.join("metrics.json"))?;
+    let epochs = metrics["epochs"].as_array().cloned().unwrap_or_default();
+    let train_s: f64 = epochs.iter().map(|e| num(&e["wall_s"])).sum();
+    let measured_j = metrics["energy_j"].as_f64();
+    let source = metrics["energy_source"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string();
+    let best_epoch = metrics["best_epoch"]
+        .as_u64()
+        .unwrap_or(epochs.len() as u64) as usize;
+    let to_best_s: f64 = epochs
+        .iter()
+        .filter(|e| {
+            e["epoch"]
+                .as_u64()
+                .is_some_and(|x| (x as usize) <= best_epoch)
+        })
+        .map(|e| num(&e["wall_s"]))
+        .sum();
+    let ips = if epochs.is_empty() {
+        f64::NAN
+    } else {
+        epochs.iter().map(|e| num(&e["images_per_s"])).sum::<f64>() / epochs.len() as f64
+    };
+    let full_train_images = 50_000.0 * (1.0 - t.val_fraction.unwrap_or(0.1));
+    let scratch_fixed_s = full_train_images / ips * r.m.co2e.scratch_epochs as f64;
+    let pair_s = wall(&m_pair.with_file_name("unit.json"))?;
+    let all_s = wall(&m_all.with_file_name("unit.json"))?;
+    let rows: Vec<(String, f64, Option<f64>, String)> = vec![
+        (
+            format!(
+                "measured training run ({} epochs{})",
+                epochs.len(),
+                t.train_limit
+                    .map_or(String::new(), |n| format!(", {n} images"))
+            ),
+            train_s,
+            measured_j,
+            "measured".into(),
+        ),
+        (
+            format!("training run until its best checkpoint (epoch {best_epoch})"),
+            to_best_s,
+            None,
+            "measured".into(),
+        ),
+        (
+            format!(
+                "from scratch, {} epochs on {full_train_images:.0} images (extrapolated at {ips:.0} img/s)",
+                r.m.co2e.scratch_epochs
+            ),
+            scratch_fixed_s,
+            None,
+            "extrapolated".into(),
+        ),
+        (
+            format!("decomposition, all {k} classes (one-time)"),
+            decompose_s,
+            None,
+            "measured".into(),
+        ),
+        (
+            "reuse: compose 2 modules on their test images".into(),
+            pair_s,
+            None,
+            "measured".into(),
+        ),
+        (
+            format!("replace: compose {k} modules on the full test split"),
+            all_s,
+            None,
+            "measured".into(),
+        ),
+    ];
+    let mut md = String::new();
+    r.header(&mut md);
+    let c = &r.m.co2e;
+    let _ = writeln!(
+        md,
+        "Formula (METHOD.md section 5, after Strubell et al. 2019): p_t = {} · t · (p_cpu + p_dram + g · p_gpu) / 1000 kWh, \
+         CO2e = {} · p_t lbs. Power: {}. Declared: p_cpu = {} W, p_dram = {} W, g = {}, p_gpu = {} W (this machine exposes \
+         no RAPL powercap counters and no GPU).\n",
+        c.pue,
+        c.lbs_per_kwh,
+        if measured_j.is_some() {
+            format!(
+                "the training run measured its energy ({source}); the other rows use the declared power"
+            )
+        } else {
+            "nothing measured here, so every row uses the declared power (TDP estimate)".into()
+        },
+        c.cpu_w,
+        c.dram_w,
+        c.gpus,
+        c.gpu_w
+    );
+    md.push_str(
+        "| what | time s | energy kWh | CO2e lbs | power | time |\n|---|---|---|---|---|---|\n",
+    );
+    let mut csv = String::from("what,seconds,kwh,co2e_lbs,power,time\n");
+    let mut js = Vec::new();
+    let mut cats = Vec::new();
+    let mut bars = Vec::new();
+    for (what, secs, j, kind) in &rows {
+        let (kwh, lbs, p) = co2e_of(r, *secs, *j);
+        let _ = writeln!(
+            md,
+            "| {what} | {secs:.1} | {kwh:.6} | {lbs:.6} | {p} | {kind} |"
+        );
+        let _ = writeln!(csv, "\"{what}\",{secs},{kwh},{lbs},{p},{kind}");
+        js.push(json!({"what": what, "seconds": secs, "kwh": kwh, "co2e_lbs": lbs, "power": p, "time": kind}));
+        cats.push(
+            what.split(['(', ':', ','])
+                .next()
+                .unwrap_or(what)
+                .trim()
+                .to_string(),
+        );
+        bars.push(lbs * 1000.0);
+    }
+    let ratio = |a: f64, b: f64| a / b;
+    let _ = writeln!(
+        md,
+        "\nFrom scratch ({} epochs, extrapolated) vs decomposition + reuse: **{:.0}x** more CO2e; vs decomposition + replace: \
+         **{:.0}x**. The measured short training run alone vs decomposition + reuse: {:.1}x.\n",
+        c.scratch_epochs,
+        ratio(scratch_fixed_s, decompose_s + pair_s),
+        ratio(scratch_fixed_s, decompose_s + all_s),
+        ratio(train_s, decompose_s + pair_s)
+    );
+    md.push_str("## The paper's numbers\n\nReusing and replacing modules emits about **37x** less CO2e than training from scratch (paper abstract, METHOD.md section 5).\n\n![CO2e](co2e.svg)\n");
+    plot::bars(
+        &r.out_dir().join("co2e.svg"),
+        "CO2e per activity (milli-lbs)",
+        "CO2e (1e-3 lbs)",
+        &cats,
+        &[("CO2e", bars)],
+    )?;
+    r.finish(&md, &json!({"rows": js, "training_metrics": metrics}), &csv)?;
+    Ok(())
+}
