@@ -115,7 +115,9 @@ enum POp {
         pad_before: usize,
     },
     /// A fixed map added to every image, channels-last `[h, w, c]`.
-    BiasMap { map: Vec<f32> },
+    BiasMap {
+        map: Vec<f32>,
+    },
     /// Subsample by `stride`, then output channel `o` is input channel `sources[o]` or the
     /// constant `fill[o]`.
     Gather {
@@ -1085,7 +1087,7 @@ impl CpuPlan {
         scratch.resize(tb * 16 * (cin + cout), 0.0);
         let (v, m) = scratch.split_at_mut(tb * 16 * cin);
         let zero = vec![0.0f32; cin];
-        let mut tmp = vec![0.0f32; 16 * cin.max(cout)];
+        let mut tmp = vec![0.0f32; 32 * cin.max(cout)];
         let geo = Wino {
             h,
             w,
@@ -1231,25 +1233,52 @@ fn wino_input<S: macerator::Simd>(
     let Wino {
         h, w, cin, th, tw, ..
     } = geo;
+    let _ = zero;
+    let (stage, patch) = tmp.split_at_mut(16 * cin);
+    let patch = &mut patch[..16 * cin];
+    let row = 4 * cin;
     for (t, vt) in (t0..t1).zip(v.chunks_exact_mut(16 * cin)) {
         let img = t / (th * tw);
         let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
-        let px = |r: usize, q: usize| -> &[f32] {
-            let (iy, ix) = ((2 * ty + r).wrapping_sub(1), (2 * tx + q).wrapping_sub(1));
-            if iy < h && ix < w {
-                &x[((img * h + iy) * w + ix) * cin..][..cin]
-            } else {
-                zero
+        // Top-left input pixel of the 4x4 patch is (2 ty - 1, 2 tx - 1).
+        let interior = ty > 0 && tx > 0 && 2 * ty + 3 <= h && 2 * tx + 3 <= w;
+        // The patch's four rows, each 4 pixels x cin contiguous.
+        let rows: [&[f32]; 4] = if interior {
+            let at = |r: usize| ((img * h + 2 * ty - 1 + r) * w + 2 * tx - 1) * cin;
+            [
+                &x[at(0)..][..row],
+                &x[at(1)..][..row],
+                &x[at(2)..][..row],
+                &x[at(3)..][..row],
+            ]
+        } else {
+            for (k, dst) in patch.chunks_exact_mut(cin).enumerate() {
+                let (iy, ix) = (
+                    (2 * ty + k / 4).wrapping_sub(1),
+                    (2 * tx + k % 4).wrapping_sub(1),
+                );
+                if iy < h && ix < w {
+                    dst.copy_from_slice(&x[((img * h + iy) * w + ix) * cin..][..cin]);
+                } else {
+                    dst.fill(0.0);
+                }
             }
+            let (p0, rest) = patch.split_at(row);
+            let (p1, rest) = rest.split_at(row);
+            let (p2, p3) = rest.split_at(row);
+            [p0, p1, p2, p3]
         };
-        // Rows: tmp[q * 4 + a] = (B^T d)[a][q].
-        for (q, out) in tmp[..16 * cin].chunks_exact_mut(4 * cin).enumerate() {
-            butterfly_in(px(0, q), px(1, q), px(2, q), px(3, q), out);
-        }
+        // Rows, all four columns at once: stage[a][q] = (B^T d)[a][q].
+        butterfly_in(rows[0], rows[1], rows[2], rows[3], stage);
         // Columns: v[a * 4 + b] = (B^T d B)[a][b].
-        for (a, out) in vt.chunks_exact_mut(4 * cin).enumerate() {
-            let col = |q: usize| &tmp[(q * 4 + a) * cin..][..cin];
-            butterfly_in(col(0), col(1), col(2), col(3), out);
+        for (sa, out) in stage.chunks_exact(row).zip(vt.chunks_exact_mut(row)) {
+            butterfly_in(
+                &sa[..cin],
+                &sa[cin..2 * cin],
+                &sa[2 * cin..3 * cin],
+                &sa[3 * cin..],
+                out,
+            );
         }
     }
 }
@@ -1273,20 +1302,10 @@ fn wino_output<S: macerator::Simd>(
     for (t, mt) in (t0..t1).zip(m.chunks_exact(16 * cout)) {
         let img = t / (th * tw);
         let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
-        let e = |a: usize, b: usize| &mt[(a * 4 + b) * cout..][..cout];
-        // Rows: tmp[dy * 4 + b] = (A^T m)[dy][b].
+        // Rows, all four columns at once: tmp[dy * 4 + b] = (A^T m)[dy][b].
+        let e = |a: usize| &mt[a * 4 * cout..(a + 1) * 4 * cout];
         let (r0, r1) = tmp[..8 * cout].split_at_mut(4 * cout);
-        for b in 0..4 {
-            butterfly_out(
-                e(0, b),
-                e(1, b),
-                e(2, b),
-                e(3, b),
-                &mut r0[b * cout..][..cout],
-                &mut r1[b * cout..][..cout],
-                None,
-            );
-        }
+        butterfly_out(e(0), e(1), e(2), e(3), r0, r1, None);
         for dy in 0..2 {
             let oy = 2 * ty + dy;
             if oy >= h {
