@@ -29,8 +29,9 @@ pub struct CpuTuning {
     /// 3x3 stride-1 convolutions with padding 1 as Winograd F(2x2, 3x3): 2.25x fewer
     /// multiplications, within float rounding of the direct product.
     pub winograd: bool,
-    /// The 16 Winograd products with register-blocked kernels compiled per SIMD level (16,
-    /// 32 or 64 output channels, CPUs with FMA) instead of the `gemm` crate.
+    /// Register-blocked product kernels compiled per SIMD level (16, 32 or 64 output
+    /// channels, CPUs with FMA) instead of the `gemm` crate, for the Winograd products and
+    /// the im2col / 1x1 convolutions.
     pub small_kernels: bool,
 }
 
@@ -1144,7 +1145,16 @@ impl CpuPlan {
                 rhs_rs: c.cout,
                 dst_rs: c.cout,
             };
-            sgemm(g, &mut y, x, &c.w, true).expect("conv shapes checked by validation");
+            let small = Small {
+                rows,
+                k,
+                lhs_rs: k,
+                dst_rs: c.cout,
+                accumulate: true,
+            };
+            if !(self.tuning.small_kernels && small_product(small, c.cout, x, &c.w, &mut y)) {
+                sgemm(g, &mut y, x, &c.w, true).expect("conv shapes checked by validation");
+            }
             return y;
         }
         let block = (self.tuning.block / k).clamp(1, rows);
@@ -1183,22 +1193,25 @@ impl CpuPlan {
                     }
                 }
             }
-            let g = Gemm {
-                m: r1 - r0,
-                n: c.cout,
+            let small = Small {
+                rows: r1 - r0,
                 k,
                 lhs_rs: k,
-                rhs_rs: c.cout,
                 dst_rs: c.cout,
+                accumulate: true,
             };
-            sgemm(
-                g,
-                &mut y[r0 * c.cout..r1 * c.cout],
-                &scratch[..(r1 - r0) * k],
-                &c.w,
-                true,
-            )
-            .expect("conv shapes checked by validation");
+            let (dst, lhs) = (&mut y[r0 * c.cout..r1 * c.cout], &scratch[..(r1 - r0) * k]);
+            if !(self.tuning.small_kernels && small_product(small, c.cout, lhs, &c.w, dst)) {
+                let g = Gemm {
+                    m: r1 - r0,
+                    n: c.cout,
+                    k,
+                    lhs_rs: k,
+                    rhs_rs: c.cout,
+                    dst_rs: c.cout,
+                };
+                sgemm(g, dst, lhs, &c.w, true).expect("conv shapes checked by validation");
+            }
         }
         y
     }
@@ -1368,55 +1381,110 @@ fn fma_available() -> bool {
 /// accumulators are separate variables so they stay in vector registers while the input
 /// channels stream through (`mul_add` is one FMA in the SIMD-dispatched instantiation). This
 /// beats the general `gemm` call here, where `cin` is only 16 to 64 and each call is small.
+fn wino_gemm_simd<const C: usize>(cin: usize, rows: usize, v: &[f32], u: &[f32], m: &mut [f32]) {
+    for xi in 0..16 {
+        let g = Small {
+            rows,
+            k: cin,
+            lhs_rs: 16 * cin,
+            dst_rs: 16 * C,
+            accumulate: false,
+        };
+        small_gemm::<C>(
+            g,
+            &v[xi * cin..],
+            &u[xi * cin * C..(xi + 1) * cin * C],
+            &mut m[xi * C..],
+        );
+    }
+}
+
+/// Shape of one [`small_gemm`]: `rows` rows of `k` (row stride `lhs_rs`) times `[k][C]`
+/// into rows of `C` (row stride `dst_rs`), added to `dst` when `accumulate`.
+#[derive(Clone, Copy)]
+struct Small {
+    rows: usize,
+    k: usize,
+    lhs_rs: usize,
+    dst_rs: usize,
+    accumulate: bool,
+}
+
+/// `dst[r][..C] (+)= lhs[r][..k] x rhs[k][C]`, four rows at a time with register-resident
+/// accumulators (see [`wino_gemm_simd`]). Callers check [`fma_available`].
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
-fn wino_gemm_simd<S: macerator::Simd, const C: usize>(
-    cin: usize,
-    rows: usize,
-    v: &[f32],
-    u: &[f32],
-    m: &mut [f32],
+fn small_gemm<S: macerator::Simd, const C: usize>(
+    g: Small,
+    lhs: &[f32],
+    rhs: &[f32],
+    dst: &mut [f32],
 ) {
-    for xi in 0..16 {
-        let uxi = &u[xi * cin * C..(xi + 1) * cin * C];
-        let mut t0 = 0;
-        while t0 + 4 <= rows {
-            let b = |r: usize| ((t0 + r) * 16 + xi) * cin;
-            let (v0, v1, v2, v3) = (
-                &v[b(0)..b(0) + cin],
-                &v[b(1)..b(1) + cin],
-                &v[b(2)..b(2) + cin],
-                &v[b(3)..b(3) + cin],
-            );
-            let (mut a0, mut a1, mut a2, mut a3) =
-                ([0.0f32; C], [0.0f32; C], [0.0f32; C], [0.0f32; C]);
-            for ci in 0..cin {
-                let w: &[f32; C] = uxi[ci * C..(ci + 1) * C].try_into().expect("C columns");
-                let (x0, x1, x2, x3) = (v0[ci], v1[ci], v2[ci], v3[ci]);
-                for o in 0..C {
-                    a0[o] = x0.mul_add(w[o], a0[o]);
-                    a1[o] = x1.mul_add(w[o], a1[o]);
-                    a2[o] = x2.mul_add(w[o], a2[o]);
-                    a3[o] = x3.mul_add(w[o], a3[o]);
-                }
-            }
-            for (r, a) in [a0, a1, a2, a3].iter().enumerate() {
-                m[((t0 + r) * 16 + xi) * C..][..C].copy_from_slice(a);
-            }
-            t0 += 4;
+    let Small {
+        rows,
+        k,
+        lhs_rs,
+        dst_rs,
+        accumulate,
+    } = g;
+    let rhs = &rhs[..k * C];
+    let init = |dst: &[f32], r: usize| -> [f32; C] {
+        if accumulate {
+            dst[r * dst_rs..][..C].try_into().expect("C columns")
+        } else {
+            [0.0; C]
         }
-        while t0 < rows {
-            let mut acc = [0.0f32; C];
-            for ci in 0..cin {
-                let a = v[(t0 * 16 + xi) * cin + ci];
-                for (o, w) in acc.iter_mut().zip(&uxi[ci * C..(ci + 1) * C]) {
-                    *o = a.mul_add(*w, *o);
-                }
+    };
+    let mut t0 = 0;
+    while t0 + 4 <= rows {
+        let row = |r: usize| &lhs[(t0 + r) * lhs_rs..][..k];
+        let (v0, v1, v2, v3) = (row(0), row(1), row(2), row(3));
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            init(dst, t0),
+            init(dst, t0 + 1),
+            init(dst, t0 + 2),
+            init(dst, t0 + 3),
+        );
+        for ci in 0..k {
+            let w: &[f32; C] = rhs[ci * C..(ci + 1) * C].try_into().expect("C columns");
+            let (x0, x1, x2, x3) = (v0[ci], v1[ci], v2[ci], v3[ci]);
+            for o in 0..C {
+                a0[o] = x0.mul_add(w[o], a0[o]);
+                a1[o] = x1.mul_add(w[o], a1[o]);
+                a2[o] = x2.mul_add(w[o], a2[o]);
+                a3[o] = x3.mul_add(w[o], a3[o]);
             }
-            m[(t0 * 16 + xi) * C..][..C].copy_from_slice(&acc);
-            t0 += 1;
         }
+        for (r, a) in [a0, a1, a2, a3].iter().enumerate() {
+            dst[(t0 + r) * dst_rs..][..C].copy_from_slice(a);
+        }
+        t0 += 4;
     }
+    while t0 < rows {
+        let mut acc = init(dst, t0);
+        for (ci, &a) in lhs[t0 * lhs_rs..][..k].iter().enumerate() {
+            for (o, w) in acc.iter_mut().zip(&rhs[ci * C..(ci + 1) * C]) {
+                *o = a.mul_add(*w, *o);
+            }
+        }
+        dst[t0 * dst_rs..][..C].copy_from_slice(&acc);
+        t0 += 1;
+    }
+}
+
+/// `dst (+)= lhs x rhs` (row-major, `rhs` `[k][n]` contiguous) with [`small_gemm`] when `n` is
+/// 16, 32 or 64 and the CPU has FMA; `false` (nothing done) otherwise.
+fn small_product(g: Small, n: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) -> bool {
+    if !fma_available() {
+        return false;
+    }
+    match n {
+        64 => small_gemm::<64>(g, lhs, rhs, dst),
+        32 => small_gemm::<32>(g, lhs, rhs, dst),
+        16 => small_gemm::<16>(g, lhs, rhs, dst),
+        _ => return false,
+    }
+    true
 }
 
 /// One Winograd input butterfly over channel vectors: `out` holds four vectors
