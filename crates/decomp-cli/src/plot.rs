@@ -20,7 +20,8 @@ pub fn learning_curves(path: &Path, title: &str, epochs: &[EpochMetrics]) -> Res
         let series = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
             epochs.iter().filter_map(|m| f(m).map(|v| (m.epoch as f64, v))).collect()
         };
-        let panels: [(&DrawingArea<SVGBackend, _>, &str, Vec<(f64, f64)>, Vec<(f64, f64)>); 2] = [
+        type Panel<'a, 'b> = (&'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>, &'static str, Vec<(f64, f64)>, Vec<(f64, f64)>);
+        let panels: [Panel; 2] = [
             (&left, "loss", series(&|m| Some(m.train_loss)), series(&|m| m.val_loss)),
             (
                 &right,

@@ -192,7 +192,7 @@ impl TrainConfig {
                 nesterov,
                 weight_decay,
             } => SgdConfig::new()
-                .with_momentum((momentum > 0.0).then(|| MomentumConfig {
+                .with_momentum((momentum > 0.0).then_some(MomentumConfig {
                     momentum,
                     dampening,
                     nesterov,

@@ -49,8 +49,11 @@ fn setup(bn: bool) -> (ModelIr, Dataset, Dataset) {
     (model, train, val)
 }
 
-/// Everything a metrics row holds except the wall-clock fields.
-fn arithmetic(t: &Trainer) -> Vec<(usize, f64, f64, f64, Option<f64>, Option<f64>)> {
+/// A metrics row without the wall-clock fields: epoch, lr, train loss/acc, val loss/acc.
+type Row = (usize, f64, f64, f64, Option<f64>, Option<f64>);
+
+/// Everything the metrics rows hold except the wall-clock fields.
+fn arithmetic(t: &Trainer) -> Vec<Row> {
     t.history()
         .iter()
         .map(|m| {
@@ -246,7 +249,7 @@ fn schedules_and_config_errors() {
         ),
     ];
     for (cfg, needle) in bad {
-        let err = cfg.validate().err().expect("invalid");
+        let err = cfg.validate().expect_err("invalid");
         assert!(err.to_string().contains(needle), "{err}");
     }
 }
