@@ -37,9 +37,8 @@ pub struct ChannelArgs {
     /// (and > 0); above 1 brings back nothing.
     #[arg(long, default_value_t = 0.0)]
     pub tau_neg: f32,
-    /// Channel level: `mean-positions` (fraction of positions > 0, averaged over images),
-    /// `any-position` (fraction of images with any position > 0) or `deviation` (standard
-    /// deviation of the post-ReLU output relative to the largest at its site).
+    /// Channel level: `mean-positions` (fraction of positions > 0, averaged over images) or
+    /// `any-position` (fraction of images with any position > 0).
     #[arg(long, default_value = "mean-positions")]
     pub rate: String,
     /// Channel level: what a removed channel outputs after its ReLU: `off` (zero),
@@ -59,7 +58,7 @@ impl ChannelArgs {
         }
         let rate = ActivationRate::parse(&self.rate).with_context(|| {
             format!(
-                "--rate {:?}: expected mean-positions, any-position or deviation",
+                "--rate {:?}: expected mean-positions or any-position",
                 self.rate
             )
         })?;
