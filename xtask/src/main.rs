@@ -5,6 +5,7 @@
 //! `experiments/` run by the stage engine (`engine.rs`, `scenarios.rs`).
 
 mod engine;
+mod frontier;
 mod manifest;
 mod plot;
 mod scenarios;
@@ -126,6 +127,7 @@ fn main() -> Result<()> {
             match name.as_str() {
                 "eval" => eval_experiment(&ctx, &data_dir, models_dir.as_deref(), &root().join(out).join("eval")),
                 "table1" => table1(&ctx, &data_dir, models_dir.as_deref(), &root().join(&out).join("table1"), &root().join(runs)),
+                "frontier" => frontier::run(&ctx, &data_dir, models_dir.as_deref(), &root().join(&out).join("frontier"), &root().join(runs)),
                 manifest_name => {
                     let sel = engine::Selection {
                         only,

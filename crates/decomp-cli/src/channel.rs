@@ -37,8 +37,9 @@ pub struct ChannelArgs {
     /// (and > 0); above 1 brings back nothing.
     #[arg(long, default_value_t = 0.0)]
     pub tau_neg: f32,
-    /// Channel level: `mean-positions` (fraction of positions > 0, averaged over images) or
-    /// `any-position` (fraction of images with any position > 0).
+    /// Channel level: `mean-positions` (fraction of positions > 0, averaged over images),
+    /// `any-position` (fraction of images with any position > 0) or `deviation` (standard
+    /// deviation of the post-ReLU output relative to the largest at its site).
     #[arg(long, default_value = "mean-positions")]
     pub rate: String,
     /// Channel level: what a removed channel outputs after its ReLU: `off` (zero),
@@ -58,7 +59,7 @@ impl ChannelArgs {
         }
         let rate = ActivationRate::parse(&self.rate).with_context(|| {
             format!(
-                "--rate {:?}: expected mean-positions or any-position",
+                "--rate {:?}: expected mean-positions, any-position or deviation",
                 self.rate
             )
         })?;

@@ -18,6 +18,10 @@ pub enum ActivationRate {
     MeanPositions,
     /// Fraction of images for which any position of the channel is `> 0`.
     AnyPosition,
+    /// Standard deviation of the channel's post-ReLU output over positions and images,
+    /// divided by the largest at its site: how much holding the channel at its mean
+    /// changes what the next layer sees (0 = constant channel).
+    Deviation,
 }
 
 impl ActivationRate {
@@ -25,11 +29,12 @@ impl ActivationRate {
         match self {
             Self::MeanPositions => "mean-positions",
             Self::AnyPosition => "any-position",
+            Self::Deviation => "deviation",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::MeanPositions, Self::AnyPosition]
+        [Self::MeanPositions, Self::AnyPosition, Self::Deviation]
             .into_iter()
             .find(|r| r.name() == s)
     }
@@ -99,14 +104,32 @@ pub struct SiteChannelStats {
     pub frac_active: Vec<f32>,
     /// Per channel: mean of `max(x, 0)` over positions and images (the post-ReLU mean).
     pub mean_relu: Vec<f32>,
+    /// Per channel: mean of `max(x, 0)^2` over positions and images.
+    pub mean_sq_relu: Vec<f32>,
 }
 
 impl SiteChannelStats {
-    /// The rate `rate` selects.
-    pub fn rate(&self, rate: ActivationRate) -> &[f32] {
+    /// Per-channel standard deviation of the post-ReLU output (positions and images).
+    pub fn deviation(&self) -> Vec<f32> {
+        self.mean_relu
+            .iter()
+            .zip(&self.mean_sq_relu)
+            .map(|(m, q)| (q - m * m).max(0.0).sqrt())
+            .collect()
+    }
+
+    /// The statistic `rate` selects, per channel, in `[0, 1]`.
+    pub fn rate(&self, rate: ActivationRate) -> Vec<f32> {
         match rate {
-            ActivationRate::MeanPositions => &self.frac_active,
-            ActivationRate::AnyPosition => &self.any_active,
+            ActivationRate::MeanPositions => self.frac_active.clone(),
+            ActivationRate::AnyPosition => self.any_active.clone(),
+            ActivationRate::Deviation => {
+                let d = self.deviation();
+                let max = d.iter().copied().fold(0.0f32, f32::max);
+                d.iter()
+                    .map(|v| if max > 0.0 { v / max } else { 0.0 })
+                    .collect()
+            }
         }
     }
 }
@@ -137,7 +160,11 @@ impl ChannelStats {
             {
                 return Err(format!("{what}: site {} has a rate outside [0, 1]", s.node));
             }
-            if s.mean_relu.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            if s.mean_relu
+                .iter()
+                .chain(&s.mean_sq_relu)
+                .any(|v| !v.is_finite() || *v < 0.0)
+            {
                 return Err(format!(
                     "{what}: site {} has a negative or non-finite mean activation",
                     s.node

@@ -6,7 +6,8 @@ use decomp_ir::{ChannelStats, NodeId, Shape, SiteChannelStats};
 use crate::executor::to_vec;
 
 /// Sums, per site and channel, over the images added so far: images with any position
-/// `> 0`, fraction of positions `> 0`, and mean of `max(x, 0)` over positions.
+/// `> 0`, fraction of positions `> 0`, and mean of `max(x, 0)` and of its square over
+/// positions.
 #[derive(Clone, Debug)]
 pub struct ChannelAccumulator {
     sites: Vec<(NodeId, usize, usize)>,
@@ -14,6 +15,7 @@ pub struct ChannelAccumulator {
     any: Vec<Vec<f64>>,
     frac: Vec<Vec<f64>>,
     relu: Vec<Vec<f64>>,
+    sq: Vec<Vec<f64>>,
 }
 
 impl ChannelAccumulator {
@@ -33,6 +35,7 @@ impl ChannelAccumulator {
             any: zeros(),
             frac: zeros(),
             relu: zeros(),
+            sq: zeros(),
             sites,
             images: 0,
         }
@@ -66,11 +69,14 @@ impl ChannelAccumulator {
             let count = t.clone().greater_elem(0.0).float().sum_dim(2); // [n, c, 1]
             let any = to_vec(count.clone().greater_elem(0.0).float().sum_dim(0)); // [1, c, 1]
             let frac = to_vec(count.sum_dim(0));
-            let relu = to_vec(burn::tensor::activation::relu(t).sum_dim(2).sum_dim(0));
+            let r = burn::tensor::activation::relu(t);
+            let sq = to_vec(r.clone().powi_scalar(2).sum_dim(2).sum_dim(0));
+            let relu = to_vec(r.sum_dim(2).sum_dim(0));
             for ch in 0..c {
                 self.any[k][ch] += f64::from(any[ch]);
                 self.frac[k][ch] += f64::from(frac[ch]) / hw as f64;
                 self.relu[k][ch] += f64::from(relu[ch]) / hw as f64;
+                self.sq[k][ch] += f64::from(sq[ch]) / hw as f64;
             }
         }
     }
@@ -94,6 +100,7 @@ impl ChannelAccumulator {
                     any_active: avg(&self.any[k]).into_iter().map(|v| v.min(1.0)).collect(),
                     frac_active: avg(&self.frac[k]).into_iter().map(|v| v.min(1.0)).collect(),
                     mean_relu: avg(&self.relu[k]),
+                    mean_sq_relu: avg(&self.sq[k]),
                 })
                 .collect(),
         }

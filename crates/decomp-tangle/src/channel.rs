@@ -76,12 +76,12 @@ pub fn channel_plan(
                     sp.channels
                 )));
             }
+            let rn = neg.map(|n| n.rate(cfg.rate));
             for (c, &r) in pos.rate(cfg.rate).iter().enumerate() {
                 let keep_pos = r > 0.0 && r >= cfg.tau;
-                let keep_neg = neg.is_some_and(|n| {
-                    let r = n.rate(cfg.rate)[c];
-                    r > 0.0 && r >= cfg.tau_neg
-                });
+                let keep_neg = rn
+                    .as_ref()
+                    .is_some_and(|n| n[c] > 0.0 && n[c] >= cfg.tau_neg);
                 if keep_pos || keep_neg {
                     kept.set(c, true);
                 }

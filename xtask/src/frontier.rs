@@ -1,0 +1,408 @@
+//! `cargo xtask run-experiment frontier` (issue 6): channel-level decomposition of the
+//! pretrained CIFAR-10 ResNet-20 and ResNet-56 swept over the thresholds `tau` / `tau_neg`
+//! and the compensation of removed channels, each point composed and evaluated on the test
+//! split. Writes `results/frontier/` (Markdown, CSV, JSON and an SVG plot of the frontier).
+//!
+//! Per model the statistics are computed once (`decomp concern --granularity channel`,
+//! then the first `tangle` adds the unconcerned sample's and keeps them in
+//! `t0/channel-rates.ccs`); every further point only thresholds them, extracts the small
+//! modules and composes them (one evaluation per point). Finished points are reused.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use plotters::prelude::*;
+use serde_json::Value;
+
+use crate::Ctx;
+
+/// One point of the sweep: thresholds, rate statistic and compensation (`decomp` flag values).
+struct Point {
+    tau: f32,
+    tau_neg: f32,
+    rate: &'static str,
+    compensation: &'static str,
+}
+
+const fn p(tau: f32, rate: &'static str, compensation: &'static str) -> Point {
+    Point {
+        tau,
+        tau_neg: 2.0,
+        rate,
+        compensation,
+    }
+}
+
+/// The element method's "keep if ever active" at channel granularity (tau = tau_neg = 0).
+const T0: Point = Point {
+    tau: 0.0,
+    tau_neg: 0.0,
+    rate: "mean-positions",
+    compensation: "off",
+};
+
+/// Points per model (`tau_neg = 2`: no bring-back by tangling).
+const R20_POINTS: &[Point] = &[
+    T0,
+    p(0.2, "deviation", "sample"),
+    p(0.3, "deviation", "sample"),
+    p(0.1, "mean-positions", "sample"),
+    p(0.2, "mean-positions", "sample"),
+    p(0.2, "mean-positions", "off"),
+    p(0.4, "mean-positions", "sample"),
+];
+const R56_POINTS: &[Point] = &[
+    T0,
+    p(0.2, "deviation", "sample"),
+    p(0.2, "mean-positions", "sample"),
+];
+
+/// Test images per evaluation when `--limit` is not given (CPU time: 2 cores shared).
+const DEFAULT_LIMIT: usize = 2000;
+
+/// Published numbers on other models (not reproduced here): (label, FLOPs % low, high,
+/// top-1 change in points).
+const PUBLISHED: &[(&str, f64, f64, f64)] = &[
+    (
+        "Pan & Rajan element masks (paper, R20, no BN)",
+        100.0,
+        100.0,
+        -0.1,
+    ),
+    (
+        "Pan & Rajan element masks (paper, R56, no BN)",
+        100.0,
+        100.0,
+        -2.2,
+    ),
+    (
+        "CNNSplitter / GradSplitter (published, CIFAR-10)",
+        43.0,
+        57.0,
+        -2.9,
+    ),
+    (
+        "MwT, training-time (published; % of kernels)",
+        14.6,
+        14.6,
+        -1.1,
+    ),
+];
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn run(
+    ctx: &Ctx,
+    data_dir: &Path,
+    models_dir: Option<&Path>,
+    out: &Path,
+    runs: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let data = data_dir.display().to_string();
+    let mut rows: Vec<Value> = Vec::new();
+    for (arch, file, points) in [
+        ("resnet20", "resnet20-12fca82f.th", R20_POINTS),
+        ("resnet56", "resnet56-4bfd9763.th", R56_POINTS),
+    ] {
+        let weights = match models_dir {
+            Some(d) => d.join(file).display().to_string(),
+            None => format!("akamaster/{arch}"),
+        };
+        let dir = runs.join("frontier").join(arch);
+        let model_args = strings(&[
+            "--weights",
+            &weights,
+            "--arch",
+            arch,
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            &data,
+            "--device",
+            &ctx.device,
+        ]);
+        let concern = dir.join("concern.ccs");
+        if !concern.is_file() {
+            let mut a = strings(&[
+                "concern",
+                "--granularity",
+                "channel",
+                "--out",
+                &concern.display().to_string(),
+            ]);
+            a.extend(model_args.clone());
+            ctx.decomp(&a)?;
+        }
+        let rates = dir.join("t0").join("channel-rates.ccs");
+        for pt in points {
+            let name = format!(
+                "{}-tau{}-neg{}-{}",
+                pt.rate, pt.tau, pt.tau_neg, pt.compensation
+            );
+            let pdir = if pt.tau == 0.0 && pt.tau_neg == 0.0 && pt.compensation == "off" {
+                dir.join("t0")
+            } else {
+                dir.join(&name)
+            };
+            let summary_path = pdir.join("summary.json");
+            if !summary_path.is_file() {
+                let source = if rates.is_file() { &rates } else { &concern };
+                let mut a = strings(&[
+                    "tangle",
+                    "--granularity",
+                    "channel",
+                    "--concern",
+                    &source.display().to_string(),
+                ]);
+                a.extend(strings(&[
+                    "--tau",
+                    &pt.tau.to_string(),
+                    "--tau-neg",
+                    &pt.tau_neg.to_string(),
+                    "--compensation",
+                    pt.compensation,
+                    "--rate",
+                    pt.rate,
+                ]));
+                a.extend(strings(&["--out-dir", &pdir.display().to_string()]));
+                a.extend(model_args.clone());
+                ctx.decomp(&a)?;
+            }
+            let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
+            let result = pdir.join("compose.json");
+            if !result.is_file() {
+                let mods = summary["modules"]
+                    .as_array()
+                    .ok_or_else(|| anyhow!("{}: no modules", summary_path.display()))?;
+                let mut a = vec!["compose".to_string()];
+                a.extend(mods.iter().filter_map(|m| m.as_str().map(str::to_string)));
+                a.extend(strings(&[
+                    "--dataset",
+                    "cifar10",
+                    "--data-dir",
+                    &data,
+                    "--split",
+                    "test",
+                    "--device",
+                    &ctx.device,
+                ]));
+                a.extend(strings(&[
+                    "--reference-model",
+                    &weights,
+                    "--out",
+                    &result.display().to_string(),
+                ]));
+                a.extend([
+                    "--limit".into(),
+                    ctx.limit.unwrap_or(DEFAULT_LIMIT).to_string(),
+                ]);
+                ctx.decomp(&a)?;
+            }
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
+            rows.push(serde_json::json!({
+                "model": arch,
+                "tau": pt.tau,
+                "tau_neg": pt.tau_neg,
+                "compensation": pt.compensation,
+                "rate": pt.rate,
+                "n": v["n"],
+                "model_top1": v["model_top1"],
+                "composed_top1": v["composed_top1"],
+                "composed_top5": v["composed_top5"],
+                "model_top5": v["model_top5"],
+                "mean_flops_percent": v["mean_flops_percent"],
+                "mean_params_percent": v["mean_params_percent"],
+                "mean_bytes": v["mean_bytes"],
+                "model_bytes": v["model_bytes"],
+                "mean_time_ratio": v["mean_time_ratio"],
+                "separate_flops": v["separate_flops"],
+                "union_flops": v["union_flops"],
+                "model_flops": v["model_cost"]["flops"],
+                "compose_seconds": v["seconds"],
+                "per_module": v["per_module"],
+                "run": pdir.display().to_string(),
+            }));
+        }
+    }
+    write(
+        &out.join("frontier.json"),
+        &serde_json::to_string_pretty(&rows)?,
+    )?;
+    let mut csv = String::from(
+        "model,rate,tau,tau_neg,compensation,n,model_top1,composed_top1,delta_top1,composed_top5,mean_flops_percent,mean_params_percent,mean_bytes,model_bytes,mean_time_ratio,separate_flops,union_flops,model_flops\n",
+    );
+    let mut md = String::from(
+        "# Size-vs-accuracy frontier of channel-level modules (issue 6)\n\n\
+         Generated by `cargo xtask run-experiment frontier`: pretrained CIFAR-10 ResNets (akamaster, BatchNorm,\n\
+         option-A shortcuts) decomposed at channel granularity, 10 modules composed by voting on the CIFAR-10\n\
+         test split in `shared/datasets` (JPEG rebuild; first `n` images, the same for model and modules). A channel\n\
+         is kept when its rate on the class's 1000 positives is >= tau: `mean-positions` = fraction of positions\n\
+         > 0, averaged over images; `deviation` = standard deviation of the post-ReLU output over positions and\n\
+         images, relative to the largest at its site. Tangling brings back channels whose rate on the 1:1\n\
+         unconcerned sample is >= tau_neg (2 = off). Residual streams keep the union over their sites. Compensation `sample`: a removed channel outputs its mean post-ReLU activation on the module's\n\
+         positives + unconcerned sample, folded exactly into the next layer; `off`: zero. No training.\n\
+         FLOPs / parameters / bytes / time are per module relative to the full model (time: forward passes\n\
+         over the test images, measured interleaved with the full model in the same run).\n\n\
+         | model | n | rate | tau | tau_neg | comp. | model top-1 | composed top-1 | Δ top-1 | top-5 | mean FLOPs % | mean params % | mean bytes | model bytes | time ratio | union / separate FLOPs |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let d = f(&r["composed_top1"]) - f(&r["model_top1"]);
+        let uf = f(&r["union_flops"]) / f(&r["separate_flops"]);
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:+.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} |\n",
+            r["model"].as_str().unwrap_or(""),
+            r["n"],
+            r["rate"].as_str().unwrap_or(""),
+            r["tau"],
+            r["tau_neg"],
+            r["compensation"].as_str().unwrap_or(""),
+            f(&r["model_top1"]),
+            f(&r["composed_top1"]),
+            d,
+            f(&r["composed_top5"]),
+            f(&r["mean_flops_percent"]),
+            f(&r["mean_params_percent"]),
+            f(&r["mean_bytes"]),
+            f(&r["model_bytes"]),
+            f(&r["mean_time_ratio"]),
+            uf,
+        ));
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{:.4},{},{},{},{},{},{},{},{},{}\n",
+            r["model"].as_str().unwrap_or(""),
+            r["rate"].as_str().unwrap_or(""),
+            r["tau"],
+            r["tau_neg"],
+            r["compensation"].as_str().unwrap_or(""),
+            r["n"],
+            r["model_top1"],
+            r["composed_top1"],
+            d,
+            r["composed_top5"],
+            r["mean_flops_percent"],
+            r["mean_params_percent"],
+            r["mean_bytes"],
+            r["model_bytes"],
+            r["mean_time_ratio"],
+            r["separate_flops"],
+            r["union_flops"],
+            r["model_flops"],
+        ));
+    }
+    md.push_str(
+        "\n`union / separate FLOPs`: running the 10 modules as one pass over the union of their channels (shared up\n\
+         to the first mask site, one branch per module after it, since their channel sets and constants differ)\n\
+         over running each small module separately; above 1 means separate passes are cheaper, which is what\n\
+         `decomp compose` does.\n\n## Published points on the plot (different models; not reproduced here)\n\n\
+         | method | module FLOPs % | top-1 change |\n|---|---|---|\n",
+    );
+    for (label, lo, hi, d) in PUBLISHED {
+        let x = if lo == hi {
+            format!("{lo}")
+        } else {
+            format!("{lo}-{hi}")
+        };
+        md.push_str(&format!("| {label} | {x} | {d:+} |\n"));
+    }
+    md.push_str("\nPlot: `frontier.svg` (y = composed top-1 minus the model's own top-1 on the same images, so that published\nlosses on other models share the axis).\n");
+    write(&out.join("frontier.md"), &md)?;
+    write(&out.join("frontier.csv"), &csv)?;
+    plot(&out.join("frontier.svg"), &rows)?;
+    println!("report: {}", out.join("frontier.md").display());
+    Ok(())
+}
+
+fn plot(path: &Path, rows: &[Value]) -> Result<()> {
+    let tmp: PathBuf = path.with_extension("svg.tmp");
+    {
+        let root = SVGBackend::new(&tmp, (860, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let ys: Vec<f64> = rows
+            .iter()
+            .map(|r| f(&r["composed_top1"]) - f(&r["model_top1"]))
+            .filter(|v| v.is_finite())
+            .collect();
+        let lo = ys.iter().copied().fold(-4.0f64, f64::min).floor() - 0.5;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Channel modules: composed top-1 change vs module FLOPs (CIFAR-10)",
+                ("sans-serif", 18),
+            )
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0f64..105.0, lo..1.0f64)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("mean module FLOPs, % of the model")
+            .y_desc("composed top-1 - model top-1 (points)")
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+        for (i, arch) in ["resnet20", "resnet56"].iter().enumerate() {
+            let mut pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r["model"] == *arch)
+                .map(|r| {
+                    (
+                        f(&r["mean_flops_percent"]),
+                        f(&r["composed_top1"]) - f(&r["model_top1"]),
+                    )
+                })
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let c = colors[i];
+            chart
+                .draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 5, c.filled())))
+                .map_err(|e| anyhow!("{e}"))?
+                .label(format!("{arch}: channel modules (this work, measured)"))
+                .legend(move |(x, y)| Circle::new((x, y), 5, c.filled()));
+        }
+        let gray = RGBColor(90, 90, 90);
+        for (label, lo_x, hi_x, d) in PUBLISHED {
+            if lo_x != hi_x {
+                chart
+                    .draw_series(LineSeries::new(
+                        [(*lo_x, *d), (*hi_x, *d)],
+                        gray.stroke_width(2),
+                    ))
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+            let x = (lo_x + hi_x) / 2.0;
+            chart
+                .draw_series(std::iter::once(TriangleMarker::new(
+                    (x, *d),
+                    7,
+                    gray.filled(),
+                )))
+                .map_err(|e| anyhow!("{e}"))?
+                .label(*label)
+                .legend(move |(x, y)| TriangleMarker::new((x, y), 6, gray.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
