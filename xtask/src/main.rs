@@ -10,7 +10,6 @@ mod manifest;
 mod plot;
 mod scenarios;
 
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -190,7 +189,8 @@ fn run_manifest(eng: &engine::Engine, env: &scenarios::Env, name: &str) -> Resul
         "intra-reuse" => vec!["import", "decompose", "train", "margins", "vote", "report"],
         "intra-replace" | "motivating" => vec!["import", "decompose", "margins", "vote", "report"],
         "co2e" => vec!["import", "decompose", "train", "margins", "vote", "report"],
-        other => bail!("{name}: unknown scenario {other:?}; known: suite, intra-reuse, intra-replace, motivating, co2e"),
+        "inter-reuse" | "inter-replace" => vec!["import", "mix", "train", "decompose", "relearn", "margins", "vote", "report"],
+        other => bail!("{name}: unknown scenario {other:?}; known: suite, intra-reuse, inter-reuse, intra-replace, inter-replace, motivating, co2e"),
     };
     // The engine is shared by suite members; each member sets its own stage list.
     let mut eng = eng.clone_settings();
@@ -202,6 +202,8 @@ fn run_manifest(eng: &engine::Engine, env: &scenarios::Env, name: &str) -> Resul
         "intra-replace" => scenarios::intra_replace(&run, false)?,
         "motivating" => scenarios::intra_replace(&run, true)?,
         "co2e" => scenarios::co2e(&run)?,
+        "inter-reuse" => scenarios::inter_reuse(&run)?,
+        "inter-replace" => scenarios::inter_replace(&run)?,
         _ => unreachable!("checked above"),
     }
     let report = env.results.join(&short).join("report.md");

@@ -184,6 +184,17 @@ pub struct TangleArgs {
     /// Output folder: one `<variant>/module_<class>.mod` per class and variant.
     #[arg(long)]
     out_dir: PathBuf,
+    /// Continuous learning (METHOD.md section 4): a file of CIFAR-format records (e.g. from
+    /// `decomp mix`, any source dataset resized to the model's input) whose images are
+    /// further unconcerned inputs of every class's tangling identification.
+    #[arg(long)]
+    extra_unconcerned: Option<PathBuf>,
+    /// Labels of `--extra-unconcerned` to use (comma-separated; default all).
+    #[arg(long, value_delimiter = ',', requires = "extra_unconcerned")]
+    extra_classes: Option<Vec<usize>>,
+    /// At most this many extra images (a seeded sample).
+    #[arg(long, requires = "extra_unconcerned")]
+    extra_limit: Option<usize>,
 }
 
 /// What `tangle` / `decompose` print and write as `summary.json`.
@@ -203,7 +214,36 @@ fn parse_variants(v: &[String]) -> Result<Vec<Variant>> {
         .collect()
 }
 
+/// Extra unconcerned images for continuous learning, fitted to `model`.
+fn extra_unconcerned(a: &TangleArgs, model: &ModelIr, seed: u64) -> Result<Option<(Dataset, String)>> {
+    let Some(file) = &a.extra_unconcerned else { return Ok(None) };
+    let mut ds = Dataset::from_cifar_file(decomp_data::DatasetKind::Cifar10, file)?;
+    if let Some(c) = &a.extra_classes {
+        ds = ds.subset_classes(c)?;
+    }
+    if let Some(n) = a.extra_limit {
+        ds = ds.shuffled(seed).take(n);
+    }
+    if ds.is_empty() {
+        bail!("--extra-unconcerned {}: no image left after --extra-classes/--extra-limit", file.display());
+    }
+    let what = format!("{} images of {}", ds.len(), file.display());
+    Ok(Some((crate::eval::fit_to_model(ds, model)?, what)))
+}
+
 fn run_tangle(model: &ModelIr, train: &Dataset, set: &ConcernSet, variants: &[Variant], run: &RunArgs, out_dir: &Path) -> Result<(Vec<String>, f64)> {
+    run_tangle_extra(model, train, set, variants, run, out_dir, None)
+}
+
+fn run_tangle_extra(
+    model: &ModelIr,
+    train: &Dataset,
+    set: &ConcernSet,
+    variants: &[Variant],
+    run: &RunArgs,
+    out_dir: &Path,
+    extra: Option<&(Dataset, String)>,
+) -> Result<(Vec<String>, f64)> {
     let device = parse_device(&run.device)?;
     let exec = Executor::new(model, &device)?;
     let start = Instant::now();
@@ -213,15 +253,34 @@ fn run_tangle(model: &ModelIr, train: &Dataset, set: &ConcernSet, variants: &[Va
     for concern in &set.classes {
         let (sample, per_class) = decomp_tangle::unconcerned_sample(train, concern.class, concern.positives.len(), set.config.seed);
         b.set_message(format!("class {}", concern.class));
-        let untangled = decomp_tangle::untangle(&exec, train, concern, &sample, run.batch_size, &mut |n| b.inc(n as u64))?;
+        let mut untangled = decomp_tangle::untangle(&exec, train, concern, &sample, run.batch_size, &mut |n| b.inc(n as u64))?;
+        let mut unconcerned = sample.len();
+        let mut learned = String::new();
+        if let Some((x, what)) = extra {
+            // Continuous learning: the extra images bring back every position they activate.
+            let refined = decomp_ir::ClassConcern {
+                class: concern.class,
+                inactive: decomp_ir::SiteMasks { masks: untangled.clone() },
+                positives: Vec::new(),
+            };
+            let all: Vec<usize> = (0..x.len()).collect();
+            untangled = decomp_tangle::untangle(&exec, x, &refined, &all, run.batch_size, &mut |_| {})?;
+            unconcerned += x.len();
+            learned = format!(" ; continuous learning: {what} as extra unconcerned inputs");
+        }
         for &variant in variants {
             let cfg = DecompConfig { variant, ..set.config.clone() };
             let origin = decomp_tangle::ModuleOrigin {
                 model_hash: &set.model_hash,
                 model_path: &set.model_path,
-                provenance: format!("decomp {} ; dataset {} ; concern identification {:.1} s", env!("CARGO_PKG_VERSION"), set.dataset, set.seconds),
+                provenance: format!(
+                    "decomp {} ; dataset {} ; concern identification {:.1} s{learned}",
+                    env!("CARGO_PKG_VERSION"),
+                    set.dataset,
+                    set.seconds
+                ),
             };
-            let module = decomp_tangle::build_module(model, concern, &untangled, sample.len(), per_class, &cfg, &origin)?;
+            let module = decomp_tangle::build_module(model, concern, &untangled, unconcerned, per_class, &cfg, &origin)?;
             let path = out_dir.join(variant.name()).join(format!("module_{:03}.mod", concern.class));
             write_artifact(&path, &module)?;
             written.push(path.display().to_string());
@@ -239,6 +298,9 @@ fn write_summary(out_dir: &Path, s: &DecomposeSummary) -> Result<()> {
 
 pub fn tangle(a: TangleArgs) -> Result<()> {
     if let Some(c) = a.channel.config()? {
+        if a.extra_unconcerned.is_some() {
+            bail!("--extra-unconcerned (continuous learning) is not implemented for channel-level modules");
+        }
         return crate::channel::tangle(&a.model, &a.data, &a.concern, &c, &a.run, &a.out_dir);
     }
     let model = crate::model_source::load_model(&a.model)?;
@@ -249,7 +311,8 @@ pub fn tangle(a: TangleArgs) -> Result<()> {
     }
     let train = training_data(&a.data, &model)?;
     let variants = parse_variants(&a.variants)?;
-    let (modules, secs) = run_tangle(&model, &train, &set, &variants, &a.run, &a.out_dir)?;
+    let extra = extra_unconcerned(&a, &model, set.config.seed)?;
+    let (modules, secs) = run_tangle_extra(&model, &train, &set, &variants, &a.run, &a.out_dir, extra.as_ref())?;
     write_summary(&a.out_dir, &DecomposeSummary {
         model: set.model_path.clone(),
         model_hash: hash,

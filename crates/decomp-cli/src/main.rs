@@ -6,6 +6,7 @@ mod channel;
 mod decompose;
 mod energy;
 mod eval;
+mod mix;
 mod model_source;
 mod plot;
 mod train;
@@ -81,6 +82,8 @@ enum Command {
     Compose(decompose::ComposeArgs),
     /// Compose any selection of modules from margins saved by `compose --save-margins`.
     Vote(vote::VoteArgs),
+    /// Write one class from each of several datasets as one small CIFAR-format dataset.
+    Mix(mix::MixArgs),
     /// Write a freshly initialized (untrained) CIFAR ResNet as a `.ir` model (tests, fixtures).
     NewModel(model_source::NewModelArgs),
     /// Train a ResNet from scratch or fine-tune imported weights (resumable run directory).
@@ -128,6 +131,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Decompose(a) => decompose::decompose(a),
         Command::Compose(a) => decompose::compose_cmd(a),
         Command::Vote(a) => vote::run(a),
+        Command::Mix(a) => mix::run(a),
         Command::NewModel(a) => model_source::new_model(a),
         Command::Train(a) => train::run(a),
         Command::Import(a) => model_source::import(a),

@@ -273,7 +273,20 @@ pub(crate) fn load_file(
         .unwrap_or(Path::new("."))
         .join(layout.names_file);
     let names = if names_path.is_file() {
-        read_class_names(&names_path, num_classes)?
+        // A single file may hold fewer classes than the official dataset (e.g. a mix of
+        // classes of several datasets written by `decomp mix`): the names file says how
+        // many, and every label must name one of them.
+        let names = read_class_names_up_to(&names_path, num_classes)?;
+        if let Some((r, &label)) = labels.iter().enumerate().find(|&(_, &l)| l >= names.len()) {
+            return Err(DataError::LabelOutOfRange {
+                path: file.to_path_buf(),
+                record: r,
+                offset: (r * layout.record + layout.label_index) as u64,
+                label,
+                num_classes: names.len(),
+            });
+        }
+        names
     } else {
         (0..num_classes).map(|i| format!("class_{i}")).collect()
     };
@@ -341,6 +354,25 @@ fn read_records(
         first_item,
         count,
     })
+}
+
+/// Reads a class-name file of 1 to `max` names (one per non-empty line).
+fn read_class_names_up_to(path: &Path, max: usize) -> Result<Vec<String>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io("read", path, e))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() || names.len() > max {
+        return Err(DataError::ClassNames {
+            path: PathBuf::from(path),
+            expected: max,
+            found: names.len(),
+        });
+    }
+    Ok(names)
 }
 
 /// Reads a class-name file: one name per non-empty line, exactly `expected` of them.

@@ -3,4 +3,5 @@
 mod channel;
 mod cli;
 mod pipeline;
+mod reuse;
 mod train;

@@ -1,0 +1,99 @@
+//! `decomp mix`: one small dataset made of classes of several datasets, for inter-dataset
+//! reuse and replacement (METHOD.md section 4).
+//!
+//! Each part contributes one class of one dataset; images are converted to 3 channels and
+//! resized to 32x32 (area resampling when shrinking, e.g. Tiny ImageNet's 64x64) and written
+//! as CIFAR-10-format records, label = part index: `train.bin`, `test.bin` and
+//! `batches.meta.txt` (one name per part). Every stage reads the result with
+//! `--dataset cifar10 --data-file DIR/<split>.bin`, and `decomp train` trains on it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use decomp_ir::write_atomic;
+use serde::Deserialize;
+
+use crate::DataArgs;
+
+#[derive(clap::Args)]
+pub struct MixArgs {
+    /// JSON file: `{"parts": [{"dataset": "cifar10", "data_dir": "..", "class": 3},
+    /// {"dataset": "tiny-imagenet", "dataset_path": "..", "class": 5}]}`; at most 10 parts.
+    #[arg(long)]
+    spec: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    parts: Vec<Part>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Part {
+    dataset: String,
+    data_dir: Option<PathBuf>,
+    dataset_path: Option<PathBuf>,
+    /// Class index in that dataset.
+    class: usize,
+}
+
+const SIDE: usize = 32;
+
+pub fn run(a: MixArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.spec)
+        .with_context(|| format!("reading {}", a.spec.display()))?;
+    let spec: Spec = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid mix spec", a.spec.display()))?;
+    if spec.parts.is_empty() || spec.parts.len() > 10 {
+        bail!(
+            "{}: {} parts, expected 1 to 10 (CIFAR-10 records hold labels 0..9)",
+            a.spec.display(),
+            spec.parts.len()
+        );
+    }
+    let mut names = Vec::new();
+    for split in ["train", "test"] {
+        let mut bytes = Vec::new();
+        let mut counts = Vec::new();
+        for (label, p) in spec.parts.iter().enumerate() {
+            let args = DataArgs {
+                dataset: p.dataset.clone(),
+                data_dir: p.data_dir.clone().unwrap_or_else(|| PathBuf::from("data")),
+                dataset_path: p.dataset_path.clone(),
+                data_file: None,
+                split: split.into(),
+                download: false,
+                limit: None,
+            };
+            let ds = crate::eval::open_raw_dataset(&args)?.subset_classes(&[p.class])?;
+            let mut ds = ds;
+            if ds.image_shape()[0] != 3 {
+                ds = ds.with_channels(3)?;
+            }
+            if ds.image_shape()[1..] != [SIDE, SIDE] {
+                ds = ds.with_resize(SIDE, SIDE);
+            }
+            if split == "train" {
+                names.push(ds.class_names()[0].replace(char::is_whitespace, "_"));
+            }
+            for i in 0..ds.len() {
+                bytes.push(label as u8);
+                bytes.extend(ds.raw_u8(i)?);
+            }
+            counts.push(ds.len());
+        }
+        write_atomic(&a.out_dir.join(format!("{split}.bin")), &bytes)?;
+        eprintln!("{split}: {counts:?} images per part");
+    }
+    write_atomic(
+        &a.out_dir.join("batches.meta.txt"),
+        format!("{}\n", names.join("\n")).as_bytes(),
+    )?;
+    println!("{}", a.out_dir.display());
+    Ok(())
+}
