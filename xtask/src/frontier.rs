@@ -93,6 +93,14 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// A threshold as written on the command line (thresholds are f32 in the modules).
+fn round2(v: &Value) -> String {
+    format!("{}", (f(v) * 100.0).round() / 100.0)
+}
+
+/// Lowest change drawn; points below it sit on the bottom edge as open circles.
+const Y_FLOOR: f64 = -30.0;
+
 fn write(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
@@ -252,7 +260,8 @@ pub fn run(
          is kept when its rate on the class's 1000 positives is >= tau: `mean-positions` = fraction of positions\n\
          > 0, averaged over images; `deviation` = standard deviation of the post-ReLU output over positions and\n\
          images, relative to the largest at its site. Tangling brings back channels whose rate on the 1:1\n\
-         unconcerned sample is >= tau_neg (2 = off). Residual streams keep the union over their sites. Compensation `sample`: a removed channel outputs its mean post-ReLU activation on the module's\n\
+         unconcerned sample is >= tau_neg (2 = off). Residual streams keep the union over their sites.\n\
+         Compensation `sample`: a removed channel outputs its mean post-ReLU activation on the module's\n\
          positives + unconcerned sample, folded exactly into the next layer; `off`: zero. No training.\n\
          FLOPs / parameters / bytes / time are per module relative to the full model (time: forward passes\n\
          over the test images, measured interleaved with the full model in the same run).\n\n\
@@ -267,8 +276,8 @@ pub fn run(
             r["model"].as_str().unwrap_or(""),
             r["n"],
             r["rate"].as_str().unwrap_or(""),
-            r["tau"],
-            r["tau_neg"],
+            round2(&r["tau"]),
+            round2(&r["tau_neg"]),
             r["compensation"].as_str().unwrap_or(""),
             f(&r["model_top1"]),
             f(&r["composed_top1"]),
@@ -285,8 +294,8 @@ pub fn run(
             "{},{},{},{},{},{},{},{},{:.4},{},{},{},{},{},{},{},{},{}\n",
             r["model"].as_str().unwrap_or(""),
             r["rate"].as_str().unwrap_or(""),
-            r["tau"],
-            r["tau_neg"],
+            round2(&r["tau"]),
+            round2(&r["tau_neg"]),
             r["compensation"].as_str().unwrap_or(""),
             r["n"],
             r["model_top1"],
@@ -318,7 +327,7 @@ pub fn run(
         };
         md.push_str(&format!("| {label} | {x} | {d:+} |\n"));
     }
-    md.push_str("\nPlot: `frontier.svg` (y = composed top-1 minus the model's own top-1 on the same images, so that published\nlosses on other models share the axis).\n");
+    md.push_str(&format!("\nPlot: `frontier.svg` (y = composed top-1 minus the model's own top-1 on the same images, so that published\nlosses on other models share the axis; points below {Y_FLOOR} are drawn as open circles on the bottom edge).\n"));
     write(&out.join("frontier.md"), &md)?;
     write(&out.join("frontier.csv"), &csv)?;
     plot(&out.join("frontier.svg"), &rows)?;
@@ -336,7 +345,13 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             .map(|r| f(&r["composed_top1"]) - f(&r["model_top1"]))
             .filter(|v| v.is_finite())
             .collect();
-        let lo = ys.iter().copied().fold(-4.0f64, f64::min).floor() - 0.5;
+        let lo = ys
+            .iter()
+            .copied()
+            .fold(-4.0f64, f64::min)
+            .floor()
+            .max(Y_FLOOR)
+            - 1.0;
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 "Channel modules: composed top-1 change vs module FLOPs (CIFAR-10)",
@@ -369,10 +384,21 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             let c = colors[i];
             chart
-                .draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 5, c.filled())))
+                .draw_series(
+                    pts.iter()
+                        .filter(|p| p.1 >= Y_FLOOR)
+                        .map(|&(x, y)| Circle::new((x, y), 5, c.filled())),
+                )
                 .map_err(|e| anyhow!("{e}"))?
                 .label(format!("{arch}: channel modules (this work, measured)"))
                 .legend(move |(x, y)| Circle::new((x, y), 5, c.filled()));
+            chart
+                .draw_series(
+                    pts.iter()
+                        .filter(|p| p.1 < Y_FLOOR)
+                        .map(|&(x, _)| Circle::new((x, Y_FLOOR - 0.5), 5, c.stroke_width(2))),
+                )
+                .map_err(|e| anyhow!("{e}"))?;
         }
         let gray = RGBColor(90, 90, 90);
         for (label, lo_x, hi_x, d) in PUBLISHED {
