@@ -833,34 +833,14 @@ pub fn intra_replace(r: &Run, motivating: bool) -> Result<()> {
         weak.arch, strong.arch, base_w["n"]
     );
     md.push_str("| composition | top-1 % | top-5 % | Δ top-1 vs weaker composed | class x accuracy % (weaker → replaced) |\n|---|---|---|---|---|\n");
-    let _ = writeln!(
-        md,
-        "| {} model | {} | {} | | |",
-        weak.arch,
-        f2(&cw["model_top1"]),
-        f2(&cw["model_top5"])
-    );
-    let _ = writeln!(
-        md,
-        "| {} model | {} | {} | | |",
-        strong.arch,
-        f2(&cs["model_top1"]),
-        f2(&cs["model_top5"])
-    );
-    let _ = writeln!(
-        md,
-        "| {} modules | {} | {} | | |",
-        weak.arch,
-        f2(&base_w["top1"]),
-        f2(&base_w["top5"])
-    );
-    let _ = writeln!(
-        md,
-        "| {} modules | {} | {} | | |",
-        strong.arch,
-        f2(&base_s["top1"]),
-        f2(&base_s["top5"])
-    );
+    for (name, kind, top1, top5) in [
+        (&weak.arch, "model", &cw["model_top1"], &cw["model_top5"]),
+        (&strong.arch, "model", &cs["model_top1"], &cs["model_top5"]),
+        (&weak.arch, "modules", &base_w["top1"], &base_w["top5"]),
+        (&strong.arch, "modules", &base_s["top1"], &base_s["top5"]),
+    ] {
+        let _ = writeln!(md, "| {name} {kind} | {} | {} | | |", f2(top1), f2(top5));
+    }
     let mut csv = String::from("x,class,top1,top5,delta_top1,class_acc_before,class_acc_after\n");
     let mut rows = Vec::new();
     let mut sum = 0.0;
@@ -1002,45 +982,26 @@ fn motivating_report(
         f2(&cw["model_top5"]),
         num(&cw["model_per_class"][w])
     );
-    let _ = writeln!(
-        md,
-        "| {} modules | {} | {} | {:.2} | {:.2} |",
-        weak.arch,
-        f2(&base_w["top1"]),
-        f2(&base_w["top5"]),
-        num(&base_w["per_class"][w]),
-        others(base_w)
-    );
-    let _ = writeln!(
-        md,
-        "| replace class {w} | {} | {} | {:.2} | {:.2} |",
-        f2(&replace["top1"]),
-        f2(&replace["top5"]),
-        num(&replace["per_class"][w]),
-        others(&replace)
-    );
+    // Rows of compositions that were evaluated on every class: label, result.
+    let row = |md: &mut String, label: String, r: &serde_json::Value| {
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {:.2} | {:.2} |",
+            f2(&r["top1"]),
+            f2(&r["top5"]),
+            num(&r["per_class"][w]),
+            others(r)
+        );
+    };
+    row(&mut md, format!("{} modules", weak.arch), base_w);
+    row(&mut md, format!("replace class {w}"), &replace);
     let _ = writeln!(
         md,
         "| remove class {w} | {remove_all:.2} | - | 0.00 | {:.2} |",
         num(&remove["top1"])
     );
-    let _ = writeln!(
-        md,
-        "| re-verify class {w} | {} | {} | {:.2} | {:.2} |",
-        f2(&reverify["top1"]),
-        f2(&reverify["top5"]),
-        num(&reverify["per_class"][w]),
-        others(&reverify)
-    );
-    let _ = writeln!(
-        md,
-        "| {} modules (donor) | {} | {} | {:.2} | {:.2} |",
-        strong.arch,
-        f2(&base_s["top1"]),
-        f2(&base_s["top5"]),
-        num(&base_s["per_class"][w]),
-        others(base_s)
-    );
+    row(&mut md, format!("re-verify class {w}"), &reverify);
+    row(&mut md, format!("{} modules (donor)", strong.arch), base_s);
     let _ = writeln!(
         md,
         "| {} model (donor) | {} | {} | {:.2} | |",

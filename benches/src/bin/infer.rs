@@ -50,27 +50,6 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// (user + system CPU seconds, peak RSS in KiB) of this process.
-fn usage() -> (Option<f64>, Option<u64>) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-            Some(ticks / 100.0)
-        });
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        });
-    (cpu, rss)
-}
-
 fn main() {
     let args = match parse() {
         Ok(a) => a,
@@ -113,14 +92,14 @@ fn main() {
     for _ in 0..args.warmup {
         run();
     }
-    let (cpu0, _) = usage();
+    let (cpu0, _) = decomp_benches::process_usage();
     let mut times = Vec::with_capacity(args.iters);
     for _ in 0..args.iters {
         let t = Instant::now();
         run();
         times.push(t.elapsed().as_secs_f64());
     }
-    let (cpu1, rss) = usage();
+    let (cpu1, rss) = decomp_benches::process_usage();
     let total: f64 = times.iter().sum();
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);

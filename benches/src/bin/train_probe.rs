@@ -27,24 +27,6 @@ fn flag(args: &[String], name: &str, default: usize) -> usize {
         })
 }
 
-/// (user + system CPU seconds, peak RSS in KiB) of this process (Linux).
-fn usage() -> (Option<f64>, Option<u64>) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        });
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        });
-    (cpu, rss)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (depth, batch, iters, warmup) = (
@@ -87,7 +69,7 @@ fn main() {
     for k in 0..warmup {
         trainer.step(make(k), 0.1).expect("step");
     }
-    let (cpu0, _) = usage();
+    let (cpu0, _) = decomp_benches::process_usage();
     let mut times = Vec::with_capacity(iters);
     for k in 0..iters {
         let b = make(warmup + k);
@@ -95,7 +77,7 @@ fn main() {
         trainer.step(b, 0.1).expect("step");
         times.push(t.elapsed().as_secs_f64());
     }
-    let (cpu1, rss) = usage();
+    let (cpu1, rss) = decomp_benches::process_usage();
     let total: f64 = times.iter().sum();
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
