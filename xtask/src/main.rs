@@ -28,8 +28,8 @@ struct Cli {
 enum Cmd {
     /// Run an experiment end to end and write its report under `results/<name>/`.
     ///
-    /// Experiments: `default` (no argument): `experiments/default.toml`, a reduced Table 2
-    /// plus Table 4 that fits in 30 minutes on 2 CPU cores. `eval`: the four pretrained
+    /// Experiments: `default` (no argument): `experiments/default.toml`, Tables 4, 6 and 2 and
+    /// the CO2e comparison at reduced settings, sharing one decomposition of ResNet-20. `eval`: the four pretrained
     /// CIFAR-10 ResNets on the lossless training images and the test split. `table1`: the
     /// paper's Table 1. Any `experiments/<name>.toml` (table2..table6, co2e), or a path to a
     /// manifest. Finished stage artifacts under `runs/store` are reused.
