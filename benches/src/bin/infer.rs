@@ -8,8 +8,6 @@
 //! pool, which both burn `flex` and the CPU plan use). Peak RSS and CPU time come from
 //! `/proc/self/status` and `/proc/self/stat` (Linux; reported as null elsewhere).
 
-use std::time::Instant;
-
 use burn::tensor::{Device, Tensor, TensorData};
 use decomp_model::burn_resnet::ResNet;
 use decomp_model::import::{akamaster_norm, import_resnet};
@@ -92,32 +90,5 @@ fn main() {
     for _ in 0..args.warmup {
         run();
     }
-    let (cpu0, _) = decomp_benches::process_usage();
-    let mut times = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters {
-        let t = Instant::now();
-        run();
-        times.push(t.elapsed().as_secs_f64());
-    }
-    let (cpu1, rss) = decomp_benches::process_usage();
-    let total: f64 = times.iter().sum();
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let cpu = cpu0.zip(cpu1).map(|(a, b)| b - a);
-    println!(
-        "{{\"framework\":\"decomp\",\"engine\":\"{}\",\"depth\":{},\"batch\":{},\"iters\":{},\"threads\":{},\"img_per_s\":{:.1},\"img_per_s_median\":{:.1},\"cpu_s_per_img\":{},\"peak_rss_kib\":{}}}",
-        args.engine,
-        args.depth,
-        args.batch,
-        args.iters,
-        rayon::current_num_threads(),
-        (args.batch * args.iters) as f64 / total,
-        args.batch as f64 / median,
-        cpu.map_or("null".into(), |c| format!(
-            "{:.6}",
-            c / (args.batch * args.iters) as f64
-        )),
-        rss.map_or("null".into(), |r| r.to_string()),
-    );
+    decomp_benches::time_and_report(&args.engine, args.depth, args.batch, args.iters, |_| run());
 }

@@ -9,8 +9,6 @@
 //! Same recipe as the Python probes: SGD lr 0.1, momentum 0.9, weight decay 1e-4, random
 //! labels, BatchNorm ResNet, 32x32 inputs. Threads: `RAYON_NUM_THREADS`.
 
-use std::time::Instant;
-
 use decomp_data::Batch;
 use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};
 use decomp_model::{Device, ResNetConfig};
@@ -69,29 +67,8 @@ fn main() {
     for k in 0..warmup {
         trainer.step(make(k), 0.1).expect("step");
     }
-    let (cpu0, _) = decomp_benches::process_usage();
-    let mut times = Vec::with_capacity(iters);
-    for k in 0..iters {
-        let b = make(warmup + k);
-        let t = Instant::now();
-        trainer.step(b, 0.1).expect("step");
-        times.push(t.elapsed().as_secs_f64());
-    }
-    let (cpu1, rss) = decomp_benches::process_usage();
-    let total: f64 = times.iter().sum();
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let cpu = cpu0.zip(cpu1).map(|(a, b)| b - a);
-    println!(
-        "{{\"framework\":\"decomp\",\"engine\":\"train\",\"depth\":{depth},\"batch\":{batch},\"iters\":{iters},\"threads\":{},\"img_per_s\":{:.1},\"img_per_s_median\":{:.1},\"cpu_s_per_img\":{},\"peak_rss_kib\":{}}}",
-        rayon::current_num_threads(),
-        (batch * iters) as f64 / total,
-        batch as f64 / median,
-        cpu.map_or("null".into(), |c| format!(
-            "{:.6}",
-            c / (batch * iters) as f64
-        )),
-        rss.map_or("null".into(), |r| r.to_string()),
-    );
+    // Building the synthetic batch (a few ms) is timed with the step (about 2 s).
+    decomp_benches::time_and_report("train", depth, batch, iters, |k| {
+        trainer.step(make(warmup + k), 0.1).expect("step");
+    });
 }
