@@ -344,6 +344,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
 
     let raw = open_raw(&a, Split::Train)?;
     let (init, init_name) = initial_model(&a, &raw, recipe.batch_norm)?;
+    let arch = init.meta.arch.clone();
     let all = fit_to_model(raw, &init)?;
     let all = match a.train_limit {
         Some(n) => all.shuffled(a.seed).take(n),
@@ -391,12 +392,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
         train = train.len(),
         val = val.len(),
         epochs = config.epochs,
-        "training {} ({} classes)",
-        trainer_arch(&trainer),
+        "training {arch} ({} classes)",
         all.num_classes()
     );
 
     let meter = EnergyMeter::for_device(&a.device);
+    let run = RunInfo {
+        arch,
+        init: init_name.as_deref(),
+        classes: all.class_names(),
+        train_images: train.len(),
+        val_images: val.len(),
+        energy_source: meter.source(),
+    };
     let mut this_call = 0;
     while !trainer.finished() && a.max_epochs_now.is_none_or(|m| this_call < m) {
         let epoch = trainer.epochs_done() + 1;
@@ -405,11 +413,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let outcome = trainer.run_epoch(&train, &val, &mut |done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
         trainer.set_last_energy(meter.joules_since(&reading));
+        // The checkpoint's model is the current model: written as best.ir first when it
+        // improved, so a checkpoint never names a best epoch whose model is missing.
+        let checkpoint = trainer.checkpoint()?;
         if outcome.improved {
-            write_artifact(&a.out_dir.join("best.ir"), &trainer.model_ir()?)?;
+            write_artifact(&a.out_dir.join("best.ir"), &checkpoint.model)?;
         }
-        write_artifact(&ckpt_path, &trainer.checkpoint()?)?;
-        write_metrics(&a, &trainer, &all, &train, &val, init_name.as_deref(), meter.source(), None)?;
+        write_artifact(&ckpt_path, &checkpoint)?;
+        write_metrics(&a, &trainer, &run, None)?;
         let m = &outcome.metrics;
         eprintln!(
             "epoch {epoch}: loss {:.4} train {:.2}% val {} lr {:.3e} {:.0} img/s {:.0} s",
@@ -432,46 +443,42 @@ pub fn run(a: TrainArgs) -> Result<()> {
     } else {
         None
     };
-    write_metrics(&a, &trainer, &all, &train, &val, init_name.as_deref(), meter.source(), test.as_ref())?;
+    write_metrics(&a, &trainer, &run, test.as_ref())?;
     println!("{}", a.out_dir.display());
     Ok(())
 }
 
-fn trainer_arch(t: &Trainer) -> String {
-    t.model_ir().map(|m| m.meta.arch).unwrap_or_default()
+/// What `metrics.json` says about the run besides the trainer's history.
+struct RunInfo<'a> {
+    arch: String,
+    init: Option<&'a str>,
+    classes: &'a [String],
+    train_images: usize,
+    val_images: usize,
+    energy_source: &'static str,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_metrics(
-    a: &TrainArgs,
-    t: &Trainer,
-    all: &Dataset,
-    train: &Dataset,
-    val: &Dataset,
-    init: Option<&str>,
-    energy_source: &str,
-    test: Option<&decomp_eval::EvalReport>,
-) -> Result<()> {
+fn write_metrics(a: &TrainArgs, t: &Trainer, run: &RunInfo, test: Option<&decomp_eval::EvalReport>) -> Result<()> {
     let h = t.history();
     let best = t.best();
     let energy: Option<f64> = h.iter().map(|m| m.energy_j).sum();
-    let model = trainer_arch(t);
+    let model = &run.arch;
     let file = MetricsFile {
         recipe: &a.recipe,
         config: t.config(),
-        model: &model,
-        init,
+        model,
+        init: run.init,
         dataset: &a.dataset,
-        classes: all.class_names(),
-        train_images: train.len(),
-        val_images: val.len(),
+        classes: run.classes,
+        train_images: run.train_images,
+        val_images: run.val_images,
         epochs: h,
         best_epoch: best.map(|b| b.epoch),
         best_val_acc: best.map(|b| b.accuracy),
         wall_s: h.iter().map(|m| m.wall_s).sum(),
         wall_s_to_best: best.map(|b| h.iter().take(b.epoch).map(|m| m.wall_s).sum()),
         energy_j: energy,
-        energy_source,
+        energy_source: run.energy_source,
         power_w_declared: a.declared_power_w,
         test_top1: test.map(|r| r.top1),
         test_top5: test.map(|r| r.top5),
