@@ -99,6 +99,24 @@ fn f2(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.2}"))
 }
 
+/// `x` with two decimals, `-` when it is not a number (missing in the artifacts).
+fn fixed2(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".into()
+    }
+}
+
+/// `x` with a sign and two decimals, `-` when it is not a number.
+fn signed(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:+.2}")
+    } else {
+        "-".into()
+    }
+}
+
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -696,16 +714,8 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
             md,
             "| {label} | {} | {ma:.2} | {} | {} | {} |",
             v["n"],
-            if tma_top1.is_finite() {
-                format!("{tma_top1:.2}")
-            } else {
-                "-".into()
-            },
-            if d.is_finite() {
-                format!("{d:+.2}")
-            } else {
-                "-".into()
-            },
+            fixed2(tma_top1),
+            signed(d),
             if best.is_null() {
                 "-".into()
             } else {
@@ -1661,16 +1671,8 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             v["n"],
             f2(&v["top1"]),
             f2(&v["top5"]),
-            if m_top1.is_finite() {
-                format!("{m_top1:.2}")
-            } else {
-                "-".into()
-            },
-            if d.is_finite() {
-                format!("{d:+.2}")
-            } else {
-                "-".into()
-            },
+            fixed2(m_top1),
+            signed(d),
             num(&v["per_class"][*x])
         );
         let _ = writeln!(
