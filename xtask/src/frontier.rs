@@ -16,12 +16,18 @@ use serde_json::Value;
 
 use crate::Ctx;
 
-/// One point of the sweep: thresholds, rate statistic and compensation (`decomp` flag values).
+/// One point of the sweep (`decomp` flag values): thresholds, rate statistic and
+/// compensation, or a FLOPs budget for importance selection; and whether the module is
+/// reconstructed by least squares.
 struct Point {
     tau: f32,
     tau_neg: f32,
     rate: &'static str,
     compensation: &'static str,
+    budget: Option<f32>,
+    reconstruct: bool,
+    /// Training (reported separately): least-squares fit of the binary head.
+    fit_head: bool,
 }
 
 const fn p(tau: f32, rate: &'static str, compensation: &'static str) -> Point {
@@ -30,6 +36,31 @@ const fn p(tau: f32, rate: &'static str, compensation: &'static str) -> Point {
         tau_neg: 2.0,
         rate,
         compensation,
+        budget: None,
+        reconstruct: false,
+        fit_head: false,
+    }
+}
+
+/// Importance selection to `budget` of the model's FLOPs (removed channels held at their
+/// sample mean), with or without least-squares reconstruction.
+const fn b(budget: f32, reconstruct: bool) -> Point {
+    Point {
+        tau: 0.0,
+        tau_neg: 2.0,
+        rate: "importance",
+        compensation: "sample",
+        budget: Some(budget),
+        reconstruct,
+        fit_head: false,
+    }
+}
+
+/// [`b`] with reconstruction, then the binary head fitted (training).
+const fn bh(budget: f32) -> Point {
+    Point {
+        fit_head: true,
+        ..b(budget, true)
     }
 }
 
@@ -39,6 +70,9 @@ const T0: Point = Point {
     tau_neg: 0.0,
     rate: "mean-positions",
     compensation: "off",
+    budget: None,
+    reconstruct: false,
+    fit_head: false,
 };
 
 /// Points per model (`tau_neg = 2`: no bring-back by tangling).
@@ -50,6 +84,12 @@ const R20_POINTS: &[Point] = &[
     p(0.2, "mean-positions", "sample"),
     p(0.2, "mean-positions", "off"),
     p(0.4, "mean-positions", "sample"),
+    b(0.4, false),
+    b(0.6, true),
+    b(0.5, true),
+    b(0.4, true),
+    b(0.3, true),
+    bh(0.4),
 ];
 const R56_POINTS: &[Point] = &[
     T0,
@@ -156,10 +196,18 @@ pub fn run(
         }
         let rates = dir.join("t0").join("channel-rates.ccs");
         for pt in points {
-            let name = format!(
-                "{}-tau{}-neg{}-{}",
-                pt.rate, pt.tau, pt.tau_neg, pt.compensation
-            );
+            let name = match pt.budget {
+                Some(b) => format!(
+                    "budget{b}-{}{}{}",
+                    pt.compensation,
+                    if pt.reconstruct { "-reconstruct" } else { "" },
+                    if pt.fit_head { "-fithead" } else { "" }
+                ),
+                None => format!(
+                    "{}-tau{}-neg{}-{}",
+                    pt.rate, pt.tau, pt.tau_neg, pt.compensation
+                ),
+            };
             let pdir = if pt.tau == 0.0 && pt.tau_neg == 0.0 && pt.compensation == "off" {
                 dir.join("t0")
             } else {
@@ -175,16 +223,24 @@ pub fn run(
                     "--concern",
                     &source.display().to_string(),
                 ]);
-                a.extend(strings(&[
-                    "--tau",
-                    &pt.tau.to_string(),
-                    "--tau-neg",
-                    &pt.tau_neg.to_string(),
-                    "--compensation",
-                    pt.compensation,
-                    "--rate",
-                    pt.rate,
-                ]));
+                a.extend(strings(&["--compensation", pt.compensation]));
+                match pt.budget {
+                    Some(b) => a.extend(strings(&["--budget", &b.to_string()])),
+                    None => a.extend(strings(&[
+                        "--tau",
+                        &pt.tau.to_string(),
+                        "--tau-neg",
+                        &pt.tau_neg.to_string(),
+                        "--rate",
+                        pt.rate,
+                    ])),
+                }
+                if pt.reconstruct {
+                    a.push("--reconstruct".into());
+                }
+                if pt.fit_head {
+                    a.push("--fit-head".into());
+                }
                 a.extend(strings(&["--out-dir", &pdir.display().to_string()]));
                 a.extend(model_args.clone());
                 ctx.decomp(&a)?;
@@ -226,6 +282,9 @@ pub fn run(
                 "tau_neg": pt.tau_neg,
                 "compensation": pt.compensation,
                 "rate": pt.rate,
+                "budget": pt.budget,
+                "reconstruct": pt.reconstruct,
+                "fit_head": pt.fit_head,
                 "n": v["n"],
                 "model_top1": v["model_top1"],
                 "composed_top1": v["composed_top1"],
@@ -250,7 +309,7 @@ pub fn run(
         &serde_json::to_string_pretty(&rows)?,
     )?;
     let mut csv = String::from(
-        "model,rate,tau,tau_neg,compensation,n,model_top1,composed_top1,delta_top1,composed_top5,mean_flops_percent,mean_params_percent,mean_bytes,model_bytes,mean_time_ratio,separate_flops,union_flops,model_flops\n",
+        "model,rate,tau,tau_neg,budget,reconstruct,fit_head,compensation,n,model_top1,composed_top1,delta_top1,composed_top5,mean_flops_percent,mean_params_percent,mean_bytes,model_bytes,mean_time_ratio,separate_flops,union_flops,model_flops\n",
     );
     let mut md = String::from(
         "# Size-vs-accuracy frontier of channel-level modules (issue 6)\n\n\
@@ -262,23 +321,46 @@ pub fn run(
          images, relative to the largest at its site. Tangling brings back channels whose rate on the 1:1\n\
          unconcerned sample is >= tau_neg (2 = off). Residual streams keep the union over their sites.\n\
          Compensation `sample`: a removed channel outputs its mean post-ReLU activation on the module's\n\
-         positives + unconcerned sample, folded exactly into the next layer; `off`: zero. No training.\n\
+         positives + unconcerned sample, folded exactly into the next layer; `off`: zero.\n\
+         Rate `importance` (`--budget B`): instead of thresholds, channels are removed in 4 rounds by least\n\
+         first-order importance per FLOP saved (importance = squared change of the module's margin `mine - other`\n\
+         when the channel is held at its compensation value, averaged over 256 positives + 256 unconcerned\n\
+         training images; one backward pass per batch) until the module has at most B of the model's FLOPs\n\
+         (the bias maps of removed inputs come on top). `rec. = yes`: every convolution feeding a ReLU is then\n\
+         refitted in graph order by ridge least squares so that the pruned module reproduces the model's own\n\
+         pre-activations of its kept channels on those images (closed form, no labels, no gradient steps; the\n\
+         binary head is the model's, unchanged). `head fit (training)`: on top of that the module's binary head\n\
+         is fitted (ridge least squares, same images) so that its margin reproduces the model's; the only rows of\n\
+         this table with any training (issue item 5, reported separately).\n\
          FLOPs / parameters / bytes / time are per module relative to the full model (time: forward passes\n\
          over the test images, measured interleaved with the full model in the same run).\n\n\
-         | model | n | rate | tau | tau_neg | comp. | model top-1 | composed top-1 | Δ top-1 | top-5 | mean FLOPs % | mean params % | mean bytes | model bytes | time ratio | union / separate FLOPs |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | model | n | rate | tau / budget | tau_neg | comp. | rec. | model top-1 | composed top-1 | Δ top-1 | top-5 | mean FLOPs % | mean params % | mean bytes | model bytes | time ratio | union / separate FLOPs |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let d = f(&r["composed_top1"]) - f(&r["model_top1"]);
         let uf = f(&r["union_flops"]) / f(&r["separate_flops"]);
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:+.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:+.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} |\n",
             r["model"].as_str().unwrap_or(""),
             r["n"],
             r["rate"].as_str().unwrap_or(""),
-            round2(&r["tau"]),
-            round2(&r["tau_neg"]),
+            if r["budget"].is_null() {
+                round2(&r["tau"])
+            } else {
+                round2(&r["budget"])
+            },
+            if r["budget"].is_null() {
+                round2(&r["tau_neg"])
+            } else {
+                "–".into()
+            },
             r["compensation"].as_str().unwrap_or(""),
+            match (r["reconstruct"].as_bool(), r["fit_head"].as_bool()) {
+                (Some(true), Some(true)) => "yes + **head fit (training)**",
+                (Some(true), _) => "yes",
+                _ => "no",
+            },
             f(&r["model_top1"]),
             f(&r["composed_top1"]),
             d,
@@ -291,11 +373,14 @@ pub fn run(
             uf,
         ));
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{:.4},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{},{},{},{},{},{},{},{},{}\n",
             r["model"].as_str().unwrap_or(""),
             r["rate"].as_str().unwrap_or(""),
             round2(&r["tau"]),
             round2(&r["tau_neg"]),
+            if r["budget"].is_null() { String::new() } else { round2(&r["budget"]) },
+            r["reconstruct"].as_bool() == Some(true),
+            r["fit_head"].as_bool() == Some(true),
             r["compensation"].as_str().unwrap_or(""),
             r["n"],
             r["model_top1"],
@@ -369,10 +454,26 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
-        for (i, arch) in ["resnet20", "resnet56"].iter().enumerate() {
+        // Kinds: 0 rate thresholds, 1 importance budget (+ least squares), 2 with head fit.
+        let kind = |r: &Value| match (r["budget"].is_null(), r["fit_head"].as_bool()) {
+            (true, _) => 0,
+            (false, Some(true)) => 2,
+            (false, _) => 1,
+        };
+        for (i, (arch, k)) in [
+            ("resnet20", 0),
+            ("resnet56", 0),
+            ("resnet20", 1),
+            ("resnet56", 1),
+            ("resnet20", 2),
+            ("resnet56", 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let mut pts: Vec<(f64, f64)> = rows
                 .iter()
-                .filter(|r| r["model"] == *arch)
+                .filter(|r| r["model"] == arch && kind(r) == k)
                 .map(|r| {
                     (
                         f(&r["mean_flops_percent"]),
@@ -382,16 +483,37 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
                 .filter(|(x, y)| x.is_finite() && y.is_finite())
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let c = colors[i];
+            if pts.is_empty() {
+                continue;
+            }
+            let c = colors[i % 2];
+            let what = [
+                "rate thresholds",
+                "importance budget + least squares",
+                "same + head fit (TRAINING)",
+            ][k];
+            let marker = move |x: f64, y: f64| -> DynElement<'static, SVGBackend, (f64, f64)> {
+                match k {
+                    0 => Circle::new((x, y), 5, c.filled()).into_dyn(),
+                    1 => Cross::new((x, y), 6, c.stroke_width(3)).into_dyn(),
+                    _ => Circle::new((x, y), 6, c.stroke_width(2)).into_dyn(),
+                }
+            };
             chart
                 .draw_series(
                     pts.iter()
                         .filter(|p| p.1 >= Y_FLOOR)
-                        .map(|&(x, y)| Circle::new((x, y), 5, c.filled())),
+                        .map(move |&(x, y)| marker(x, y)),
                 )
                 .map_err(|e| anyhow!("{e}"))?
-                .label(format!("{arch}: channel modules (this work, measured)"))
-                .legend(move |(x, y)| Circle::new((x, y), 5, c.filled()));
+                .label(format!("{arch}: {what} (this work, measured)"))
+                .legend(move |(x, y)| -> DynElement<'static, SVGBackend, (i32, i32)> {
+                    match k {
+                        0 => Circle::new((x, y), 5, c.filled()).into_dyn(),
+                        1 => Cross::new((x, y), 6, c.stroke_width(3)).into_dyn(),
+                        _ => Circle::new((x, y), 6, c.stroke_width(2)).into_dyn(),
+                    }
+                });
             chart
                 .draw_series(
                     pts.iter()

@@ -47,6 +47,24 @@ pub struct ChannelArgs {
     /// and unconcerned images), folded exactly into the next layer.
     #[arg(long, default_value = "sample")]
     pub compensation: String,
+    /// Channel level: select channels by first-order importance for the module's margin
+    /// (per FLOP saved) until the module has at most this fraction of the model's FLOPs,
+    /// instead of the rate thresholds (`--tau`, `--tau-neg`, `--rate` are then unused).
+    #[arg(long)]
+    pub budget: Option<f32>,
+    /// Channel level: refit the convolutions of the pruned module by closed-form least
+    /// squares so that it reproduces the model's own pre-activations on the module's sample
+    /// (no labels, no gradient steps; the binary head is the model's).
+    #[arg(long)]
+    pub reconstruct: bool,
+    /// Channel level, TRAINING: fit the module's binary head (closed-form least squares) so
+    /// that its margin reproduces the model's on the module's sample. Off by default.
+    #[arg(long)]
+    pub fit_head: bool,
+    /// Channel level: images of the module's sample (half concerned, half unconcerned) that
+    /// `--budget` and `--reconstruct` look at.
+    #[arg(long, default_value_t = 512)]
+    pub fit_images: usize,
 }
 
 impl ChannelArgs {
@@ -74,11 +92,23 @@ impl ChannelArgs {
                 bail!("{name} {v}: expected a rate >= 0");
             }
         }
+        if let Some(b) = self.budget
+            && !(b > 0.0 && b <= 1.0)
+        {
+            bail!("--budget {b}: expected a fraction of the model's FLOPs in (0, 1]");
+        }
+        if (self.budget.is_some() || self.reconstruct || self.fit_head) && self.fit_images < 2 {
+            bail!("--fit-images {}: expected at least 2", self.fit_images);
+        }
         Ok(Some(ChannelConfig {
             tau: self.tau,
             tau_neg: self.tau_neg,
             rate,
             compensation,
+            budget: self.budget,
+            reconstruct: self.reconstruct,
+            fit_head: self.fit_head,
+            fit_images: self.fit_images,
         }))
     }
 }
@@ -242,6 +272,7 @@ fn write_modules(
     ccfg: &ChannelConfig,
     out_dir: &Path,
     rates: &Path,
+    fit: Option<&decomp_tangle::FitData<'_>>,
 ) -> Result<()> {
     let start = Instant::now();
     let cfg = DecompConfig {
@@ -264,7 +295,7 @@ fn write_modules(
     let (mut fp, mut pp) = (Vec::new(), Vec::new());
     let mut model_cost = Cost::default();
     for c in &set.classes {
-        let m = decomp_tangle::build_channel_module(model, c, &cfg, ccfg, &origin)
+        let m = decomp_tangle::build_channel_module(model, c, &cfg, ccfg, &origin, fit)
             .with_context(|| format!("class {}", c.class))?;
         let path = out_dir.join(format!("module_{:03}.mod", c.class));
         write_artifact(&path, &m)?;
@@ -321,15 +352,28 @@ pub fn tangle(
         );
     }
     let rates = out_dir.join("channel-rates.ccs");
-    let rates = if set.classes.iter().any(|c| c.unconcerned.is_none()) {
-        let train = training_data(data, &m)?;
-        untangle(&m, &train, &mut set, run)?;
-        write_artifact(&rates, &set)?;
-        rates
+    let needs_data = ccfg.budget.is_some() || ccfg.reconstruct || ccfg.fit_head;
+    let missing = set.classes.iter().any(|c| c.unconcerned.is_none());
+    let train = if missing || needs_data {
+        Some(training_data(data, &m)?)
     } else {
-        concern.to_path_buf()
+        None
     };
-    write_modules(&m, &set, ccfg, out_dir, &rates)
+    let rates = match &train {
+        Some(train) if missing => {
+            untangle(&m, train, &mut set, run)?;
+            write_artifact(&rates, &set)?;
+            rates
+        }
+        _ => concern.to_path_buf(),
+    };
+    let device = parse_device(&run.device)?;
+    let fit = train.as_ref().map(|train| decomp_tangle::FitData {
+        train,
+        device: &device,
+        batch_size: run.batch_size,
+    });
+    write_modules(&m, &set, ccfg, out_dir, &rates, fit.as_ref())
 }
 
 /// `decompose --granularity channel`: concern and tangling statistics (one pass each, kept
@@ -348,7 +392,13 @@ pub fn decompose(
     untangle(&m, &train, &mut set, run)?;
     let rates = out_dir.join("channel-rates.ccs");
     write_artifact(&rates, &set)?;
-    write_modules(&m, &set, ccfg, out_dir, &rates)
+    let device = parse_device(&run.device)?;
+    let fit = decomp_tangle::FitData {
+        train: &train,
+        device: &device,
+        batch_size: run.batch_size,
+    };
+    write_modules(&m, &set, ccfg, out_dir, &rates, Some(&fit))
 }
 
 /// Kind of an artifact file, read from its header alone.

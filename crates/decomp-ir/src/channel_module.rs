@@ -81,6 +81,23 @@ pub struct ChannelConfig {
     pub tau_neg: f32,
     pub rate: ActivationRate,
     pub compensation: Compensation,
+    /// Budget selection instead of thresholds: when set, `tau`, `tau_neg` and `rate` are not
+    /// used; channels are removed in order of least first-order importance per FLOP (the
+    /// squared change of the module's margin `mine - other` when the channel is held at its
+    /// compensation value, averaged over the module's sample) until the module's FLOPs are at
+    /// most this fraction of the model's.
+    pub budget: Option<f32>,
+    /// Least-squares reconstruction: after selection, every convolution feeding a mask site
+    /// is refitted in closed form (ridge least squares, in graph order) so that the pruned
+    /// network reproduces the **model's own** pre-activations of the kept channels on the
+    /// module's sample. No labels and no gradient steps; the binary head is not changed.
+    pub reconstruct: bool,
+    /// **Training** (issue 6 item 5, reported separately): fit the module's binary head by
+    /// ridge least squares so that its margin reproduces the model's on the module's sample.
+    pub fit_head: bool,
+    /// Images of the module's sample (half concerned, half unconcerned) used by budget
+    /// selection and reconstruction.
+    pub fit_images: usize,
 }
 
 impl Default for ChannelConfig {
@@ -90,6 +107,10 @@ impl Default for ChannelConfig {
             tau_neg: 0.0,
             rate: ActivationRate::MeanPositions,
             compensation: Compensation::Sample,
+            budget: None,
+            reconstruct: false,
+            fit_head: false,
+            fit_images: 512,
         }
     }
 }

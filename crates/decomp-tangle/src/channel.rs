@@ -8,7 +8,9 @@ use decomp_ir::{
     BitSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels, Compensation, DecompConfig,
     ModelIr, NodeId, SampleCounts, analysis,
 };
-use decomp_model::{ChannelAccumulator, Executor, Probe};
+use decomp_model::{ChannelAccumulator, Device, Executor, Probe};
+
+use crate::fit::{budget_plan, fit_head, reconstruct};
 
 use crate::{ModuleOrigin, TangleError, binary_head};
 
@@ -119,23 +121,104 @@ pub fn channel_plan(
     Ok(ChannelPlan { groups })
 }
 
+/// The training data budget selection and reconstruction read (the split the concern
+/// statistics came from), and where to run them.
+pub struct FitData<'a> {
+    pub train: &'a Dataset,
+    pub device: &'a Device,
+    pub batch_size: usize,
+}
+
+/// The module's sample for budget selection and reconstruction: up to `n / 2` positives
+/// and `n - n / 2` unconcerned images, evenly spaced over both lists.
+fn fit_sample(concern: &ClassChannels, n: usize, train: &Dataset) -> Result<Dataset, TangleError> {
+    fn spaced(v: &[usize], k: usize) -> impl Iterator<Item = usize> + '_ {
+        let k = k.min(v.len());
+        (0..k).map(move |i| v[i * v.len() / k])
+    }
+    let neg = concern.unconcerned.as_ref().map_or(&[][..], |u| u.images.as_slice());
+    let half = n / 2;
+    let mut idx: Vec<usize> = spaced(&concern.positives, half).collect();
+    idx.extend(spaced(neg, n - half));
+    if idx.is_empty() {
+        return Err(TangleError::Masks(format!(
+            "class {}: no images to fit on",
+            concern.class
+        )));
+    }
+    Ok(train.select(&idx)?)
+}
+
 /// Assembles the channel module of `concern.class`: the CI+TI+MC binary head (no BLN) on
-/// the graph extracted for [`channel_plan`]'s channels.
+/// the graph extracted for [`channel_plan`]'s channels, or, with a budget, for
+/// [`budget_plan`]'s; reconstructed by least squares when configured. Budget selection and
+/// reconstruction need `fit`.
 pub fn build_channel_module(
     model: &ModelIr,
     concern: &ClassChannels,
     cfg: &DecompConfig,
     channel: &ChannelConfig,
     origin: &ModuleOrigin<'_>,
+    fit: Option<&FitData<'_>>,
 ) -> Result<ChannelModule, TangleError> {
-    let plan = channel_plan(
+    let mut plan = channel_plan(
         model,
         &concern.concerned,
         concern.unconcerned.as_ref().map(|u| &u.stats),
         channel,
     )?;
     let head = binary_head(model, concern.class)?;
-    let module = extract(model, &head, concern.class, &plan)?;
+    let needs_data = channel.budget.is_some() || channel.reconstruct || channel.fit_head;
+    let sample = match (needs_data, fit) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(TangleError::Masks(
+                "budget selection, reconstruction and head fitting need the training images".into(),
+            ));
+        }
+        (true, Some(f)) => Some((f, fit_sample(concern, channel.fit_images, f.train)?)),
+    };
+    let start = std::time::Instant::now();
+    if let (Some(budget), Some((f, s))) = (channel.budget, &sample) {
+        for g in &mut plan.groups {
+            g.kept = BitSet::full(g.kept.len());
+        }
+        plan = budget_plan(
+            model,
+            &head,
+            concern.class,
+            plan,
+            budget,
+            s,
+            f.batch_size,
+            f.device,
+        )?;
+    }
+    let selected = start.elapsed().as_secs_f64();
+    let source = match (&sample, channel.reconstruct) {
+        (Some((f, s)), true) => std::borrow::Cow::Owned(reconstruct(
+            model,
+            &head,
+            concern.class,
+            &plan,
+            s,
+            f.batch_size,
+            f.device,
+        )?),
+        _ => std::borrow::Cow::Borrowed(model),
+    };
+    if needs_data {
+        tracing::info!(
+            class = concern.class,
+            select_s = selected,
+            reconstruct_s = start.elapsed().as_secs_f64() - selected,
+            "channel module fitted"
+        );
+    }
+    let mut module = extract(&source, &head, concern.class, &plan)?;
+    if let (Some((f, s)), true) = (&sample, channel.fit_head) {
+        fit_head(model, &head, &mut module, s, f.batch_size, f.device)?;
+    }
     let shapes = module.check()?;
     let model_shapes = model.check()?;
     Ok(ChannelModule {

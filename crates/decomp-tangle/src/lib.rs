@@ -10,8 +10,9 @@
 //!   (the physically small [`decomp_ir::ChannelModule`]).
 
 mod channel;
+mod fit;
 
-pub use channel::{build_channel_module, channel_plan, channel_untangle};
+pub use channel::{FitData, build_channel_module, channel_plan, channel_untangle};
 use decomp_data::Dataset;
 use decomp_ir::analysis::propagate_dead;
 use decomp_ir::{

@@ -224,6 +224,7 @@ fn tau_zero_reproduces_element_masks() {
             tau_neg: 2.0,
             rate: ActivationRate::MeanPositions,
             compensation: Compensation::Off,
+            ..ChannelConfig::default()
         };
         let p = decomp_tangle::channel_plan(&m, &ch.concerned, None, &ccfg).expect("plan");
         for g in &p.groups {
@@ -238,23 +239,23 @@ fn tau_zero_reproduces_element_masks() {
     }
 }
 
-fn module_file(dir: &Path) -> (std::path::PathBuf, ChannelModule) {
-    let m = model(8, 9);
-    let data = Dataset::synthetic(4, 10, [3, 12, 12], 4);
-    let exec = Executor::new(&m, &Device::flex()).expect("executor");
+/// The class-2 concern (with its unconcerned statistics) of `model(8, 9)` on `data`, with
+/// `positives` positives.
+fn class_channels(m: &ModelIr, data: &Dataset, positives: usize) -> decomp_ir::ClassChannels {
+    let exec = Executor::new(m, &Device::flex()).expect("executor");
     let cfg = DecompConfig {
-        positives_per_class: 8,
+        positives_per_class: positives,
         positive_filter: PositiveFilter::All,
         ..DecompConfig::default()
     };
     let (sites, chan) =
-        decomp_concern::identify_channels(&exec, &m, &data, &cfg, &[2], 8, &mut |_, _| {})
+        decomp_concern::identify_channels(&exec, m, data, &cfg, &[2], 8, &mut |_, _| {})
             .expect("channels");
     let (class, positives, stats) = chan.into_iter().next().expect("one class");
-    let (sample, per) = decomp_tangle::unconcerned_sample(&data, class, positives.len(), 0);
-    let neg = decomp_tangle::channel_untangle(&exec, &data, &sites, &sample, 8, &mut |_| {})
+    let (sample, per) = decomp_tangle::unconcerned_sample(data, class, positives.len(), 0);
+    let neg = decomp_tangle::channel_untangle(&exec, data, &sites, &sample, 8, &mut |_| {})
         .expect("untangle");
-    let ch = decomp_ir::ClassChannels {
+    decomp_ir::ClassChannels {
         class,
         positives,
         concerned: stats,
@@ -263,7 +264,113 @@ fn module_file(dir: &Path) -> (std::path::PathBuf, ChannelModule) {
             per_class: per,
             stats: neg,
         }),
+    }
+}
+
+/// Budget selection keeps the module within its FLOPs budget (the bias maps of removed
+/// inputs aside) and reconstruction, on the same channels, brings the module's margins
+/// closer to the model's own on the module's sample. Both refuse to run without data.
+#[test]
+fn budget_selection_and_reconstruction() {
+    let m = model(8, 9);
+    // 96 images: enough rows to refit the first two stages (12x12 and 6x6 maps), too few
+    // for the 3x3 maps of the last, which keeps its weights.
+    let data = Dataset::synthetic(4, 60, [3, 12, 12], 4);
+    let ch = class_channels(&m, &data, 48);
+    let cfg = DecompConfig::default();
+    let origin = decomp_tangle::ModuleOrigin {
+        model_hash: "h",
+        model_path: "p",
+        provenance: "test".into(),
     };
+    let device = Device::flex();
+    let fit = decomp_tangle::FitData {
+        train: &data,
+        device: &device,
+        batch_size: 8,
+    };
+    let budget = ChannelConfig {
+        budget: Some(0.5),
+        fit_images: 96,
+        ..ChannelConfig::default()
+    };
+    let rec_cfg = ChannelConfig {
+        reconstruct: true,
+        ..budget.clone()
+    };
+    let build = |c: &ChannelConfig| {
+        decomp_tangle::build_channel_module(&m, &ch, &cfg, c, &origin, Some(&fit)).expect("module")
+    };
+    let (plain, rec) = (build(&budget), build(&rec_cfg));
+    assert_eq!(plain.plan, rec.plan, "reconstruction keeps the selection");
+    let (kept, total) = plain.plan.kept_channels();
+    assert!(kept < total, "something was removed");
+    let ratio = plain.cost.flops as f64 / plain.model_cost.flops as f64;
+    assert!(ratio <= 0.55, "FLOPs ratio {ratio} over the 0.5 budget");
+    // Margins on the module's sample: the model's `z_c - mean of the others` against each
+    // module's `mine - other`.
+    let class = ch.class;
+    let mut idx = ch.positives.clone();
+    idx.extend(&ch.unconcerned.as_ref().expect("unconcerned").images);
+    let view = data.select(&idx).expect("select");
+    let margins = |model: &ModelIr, k: usize| -> Vec<f32> {
+        let e = Executor::new(model, &device).expect("exec");
+        let mut out = Vec::new();
+        for b in view.batches(8) {
+            let b = b.expect("batch");
+            let n = b.labels.len();
+            let z = to_vec(e.forward(e.input_tensor(b.images, n).expect("x")).expect("fwd"));
+            for row in z.chunks(k) {
+                out.push(if k == 2 {
+                    row[0] - row[1]
+                } else {
+                    let others: f32 = row.iter().sum::<f32>() - row[class];
+                    row[class] - others / (k - 1) as f32
+                });
+            }
+        }
+        out
+    };
+    let want = margins(&m, 4);
+    let err = |got: Vec<f32>| -> f64 {
+        got.iter()
+            .zip(&want)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>()
+            / want.len() as f64
+    };
+    // Keeping every channel, reconstruction reproduces the model up to the ridge.
+    let all = build(&ChannelConfig {
+        budget: Some(1.0),
+        ..rec_cfg.clone()
+    });
+    assert_eq!(all.plan.kept_channels().0, all.plan.kept_channels().1);
+    let worst = margins(&all.module, 2)
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 0.05, "full reconstruction moved a margin by {worst}");
+    let (e_plain, e_rec) = (err(margins(&plain.module, 2)), err(margins(&rec.module, 2)));
+    assert!(
+        e_rec < e_plain,
+        "reconstruction should reduce the margin error: {e_rec} vs {e_plain}"
+    );
+    let none = decomp_tangle::build_channel_module(&m, &ch, &cfg, &rec_cfg, &origin, None)
+        .err()
+        .expect("no data refused");
+    assert!(none.to_string().contains("training images"), "{none}");
+}
+
+fn module_file(dir: &Path) -> (std::path::PathBuf, ChannelModule) {
+    let m = model(8, 9);
+    let data = Dataset::synthetic(4, 10, [3, 12, 12], 4);
+    let cfg = DecompConfig {
+        positives_per_class: 8,
+        positive_filter: PositiveFilter::All,
+        ..DecompConfig::default()
+    };
+    let ch = class_channels(&m, &data, 8);
     let ccfg = ChannelConfig {
         tau: 0.3,
         tau_neg: 0.5,
@@ -275,7 +382,7 @@ fn module_file(dir: &Path) -> (std::path::PathBuf, ChannelModule) {
         provenance: "test".into(),
     };
     let module =
-        decomp_tangle::build_channel_module(&m, &ch, &cfg, &ccfg, &origin).expect("module");
+        decomp_tangle::build_channel_module(&m, &ch, &cfg, &ccfg, &origin, None).expect("module");
     let path = dir.join("module_002.mod");
     write_artifact(&path, &module).expect("write");
     (path, module)

@@ -1,6 +1,6 @@
 use decomp_ir::{BitSet, NodeMask, Op};
 use decomp_model::burn_resnet::ResNet;
-use decomp_model::{Device, Executor, Probe, ResNetConfig, Shortcut, Tensor, to_vec};
+use decomp_model::{Device, Engine, Executor, Probe, ResNetConfig, Shortcut, Tensor, to_vec};
 
 fn random_input(device: &Device, n: usize, shape: [usize; 3]) -> Tensor<4> {
     let len = n * shape.iter().product::<usize>();
@@ -176,4 +176,63 @@ fn burnpack_export_writes_a_file() {
         .export(&path)
         .expect("export");
     assert!(std::fs::metadata(&path).expect("written").len() > 4 * model.graph.num_params() as u64);
+}
+
+/// The last ReLU feeds global pooling and the linear head, so the margin is linear in it and
+/// its gate gradient has a closed form: `(w0 - w1)[c] * (mean over positions of x[b, c] -
+/// mean[c])`. Earlier gates must equal a finite difference of the margin in the gate.
+#[test]
+fn gate_gradients_are_the_margin_sensitivity() {
+    let device = Device::flex();
+    let model = ResNetConfig::new(8, 2).with_seed(3).build().expect("build");
+    let exec = Executor::with_engine(&model, &device.clone().autodiff(), Engine::Burn)
+        .expect("autodiff executor");
+    let g = &model.graph;
+    let relus: Vec<usize> = (0..g.nodes.len())
+        .filter(|&i| matches!(g.nodes[i].op, Op::Relu))
+        .collect();
+    let last = *relus.last().expect("relus");
+    let c = exec.shapes()[last][0];
+    let hw: usize = exec.shapes()[last][1..].iter().product();
+    let mean: Vec<f32> = (0..c).map(|k| 0.05 * k as f32).collect();
+    let x = random_input(&device, 3, [3, 32, 32]);
+    let grads = exec
+        .gate_gradients(x.clone(), None, &[(last, &mean)])
+        .expect("gradients");
+    let plain = Executor::new(&model, &device).expect("executor");
+    let act = to_vec(
+        plain
+            .forward_probe(
+                x,
+                &Probe {
+                    capture: &[last],
+                    masks: None,
+                },
+            )
+            .expect("forward")
+            .captured[0]
+            .clone(),
+    );
+    let Op::Linear { weight, .. } = &g.nodes[g.output].op else {
+        panic!("linear head")
+    };
+    for b in 0..3 {
+        for k in 0..c {
+            let m: f32 = act[(b * c + k) * hw..(b * c + k + 1) * hw].iter().sum::<f32>() / hw as f32;
+            let want = (weight.data[k] - weight.data[c + k]) * (m - mean[k]);
+            let got = grads[0][b * c + k];
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "image {b} channel {k}: {got} vs {want}"
+            );
+        }
+    }
+    // A two-output graph is required.
+    let four = ResNetConfig::new(8, 4).with_seed(3).build().expect("build");
+    let e4 = Executor::with_engine(&four, &device.clone().autodiff(), Engine::Burn).expect("exec");
+    let err = e4
+        .gate_gradients(random_input(&device, 1, [3, 32, 32]), None, &[])
+        .err()
+        .expect("four outputs refused");
+    assert!(err.to_string().contains("two-output"), "{err}");
 }
