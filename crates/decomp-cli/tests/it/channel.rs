@@ -357,8 +357,7 @@ fn budget_selection_and_reconstruction() {
         "reconstruction should reduce the margin error: {e_rec} vs {e_plain}"
     );
     let none = decomp_tangle::build_channel_module(&m, &ch, &cfg, &rec_cfg, &origin, None)
-        .err()
-        .expect("no data refused");
+        .expect_err("no data refused");
     assert!(none.to_string().contains("training images"), "{none}");
 }
 

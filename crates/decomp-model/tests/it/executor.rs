@@ -232,7 +232,6 @@ fn gate_gradients_are_the_margin_sensitivity() {
     let e4 = Executor::with_engine(&four, &device.clone().autodiff(), Engine::Burn).expect("exec");
     let err = e4
         .gate_gradients(random_input(&device, 1, [3, 32, 32]), None, &[])
-        .err()
-        .expect("four outputs refused");
+        .expect_err("four outputs refused");
     assert!(err.to_string().contains("two-output"), "{err}");
 }
