@@ -10,7 +10,7 @@ use decomp_ir::{
 };
 use decomp_model::{ChannelAccumulator, Device, Executor, Probe};
 
-use crate::fit::{budget_plan, fit_head, reconstruct};
+use crate::fit::{FitJob, budget_plan, fit_head, reconstruct};
 
 use crate::{ModuleOrigin, TangleError, binary_head};
 
@@ -136,7 +136,10 @@ fn fit_sample(concern: &ClassChannels, n: usize, train: &Dataset) -> Result<Data
         let k = k.min(v.len());
         (0..k).map(move |i| v[i * v.len() / k])
     }
-    let neg = concern.unconcerned.as_ref().map_or(&[][..], |u| u.images.as_slice());
+    let neg = concern
+        .unconcerned
+        .as_ref()
+        .map_or(&[][..], |u| u.images.as_slice());
     let half = n / 2;
     let mut idx: Vec<usize> = spaced(&concern.positives, half).collect();
     idx.extend(spaced(neg, n - half));
@@ -179,32 +182,23 @@ pub fn build_channel_module(
         (true, Some(f)) => Some((f, fit_sample(concern, channel.fit_images, f.train)?)),
     };
     let start = std::time::Instant::now();
-    if let (Some(budget), Some((f, s))) = (channel.budget, &sample) {
+    let job = sample.as_ref().map(|(f, s)| FitJob {
+        model,
+        head: &head,
+        class: concern.class,
+        sample: s,
+        batch_size: f.batch_size,
+        device: f.device,
+    });
+    if let (Some(budget), Some(job)) = (channel.budget, &job) {
         for g in &mut plan.groups {
             g.kept = BitSet::full(g.kept.len());
         }
-        plan = budget_plan(
-            model,
-            &head,
-            concern.class,
-            plan,
-            budget,
-            s,
-            f.batch_size,
-            f.device,
-        )?;
+        plan = budget_plan(job, plan, budget)?;
     }
     let selected = start.elapsed().as_secs_f64();
-    let source = match (&sample, channel.reconstruct) {
-        (Some((f, s)), true) => std::borrow::Cow::Owned(reconstruct(
-            model,
-            &head,
-            concern.class,
-            &plan,
-            s,
-            f.batch_size,
-            f.device,
-        )?),
+    let source = match (&job, channel.reconstruct) {
+        (Some(job), true) => std::borrow::Cow::Owned(reconstruct(job, &plan)?),
         _ => std::borrow::Cow::Borrowed(model),
     };
     if needs_data {
@@ -216,8 +210,8 @@ pub fn build_channel_module(
         );
     }
     let mut module = extract(&source, &head, concern.class, &plan)?;
-    if let (Some((f, s)), true) = (&sample, channel.fit_head) {
-        fit_head(model, &head, &mut module, s, f.batch_size, f.device)?;
+    if let (Some(job), true) = (&job, channel.fit_head) {
+        fit_head(job, &mut module)?;
     }
     let shapes = module.check()?;
     let model_shapes = model.check()?;

@@ -65,9 +65,11 @@ fn plan_flops(model: &ModelIr, shapes: &[Shape], spaces: &ChannelSpaces, kept: &
                 (2 * 2 * cin + 2) as f64
             }
             Op::BatchNorm2d { .. } => (2 * out) as f64,
-            Op::Relu | Op::Add | Op::ShortcutA { .. } | Op::ChannelGather { .. } | Op::BiasMap { .. } => {
-                out as f64
-            }
+            Op::Relu
+            | Op::Add
+            | Op::ShortcutA { .. }
+            | Op::ChannelGather { .. }
+            | Op::BiasMap { .. } => out as f64,
             Op::MaxPool2d { kernel, .. } | Op::AvgPool2d { kernel, .. } => {
                 (out * kernel[0] * kernel[1]) as f64
             }
@@ -76,6 +78,18 @@ fn plan_flops(model: &ModelIr, shapes: &[Shape], spaces: &ChannelSpaces, kept: &
         };
     }
     f
+}
+
+/// What budget selection, reconstruction and head fitting share: the source model, the
+/// module's class and binary head, its sample, and where to run.
+#[derive(Clone, Copy)]
+pub struct FitJob<'a> {
+    pub model: &'a ModelIr,
+    pub head: &'a BinaryHead,
+    pub class: usize,
+    pub sample: &'a Dataset,
+    pub batch_size: usize,
+    pub device: &'a Device,
 }
 
 /// Node of `graph` named `name`.
@@ -89,15 +103,15 @@ fn by_name(graph: &decomp_ir::Graph, name: &str) -> Result<NodeId, TangleError> 
 
 /// Per prunable group (plan order), per channel: mean over `sample` of the squared
 /// first-order change of the margin when the channel is held at its fill value.
-fn importance(
-    model: &ModelIr,
-    head: &BinaryHead,
-    class: usize,
-    plan: &ChannelPlan,
-    sample: &Dataset,
-    batch_size: usize,
-    device: &Device,
-) -> Result<Vec<Vec<f64>>, TangleError> {
+fn importance(job: &FitJob<'_>, plan: &ChannelPlan) -> Result<Vec<Vec<f64>>, TangleError> {
+    let FitJob {
+        model,
+        head,
+        class,
+        sample,
+        batch_size,
+        device,
+    } = *job;
     let (refm, masks) = reference(model, head, class, plan)?;
     let exec = Executor::with_engine(&refm, &device.clone().autodiff(), Engine::Burn)?;
     let compiled = exec.compile_masks(&masks)?;
@@ -116,12 +130,17 @@ fn importance(
             owner.push(gi);
         }
     }
-    let mut imp: Vec<Vec<f64>> = plan.groups.iter().map(|g| vec![0.0; g.kept.len()]).collect();
+    let mut imp: Vec<Vec<f64>> = plan
+        .groups
+        .iter()
+        .map(|g| vec![0.0; g.kept.len()])
+        .collect();
     let mut n = 0usize;
     for batch in sample.batches(batch_size.max(1)) {
         let b = batch?;
         let nb = b.labels.len();
-        let grads = exec.gate_gradients(exec.input_tensor(b.images, nb)?, Some(&compiled), &gated)?;
+        let grads =
+            exec.gate_gradients(exec.input_tensor(b.images, nb)?, Some(&compiled), &gated)?;
         for (gi, acc) in imp.iter_mut().enumerate() {
             let c = acc.len();
             let mut per = vec![0.0f64; nb * c];
@@ -151,17 +170,12 @@ fn importance(
 /// channel kept, fills set), removes channels in [`ROUNDS`] rounds, each removing the least
 /// important channels per FLOP saved until the round's share of the way to the budget is
 /// reached. Every space keeps at least one channel.
-#[allow(clippy::too_many_arguments)]
 pub fn budget_plan(
-    model: &ModelIr,
-    head: &BinaryHead,
-    class: usize,
+    job: &FitJob<'_>,
     mut plan: ChannelPlan,
     budget: f32,
-    sample: &Dataset,
-    batch_size: usize,
-    device: &Device,
 ) -> Result<ChannelPlan, TangleError> {
+    let model = job.model;
     if !(budget > 0.0 && budget <= 1.0) {
         return Err(TangleError::Masks(format!(
             "budget {budget}: expected a fraction of the model's FLOPs in (0, 1]"
@@ -182,7 +196,7 @@ pub fn budget_plan(
             break;
         }
         let goal = now - (now - target) / (ROUNDS - round) as f64;
-        let imp = importance(model, head, class, &plan, sample, batch_size, device)?;
+        let imp = importance(job, &plan)?;
         // Marginal FLOPs of one channel of each group at the current widths.
         let mut cand: Vec<(f64, usize, usize)> = Vec::new();
         for (gi, (g, &s)) in plan.groups.iter().zip(&prunable).enumerate() {
@@ -277,16 +291,15 @@ fn rows_of(t: &[f32], b: usize, c: usize, hw: usize, ch: &[usize], pos: &[usize]
 /// of `model` whose convolutions reaching a mask site are refitted so that the network of
 /// `plan` (removed channels held at their fills) reproduces the model's pre-activations of
 /// the kept channels on `sample`. Refitted BatchNorms become `y + beta'` (scale 1).
-#[allow(clippy::too_many_arguments)]
-pub fn reconstruct(
-    model: &ModelIr,
-    head: &BinaryHead,
-    class: usize,
-    plan: &ChannelPlan,
-    sample: &Dataset,
-    batch_size: usize,
-    device: &Device,
-) -> Result<ModelIr, TangleError> {
+pub fn reconstruct(job: &FitJob<'_>, plan: &ChannelPlan) -> Result<ModelIr, TangleError> {
+    let FitJob {
+        model,
+        head,
+        class,
+        sample,
+        batch_size,
+        device,
+    } = *job;
     let shapes = model.check()?;
     let spaces = channel_spaces(&model.graph, &shapes)?;
     let lists = plan
@@ -390,7 +403,14 @@ pub fn reconstruct(
             let cols = to_vec(cols);
             let mut u = rows_of(&cols, nb, f - 1, hw, &(0..f - 1).collect::<Vec<_>>(), pos);
             let np = pos.len();
-            let mut target = rows_of(&wanted[bi][ti], nb, co, np, ko, &(0..np).collect::<Vec<_>>());
+            let mut target = rows_of(
+                &wanted[bi][ti],
+                nb,
+                co,
+                np,
+                ko,
+                &(0..np).collect::<Vec<_>>(),
+            );
             if let Some(sc) = it.next() {
                 let sc = rows_of(&to_vec(sc), nb, co, hw, ko, pos);
                 for (t, s) in target.iter_mut().zip(sc) {
@@ -445,7 +465,7 @@ pub fn reconstruct(
             ))
         })?;
         let sol = chol.solve(&rhs); // [f, ko]
-        write_fit(&mut cur, t, ko, &sol.columns(0, ko.len()).into_owned(), f)?;
+        write_fit(&mut cur, t, ko, &sol, f)?;
     }
     Ok(cur)
 }
@@ -510,14 +530,15 @@ fn write_fit(
 /// `mine - other` reproduces the model's own margin on `sample` (the row `other` is kept;
 /// `mine` becomes `other + v`, with `v` and the bias fitted). Distillation of one linear
 /// layer, closed form.
-pub fn fit_head(
-    model: &ModelIr,
-    head: &BinaryHead,
-    module: &mut ModelIr,
-    sample: &Dataset,
-    batch_size: usize,
-    device: &Device,
-) -> Result<(), TangleError> {
+pub fn fit_head(job: &FitJob<'_>, module: &mut ModelIr) -> Result<(), TangleError> {
+    let FitJob {
+        model,
+        head,
+        sample,
+        batch_size,
+        device,
+        ..
+    } = *job;
     let original = Executor::new(model, device)?;
     let exec = Executor::new(module, device)?;
     let out = module.graph.output;
@@ -548,10 +569,15 @@ pub fn fit_head(
         for i in 0..nb {
             let zi = &z[i * fo..(i + 1) * fo];
             let m: f64 = (0..fo)
-                .map(|k| f64::from(head.weight.data[k] - head.weight.data[fo + k]) * f64::from(zi[k]))
+                .map(|k| {
+                    f64::from(head.weight.data[k] - head.weight.data[fo + k]) * f64::from(zi[k])
+                })
                 .sum::<f64>()
                 + f64::from(head.bias.data[0] - head.bias.data[1]);
-            let mut row: Vec<f64> = x[i * (f - 1)..(i + 1) * (f - 1)].iter().map(|&v| f64::from(v)).collect();
+            let mut row: Vec<f64> = x[i * (f - 1)..(i + 1) * (f - 1)]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
             row.push(1.0);
             for a in 0..f {
                 rhs[a] += row[a] * m;
@@ -567,7 +593,9 @@ pub fn fit_head(
     }
     let sol = gram
         .cholesky()
-        .ok_or_else(|| TangleError::Masks("head fit: the Gram matrix is not positive definite".into()))?
+        .ok_or_else(|| {
+            TangleError::Masks("head fit: the Gram matrix is not positive definite".into())
+        })?
         .solve(&rhs);
     let Op::Linear { weight, bias } = &mut module.graph.nodes[out].op else {
         return Err(TangleError::NoHead(module.graph.nodes[out].name.clone()));
