@@ -29,7 +29,8 @@ pub struct CpuTuning {
     /// 3x3 stride-1 convolutions with padding 1 as Winograd F(2x2, 3x3): 2.25x fewer
     /// multiplications, within float rounding of the direct product.
     pub winograd: bool,
-    /// Register-blocked product kernels compiled per SIMD level (16, 32 or 64 output
+    /// Register-blocked product kernels compiled per SIMD level (Winograd products: any
+    /// output width up to 64, padded to a multiple of 8; im2col / 1x1: 16, 32 or 64 output
     /// channels, CPUs with FMA) instead of the `gemm` crate, for the Winograd products and
     /// the im2col / 1x1 convolutions.
     pub small_kernels: bool,
@@ -71,13 +72,17 @@ impl CpuTuning {
 struct Conv {
     /// `[kh * kw * cin, cout]`, row `(ky * kw + kx) * cin + ci`, BatchNorm scale folded in.
     w: Vec<f32>,
-    /// Winograd-domain weights `G g G^T` as `[16][cin][cout]`, for 3x3 stride-1 padding-1
+    /// Winograd-domain weights `G g G^T` as `[16][cin][cp]`, for 3x3 stride-1 padding-1
     /// convolutions.
     wino: Option<Vec<f32>>,
     /// `[cout]`, BatchNorm shift folded in.
     bias: Vec<f32>,
     cin: usize,
     cout: usize,
+    /// Columns of the Winograd weights and products: `cout` rounded up to a multiple of 8
+    /// (zero columns), so that the register-blocked kernels cover every width up to 64, as
+    /// channel modules have (their outputs beyond `cout` are computed and dropped).
+    cp: usize,
     kernel: [usize; 2],
     stride: [usize; 2],
     pad: [usize; 2],
@@ -1080,20 +1085,21 @@ impl CpuPlan {
         scratch: &mut Vec<f32>,
     ) -> Vec<f32> {
         let [h, w] = c.in_hw;
-        let (cin, cout) = (c.cin, c.cout);
+        let (cin, cout, cp) = (c.cin, c.cout, c.cp);
         let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
         let tiles = n * th * tw;
         let mut y = vec![0.0f32; n * h * w * cout];
-        let tb = (self.tuning.block / (16 * cin.max(cout))).clamp(1, tiles);
-        scratch.resize(tb * 16 * (cin + cout), 0.0);
+        let tb = (self.tuning.block / (16 * cin.max(cp))).clamp(1, tiles);
+        scratch.resize(tb * 16 * (cin + cp), 0.0);
         let (v, m) = scratch.split_at_mut(tb * 16 * cin);
         let zero = vec![0.0f32; cin];
-        let mut tmp = vec![0.0f32; 32 * cin.max(cout)];
+        let mut tmp = vec![0.0f32; 32 * cin.max(cp)];
         let geo = Wino {
             h,
             w,
             cin,
             cout,
+            cp,
             th,
             tw,
         };
@@ -1105,17 +1111,17 @@ impl CpuPlan {
                 for xi in 0..16 {
                     let g = Gemm {
                         m: rows,
-                        n: cout,
+                        n: cp,
                         k: cin,
                         lhs_rs: 16 * cin,
-                        rhs_rs: cout,
-                        dst_rs: 16 * cout,
+                        rhs_rs: cp,
+                        dst_rs: 16 * cp,
                     };
                     sgemm(
                         g,
-                        &mut m[xi * cout..],
+                        &mut m[xi * cp..],
                         &v[xi * cin..],
-                        &u[xi * cin * cout..(xi + 1) * cin * cout],
+                        &u[xi * cin * cp..(xi + 1) * cin * cp],
                         false,
                     )
                     .expect("winograd shapes are consistent");
@@ -1224,6 +1230,8 @@ struct Wino {
     w: usize,
     cin: usize,
     cout: usize,
+    /// Row length of the products (see `Conv::cp`).
+    cp: usize,
     th: usize,
     tw: usize,
 }
@@ -1310,21 +1318,27 @@ fn wino_output<S: macerator::Simd>(
     bias: &[f32],
 ) {
     let Wino {
-        h, w, cout, th, tw, ..
+        h,
+        w,
+        cout,
+        cp,
+        th,
+        tw,
+        ..
     } = geo;
-    for (t, mt) in (t0..t1).zip(m.chunks_exact(16 * cout)) {
+    for (t, mt) in (t0..t1).zip(m.chunks_exact(16 * cp)) {
         let img = t / (th * tw);
         let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
         // Rows, all four columns at once: tmp[dy * 4 + b] = (A^T m)[dy][b].
-        let e = |a: usize| &mt[a * 4 * cout..(a + 1) * 4 * cout];
-        let (r0, r1) = tmp[..8 * cout].split_at_mut(4 * cout);
+        let e = |a: usize| &mt[a * 4 * cp..(a + 1) * 4 * cp];
+        let (r0, r1) = tmp[..8 * cp].split_at_mut(4 * cp);
         butterfly_out(e(0), e(1), e(2), e(3), r0, r1, None);
         for dy in 0..2 {
             let oy = 2 * ty + dy;
             if oy >= h {
                 continue;
             }
-            let r = |b: usize| &tmp[(dy * 4 + b) * cout..][..cout];
+            let r = |b: usize| &tmp[(dy * 4 + b) * cp..][..cout];
             let ox = 2 * tx;
             let row = &mut y[((img * h + oy) * w + ox) * cout..];
             if ox + 1 < w {
@@ -1353,10 +1367,15 @@ fn wino_gemm(geo: Wino, rows: usize, v: &[f32], u: &[f32], m: &mut [f32]) -> boo
     if !fma_available() {
         return false;
     }
-    match geo.cout {
+    match geo.cp {
         64 => wino_gemm_simd::<64>(geo.cin, rows, v, u, m),
+        56 => wino_gemm_simd::<56>(geo.cin, rows, v, u, m),
+        48 => wino_gemm_simd::<48>(geo.cin, rows, v, u, m),
+        40 => wino_gemm_simd::<40>(geo.cin, rows, v, u, m),
         32 => wino_gemm_simd::<32>(geo.cin, rows, v, u, m),
+        24 => wino_gemm_simd::<24>(geo.cin, rows, v, u, m),
         16 => wino_gemm_simd::<16>(geo.cin, rows, v, u, m),
+        8 => wino_gemm_simd::<8>(geo.cin, rows, v, u, m),
         _ => return false,
     }
     true
@@ -1572,6 +1591,7 @@ fn conv(
         }
         b[co] = bias.as_ref().map_or(0.0, |b| b.data[co]) * s + t;
     }
+    let cp = cout.div_ceil(8) * 8;
     let wino = (kh == 3 && kw == 3 && *stride == [1, 1] && *padding == [1, 1]).then(|| {
         // U = G g G^T per (ci, co), G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]].
         let g = [
@@ -1580,7 +1600,7 @@ fn conv(
             [0.5, -0.5, 0.5],
             [0.0, 0.0, 1.0],
         ];
-        let mut u = vec![0.0f32; 16 * cin * cout];
+        let mut u = vec![0.0f32; 16 * cin * cp];
         for ci in 0..cin {
             for co in 0..cout {
                 let s = bn.map_or(1.0, |(s, _)| s[co]) as f64;
@@ -1594,7 +1614,7 @@ fn conv(
                                 v += g[a][y] * k(y, x) * g[b][x];
                             }
                         }
-                        u[((a * 4 + b) * cin + ci) * cout + co] = v as f32;
+                        u[((a * 4 + b) * cin + ci) * cp + co] = v as f32;
                     }
                 }
             }
@@ -1607,6 +1627,7 @@ fn conv(
         bias: b,
         cin,
         cout,
+        cp,
         kernel: [kh, kw],
         stride: *stride,
         pad: *padding,
