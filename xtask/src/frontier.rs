@@ -26,6 +26,8 @@ struct Point {
     compensation: &'static str,
     budget: Option<f32>,
     reconstruct: bool,
+    /// Least-squares passes per convolution with `reconstruct` (1 plain, more: ReLU-aware).
+    relu_passes: u32,
     /// Training (reported separately): least-squares fit of the binary head.
     fit_head: bool,
 }
@@ -38,6 +40,7 @@ const fn p(tau: f32, rate: &'static str, compensation: &'static str) -> Point {
         compensation,
         budget: None,
         reconstruct: false,
+        relu_passes: 1,
         fit_head: false,
     }
 }
@@ -52,7 +55,16 @@ const fn b(budget: f32, reconstruct: bool) -> Point {
         compensation: "sample",
         budget: Some(budget),
         reconstruct,
+        relu_passes: 1,
         fit_head: false,
+    }
+}
+
+/// [`b`] with reconstruction by 3 least-squares passes (2 of them ReLU-aware).
+const fn br(budget: f32) -> Point {
+    Point {
+        relu_passes: 3,
+        ..b(budget, true)
     }
 }
 
@@ -72,6 +84,7 @@ const T0: Point = Point {
     compensation: "off",
     budget: None,
     reconstruct: false,
+    relu_passes: 1,
     fit_head: false,
 };
 
@@ -90,11 +103,14 @@ const R20_POINTS: &[Point] = &[
     b(0.4, true),
     b(0.3, true),
     bh(0.4),
+    br(0.4),
+    br(0.3),
 ];
 const R56_POINTS: &[Point] = &[
     T0,
     p(0.2, "deviation", "sample"),
     p(0.2, "mean-positions", "sample"),
+    br(0.4),
 ];
 
 /// Test images per evaluation when `--limit` is not given (CPU time: 2 cores shared).
@@ -198,9 +214,14 @@ pub fn run(
         for pt in points {
             let name = match pt.budget {
                 Some(b) => format!(
-                    "budget{b}-{}{}{}",
+                    "budget{b}-{}{}{}{}",
                     pt.compensation,
                     if pt.reconstruct { "-reconstruct" } else { "" },
+                    if pt.reconstruct && pt.relu_passes > 1 {
+                        format!("-relu{}", pt.relu_passes)
+                    } else {
+                        String::new()
+                    },
                     if pt.fit_head { "-fithead" } else { "" }
                 ),
                 None => format!(
@@ -236,7 +257,11 @@ pub fn run(
                     ])),
                 }
                 if pt.reconstruct {
-                    a.push("--reconstruct".into());
+                    a.extend(strings(&[
+                        "--reconstruct",
+                        "--relu-passes",
+                        &pt.relu_passes.to_string(),
+                    ]));
                 }
                 if pt.fit_head {
                     a.push("--fit-head".into());
@@ -284,6 +309,7 @@ pub fn run(
                 "rate": pt.rate,
                 "budget": pt.budget,
                 "reconstruct": pt.reconstruct,
+                "relu_passes": if pt.reconstruct { Some(pt.relu_passes) } else { None },
                 "fit_head": pt.fit_head,
                 "n": v["n"],
                 "model_top1": v["model_top1"],
@@ -309,7 +335,7 @@ pub fn run(
         &serde_json::to_string_pretty(&rows)?,
     )?;
     let mut csv = String::from(
-        "model,rate,tau,tau_neg,budget,reconstruct,fit_head,compensation,n,model_top1,composed_top1,delta_top1,composed_top5,mean_flops_percent,mean_params_percent,mean_bytes,model_bytes,mean_time_ratio,separate_flops,union_flops,model_flops\n",
+        "model,rate,tau,tau_neg,budget,reconstruct,relu_passes,fit_head,compensation,n,model_top1,composed_top1,delta_top1,composed_top5,mean_flops_percent,mean_params_percent,mean_bytes,model_bytes,mean_time_ratio,separate_flops,union_flops,model_flops\n",
     );
     let mut md = String::from(
         "# Size-vs-accuracy frontier of channel-level modules (issue 6)\n\n\
@@ -329,7 +355,9 @@ pub fn run(
          (the bias maps of removed inputs come on top). `rec. = yes`: every convolution feeding a ReLU is then\n\
          refitted in graph order by ridge least squares so that the pruned module reproduces the model's own\n\
          pre-activations of its kept channels on those images (closed form, no labels, no gradient steps; the\n\
-         binary head is the model's, unchanged). `head fit (training)`: on top of that the module's binary head\n\
+         binary head is the model's, unchanged); `N passes (ReLU-aware)`: after the first solve, each further pass\n\
+         replaces the target by `min(prediction, 0)` where the model's pre-activation is <= 0 (its ReLU outputs 0\n\
+         for any such value) and solves again. `head fit (training)`: on top of that the module's binary head\n\
          is fitted (ridge least squares, same images) so that its margin reproduces the model's; the only rows of\n\
          this table with any training (issue item 5, reported separately).\n\
          FLOPs / parameters / bytes / time are per module relative to the full model (time: forward passes\n\
@@ -356,10 +384,25 @@ pub fn run(
                 "–".into()
             },
             r["compensation"].as_str().unwrap_or(""),
-            match (r["reconstruct"].as_bool(), r["fit_head"].as_bool()) {
-                (Some(true), Some(true)) => "yes + **head fit (training)**",
-                (Some(true), _) => "yes",
-                _ => "no",
+            match (
+                r["reconstruct"].as_bool(),
+                r["relu_passes"].as_u64().unwrap_or(1),
+                r["fit_head"].as_bool(),
+            ) {
+                (Some(true), p, head) => format!(
+                    "yes{}{}",
+                    if p > 1 {
+                        format!(", {p} passes (ReLU-aware)")
+                    } else {
+                        String::new()
+                    },
+                    if head == Some(true) {
+                        " + **head fit (training)**"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => "no".into(),
             },
             f(&r["model_top1"]),
             f(&r["composed_top1"]),
@@ -373,13 +416,20 @@ pub fn run(
             uf,
         ));
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{:.4},{},{},{},{},{},{},{},{},{}\n",
             r["model"].as_str().unwrap_or(""),
             r["rate"].as_str().unwrap_or(""),
             round2(&r["tau"]),
             round2(&r["tau_neg"]),
-            if r["budget"].is_null() { String::new() } else { round2(&r["budget"]) },
+            if r["budget"].is_null() {
+                String::new()
+            } else {
+                round2(&r["budget"])
+            },
             r["reconstruct"].as_bool() == Some(true),
+            r["relu_passes"]
+                .as_u64()
+                .map_or(String::new(), |p| p.to_string()),
             r["fit_head"].as_bool() == Some(true),
             r["compensation"].as_str().unwrap_or(""),
             r["n"],
@@ -420,6 +470,19 @@ pub fn run(
     Ok(())
 }
 
+/// The marker of point kind `k` (see `plot`) at `at`, on the chart and in the legend (a
+/// macro: the two need different coordinate types). Published points are gray triangles.
+macro_rules! marker {
+    ($k:expr, $c:expr, $at:expr) => {
+        match $k {
+            0 => Circle::new($at, 5, $c.filled()).into_dyn(),
+            1 => Cross::new($at, 6, $c.stroke_width(3)).into_dyn(),
+            3 => TriangleMarker::new($at, 7, $c.filled()).into_dyn(),
+            _ => Circle::new($at, 6, $c.stroke_width(2)).into_dyn(),
+        }
+    };
+}
+
 fn plot(path: &Path, rows: &[Value]) -> Result<()> {
     let tmp: PathBuf = path.with_extension("svg.tmp");
     {
@@ -454,17 +517,25 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
-        // Kinds: 0 rate thresholds, 1 importance budget (+ least squares), 2 with head fit.
-        let kind = |r: &Value| match (r["budget"].is_null(), r["fit_head"].as_bool()) {
-            (true, _) => 0,
-            (false, Some(true)) => 2,
-            (false, _) => 1,
+        // Kinds: 0 rate thresholds, 1 importance budget (+ least squares), 2 with head fit,
+        // 3 budget + ReLU-aware least squares.
+        let kind = |r: &Value| match (
+            r["budget"].is_null(),
+            r["fit_head"].as_bool(),
+            r["relu_passes"].as_u64().unwrap_or(1) > 1,
+        ) {
+            (true, _, _) => 0,
+            (false, Some(true), _) => 2,
+            (false, _, true) => 3,
+            (false, _, false) => 1,
         };
         for (i, (arch, k)) in [
             ("resnet20", 0),
             ("resnet56", 0),
             ("resnet20", 1),
             ("resnet56", 1),
+            ("resnet20", 3),
+            ("resnet56", 3),
             ("resnet20", 2),
             ("resnet56", 2),
         ]
@@ -490,30 +561,22 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             let what = [
                 "rate thresholds",
                 "importance budget + least squares",
-                "same + head fit (TRAINING)",
+                "budget + least squares + head fit (TRAINING)",
+                "importance budget + ReLU-aware least squares",
             ][k];
-            let marker = move |x: f64, y: f64| -> DynElement<'static, SVGBackend, (f64, f64)> {
-                match k {
-                    0 => Circle::new((x, y), 5, c.filled()).into_dyn(),
-                    1 => Cross::new((x, y), 6, c.stroke_width(3)).into_dyn(),
-                    _ => Circle::new((x, y), 6, c.stroke_width(2)).into_dyn(),
-                }
-            };
             chart
-                .draw_series(
-                    pts.iter()
-                        .filter(|p| p.1 >= Y_FLOOR)
-                        .map(move |&(x, y)| marker(x, y)),
-                )
+                .draw_series(pts.iter().filter(|p| p.1 >= Y_FLOOR).map(
+                    move |&(x, y)| -> DynElement<'static, SVGBackend, (f64, f64)> {
+                        marker!(k, c, (x, y))
+                    },
+                ))
                 .map_err(|e| anyhow!("{e}"))?
                 .label(format!("{arch}: {what} (this work, measured)"))
-                .legend(move |(x, y)| -> DynElement<'static, SVGBackend, (i32, i32)> {
-                    match k {
-                        0 => Circle::new((x, y), 5, c.filled()).into_dyn(),
-                        1 => Cross::new((x, y), 6, c.stroke_width(3)).into_dyn(),
-                        _ => Circle::new((x, y), 6, c.stroke_width(2)).into_dyn(),
-                    }
-                });
+                .legend(
+                    move |(x, y)| -> DynElement<'static, SVGBackend, (i32, i32)> {
+                        marker!(k, c, (x, y))
+                    },
+                );
             chart
                 .draw_series(
                     pts.iter()

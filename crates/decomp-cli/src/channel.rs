@@ -57,6 +57,11 @@ pub struct ChannelArgs {
     /// (no labels, no gradient steps; the binary head is the model's).
     #[arg(long)]
     pub reconstruct: bool,
+    /// Channel level, with `--reconstruct`: least-squares passes per convolution. 1 = plain
+    /// least squares; each further pass is ReLU-aware (where the model's pre-activation is
+    /// <= 0, any prediction <= 0 is as good, so the target becomes min(prediction, 0)).
+    #[arg(long, default_value_t = 3)]
+    pub relu_passes: u32,
     /// Channel level, TRAINING: fit the module's binary head (closed-form least squares) so
     /// that its margin reproduces the model's on the module's sample. Off by default.
     #[arg(long)]
@@ -100,6 +105,9 @@ impl ChannelArgs {
         if (self.budget.is_some() || self.reconstruct || self.fit_head) && self.fit_images < 2 {
             bail!("--fit-images {}: expected at least 2", self.fit_images);
         }
+        if !(1..=16).contains(&self.relu_passes) {
+            bail!("--relu-passes {}: expected 1 to 16", self.relu_passes);
+        }
         Ok(Some(ChannelConfig {
             tau: self.tau,
             tau_neg: self.tau_neg,
@@ -107,6 +115,7 @@ impl ChannelArgs {
             compensation,
             budget: self.budget,
             reconstruct: self.reconstruct,
+            relu_passes: self.relu_passes,
             fit_head: self.fit_head,
             fit_images: self.fit_images,
         }))

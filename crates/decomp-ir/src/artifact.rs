@@ -26,8 +26,10 @@ use crate::error::IrError;
 
 /// First bytes of every artifact.
 pub const MAGIC: &[u8; 8] = b"DECOMPIR";
-/// Format version written by this build.
-pub const FORMAT_VERSION: u16 = 1;
+/// Format version written by this build. Version 2: channel modules record
+/// `ChannelConfig::relu_passes` (their version-1 payloads are not read; every other kind's
+/// payload is unchanged from version 1).
+pub const FORMAT_VERSION: u16 = 2;
 /// Oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Header size in bytes.
@@ -85,6 +87,8 @@ impl fmt::Display for ArtifactKind {
 /// A value that can be stored as an artifact file.
 pub trait Artifact: Serialize + DeserializeOwned {
     const KIND: ArtifactKind;
+    /// Oldest format version whose payload of this kind this build decodes.
+    const MIN_VERSION: u16 = MIN_FORMAT_VERSION;
     /// Checks invariants after decoding; the default accepts everything.
     fn validate(&self) -> Result<(), String> {
         Ok(())
@@ -150,6 +154,14 @@ pub fn decode_artifact<T: Artifact>(bytes: &[u8], origin: &Path) -> Result<T, Ir
             found: ArtifactKind::from_u16(kind)
                 .map_or_else(|| format!("unknown ({kind})"), |k| k.to_string()),
             expected: T::KIND,
+        });
+    }
+    if version < T::MIN_VERSION {
+        return Err(IrError::Version {
+            path: origin.to_path_buf(),
+            found: version,
+            min: T::MIN_VERSION,
+            max: FORMAT_VERSION,
         });
     }
     let mut len = [0u8; 8];

@@ -92,6 +92,12 @@ pub struct ChannelConfig {
     /// network reproduces the **model's own** pre-activations of the kept channels on the
     /// module's sample. No labels and no gradient steps; the binary head is not changed.
     pub reconstruct: bool,
+    /// Passes of the reconstruction's least squares per convolution (>= 1; default 3).
+    /// 1: plain least squares of the pre-activations. Each further pass is ReLU-aware:
+    /// where the model's pre-activation is `<= 0` its ReLU outputs 0 for any value `<= 0`,
+    /// so the target there becomes `min(previous prediction, 0)` and the convolution is
+    /// solved again (same Gram matrix, new right-hand side).
+    pub relu_passes: u32,
     /// **Training** (issue 6 item 5, reported separately): fit the module's binary head by
     /// ridge least squares so that its margin reproduces the model's on the module's sample.
     pub fit_head: bool,
@@ -109,6 +115,7 @@ impl Default for ChannelConfig {
             compensation: Compensation::Sample,
             budget: None,
             reconstruct: false,
+            relu_passes: 3,
             fit_head: false,
             fit_images: 512,
         }
@@ -288,6 +295,8 @@ pub struct ChannelModule {
 
 impl Artifact for ChannelModule {
     const KIND: ArtifactKind = ArtifactKind::ChannelModule;
+    /// Version 2 added `ChannelConfig::relu_passes`; older channel modules are rebuilt.
+    const MIN_VERSION: u16 = 2;
     fn validate(&self) -> Result<(), String> {
         let shapes = self.module.check().map_err(|e| e.to_string())?;
         if self.module.num_classes() != 2 {

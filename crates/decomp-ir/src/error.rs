@@ -22,7 +22,7 @@ pub enum IrError {
     #[error("{path}: not a decomp artifact (expected magic {expected:?} at offset 0)")]
     BadMagic { path: PathBuf, expected: &'static str },
     #[error(
-        "{path}: artifact format version {found}, this build reads versions {min}..={max}"
+        "{path}: artifact format version {found}, this build reads versions {min}..={max} of this kind (rebuild the file with this build)"
     )]
     Version {
         path: PathBuf,

@@ -198,7 +198,9 @@ pub fn build_channel_module(
     }
     let selected = start.elapsed().as_secs_f64();
     let source = match (&job, channel.reconstruct) {
-        (Some(job), true) => std::borrow::Cow::Owned(reconstruct(job, &plan)?),
+        (Some(job), true) => {
+            std::borrow::Cow::Owned(reconstruct(job, &plan, channel.relu_passes.max(1))?)
+        }
         _ => std::borrow::Cow::Borrowed(model),
     };
     if needs_data {

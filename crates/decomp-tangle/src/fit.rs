@@ -14,8 +14,10 @@
 //!   errors are corrected), the target being the model's own pre-activation at that site
 //!   (for a residual sum, minus the pruned network's shortcut). Weights of removed input
 //!   channels are fitted too: they meet constants, so [`extract`](decomp_ir::channel::extract)
-//!   folds them into bias maps as before. Closed form, label-free, no gradient steps; the
-//!   head is the model's.
+//!   folds them into bias maps as before. Further ReLU-aware passes relax the target where
+//!   the model's pre-activation is `<= 0` (the ReLU outputs 0 for any value there) to
+//!   `min(prediction, 0)`. Closed form, label-free, no gradient steps; the head is the
+//!   model's.
 
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
@@ -291,7 +293,14 @@ fn rows_of(t: &[f32], b: usize, c: usize, hw: usize, ch: &[usize], pos: &[usize]
 /// of `model` whose convolutions reaching a mask site are refitted so that the network of
 /// `plan` (removed channels held at their fills) reproduces the model's pre-activations of
 /// the kept channels on `sample`. Refitted BatchNorms become `y + beta'` (scale 1).
-pub fn reconstruct(job: &FitJob<'_>, plan: &ChannelPlan) -> Result<ModelIr, TangleError> {
+/// `passes` > 1 adds ReLU-aware passes ([`decomp_ir::ChannelConfig::relu_passes`]): where
+/// the model's pre-activation is `<= 0`, the target becomes `min(prediction, -shortcut)`
+/// and the convolution is solved again with the same Gram matrix.
+pub fn reconstruct(
+    job: &FitJob<'_>,
+    plan: &ChannelPlan,
+    passes: u32,
+) -> Result<ModelIr, TangleError> {
     let FitJob {
         model,
         head,
@@ -382,6 +391,8 @@ pub fn reconstruct(job: &FitJob<'_>, plan: &ChannelPlan) -> Result<ModelIr, Tang
         let mut gram = DMatrix::<f64>::zeros(f, f);
         let mut rhs = DMatrix::<f64>::zeros(f, ko.len());
         let mut rows_seen = 0usize;
+        // Per batch for the ReLU-aware passes: rows, targets and bounds.
+        let mut kept_rows: Vec<(Tensor<2>, Vec<f32>, Vec<f32>)> = Vec::new();
         for (bi, batch) in sample.batches(batch_size.max(1)).enumerate() {
             let b = batch?;
             let nb = b.labels.len();
@@ -403,7 +414,8 @@ pub fn reconstruct(job: &FitJob<'_>, plan: &ChannelPlan) -> Result<ModelIr, Tang
             let cols = to_vec(cols);
             let mut u = rows_of(&cols, nb, f - 1, hw, &(0..f - 1).collect::<Vec<_>>(), pos);
             let np = pos.len();
-            let mut target = rows_of(
+            // The model's pre-activation at the site, minus the pruned network's shortcut.
+            let full = rows_of(
                 &wanted[bi][ti],
                 nb,
                 co,
@@ -411,12 +423,28 @@ pub fn reconstruct(job: &FitJob<'_>, plan: &ChannelPlan) -> Result<ModelIr, Tang
                 ko,
                 &(0..np).collect::<Vec<_>>(),
             );
-            if let Some(sc) = it.next() {
-                let sc = rows_of(&to_vec(sc), nb, co, hw, ko, pos);
-                for (t, s) in target.iter_mut().zip(sc) {
-                    *t -= s;
-                }
-            }
+            let shortcut = it
+                .next()
+                .map(|sc| rows_of(&to_vec(sc), nb, co, hw, ko, pos));
+            let target: Vec<f32> = match &shortcut {
+                Some(sc) => full.iter().zip(sc).map(|(t, s)| t - s).collect(),
+                None => full.clone(),
+            };
+            // ReLU-aware passes: where the model's pre-activation is <= 0, any prediction
+            // `p` with `p + shortcut <= 0` gives the same ReLU output; the bound is
+            // `-shortcut` there and +inf elsewhere.
+            let bound: Vec<f32> = if passes > 1 {
+                full.iter()
+                    .enumerate()
+                    .map(|(i, &z)| match (z <= 0.0, &shortcut) {
+                        (false, _) => f32::INFINITY,
+                        (true, Some(sc)) => -sc[i],
+                        (true, None) => 0.0,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let rows = nb * pos.len();
             rows_seen += rows;
             // Append the bias column.
@@ -430,19 +458,15 @@ pub fn reconstruct(job: &FitJob<'_>, plan: &ChannelPlan) -> Result<ModelIr, Tang
                 decomp_model::BurnTensorData::new(u, [rows, f]),
                 original.device(),
             );
-            let tm = Tensor::<2>::from_data(
-                decomp_model::BurnTensorData::new(target, [rows, ko.len()]),
-                original.device(),
-            );
             let ut = um.clone().transpose();
-            let g = to_vec(ut.clone().matmul(um));
-            let r = to_vec(ut.matmul(tm));
+            let g = to_vec(ut.matmul(um.clone()));
             // Row-major host data into column-major nalgebra storage (G is symmetric).
             for (i, v) in g.iter().enumerate() {
                 gram[(i / f, i % f)] += f64::from(*v);
             }
-            for (i, v) in r.iter().enumerate() {
-                rhs[(i / ko.len(), i % ko.len())] += f64::from(*v);
+            add_rhs(&mut rhs, &um, &target, original.device());
+            if passes > 1 {
+                kept_rows.push((um, target, bound));
             }
         }
         if rows_seen < MIN_ROWS_PER_WEIGHT * f {
@@ -464,10 +488,47 @@ pub fn reconstruct(job: &FitJob<'_>, plan: &ChannelPlan) -> Result<ModelIr, Tang
                 model.graph.nodes[t.conv].name
             ))
         })?;
-        let sol = chol.solve(&rhs); // [f, ko]
+        let mut sol = chol.solve(&rhs); // [f, ko]
+        for _ in 1..passes {
+            // Row-major `[f, ko]` copy of the solution.
+            let w: Vec<f32> = (0..f)
+                .flat_map(|i| (0..ko.len()).map(move |j| (i, j)))
+                .map(|(i, j)| sol[(i, j)] as f32)
+                .collect();
+            let wt = Tensor::<2>::from_data(
+                decomp_model::BurnTensorData::new(w, [f, ko.len()]),
+                original.device(),
+            );
+            let mut relaxed = DMatrix::<f64>::zeros(f, ko.len());
+            for (um, target, bound) in &kept_rows {
+                let pred = to_vec(um.clone().matmul(wt.clone()));
+                let t: Vec<f32> = target
+                    .iter()
+                    .zip(bound)
+                    .zip(&pred)
+                    .map(|((&t, &b), &p)| if b.is_finite() { p.min(b) } else { t })
+                    .collect();
+                add_rhs(&mut relaxed, um, &t, original.device());
+            }
+            sol = chol.solve(&relaxed);
+        }
         write_fit(&mut cur, t, ko, &sol, f)?;
     }
     Ok(cur)
+}
+
+/// `rhs += u^T t` for rows `u` (`[rows, f]`) and targets `t` (`[rows, ko]`, row-major).
+fn add_rhs(rhs: &mut DMatrix<f64>, u: &Tensor<2>, t: &[f32], device: &Device) {
+    let (rows, ko) = (u.dims()[0], rhs.ncols());
+    let tm = Tensor::<2>::from_data(
+        decomp_model::BurnTensorData::new(t.to_vec(), [rows, ko]),
+        device,
+    );
+    let r = to_vec(u.clone().transpose().matmul(tm));
+    // Row-major host data into column-major nalgebra storage.
+    for (i, v) in r.iter().enumerate() {
+        rhs[(i / ko, i % ko)] += f64::from(*v);
+    }
 }
 
 /// Writes fitted post-BatchNorm weights `sol` (`[cin*kh*kw + 1, ko]`, last row the bias)

@@ -319,7 +319,10 @@ fn budget_selection_and_reconstruction() {
         for b in view.batches(8) {
             let b = b.expect("batch");
             let n = b.labels.len();
-            let z = to_vec(e.forward(e.input_tensor(b.images, n).expect("x")).expect("fwd"));
+            let z = to_vec(
+                e.forward(e.input_tensor(b.images, n).expect("x"))
+                    .expect("fwd"),
+            );
             for row in z.chunks(k) {
                 out.push(if k == 2 {
                     row[0] - row[1]
@@ -350,12 +353,27 @@ fn budget_selection_and_reconstruction() {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst < 0.05, "full reconstruction moved a margin by {worst}");
-    let (e_plain, e_rec) = (err(margins(&plain.module, 2)), err(margins(&rec.module, 2)));
     assert!(
-        e_rec < e_plain,
-        "reconstruction should reduce the margin error: {e_rec} vs {e_plain}"
+        worst < 0.05,
+        "full reconstruction moved a margin by {worst}"
     );
+    // Plain least squares (1 pass) and the default ReLU-aware passes (3) both reduce the
+    // margin error, and the passes change the fit.
+    let one = build(&ChannelConfig {
+        relu_passes: 1,
+        ..rec_cfg.clone()
+    });
+    assert_eq!(one.plan, rec.plan, "passes keep the selection");
+    let (e_plain, e_one, e_rec) = (
+        err(margins(&plain.module, 2)),
+        err(margins(&one.module, 2)),
+        err(margins(&rec.module, 2)),
+    );
+    assert!(
+        e_one < e_plain && e_rec < e_plain,
+        "reconstruction should reduce the margin error: {e_one} (1 pass), {e_rec} (3) vs {e_plain}"
+    );
+    assert_ne!(e_one, e_rec, "ReLU-aware passes left the fit unchanged");
     let none = decomp_tangle::build_channel_module(&m, &ch, &cfg, &rec_cfg, &origin, None)
         .expect_err("no data refused");
     assert!(none.to_string().contains("training images"), "{none}");

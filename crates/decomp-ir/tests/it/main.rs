@@ -138,10 +138,12 @@ fn size_limit_and_kind_are_enforced() {
 }
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model.ir");
+/// The same model written by format version 1 (models did not change in version 2).
+const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model_v1.ir");
 
-/// The bytes of format version 1 are frozen: if this fails, the encoding changed and
+/// The bytes of format version 2 are frozen: if this fails, the encoding changed and
 /// FORMAT_VERSION must be bumped (with a reader for the old version). Regenerate with
-/// `DECOMP_UPDATE_GOLDEN=1 cargo test -p decomp-ir`.
+/// `DECOMP_UPDATE_GOLDEN=1 cargo test -p decomp-ir`. Version-1 model files still read.
 #[test]
 fn golden_file_is_stable() {
     let (bytes, _) = encode_artifact(&tiny_model()).expect("encode");
@@ -150,10 +152,24 @@ fn golden_file_is_stable() {
     }
     let golden = std::fs::read(GOLDEN).expect("golden file is committed");
     assert_eq!(&golden[..8], b"DECOMPIR");
-    assert_eq!(u16::from_le_bytes([golden[8], golden[9]]), 1, "format version");
+    assert_eq!(u16::from_le_bytes([golden[8], golden[9]]), 2, "format version");
     assert_eq!(bytes, golden, "encoding of the tiny model changed");
     let m: ModelIr = decode_artifact(&golden, Path::new(GOLDEN)).expect("decode golden");
     assert_eq!(m, tiny_model());
+    let v1 = std::fs::read(GOLDEN_V1).expect("version-1 golden file is committed");
+    assert_eq!(u16::from_le_bytes([v1[8], v1[9]]), 1, "format version");
+    let m: ModelIr = decode_artifact(&v1, Path::new(GOLDEN_V1)).expect("decode version 1");
+    assert_eq!(m, tiny_model());
+    // A version-1 channel module (its payload changed in version 2) is refused by name.
+    let mut cm = v1.clone();
+    cm[10..12].copy_from_slice(&(ArtifactKind::ChannelModule as u16).to_le_bytes());
+    let e = decode_artifact::<decomp_ir::ChannelModule>(&cm, Path::new("old.mod"))
+        .expect_err("version-1 channel module")
+        .to_string();
+    assert!(
+        e.contains("old.mod: artifact format version 1, this build reads versions 2..=2"),
+        "{e}"
+    );
 }
 
 #[test]
