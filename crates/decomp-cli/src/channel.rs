@@ -339,7 +339,7 @@ fn write_modules(
 
 /// `tangle --granularity channel`: unconcerned statistics where missing (written, with the
 /// concerned ones, to `<out-dir>/channel-rates.ccs` for reuse by a threshold sweep), then
-/// the modules.
+/// the modules (of `--classes` only, when given).
 pub fn tangle(
     model: &ModelArgs,
     data: &DataArgs,
@@ -359,6 +359,18 @@ pub fn tangle(
             set.model_path,
             set.model_hash
         );
+    }
+    if let Some(want) = &run.classes {
+        if let Some(c) = want
+            .iter()
+            .find(|&&c| !set.classes.iter().any(|k| k.class == c))
+        {
+            bail!(
+                "--classes {c}: the channel concern set {} has no class {c}",
+                concern.display()
+            );
+        }
+        set.classes.retain(|k| want.contains(&k.class));
     }
     let rates = out_dir.join("channel-rates.ccs");
     let needs_data = ccfg.budget.is_some() || ccfg.reconstruct || ccfg.fit_head;

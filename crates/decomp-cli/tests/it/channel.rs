@@ -555,6 +555,35 @@ fn channel_stages_run_alone_on_previous_artifacts() {
     args.extend(&common[..6]);
     let (ok, _, err) = decomp(&args);
     assert!(ok, "{err}");
+    // `--classes` builds only those modules; a class the concern set lacks is refused.
+    let two = d.join("two");
+    for (classes, ok_wanted) in [("2", true), ("2,11", false)] {
+        let mut args = vec![
+            "tangle",
+            "--concern",
+            cs.to_str().expect("utf8"),
+            "--out-dir",
+            two.to_str().expect("utf8"),
+            "--classes",
+            classes,
+        ];
+        args.extend(thresholds);
+        args.extend(&common[..6]);
+        let (ok, _, err) = decomp(&args);
+        assert_eq!(ok, ok_wanted, "--classes {classes}: {err}");
+        if !ok {
+            assert!(
+                err.contains("has no class 11") && err.contains("c.ccs"),
+                "{err}"
+            );
+        }
+    }
+    let built: Vec<_> = std::fs::read_dir(&two)
+        .expect("ls")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".mod"))
+        .collect();
+    assert_eq!(built, vec!["module_002.mod".to_string()]);
     let one = d.join("one");
     let mut args = vec!["decompose", "--out-dir", one.to_str().expect("utf8")];
     args.extend(thresholds);
