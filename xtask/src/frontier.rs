@@ -76,6 +76,14 @@ const fn bh(budget: f32) -> Point {
     }
 }
 
+/// [`br`], then the binary head fitted (training).
+const fn bhr(budget: f32) -> Point {
+    Point {
+        fit_head: true,
+        ..br(budget)
+    }
+}
+
 /// The element method's "keep if ever active" at channel granularity (tau = tau_neg = 0).
 const T0: Point = Point {
     tau: 0.0,
@@ -103,8 +111,11 @@ const R20_POINTS: &[Point] = &[
     b(0.4, true),
     b(0.3, true),
     bh(0.4),
+    br(0.6),
+    br(0.5),
     br(0.4),
     br(0.3),
+    bhr(0.4),
 ];
 const R56_POINTS: &[Point] = &[
     T0,
