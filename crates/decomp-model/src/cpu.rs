@@ -29,10 +29,9 @@ pub struct CpuTuning {
     /// 3x3 stride-1 convolutions with padding 1 as Winograd F(2x2, 3x3): 2.25x fewer
     /// multiplications, within float rounding of the direct product.
     pub winograd: bool,
-    /// Register-blocked product kernels compiled per SIMD level (Winograd products: any
-    /// output width up to 64, padded to a multiple of 8; im2col / 1x1: 16, 32 or 64 output
-    /// channels, CPUs with FMA) instead of the `gemm` crate, for the Winograd products and
-    /// the im2col / 1x1 convolutions.
+    /// Register-blocked product kernels compiled per SIMD level (any output width up to 64,
+    /// weights padded to a multiple of 8 columns; CPUs with FMA) instead of the `gemm`
+    /// crate, for the Winograd products and the im2col / 1x1 convolutions.
     pub small_kernels: bool,
 }
 
@@ -70,7 +69,8 @@ impl CpuTuning {
 }
 
 struct Conv {
-    /// `[kh * kw * cin, cout]`, row `(ky * kw + kx) * cin + ci`, BatchNorm scale folded in.
+    /// `[kh * kw * cin, cp]`, row `(ky * kw + kx) * cin + ci`, BatchNorm scale folded in,
+    /// columns from `cout` on zero.
     w: Vec<f32>,
     /// Winograd-domain weights `G g G^T` as `[16][cin][cp]`, for 3x3 stride-1 padding-1
     /// convolutions.
@@ -79,9 +79,9 @@ struct Conv {
     bias: Vec<f32>,
     cin: usize,
     cout: usize,
-    /// Columns of the Winograd weights and products: `cout` rounded up to a multiple of 8
-    /// (zero columns), so that the register-blocked kernels cover every width up to 64, as
-    /// channel modules have (their outputs beyond `cout` are computed and dropped).
+    /// Columns of the weights and of the Winograd products: `cout` rounded up to a multiple
+    /// of 8 (zero columns), so that the register-blocked kernels cover every width up to 64,
+    /// as channel modules have (their outputs beyond `cout` are computed and dropped).
     cp: usize,
     kernel: [usize; 2],
     stride: [usize; 2],
@@ -1148,7 +1148,7 @@ impl CpuPlan {
                 n: c.cout,
                 k,
                 lhs_rs: k,
-                rhs_rs: c.cout,
+                rhs_rs: c.cp,
                 dst_rs: c.cout,
             };
             let small = Small {
@@ -1156,9 +1156,10 @@ impl CpuPlan {
                 k,
                 lhs_rs: k,
                 dst_rs: c.cout,
+                cols: c.cout,
                 accumulate: true,
             };
-            if !(self.tuning.small_kernels && small_product(small, c.cout, x, &c.w, &mut y)) {
+            if !(self.tuning.small_kernels && small_product(small, c.cp, x, &c.w, &mut y)) {
                 sgemm(g, &mut y, x, &c.w, true).expect("conv shapes checked by validation");
             }
             return y;
@@ -1204,16 +1205,17 @@ impl CpuPlan {
                 k,
                 lhs_rs: k,
                 dst_rs: c.cout,
+                cols: c.cout,
                 accumulate: true,
             };
             let (dst, lhs) = (&mut y[r0 * c.cout..r1 * c.cout], &scratch[..(r1 - r0) * k]);
-            if !(self.tuning.small_kernels && small_product(small, c.cout, lhs, &c.w, dst)) {
+            if !(self.tuning.small_kernels && small_product(small, c.cp, lhs, &c.w, dst)) {
                 let g = Gemm {
                     m: r1 - r0,
                     n: c.cout,
                     k,
                     lhs_rs: k,
-                    rhs_rs: c.cout,
+                    rhs_rs: c.cp,
                     dst_rs: c.cout,
                 };
                 sgemm(g, dst, lhs, &c.w, true).expect("conv shapes checked by validation");
@@ -1407,6 +1409,7 @@ fn wino_gemm_simd<const C: usize>(cin: usize, rows: usize, v: &[f32], u: &[f32],
             k: cin,
             lhs_rs: 16 * cin,
             dst_rs: 16 * C,
+            cols: C,
             accumulate: false,
         };
         small_gemm::<C>(
@@ -1419,13 +1422,15 @@ fn wino_gemm_simd<const C: usize>(cin: usize, rows: usize, v: &[f32], u: &[f32],
 }
 
 /// Shape of one [`small_gemm`]: `rows` rows of `k` (row stride `lhs_rs`) times `[k][C]`
-/// into rows of `C` (row stride `dst_rs`), added to `dst` when `accumulate`.
+/// into the first `cols <= C` columns of rows of `dst` (row stride `dst_rs`), added to
+/// `dst` when `accumulate` (the product's columns from `cols` on are dropped).
 #[derive(Clone, Copy)]
 struct Small {
     rows: usize,
     k: usize,
     lhs_rs: usize,
     dst_rs: usize,
+    cols: usize,
     accumulate: bool,
 }
 
@@ -1444,15 +1449,16 @@ fn small_gemm<S: macerator::Simd, const C: usize>(
         k,
         lhs_rs,
         dst_rs,
+        cols,
         accumulate,
     } = g;
     let rhs = &rhs[..k * C];
     let init = |dst: &[f32], r: usize| -> [f32; C] {
+        let mut a = [0.0; C];
         if accumulate {
-            dst[r * dst_rs..][..C].try_into().expect("C columns")
-        } else {
-            [0.0; C]
+            a[..cols].copy_from_slice(&dst[r * dst_rs..][..cols]);
         }
+        a
     };
     let mut t0 = 0;
     while t0 + 4 <= rows {
@@ -1475,7 +1481,7 @@ fn small_gemm<S: macerator::Simd, const C: usize>(
             }
         }
         for (r, a) in [a0, a1, a2, a3].iter().enumerate() {
-            dst[(t0 + r) * dst_rs..][..C].copy_from_slice(a);
+            dst[(t0 + r) * dst_rs..][..cols].copy_from_slice(&a[..cols]);
         }
         t0 += 4;
     }
@@ -1486,21 +1492,27 @@ fn small_gemm<S: macerator::Simd, const C: usize>(
                 *o = a.mul_add(*w, *o);
             }
         }
-        dst[t0 * dst_rs..][..C].copy_from_slice(&acc);
+        dst[t0 * dst_rs..][..cols].copy_from_slice(&acc[..cols]);
         t0 += 1;
     }
 }
 
-/// `dst (+)= lhs x rhs` (row-major, `rhs` `[k][n]` contiguous) with [`small_gemm`] when `n` is
-/// 16, 32 or 64 and the CPU has FMA; `false` (nothing done) otherwise.
+/// `dst (+)= lhs x rhs` (row-major, `rhs` `[k][n]` contiguous, `n` a multiple of 8 up to
+/// 64, of which the first `g.cols` columns are kept) with [`small_gemm`] when the CPU has
+/// FMA; `false` (nothing done) otherwise.
 fn small_product(g: Small, n: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) -> bool {
     if !fma_available() {
         return false;
     }
     match n {
         64 => small_gemm::<64>(g, lhs, rhs, dst),
+        56 => small_gemm::<56>(g, lhs, rhs, dst),
+        48 => small_gemm::<48>(g, lhs, rhs, dst),
+        40 => small_gemm::<40>(g, lhs, rhs, dst),
         32 => small_gemm::<32>(g, lhs, rhs, dst),
+        24 => small_gemm::<24>(g, lhs, rhs, dst),
         16 => small_gemm::<16>(g, lhs, rhs, dst),
+        8 => small_gemm::<8>(g, lhs, rhs, dst),
         _ => return false,
     }
     true
@@ -1577,7 +1589,8 @@ fn conv(
     };
     let [_, h, w] = chw(in_shape);
     let [_, ho, wo] = chw(out_shape);
-    let mut wm = vec![0.0f32; kh * kw * cin * cout];
+    let cp = cout.div_ceil(8) * 8;
+    let mut wm = vec![0.0f32; kh * kw * cin * cp];
     let mut b = vec![0.0f32; cout];
     for co in 0..cout {
         let (s, t) = bn.map_or((1.0, 0.0), |(s, t)| (s[co], t[co]));
@@ -1585,13 +1598,12 @@ fn conv(
             for ky in 0..kh {
                 for kx in 0..kw {
                     let v = weight.data[((co * cin + ci) * kh + ky) * kw + kx];
-                    wm[((ky * kw + kx) * cin + ci) * cout + co] = v * s;
+                    wm[((ky * kw + kx) * cin + ci) * cp + co] = v * s;
                 }
             }
         }
         b[co] = bias.as_ref().map_or(0.0, |b| b.data[co]) * s + t;
     }
-    let cp = cout.div_ceil(8) * 8;
     let wino = (kh == 3 && kw == 3 && *stride == [1, 1] && *padding == [1, 1]).then(|| {
         // U = G g G^T per (ci, co), G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]].
         let g = [
