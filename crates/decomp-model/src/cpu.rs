@@ -1143,29 +1143,12 @@ impl CpuPlan {
         let mut y = repeat_rows(&c.bias, rows);
         let pointwise = c.kernel == [1, 1] && c.stride == [1, 1] && c.pad == [0, 0];
         if pointwise {
-            let g = Gemm {
-                m: rows,
-                n: c.cout,
-                k,
-                lhs_rs: k,
-                rhs_rs: c.cp,
-                dst_rs: c.cout,
-            };
-            let small = Small {
-                rows,
-                k,
-                lhs_rs: k,
-                dst_rs: c.cout,
-                cols: c.cout,
-                accumulate: true,
-            };
-            if !(self.tuning.small_kernels && small_product(small, c.cp, x, &c.w, &mut y)) {
-                sgemm(g, &mut y, x, &c.w, true).expect("conv shapes checked by validation");
-            }
+            self.conv_product(c, x, rows, k, &mut y, scratch);
             return y;
         }
         let block = (self.tuning.block / k).clamp(1, rows);
         scratch.resize(block * k, 0.0);
+        let mut padded = Vec::new();
         let row_len = c.kernel[1] * c.cin;
         for r0 in (0..rows).step_by(block) {
             let r1 = (r0 + block).min(rows);
@@ -1200,28 +1183,59 @@ impl CpuPlan {
                     }
                 }
             }
-            let small = Small {
-                rows: r1 - r0,
-                k,
-                lhs_rs: k,
-                dst_rs: c.cout,
-                cols: c.cout,
-                accumulate: true,
-            };
             let (dst, lhs) = (&mut y[r0 * c.cout..r1 * c.cout], &scratch[..(r1 - r0) * k]);
-            if !(self.tuning.small_kernels && small_product(small, c.cp, lhs, &c.w, dst)) {
-                let g = Gemm {
-                    m: r1 - r0,
-                    n: c.cout,
-                    k,
-                    lhs_rs: k,
-                    rhs_rs: c.cp,
-                    dst_rs: c.cout,
-                };
-                sgemm(g, dst, lhs, &c.w, true).expect("conv shapes checked by validation");
-            }
+            self.conv_product(c, lhs, r1 - r0, k, dst, &mut padded);
         }
         y
+    }
+
+    /// `dst += lhs x w` for `rows` rows of `k` (`dst` `[rows][cout]`, bias preloaded): the
+    /// register-blocked kernel for `cp` columns, straight into `dst` when `cout == cp`, else
+    /// into `padded` (`[rows][cp]`) and added to `dst` in one pass; the `gemm` crate without
+    /// the kernels.
+    fn conv_product(
+        &self,
+        c: &Conv,
+        lhs: &[f32],
+        rows: usize,
+        k: usize,
+        dst: &mut [f32],
+        padded: &mut Vec<f32>,
+    ) {
+        let small = |dst_rs: usize, accumulate: bool, out: &mut [f32]| {
+            let g = Small {
+                rows,
+                k,
+                lhs_rs: k,
+                dst_rs,
+                accumulate,
+            };
+            self.tuning.small_kernels && small_product(g, c.cp, lhs, &c.w, out)
+        };
+        if c.cout == c.cp {
+            if small(c.cout, true, dst) {
+                return;
+            }
+        } else {
+            padded.resize(rows * c.cp, 0.0);
+            if small(c.cp, false, padded) {
+                for (d, p) in dst.chunks_exact_mut(c.cout).zip(padded.chunks_exact(c.cp)) {
+                    for (x, y) in d.iter_mut().zip(p) {
+                        *x += y;
+                    }
+                }
+                return;
+            }
+        }
+        let g = Gemm {
+            m: rows,
+            n: c.cout,
+            k,
+            lhs_rs: k,
+            rhs_rs: c.cp,
+            dst_rs: c.cout,
+        };
+        sgemm(g, dst, lhs, &c.w, true).expect("conv shapes checked by validation");
     }
 }
 
@@ -1409,7 +1423,6 @@ fn wino_gemm_simd<const C: usize>(cin: usize, rows: usize, v: &[f32], u: &[f32],
             k: cin,
             lhs_rs: 16 * cin,
             dst_rs: 16 * C,
-            cols: C,
             accumulate: false,
         };
         small_gemm::<C>(
@@ -1422,15 +1435,13 @@ fn wino_gemm_simd<const C: usize>(cin: usize, rows: usize, v: &[f32], u: &[f32],
 }
 
 /// Shape of one [`small_gemm`]: `rows` rows of `k` (row stride `lhs_rs`) times `[k][C]`
-/// into the first `cols <= C` columns of rows of `dst` (row stride `dst_rs`), added to
-/// `dst` when `accumulate` (the product's columns from `cols` on are dropped).
+/// into rows of `C` (row stride `dst_rs`), added to `dst` when `accumulate`.
 #[derive(Clone, Copy)]
 struct Small {
     rows: usize,
     k: usize,
     lhs_rs: usize,
     dst_rs: usize,
-    cols: usize,
     accumulate: bool,
 }
 
@@ -1449,16 +1460,15 @@ fn small_gemm<S: macerator::Simd, const C: usize>(
         k,
         lhs_rs,
         dst_rs,
-        cols,
         accumulate,
     } = g;
     let rhs = &rhs[..k * C];
     let init = |dst: &[f32], r: usize| -> [f32; C] {
-        let mut a = [0.0; C];
         if accumulate {
-            a[..cols].copy_from_slice(&dst[r * dst_rs..][..cols]);
+            dst[r * dst_rs..][..C].try_into().expect("C columns")
+        } else {
+            [0.0; C]
         }
-        a
     };
     let mut t0 = 0;
     while t0 + 4 <= rows {
@@ -1481,7 +1491,7 @@ fn small_gemm<S: macerator::Simd, const C: usize>(
             }
         }
         for (r, a) in [a0, a1, a2, a3].iter().enumerate() {
-            dst[(t0 + r) * dst_rs..][..cols].copy_from_slice(&a[..cols]);
+            dst[(t0 + r) * dst_rs..][..C].copy_from_slice(a);
         }
         t0 += 4;
     }
@@ -1492,14 +1502,13 @@ fn small_gemm<S: macerator::Simd, const C: usize>(
                 *o = a.mul_add(*w, *o);
             }
         }
-        dst[t0 * dst_rs..][..cols].copy_from_slice(&acc[..cols]);
+        dst[t0 * dst_rs..][..C].copy_from_slice(&acc);
         t0 += 1;
     }
 }
 
-/// `dst (+)= lhs x rhs` (row-major, `rhs` `[k][n]` contiguous, `n` a multiple of 8 up to
-/// 64, of which the first `g.cols` columns are kept) with [`small_gemm`] when the CPU has
-/// FMA; `false` (nothing done) otherwise.
+/// `dst (+)= lhs x rhs` (row-major, `rhs` `[k][n]` contiguous) with [`small_gemm`] when `n` is
+/// a multiple of 8 up to 64 and the CPU has FMA; `false` (nothing done) otherwise.
 fn small_product(g: Small, n: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) -> bool {
     if !fma_available() {
         return false;
