@@ -121,6 +121,7 @@ const R56_POINTS: &[Point] = &[
     T0,
     p(0.2, "deviation", "sample"),
     p(0.2, "mean-positions", "sample"),
+    br(0.5),
     br(0.4),
 ];
 
