@@ -30,6 +30,9 @@ struct Point {
     relu_passes: u32,
     /// Training (reported separately): least-squares fit of the binary head.
     fit_head: bool,
+    /// Also composed on the whole test split (`compose-full.json`), to check the estimate
+    /// from the first `n` images.
+    whole_split: bool,
 }
 
 const fn p(tau: f32, rate: &'static str, compensation: &'static str) -> Point {
@@ -42,6 +45,7 @@ const fn p(tau: f32, rate: &'static str, compensation: &'static str) -> Point {
         reconstruct: false,
         relu_passes: 1,
         fit_head: false,
+        whole_split: false,
     }
 }
 
@@ -57,6 +61,7 @@ const fn b(budget: f32, reconstruct: bool) -> Point {
         reconstruct,
         relu_passes: 1,
         fit_head: false,
+        whole_split: false,
     }
 }
 
@@ -84,6 +89,14 @@ const fn bhr(budget: f32) -> Point {
     }
 }
 
+/// `pt`, also composed on the whole test split.
+const fn whole(pt: Point) -> Point {
+    Point {
+        whole_split: true,
+        ..pt
+    }
+}
+
 /// The element method's "keep if ever active" at channel granularity (tau = tau_neg = 0).
 const T0: Point = Point {
     tau: 0.0,
@@ -94,6 +107,7 @@ const T0: Point = Point {
     reconstruct: false,
     relu_passes: 1,
     fit_head: false,
+    whole_split: false,
 };
 
 /// Points per model (`tau_neg = 2`: no bring-back by tangling).
@@ -113,7 +127,7 @@ const R20_POINTS: &[Point] = &[
     bh(0.4),
     br(0.6),
     br(0.5),
-    br(0.4),
+    whole(br(0.4)),
     br(0.3),
     bhr(0.4),
 ];
@@ -121,8 +135,7 @@ const R56_POINTS: &[Point] = &[
     T0,
     p(0.2, "deviation", "sample"),
     p(0.2, "mean-positions", "sample"),
-    br(0.5),
-    br(0.4),
+    whole(br(0.4)),
 ];
 
 /// Test images per evaluation when `--limit` is not given (CPU time: 2 cores shared).
@@ -173,6 +186,30 @@ fn write(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// The `rec.` column of row `r`: reconstruction, its passes, and the head fit (training).
+fn rec_label(r: &Value) -> String {
+    match (
+        r["reconstruct"].as_bool(),
+        r["relu_passes"].as_u64().unwrap_or(1),
+        r["fit_head"].as_bool(),
+    ) {
+        (Some(true), p, head) => format!(
+            "yes{}{}",
+            if p > 1 {
+                format!(", {p} passes (ReLU-aware)")
+            } else {
+                String::new()
+            },
+            if head == Some(true) {
+                " + **head fit (training)**"
+            } else {
+                ""
+            }
+        ),
+        _ => "no".into(),
+    }
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -283,36 +320,49 @@ pub fn run(
                 ctx.decomp(&a)?;
             }
             let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
-            let result = pdir.join("compose.json");
-            if !result.is_file() {
-                let mods = summary["modules"]
-                    .as_array()
-                    .ok_or_else(|| anyhow!("{}: no modules", summary_path.display()))?;
-                let mut a = vec!["compose".to_string()];
-                a.extend(mods.iter().filter_map(|m| m.as_str().map(str::to_string)));
-                a.extend(strings(&[
-                    "--dataset",
-                    "cifar10",
-                    "--data-dir",
-                    &data,
-                    "--split",
-                    "test",
-                    "--device",
-                    &ctx.device,
-                ]));
-                a.extend(strings(&[
-                    "--reference-model",
-                    &weights,
-                    "--out",
-                    &result.display().to_string(),
-                ]));
-                a.extend([
-                    "--limit".into(),
-                    ctx.limit.unwrap_or(DEFAULT_LIMIT).to_string(),
-                ]);
-                ctx.decomp(&a)?;
-            }
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
+            // Composes the point's modules on the first `limit` test images (all without).
+            let compose = |result: &Path, limit: Option<usize>| -> Result<Value> {
+                if !result.is_file() {
+                    let mods = summary["modules"]
+                        .as_array()
+                        .ok_or_else(|| anyhow!("{}: no modules", summary_path.display()))?;
+                    let mut a = vec!["compose".to_string()];
+                    a.extend(mods.iter().filter_map(|m| m.as_str().map(str::to_string)));
+                    a.extend(strings(&[
+                        "--dataset",
+                        "cifar10",
+                        "--data-dir",
+                        &data,
+                        "--split",
+                        "test",
+                        "--device",
+                        &ctx.device,
+                        "--reference-model",
+                        &weights,
+                        "--out",
+                        &result.display().to_string(),
+                    ]));
+                    if let Some(l) = limit {
+                        a.extend(["--limit".into(), l.to_string()]);
+                    }
+                    ctx.decomp(&a)?;
+                }
+                Ok(serde_json::from_str(&std::fs::read_to_string(result)?)?)
+            };
+            let v = compose(
+                &pdir.join("compose.json"),
+                Some(ctx.limit.unwrap_or(DEFAULT_LIMIT)),
+            )?;
+            let whole = if pt.whole_split {
+                let w = compose(&pdir.join("compose-full.json"), None)?;
+                serde_json::json!({
+                    "n": w["n"],
+                    "model_top1": w["model_top1"],
+                    "composed_top1": w["composed_top1"],
+                })
+            } else {
+                Value::Null
+            };
             rows.push(serde_json::json!({
                 "model": arch,
                 "tau": pt.tau,
@@ -338,6 +388,7 @@ pub fn run(
                 "model_flops": v["model_cost"]["flops"],
                 "compose_seconds": v["seconds"],
                 "per_module": v["per_module"],
+                "whole_split": whole,
                 "run": pdir.display().to_string(),
             }));
         }
@@ -396,26 +447,7 @@ pub fn run(
                 "–".into()
             },
             r["compensation"].as_str().unwrap_or(""),
-            match (
-                r["reconstruct"].as_bool(),
-                r["relu_passes"].as_u64().unwrap_or(1),
-                r["fit_head"].as_bool(),
-            ) {
-                (Some(true), p, head) => format!(
-                    "yes{}{}",
-                    if p > 1 {
-                        format!(", {p} passes (ReLU-aware)")
-                    } else {
-                        String::new()
-                    },
-                    if head == Some(true) {
-                        " + **head fit (training)**"
-                    } else {
-                        ""
-                    }
-                ),
-                _ => "no".into(),
-            },
+            rec_label(r),
             f(&r["model_top1"]),
             f(&r["composed_top1"]),
             d,
@@ -457,6 +489,27 @@ pub fn run(
             r["separate_flops"],
             r["union_flops"],
             r["model_flops"],
+        ));
+    }
+    md.push_str(
+        "\n## Whole test split\n\nThe same modules composed on all test images, against the estimate from the first `n`:\n\n\
+         | model | selection | mean FLOPs % | n | model top-1 | composed top-1 | Δ top-1 | Δ on the first n |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows.iter().filter(|r| !r["whole_split"].is_null()) {
+        let w = &r["whole_split"];
+        md.push_str(&format!(
+            "| {} | budget {}, {} | {:.1} | {} | {:.2} | {:.2} | {:+.2} | {:+.2} (n = {}) |\n",
+            r["model"].as_str().unwrap_or("?"),
+            round2(&r["budget"]),
+            rec_label(r),
+            f(&r["mean_flops_percent"]),
+            w["n"],
+            f(&w["model_top1"]),
+            f(&w["composed_top1"]),
+            f(&w["composed_top1"]) - f(&w["model_top1"]),
+            f(&r["composed_top1"]) - f(&r["model_top1"]),
+            r["n"],
         ));
     }
     md.push_str(
