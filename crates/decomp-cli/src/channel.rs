@@ -497,10 +497,19 @@ pub struct ComposeInputs<'a> {
     pub reference: Option<&'a str>,
     pub json: bool,
     pub out: Option<&'a Path>,
+    /// Margins of every module on every image, for `decomp vote`.
+    pub save_margins: Option<&'a Path>,
+    /// `--naive`: refused (channel modules always run as separate passes).
+    pub naive: bool,
 }
 
 /// `compose` of channel modules: each runs as its own small graph; voting as before.
 pub fn compose(a: ComposeInputs<'_>) -> Result<()> {
+    if a.naive {
+        bail!(
+            "--naive applies to element modules (one pass per module instead of one batched pass); channel modules always run as separate passes"
+        );
+    }
     let mut modules = Vec::with_capacity(a.modules.len());
     for p in a.modules {
         if artifact_kind(p)? != Some(ArtifactKind::ChannelModule) {
@@ -656,6 +665,30 @@ pub fn compose(a: ComposeInputs<'_>) -> Result<()> {
         per_module,
         seconds,
     };
+    if let Some(p) = a.save_margins {
+        let m = crate::vote::Margins {
+            format: crate::vote::MARGINS_FORMAT.into(),
+            images: crate::vote::image_set(a.data, &classes),
+            class_names: data.class_names().to_vec(),
+            modules: modules
+                .iter()
+                .zip(a.modules)
+                .map(|(m, p)| crate::vote::MarginModule {
+                    path: p.display().to_string(),
+                    class: m.class,
+                    class_name: m.class_name.clone(),
+                    model_hash: m.model_hash.clone(),
+                })
+                .collect(),
+            labels: r.run.labels.clone(),
+            margins: r.run.margins.clone(),
+            model_top1: out.model_top1,
+            model_top5: out.model_top5,
+            model_per_class: model_acc.as_ref().map(|m| m.per_class.clone()),
+            seconds,
+        };
+        write_atomic(p, serde_json::to_string(&m)?.as_bytes())?;
+    }
     let text = serde_json::to_string(&out)?;
     if let Some(p) = a.out {
         write_atomic(p, text.as_bytes())?;

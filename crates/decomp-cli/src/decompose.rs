@@ -431,6 +431,8 @@ pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
             reference: a.reference_model.as_deref(),
             json: a.json,
             out: a.out.as_deref(),
+            save_margins: a.save_margins.as_deref(),
+            naive: a.naive,
         });
     }
     let modules: Vec<ModuleIr> = a

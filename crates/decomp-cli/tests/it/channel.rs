@@ -603,11 +603,38 @@ fn channel_stages_run_alone_on_previous_artifacts() {
     let mut args: Vec<&str> = vec!["compose"];
     args.extend(mods.iter().map(String::as_str));
     let (ms, ds) = (s(&m), s(&data));
+    let margins = s(&dir.path().join("margins.json"));
     args.extend(["--data-file", &ds, "--json", "--reference-model", &ms]);
+    args.extend(["--save-margins", &margins]);
     let (ok, out, err) = decomp(&args);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(v["n"], 40);
+    // The saved margins let `vote` recompose the same modules without running them.
+    let (ok, vout, err) = decomp(&[
+        "vote",
+        "--margins",
+        &margins,
+        "--pick",
+        "0:0,0:1,0:2,0:3,0:4,0:5,0:6,0:7,0:8,0:9",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let vv: serde_json::Value = serde_json::from_str(vout.trim()).expect("vote JSON");
+    let top1 = |x: &serde_json::Value| x.as_f64().expect("top-1");
+    assert!(
+        (top1(&vv["top1"]) - top1(&v["composed_top1"])).abs() < 1e-9,
+        "{vout}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&margins).expect("margins")).expect("JSON");
+    assert_eq!(saved["model_top1"], v["model_top1"]);
+    assert_eq!(saved["labels"].as_array().expect("labels").len(), 40);
+    // `--naive` does not apply to channel modules and is refused, not ignored.
+    let mut naive = args.clone();
+    naive.push("--naive");
+    let (ok, _, err) = decomp(&naive);
+    assert!(!ok && err.contains("--naive"), "{err}");
     assert_eq!(v["per_module"].as_array().expect("per module").len(), 10);
     assert!(v["mean_flops_percent"].as_f64().expect("flops %") < 100.0);
     assert!(v["model_top1"].as_f64().is_some());
