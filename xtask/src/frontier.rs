@@ -126,6 +126,7 @@ const R20_POINTS: &[Point] = &[
     b(0.3, true),
     bh(0.4),
     br(0.75),
+    br(0.7),
     br(0.6),
     br(0.5),
     whole(br(0.4)),
