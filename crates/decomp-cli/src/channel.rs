@@ -666,28 +666,19 @@ pub fn compose(a: ComposeInputs<'_>) -> Result<()> {
         seconds,
     };
     if let Some(p) = a.save_margins {
-        let m = crate::vote::Margins {
-            format: crate::vote::MARGINS_FORMAT.into(),
-            images: crate::vote::image_set(a.data, &classes),
-            class_names: data.class_names().to_vec(),
-            modules: modules
-                .iter()
-                .zip(a.modules)
-                .map(|(m, p)| crate::vote::MarginModule {
-                    path: p.display().to_string(),
-                    class: m.class,
-                    class_name: m.class_name.clone(),
-                    model_hash: m.model_hash.clone(),
-                })
-                .collect(),
-            labels: r.run.labels.clone(),
-            margins: r.run.margins.clone(),
-            model_top1: out.model_top1,
-            model_top5: out.model_top5,
-            model_per_class: model_acc.as_ref().map(|m| m.per_class.clone()),
+        let columns = modules
+            .iter()
+            .zip(a.modules)
+            .map(|(m, p)| crate::vote::MarginModule::new(p, m.class, &m.class_name, &m.model_hash));
+        crate::vote::save_margins(
+            p,
+            crate::vote::image_set(a.data, &classes),
+            data.class_names(),
+            columns.collect(),
+            &r.run,
+            model_acc.as_ref(),
             seconds,
-        };
-        write_atomic(p, serde_json::to_string(&m)?.as_bytes())?;
+        )?;
     }
     let text = serde_json::to_string(&out)?;
     if let Some(p) = a.out {

@@ -480,7 +480,7 @@ pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
         composed_per_class: composed.per_class.clone(),
         model_top1: model.as_ref().map(|m| m.top1),
         model_top5: model.as_ref().map(|m| m.top5),
-        model_per_class: model.map(|m| m.per_class),
+        model_per_class: model.as_ref().map(|m| m.per_class.clone()),
         module_size: s.per_module,
         mean_module_size: s.mean,
         mean_overlap: s.mean_overlap,
@@ -489,28 +489,18 @@ pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
         mode: format!("{mode:?}").to_lowercase(),
     };
     if let Some(p) = &a.save_margins {
-        let m = crate::vote::Margins {
-            format: crate::vote::MARGINS_FORMAT.into(),
-            images: crate::vote::image_set(&a.data, &classes),
-            class_names: data.class_names().to_vec(),
-            modules: modules
-                .iter()
-                .zip(&a.modules)
-                .map(|(m, p)| crate::vote::MarginModule {
-                    path: p.display().to_string(),
-                    class: m.class,
-                    class_name: m.class_name.clone(),
-                    model_hash: m.model_hash.clone(),
-                })
-                .collect(),
-            labels: run.labels.clone(),
-            margins: run.margins.clone(),
-            model_top1: out.model_top1,
-            model_top5: out.model_top5,
-            model_per_class: out.model_per_class.clone(),
+        let columns = modules.iter().zip(&a.modules).map(|(m, p)| {
+            crate::vote::MarginModule::new(p, m.class, &m.class_name, &m.model_hash)
+        });
+        crate::vote::save_margins(
+            p,
+            crate::vote::image_set(&a.data, &classes),
+            data.class_names(),
+            columns.collect(),
+            &run,
+            model.as_ref(),
             seconds,
-        };
-        write_atomic(p, serde_json::to_string(&m)?.as_bytes())?;
+        )?;
     }
     let text = serde_json::to_string(&out)?;
     if let Some(p) = &a.out {

@@ -6,11 +6,11 @@
 //! another model's, a class removed) with the same voting rule as `compose`, in
 //! milliseconds. Every margin file of one vote must cover the same images.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use decomp_compose::label_rank;
-use decomp_eval::Accumulator;
+use decomp_compose::{ComposedRun, label_rank};
+use decomp_eval::{Accumulator, EvalReport};
 use decomp_ir::{Top5Ranking, write_atomic};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,45 @@ pub struct MarginModule {
     pub class: usize,
     pub class_name: String,
     pub model_hash: String,
+}
+
+impl MarginModule {
+    pub fn new(path: &Path, class: usize, class_name: &str, model_hash: &str) -> Self {
+        Self {
+            path: path.display().to_string(),
+            class,
+            class_name: class_name.to_string(),
+            model_hash: model_hash.to_string(),
+        }
+    }
+}
+
+/// Writes the margins file of `compose --save-margins` (element and channel modules alike):
+/// `run`'s labels and margins over `images` (see [`image_set`]), one `modules` entry per
+/// column, and the source model's accuracy on the same images when it ran.
+pub fn save_margins(
+    path: &Path,
+    images: String,
+    class_names: &[String],
+    modules: Vec<MarginModule>,
+    run: &ComposedRun,
+    model: Option<&EvalReport>,
+    seconds: f64,
+) -> Result<()> {
+    let m = Margins {
+        format: MARGINS_FORMAT.into(),
+        images,
+        class_names: class_names.to_vec(),
+        modules,
+        labels: run.labels.clone(),
+        margins: run.margins.clone(),
+        model_top1: model.map(|m| m.top1),
+        model_top5: model.map(|m| m.top5),
+        model_per_class: model.map(|m| m.per_class.clone()),
+        seconds,
+    };
+    write_atomic(path, serde_json::to_string(&m)?.as_bytes())?;
+    Ok(())
 }
 
 /// A stable description of the images `compose` ran on.
