@@ -73,7 +73,26 @@ impl ChannelArgs {
     /// The channel configuration, or `None` for element granularity.
     pub fn config(&self) -> Result<Option<ChannelConfig>> {
         match self.granularity.as_str() {
-            "element" => return Ok(None),
+            "element" => {
+                let set: Vec<&str> = [
+                    ("--tau", self.tau != 0.0),
+                    ("--tau-neg", self.tau_neg != 0.0),
+                    ("--rate", self.rate != "mean-positions"),
+                    ("--compensation", self.compensation != "sample"),
+                    ("--budget", self.budget.is_some()),
+                    ("--reconstruct", self.reconstruct),
+                    ("--relu-passes", self.relu_passes != 3),
+                    ("--fit-head", self.fit_head),
+                    ("--fit-images", self.fit_images != 512),
+                ]
+                .into_iter()
+                .filter_map(|(flag, given)| given.then_some(flag))
+                .collect();
+                if !set.is_empty() {
+                    bail!("{} apply to --granularity channel only (this run is element-level)", set.join(", "));
+                }
+                return Ok(None);
+            }
             "channel" => {}
             g => bail!("--granularity {g:?}: expected element or channel"),
         }

@@ -96,7 +96,8 @@ pub struct RunArgs {
     /// files are removed first.
     #[arg(long)]
     pub(crate) force: bool,
-    #[arg(long, default_value_t = 128)]
+    /// Images per forward pass (at least 1).
+    #[arg(long, default_value_t = 128, value_parser = crate::flags::positive_usize)]
     pub(crate) batch_size: usize,
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
@@ -424,7 +425,7 @@ pub struct ComposeArgs {
     /// module's own class, which must carry the same name in the dataset).
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<String>>,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::flags::positive_usize)]
     batch_size: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -529,6 +530,9 @@ pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
             save_margins: a.save_margins.as_deref(),
             naive: a.naive,
         });
+    }
+    if a.reference_model.is_some() {
+        bail!("--reference-model applies to channel modules; element modules carry their whole model, whose accuracy compose reports anyway");
     }
     let modules: Vec<ModuleIr> = a
         .modules

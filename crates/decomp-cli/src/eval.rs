@@ -21,7 +21,7 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::flags::positive_usize)]
     batch_size: usize,
     /// Device: cpu, or cuda[:N] / wgpu when built with those features.
     #[arg(long, default_value = "cpu")]

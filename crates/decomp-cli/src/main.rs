@@ -57,8 +57,9 @@ pub struct DataArgs {
     /// `--data-dir`'s naming convention.
     #[arg(long)]
     pub dataset_path: Option<PathBuf>,
-    /// One file of CIFAR-10/100 binary records (e.g. `train_first4000.bin`).
-    #[arg(long)]
+    /// One file of CIFAR-10/100 binary records (e.g. `train_first4000.bin`); `--split`
+    /// does not apply to it.
+    #[arg(long, conflicts_with = "dataset_path")]
     pub data_file: Option<PathBuf>,
     /// Split: train or test (Tiny ImageNet: test = the labelled val split). Default: test for
     /// `eval` and `compose`, train for `concern`, `tangle` and `decompose`.

@@ -38,9 +38,10 @@ const RECIPES_SIZE_LIMIT: u64 = 1 << 20;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// Architecture to train from scratch (`resnet20`, `resnet32`, ...). Ignored with `--init`.
-    #[arg(long, default_value = "resnet20")]
-    arch: String,
+    /// Architecture to train from scratch (`resnet20`, `resnet32`, ...; default resnet20).
+    /// With `--init`, checked against that model's.
+    #[arg(long)]
+    arch: Option<String>,
     /// Start from these weights instead (fine-tuning): an `.ir` model, a PyTorch checkpoint
     /// or a known name (`akamaster/resnet20`). Its class count must match the data's.
     #[arg(long)]
@@ -58,7 +59,7 @@ pub struct TrainArgs {
     #[arg(long)]
     dataset_path: Option<PathBuf>,
     /// Train on one file of CIFAR records instead of the dataset's training split.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dataset_path")]
     data_file: Option<PathBuf>,
     /// Download the official archive when the dataset is missing.
     #[arg(long)]
@@ -84,13 +85,13 @@ pub struct TrainArgs {
     #[arg(long)]
     recipes: Option<PathBuf>,
     /// Override the recipe's number of epochs (a short run keeps the schedule's shape).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::positive_usize)]
     epochs: Option<usize>,
     /// Override the recipe's base learning rate.
     #[arg(long, value_parser = crate::flags::positive_f64)]
     lr: Option<f64>,
     /// Override the recipe's batch size.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::positive_usize)]
     batch_size: Option<usize>,
     /// Seed of the initialization, the validation split, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
@@ -105,7 +106,7 @@ pub struct TrainArgs {
     #[arg(long)]
     eval_test: bool,
     /// Stop after this many epochs of this invocation (the run can be resumed later).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::positive_usize)]
     max_epochs_now: Option<usize>,
     /// Device: cpu, or cuda[:N] / wgpu when built with those features.
     #[arg(long, default_value = "cpu")]
@@ -290,8 +291,11 @@ fn open_raw(a: &TrainArgs, split: Split) -> Result<Dataset> {
 /// published statistics.
 fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(ModelIr, Option<String>)> {
     if let Some(init) = &a.init {
+        if a.resize.is_some() {
+            bail!("--resize applies to training from scratch: with --init the images take the input size of {init}");
+        }
         let model = crate::model_source::load_model(&ModelArgs {
-            arch: None,
+            arch: a.arch.clone(),
             weights: init.clone(),
             cache_dir: a.cache_dir.clone(),
         })?;
@@ -301,7 +305,7 @@ fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(Mode
     let names = raw.class_names().to_vec();
     let [c, h, w] = raw.image_shape();
     let (h, w) = a.resize.map_or((h, w), |s| (s, s));
-    let mut model = crate::model_source::parse_arch(&a.arch, names.len())?
+    let mut model = crate::model_source::parse_arch(a.arch.as_deref().unwrap_or("resnet20"), names.len())?
         .with_batch_norm(batch_norm)
         .with_input([c, h, w])
         .with_seed(a.seed)

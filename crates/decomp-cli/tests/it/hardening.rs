@@ -388,8 +388,29 @@ fn flags_are_honoured_or_refused() {
         refused(decomp(&[&t[..], &["--declared-power-w", bad]].concat()), &["--declared-power-w"]);
     }
     refused(run(base("concern"), &["--bln-delta=-0.5", "--out", s(&cs)]), &["--bln-delta"]);
-    // --limit 0 evaluates nothing: refused.
+    // --limit 0 and --batch-size 0 do nothing: refused.
     refused(decomp(&["eval", "--weights", s(&m), "--data-file", s(&data), "--limit", "0"]), &["--limit"]);
+    refused(decomp(&["eval", "--weights", s(&m), "--data-file", s(&data), "--batch-size", "0"]), &["--batch-size"]);
+    refused(run(base("concern"), &["--batch-size", "0", "--out", s(&cs)]), &["--batch-size"]);
+    // Two sources of images at once.
+    refused(
+        decomp(&["eval", "--weights", s(&m), "--data-file", s(&data), "--dataset-path", s(&cd)]),
+        &["--data-file", "--dataset-path"],
+    );
+    // Channel-level flags on an element-level run, and --reference-model on element modules.
+    refused(run(base("decompose"), &["--budget", "0.4", "--reconstruct", "--out-dir", s(&d.join("x"))]), &["--budget, --reconstruct", "--granularity channel"]);
+    ok(run(base("decompose"), &[&four[..], &["--out-dir", s(&d.join("el"))]].concat()));
+    let (m0, m1) = (d.join("el/mc-bln/module_000.mod"), d.join("el/mc-bln/module_001.mod"));
+    refused(
+        decomp(&["compose", s(&m0), s(&m1), "--data-dir", s(&cd), "--reference-model", s(&m)]),
+        &["--reference-model applies to channel modules"],
+    );
+    // train: --resize and a different --arch with --init (they were ignored).
+    let t = ["train", "--init", s(&m), "--data-file", s(&data), "--epochs", "1", "--out-dir", s(&t_out)];
+    refused(decomp(&[&t[..], &["--resize", "16"]].concat()), &["--resize applies to training from scratch"]);
+    refused(decomp(&[&t[..], &["--arch", "resnet20"]].concat()), &["model is resnet8, --arch says resnet20"]);
+    refused(decomp(&[&t[..], &["--max-epochs-now", "0"]].concat()), &["--max-epochs-now"]);
+    assert!(!d.join("x").exists() && !t_out.exists(), "refused before anything was written");
 }
 
 #[test]
