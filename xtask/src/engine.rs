@@ -7,8 +7,8 @@
 //! it consumes. The unit's artifacts live in `<store>/<stage>/<name>-<hash of key>/`.
 //!
 //! **Invariant:** a unit folder exists only when complete. Work happens in a private
-//! `<folder>.tmp-<pid>` folder, `unit.json` is written last, and the folder is renamed into
-//! place; a killed run leaves only `.tmp-*` folders, which are never read and are removed
+//! `<folder>.tmp-<host>-<pid>` folder, `unit.json` is written last, and the folder is renamed
+//! into place; a killed run leaves only `.tmp-*` folders, which are never read and are removed
 //! when the unit runs again. Training units work in `<folder>.partial` instead, so a killed
 //! training run resumes from its last checkpoint (`decomp train --resume`).
 //!
@@ -225,14 +225,14 @@ impl Engine {
         let work = if resumable {
             dir.with_extension("partial")
         } else {
-            PathBuf::from(format!("{}.tmp-{}", dir.display(), std::process::id()))
+            PathBuf::from(format!("{}.tmp-{}", dir.display(), work_owner()))
         };
         // Leftovers of killed runs of this unit (never read): remove them.
         if let Ok(entries) = std::fs::read_dir(parent) {
             let prefix = format!("{}.tmp-", dir.file_name().expect("named").to_string_lossy());
             for e in entries.flatten() {
                 let n = e.file_name().to_string_lossy().to_string();
-                if n.starts_with(&prefix) && e.path() != work && !pid_alive(&n[prefix.len()..]) {
+                if n.starts_with(&prefix) && e.path() != work && stale(&n[prefix.len()..]) {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -295,6 +295,32 @@ impl Engine {
             bail!("decomp {} failed ({})", args.join(" "), out.status);
         }
         Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+/// `<host>-<pid>`: the suffix of this process's work folders. With the host in the name,
+/// processes on different machines sharing one store (Slurm tasks) never pick the same
+/// folder, and a process only judges the folders of its own machine.
+fn work_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().replace(['/', '-'], "_"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Whether a work folder with this suffix was left by a process of this machine that no
+/// longer runs. Folders of other machines are left alone here (their process may still
+/// run); the Slurm merge step removes them once no task runs.
+fn stale(owner: &str) -> bool {
+    match owner.rsplit_once('-') {
+        Some((host, pid)) => {
+            work_owner().rsplit_once('-').map(|(h, _)| h) == Some(host) && !pid_alive(pid)
+        }
+        // A folder of an older xtask: `.tmp-<pid>`.
+        None => !pid_alive(owner),
     }
 }
 
@@ -401,4 +427,17 @@ mod tests {
         assert!(Selection::parse_shard("2/2").is_err());
         assert_eq!(Selection::parse_shard("1/3").expect("ok"), (1, 3));
     }
+
+    #[test]
+    fn only_dead_work_folders_of_this_host_are_stale() {
+        let me = work_owner();
+        let (host, _) = me.rsplit_once('-').expect("host-pid");
+        // Above the largest pid Linux hands out (pid_max <= 2^22).
+        assert!(stale(&format!("{host}-4194999")));
+        assert!(!stale(&format!("{host}-1")), "pid 1 runs");
+        assert!(!stale("another_host-4194999"), "another machine's folder");
+        assert!(stale("4194999"), "an older xtask's .tmp-<pid>");
+        assert!(!host.contains('-'));
+    }
+
 }
