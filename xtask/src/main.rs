@@ -9,6 +9,7 @@ mod frontier;
 mod manifest;
 mod plot;
 mod scenarios;
+mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -74,6 +75,8 @@ enum Cmd {
         /// reused on a rerun.
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
+        #[command(flatten)]
+        slurm: slurm::SlurmArgs,
     },
 }
 
@@ -99,6 +102,7 @@ fn main() -> Result<()> {
             device,
             limit,
             runs,
+            slurm,
         } => {
             let data_dir = match data_dir.or_else(|| std::env::var_os("DECOMP_DATA_DIR").map(PathBuf::from)) {
                 Some(d) => d,
@@ -123,6 +127,9 @@ fn main() -> Result<()> {
                 device,
                 limit,
             };
+            if matches!(name.as_str(), "eval" | "table1" | "frontier") && slurm.active()? {
+                bail!("{name} is not a manifest experiment: --slurm runs experiments/*.toml only");
+            }
             match name.as_str() {
                 "eval" => eval_experiment(&ctx, &data_dir, models_dir.as_deref(), &root().join(out).join("eval")),
                 "table1" => table1(&ctx, &data_dir, models_dir.as_deref(), &root().join(&out).join("table1"), &root().join(runs)),
@@ -138,11 +145,19 @@ fn main() -> Result<()> {
                         None => build_decomp(ctx.features.as_deref())?,
                     };
                     let runs = root().join(runs);
-                    let decomp = snapshot_decomp(&built, &runs)?;
+                    if slurm.active()? {
+                        let job = slurm::Job::new(manifest_name, &root(), built, runs, data_dir, models_dir, root().join(out), ctx.device, sel)?;
+                        return slurm::run(&slurm, &job);
+                    }
+                    // A Slurm task already runs a private copy (under runs/bin): use it as is.
+                    let private = built.parent() == Some(runs.join("bin").as_path());
+                    let decomp = if private { built.clone() } else { snapshot_decomp(&built, &runs)? };
                     let env = scenarios::Env { root: root(), data_dir, models_dir, results: root().join(out) };
                     let eng = engine::Engine::new(decomp.clone(), ctx.device.clone(), runs.join("store"), sel);
                     let result = run_manifest(&eng, &env, manifest_name);
-                    let _ = std::fs::remove_file(&decomp);
+                    if !private {
+                        let _ = std::fs::remove_file(&decomp);
+                    }
                     result
                 }
             }
