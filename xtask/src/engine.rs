@@ -75,6 +75,10 @@ pub struct Engine {
     hashes: Mutex<HashMap<(PathBuf, u64, std::time::SystemTime), String>>,
     /// Units run (not reused) by this process, for the closing summary.
     pub ran: Mutex<Vec<String>>,
+    /// The index a per-unit unit was first asked for with, shared by the engines of one
+    /// suite: a unit that two members ask for under different indices (table2 decomposes
+    /// classes table4 also does) stays with one shard, so two shards never compute it.
+    first_index: std::sync::Arc<Mutex<HashMap<PathBuf, usize>>>,
 }
 
 /// What `unit.json` holds.
@@ -92,17 +96,20 @@ impl Engine {
             stages: Vec::new(),
             hashes: Mutex::new(HashMap::new()),
             ran: Mutex::new(Vec::new()),
+            first_index: Default::default(),
         }
     }
 
     /// A fresh engine with the same binary, device, store and selection.
     pub fn clone_settings(&self) -> Self {
-        Self::new(
+        let mut e = Self::new(
             self.decomp.clone(),
             self.device.clone(),
             self.store.clone(),
             self.sel.clone(),
-        )
+        );
+        e.first_index = self.first_index.clone();
+        e
     }
 
     /// SHA-256 of a file's bytes (memoized by path, length and modification time).
@@ -203,7 +210,10 @@ impl Engine {
         let (force, may_run) = self.decide(stage)?;
         let mine = match (kind, self.sel.shard) {
             (_, None) | (Kind::Shared, _) => true,
-            (Kind::PerUnit, Some((i, n))) => index % n == i,
+            (Kind::PerUnit, Some((i, n))) => {
+                let mut first = self.first_index.lock().expect("first index");
+                *first.entry(dir.clone()).or_insert(index) % n == i
+            }
             (Kind::Merge, Some(_)) => false,
         };
         if !mine {
@@ -424,6 +434,23 @@ mod tests {
                 .expect("run")
                 .is_some()
         );
+        // A unit asked for again under another index (by another suite member) keeps the
+        // shard of its first index: first 4 (shard 0's), then 1, so shard 1 never runs it.
+        let late = json!({"x": 2});
+        let mut member = s.clone_settings();
+        member.stages = vec!["a", "b"];
+        let never = |_: &Path| -> Result<()> { panic!("shard 0's unit run by shard 1") };
+        assert!(
+            s.unit("a", Kind::PerUnit, 4, "late", &late, never)
+                .expect("skip")
+                .is_none()
+        );
+        assert!(
+            member
+                .unit("a", Kind::PerUnit, 1, "late", &late, never)
+                .expect("skip")
+                .is_none()
+        );
         assert!(Selection::parse_shard("2/2").is_err());
         assert_eq!(Selection::parse_shard("1/3").expect("ok"), (1, 3));
     }
@@ -439,5 +466,4 @@ mod tests {
         assert!(stale("4194999"), "an older xtask's .tmp-<pid>");
         assert!(!host.contains('-'));
     }
-
 }
