@@ -164,8 +164,11 @@ struct Scripts {
     bins: [PathBuf; 2],
 }
 
+/// An absolute path for scripts run elsewhere (`..` resolved where the path exists).
 fn abs(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).with_context(|| format!("making {} absolute", p.display()))
+    std::fs::canonicalize(p)
+        .or_else(|_| std::path::absolute(p))
+        .with_context(|| format!("making {} absolute", p.display()))
 }
 
 /// `s` as one shell word.

@@ -95,8 +95,9 @@ fn shard1_log(runs: &Path) -> Option<(String, PathBuf)> {
 }
 
 /// The unit folder shard 1 is working on in `stage`, from its log line
-/// `[stage] name: running (<folder>)`, and its work folder once it exists.
-fn running_unit(log: &Path, stage: &str) -> Option<(PathBuf, PathBuf)> {
+/// `[stage] name: running (<folder>)`, and its work folder once it exists, while the rename
+/// is still at least `delay_ms / 2` away (its `unit.json` is missing or younger than that).
+fn running_unit(log: &Path, stage: &str, delay_ms: u32) -> Option<(PathBuf, PathBuf)> {
     let text = std::fs::read_to_string(log).ok()?;
     let line = text
         .lines()
@@ -112,6 +113,12 @@ fn running_unit(log: &Path, stage: &str) -> Option<(PathBuf, PathBuf)> {
         .flatten()
         .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))?
         .path();
+    if let Ok(done) = std::fs::metadata(work.join("unit.json")) {
+        let age = done.modified().ok()?.elapsed().unwrap_or_default();
+        if age > Duration::from_millis(u64::from(delay_ms / 2)) {
+            return None;
+        }
+    }
     Some((unit, work))
 }
 
@@ -154,7 +161,7 @@ fn killed_task_is_redone(
     let mut killed = None;
     while killed.is_none() && started.elapsed() < Duration::from_secs(600) {
         if let Some((job, log)) = shard1_log(&runs)
-            && let Some((unit, work)) = running_unit(&log, "decompose")
+            && let Some((unit, work)) = running_unit(&log, "decompose", delay_ms)
         {
             let st = Command::new("scancel")
                 .args(["--signal=KILL", "--full", &format!("{job}_1")])
