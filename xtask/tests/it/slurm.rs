@@ -16,6 +16,15 @@ use std::time::{Duration, Instant};
 
 use super::{finished_units, fixture, read, run_ok, work_folders, xtask};
 
+/// Like `eprintln!`, but past the test harness's capture (straight to the process's
+/// stderr), so skip reasons and wall times show in the CI log of passing tests too.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// One local Slurm at a time (tests of this binary run in parallel threads).
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -23,9 +32,10 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-local.sh")
 }
 
-/// A running single-node Slurm, stopped on drop.
+/// A running single-node Slurm, stopped on drop; the only one while it lives.
 struct Cluster {
     dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 /// Two consecutive free TCP ports (slurmctld, slurmd).
@@ -42,6 +52,7 @@ fn free_ports() -> u16 {
 
 impl Cluster {
     fn start() -> Option<Cluster> {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::Builder::new()
             .prefix("decomp-slurm-")
             .tempdir()
@@ -55,14 +66,17 @@ impl Cluster {
             .expect("running scripts/slurm-local.sh");
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.code() == Some(3) && std::env::var_os("DECOMP_SLURM_REQUIRED").is_none() {
-            eprintln!("skipping the Slurm test: {}", stderr.trim());
+            say!("skipping the Slurm test: {}", stderr.trim());
             return None;
         }
         assert!(
             out.status.success(),
             "slurm-local.sh start failed: {stderr}"
         );
-        Some(Cluster { dir })
+        Some(Cluster {
+            dir,
+            _serial: serial,
+        })
     }
 
     fn conf(&self) -> PathBuf {
@@ -140,7 +154,7 @@ fn killed_task_is_redone(
     let mut one = vec![manifest];
     one.extend(extra);
     run_ok(xtask(d, "one", "one-results", &one));
-    eprintln!(
+    say!(
         "{short}: unsharded local run in {:.1} s",
         started.elapsed().as_secs_f64()
     );
@@ -169,7 +183,7 @@ fn killed_task_is_redone(
                 .status()
                 .expect("scancel");
             assert!(st.success());
-            eprintln!(
+            say!(
                 "{short}: killed shard 1 (job {job}_1) in unit {} ({})",
                 unit.display(),
                 if work.join("unit.json").is_file() {
@@ -212,9 +226,9 @@ fn killed_task_is_redone(
         .read_to_string(&mut stderr)
         .expect("stderr");
     let follow = read(follow_log);
-    eprintln!("{follow}");
+    eprintln!("{follow}"); // shown when the test fails
     assert!(status.success(), "xtask --slurm failed: {stderr}\n{follow}");
-    eprintln!(
+    say!(
         "{short}: 2-task Slurm array with a killed task, resubmission and merge job in {:.1} s",
         started.elapsed().as_secs_f64()
     );
@@ -257,7 +271,6 @@ fn killed_task_is_redone(
 
 #[test]
 fn slurm_array_with_a_killed_task_merges_into_the_unsharded_report() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cluster) = Cluster::start() else {
         return;
     };
@@ -281,7 +294,6 @@ fn slurm_array_with_a_killed_task_merges_into_the_unsharded_report() {
 /// merged by the merge step) on the tiny replace manifest: the report of an unsharded run.
 #[test]
 fn slurm_wait_with_task_runs_merges_here() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cluster) = Cluster::start() else {
         return;
     };
@@ -307,8 +319,8 @@ fn slurm_wait_with_task_runs_merges_here() {
     );
     c.env("SLURM_CONF", cluster.conf());
     let out = run_ok(c);
-    eprintln!(
-        "{out}replace: --wait --task-runs in {:.1} s",
+    say!(
+        "replace: 2-task Slurm array, --wait --task-runs, merged here in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(out.contains("merge step here"), "{out}");
@@ -336,13 +348,12 @@ fn slurm_array_decomposes_real_resnet20() {
     let (data, models) = (shared.join("datasets"), shared.join("models/cifar10"));
     if !data.join("cifar-10-batches-bin").is_dir() || !models.join("resnet20-12fca82f.th").is_file()
     {
-        eprintln!(
+        say!(
             "skipping: no CIFAR-10 and ResNet-20 under {} (set DECOMP_SHARED_DIR)",
             shared.display()
         );
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cluster) = Cluster::start() else {
         return;
     };
