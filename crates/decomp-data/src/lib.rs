@@ -16,6 +16,9 @@
 //!   to a decoded batch, drawing from a caller-seeded generator.
 //! * [`fetch`] downloads official archives and pretrained weights with checksum verification
 //!   and atomic placement.
+//! * [`locate`] is the one data-folder resolution (`--data-dir`, `$DECOMP_DATA_DIR`,
+//!   `../shared/datasets`, the user cache) and fetches a missing dataset once, under a lock;
+//!   [`subset`] builds the documented Tiny ImageNet subset the experiments use.
 //! * [`DataError`] is the one error type; it names the file, record and byte offset at fault.
 //!
 //! The crate knows nothing of tensors: the model crate turns a [`Batch`] into one.
@@ -43,7 +46,9 @@ mod error;
 pub mod fetch;
 mod idx;
 mod kind;
+pub mod locate;
 mod source;
+pub mod subset;
 mod synthetic;
 mod tiny;
 mod transform;
@@ -53,6 +58,7 @@ pub use cifar::{CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES}
 pub use dataset::{Batch, Batches, Dataset};
 pub use error::DataError;
 pub use idx::{FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_CLASSES};
+pub use locate::{DataRoot, DatasetFolder};
 pub use kind::{DATA_DIR_ENV, DEBIAN_FASHION_MNIST_DIR, DatasetKind, Normalization, Split};
 
 /// `$DECOMP_DATA_DIR` if set and not empty, else `data` (relative to the working directory).

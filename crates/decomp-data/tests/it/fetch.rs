@@ -55,11 +55,13 @@ fn cifar10_download_verify_unpack_load_and_skip_second_time() {
     .expect("download");
     assert_eq!(folder, data_dir.join("cifar-10-batches-bin"));
     assert_eq!(server.hits(), 1);
-    // only the dataset folder is left: no archive, no temporary folder
+    // only the dataset folder (and the download's lock file) is left: no archive, no
+    // temporary folder
     let entries: Vec<_> = std::fs::read_dir(&data_dir)
         .expect("list")
         .flatten()
         .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".lock"))
         .collect();
     assert_eq!(entries, vec!["cifar-10-batches-bin"]);
     let train = Dataset::load(DatasetKind::Cifar10, &data_dir, Split::Train).expect("train");
@@ -93,12 +95,14 @@ fn wrong_checksum_leaves_nothing_behind() {
         &["checksum mismatch", &remote.url, bad, "found md5 "],
     );
     assert!(matches!(err, DataError::Checksum { .. }));
-    assert_eq!(files_below(dir.path()), Vec::<String>::new());
+    // only the (empty, hidden) lock file of the dataset download stays
+    assert_eq!(files_below(dir.path()), vec![".cifar-10-batches-bin.lock"]);
     assert_eq!(
         std::fs::read_dir(dir.path()).expect("list").count(),
-        0,
+        1,
         "no folders either"
     );
+    std::fs::remove_file(dir.path().join(".cifar-10-batches-bin.lock")).expect("rm");
 
     // the same for a single file
     let err = download_verified(&remote, &dir.path().join("dl")).expect_err("mismatch");
@@ -183,7 +187,8 @@ fn archive_without_the_dataset_folder_is_rejected() {
             "test_batch.bin",
         ],
     );
-    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+    assert_eq!(files_below(dir.path()), vec![".cifar-10-batches-bin.lock"]);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
 }
 
 #[test]
