@@ -58,15 +58,8 @@ pub use cifar::{CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES}
 pub use dataset::{Batch, Batches, Dataset};
 pub use error::DataError;
 pub use idx::{FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_CLASSES};
-pub use locate::{DataRoot, DatasetFolder};
 pub use kind::{DATA_DIR_ENV, DEBIAN_FASHION_MNIST_DIR, DatasetKind, Normalization, Split};
-
-/// `$DECOMP_DATA_DIR` if set and not empty, else `data` (relative to the working directory).
-pub fn default_data_dir() -> std::path::PathBuf {
-    std::env::var_os(DATA_DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| "data".into(), Into::into)
-}
+pub use locate::{DataRoot, DatasetFolder};
 
 #[cfg(test)]
 mod tests {

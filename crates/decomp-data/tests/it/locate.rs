@@ -282,6 +282,43 @@ fn corrupt_archive_is_refused_and_removed() {
 }
 
 #[test]
+fn what_a_killed_download_left_is_not_data_and_is_cleared() {
+    let l = cifar10();
+    let server = serve(&[&l]);
+    let dir = tempdir();
+    let data = root(dir.path());
+    // a download killed while unpacking: a staging folder and a partial archive
+    let stale = dir.path().join(".cifar-10-batches-bin.download.XyZ12");
+    let inside = stale.join("unpacked/cifar-10-batches-bin");
+    std::fs::create_dir_all(&inside).expect("mkdir");
+    std::fs::write(inside.join("data_batch_1.bin"), cifar10_records(&[1])).expect("write");
+    std::fs::create_dir_all(stale.join("archives")).expect("mkdir");
+    std::fs::write(
+        stale.join("archives/.cifar-10-binary.tar.gz.abc.part"),
+        b"half",
+    )
+    .expect("write");
+    let want = DatasetFolder::official(l.kind);
+    assert!(
+        data.find(&want).is_none(),
+        "a staging folder is never taken for the dataset"
+    );
+    let source = Source::Official(remotes(&server, "cifar10", &l.archives));
+    let folder = data.ensure_from(&want, &source).expect("download");
+    assert!(
+        !stale.exists(),
+        "the next download removes what the killed one left"
+    );
+    assert_eq!(
+        Dataset::load_folder(l.kind, &folder, Split::Train)
+            .expect("train")
+            .labels(),
+        l.train
+    );
+    assert_eq!(server.hits(), 1);
+}
+
+#[test]
 fn two_concurrent_runs_download_once() {
     let l = cifar10();
     let server = serve(&[&l]);
