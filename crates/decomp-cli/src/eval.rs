@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use decomp_data::{Dataset, DatasetKind, Normalization, Split};
+use decomp_data::{DataRoot, Dataset, DatasetFolder, DatasetKind, Normalization, Split};
 use decomp_eval::{Accumulator, EvalReport};
 use decomp_ir::ModelIr;
 use decomp_model::{Executor, parse_device, to_vec};
@@ -44,27 +44,35 @@ struct EvalOutput<'a> {
     images_per_second: f64,
 }
 
-/// Opens the dataset the flags describe, as stored (native shape and statistics).
+/// Opens the dataset the flags describe, as stored (native shape and statistics). The data
+/// folder is resolved by `decomp_data::locate` (the same for every command and the xtask);
+/// a missing dataset is downloaded unless `--offline`.
 pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
     let kind = DatasetKind::parse(&args.dataset)?;
     let split: Split = args.split.parse()?;
-    Ok(if let Some(file) = &args.data_file {
+    let data_file = args.data_file.as_ref().or(args.data_dir.as_ref().filter(|d| d.is_file()));
+    Ok(if let Some(file) = data_file {
         Dataset::from_cifar_file(kind, file)?
-    } else if args.data_dir.is_file() {
-        Dataset::from_cifar_file(kind, &args.data_dir)?
     } else if let Some(folder) = &args.dataset_path {
+        // A folder named outright is fetched only when its name says what it is (the official
+        // folder name or a known subset); otherwise its error gives no download advice.
+        let name = folder.file_name().map(|n| n.to_string_lossy().to_string());
+        let want = name.map(|n| DatasetFolder::named(kind, &n));
+        if let (Some(want), Some(parent)) = (want.filter(|w| w.source().is_some() && !folder.exists()), folder.parent()) {
+            DataRoot::at(parent).ensure(&want)?;
+        }
         Dataset::load_folder(kind, folder, split)?
     } else {
-        match Dataset::load(kind, &args.data_dir, split) {
-            Ok(ds) => ds,
-            Err(e) if args.download => {
-                tracing::info!("{e}; downloading");
-                decomp_data::fetch::download_dataset(kind, &args.data_dir)?;
-                Dataset::load(kind, &args.data_dir, split)?
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let folder = data_root(args.data_dir.as_deref())?.ensure(&DatasetFolder::official(kind))?;
+        Dataset::load_folder(kind, &folder, split)?
     })
+}
+
+/// The data folder: `--data-dir`, else $DECOMP_DATA_DIR, else `../shared/datasets` beside the
+/// working directory when present, else the user cache.
+pub fn data_root(flag: Option<&std::path::Path>) -> Result<DataRoot> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    Ok(DataRoot::resolve(flag, &cwd))
 }
 
 /// Converts `ds` to the channels and size `model` takes, normalized the way it expects.
@@ -136,7 +144,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         model: &model.meta.arch,
         weights: &a.model.weights,
         dataset: a.data.dataset.clone(),
-        split: if a.data.data_file.is_some() || a.data.data_dir.is_file() { "file" } else { &a.data.split },
+        split: if a.data.data_file.is_some() || a.data.data_dir.as_ref().is_some_and(|d| d.is_file()) { "file" } else { &a.data.split },
         top1: report.top1,
         top5: report.top5,
         n: report.n,

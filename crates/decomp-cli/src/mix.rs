@@ -63,7 +63,7 @@ pub fn run(a: MixArgs) -> Result<()> {
         for (label, p) in spec.parts.iter().enumerate() {
             let args = DataArgs {
                 dataset: p.dataset.clone(),
-                data_dir: p.data_dir.clone().unwrap_or_else(|| PathBuf::from("data")),
+                data_dir: p.data_dir.clone(),
                 dataset_path: p.dataset_path.clone(),
                 data_file: None,
                 split: split.into(),

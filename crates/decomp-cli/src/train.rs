@@ -48,17 +48,18 @@ pub struct TrainArgs {
     /// Dataset: cifar10, cifar100, cifar100-coarse, tiny-imagenet, fashion-mnist, mnist.
     #[arg(long, default_value = "cifar10")]
     dataset: String,
-    /// Folder holding the dataset folder.
-    #[arg(long, env = "DECOMP_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    /// Folder holding the dataset folder (default as for every command: $DECOMP_DATA_DIR,
+    /// `../shared/datasets`, the user cache; a missing dataset is downloaded unless --offline).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// The dataset folder itself, overriding `--data-dir`'s naming convention.
     #[arg(long)]
     dataset_path: Option<PathBuf>,
     /// Train on one file of CIFAR records instead of the dataset's training split.
     #[arg(long)]
     data_file: Option<PathBuf>,
-    /// Download the official archive when the dataset is missing.
-    #[arg(long)]
+    /// Accepted for old scripts: a missing dataset is always downloaded unless --offline.
+    #[arg(long, hide = true)]
     download: bool,
     /// Train on these classes only (names or indices, comma-separated), relabelled 0..k-1
     /// in the order given.

@@ -88,7 +88,10 @@ pub fn image_set(data: &DataArgs, classes: &[usize]) -> String {
     let source = match (&data.data_file, &data.dataset_path) {
         (Some(f), _) => format!("file {}", f.display()),
         (None, Some(p)) => format!("folder {} split {}", p.display(), data.split),
-        (None, None) => format!("dir {} split {}", data.data_dir.display(), data.split),
+        (None, None) => match &data.data_dir {
+            Some(d) => format!("dir {} split {}", d.display(), data.split),
+            None => format!("default data folder split {}", data.split),
+        },
     };
     let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
     format!(
