@@ -96,19 +96,8 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn main() {
-    // One line per error in the chain, no backtrace (as `decomp` prints them).
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e}");
-        for cause in e.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
-        }
-        std::process::exit(1);
-    }
-}
-
-fn run(cli: Cli) -> Result<()> {
-    match cli.cmd {
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
         Cmd::RunExperiment {
             name,
             from,

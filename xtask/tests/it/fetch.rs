@@ -18,6 +18,9 @@ fn fresh(dir: &Path, mirror: &str, args: &[&str]) -> (Output, Duration) {
         .arg(dir.join("results"))
         .env_remove("DECOMP_DATA_DIR")
         .env_remove("DECOMP_OFFLINE")
+        // no backtrace unless asked for: here it is not
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .env("DECOMP_SHARED_DIR", dir.join("no-shared"))
         .env("DECOMP_CACHE_DIR", dir.join("cache"))
         .env("DECOMP_MIRROR", mirror)
@@ -67,7 +70,7 @@ fn fresh_clone_without_network_fails_at_once_with_the_two_fixes() {
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 2, "the reason, then the fixes:\n{stderr}");
         assert!(
-            lines[0].starts_with("error: cannot get cifar-10-batches-bin: cannot download")
+            lines[0].starts_with("Error: cannot get cifar-10-batches-bin: cannot download")
                 && lines[0].contains("cifar-10-binary.tar.gz")
                 && lines[0].contains(what),
             "{stderr}"

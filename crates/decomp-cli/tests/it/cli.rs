@@ -18,12 +18,18 @@ fn cifar_file(path: &Path, n: usize) {
     std::fs::write(path, bytes).expect("write records");
 }
 
+/// An untrained 10-class ResNet-8 written as `dir/m.ir`.
+fn model_file(dir: &Path) -> std::path::PathBuf {
+    let model = decomp_model::ResNetConfig::new(8, 10).build().expect("build");
+    let path = dir.join("m.ir");
+    decomp_ir::write_artifact(&path, &model).expect("write model");
+    path
+}
+
 #[test]
 fn eval_json_and_pipeline_on_generated_files() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let model = decomp_model::ResNetConfig::new(8, 10).build().expect("build");
-    let mpath = dir.path().join("m.ir");
-    decomp_ir::write_artifact(&mpath, &model).expect("write model");
+    let mpath = model_file(dir.path());
     let data = dir.path().join("records.bin");
     cifar_file(&data, 30);
     let m = mpath.to_str().expect("utf8");
@@ -42,9 +48,7 @@ fn eval_json_and_pipeline_on_generated_files() {
 fn errors_name_the_culprit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let empty = dir.path().to_str().expect("utf8");
-    let model = decomp_model::ResNetConfig::new(8, 10).build().expect("build");
-    let mpath = dir.path().join("m.ir");
-    decomp_ir::write_artifact(&mpath, &model).expect("write model");
+    let mpath = model_file(dir.path());
     // Missing dataset, downloads off: expected files, the official URL, how to download.
     let (ok, _, err) = decomp(&["eval", "--offline", "--weights", mpath.to_str().expect("utf8"), "--data-dir", empty, "--split", "test"]);
     assert!(!ok);
@@ -152,9 +156,7 @@ fn offline_errors_without_touching_the_network() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let mirror = format!("http://{}", listener.local_addr().expect("addr"));
-    let model = decomp_model::ResNetConfig::new(8, 10).build().expect("build");
-    let mpath = dir.path().join("m.ir");
-    decomp_ir::write_artifact(&mpath, &model).expect("write model");
+    let mpath = model_file(dir.path());
     let m = mpath.to_str().expect("utf8");
     for args in [vec!["--offline", "eval", "--weights", m], vec!["eval", "--weights", m, "--offline"]] {
         let (ok, _, err) = fresh_machine(dir.path(), &mirror, &args);
@@ -182,9 +184,7 @@ fn offline_errors_without_touching_the_network() {
 #[test]
 fn a_folder_named_with_dataset_path_gets_no_download_advice() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let model = decomp_model::ResNetConfig::new(8, 10).build().expect("build");
-    let mpath = dir.path().join("m.ir");
-    decomp_ir::write_artifact(&mpath, &model).expect("write model");
+    let mpath = model_file(dir.path());
     let mine = dir.path().join("my-cifar");
     // (--download is still accepted from old scripts, and changes nothing)
     let (ok, _, err) = fresh_machine(

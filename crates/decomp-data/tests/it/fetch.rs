@@ -7,7 +7,6 @@ use crate::common::{
     Server, check_err, cifar10_records, files_below, gzip, idx_images, idx_labels, md5_hex,
     sha256_hex, tar_gz, tempdir, zip,
 };
-use crate::tiny::{WNIDS, jpeg};
 
 /// A CIFAR-10 archive in the official layout: 2 records per train file, 3 test records.
 fn cifar10_archive() -> Vec<u8> {
@@ -208,35 +207,7 @@ fn incomplete_existing_folder_is_not_overwritten() {
 
 #[test]
 fn tiny_imagenet_zip_download_and_load() {
-    let mut entries = vec![
-        (
-            "tiny-imagenet-200/wnids.txt".to_string(),
-            WNIDS.join("\n").into_bytes(),
-        ),
-        (
-            "tiny-imagenet-200/words.txt".to_string(),
-            b"n002\ttwo, deux\n".to_vec(),
-        ),
-    ];
-    let mut annotations = String::new();
-    for (c, wnid) in WNIDS.iter().enumerate() {
-        for k in 0..2 {
-            entries.push((
-                format!("tiny-imagenet-200/train/{wnid}/images/{wnid}_{k}.JPEG"),
-                jpeg(64, [c as u8 * 100, 0, 0], false),
-            ));
-        }
-        annotations.push_str(&format!("val_{c}.JPEG\t{wnid}\t0\t0\t1\t1\n"));
-        entries.push((
-            format!("tiny-imagenet-200/val/images/val_{c}.JPEG"),
-            jpeg(64, [0; 3], true),
-        ));
-    }
-    entries.push((
-        "tiny-imagenet-200/val/val_annotations.txt".to_string(),
-        annotations.into_bytes(),
-    ));
-    let archive = zip(&entries);
+    let archive = zip(&crate::locate::tiny_entries(b"n002\ttwo, deux\n"));
     let server = Server::start(vec![("tiny-imagenet-200.zip".to_string(), archive.clone())]);
     let remote = RemoteFile::new(
         server.url("tiny-imagenet-200.zip"),

@@ -14,7 +14,7 @@ use crate::common::{
     Server, cifar_record, cifar10_records, files_below, gzip, idx_images, idx_labels, md5_hex,
     shared, tar_gz, tempdir, zip,
 };
-use crate::tiny::jpeg;
+use crate::tiny::{WNIDS, jpeg};
 
 /// An official layout: the dataset, its archives (served name, bytes), and what loading the
 /// result must give (train labels, test labels).
@@ -98,24 +98,18 @@ fn fashion_mnist() -> Layout {
     }
 }
 
-/// Tiny ImageNet classes of the generated zip (`words.txt` also names one class that is not
-/// in it, as the official `words.txt` names all of WordNet).
-const TINY_WNIDS: [&str; 3] = ["n001", "n002", "n003"];
-
-/// The official zip layout: 2 train images per class (plus a boxes file), 1 val image each.
-fn tiny_entries() -> Vec<(String, Vec<u8>)> {
+/// The official zip layout of classes `tiny::WNIDS`: 2 train images per class (plus a boxes
+/// file), 1 val image each, and `words`.
+pub fn tiny_entries(words: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut entries = vec![
         (
             "tiny-imagenet-200/wnids.txt".to_string(),
-            TINY_WNIDS.join("\n").into_bytes(),
+            WNIDS.join("\n").into_bytes(),
         ),
-        (
-            "tiny-imagenet-200/words.txt".to_string(),
-            b"n001\tone\nn002\ttwo, deux\nn003\tthree\nn009\tnine, gorilla\n".to_vec(),
-        ),
+        ("tiny-imagenet-200/words.txt".to_string(), words.to_vec()),
     ];
     let mut annotations = String::new();
-    for (c, wnid) in TINY_WNIDS.iter().enumerate() {
+    for (c, wnid) in WNIDS.iter().enumerate() {
         for k in 0..2 {
             entries.push((
                 format!("tiny-imagenet-200/train/{wnid}/images/{wnid}_{k}.JPEG"),
@@ -142,7 +136,14 @@ fn tiny_entries() -> Vec<(String, Vec<u8>)> {
 fn tiny() -> Layout {
     Layout {
         kind: DatasetKind::TinyImageNet,
-        archives: vec![("tiny-imagenet-200.zip".into(), zip(&tiny_entries()))],
+        // (words.txt also names a class that is not in the zip, as the official one names all
+        // of WordNet)
+        archives: vec![(
+            "tiny-imagenet-200.zip".into(),
+            zip(&tiny_entries(
+                b"n001\tone\nn002\ttwo, deux\nn003\tthree\nn009\tnine, gorilla\n",
+            )),
+        )],
         train: vec![0, 0, 1, 1, 2, 2],
         test: vec![0, 1, 2],
     }
