@@ -194,19 +194,7 @@ impl DataRoot {
         if self.offline {
             return Err(self.missing(want, true));
         }
-        let result = match source {
-            Source::Official(archives) => {
-                fetch::download_dataset_from(want.kind, &self.download_dir, archives)
-            }
-            Source::Subset { spec, base } => {
-                let base_folder = self.ensure_from(
-                    &DatasetFolder::official(spec.kind),
-                    &Source::Official(base.clone()),
-                )?;
-                crate::subset::build(spec, &base_folder, &self.download_dir)
-            }
-        };
-        result.map_err(|e| match e {
+        self.obtain(want, source).map_err(|e| match e {
             // Bad local state (an incomplete folder, a full disk) is reported as it is.
             DataError::Download { .. } | DataError::Checksum { .. } | DataError::Archive { .. } => {
                 DataError::FetchFailed {
@@ -217,6 +205,24 @@ impl DataRoot {
             }
             other => other,
         })
+    }
+
+    /// Downloads `want` from `source` into the download folder (a subset: its official
+    /// dataset first, when it is not found).
+    fn obtain(&self, want: &DatasetFolder, source: &Source) -> Result<PathBuf, DataError> {
+        match source {
+            Source::Official(archives) => {
+                fetch::download_dataset_from(want.kind, &self.download_dir, archives)
+            }
+            Source::Subset { spec, base } => {
+                let official = DatasetFolder::official(spec.kind);
+                let base_folder = match self.find(&official) {
+                    Some(found) => found,
+                    None => self.obtain(&official, &Source::Official(base.clone()))?,
+                };
+                crate::subset::build(spec, &base_folder, &self.download_dir)
+            }
+        }
     }
 
     /// The two ways out when a dataset cannot be downloaded.

@@ -164,7 +164,12 @@ fn remotes(server: &Server, prefix: &str, archives: &[(String, Vec<u8>)]) -> Vec
 }
 
 fn serve(layouts: &[&Layout]) -> Server {
-    Server::start(
+    serve_slow(layouts, std::time::Duration::ZERO)
+}
+
+/// [`serve`], answering after `delay`: a download takes that long, so concurrent runs overlap.
+fn serve_slow(layouts: &[&Layout], delay: std::time::Duration) -> Server {
+    Server::start_slow(
         layouts
             .iter()
             .flat_map(|l| {
@@ -173,6 +178,7 @@ fn serve(layouts: &[&Layout]) -> Server {
                     .map(|(n, b)| (format!("{}/{n}", l.kind), b.clone()))
             })
             .collect(),
+        delay,
     )
 }
 
@@ -322,7 +328,7 @@ fn what_a_killed_download_left_is_not_data_and_is_cleared() {
 #[test]
 fn two_concurrent_runs_download_once() {
     let l = cifar10();
-    let server = serve(&[&l]);
+    let server = serve_slow(&[&l], std::time::Duration::from_millis(300));
     let dir = tempdir();
     let data_dir = dir.path().join("datasets");
     let source = Source::Official(remotes(&server, "cifar10", &l.archives));
@@ -351,6 +357,78 @@ fn two_concurrent_runs_download_once() {
             .labels(),
         l.test
     );
+}
+
+/// The archive URL and md5, and the data folder, handed to [`download_in_a_child_process`].
+const CHILD_ENV: [&str; 3] = [
+    "DECOMP_TEST_CHILD_URL",
+    "DECOMP_TEST_CHILD_MD5",
+    "DECOMP_TEST_CHILD_DIR",
+];
+
+/// Not a test of its own: the body of one of the two processes of
+/// [`two_concurrent_processes_download_once`] (run by it with `--ignored --exact`).
+#[test]
+#[ignore = "run as a child process by two_concurrent_processes_download_once"]
+fn download_in_a_child_process() {
+    let [url, md5, dir] = CHILD_ENV.map(|k| std::env::var(k).expect(k));
+    let source = Source::Official(vec![RemoteFile::new(
+        url,
+        Checksum::Md5(md5),
+        "cifar-10-binary.tar.gz",
+    )]);
+    let folder = root(Path::new(&dir))
+        .ensure_from(&DatasetFolder::official(DatasetKind::Cifar10), &source)
+        .expect("child run");
+    println!("folder {}", folder.display());
+}
+
+#[test]
+fn two_concurrent_processes_download_once() {
+    let l = cifar10();
+    let server = serve_slow(&[&l], std::time::Duration::from_millis(500));
+    let dir = tempdir();
+    let remote = &remotes(&server, "cifar10", &l.archives)[0];
+    let Checksum::Md5(md5) = &remote.checksum else {
+        panic!("md5")
+    };
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "locate::download_in_a_child_process",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CHILD_ENV[0], &remote.url)
+                .env(CHILD_ENV[1], md5)
+                .env(CHILD_ENV[2], dir.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "folder {}",
+                dir.path().join("cifar-10-batches-bin").display()
+            )),
+            "{stdout}"
+        );
+    }
+    assert_eq!(server.hits(), 1, "two processes, one download");
 }
 
 #[test]
