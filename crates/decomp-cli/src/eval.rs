@@ -21,7 +21,7 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::flags::positive_usize)]
     batch_size: usize,
     /// Device: cpu, or cuda[:N] / wgpu when built with those features.
     #[arg(long, default_value = "cpu")]
@@ -44,14 +44,15 @@ struct EvalOutput<'a> {
     images_per_second: f64,
 }
 
-/// Opens the dataset the flags describe, as stored (native shape and statistics). The data
-/// folder is resolved by `decomp_data::locate` (the same for every command and the xtask);
-/// a missing dataset is downloaded unless `--offline`.
+/// Opens the dataset the flags describe, as stored (native shape and statistics); the split
+/// defaults to test. The data folder is resolved by `decomp_data::locate` (the same for every
+/// command and the xtask); a missing dataset is downloaded unless `--offline`. Registers what
+/// it reads as inputs of the command (`crate::files`).
 pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
     let kind = DatasetKind::parse(&args.dataset)?;
-    let split: Split = args.split.parse()?;
-    let data_file = args.data_file.as_ref().or(args.data_dir.as_ref().filter(|d| d.is_file()));
-    Ok(if let Some(file) = data_file {
+    let split = args.split.unwrap_or(Split::Test);
+    register_inputs(args)?;
+    Ok(if let Some(file) = data_file(args) {
         Dataset::from_cifar_file(kind, file)?
     } else if let Some(folder) = &args.dataset_path {
         // A folder named outright is fetched only when its name says what it is (the official
@@ -64,8 +65,14 @@ pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
         Dataset::load_folder(kind, folder, split)?
     } else {
         let folder = data_root(args.data_dir.as_deref())?.ensure(&DatasetFolder::official(kind))?;
+        crate::files::input_tree(&folder);
         Dataset::load_folder(kind, &folder, split)?
     })
+}
+
+/// `--data-file`, or a `--data-dir` that is a file of records.
+fn data_file(args: &DataArgs) -> Option<&std::path::PathBuf> {
+    args.data_file.as_ref().or(args.data_dir.as_ref().filter(|d| d.is_file()))
 }
 
 /// The data folder: `--data-dir`, else $DECOMP_DATA_DIR, else `../shared/datasets` beside the
@@ -73,6 +80,32 @@ pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
 pub fn data_root(flag: Option<&std::path::Path>) -> Result<DataRoot> {
     let cwd = std::env::current_dir().context("reading the working directory")?;
     Ok(DataRoot::resolve(flag, &cwd))
+}
+
+/// Registers the files and folders `args` reads as inputs of the command (`crate::files`),
+/// so that no output can replace them; call it before checking outputs.
+pub fn register_inputs(args: &DataArgs) -> Result<()> {
+    let kind = DatasetKind::parse(&args.dataset)?;
+    if let Some(file) = data_file(args) {
+        crate::files::input(file);
+    } else if let Some(folder) = &args.dataset_path {
+        crate::files::input_tree(folder);
+    } else {
+        let root = data_root(args.data_dir.as_deref())?;
+        let want = DatasetFolder::official(kind);
+        crate::files::input_tree(&root.find(&want).unwrap_or_else(|| root.dir.join(&want.name)));
+    }
+    Ok(())
+}
+
+/// Where the images of `args` come from, for messages.
+pub fn describe_source(args: &DataArgs) -> String {
+    match (&args.data_file, &args.dataset_path, &args.data_dir) {
+        (Some(f), _, _) => f.display().to_string(),
+        (None, Some(p), _) => p.display().to_string(),
+        (None, None, Some(d)) => format!("{} in {}", args.dataset, d.display()),
+        (None, None, None) => format!("{} in the default data folder", args.dataset),
+    }
 }
 
 /// Converts `ds` to the channels and size `model` takes, normalized the way it expects.
@@ -89,13 +122,18 @@ pub fn fit_to_model(ds: Dataset, model: &ModelIr) -> Result<Dataset> {
     Ok(ds.with_normalization(norm))
 }
 
-/// Opens the dataset the flags describe, normalized the way `model` expects.
+/// Opens the dataset the flags describe, normalized the way `model` expects; the first
+/// `--limit` images. An empty result is an error, never "0 images, top-1 0.00%".
 pub fn open_dataset(args: &DataArgs, model: &ModelIr) -> Result<Dataset> {
     let ds = fit_to_model(open_raw_dataset(args)?, model)?;
-    Ok(match args.limit {
+    let ds = match args.limit {
         Some(n) => ds.take(n),
         None => ds,
-    })
+    };
+    if ds.is_empty() {
+        bail!("{}: no images in the {} split", describe_source(args), args.split.unwrap_or(Split::Test));
+    }
+    Ok(ds)
 }
 
 /// Runs `model` over `ds` and accumulates accuracy, with a progress bar on stderr.
@@ -144,7 +182,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         model: &model.meta.arch,
         weights: &a.model.weights,
         dataset: a.data.dataset.clone(),
-        split: if a.data.data_file.is_some() || a.data.data_dir.as_ref().is_some_and(|d| d.is_file()) { "file" } else { &a.data.split },
+        split: if data_file(&a.data).is_some() { "file" } else { a.data.split.unwrap_or(Split::Test).name() },
         top1: report.top1,
         top5: report.top5,
         n: report.n,
@@ -155,14 +193,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         images_per_second: report.n as f64 / seconds.max(1e-9),
     };
     if a.json {
-        println!("{}", serde_json::to_string(&out)?);
+        outln!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
-    println!("{} on {} ({}): {} images, {:.1} s ({:.0} images/s)", out.model, out.dataset, out.split, out.n, seconds, out.images_per_second);
-    println!("top-1 {:.2}%  top-5 {:.2}%", out.top1, out.top5);
-    println!("{:<16} {:>7} {:>8}", "class", "images", "top-1 %");
+    outln!("{} on {} ({}): {} images, {:.1} s ({:.0} images/s)", out.model, out.dataset, out.split, out.n, seconds, out.images_per_second);
+    outln!("top-1 {:.2}%  top-5 {:.2}%", out.top1, out.top5);
+    outln!("{:<16} {:>7} {:>8}", "class", "images", "top-1 %");
     for ((name, n), acc) in out.class_names.iter().zip(out.per_class_n).zip(out.per_class) {
-        println!("{name:<16} {n:>7} {acc:>8.2}");
+        outln!("{name:<16} {n:>7} {acc:>8.2}");
     }
     Ok(())
 }

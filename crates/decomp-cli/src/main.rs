@@ -2,10 +2,13 @@
 //! device, knows file locations and installs a tracing subscriber; every subcommand is one
 //! stage runnable on the artifacts of the previous one.
 
+#[macro_use]
+mod files;
 mod channel;
 mod decompose;
 mod energy;
 mod eval;
+mod flags;
 mod mix;
 mod model_source;
 mod plot;
@@ -61,17 +64,19 @@ pub struct DataArgs {
     /// `--data-dir`'s naming convention.
     #[arg(long)]
     pub dataset_path: Option<PathBuf>,
-    /// One file of CIFAR-10/100 binary records (e.g. `train_first4000.bin`).
-    #[arg(long)]
+    /// One file of CIFAR-10/100 binary records (e.g. `train_first4000.bin`); `--split`
+    /// does not apply to it.
+    #[arg(long, conflicts_with = "dataset_path")]
     pub data_file: Option<PathBuf>,
-    /// Split: train or test (Tiny ImageNet: test = the labelled val split).
-    #[arg(long, default_value = "test")]
-    pub split: String,
+    /// Split: train or test (Tiny ImageNet: test = the labelled val split). Default: test for
+    /// `eval` and `compose`, train for `concern`, `tangle` and `decompose`.
+    #[arg(long, value_parser = flags::split)]
+    pub split: Option<decomp_data::Split>,
     /// Accepted for old scripts: a missing dataset is always downloaded unless --offline.
     #[arg(long, hide = true)]
     pub download: bool,
-    /// Evaluate only the first N images.
-    #[arg(long)]
+    /// Use only the first N images (at least 1).
+    #[arg(long, value_parser = flags::positive_usize)]
     pub limit: Option<usize>,
 }
 
@@ -160,7 +165,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => decomp_data::DatasetFolder::official(kind),
             };
             let dir = eval::data_root(data_dir.as_deref())?.ensure(&want)?;
-            println!("{}", dir.display());
+            outln!("{}", dir.display());
             Ok(())
         }
         Command::Inspect { path } => model_source::inspect(&path),

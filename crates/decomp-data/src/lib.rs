@@ -47,6 +47,7 @@ pub mod fetch;
 mod idx;
 mod kind;
 pub mod locate;
+pub mod read;
 mod source;
 pub mod subset;
 mod synthetic;
@@ -60,6 +61,12 @@ pub use error::DataError;
 pub use idx::{FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_CLASSES};
 pub use kind::{DATA_DIR_ENV, DEBIAN_FASHION_MNIST_DIR, DatasetKind, Normalization, Split};
 pub use locate::{DataRoot, DatasetFolder};
+
+/// The name a class gets when its dataset names none (a single file of records without a
+/// class-name file beside it): `class_<i>`. Comparisons of class names skip such names.
+pub fn placeholder_class_name(i: usize) -> String {
+    format!("class_{i}")
+}
 
 #[cfg(test)]
 mod tests {

@@ -3,20 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn decomp(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_decomp")).args(args).env("RUST_LOG", "warn").output().expect("run decomp");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-/// Writes `n` CIFAR-10 records (label i % 10, pixels from i).
-fn cifar_file(path: &Path, n: usize) {
-    let mut bytes = Vec::with_capacity(n * 3073);
-    for i in 0..n {
-        bytes.push((i % 10) as u8);
-        bytes.extend((0..3072).map(|p| ((p * 7 + i * 13) % 256) as u8));
-    }
-    std::fs::write(path, bytes).expect("write records");
-}
+use crate::support::{cifar_file, decomp};
 
 /// An untrained 10-class ResNet-8 written as `dir/m.ir`.
 fn model_file(dir: &Path) -> std::path::PathBuf {

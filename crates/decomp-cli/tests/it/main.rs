@@ -2,6 +2,8 @@
 
 mod channel;
 mod cli;
+mod hardening;
 mod pipeline;
 mod reuse;
+mod support;
 mod train;
