@@ -10,6 +10,8 @@
 //!   [`ChannelConcernSet`] / [`ChannelModule`] are their artifacts.
 //! - [`artifact`]: the file envelope (magic, format version, kind, length, SHA-256) and
 //!   atomic writes; [`read_artifact`] validates what it decodes.
+//! - [`limits`]: the size limits ([`limits::MAX_NODE_VALUES`], [`limits::MAX_PARAMS`],
+//!   ...) graphs and models are checked against before anything is allocated for them.
 //!
 //! This crate depends on serde and bincode only: no tensor library enters the boundary.
 
@@ -19,6 +21,7 @@ pub mod channel;
 mod channel_module;
 mod error;
 mod graph;
+pub mod limits;
 mod mask;
 mod model;
 mod module;
