@@ -75,7 +75,7 @@ pub fn fit_to_model(ds: Dataset, model: &ModelIr) -> Result<Dataset> {
         ds = ds.with_channels(c)?;
     }
     if ds.image_shape()[1..] != [h, w] {
-        ds = ds.with_resize(h, w);
+        ds = ds.with_resize(h, w)?;
     }
     let norm = Normalization::new(&model.meta.input_norm.mean, &model.meta.input_norm.std);
     Ok(ds.with_normalization(norm))
