@@ -102,7 +102,7 @@ pub fn evaluate(exec: &Executor, ds: &Dataset, classes: usize, batch_size: usize
         .expect("valid template"),
     );
     bar.set_prefix("eval");
-    let mut acc = Accumulator::new(classes);
+    let mut acc = Accumulator::new(classes).for_node(exec.output_name());
     for batch in ds.batches(batch_size) {
         let batch = batch?;
         let n = batch.labels.len();

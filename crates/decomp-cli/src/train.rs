@@ -322,7 +322,8 @@ fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(Mode
         .with_batch_norm(batch_norm)
         .with_input([c, h, w])
         .with_seed(a.seed)
-        .build()?;
+        .build()
+        .with_context(|| format!("--arch {} for {} classes of {c}x{h}x{w} images", a.arch, names.len()))?;
     let norm = kind.default_normalization();
     model.meta.input_norm = InputNorm {
         mean: norm.mean.clone(),

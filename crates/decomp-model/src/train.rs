@@ -35,7 +35,7 @@ use tracing::debug;
 
 use crate::ModelError;
 use crate::burn_resnet::ResNet;
-use crate::executor::{Executor, to_vec};
+use crate::executor::{Executor, check_finite, to_vec};
 
 /// The optimizer and its hyper-parameters (the learning rate is [`TrainConfig::lr`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -405,10 +405,14 @@ impl Trainer {
             .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))
     }
 
-    /// The current model as IR (parameters and BatchNorm statistics written back).
+    /// The current model as IR (parameters and BatchNorm statistics written back), checked:
+    /// a step that left a NaN or infinite parameter behind is an error naming the node, so
+    /// such a model is never validated, checkpointed or saved.
     pub fn model_ir(&self) -> Result<ModelIr, ModelError> {
         let mut ir = self.template.clone();
         self.model()?.write_into(&mut ir)?;
+        ir.check()
+            .map_err(|e| ModelError::Train(format!("the trained model is invalid: {e}")))?;
         Ok(ir)
     }
 
@@ -457,6 +461,9 @@ impl Trainer {
                 ModelError::Train(msg) => {
                     ModelError::Train(format!("epoch {} step {step}: {msg}", epoch + 1))
                 }
+                e @ ModelError::NonFinite { .. } => {
+                    ModelError::Train(format!("epoch {} step {step}, batch {e}", epoch + 1))
+                }
                 e => e,
             })?;
             correct += right;
@@ -468,7 +475,15 @@ impl Trainer {
         let (val_loss, val_acc) = if val.is_empty() {
             (None, None)
         } else {
-            let (l, a) = self.evaluate(val)?;
+            let (l, a) = self.evaluate(val).map_err(|e| match e {
+                ModelError::Train(msg) => {
+                    ModelError::Train(format!("epoch {} validation: {msg}", epoch + 1))
+                }
+                e @ ModelError::NonFinite { .. } => {
+                    ModelError::Train(format!("epoch {} validation, {e}", epoch + 1))
+                }
+                e => e,
+            })?;
             (Some(l), Some(a))
         };
         self.epochs_done += 1;
@@ -518,6 +533,9 @@ impl Trainer {
             .take()
             .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))?;
         let logits = model.forward(x);
+        let output = &self.template.graph.nodes[self.template.graph.output].name;
+        let k = self.template.num_classes();
+        check_finite(&to_vec(logits.clone().detach()), k, 0, output, "logit")?;
         let loss = CrossEntropyLossConfig::new()
             .init(&ad)
             .forward(logits.clone(), y);
@@ -546,15 +564,18 @@ impl Trainer {
     }
 
     /// Mean cross-entropy and top-1 of the current model on `data` (inference mode: the
-    /// IR executor with BatchNorm running statistics).
+    /// IR executor with BatchNorm running statistics). A NaN or infinite logit is a
+    /// [`ModelError::NonFinite`] naming the image of `data` and the output node.
     pub fn evaluate(&self, data: &Dataset) -> Result<(f64, f64), ModelError> {
         let ir = self.model_ir()?;
         let exec = Executor::new(&ir, &self.device)?;
-        let (mut loss, mut correct) = (0.0f64, 0usize);
+        let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for batch in data.batches(self.config.eval_batch_size) {
             let batch = batch?;
             let n = batch.labels.len();
             let logits = to_vec(exec.forward(exec.input_tensor(batch.images, n)?)?);
+            exec.check_logits(&logits, seen)?;
+            seen += n;
             let k = logits.len() / n.max(1);
             for (row, &label) in logits.chunks(k).zip(&batch.labels) {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
