@@ -9,7 +9,7 @@ fn decomp(args: &[&str]) -> (bool, String, String) {
 }
 
 /// Writes `n` CIFAR-10 records (label i % 10, pixels from i).
-fn cifar_file(path: &Path, n: usize) {
+pub(crate) fn cifar_file(path: &Path, n: usize) {
     let mut bytes = Vec::with_capacity(n * 3073);
     for i in 0..n {
         bytes.push((i % 10) as u8);

@@ -2,6 +2,7 @@
 
 mod channel;
 mod cli;
+mod numerics;
 mod pipeline;
 mod reuse;
 mod train;
