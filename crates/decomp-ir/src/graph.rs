@@ -142,6 +142,26 @@ impl Op {
         }
     }
 
+    /// Number of values the op stores: weights, biases, BatchNorm statistics, constants
+    /// (what [`crate::limits::MAX_PARAMS`] bounds).
+    pub fn stored_values(&self) -> usize {
+        let t = |t: &TensorData| t.data.len();
+        let o = |b: &Option<TensorData>| b.as_ref().map_or(0, t);
+        match self {
+            Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => t(weight) + o(bias),
+            Op::BatchNorm2d {
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                ..
+            } => t(gamma) + t(beta) + t(running_mean) + t(running_var),
+            Op::BiasMap { bias } => t(bias),
+            Op::ChannelGather { fill, .. } => fill.len(),
+            _ => 0,
+        }
+    }
+
     /// Number of learned parameters (running statistics of BatchNorm excluded).
     pub fn num_params(&self) -> usize {
         match self {
@@ -285,7 +305,7 @@ impl Graph {
                     "the nodes up to this one hold {values} values per image, over the limit of {MAX_GRAPH_VALUES} (limits::MAX_GRAPH_VALUES)"
                 )));
             }
-            stored = stored.saturating_add(stored_values(&node.op));
+            stored = stored.saturating_add(node.op.stored_values());
             if stored > MAX_PARAMS {
                 return Err(bad(format!(
                     "the nodes up to this one store {stored} values, over the limit of {MAX_PARAMS} (limits::MAX_PARAMS)"
@@ -320,25 +340,6 @@ fn within_limits(shape: &Shape) -> Result<usize, String> {
         ));
     }
     Ok(n)
-}
-
-/// Values a node stores: weights, BatchNorm statistics, constants.
-fn stored_values(op: &Op) -> usize {
-    let t = |t: &TensorData| t.data.len();
-    let o = |b: &Option<TensorData>| b.as_ref().map_or(0, t);
-    match op {
-        Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => t(weight) + o(bias),
-        Op::BatchNorm2d {
-            gamma,
-            beta,
-            running_mean,
-            running_var,
-            ..
-        } => t(gamma) + t(beta) + t(running_mean) + t(running_var),
-        Op::BiasMap { bias } => t(bias),
-        Op::ChannelGather { fill, .. } => fill.len(),
-        _ => 0,
-    }
 }
 
 fn feature_map(s: &Shape) -> Result<[usize; 3], String> {

@@ -333,29 +333,6 @@ fn standard_normal(rng: &mut impl Rng) -> f64 {
 mod tests {
     use super::*;
 
-    /// Values stored by the built graph, counted tensor by tensor.
-    fn counted(model: &ModelIr) -> usize {
-        let t = |t: &TensorData| t.data.len();
-        model
-            .graph
-            .nodes
-            .iter()
-            .map(|n| match &n.op {
-                Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => {
-                    t(weight) + bias.as_ref().map_or(0, t)
-                }
-                Op::BatchNorm2d {
-                    gamma,
-                    beta,
-                    running_mean,
-                    running_var,
-                    ..
-                } => t(gamma) + t(beta) + t(running_mean) + t(running_var),
-                _ => 0,
-            })
-            .sum()
-    }
-
     #[test]
     fn stored_values_match_the_built_graph() {
         for cfg in [
@@ -368,7 +345,8 @@ mod tests {
                 .with_input([1, 28, 28]),
         ] {
             let model = cfg.build().expect("build");
-            assert_eq!(cfg.stored_values(), Some(counted(&model)), "{cfg:?}");
+            let counted: usize = model.graph.nodes.iter().map(|n| n.op.stored_values()).sum();
+            assert_eq!(cfg.stored_values(), Some(counted), "{cfg:?}");
         }
     }
 

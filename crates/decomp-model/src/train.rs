@@ -301,6 +301,16 @@ pub struct Trainer {
     best: Option<BestEpoch>,
 }
 
+/// Says where in the run (`at`: epoch and step, or validation) a training or non-finite
+/// error happened.
+fn located(e: ModelError, at: &str) -> ModelError {
+    match e {
+        ModelError::Train(msg) => ModelError::Train(format!("{at}: {msg}")),
+        e @ ModelError::NonFinite { .. } => ModelError::Train(format!("{at}, {e}")),
+        e => e,
+    }
+}
+
 /// Seed of the random stream `stream` of `epoch` (64-bit mix of the three).
 fn epoch_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
     let mut z = seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ stream.rotate_left(32);
@@ -457,15 +467,9 @@ impl Trainer {
             augmentation.apply(&mut batch, order.normalization(), &mut aug_rng);
             let n = batch.labels.len();
             let lr = cfg.lr_at(epoch, step, steps);
-            let (loss_value, right) = self.step(batch, lr).map_err(|e| match e {
-                ModelError::Train(msg) => {
-                    ModelError::Train(format!("epoch {} step {step}: {msg}", epoch + 1))
-                }
-                e @ ModelError::NonFinite { .. } => {
-                    ModelError::Train(format!("epoch {} step {step}, batch {e}", epoch + 1))
-                }
-                e => e,
-            })?;
+            let (loss_value, right) = self
+                .step(batch, lr)
+                .map_err(|e| located(e, &format!("epoch {} step {step}", epoch + 1)))?;
             correct += right;
             loss_sum += loss_value * n as f64;
             seen += n;
@@ -475,15 +479,9 @@ impl Trainer {
         let (val_loss, val_acc) = if val.is_empty() {
             (None, None)
         } else {
-            let (l, a) = self.evaluate(val).map_err(|e| match e {
-                ModelError::Train(msg) => {
-                    ModelError::Train(format!("epoch {} validation: {msg}", epoch + 1))
-                }
-                e @ ModelError::NonFinite { .. } => {
-                    ModelError::Train(format!("epoch {} validation, {e}", epoch + 1))
-                }
-                e => e,
-            })?;
+            let (l, a) = self
+                .evaluate(val)
+                .map_err(|e| located(e, &format!("epoch {} validation", epoch + 1)))?;
             (Some(l), Some(a))
         };
         self.epochs_done += 1;
@@ -521,7 +519,9 @@ impl Trainer {
 
     /// One optimizer step at learning rate `lr` on an (already augmented) batch. Returns the
     /// batch's mean cross-entropy and the number of images the model got right before the
-    /// update. Public for throughput probes; [`Trainer::run_epoch`] is the normal entry.
+    /// update. A NaN or infinite logit is a [`ModelError::NonFinite`] naming the image's
+    /// position in the batch and the output node. Public for throughput probes;
+    /// [`Trainer::run_epoch`] is the normal entry.
     pub fn step(&mut self, batch: Batch, lr: f64) -> Result<(f64, usize), ModelError> {
         let ad = self.device.clone().autodiff();
         let n = batch.labels.len();

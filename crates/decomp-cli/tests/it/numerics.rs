@@ -16,14 +16,11 @@ use decomp_model::train::TrainCheckpoint;
 use proptest::prelude::*;
 
 use crate::cli::cifar_file;
+use crate::reuse::{decomp as succeeds, s};
 use crate::train::two_class_records;
 
 #[path = "../../../decomp-model/tests/it/torch_zip.rs"]
 mod torch_zip;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
 
 /// Runs `decomp args` and checks that it fails cleanly: exit code 1 (not a signal such as
 /// SIGABRT, not a panic), every needle in stderr, and every file of `inputs` unchanged.
@@ -59,21 +56,6 @@ fn refused(args: &[&str], inputs: &[&Path], needles: &[&str]) -> String {
         );
     }
     err
-}
-
-/// Runs `decomp args`, expects success and returns stdout.
-fn succeeds(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_decomp"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run decomp");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One change to a model, applied before it is written.
@@ -556,9 +538,7 @@ fn non_finite_training_stops_and_keeps_the_last_checkpoint() {
                 w.data[..f].fill(3e38);
                 w.data[f..].fill(-3e38);
             }) as Change,
-            &[
-                "epoch 2 step 0, batch image 0: logit 0 of node linear is inf, expected a finite number",
-            ][..],
+            &["epoch 2 step 0, image 0: logit 0 of node linear is inf, expected a finite number"][..],
         ),
         (
             // Finite logits 6e38 apart: the cross-entropy overflows.
