@@ -304,14 +304,11 @@ fn pid_alive(pid: &str) -> bool {
         .is_ok_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists())
 }
 
-/// Writes through a temporary file and a rename, so a file is never half written.
+/// Writes through a synced temporary file and a rename, so a file is never half written,
+/// under the output policy of every decomp write (`decomp_ir::output`: regular files only,
+/// through symlinks, umask honoured). The one writer of xtask's reports.
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
-    }
-    let tmp = PathBuf::from(format!("{}.tmp-{}", path.display(), std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    decomp_ir::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
 

@@ -8,9 +8,9 @@
 //! `t0/channel-rates.ccs`); every further point only thresholds them, extracts the small
 //! modules and composes them (one evaluation per point). Finished points are reused.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -184,11 +184,6 @@ fn round2(v: &Value) -> String {
 /// Lowest change drawn; points below it sit on the bottom edge as open circles.
 const Y_FLOOR: f64 = -30.0;
 
-fn write(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
-}
 
 /// The `rec.` column of row `r`: reconstruction, its passes, and the head fit (training).
 fn rec_label(r: &Value) -> String {
@@ -395,7 +390,7 @@ pub fn run(
             }));
         }
     }
-    write(
+    crate::engine::write_atomic(
         &out.join("frontier.json"),
         &serde_json::to_string_pretty(&rows)?,
     )?;
@@ -530,8 +525,8 @@ pub fn run(
         md.push_str(&format!("| {label} | {x} | {d:+} |\n"));
     }
     md.push_str(&format!("\nPlot: `frontier.svg` (y = composed top-1 minus the model's own top-1 on the same images, so that published\nlosses on other models share the axis; points below {Y_FLOOR} are drawn as open circles on the bottom edge).\n"));
-    write(&out.join("frontier.md"), &md)?;
-    write(&out.join("frontier.csv"), &csv)?;
+    crate::engine::write_atomic(&out.join("frontier.md"), &md)?;
+    crate::engine::write_atomic(&out.join("frontier.csv"), &csv)?;
     plot(&out.join("frontier.svg"), &rows)?;
     println!("report: {}", out.join("frontier.md").display());
     Ok(())
@@ -551,9 +546,9 @@ macro_rules! marker {
 }
 
 fn plot(path: &Path, rows: &[Value]) -> Result<()> {
-    let tmp: PathBuf = path.with_extension("svg.tmp");
+    let mut svg = String::new();
     {
-        let root = SVGBackend::new(&tmp, (860, 520)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (860, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
         let ys: Vec<f64> = rows
             .iter()
@@ -682,5 +677,5 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             .map_err(|e| anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    crate::engine::write_atomic(path, &svg)
 }

@@ -296,19 +296,12 @@ fn eval_experiment(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &
         ));
         json.push(serde_json::json!({"model": arch, "images": split, "result": v}));
     }
-    write(&out.join("report.md"), &md)?;
-    write(&out.join("eval.json"), &serde_json::to_string_pretty(&json)?)?;
+    crate::engine::write_atomic(&out.join("report.md"), &md)?;
+    crate::engine::write_atomic(&out.join("eval.json"), &serde_json::to_string_pretty(&json)?)?;
     println!("report: {}", out.join("report.md").display());
     Ok(())
 }
 
-/// Writes through a temporary file and a rename, so a report is never half written.
-fn write(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
 
 /// The paper's Table 1 (MC-BLN, CIFAR-10): model top-1/top-5, modules top-1/top-5, JI.
 const PAPER_TABLE1: [(&str, f64, f64, f64, f64, f64); 3] = [
@@ -395,7 +388,7 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
             }));
         }
     }
-    write(&out.join("table1.json"), &serde_json::to_string_pretty(&rows)?)?;
+    crate::engine::write_atomic(&out.join("table1.json"), &serde_json::to_string_pretty(&rows)?)?;
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
     let mut csv = String::from("model,variant,n,model_top1,model_top5,composed_top1,composed_top5,module_size,mean_overlap,decompose_seconds,compose_seconds\n");
     let mut md = String::from(
@@ -429,8 +422,8 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
         md.push_str(&format!("| {m} | {a} | {b} | {c} | {d} | {ji} |\n"));
     }
     md.push_str("\nConfiguration of every row (METHOD.md knobs): see `config` in `table1.json`.\n");
-    write(&out.join("table1.md"), &md)?;
-    write(&out.join("table1.csv"), &csv)?;
+    crate::engine::write_atomic(&out.join("table1.md"), &md)?;
+    crate::engine::write_atomic(&out.join("table1.csv"), &csv)?;
     println!("report: {}", out.join("table1.md").display());
     Ok(())
 }

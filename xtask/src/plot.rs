@@ -32,9 +32,9 @@ pub fn bars(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("svg.tmp");
+    let mut svg = String::new();
     {
-        let root = SVGBackend::new(&tmp, (width, 360)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (width, 360)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
         let n = categories.len().max(1);
         let mut chart = ChartBuilder::on(&root)
@@ -90,6 +90,5 @@ pub fn bars(
             .map_err(|e| anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::engine::write_atomic(path, &svg)
 }

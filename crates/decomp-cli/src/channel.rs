@@ -9,15 +9,12 @@ use decomp_compose::{compose_channel, union_cost};
 use decomp_data::Dataset;
 use decomp_eval::Accumulator;
 use decomp_ir::analysis::Cost;
-use decomp_ir::{
-    ActivationRate, ArtifactKind, ChannelConcernSet, ChannelConfig, ChannelModule, ClassChannels,
-    Compensation, DecompConfig, ModelIr, UnconcernedStats, Variant, encode_artifact, read_artifact,
-    write_artifact, write_atomic,
-};
+use decomp_ir::{ActivationRate, ArtifactKind, ChannelConcernSet, ChannelConfig, ChannelModule, ClassChannels, Compensation, DecompConfig, ModelIr, UnconcernedStats, Variant, encode_artifact};
+use crate::files::{read_artifact, write_artifact, write_atomic};
 use decomp_model::{Executor, parse_device};
 use serde::Serialize;
 
-use crate::decompose::{RunArgs, bar};
+use crate::decompose::{RunArgs, bar, training_data};
 use crate::eval::open_dataset;
 use crate::{DataArgs, ModelArgs};
 
@@ -31,11 +28,11 @@ pub struct ChannelArgs {
     pub granularity: String,
     /// Channel level: keep a channel whose activation rate on the concerned images is >= tau
     /// (and > 0; 0 keeps every channel that is ever active).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::flags::finite_f32)]
     pub tau: f32,
     /// Channel level: bring back a channel whose rate on the unconcerned sample is >= this
     /// (and > 0); above 1 brings back nothing.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::flags::finite_f32)]
     pub tau_neg: f32,
     /// Channel level: `mean-positions` (fraction of positions > 0, averaged over images),
     /// `any-position` (fraction of images with any position > 0) or `deviation` (standard
@@ -50,7 +47,7 @@ pub struct ChannelArgs {
     /// Channel level: select channels by first-order importance for the module's margin
     /// (per FLOP saved) until the module has at most this fraction of the model's FLOPs,
     /// instead of the rate thresholds (`--tau`, `--tau-neg`, `--rate` are then unused).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::finite_f32)]
     pub budget: Option<f32>,
     /// Channel level: refit the convolutions of the pruned module by closed-form least
     /// squares so that it reproduces the model's own pre-activations on the module's sample
@@ -76,7 +73,26 @@ impl ChannelArgs {
     /// The channel configuration, or `None` for element granularity.
     pub fn config(&self) -> Result<Option<ChannelConfig>> {
         match self.granularity.as_str() {
-            "element" => return Ok(None),
+            "element" => {
+                let set: Vec<&str> = [
+                    ("--tau", self.tau != 0.0),
+                    ("--tau-neg", self.tau_neg != 0.0),
+                    ("--rate", self.rate != "mean-positions"),
+                    ("--compensation", self.compensation != "sample"),
+                    ("--budget", self.budget.is_some()),
+                    ("--reconstruct", self.reconstruct),
+                    ("--relu-passes", self.relu_passes != 3),
+                    ("--fit-head", self.fit_head),
+                    ("--fit-images", self.fit_images != 512),
+                ]
+                .into_iter()
+                .filter_map(|(flag, given)| given.then_some(flag))
+                .collect();
+                if !set.is_empty() {
+                    bail!("{} apply to --granularity channel only (this run is element-level)", set.join(", "));
+                }
+                return Ok(None);
+            }
             "channel" => {}
             g => bail!("--granularity {g:?}: expected element or channel"),
         }
@@ -122,13 +138,6 @@ impl ChannelArgs {
     }
 }
 
-fn training_data(data: &DataArgs, model: &ModelIr) -> Result<Dataset> {
-    let mut d = data.clone();
-    d.split = "train".into();
-    d.limit = None;
-    open_dataset(&d, model)
-}
-
 /// Channel-level concern identification: statistics of every class's positives.
 pub fn run_concern(
     model: &ModelIr,
@@ -145,10 +154,7 @@ pub fn run_concern(
     }
     let device = parse_device(&run.device)?;
     let exec = Executor::new(model, &device)?;
-    let classes: Vec<usize> = run
-        .classes
-        .clone()
-        .unwrap_or_else(|| (0..model.num_classes()).collect());
+    let classes = run.class_list(model)?;
     let start = Instant::now();
     let b = bar(
         (classes.len() * cfg.positives_per_class) as u64,
@@ -333,7 +339,7 @@ fn write_modules(
         &out_dir.join("summary.json"),
         serde_json::to_string_pretty(&s)?.as_bytes(),
     )?;
-    println!("{}", serde_json::to_string(&s)?);
+    outln!("{}", serde_json::to_string(&s)?);
     Ok(())
 }
 
@@ -360,7 +366,13 @@ pub fn tangle(
             set.model_hash
         );
     }
-    if let Some(want) = &run.classes {
+    if set.classes.is_empty() {
+        bail!("{}: the channel concern set holds no class", concern.display());
+    }
+    if let Some(c) = set.classes.iter().find(|c| c.class >= m.num_classes()) {
+        bail!("{}: class {} is beyond the model's {} classes", concern.display(), c.class, m.num_classes());
+    }
+    if let Some(want) = run.classes_of_set(&m)? {
         if let Some(c) = want
             .iter()
             .find(|&&c| !set.classes.iter().any(|k| k.class == c))
@@ -372,6 +384,7 @@ pub fn tangle(
         }
         set.classes.retain(|k| want.contains(&k.class));
     }
+    crate::files::claim_out_dir(out_dir, &hash, &stamp_config(&set.config, ccfg), run.force)?;
     let rates = out_dir.join("channel-rates.ccs");
     let needs_data = ccfg.budget.is_some() || ccfg.reconstruct || ccfg.fit_head;
     let missing = set.classes.iter().any(|c| c.unconcerned.is_none());
@@ -409,6 +422,7 @@ pub fn decompose(
 ) -> Result<()> {
     let m = crate::model_source::load_model(model)?;
     let train = training_data(data, &m)?;
+    crate::files::claim_out_dir(out_dir, &m.content_hash(), &stamp_config(cfg, ccfg), run.force)?;
     let mut set = run_concern(&m, &model.weights, &train, cfg, run, &data.dataset)?;
     untangle(&m, &train, &mut set, run)?;
     let rates = out_dir.join("channel-rates.ccs");
@@ -422,22 +436,14 @@ pub fn decompose(
     write_modules(&m, &set, ccfg, out_dir, &rates, Some(&fit))
 }
 
+/// The configuration a channel output folder's run stamp records.
+fn stamp_config(cfg: &DecompConfig, ccfg: &ChannelConfig) -> String {
+    format!("{:?} ; {ccfg:?}", DecompConfig { variant: Variant::CiTiMc, ..cfg.clone() })
+}
+
 /// Kind of an artifact file, read from its header alone.
 pub fn artifact_kind(path: &Path) -> Result<Option<ArtifactKind>> {
-    use std::io::Read;
-    let mut head = [0u8; 12];
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    if f.read_exact(&mut head).is_err() || &head[..8] != decomp_ir::artifact::MAGIC {
-        return Ok(None);
-    }
-    Ok(match u16::from_le_bytes([head[10], head[11]]) {
-        1 => Some(ArtifactKind::Model),
-        2 => Some(ArtifactKind::Module),
-        3 => Some(ArtifactKind::ConcernSet),
-        6 => Some(ArtifactKind::ChannelConcernSet),
-        7 => Some(ArtifactKind::ChannelModule),
-        _ => None,
-    })
+    Ok(decomp_ir::artifact::peek_kind(path)?)
 }
 
 /// One module's line of the channel compose report.
@@ -491,7 +497,7 @@ struct ChannelComposeOutput {
 pub struct ComposeInputs<'a> {
     pub modules: &'a [PathBuf],
     pub data: &'a DataArgs,
-    pub classes: Option<&'a [usize]>,
+    pub classes: Option<&'a [String]>,
     pub batch_size: usize,
     pub device: &'a str,
     pub reference: Option<&'a str>,
@@ -521,17 +527,6 @@ pub fn compose(a: ComposeInputs<'_>) -> Result<()> {
         let m: ChannelModule =
             read_artifact(p).with_context(|| format!("reading module {}", p.display()))?;
         modules.push(m);
-    }
-    let classes: Vec<usize> = a.classes.map_or_else(
-        || modules.iter().map(|m| m.class).collect(),
-        <[usize]>::to_vec,
-    );
-    if classes.len() != modules.len() {
-        bail!(
-            "--classes lists {} classes for {} modules",
-            classes.len(),
-            modules.len()
-        );
     }
     for (p, m) in a.modules.iter().zip(&modules) {
         if m.module.meta.input_norm != modules[0].module.meta.input_norm {
@@ -567,6 +562,8 @@ pub fn compose(a: ComposeInputs<'_>) -> Result<()> {
         None => None,
     };
     let full = open_dataset(a.data, &modules[0].module)?;
+    let own: Vec<(usize, &str)> = modules.iter().map(|m| (m.class, m.class_name.as_str())).collect();
+    let classes = crate::decompose::module_classes(a.classes, &own, a.modules, &full, a.data)?;
     let identity =
         classes.len() == full.num_classes() && classes.iter().enumerate().all(|(i, &c)| i == c);
     let data = if identity {
@@ -574,6 +571,9 @@ pub fn compose(a: ComposeInputs<'_>) -> Result<()> {
     } else {
         full.subset_classes(&classes)?
     };
+    if data.is_empty() {
+        bail!("{}: no image of the modules' classes {classes:?}", crate::eval::describe_source(a.data));
+    }
     let device = parse_device(a.device)?;
     let start = Instant::now();
     let b = bar(data.len() as u64, format!("compose {}", modules.len()));
@@ -685,25 +685,25 @@ pub fn compose(a: ComposeInputs<'_>) -> Result<()> {
         write_atomic(p, text.as_bytes())?;
     }
     if a.json {
-        println!("{text}");
+        outln!("{text}");
     } else {
-        println!(
+        outln!(
             "{k} channel modules on {} images ({seconds:.1} s, separate passes)",
             out.n
         );
         if let (Some(t1), Some(t5)) = (out.model_top1, out.model_top5) {
-            println!("model     top-1 {t1:.2}%  top-5 {t5:.2}%");
+            outln!("model     top-1 {t1:.2}%  top-5 {t5:.2}%");
         }
-        println!(
+        outln!(
             "composed  top-1 {:.2}%  top-5 {:.2}%",
             out.composed_top1, out.composed_top5
         );
-        println!(
+        outln!(
             "mean module FLOPs {:.1}% of the model, parameters {:.1}%, file {:.0} bytes",
             out.mean_flops_percent, out.mean_params_percent, out.mean_bytes
         );
         if let Some(t) = out.mean_time_ratio {
-            println!("mean module time {:.2}x the model's", t);
+            outln!("mean module time {:.2}x the model's", t);
         }
     }
     Ok(())
@@ -714,53 +714,53 @@ pub fn inspect(path: &Path) -> Result<bool> {
     match artifact_kind(path)? {
         Some(ArtifactKind::ChannelModule) => {
             let m: ChannelModule = read_artifact(path)?;
-            println!(
+            outln!(
                 "channel module of class {} ({}) from {} ({})",
                 m.class, m.class_name, m.model_path, m.model_hash
             );
-            println!("config: {:?}", m.config);
-            println!("channel: {:?}", m.channel);
-            println!("samples: {:?}", m.counts);
-            println!("provenance: {}", m.provenance);
+            outln!("config: {:?}", m.config);
+            outln!("channel: {:?}", m.channel);
+            outln!("samples: {:?}", m.counts);
+            outln!("provenance: {}", m.provenance);
             let (kept, total) = m.plan.kept_channels();
-            println!("channels kept: {kept} of {total}");
+            outln!("channels kept: {kept} of {total}");
             for g in &m.plan.groups {
                 let names: Vec<String> = g.sites.iter().map(|s| s.to_string()).collect();
-                println!(
+                outln!(
                     "  sites [{}]: {} of {} channels",
                     names.join(", "),
                     g.kept.count_ones(),
                     g.kept.len()
                 );
             }
-            println!(
+            outln!(
                 "parameters: {} ({:.1}% of the model's {})",
                 m.cost.params,
                 pct(m.cost.params, m.model_cost.params),
                 m.model_cost.params
             );
-            println!(
+            outln!(
                 "FLOPs: {} ({:.1}% of the model's {})",
                 m.cost.flops,
                 pct(m.cost.flops, m.model_cost.flops),
                 m.model_cost.flops
             );
-            println!(
+            outln!(
                 "MACs: {} ({:.1}%)",
                 m.cost.macs,
                 pct(m.cost.macs, m.model_cost.macs)
             );
-            println!("bytes on disk: {}", std::fs::metadata(path)?.len());
+            outln!("bytes on disk: {}", std::fs::metadata(path)?.len());
             Ok(true)
         }
         Some(ArtifactKind::ChannelConcernSet) => {
             let s: ChannelConcernSet = read_artifact(path)?;
-            println!(
+            outln!(
                 "channel concern set of {} ({}) on {}",
                 s.model_path, s.model_hash, s.dataset
             );
-            println!("config: {:?}", s.config);
-            println!(
+            outln!("config: {:?}", s.config);
+            outln!(
                 "sites: {:?}; concern {:.1} s, tangle {:.1} s",
                 s.sites, s.seconds, s.tangle_seconds
             );
@@ -783,7 +783,7 @@ pub fn inspect(path: &Path) -> Result<bool> {
                                 mean_rate(&u.stats)
                             )
                         });
-                println!(
+                outln!(
                     "class {:3}: {} positives, mean rate {:.3}; {neg}",
                     c.class,
                     c.positives.len(),

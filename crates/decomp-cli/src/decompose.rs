@@ -7,10 +7,8 @@ use anyhow::{Context, Result, bail};
 use decomp_compose::{Mode, compose, sizes};
 use decomp_data::Dataset;
 use decomp_eval::Accumulator;
-use decomp_ir::{
-    BlnRule, ConcernSet, DecompConfig, MaskSite, ModelIr, ModuleIr, PositiveFilter, Top5Ranking, Variant,
-    read_artifact, write_artifact, write_atomic,
-};
+use decomp_ir::{BlnRule, ConcernSet, DecompConfig, MaskSite, ModelIr, ModuleIr, PositiveFilter, Top5Ranking, Variant};
+use crate::files::{read_artifact, write_artifact, write_atomic};
 use decomp_model::{Executor, parse_device};
 use serde::Serialize;
 
@@ -33,8 +31,8 @@ pub struct ConfigArgs {
     /// MC-BLN rule: `algorithm2` (paper's Algorithm 2) or `only-other` (paper's prose).
     #[arg(long, default_value = "algorithm2")]
     bln_rule: String,
-    /// MC-BLN threshold.
-    #[arg(long, default_value_t = 0.5)]
+    /// MC-BLN threshold (finite, >= 0).
+    #[arg(long, default_value_t = 0.5, value_parser = crate::flags::finite_f32)]
     bln_delta: f32,
     /// Top-5 ranking: `voters-first` or `confidence`.
     #[arg(long, default_value = "voters-first")]
@@ -72,6 +70,9 @@ impl ConfigArgs {
         if self.positives == 0 {
             bail!("--positives must be at least 1");
         }
+        if self.bln_delta < 0.0 {
+            bail!("--bln-delta {}: expected a threshold >= 0", self.bln_delta);
+        }
         Ok(DecompConfig {
             variant,
             positives_per_class: self.positives,
@@ -88,10 +89,15 @@ impl ConfigArgs {
 /// Flags shared by the stages that run a model over training data.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
-    /// Classes to decompose (comma-separated); default all.
+    /// Classes to decompose (names or indices, comma-separated); default all.
     #[arg(long, value_delimiter = ',')]
-    pub(crate) classes: Option<Vec<usize>>,
-    #[arg(long, default_value_t = 128)]
+    pub(crate) classes: Option<Vec<String>>,
+    /// Reuse an `--out-dir` that holds modules of another model or configuration: its module
+    /// files are removed first.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Images per forward pass (at least 1).
+    #[arg(long, default_value_t = 128, value_parser = crate::flags::positive_usize)]
     pub(crate) batch_size: usize,
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
@@ -106,10 +112,30 @@ pub(crate) fn bar(len: u64, prefix: String) -> indicatif::ProgressBar {
     b
 }
 
-fn training_data(data: &DataArgs, model: &ModelIr) -> Result<Dataset> {
+impl RunArgs {
+    /// The classes `--classes` names (indices into `model`'s classes), or all of them.
+    pub(crate) fn class_list(&self, model: &ModelIr) -> Result<Vec<usize>> {
+        match &self.classes {
+            Some(c) => crate::flags::resolve_classes("--classes", c, &model.meta.class_names, model.num_classes()),
+            None => Ok((0..model.num_classes()).collect()),
+        }
+    }
+
+    /// `--classes` for a stage that reads a concern set: names resolve against `model`'s,
+    /// indices are taken as given, so that one the set lacks is refused naming the set.
+    pub(crate) fn classes_of_set(&self, model: &ModelIr) -> Result<Option<Vec<usize>>> {
+        self.classes
+            .as_ref()
+            .map(|c| crate::flags::resolve_classes("--classes", c, &model.meta.class_names, usize::MAX))
+            .transpose()
+    }
+}
+
+/// The images the decomposition stages look at: `--split` (default train), the first
+/// `--limit` of them.
+pub(crate) fn training_data(data: &DataArgs, model: &ModelIr) -> Result<Dataset> {
     let mut d = data.clone();
-    d.split = "train".into();
-    d.limit = None;
+    d.split = Some(d.split.unwrap_or(decomp_data::Split::Train));
     open_dataset(&d, model)
 }
 
@@ -133,7 +159,7 @@ pub struct ConcernArgs {
 fn run_concern(model: &ModelIr, model_path: &str, train: &Dataset, cfg: &DecompConfig, run: &RunArgs, dataset: &str) -> Result<ConcernSet> {
     let device = parse_device(&run.device)?;
     let exec = Executor::new(model, &device)?;
-    let classes: Vec<usize> = run.classes.clone().unwrap_or_else(|| (0..model.num_classes()).collect());
+    let classes = run.class_list(model)?;
     let start = Instant::now();
     let b = bar((classes.len() * cfg.positives_per_class) as u64, "concern".into());
     let (sites, concerns) = decomp_concern::identify(&exec, model, train, cfg, &classes, run.batch_size, &mut |c, n| {
@@ -156,6 +182,8 @@ pub fn concern(a: ConcernArgs) -> Result<()> {
     let model = crate::model_source::load_model(&a.model)?;
     let train = training_data(&a.data, &model)?;
     let cfg = a.config.config(Variant::McBln)?;
+    a.run.class_list(&model)?;
+    crate::files::check_output(&a.out)?;
     if a.channel.config()?.is_some() {
         return crate::channel::concern(&a.model, &a.data, &cfg, &a.run, &a.out);
     }
@@ -189,11 +217,12 @@ pub struct TangleArgs {
     /// further unconcerned inputs of every class's tangling identification.
     #[arg(long)]
     extra_unconcerned: Option<PathBuf>,
-    /// Labels of `--extra-unconcerned` to use (comma-separated; default all).
+    /// Labels of `--extra-unconcerned` to use (names or indices, comma-separated; default
+    /// all).
     #[arg(long, value_delimiter = ',', requires = "extra_unconcerned")]
-    extra_classes: Option<Vec<usize>>,
+    extra_classes: Option<Vec<String>>,
     /// At most this many extra images (a seeded sample).
-    #[arg(long, requires = "extra_unconcerned")]
+    #[arg(long, requires = "extra_unconcerned", value_parser = crate::flags::positive_usize)]
     extra_limit: Option<usize>,
 }
 
@@ -208,7 +237,14 @@ struct DecomposeSummary {
     modules: Vec<String>,
 }
 
+/// The configuration an output folder's run stamp records (the variant aside: each variant
+/// has its own subfolder).
+fn stamp_config(cfg: &DecompConfig) -> String {
+    format!("{:?}", DecompConfig { variant: Variant::McBln, ..cfg.clone() })
+}
+
 fn parse_variants(v: &[String]) -> Result<Vec<Variant>> {
+    crate::flags::no_duplicates("--variants", v)?;
     v.iter()
         .map(|s| Variant::parse(s).with_context(|| format!("unknown variant {s:?}: expected ci-ti-mc, mc-bln or mc-bln-bi")))
         .collect()
@@ -217,9 +253,11 @@ fn parse_variants(v: &[String]) -> Result<Vec<Variant>> {
 /// Extra unconcerned images for continuous learning, fitted to `model`.
 fn extra_unconcerned(a: &TangleArgs, model: &ModelIr, seed: u64) -> Result<Option<(Dataset, String)>> {
     let Some(file) = &a.extra_unconcerned else { return Ok(None) };
+    crate::files::input(file);
     let mut ds = Dataset::from_cifar_file(decomp_data::DatasetKind::Cifar10, file)?;
     if let Some(c) = &a.extra_classes {
-        ds = ds.subset_classes(c)?;
+        let c = crate::flags::resolve_classes("--extra-classes", c, ds.class_names(), ds.num_classes())?;
+        ds = ds.subset_classes(&c)?;
     }
     if let Some(n) = a.extra_limit {
         ds = ds.shuffled(seed).take(n);
@@ -292,7 +330,7 @@ fn run_tangle_extra(
 
 fn write_summary(out_dir: &Path, s: &DecomposeSummary) -> Result<()> {
     write_atomic(&out_dir.join("summary.json"), serde_json::to_string_pretty(s)?.as_bytes())?;
-    println!("{}", serde_json::to_string(s)?);
+    outln!("{}", serde_json::to_string(s)?);
     Ok(())
 }
 
@@ -304,14 +342,22 @@ pub fn tangle(a: TangleArgs) -> Result<()> {
         return crate::channel::tangle(&a.model, &a.data, &a.concern, &c, &a.run, &a.out_dir);
     }
     let model = crate::model_source::load_model(&a.model)?;
-    let set: ConcernSet = read_artifact(&a.concern)?;
+    let mut set: ConcernSet = read_artifact(&a.concern)?;
     let hash = model.content_hash();
     if hash != set.model_hash {
         bail!("{}: concern set was computed for model {} ({}), --weights is {hash}", a.concern.display(), set.model_path, set.model_hash);
     }
-    let train = training_data(&a.data, &model)?;
+    set.check_against(&model).map_err(|e| anyhow::anyhow!("{}: {e}", a.concern.display()))?;
+    if let Some(want) = a.run.classes_of_set(&model)? {
+        if let Some(c) = want.iter().find(|&&c| !set.classes.iter().any(|k| k.class == c)) {
+            bail!("--classes {c}: the concern set {} has no class {c}", a.concern.display());
+        }
+        set.classes.retain(|k| want.contains(&k.class));
+    }
     let variants = parse_variants(&a.variants)?;
+    let train = training_data(&a.data, &model)?;
     let extra = extra_unconcerned(&a, &model, set.config.seed)?;
+    crate::files::claim_out_dir(&a.out_dir, &hash, &stamp_config(&set.config), a.run.force)?;
     let (modules, secs) = run_tangle_extra(&model, &train, &set, &variants, &a.run, &a.out_dir, extra.as_ref())?;
     write_summary(&a.out_dir, &DecomposeSummary {
         model: set.model_path.clone(),
@@ -348,9 +394,11 @@ pub fn decompose(a: DecomposeArgs) -> Result<()> {
     let train = training_data(&a.data, &model)?;
     let variants = parse_variants(&a.variants)?;
     let cfg = a.config.config(variants.first().copied().unwrap_or(Variant::McBln))?;
+    a.run.class_list(&model)?;
     if let Some(c) = a.channel.config()? {
         return crate::channel::decompose(&a.model, &a.data, &cfg, &c, &a.run, &a.out_dir);
     }
+    crate::files::claim_out_dir(&a.out_dir, &model.content_hash(), &stamp_config(&cfg), a.run.force)?;
     let set = run_concern(&model, &a.model.weights, &train, &cfg, &a.run, &a.data.dataset)?;
     write_artifact(&a.out_dir.join("concern.cs"), &set)?;
     let (modules, secs) = run_tangle(&model, &train, &set, &variants, &a.run, &a.out_dir)?;
@@ -373,10 +421,11 @@ pub struct ComposeArgs {
     /// classes by index (`--classes` selects and orders them).
     #[command(flatten)]
     data: DataArgs,
-    /// Dataset class of each module, in module order (default: each module's own class).
+    /// Dataset class of each module, in module order, as names or indices (default: each
+    /// module's own class, which must carry the same name in the dataset).
     #[arg(long, value_delimiter = ',')]
-    classes: Option<Vec<usize>>,
-    #[arg(long, default_value_t = 128)]
+    classes: Option<Vec<String>>,
+    #[arg(long, default_value_t = 128, value_parser = crate::flags::positive_usize)]
     batch_size: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -420,7 +469,54 @@ struct ComposeOutput {
     mode: String,
 }
 
+/// The dataset class of each module: `--classes` (names or indices of the dataset's
+/// classes), or each module's own class, which must exist in the dataset under the same
+/// name (CIFAR modules on Tiny ImageNet images are refused, as `eval` refuses them).
+pub(crate) fn module_classes(given: Option<&[String]>, modules: &[(usize, &str)], paths: &[PathBuf], ds: &Dataset, data: &DataArgs) -> Result<Vec<usize>> {
+    if let Some(c) = given {
+        let classes = crate::flags::resolve_classes("--classes", c, ds.class_names(), ds.num_classes())?;
+        if classes.len() != modules.len() {
+            bail!("--classes lists {} classes for {} modules", classes.len(), modules.len());
+        }
+        return Ok(classes);
+    }
+    let names = ds.class_names();
+    for ((class, name), p) in modules.iter().zip(paths) {
+        match names.get(*class) {
+            None => bail!(
+                "{}: module of class {class} ({name}), but {} has {} classes: pass --classes to map modules to dataset classes",
+                p.display(),
+                crate::eval::describe_source(data),
+                ds.num_classes()
+            ),
+            Some(n) if !n.is_empty() && !name.is_empty() && n != name && *n != decomp_data::placeholder_class_name(*class) => bail!(
+                "{}: module of class {class} ({name}), but class {class} of {} is {n:?}: pass --classes to map modules to dataset classes",
+                p.display(),
+                crate::eval::describe_source(data)
+            ),
+            Some(_) => {}
+        }
+    }
+    let classes: Vec<usize> = modules.iter().map(|m| m.0).collect();
+    if let Some(i) = (1..classes.len()).find(|&i| classes[..i].contains(&classes[i])) {
+        bail!("{}: a second module of class {}: pass --classes to map modules to dataset classes", paths[i].display(), classes[i]);
+    }
+    Ok(classes)
+}
+
 pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
+    for p in &a.modules {
+        crate::files::input(p);
+    }
+    crate::eval::register_inputs(&a.data)?;
+    for out in a.out.iter().chain(&a.save_margins) {
+        crate::files::check_output(out)?;
+    }
+    if let (Some(o), Some(m)) = (&a.out, &a.save_margins)
+        && decomp_ir::output::FileId::of_output(o).zip(decomp_ir::output::FileId::of_output(m)).is_some_and(|(x, y)| x.same(&y))
+    {
+        bail!("--out and --save-margins name the same file {}", o.display());
+    }
     if crate::channel::artifact_kind(&a.modules[0])? == Some(decomp_ir::ArtifactKind::ChannelModule) {
         return crate::channel::compose(crate::channel::ComposeInputs {
             modules: &a.modules,
@@ -435,18 +531,22 @@ pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
             naive: a.naive,
         });
     }
+    if a.reference_model.is_some() {
+        bail!("--reference-model applies to channel modules; element modules carry their whole model, whose accuracy compose reports anyway");
+    }
     let modules: Vec<ModuleIr> = a
         .modules
         .iter()
         .map(|p| read_artifact(p).with_context(|| format!("reading module {}", p.display())))
         .collect::<Result<_>>()?;
-    let classes: Vec<usize> = a.classes.clone().unwrap_or_else(|| modules.iter().map(|m| m.class).collect());
-    if classes.len() != modules.len() {
-        bail!("--classes lists {} classes for {} modules", classes.len(), modules.len());
-    }
     let full = open_dataset(&a.data, &modules[0].model)?;
+    let own: Vec<(usize, &str)> = modules.iter().map(|m| (m.class, m.class_name.as_str())).collect();
+    let classes = module_classes(a.classes.as_deref(), &own, &a.modules, &full, &a.data)?;
     let identity = classes.len() == full.num_classes() && classes.iter().enumerate().all(|(i, &c)| i == c);
     let data = if identity { full } else { full.subset_classes(&classes)? };
+    if data.is_empty() {
+        bail!("{}: no image of the modules' classes {classes:?}", crate::eval::describe_source(&a.data));
+    }
     let device = parse_device(&a.device)?;
     let start = Instant::now();
     let b = bar(data.len() as u64, format!("compose {}", modules.len()));
@@ -507,14 +607,14 @@ pub fn compose_cmd(a: ComposeArgs) -> Result<()> {
         write_atomic(p, text.as_bytes())?;
     }
     if a.json {
-        println!("{text}");
+        outln!("{text}");
     } else {
-        println!("{} modules on {} images ({:.1} s, {})", k, out.n, seconds, out.mode);
+        outln!("{} modules on {} images ({:.1} s, {})", k, out.n, seconds, out.mode);
         if let (Some(t1), Some(t5)) = (out.model_top1, out.model_top5) {
-            println!("model     top-1 {t1:.2}%  top-5 {t5:.2}%");
+            outln!("model     top-1 {t1:.2}%  top-5 {t5:.2}%");
         }
-        println!("composed  top-1 {:.2}%  top-5 {:.2}%", out.composed_top1, out.composed_top5);
-        println!("module size mean {:.3}, mean pairwise overlap {:.3}", out.mean_module_size, out.mean_overlap);
+        outln!("composed  top-1 {:.2}%  top-5 {:.2}%", out.composed_top1, out.composed_top5);
+        outln!("module size mean {:.3}, mean pairwise overlap {:.3}", out.mean_module_size, out.mean_overlap);
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::flags::positive_usize)]
     batch_size: usize,
     /// Device: cpu, or cuda[:N] / wgpu when built with those features.
     #[arg(long, default_value = "cpu")]
@@ -44,10 +44,12 @@ struct EvalOutput<'a> {
     images_per_second: f64,
 }
 
-/// Opens the dataset the flags describe, as stored (native shape and statistics).
+/// Opens the dataset the flags describe, as stored (native shape and statistics); the split
+/// defaults to test. Registers what it reads as inputs of the command (`crate::files`).
 pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
     let kind = DatasetKind::parse(&args.dataset)?;
-    let split: Split = args.split.parse()?;
+    let split = args.split.unwrap_or(Split::Test);
+    register_inputs(args)?;
     Ok(if let Some(file) = &args.data_file {
         Dataset::from_cifar_file(kind, file)?
     } else if args.data_dir.is_file() {
@@ -60,11 +62,37 @@ pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
             Err(e) if args.download => {
                 tracing::info!("{e}; downloading");
                 decomp_data::fetch::download_dataset(kind, &args.data_dir)?;
+                crate::files::input_tree(&args.data_dir.join(kind.folder_name()));
                 Dataset::load(kind, &args.data_dir, split)?
             }
             Err(e) => return Err(e.into()),
         }
     })
+}
+
+/// Registers the files and folders `args` reads as inputs of the command (`crate::files`),
+/// so that no output can replace them; call it before checking outputs.
+pub fn register_inputs(args: &DataArgs) -> Result<()> {
+    let kind = DatasetKind::parse(&args.dataset)?;
+    if let Some(file) = &args.data_file {
+        crate::files::input(file);
+    } else if args.data_dir.is_file() {
+        crate::files::input(&args.data_dir);
+    } else if let Some(folder) = &args.dataset_path {
+        crate::files::input_tree(folder);
+    } else {
+        crate::files::input_tree(&args.data_dir.join(kind.folder_name()));
+    }
+    Ok(())
+}
+
+/// Where the images of `args` come from, for messages.
+pub fn describe_source(args: &DataArgs) -> String {
+    match (&args.data_file, &args.dataset_path) {
+        (Some(f), _) => f.display().to_string(),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => format!("{} in {}", args.dataset, args.data_dir.display()),
+    }
 }
 
 /// Converts `ds` to the channels and size `model` takes, normalized the way it expects.
@@ -81,13 +109,18 @@ pub fn fit_to_model(ds: Dataset, model: &ModelIr) -> Result<Dataset> {
     Ok(ds.with_normalization(norm))
 }
 
-/// Opens the dataset the flags describe, normalized the way `model` expects.
+/// Opens the dataset the flags describe, normalized the way `model` expects; the first
+/// `--limit` images. An empty result is an error, never "0 images, top-1 0.00%".
 pub fn open_dataset(args: &DataArgs, model: &ModelIr) -> Result<Dataset> {
     let ds = fit_to_model(open_raw_dataset(args)?, model)?;
-    Ok(match args.limit {
+    let ds = match args.limit {
         Some(n) => ds.take(n),
         None => ds,
-    })
+    };
+    if ds.is_empty() {
+        bail!("{}: no images in the {} split", describe_source(args), args.split.unwrap_or(Split::Test));
+    }
+    Ok(ds)
 }
 
 /// Runs `model` over `ds` and accumulates accuracy, with a progress bar on stderr.
@@ -136,7 +169,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         model: &model.meta.arch,
         weights: &a.model.weights,
         dataset: a.data.dataset.clone(),
-        split: if a.data.data_file.is_some() || a.data.data_dir.is_file() { "file" } else { &a.data.split },
+        split: if a.data.data_file.is_some() || a.data.data_dir.is_file() { "file" } else { a.data.split.unwrap_or(Split::Test).name() },
         top1: report.top1,
         top5: report.top5,
         n: report.n,
@@ -147,14 +180,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         images_per_second: report.n as f64 / seconds.max(1e-9),
     };
     if a.json {
-        println!("{}", serde_json::to_string(&out)?);
+        outln!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
-    println!("{} on {} ({}): {} images, {:.1} s ({:.0} images/s)", out.model, out.dataset, out.split, out.n, seconds, out.images_per_second);
-    println!("top-1 {:.2}%  top-5 {:.2}%", out.top1, out.top5);
-    println!("{:<16} {:>7} {:>8}", "class", "images", "top-1 %");
+    outln!("{} on {} ({}): {} images, {:.1} s ({:.0} images/s)", out.model, out.dataset, out.split, out.n, seconds, out.images_per_second);
+    outln!("top-1 {:.2}%  top-5 {:.2}%", out.top1, out.top5);
+    outln!("{:<16} {:>7} {:>8}", "class", "images", "top-1 %");
     for ((name, n), acc) in out.class_names.iter().zip(out.per_class_n).zip(out.per_class) {
-        println!("{name:<16} {n:>7} {acc:>8.2}");
+        outln!("{name:<16} {n:>7} {acc:>8.2}");
     }
     Ok(())
 }

@@ -2,10 +2,13 @@
 //! device, knows file locations and installs a tracing subscriber; every subcommand is one
 //! stage runnable on the artifacts of the previous one.
 
+#[macro_use]
+mod files;
 mod channel;
 mod decompose;
 mod energy;
 mod eval;
+mod flags;
 mod mix;
 mod model_source;
 mod plot;
@@ -54,17 +57,19 @@ pub struct DataArgs {
     /// `--data-dir`'s naming convention.
     #[arg(long)]
     pub dataset_path: Option<PathBuf>,
-    /// One file of CIFAR-10/100 binary records (e.g. `train_first4000.bin`).
-    #[arg(long)]
+    /// One file of CIFAR-10/100 binary records (e.g. `train_first4000.bin`); `--split`
+    /// does not apply to it.
+    #[arg(long, conflicts_with = "dataset_path")]
     pub data_file: Option<PathBuf>,
-    /// Split: train or test (Tiny ImageNet: test = the labelled val split).
-    #[arg(long, default_value = "test")]
-    pub split: String,
+    /// Split: train or test (Tiny ImageNet: test = the labelled val split). Default: test for
+    /// `eval` and `compose`, train for `concern`, `tangle` and `decompose`.
+    #[arg(long, value_parser = flags::split)]
+    pub split: Option<decomp_data::Split>,
     /// Download the official archive (checksum verified) when the dataset is missing.
     #[arg(long)]
     pub download: bool,
-    /// Evaluate only the first N images.
-    #[arg(long)]
+    /// Use only the first N images (at least 1).
+    #[arg(long, value_parser = flags::positive_usize)]
     pub limit: Option<usize>,
 }
 
@@ -139,7 +144,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::FetchData { dataset, data_dir } => {
             let kind = decomp_data::DatasetKind::parse(&dataset)?;
             let dir = decomp_data::fetch::download_dataset(kind, &data_dir)?;
-            println!("{}", dir.display());
+            outln!("{}", dir.display());
             Ok(())
         }
         Command::Inspect { path } => model_source::inspect(&path),

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use decomp_ir::write_atomic;
+use crate::files::write_atomic;
 use serde::Deserialize;
 
 use crate::DataArgs;
@@ -43,10 +43,12 @@ struct Part {
 }
 
 const SIDE: usize = 32;
+/// Largest mix spec read: 1 MiB (a spec of 10 parts is a few hundred bytes).
+const SPEC_SIZE_LIMIT: u64 = 1 << 20;
 
 pub fn run(a: MixArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.spec)
-        .with_context(|| format!("reading {}", a.spec.display()))?;
+    let text = crate::files::read_text(&a.spec, SPEC_SIZE_LIMIT, "mix spec")?;
+    crate::files::check_out_dir(&a.out_dir, "--out-dir")?;
     let spec: Spec = serde_json::from_str(&text)
         .with_context(|| format!("{}: invalid mix spec", a.spec.display()))?;
     if spec.parts.is_empty() || spec.parts.len() > 10 {
@@ -56,7 +58,10 @@ pub fn run(a: MixArgs) -> Result<()> {
             spec.parts.len()
         );
     }
+    // Everything is read before anything is written, so an output inside a source dataset
+    // is refused (`crate::files`) before any file changes.
     let mut names = Vec::new();
+    let mut outputs = Vec::new();
     for split in ["train", "test"] {
         let mut bytes = Vec::new();
         let mut counts = Vec::new();
@@ -66,11 +71,14 @@ pub fn run(a: MixArgs) -> Result<()> {
                 data_dir: p.data_dir.clone().unwrap_or_else(|| PathBuf::from("data")),
                 dataset_path: p.dataset_path.clone(),
                 data_file: None,
-                split: split.into(),
+                split: Some(split.parse()?),
                 download: false,
                 limit: None,
             };
             let ds = crate::eval::open_raw_dataset(&args)?.subset_classes(&[p.class])?;
+            if ds.is_empty() {
+                bail!("{}: part {label} ({} class {}) has no {split} image", a.spec.display(), p.dataset, p.class);
+            }
             let mut ds = ds;
             if ds.image_shape()[0] != 3 {
                 ds = ds.with_channels(3)?;
@@ -87,13 +95,17 @@ pub fn run(a: MixArgs) -> Result<()> {
             }
             counts.push(ds.len());
         }
-        write_atomic(&a.out_dir.join(format!("{split}.bin")), &bytes)?;
         eprintln!("{split}: {counts:?} images per part");
+        outputs.push((a.out_dir.join(format!("{split}.bin")), bytes));
     }
-    write_atomic(
-        &a.out_dir.join("batches.meta.txt"),
-        format!("{}\n", names.join("\n")).as_bytes(),
-    )?;
-    println!("{}", a.out_dir.display());
+    outputs.push((a.out_dir.join("batches.meta.txt"), format!("{}\n", names.join("\n")).into_bytes()));
+    crate::files::check_out_dir(&a.out_dir, "--out-dir")?;
+    for (path, _) in &outputs {
+        crate::files::check_output(path)?;
+    }
+    for (path, bytes) in &outputs {
+        write_atomic(path, bytes)?;
+    }
+    outln!("{}", a.out_dir.display());
     Ok(())
 }

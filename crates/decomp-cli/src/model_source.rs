@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use decomp_ir::{ModelIr, read_artifact, write_artifact};
+use decomp_ir::{ModelIr};
+use crate::files::{read_artifact, write_artifact};
 use decomp_model::import::akamaster_norm;
 use decomp_model::{ResNetConfig, parse_device};
 
@@ -24,6 +25,7 @@ pub fn parse_arch(arch: &str, num_classes: usize) -> Result<ResNetConfig> {
 /// pretrained name fetched into the cache.
 pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
     let path = resolve_weights(args)?;
+    crate::files::input(&path);
     if is_ir(&path)? {
         let model: ModelIr = read_artifact(&path)?;
         if let Some(arch) = &args.arch
@@ -93,8 +95,9 @@ pub struct ImportArgs {
 
 pub fn import(a: ImportArgs) -> Result<()> {
     let model = load_model(&a.model)?;
+    crate::files::check_output(&a.out)?;
     let hash = write_artifact(&a.out, &model)?;
-    println!(
+    outln!(
         "{}: {} ({} nodes, {} parameters, sha256 {})",
         a.out.display(),
         model.meta.arch,
@@ -134,7 +137,7 @@ pub fn new_model(a: NewModelArgs) -> Result<()> {
         model.meta.class_names = decomp_data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
     }
     let hash = write_artifact(&a.out, &model)?;
-    println!("{}: {} untrained (seed {}), sha256 {}", a.out.display(), model.meta.arch, a.seed, decomp_ir::hex_hash(&hash));
+    outln!("{}: {} untrained (seed {}), sha256 {}", a.out.display(), model.meta.arch, a.seed, decomp_ir::hex_hash(&hash));
     Ok(())
 }
 
@@ -149,70 +152,105 @@ pub struct ExportArgs {
 
 pub fn export(a: ExportArgs) -> Result<()> {
     let model = load_model(&a.model)?;
+    crate::files::check_output(&a.out)?;
     let device = parse_device("cpu")?;
     let net = decomp_model::burn_resnet::ResNet::from_ir(&model, &device)?;
-    net.export(&a.out)?;
-    println!("{}", a.out.display());
+    // burn writes the record itself: into a private folder, then under the output policy.
+    let staging = tempfile::tempdir().context("creating a staging folder for the export")?;
+    let staged = staging.path().join("model.bpk");
+    net.export(&staged)?;
+    let bytes = std::fs::read(&staged).with_context(|| format!("reading the staged export {}", staged.display()))?;
+    crate::files::write_atomic(&a.out, &bytes)?;
+    outln!("{}", a.out.display());
     Ok(())
 }
 
 pub fn inspect(path: &Path) -> Result<()> {
-    if crate::channel::inspect(path)? {
-        return Ok(());
-    }
-    match read_artifact::<ModelIr>(path) {
-        Ok(model) => return inspect_model(&model),
-        Err(decomp_ir::IrError::WrongKind { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    match read_artifact::<decomp_ir::ModuleIr>(path) {
-        Ok(m) => return inspect_module(&m),
-        Err(decomp_ir::IrError::WrongKind { .. }) => {}
-        Err(e) => return Err(e.into()),
+    use decomp_ir::ArtifactKind as K;
+    let kind = match decomp_ir::artifact::peek_kind(path)? {
+        Some(k) => k,
+        // Not an artifact (or an unknown kind): reading it says which, with the offset.
+        None => {
+            read_artifact::<ModelIr>(path)?;
+            bail!("{}: not an artifact this build can inspect", path.display());
+        }
+    };
+    match kind {
+        K::ChannelModule | K::ChannelConcernSet => {
+            crate::channel::inspect(path)?;
+            return Ok(());
+        }
+        K::Model => return inspect_model(&read_artifact(path)?),
+        K::Module => return inspect_module(&read_artifact(path)?),
+        K::TrainCheckpoint => return inspect_checkpoint(path, &read_artifact(path)?),
+        K::Report => bail!("{}: a report artifact (kind 4); decomp writes reports as JSON, this build has nothing to show of it", path.display()),
+        K::ConcernSet => {}
     }
     let set: decomp_ir::ConcernSet = read_artifact(path)?;
-    println!("concern set of {} ({}) on {}", set.model_path, set.model_hash, set.dataset);
-    println!("config: {:?}", set.config);
-    println!("sites: {:?}; {:.1} s", set.sites, set.seconds);
+    outln!("concern set of {} ({}) on {}", set.model_path, set.model_hash, set.dataset);
+    outln!("config: {:?}", set.config);
+    outln!("sites: {:?}; {:.1} s", set.sites, set.seconds);
     for c in &set.classes {
         let inactive: usize = c.inactive.masks.iter().map(|m| m.zeroed.count_ones()).sum();
-        println!("class {:3}: {} positives, {inactive} inactive positions", c.class, c.positives.len());
+        outln!("class {:3}: {} positives, {inactive} inactive positions", c.class, c.positives.len());
+    }
+    Ok(())
+}
+
+fn inspect_checkpoint(path: &Path, c: &decomp_model::train::TrainCheckpoint) -> Result<()> {
+    outln!("training checkpoint {} of {} ({} classes)", path.display(), c.model.meta.arch, c.model.num_classes());
+    outln!("epochs done: {} of {}", c.epochs_done, c.config.epochs);
+    outln!("config: {:?}", c.config);
+    outln!("data: {}", c.data_id);
+    match &c.best {
+        Some(b) => outln!("best epoch: {} (accuracy {:.4})", b.epoch, b.accuracy),
+        None => outln!("best epoch: none yet"),
+    }
+    for m in &c.history {
+        outln!(
+            "epoch {:3}: loss {:.4} train {:.4} val {} lr {:.3e}",
+            m.epoch,
+            m.train_loss,
+            m.train_acc,
+            m.val_acc.map_or("-".to_string(), |v| format!("{v:.4}")),
+            m.lr
+        );
     }
     Ok(())
 }
 
 fn inspect_module(m: &decomp_ir::ModuleIr) -> Result<()> {
     let shapes = m.model.check()?;
-    println!("module of class {} ({}) from {} ({})", m.class, m.class_name, m.model_path, m.model_hash);
-    println!("config: {:?}", m.config);
-    println!("samples: {:?}", m.counts);
-    println!("provenance: {}", m.provenance);
+    outln!("module of class {} ({}) from {} ({})", m.class, m.class_name, m.model_path, m.model_hash);
+    outln!("config: {:?}", m.config);
+    outln!("samples: {:?}", m.counts);
+    outln!("provenance: {}", m.provenance);
     let f = m.head.weight.shape[1];
     let removed = (0..f).filter(|&u| m.head.weight.data[u] == 0.0 && m.head.weight.data[f + u] == 0.0).count();
-    println!("head: {f} inputs from node {}, {removed} removed", m.head.input);
+    outln!("head: {f} inputs from node {}, {removed} removed", m.head.input);
     for (what, list) in [("mask", &m.masks), ("dead", &m.dead)] {
         for nm in list.iter() {
             let n: usize = shapes[nm.node].iter().product();
-            println!("{what:>4} {:<24} {:>7} of {:>7} positions", m.model.graph.nodes[nm.node].name, nm.zeroed.count_ones(), n);
+            outln!("{what:>4} {:<24} {:>7} of {:>7} positions", m.model.graph.nodes[nm.node].name, nm.zeroed.count_ones(), n);
         }
     }
     let removed: Vec<decomp_ir::NodeMask> = m.masks.iter().chain(&m.dead).cloned().collect();
-    println!("module size: {:.4}", decomp_ir::analysis::module_size(&m.model.graph, &shapes, &removed));
+    outln!("module size: {:.4}", decomp_ir::analysis::module_size(&m.model.graph, &shapes, &removed));
     Ok(())
 }
 
 fn inspect_model(model: &ModelIr) -> Result<()> {
     let shapes = model.check()?;
-    println!("arch: {}", model.meta.arch);
-    println!("source: {}", model.meta.source);
-    println!("classes: {}", model.meta.class_names.join(", "));
-    println!(
+    outln!("arch: {}", model.meta.arch);
+    outln!("source: {}", model.meta.source);
+    outln!("classes: {}", model.meta.class_names.join(", "));
+    outln!(
         "input norm: mean {:?} std {:?}",
         model.meta.input_norm.mean, model.meta.input_norm.std
     );
-    println!("parameters: {}", model.graph.num_params());
+    outln!("parameters: {}", model.graph.num_params());
     for (i, (n, s)) in model.graph.nodes.iter().zip(&shapes).enumerate() {
-        println!("{i:4} {:<24} {:<14} {:?} <- {:?}", n.name, n.op.kind(), s, n.inputs);
+        outln!("{i:4} {:<24} {:<14} {:?} <- {:?}", n.name, n.op.kind(), s, n.inputs);
     }
     Ok(())
 }

@@ -8,11 +8,11 @@ use decomp_model::train::EpochMetrics;
 use plotters::prelude::*;
 
 /// Two panels side by side: loss (train, validation) and accuracy in % (train, validation)
-/// against the epoch. Written to a temporary file and renamed into place.
+/// against the epoch. Drawn in memory and written atomically (`crate::files`).
 pub fn learning_curves(path: &Path, title: &str, epochs: &[EpochMetrics]) -> Result<()> {
-    let tmp = path.with_extension("svg.tmp");
+    let mut svg = String::new();
     {
-        let root = SVGBackend::new(&tmp, (960, 380)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (960, 380)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
         let root = root.titled(title, ("sans-serif", 18)).map_err(|e| anyhow!("{e}"))?;
         let (left, right) = root.split_horizontally(480);
@@ -69,5 +69,5 @@ pub fn learning_curves(path: &Path, title: &str, epochs: &[EpochMetrics]) -> Res
         }
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| anyhow!("renaming {} into place: {e}", tmp.display()))
+    crate::files::write_atomic(path, svg.as_bytes())
 }

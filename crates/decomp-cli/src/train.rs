@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use decomp_data::{Dataset, DatasetKind, Split};
-use decomp_ir::{InputNorm, ModelIr, read_artifact, write_artifact, write_atomic};
+use decomp_ir::{InputNorm, ModelIr};
+use crate::files::{write_artifact, write_atomic};
 use decomp_model::parse_device;
 use decomp_model::train::{
     AugmentConfig, EpochMetrics, OptimizerConfig, Schedule, TrainCheckpoint, TrainConfig, Trainer,
@@ -32,12 +33,15 @@ use crate::{DataArgs, ModelArgs};
 /// The recipes shipped with decomp (`experiments/recipes.toml`), used unless `--recipes`
 /// names another file.
 const BUILTIN_RECIPES: &str = include_str!("../../../experiments/recipes.toml");
+/// Largest recipes file read: 1 MiB.
+const RECIPES_SIZE_LIMIT: u64 = 1 << 20;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// Architecture to train from scratch (`resnet20`, `resnet32`, ...). Ignored with `--init`.
-    #[arg(long, default_value = "resnet20")]
-    arch: String,
+    /// Architecture to train from scratch (`resnet20`, `resnet32`, ...; default resnet20).
+    /// With `--init`, checked against that model's.
+    #[arg(long)]
+    arch: Option<String>,
     /// Start from these weights instead (fine-tuning): an `.ir` model, a PyTorch checkpoint
     /// or a known name (`akamaster/resnet20`). Its class count must match the data's.
     #[arg(long)]
@@ -55,7 +59,7 @@ pub struct TrainArgs {
     #[arg(long)]
     dataset_path: Option<PathBuf>,
     /// Train on one file of CIFAR records instead of the dataset's training split.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dataset_path")]
     data_file: Option<PathBuf>,
     /// Download the official archive when the dataset is missing.
     #[arg(long)]
@@ -68,11 +72,11 @@ pub struct TrainArgs {
     #[arg(long)]
     resize: Option<usize>,
     /// Use only the first N training images (after the class selection, before the split).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::positive_usize)]
     train_limit: Option<usize>,
     /// Fraction of the training images held out (stratified) for validation and
     /// best-checkpoint selection; 0 selects on training accuracy.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::flags::finite_f64)]
     val_fraction: f64,
     /// Recipe name from the recipes file (he2016, paper-keras, finetune).
     #[arg(long, default_value = "he2016")]
@@ -81,13 +85,13 @@ pub struct TrainArgs {
     #[arg(long)]
     recipes: Option<PathBuf>,
     /// Override the recipe's number of epochs (a short run keeps the schedule's shape).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::positive_usize)]
     epochs: Option<usize>,
     /// Override the recipe's base learning rate.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::positive_f64)]
     lr: Option<f64>,
     /// Override the recipe's batch size.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::positive_usize)]
     batch_size: Option<usize>,
     /// Seed of the initialization, the validation split, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
@@ -102,14 +106,14 @@ pub struct TrainArgs {
     #[arg(long)]
     eval_test: bool,
     /// Stop after this many epochs of this invocation (the run can be resumed later).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::positive_usize)]
     max_epochs_now: Option<usize>,
     /// Device: cpu, or cuda[:N] / wgpu when built with those features.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Declared average power of the device in watts, used for energy estimates when no
     /// meter is readable (see `co2e`); recorded in metrics.json.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::positive_f64)]
     declared_power_w: Option<f64>,
 }
 
@@ -170,10 +174,7 @@ struct RecipesFile {
 /// Reads recipe `name` from `file` (or the built-in recipes).
 fn load_recipe(file: Option<&Path>, name: &str) -> Result<Recipe> {
     let (text, origin) = match file {
-        Some(p) => (
-            std::fs::read_to_string(p).with_context(|| format!("reading recipes {}", p.display()))?,
-            p.display().to_string(),
-        ),
+        Some(p) => (crate::files::read_text(p, RECIPES_SIZE_LIMIT, "recipes")?, p.display().to_string()),
         None => (BUILTIN_RECIPES.to_string(), "built-in experiments/recipes.toml".to_string()),
     };
     let parsed: RecipesFile =
@@ -263,30 +264,13 @@ struct MetricsFile<'a> {
     device: &'a str,
 }
 
-fn parse_classes(names: &[String], all: &[String]) -> Result<Vec<usize>> {
-    names
-        .iter()
-        .map(|n| {
-            if let Ok(i) = n.parse::<usize>() {
-                if i < all.len() {
-                    return Ok(i);
-                }
-                bail!("--classes: index {i} is out of range, the dataset has {} classes", all.len());
-            }
-            all.iter().position(|c| c == n).with_context(|| {
-                format!("--classes: no class named {n:?}, expected one of: {}", all.join(", "))
-            })
-        })
-        .collect()
-}
-
 fn data_args(a: &TrainArgs, split: Split) -> DataArgs {
     DataArgs {
         dataset: a.dataset.clone(),
         data_dir: a.data_dir.clone(),
         dataset_path: a.dataset_path.clone(),
         data_file: if split == Split::Train { a.data_file.clone() } else { None },
-        split: split.name().to_string(),
+        split: Some(split),
         download: a.download,
         limit: None,
     }
@@ -298,7 +282,7 @@ fn open_raw(a: &TrainArgs, split: Split) -> Result<Dataset> {
     if a.classes.is_empty() {
         return Ok(ds);
     }
-    let idx = parse_classes(&a.classes, ds.class_names())?;
+    let idx = crate::flags::resolve_classes("--classes", &a.classes, ds.class_names(), ds.num_classes())?;
     Ok(ds.subset_classes(&idx)?)
 }
 
@@ -307,8 +291,11 @@ fn open_raw(a: &TrainArgs, split: Split) -> Result<Dataset> {
 /// published statistics.
 fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(ModelIr, Option<String>)> {
     if let Some(init) = &a.init {
+        if a.resize.is_some() {
+            bail!("--resize applies to training from scratch: with --init the images take the input size of {init}");
+        }
         let model = crate::model_source::load_model(&ModelArgs {
-            arch: None,
+            arch: a.arch.clone(),
             weights: init.clone(),
             cache_dir: a.cache_dir.clone(),
         })?;
@@ -318,12 +305,13 @@ fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(Mode
     let names = raw.class_names().to_vec();
     let [c, h, w] = raw.image_shape();
     let (h, w) = a.resize.map_or((h, w), |s| (s, s));
-    let mut model = crate::model_source::parse_arch(&a.arch, names.len())?
+    let arch = a.arch.as_deref().unwrap_or("resnet20");
+    let mut model = crate::model_source::parse_arch(arch, names.len())?
         .with_batch_norm(batch_norm)
         .with_input([c, h, w])
         .with_seed(a.seed)
         .build()
-        .with_context(|| format!("--arch {} for {} classes of {c}x{h}x{w} images", a.arch, names.len()))?;
+        .with_context(|| format!("--arch {arch} for {} classes of {c}x{h}x{w} images", names.len()))?;
     let norm = kind.default_normalization();
     model.meta.input_norm = InputNorm {
         mean: norm.mean.clone(),
@@ -340,11 +328,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let recipe = load_recipe(a.recipes.as_deref(), &a.recipe)?;
     let config = recipe.config(&a)?;
     let device = parse_device(&a.device)?;
-    std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating {}", a.out_dir.display()))?;
     let ckpt_path = a.out_dir.join("last.ckpt");
 
     let raw = open_raw(&a, Split::Train)?;
     let (init, init_name) = initial_model(&a, &raw, recipe.batch_norm)?;
+    // After every input is registered: the run folder is no input and lies in none.
+    crate::files::check_out_dir(&a.out_dir, "--out-dir")?;
+    for name in ["best.ir", "last.ckpt", "metrics.json", "metrics.csv", "curves.svg"] {
+        crate::files::check_output(&a.out_dir.join(name))?;
+    }
+    std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating --out-dir {}", a.out_dir.display()))?;
     let arch = init.meta.arch.clone();
     let all = fit_to_model(raw, &init)?;
     let all = match a.train_limit {
@@ -375,7 +368,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     );
 
     let mut trainer = if a.resume {
-        let ckpt: TrainCheckpoint = read_artifact(&ckpt_path).with_context(|| {
+        // The run's own state: read and rewritten in place by design (not an input).
+        let ckpt: TrainCheckpoint = decomp_ir::read_artifact(&ckpt_path).with_context(|| {
             format!("--resume: reading the checkpoint {} (run without --resume to start)", ckpt_path.display())
         })?;
         tracing::info!(epochs_done = ckpt.epochs_done, "resuming from {}", ckpt_path.display());
@@ -435,17 +429,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         this_call += 1;
     }
     let test = if a.eval_test && trainer.finished() {
-        let best: ModelIr = read_artifact(&a.out_dir.join("best.ir"))?;
+        let best: ModelIr = decomp_ir::read_artifact(&a.out_dir.join("best.ir"))?;
         let test = fit_to_model(open_raw(&a, Split::Test)?, &best)?;
         let exec = decomp_model::Executor::new(&best, &device)?;
         let report = evaluate(&exec, &test, best.num_classes(), 256)?;
-        println!("test top-1 {:.2}% top-5 {:.2}% on {} images", report.top1, report.top5, report.n);
+        outln!("test top-1 {:.2}% top-5 {:.2}% on {} images", report.top1, report.top5, report.n);
         Some(report)
     } else {
         None
     };
     write_metrics(&a, &trainer, &run, test.as_ref())?;
-    println!("{}", a.out_dir.display());
+    outln!("{}", a.out_dir.display());
     Ok(())
 }
 

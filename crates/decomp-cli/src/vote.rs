@@ -11,12 +11,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use decomp_compose::{ComposedRun, label_rank};
 use decomp_eval::{Accumulator, EvalReport};
-use decomp_ir::{Top5Ranking, write_atomic};
+use decomp_ir::{Top5Ranking};
+use crate::files::{write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::DataArgs;
 
 pub const MARGINS_FORMAT: &str = "decomp-margins/1";
+/// Largest margins file `vote` reads: 1 GiB (10,000 images x 100 modules is about 10 MB).
+pub const MARGINS_SIZE_LIMIT: u64 = 1 << 30;
 
 /// What `decomp compose --save-margins` writes.
 #[derive(Serialize, Deserialize)]
@@ -85,10 +88,11 @@ pub fn save_margins(
 
 /// A stable description of the images `compose` ran on.
 pub fn image_set(data: &DataArgs, classes: &[usize]) -> String {
+    let split = data.split.unwrap_or(decomp_data::Split::Test);
     let source = match (&data.data_file, &data.dataset_path) {
         (Some(f), _) => format!("file {}", f.display()),
-        (None, Some(p)) => format!("folder {} split {}", p.display(), data.split),
-        (None, None) => format!("dir {} split {}", data.data_dir.display(), data.split),
+        (None, Some(p)) => format!("folder {} split {}", p.display(), split),
+        (None, None) => format!("dir {} split {}", data.data_dir.display(), split),
     };
     let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
     format!(
@@ -175,12 +179,17 @@ struct VoteOutput {
 }
 
 pub fn run(a: VoteArgs) -> Result<()> {
+    for p in &a.margins {
+        crate::files::input(p);
+    }
+    if let Some(p) = &a.out {
+        crate::files::check_output(p)?;
+    }
     let files: Vec<Margins> = a
         .margins
         .iter()
         .map(|p| {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text = crate::files::read_text(p, MARGINS_SIZE_LIMIT, "margins file")?;
             let m: Margins = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a margins file", p.display()))?;
             if m.format != MARGINS_FORMAT {
@@ -295,9 +304,9 @@ pub fn run(a: VoteArgs) -> Result<()> {
         write_atomic(p, text.as_bytes())?;
     }
     if a.json {
-        println!("{text}");
+        outln!("{text}");
     } else {
-        println!(
+        outln!(
             "{} modules on {} images: top-1 {:.2}%  top-5 {:.2}%",
             entries.len(),
             out.n,

@@ -288,7 +288,7 @@ pub(crate) fn load_file(
         }
         names
     } else {
-        (0..num_classes).map(|i| format!("class_{i}")).collect()
+        (0..num_classes).map(crate::placeholder_class_name).collect()
     };
     let description = format!("{kind} records from {}", file.display());
     Ok((
@@ -309,7 +309,7 @@ fn read_records(
     first_item: usize,
     labels: &mut Vec<usize>,
 ) -> Result<RecordChunk, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io("read", path, e))?;
+    let bytes = crate::read::read_limited(path, crate::read::MAX_DATA_FILE)?;
     let rs = layout.record;
     if bytes.is_empty() {
         return Err(DataError::WrongFileSize {
@@ -358,7 +358,7 @@ fn read_records(
 
 /// Reads a class-name file of 1 to `max` names (one per non-empty line).
 fn read_class_names_up_to(path: &Path, max: usize) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io("read", path, e))?;
+    let text = crate::read::read_text(path)?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -377,7 +377,7 @@ fn read_class_names_up_to(path: &Path, max: usize) -> Result<Vec<String>, DataEr
 
 /// Reads a class-name file: one name per non-empty line, exactly `expected` of them.
 pub(crate) fn read_class_names(path: &Path, expected: usize) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io("read", path, e))?;
+    let text = crate::read::read_text(path)?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)

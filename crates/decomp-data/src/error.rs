@@ -122,6 +122,10 @@ pub enum DataError {
         found: usize,
     },
 
+    /// A file longer than the limit for its kind (`crate::read`).
+    #[error("{path}: larger than the limit of {limit} bytes for this kind of file")]
+    TooLarge { path: PathBuf, limit: u64 },
+
     /// A position outside a dataset view.
     #[error("index {index} out of range for a dataset view of {len} items")]
     IndexOutOfRange { index: usize, len: usize },

@@ -94,14 +94,22 @@ fn find_plain_or_gz(folder: &Path, name: &str) -> Option<PathBuf> {
 
 /// Reads a file, gunzipping it when it starts with the gzip magic (whatever its name).
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io("read", path, e))?;
+    let bytes = crate::read::read_limited(path, crate::read::MAX_DATA_FILE)?;
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(bytes);
     }
     let mut out = Vec::with_capacity(bytes.len() * 4);
+    let limit = crate::read::MAX_DATA_FILE;
     MultiGzDecoder::new(bytes.as_slice())
+        .take(limit + 1)
         .read_to_end(&mut out)
         .map_err(|e| DataError::io("gunzip", path, e))?;
+    if out.len() as u64 > limit {
+        return Err(DataError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        });
+    }
     Ok(out)
 }
 

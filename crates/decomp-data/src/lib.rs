@@ -43,6 +43,7 @@ mod error;
 pub mod fetch;
 mod idx;
 mod kind;
+pub mod read;
 mod source;
 mod synthetic;
 mod tiny;
@@ -54,6 +55,12 @@ pub use dataset::{Batch, Batches, Dataset, MAX_IMAGE_SIDE};
 pub use error::DataError;
 pub use idx::{FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_CLASSES};
 pub use kind::{DATA_DIR_ENV, DEBIAN_FASHION_MNIST_DIR, DatasetKind, Normalization, Split};
+
+/// The name a class gets when its dataset names none (a single file of records without a
+/// class-name file beside it): `class_<i>`. Comparisons of class names skip such names.
+pub fn placeholder_class_name(i: usize) -> String {
+    format!("class_{i}")
+}
 
 /// `$DECOMP_DATA_DIR` if set and not empty, else `data` (relative to the working directory).
 pub fn default_data_dir() -> std::path::PathBuf {

@@ -96,7 +96,7 @@ impl Source {
 /// luminance, following the requested channel count).
 fn decode_image_file(path: &Path, shape: [usize; 3], out: &mut Vec<u8>) -> Result<(), DataError> {
     let [c, h, w] = shape;
-    let bytes = std::fs::read(path).map_err(|e| DataError::io("read", path, e))?;
+    let bytes = crate::read::read_limited(path, crate::read::MAX_IMAGE_FILE)?;
     let image = image::load_from_memory(&bytes).map_err(|source| DataError::Image {
         path: path.to_path_buf(),
         source,

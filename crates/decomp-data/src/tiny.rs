@@ -60,7 +60,7 @@ pub(crate) fn load_folder(folder: &Path, split: Split) -> Result<(Source, Vec<St
 }
 
 fn read_wnids(path: &Path) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io("read", path, e))?;
+    let text = crate::read::read_text(path)?;
     let mut wnids: Vec<String> = Vec::new();
     for (line, wnid) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
         if wnid.is_empty() {
@@ -89,11 +89,7 @@ fn read_wnids(path: &Path) -> Result<Vec<String>, DataError> {
 
 /// The first name `words.txt` gives each wnid; the wnid itself when absent.
 fn class_names(words: &Path, wnids: &[String]) -> Result<Vec<String>, DataError> {
-    let text = match std::fs::read_to_string(words) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(DataError::io("read", words, e)),
-    };
+    let text = if words.exists() { crate::read::read_text(words)? } else { String::new() };
     let wanted: HashSet<&str> = wnids.iter().map(String::as_str).collect();
     let mut first_names: HashMap<&str, &str> = HashMap::new();
     for line in text.lines() {
@@ -159,8 +155,7 @@ fn val_items(
 ) -> Result<(Vec<PathBuf>, Vec<usize>), DataError> {
     let annotations = folder.join("val").join("val_annotations.txt");
     let images = folder.join("val").join("images");
-    let text = std::fs::read_to_string(&annotations)
-        .map_err(|e| DataError::io("read", &annotations, e))?;
+    let text = crate::read::read_text(&annotations)?;
     let mut paths = Vec::new();
     let mut labels = Vec::new();
     for (line, content) in text.lines().enumerate().map(|(i, l)| (i + 1, l)) {
@@ -185,6 +180,19 @@ fn val_items(
                 found: wnid.to_string(),
             });
         };
+        // A plain file name: an absolute path or `..` would read outside the dataset.
+        let plain = Path::new(file)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+            && Path::new(file).components().count() == 1;
+        if !plain {
+            return Err(DataError::Parse {
+                path: annotations,
+                line,
+                expected: "a plain image file name inside val/images (no folder, no absolute path, no ..)".to_string(),
+                found: file.to_string(),
+            });
+        }
         let path = images.join(file);
         if !path.is_file() {
             return Err(DataError::MissingFile {

@@ -11,11 +11,12 @@
 //! 52      n     payload: bincode 2 (standard config) of the serde value
 //! ```
 //!
-//! Writes go to a temporary file in the destination folder, are synced, then renamed over
-//! the destination: a reader never sees a partial artifact.
+//! Writes go through [`crate::output::write_atomic`]: a synced temporary file in the
+//! destination folder renamed over the destination (regular files only, symlinks followed),
+//! so a reader never sees a partial artifact.
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use serde::Serialize;
@@ -205,26 +206,7 @@ pub fn write_artifact<T: Artifact>(path: &Path, value: &T) -> Result<[u8; 32], I
     Ok(hash)
 }
 
-/// Writes bytes to `path` through a synced temporary file renamed into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IrError> {
-    let io = |source| IrError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
-}
+pub use crate::output::write_atomic;
 
 /// Reads an artifact of at most [`DEFAULT_SIZE_LIMIT`] bytes.
 pub fn read_artifact<T: Artifact>(path: &Path) -> Result<T, IrError> {
@@ -254,4 +236,18 @@ pub fn read_artifact_limited<T: Artifact>(path: &Path, limit: u64) -> Result<T, 
 /// Lowercase hex of a hash.
 pub fn hex_hash(hash: &[u8; 32]) -> String {
     hex::encode(hash)
+}
+
+/// The kind recorded in an artifact file's header, read from its first 12 bytes alone;
+/// `None` when the file is not an artifact (too short, other magic, unknown kind).
+pub fn peek_kind(path: &Path) -> Result<Option<ArtifactKind>, IrError> {
+    let mut head = [0u8; 12];
+    let mut f = std::fs::File::open(path).map_err(|source| IrError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if f.read_exact(&mut head).is_err() || &head[..8] != MAGIC {
+        return Ok(None);
+    }
+    Ok(ArtifactKind::from_u16(u16::from_le_bytes([head[10], head[11]])))
 }

@@ -40,6 +40,9 @@ pub enum IrError {
     Corrupt { path: PathBuf, msg: String },
     #[error("{path}: file is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { path: PathBuf, size: u64, limit: u64 },
+    /// An output path the output policy refuses (`crate::output`).
+    #[error("{path}: {msg}")]
+    Output { path: PathBuf, msg: String },
     #[error("{path}: encoding failed: {msg}")]
     Encode { path: PathBuf, msg: String },
 }

@@ -10,6 +10,9 @@
 //!   [`ChannelConcernSet`] / [`ChannelModule`] are their artifacts.
 //! - [`artifact`]: the file envelope (magic, format version, kind, length, SHA-256) and
 //!   atomic writes; [`read_artifact`] validates what it decodes.
+//! - [`output`]: the output policy of every write (regular files only, symlinks followed,
+//!   umask honoured, stale temporary files removed) and file identities ([`output::FileId`])
+//!   for refusing an output that is an input.
 //! - [`limits`]: the size limits ([`limits::MAX_NODE_VALUES`], [`limits::MAX_PARAMS`],
 //!   ...) graphs and models are checked against before anything is allocated for them.
 //!
@@ -25,6 +28,7 @@ pub mod limits;
 mod mask;
 mod model;
 mod module;
+pub mod output;
 
 pub use artifact::{
     Artifact, ArtifactKind, decode_artifact, encode_artifact, hex_hash, read_artifact,

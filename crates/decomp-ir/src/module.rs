@@ -134,6 +134,41 @@ pub struct ConcernSet {
     pub seconds: f64,
 }
 
+impl ConcernSet {
+    /// Checks that this set fits `model`: at least one class, every class one of the model's
+    /// and listed once, every mask on an existing node with one bit per output.
+    pub fn check_against(&self, model: &crate::ModelIr) -> Result<(), String> {
+        if self.classes.is_empty() {
+            return Err("the concern set holds no class".into());
+        }
+        let shapes = model.check().map_err(|e| e.to_string())?;
+        let k = model.num_classes();
+        for (i, c) in self.classes.iter().enumerate() {
+            if c.class >= k {
+                return Err(format!("class {} is beyond the model's {k} classes", c.class));
+            }
+            if self.classes[..i].iter().any(|o| o.class == c.class) {
+                return Err(format!("class {} is listed twice", c.class));
+            }
+            for m in &c.inactive.masks {
+                let Some(shape) = shapes.get(m.node) else {
+                    return Err(format!("class {}: mask for node {} beyond the model's {} nodes", c.class, m.node, shapes.len()));
+                };
+                let n: usize = shape.iter().product();
+                if m.zeroed.len() != n {
+                    return Err(format!(
+                        "class {}: mask for node {} has {} bits, the node has {n} outputs",
+                        c.class,
+                        m.node,
+                        m.zeroed.len()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Artifact for ConcernSet {
     const KIND: ArtifactKind = ArtifactKind::ConcernSet;
     fn validate(&self) -> Result<(), String> {

@@ -148,6 +148,45 @@ impl TrainConfig {
                 );
             }
         }
+        let finite_in = |field: &str, v: f64, lo: f64, hi: f64| -> Result<(), ModelError> {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                bad(field, format!("{v}, expected a number in [{lo}, {hi}]"))
+            }
+        };
+        match self.optimizer {
+            OptimizerConfig::Sgd {
+                momentum,
+                dampening,
+                weight_decay,
+                ..
+            } => {
+                finite_in("momentum", momentum, 0.0, 1.0)?;
+                finite_in("dampening", dampening, 0.0, 1.0)?;
+                finite_in("weight_decay", weight_decay, 0.0, 1.0)?;
+            }
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => {
+                finite_in("beta1", beta1, 0.0, 1.0)?;
+                finite_in("beta2", beta2, 0.0, 1.0)?;
+                finite_in("epsilon", epsilon, 0.0, 1.0)?;
+                finite_in("weight_decay", weight_decay, 0.0, 1.0)?;
+            }
+        }
+        match &self.schedule {
+            Schedule::Step { factors, .. } => {
+                for &f in factors {
+                    finite_in("schedule.factors", f, 0.0, 1e6)?;
+                }
+            }
+            Schedule::Cosine { min_factor } => finite_in("schedule.min_factor", *min_factor, 0.0, 1.0)?,
+            Schedule::Constant => {}
+        }
         if !(0.0..1.0).contains(&self.augment.shift) {
             return bad(
                 "augment.shift",

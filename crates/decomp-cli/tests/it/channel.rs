@@ -4,7 +4,8 @@
 //! the CLI runs the stages one by one.
 
 use std::path::Path;
-use std::process::Command;
+
+use crate::support::{cifar_file, decomp};
 
 use decomp_data::Dataset;
 use decomp_ir::analysis::cost;
@@ -475,29 +476,6 @@ fn channel_module_files_reject_bad_input() {
         err.contains("artifact kind is model, expected channel-module"),
         "{err}"
     );
-}
-
-fn decomp(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_decomp"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run decomp");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-/// Writes `n` CIFAR-10 records (label i % 10, pixels from i).
-fn cifar_file(path: &Path, n: usize) {
-    let mut bytes = Vec::with_capacity(n * 3073);
-    for i in 0..n {
-        bytes.push((i % 10) as u8);
-        bytes.extend((0..3072).map(|p| ((p * 7 + i * 13 + p * p * i) % 256) as u8));
-    }
-    std::fs::write(path, bytes).expect("write records");
 }
 
 /// concern -> tangle -> compose -> inspect at channel granularity through the binary, and

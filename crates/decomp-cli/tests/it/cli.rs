@@ -1,22 +1,8 @@
 //! The `decomp` binary's contract: `eval --json` output and error messages.
 
 use std::path::Path;
-use std::process::Command;
 
-fn decomp(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_decomp")).args(args).env("RUST_LOG", "warn").output().expect("run decomp");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-/// Writes `n` CIFAR-10 records (label i % 10, pixels from i).
-pub(crate) fn cifar_file(path: &Path, n: usize) {
-    let mut bytes = Vec::with_capacity(n * 3073);
-    for i in 0..n {
-        bytes.push((i % 10) as u8);
-        bytes.extend((0..3072).map(|p| ((p * 7 + i * 13) % 256) as u8));
-    }
-    std::fs::write(path, bytes).expect("write records");
-}
+use crate::support::{cifar_file, decomp};
 
 #[test]
 fn eval_json_and_pipeline_on_generated_files() {

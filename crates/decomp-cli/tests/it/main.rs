@@ -2,7 +2,9 @@
 
 mod channel;
 mod cli;
+mod hardening;
 mod numerics;
 mod pipeline;
 mod reuse;
+mod support;
 mod train;

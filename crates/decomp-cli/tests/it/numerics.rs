@@ -15,8 +15,7 @@ use decomp_model::ResNetConfig;
 use decomp_model::train::TrainCheckpoint;
 use proptest::prelude::*;
 
-use crate::cli::cifar_file;
-use crate::reuse::{decomp as succeeds, s};
+use crate::support::{cifar_file, decomp, s};
 use crate::train::two_class_records;
 
 #[path = "../../../decomp-model/tests/it/torch_zip.rs"]
@@ -56,6 +55,13 @@ fn refused(args: &[&str], inputs: &[&Path], needles: &[&str]) -> String {
         );
     }
     err
+}
+
+/// Runs `decomp args`, expects success and returns stdout.
+fn succeeds(args: &[&str]) -> String {
+    let (ok, out, err) = decomp(args);
+    assert!(ok, "{args:?}: {err}");
+    out
 }
 
 /// One change to a model, applied before it is written.

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-pub(crate) fn decomp(args: &[&str]) -> String {
+fn decomp(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_decomp"))
         .args(args)
         .env("RUST_LOG", "error")
@@ -19,7 +19,7 @@ pub(crate) fn decomp(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub(crate) fn s(p: &Path) -> &str {
+fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }
 

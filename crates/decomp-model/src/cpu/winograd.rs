@@ -1,0 +1,188 @@
+//! Winograd F(2x2, 3x3): tile geometry and the input and output transforms over channel
+//! vectors.
+
+/// Geometry of one Winograd convolution: input `h x w`, `th x tw` tiles of 2x2 outputs.
+#[derive(Clone, Copy)]
+pub(super) struct Wino {
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) cin: usize,
+    pub(super) cout: usize,
+    /// Row length of the products (see `Conv::cp`).
+    pub(super) cp: usize,
+    pub(super) th: usize,
+    pub(super) tw: usize,
+}
+
+/// Input transform of tiles `t0..t1`: `v[t - t0][a * 4 + b][ci] = (B^T d B)[a][b]` over
+/// channel vectors, with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+/// Compiled per SIMD level and dispatched at run time (macerator), so the channel loops
+/// vectorize with the widest instructions the CPU has.
+#[allow(clippy::extra_unused_type_parameters)]
+#[macerator::with_simd]
+pub(super) fn wino_input<S: macerator::Simd>(
+    geo: Wino,
+    x: &[f32],
+    t0: usize,
+    t1: usize,
+    v: &mut [f32],
+    tmp: &mut [f32],
+    zero: &[f32],
+) {
+    let Wino {
+        h, w, cin, th, tw, ..
+    } = geo;
+    let _ = zero;
+    let (stage, patch) = tmp.split_at_mut(16 * cin);
+    let patch = &mut patch[..16 * cin];
+    let row = 4 * cin;
+    for (t, vt) in (t0..t1).zip(v.chunks_exact_mut(16 * cin)) {
+        let img = t / (th * tw);
+        let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
+        // Top-left input pixel of the 4x4 patch is (2 ty - 1, 2 tx - 1).
+        let interior = ty > 0 && tx > 0 && 2 * ty + 3 <= h && 2 * tx + 3 <= w;
+        // The patch's four rows, each 4 pixels x cin contiguous.
+        let rows: [&[f32]; 4] = if interior {
+            let at = |r: usize| ((img * h + 2 * ty - 1 + r) * w + 2 * tx - 1) * cin;
+            [
+                &x[at(0)..][..row],
+                &x[at(1)..][..row],
+                &x[at(2)..][..row],
+                &x[at(3)..][..row],
+            ]
+        } else {
+            for (k, dst) in patch.chunks_exact_mut(cin).enumerate() {
+                let (iy, ix) = (
+                    (2 * ty + k / 4).wrapping_sub(1),
+                    (2 * tx + k % 4).wrapping_sub(1),
+                );
+                if iy < h && ix < w {
+                    dst.copy_from_slice(&x[((img * h + iy) * w + ix) * cin..][..cin]);
+                } else {
+                    dst.fill(0.0);
+                }
+            }
+            let (p0, rest) = patch.split_at(row);
+            let (p1, rest) = rest.split_at(row);
+            let (p2, p3) = rest.split_at(row);
+            [p0, p1, p2, p3]
+        };
+        // Rows, all four columns at once: stage[a][q] = (B^T d)[a][q].
+        butterfly_in(rows[0], rows[1], rows[2], rows[3], stage);
+        // Columns: v[a * 4 + b] = (B^T d B)[a][b].
+        for (sa, out) in stage.chunks_exact(row).zip(vt.chunks_exact_mut(row)) {
+            butterfly_in(
+                &sa[..cin],
+                &sa[cin..2 * cin],
+                &sa[2 * cin..3 * cin],
+                &sa[3 * cin..],
+                out,
+            );
+        }
+    }
+}
+
+/// Output transform of tiles `t0..t1` into channels-last `y`: `A^T m A + bias`, with
+/// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`; outputs beyond an odd edge are dropped.
+#[allow(clippy::extra_unused_type_parameters)]
+#[macerator::with_simd]
+pub(super) fn wino_output<S: macerator::Simd>(
+    geo: Wino,
+    m: &[f32],
+    t0: usize,
+    t1: usize,
+    y: &mut [f32],
+    tmp: &mut [f32],
+    bias: &[f32],
+) {
+    let Wino {
+        h,
+        w,
+        cout,
+        cp,
+        th,
+        tw,
+        ..
+    } = geo;
+    for (t, mt) in (t0..t1).zip(m.chunks_exact(16 * cp)) {
+        let img = t / (th * tw);
+        let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
+        // Rows, all four columns at once: tmp[dy * 4 + b] = (A^T m)[dy][b].
+        let e = |a: usize| &mt[a * 4 * cp..(a + 1) * 4 * cp];
+        let (r0, r1) = tmp[..8 * cp].split_at_mut(4 * cp);
+        butterfly_out(e(0), e(1), e(2), e(3), r0, r1, None);
+        for dy in 0..2 {
+            let oy = 2 * ty + dy;
+            if oy >= h {
+                continue;
+            }
+            let r = |b: usize| &tmp[(dy * 4 + b) * cp..][..cout];
+            let ox = 2 * tx;
+            let row = &mut y[((img * h + oy) * w + ox) * cout..];
+            if ox + 1 < w {
+                let (y0, y1) = row[..2 * cout].split_at_mut(cout);
+                butterfly_out(r(0), r(1), r(2), r(3), y0, y1, Some(bias));
+            } else {
+                let mut spill = vec![0.0f32; cout];
+                butterfly_out(
+                    r(0),
+                    r(1),
+                    r(2),
+                    r(3),
+                    &mut row[..cout],
+                    &mut spill,
+                    Some(bias),
+                );
+            }
+        }
+    }
+}
+
+/// One Winograd input butterfly over channel vectors: `out` holds four vectors
+/// `[d0 - d2, d1 + d2, d2 - d1, d1 - d3]`.
+#[inline(always)]
+pub(super) fn butterfly_in(d0: &[f32], d1: &[f32], d2: &[f32], d3: &[f32], out: &mut [f32]) {
+    let c = d0.len();
+    let (d1, d2, d3) = (&d1[..c], &d2[..c], &d3[..c]);
+    let (o0, rest) = out[..4 * c].split_at_mut(c);
+    let (o1, rest) = rest.split_at_mut(c);
+    let (o2, o3) = rest.split_at_mut(c);
+    for i in 0..c {
+        let (a, b, cc, d) = (d0[i], d1[i], d2[i], d3[i]);
+        o0[i] = a - cc;
+        o1[i] = b + cc;
+        o2[i] = cc - b;
+        o3[i] = b - d;
+    }
+}
+
+/// One Winograd output butterfly over channel vectors: `o0 = m0 + m1 + m2`,
+/// `o1 = m1 - m2 - m3`, plus `bias` when given.
+#[inline(always)]
+pub(super) fn butterfly_out(
+    m0: &[f32],
+    m1: &[f32],
+    m2: &[f32],
+    m3: &[f32],
+    o0: &mut [f32],
+    o1: &mut [f32],
+    bias: Option<&[f32]>,
+) {
+    let c = m0.len();
+    let (m1, m2, m3, o0, o1) = (&m1[..c], &m2[..c], &m3[..c], &mut o0[..c], &mut o1[..c]);
+    match bias {
+        Some(b) => {
+            let b = &b[..c];
+            for i in 0..c {
+                o0[i] = m0[i] + m1[i] + m2[i] + b[i];
+                o1[i] = m1[i] - m2[i] - m3[i] + b[i];
+            }
+        }
+        None => {
+            for i in 0..c {
+                o0[i] = m0[i] + m1[i] + m2[i];
+                o1[i] = m1[i] - m2[i] - m3[i];
+            }
+        }
+    }
+}
