@@ -112,7 +112,9 @@ impl ResNetConfig {
     /// Checks class count, input size and parameter count against [`decomp_ir::limits`]
     /// before anything is allocated (the activation sizes are checked on the graph).
     pub fn check_size(&self) -> Result<(), ModelError> {
-        use decomp_ir::limits::{MAX_CLASSES, MAX_NODE_VALUES, MAX_PARAMS, MAX_SPATIAL};
+        use decomp_ir::limits::{
+            MAX_CLASSES, MAX_GRAPH_VALUES, MAX_NODE_VALUES, MAX_PARAMS, MAX_SPATIAL,
+        };
         self.blocks_per_stage()?;
         if self.num_classes == 0 || self.num_classes > MAX_CLASSES {
             return Err(ModelError::Config(format!(
@@ -132,16 +134,46 @@ impl ResNetConfig {
                 self.input
             )));
         }
+        let what = format!(
+            "ResNet-{} with {} classes and input {:?}",
+            self.depth, self.num_classes, self.input
+        );
+        let shown =
+            |v: Option<usize>| v.map_or_else(|| "more than usize::MAX".into(), |v| v.to_string());
         match self.stored_values() {
-            Some(p) if p <= MAX_PARAMS => Ok(()),
-            p => Err(ModelError::Config(format!(
-                "ResNet-{} with {} classes and input {:?} stores {} values, over the limit of {MAX_PARAMS} (limits::MAX_PARAMS)",
-                self.depth,
-                self.num_classes,
-                self.input,
-                p.map_or_else(|| "more than usize::MAX".to_string(), |p| p.to_string())
+            Some(p) if p <= MAX_PARAMS => {}
+            p => {
+                return Err(ModelError::Config(format!(
+                    "{what} stores {} values, over the limit of {MAX_PARAMS} (limits::MAX_PARAMS)",
+                    shown(p)
+                )));
+            }
+        }
+        match self.residual_values() {
+            Some(v) if v <= MAX_GRAPH_VALUES => Ok(()),
+            v => Err(ModelError::Config(format!(
+                "{what} holds at least {} values per image in its residual blocks, over the limit of {MAX_GRAPH_VALUES} (limits::MAX_GRAPH_VALUES)",
+                shown(v)
             ))),
         }
+    }
+
+    /// A lower bound of the values all nodes hold per image: those of the residual blocks'
+    /// convolutions, BatchNorms, ReLUs and sums (the exact count is checked on the built
+    /// graph). `None` when it overflows `usize`.
+    fn residual_values(&self) -> Option<usize> {
+        let n = self.blocks_per_stage().ok()?;
+        let nodes = if self.batch_norm { 7 } else { 5 };
+        let [_, mut h, mut w] = self.input;
+        let mut total = 0usize;
+        for (stage, planes) in [16usize, 32, 64].into_iter().enumerate() {
+            if stage > 0 {
+                (h, w) = (h.div_ceil(2), w.div_ceil(2));
+            }
+            let block = planes.checked_mul(h)?.checked_mul(w)?.checked_mul(nodes)?;
+            total = total.checked_add(block.checked_mul(n)?)?;
+        }
+        Some(total)
     }
 
     /// Builds the model with freshly initialized weights, after [`ResNetConfig::check_size`].
@@ -347,6 +379,13 @@ mod tests {
             let model = cfg.build().expect("build");
             let counted: usize = model.graph.nodes.iter().map(|n| n.op.stored_values()).sum();
             assert_eq!(cfg.stored_values(), Some(counted), "{cfg:?}");
+            let shapes = model.check().expect("valid");
+            let values: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+            let bound = cfg.residual_values().expect("small");
+            assert!(
+                bound <= values && values < 2 * bound,
+                "{cfg:?}: {bound} vs {values}"
+            );
         }
     }
 
@@ -354,6 +393,11 @@ mod tests {
     fn absurd_sizes_are_refused_before_building() {
         for (cfg, expected) in [
             (ResNetConfig::new(600_002, 10), "limits::MAX_PARAMS"),
+            (ResNetConfig::new(10_004, 10), "limits::MAX_GRAPH_VALUES"),
+            (
+                ResNetConfig::new(20, 10).with_input([3, 4096, 4096]),
+                "limits::MAX_GRAPH_VALUES",
+            ),
             (
                 ResNetConfig::new(20, 100_000_000_000),
                 "limits::MAX_CLASSES",
