@@ -116,7 +116,7 @@ pub fn fit_to_model(ds: Dataset, model: &ModelIr) -> Result<Dataset> {
         ds = ds.with_channels(c)?;
     }
     if ds.image_shape()[1..] != [h, w] {
-        ds = ds.with_resize(h, w);
+        ds = ds.with_resize(h, w)?;
     }
     let norm = Normalization::new(&model.meta.input_norm.mean, &model.meta.input_norm.std);
     Ok(ds.with_normalization(norm))
@@ -148,7 +148,7 @@ pub fn evaluate(exec: &Executor, ds: &Dataset, classes: usize, batch_size: usize
         .expect("valid template"),
     );
     bar.set_prefix("eval");
-    let mut acc = Accumulator::new(classes);
+    let mut acc = Accumulator::new(classes).for_node(exec.output_name());
     for batch in ds.batches(batch_size) {
         let batch = batch?;
         let n = batch.labels.len();

@@ -84,7 +84,7 @@ pub fn run(a: MixArgs) -> Result<()> {
                 ds = ds.with_channels(3)?;
             }
             if ds.image_shape()[1..] != [SIDE, SIDE] {
-                ds = ds.with_resize(SIDE, SIDE);
+                ds = ds.with_resize(SIDE, SIDE)?;
             }
             if split == "train" {
                 names.push(ds.class_names()[0].replace(char::is_whitespace, "_"));

@@ -306,11 +306,13 @@ fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(Mode
     let names = raw.class_names().to_vec();
     let [c, h, w] = raw.image_shape();
     let (h, w) = a.resize.map_or((h, w), |s| (s, s));
-    let mut model = crate::model_source::parse_arch(a.arch.as_deref().unwrap_or("resnet20"), names.len())?
+    let arch = a.arch.as_deref().unwrap_or("resnet20");
+    let mut model = crate::model_source::parse_arch(arch, names.len())?
         .with_batch_norm(batch_norm)
         .with_input([c, h, w])
         .with_seed(a.seed)
-        .build()?;
+        .build()
+        .with_context(|| format!("--arch {arch} for {} classes of {c}x{h}x{w} images", names.len()))?;
     let norm = kind.default_normalization();
     model.meta.input_norm = InputNorm {
         mean: norm.mean.clone(),

@@ -151,6 +151,22 @@ fn parse_entry(s: &str, files: usize) -> Result<Vec<(usize, usize)>> {
         .collect()
 }
 
+/// Refuses a NaN or infinite margin (JSON has no NaN, but `1e39` reads as an infinite
+/// `f32`): it would never vote and never rank, so it must not pass silently.
+fn check_finite(path: &Path, m: &Margins) -> Result<()> {
+    for (i, row) in m.margins.iter().enumerate() {
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: image {i}: the margin of module {j} ({}) is {}, expected a finite number",
+                path.display(),
+                m.modules[j].path,
+                row[j]
+            );
+        }
+    }
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct VoteOutput {
     pick: Vec<String>,
@@ -194,6 +210,7 @@ pub fn run(a: VoteArgs) -> Result<()> {
                     p.display()
                 );
             }
+            check_finite(p, &m)?;
             Ok(m)
         })
         .collect::<Result<_>>()?;

@@ -56,7 +56,7 @@ mod transform;
 
 pub use augment::Augmentation;
 pub use cifar::{CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES};
-pub use dataset::{Batch, Batches, Dataset};
+pub use dataset::{Batch, Batches, Dataset, MAX_IMAGE_SIDE};
 pub use error::DataError;
 pub use idx::{FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_CLASSES};
 pub use kind::{DATA_DIR_ENV, DEBIAN_FASHION_MNIST_DIR, DatasetKind, Normalization, Split};
