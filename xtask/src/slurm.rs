@@ -108,7 +108,8 @@ pub struct Job {
     /// The `decomp` binary to copy.
     pub decomp: PathBuf,
     pub runs: PathBuf,
-    pub data_dir: PathBuf,
+    /// `--data-dir` as given (else every task resolves the data as this process did).
+    pub data_dir: Option<PathBuf>,
     pub models_dir: Option<PathBuf>,
     pub out: PathBuf,
     pub device: String,
@@ -125,7 +126,7 @@ impl Job {
         root: &Path,
         decomp: PathBuf,
         runs: PathBuf,
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         models_dir: Option<PathBuf>,
         out: PathBuf,
         device: String,
@@ -145,7 +146,7 @@ impl Job {
             short,
             decomp: abs(&decomp)?,
             runs: abs(&runs)?,
-            data_dir: abs(&data_dir)?,
+            data_dir: data_dir.as_deref().map(abs).transpose()?,
             models_dir: models_dir.as_deref().map(abs).transpose()?,
             out: abs(&out)?,
             device,
@@ -222,12 +223,12 @@ fn command(
     if let Some((i, n)) = shard {
         let _ = write!(c, " --shard \"{i}/{n}\"");
     }
-    let _ = write!(
-        c,
-        " \\\n  --decomp-bin {} --data-dir {}",
-        shp(decomp),
-        shp(&job.data_dir)
-    );
+    // Everything the experiment reads was fetched before submission: tasks download nothing
+    // (compute nodes often have no internet) and fail clearly if something is missing.
+    let _ = write!(c, " \\\n  --decomp-bin {} --offline", shp(decomp));
+    if let Some(d) = &job.data_dir {
+        let _ = write!(c, " --data-dir {}", shp(d));
+    }
     if let Some(m) = &job.models_dir {
         let _ = write!(c, " --models-dir {}", shp(m));
     }
@@ -727,7 +728,7 @@ mod tests {
             short: "table2".into(),
             decomp: "/b/decomp".into(),
             runs: "/shared/runs".into(),
-            data_dir: "/data sets".into(),
+            data_dir: Some("/data sets".into()),
             models_dir: Some("/m".into()),
             out: "/r".into(),
             device: "cpu".into(),
@@ -766,7 +767,7 @@ mod tests {
             "#SBATCH --gpus=a100:1\n",
             "#SBATCH --output=/shared/runs/slurm/t/logs/%A_%a.log\n",
             "/shared/runs/bin/x run-experiment table2 --shard \"$shard/3\"",
-            "--decomp-bin /shared/runs/bin/d --data-dir '/data sets' --models-dir /m",
+            "--decomp-bin /shared/runs/bin/d --offline --data-dir '/data sets' --models-dir /m",
             "--runs /shared/runs --device cpu --from decompose",
             "touch /shared/runs/slurm/t/done/\"$shard\"",
         ] {

@@ -29,6 +29,6 @@ pub use error::ModelError;
 pub use cpu::CpuTuning;
 pub use executor::{
     ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe,
-    accumulate_active, to_vec,
+    accumulate_active, check_finite, to_vec,
 };
 pub use resnet::{ResNetConfig, Shortcut};

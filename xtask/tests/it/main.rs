@@ -5,6 +5,7 @@
 //!   the report of an uninterrupted run;
 //! - `--shard 0/2` + `--shard 1/2` + a merge run give the report of an unsharded run.
 
+mod fetch;
 mod slurm;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 mod cpu;
 mod executor;
 mod real;
+mod torch_zip;
 mod train;
 mod zip_checkpoint;
 
