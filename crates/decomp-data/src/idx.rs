@@ -1,7 +1,6 @@
 //! MNIST / Fashion-MNIST IDX files (`*-idx3-ubyte` images, `*-idx1-ubyte` labels), plain or
 //! gzip-compressed. The decompressed image file is kept in memory and sliced on decode.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
@@ -98,19 +97,7 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(bytes);
     }
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    let limit = crate::read::MAX_DATA_FILE;
-    MultiGzDecoder::new(bytes.as_slice())
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DataError::io("gunzip", path, e))?;
-    if out.len() as u64 > limit {
-        return Err(DataError::TooLarge {
-            path: path.to_path_buf(),
-            limit,
-        });
-    }
-    Ok(out)
+    crate::read::read_to_limit(MultiGzDecoder::new(bytes.as_slice()), path, crate::read::MAX_DATA_FILE, "gunzip", bytes.len() * 4)
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {

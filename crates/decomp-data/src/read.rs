@@ -19,10 +19,17 @@ pub const MAX_IMAGE_FILE: u64 = 64 << 20;
 pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
     let f = std::fs::File::open(path).map_err(|e| DataError::io("read", path, e))?;
     let hint = f.metadata().map(|m| m.len()).unwrap_or(0).min(limit);
-    let mut bytes = Vec::with_capacity(hint as usize);
-    f.take(limit + 1)
+    read_to_limit(f, path, limit, "read", hint as usize)
+}
+
+/// Everything `reader` yields (the bytes of `path`, read or decompressed: `action` names
+/// which in errors), refused once it passes `limit` bytes.
+pub(crate) fn read_to_limit(reader: impl Read, path: &Path, limit: u64, action: &'static str, capacity: usize) -> Result<Vec<u8>, DataError> {
+    let mut bytes = Vec::with_capacity(capacity);
+    reader
+        .take(limit + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| DataError::io("read", path, e))?;
+        .map_err(|e| DataError::io(action, path, e))?;
     if bytes.len() as u64 > limit {
         return Err(DataError::TooLarge {
             path: path.to_path_buf(),
