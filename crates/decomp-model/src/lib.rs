@@ -27,6 +27,7 @@ pub use channel_stats::ChannelAccumulator;
 pub use device::{available_devices, parse_device};
 pub use error::ModelError;
 pub use cpu::CpuTuning;
+pub use cpu::grad::{GradEngine, ParamGrad, StepGradients};
 pub use executor::{
     ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe,
     accumulate_active, to_vec,

@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 mod compile;
 mod conv;
+pub mod grad;
 mod kernels;
 mod layout;
 mod run;
