@@ -28,6 +28,7 @@ pub use device::{available_devices, parse_device};
 pub use error::ModelError;
 pub use cpu::CpuTuning;
 pub use cpu::grad::{GradEngine, ParamGrad, StepGradients};
+pub use cpu::optim::CpuOptimizer;
 pub use executor::{
     ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe,
     accumulate_active, to_vec,

@@ -27,6 +27,7 @@ use rayon::prelude::*;
 mod compile;
 mod conv;
 pub mod grad;
+pub mod optim;
 mod kernels;
 mod layout;
 mod run;
