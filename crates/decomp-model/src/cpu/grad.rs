@@ -327,7 +327,6 @@ impl Pass<'_> {
                 values[id] = Vec::new();
                 continue;
             };
-            let name = |p: &str| format!("{}.{p}", node.name);
             match &node.op {
                 Op::Input { .. } => {}
                 Op::Conv2d { weight, bias, .. } => {
@@ -336,24 +335,14 @@ impl Pass<'_> {
                         unreachable!("an unfolded plan keeps every convolution")
                     };
                     let (dx, dw, db) = self.conv_backward(c, weight, &values[i], dy, needs_grad(i));
-                    params.push(ParamGrad {
-                        node: id,
-                        name: name("weight"),
-                        grad: TensorData {
-                            shape: weight.shape.clone(),
-                            data: dw,
-                        },
-                    });
-                    if bias.is_some() {
-                        params.push(ParamGrad {
-                            node: id,
-                            name: name("bias"),
-                            grad: TensorData {
-                                shape: vec![c.cout],
-                                data: db,
-                            },
-                        });
-                    }
+                    let db = bias.is_some().then_some(db);
+                    params.extend(weight_and_bias(
+                        id,
+                        &node.name,
+                        weight.shape.clone(),
+                        dw,
+                        db,
+                    ));
                     if let Some(dx) = dx {
                         accumulate(&mut grads[i], dx);
                     }
@@ -362,16 +351,8 @@ impl Pass<'_> {
                     let i = node.inputs[0];
                     let s = saved[id].as_ref().expect("batch statistics saved");
                     let (dx, dgamma, dbeta) = bn_backward(&values[i], dy, s, &gamma.data);
-                    for (p, d) in [("weight", dgamma), ("bias", dbeta)] {
-                        params.push(ParamGrad {
-                            node: id,
-                            name: name(p),
-                            grad: TensorData {
-                                shape: vec![d.len()],
-                                data: d,
-                            },
-                        });
-                    }
+                    let shape = vec![dgamma.len()];
+                    params.extend(weight_and_bias(id, &node.name, shape, dgamma, Some(dbeta)));
                     accumulate(&mut grads[i], dx);
                 }
                 Op::Relu => {
@@ -466,24 +447,8 @@ impl Pass<'_> {
                         }
                         dx_tiles.push(dx);
                     }
-                    params.push(ParamGrad {
-                        node: id,
-                        name: name("weight"),
-                        grad: TensorData {
-                            shape: vec![o, k],
-                            data: dw,
-                        },
-                    });
-                    if bias.is_some() {
-                        params.push(ParamGrad {
-                            node: id,
-                            name: name("bias"),
-                            grad: TensorData {
-                                shape: vec![o],
-                                data: db,
-                            },
-                        });
-                    }
+                    let db = bias.is_some().then_some(db);
+                    params.extend(weight_and_bias(id, &node.name, vec![o, k], dw, db));
                     if needs_grad(i) {
                         accumulate(&mut grads[i], dx_tiles);
                     }
@@ -651,6 +616,30 @@ impl Pass<'_> {
         }
         (dx_tiles, dw, db)
     }
+}
+
+/// The gradients of node `id`'s weight (of `shape`) and bias (when it has one).
+fn weight_and_bias(
+    id: NodeId,
+    node: &str,
+    shape: Vec<usize>,
+    dw: Vec<f32>,
+    db: Option<Vec<f32>>,
+) -> impl Iterator<Item = ParamGrad> {
+    let bias = db.map(|db| ParamGrad {
+        node: id,
+        name: format!("{node}.bias"),
+        grad: TensorData {
+            shape: vec![db.len()],
+            data: db,
+        },
+    });
+    let weight = ParamGrad {
+        node: id,
+        name: format!("{node}.weight"),
+        grad: TensorData { shape, data: dw },
+    };
+    std::iter::once(weight).chain(bias)
 }
 
 /// Adds `g` into a node's gradient (sets it when the node has none yet).

@@ -272,10 +272,9 @@ fn option_b_64px_gradients_equal_burn() {
     }
 }
 
-/// The pretrained ResNet-20 (BatchNorm, option-A shortcuts) on real CIFAR-10 images.
-#[test]
-fn pretrained_resnet20_gradients_equal_burn() {
-    let Some(shared) = shared_dir() else { return };
+/// The pretrained ResNet-20 and the first CIFAR-10 training file, normalized as it was
+/// trained.
+fn pretrained(shared: &std::path::Path) -> (ModelIr, Dataset) {
     let model = import_resnet(
         &shared.join("models/cifar10/resnet20-12fca82f.th"),
         Some(&ResNetConfig::new(20, 10)),
@@ -290,6 +289,14 @@ fn pretrained_resnet20_gradients_equal_burn() {
     )
     .expect("CIFAR-10 batch")
     .with_normalization(Normalization::new(&norm.mean, &norm.std));
+    (model, data)
+}
+
+/// The pretrained ResNet-20 (BatchNorm, option-A shortcuts) on real CIFAR-10 images.
+#[test]
+fn pretrained_resnet20_gradients_equal_burn() {
+    let Some(shared) = shared_dir() else { return };
+    let (model, data) = pretrained(&shared);
     let batch = data.batch(0..32).expect("batch");
     let [(_, winograd), (_, im2col)] = tunings();
     // The engine's default path (Winograd forward and data gradients): strict.
@@ -456,20 +463,7 @@ fn optimizer_steps_equal_burn() {
 #[test]
 fn pretrained_resnet20_sgd_steps_equal_burn() {
     let Some(shared) = shared_dir() else { return };
-    let model = import_resnet(
-        &shared.join("models/cifar10/resnet20-12fca82f.th"),
-        Some(&ResNetConfig::new(20, 10)),
-        akamaster_norm(),
-        None,
-    )
-    .expect("import");
-    let norm = akamaster_norm();
-    let data = Dataset::from_cifar_file(
-        DatasetKind::Cifar10,
-        &shared.join("datasets/cifar-10-batches-bin/data_batch_1.bin"),
-    )
-    .expect("CIFAR-10 batch")
-    .with_normalization(Normalization::new(&norm.mean, &norm.std));
+    let (model, data) = pretrained(&shared);
     let batch = data.batch(32..64).expect("batch");
     check_optimizer(
         "pretrained resnet20 sgd",
