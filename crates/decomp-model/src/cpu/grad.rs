@@ -11,7 +11,9 @@
 //!   otherwise); BatchNorm with the batch's statistics (mean and biased variance over all
 //!   images and pixels, reduced across tiles in `f64`), after which the running statistics
 //!   move by [`GradEngine::bn_momentum`] towards the batch's mean and biased variance, as
-//!   burn's `BatchNorm` does. Every node's output is kept for the backward pass.
+//!   burn's `BatchNorm` does. Only the values the backward pass reads are kept (inputs of
+//!   convolutions, BatchNorms and linear layers, ReLU outputs); the others go to their last
+//!   reader, which reuses the buffer (ReLU and Add in place), or are freed.
 //! - backward, in reverse node order: a convolution's weight gradient is `im2col(x)^T x dY`
 //!   per tile (products `dY^T [cout, rows] x col [rows, K]`), summed over tiles in tile
 //!   order; its data gradient is the Winograd forward of the flipped, transposed kernel for
@@ -239,6 +241,22 @@ impl Pass<'_> {
                 Some(at)
             })
             .collect();
+        // What the backward pass reads: inputs of convolutions, BatchNorms and linear
+        // layers, ReLU outputs, the logits. Every other value is handed to its last reader
+        // (an in-place ReLU or Add) or freed after it.
+        let mut kept = vec![false; g.nodes.len()];
+        let mut last = vec![0usize; g.nodes.len()];
+        for (id, node) in g.nodes.iter().enumerate() {
+            match node.op {
+                Op::Conv2d { .. } | Op::BatchNorm2d { .. } | Op::Linear { .. } => {
+                    node.inputs.iter().for_each(|&i| kept[i] = true);
+                }
+                Op::Relu => kept[id] = true,
+                _ => {}
+            }
+            node.inputs.iter().for_each(|&i| last[i] = last[i].max(id));
+        }
+        kept[g.output] = true;
         for (id, node) in g.nodes.iter().enumerate() {
             let mut stats = None;
             let out: Tiles = match &node.op {
@@ -277,11 +295,14 @@ impl Pass<'_> {
                     let y = x
                         .par_iter()
                         .map(|t| {
-                            let mut v = t.clone();
-                            for px in v.chunks_exact_mut(scale.len()) {
-                                for ((x, s), b) in px.iter_mut().zip(&scale).zip(&shift) {
-                                    *x = *x * s + b;
-                                }
+                            let mut v = Vec::with_capacity(t.len());
+                            for px in t.chunks_exact(scale.len()) {
+                                v.extend(
+                                    px.iter()
+                                        .zip(&scale)
+                                        .zip(&shift)
+                                        .map(|((x, s), b)| x * s + b),
+                                );
                             }
                             v
                         })
@@ -289,18 +310,45 @@ impl Pass<'_> {
                     stats = Some((s, var));
                     y
                 }
-                _ => (0..self.sizes.len())
-                    .into_par_iter()
-                    .map_init(Vec::new, |scratch, t| {
-                        let args = node
-                            .inputs
-                            .iter()
-                            .map(|&i| Arg::Borrowed(&values[i][t]))
-                            .collect();
-                        self.plan.apply(id, args, self.sizes[t], scratch)
-                    })
-                    .collect(),
+                _ => {
+                    // Per tile, per input: the tile moved in when this is its last reader.
+                    let mut moved: Vec<Vec<Option<Vec<f32>>>> = vec![Vec::new(); self.sizes.len()];
+                    for &i in &node.inputs {
+                        let once = node.inputs.iter().filter(|&&j| j == i).count() == 1;
+                        if once && !kept[i] && last[i] == id {
+                            let tiles = std::mem::take(&mut values[i]);
+                            moved
+                                .iter_mut()
+                                .zip(tiles)
+                                .for_each(|(m, v)| m.push(Some(v)));
+                        } else {
+                            moved.iter_mut().for_each(|m| m.push(None));
+                        }
+                    }
+                    let values = &values;
+                    moved
+                        .into_par_iter()
+                        .enumerate()
+                        .map_init(Vec::new, |scratch, (t, owned)| {
+                            let args = node
+                                .inputs
+                                .iter()
+                                .zip(owned)
+                                .map(|(&i, o)| match o {
+                                    Some(v) => Arg::Owned(v),
+                                    None => Arg::Borrowed(&values[i][t]),
+                                })
+                                .collect();
+                            self.plan.apply(id, args, self.sizes[t], scratch)
+                        })
+                        .collect()
+                }
             };
+            for &i in &node.inputs {
+                if !kept[i] && last[i] == id {
+                    values[i] = Vec::new();
+                }
+            }
             values.push(out);
             saved.push(stats);
         }
