@@ -15,6 +15,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use decomp_data::{DataRoot, DatasetFolder, DatasetKind};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -50,14 +51,25 @@ enum Cmd {
         /// The `decomp` binary to run (default: build decomp-cli, then target/debug/decomp).
         #[arg(long, env = "DECOMP_BIN")]
         decomp_bin: Option<PathBuf>,
-        /// Folder holding `cifar-10-batches-bin/` and `cifar-10-train-first4000-lossless/`.
-        /// Default: $DECOMP_DATA_DIR, else `../shared/datasets` when it exists.
+        /// Folder holding the dataset folders (`cifar-10-batches-bin/`, ...). Default:
+        /// $DECOMP_DATA_DIR, else `../shared/datasets` when it exists, else the user cache
+        /// ($DECOMP_CACHE_DIR/datasets, default ~/.cache/decomp/datasets). A missing dataset is
+        /// downloaded from its official source (verified) unless --offline.
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Folder holding the `resnet*.th` checkpoints. Default: `../shared/models/cifar10`
-        /// when it exists, else the known names are downloaded (`akamaster/resnetNN`).
+        /// when it exists, else the cache ($DECOMP_CACHE_DIR), where the known pretrained
+        /// checkpoints are downloaded (verified) unless --offline.
         #[arg(long)]
         models_dir: Option<PathBuf>,
+        /// Fetch the datasets and weights the experiment needs, then stop (before a long run
+        /// on a machine without internet).
+        #[arg(long)]
+        fetch_only: bool,
+        /// Download nothing (also DECOMP_OFFLINE=1): a missing dataset or checkpoint is an
+        /// error that says what is missing where.
+        #[arg(long)]
+        offline: bool,
         /// Where reports go.
         #[arg(long, default_value = "results")]
         out: PathBuf,
@@ -94,30 +106,32 @@ fn main() -> Result<()> {
             decomp_bin,
             data_dir,
             models_dir,
+            fetch_only,
+            offline,
             out,
             features,
             device,
             limit,
             runs,
         } => {
-            let data_dir = match data_dir.or_else(|| std::env::var_os("DECOMP_DATA_DIR").map(PathBuf::from)) {
-                Some(d) => d,
-                None => {
-                    let shared = root().join("../shared/datasets");
-                    if !shared.is_dir() {
-                        bail!(
-                            "no data folder: pass --data-dir or set DECOMP_DATA_DIR to a folder holding cifar-10-batches-bin/ \
-                             (official CIFAR-10 binary version: https://www.cs.toronto.edu/~kriz/cifar.html, or run \
-                             `cargo run -p decomp-cli -- fetch-data --dataset cifar10 --data-dir data`)"
-                        );
-                    }
-                    shared
-                }
-            };
-            let models_dir = models_dir.or_else(|| {
-                let d = root().join("../shared/models/cifar10");
-                d.is_dir().then_some(d)
+            if offline {
+                decomp_data::fetch::set_offline();
+            }
+            let data = DataRoot::resolve(data_dir.as_deref(), &root());
+            let models_dir = models_dir.unwrap_or_else(|| {
+                let d = decomp_data::locate::shared_dir(&root()).join("models/cifar10");
+                if d.is_dir() { d } else { decomp_data::fetch::default_cache_dir() }
             });
+            // Everything the experiment reads is fetched first: a missing dataset fails here,
+            // in a second, not after a build.
+            let (data_dir, fetched) = fetch_needs(&name, &data, &models_dir)?;
+            if fetch_only {
+                for p in fetched {
+                    println!("{}", p.display());
+                }
+                return Ok(());
+            }
+            let models_dir = Some(models_dir);
             let ctx = Ctx {
                 features,
                 device,
@@ -139,7 +153,7 @@ fn main() -> Result<()> {
                     };
                     let runs = root().join(runs);
                     let decomp = snapshot_decomp(&built, &runs)?;
-                    let env = scenarios::Env { root: root(), data_dir, models_dir, results: root().join(out) };
+                    let env = scenarios::Env { root: root(), data, models_dir, results: root().join(out) };
                     let eng = engine::Engine::new(decomp.clone(), ctx.device.clone(), runs.join("store"), sel);
                     let result = run_manifest(&eng, &env, manifest_name);
                     let _ = std::fs::remove_file(&decomp);
@@ -148,6 +162,59 @@ fn main() -> Result<()> {
             }
         }
     }
+}
+
+/// Fetches (unless present) the datasets and checkpoints experiment `name` reads; returns the
+/// folder holding its CIFAR-10 folder (for the experiments written out here) and every path.
+fn fetch_needs(name: &str, data: &DataRoot, models_dir: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let (datasets, weights): (Vec<(String, Option<String>)>, Vec<String>) = match name {
+        "eval" | "table1" | "frontier" => (
+            vec![("cifar10".to_string(), None)],
+            ARCHS
+                .iter()
+                .filter(|a| name != "frontier" || matches!(a.0, "resnet20" | "resnet56"))
+                .map(|a| format!("models:{}", a.1))
+                .collect(),
+        ),
+        manifest_name => {
+            let needs = manifest::Manifest::needs(&root(), manifest_name)?;
+            (needs.data.into_iter().map(|d| (d.dataset, d.path)).collect(), needs.weights)
+        }
+    };
+    let mut fetched = Vec::new();
+    let mut cifar_parent = None;
+    for (dataset, path) in datasets {
+        let kind = DatasetKind::parse(&dataset)?;
+        let want = match &path {
+            Some(p) => DatasetFolder::named(kind, p),
+            None => DatasetFolder::official(kind),
+        };
+        let folder = data.ensure(&want)?;
+        if kind == DatasetKind::Cifar10 && path.is_none() {
+            cifar_parent = folder.parent().map(Path::to_path_buf);
+        }
+        fetched.push(folder);
+    }
+    for w in weights {
+        let file = match w.strip_prefix("models:") {
+            Some(file) => {
+                if !models_dir.join(file).is_file() {
+                    let remote = decomp_data::fetch::pretrained_file(file).with_context(|| {
+                        format!("{file} is not in {} and is not a known pretrained checkpoint", models_dir.display())
+                    })?;
+                    decomp_data::fetch::download_verified_locked(&remote, models_dir)?;
+                }
+                models_dir.join(file)
+            }
+            None if decomp_data::fetch::pretrained(&w).is_some() => {
+                decomp_data::fetch::fetch_weights(&w, &decomp_data::fetch::default_cache_dir())?
+            }
+            None => PathBuf::from(w),
+        };
+        fetched.push(file);
+    }
+    let data_dir = cifar_parent.unwrap_or_else(|| data.dir.clone());
+    Ok((data_dir, fetched))
 }
 
 /// Builds the `decomp` binary once and returns its path (stages run it directly, without

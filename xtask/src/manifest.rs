@@ -3,7 +3,8 @@
 //! A manifest names a *scenario* (the chain of stages, in `scenarios.rs`) and every setting
 //! that scenario reads; unknown fields are errors, so a typo cannot silently fall back to a
 //! default. Paths in `weights` may start with `models:` (the `--models-dir` folder); dataset
-//! folders are relative to `--data-dir`.
+//! folders are relative to the data folder. [`Manifest::needs`] lists the datasets and
+//! weights a manifest (with its members) reads, so they can be fetched before a run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -62,7 +63,7 @@ fn main_role() -> String {
 
 /// A dataset: `dataset` is decomp's name; `path` the dataset folder relative to
 /// `--data-dir` when it differs from the official folder name.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
     pub dataset: String,
@@ -247,6 +248,48 @@ impl Manifest {
         let m: Manifest = toml::from_str(&text)
             .with_context(|| format!("{}: invalid manifest", path.display()))?;
         Ok((short, m))
+    }
+}
+
+/// The datasets and weights an experiment reads.
+#[derive(Debug, Default, PartialEq)]
+pub struct Needs {
+    /// `[data.*]` entries, without repeats.
+    pub data: Vec<DataSpec>,
+    /// `[models.*] weights`, without repeats (`models:FILE`, a path or a known name).
+    pub weights: Vec<String>,
+}
+
+impl Needs {
+    fn add(&mut self, m: &Manifest) {
+        for d in m.data.values() {
+            if !self
+                .data
+                .iter()
+                .any(|x| x.dataset == d.dataset && x.path == d.path)
+            {
+                self.data.push(d.clone());
+            }
+        }
+        for w in m.models.values().filter_map(|m| m.weights.as_ref()) {
+            if !self.weights.contains(w) {
+                self.weights.push(w.clone());
+            }
+        }
+    }
+}
+
+impl Manifest {
+    /// What manifest `name` and, for a suite, its members need.
+    pub fn needs(root: &Path, name: &str) -> Result<Needs> {
+        let mut needs = Needs::default();
+        let mut todo = vec![name.to_string()];
+        while let Some(n) = todo.pop() {
+            let (_, m) = Manifest::load(root, &n)?;
+            needs.add(&m);
+            todo.extend(m.members.iter().rev().cloned());
+        }
+        Ok(needs)
     }
 }
 

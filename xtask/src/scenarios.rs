@@ -9,17 +9,18 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, Kind, read_json, write_atomic};
-use crate::manifest::{Manifest, ModelSpec, TrainSpec};
+use crate::manifest::{DataSpec, Manifest, ModelSpec, TrainSpec};
 use crate::plot;
 
 /// Where things are.
 pub struct Env {
     pub root: PathBuf,
-    pub data_dir: PathBuf,
+    /// Where datasets are found (and fetched when missing): `decomp_data::locate`.
+    pub data: decomp_data::DataRoot,
     pub models_dir: Option<PathBuf>,
     pub results: PathBuf,
 }
@@ -95,6 +96,28 @@ pub fn seeded_choice(n: usize, k: usize, seed: u64) -> Vec<usize> {
     out
 }
 
+impl Env {
+    /// The folder of dataset `spec` (`path`, or the official folder), fetched if missing.
+    fn dataset_folder(&self, spec: &DataSpec) -> Result<PathBuf> {
+        let kind = decomp_data::DatasetKind::parse(&spec.dataset)?;
+        let want = match &spec.path {
+            Some(p) => decomp_data::DatasetFolder::named(kind, p),
+            None => decomp_data::DatasetFolder::official(kind),
+        };
+        Ok(self.data.ensure(&want)?)
+    }
+}
+
+/// A part of a mix: class `class` of the dataset of role `role` (`main`, `second`).
+fn part(r: &Run, role: &str, class: usize) -> Result<Value> {
+    let spec =
+        r.m.data
+            .get(role)
+            .with_context(|| format!("manifest has no [data.{role}]"))?;
+    let folder = r.env.dataset_folder(spec)?;
+    Ok(json!({ "dataset": spec.dataset, "dataset_path": s(&folder), "class": class }))
+}
+
 fn f2(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.2}"))
 }
@@ -128,36 +151,14 @@ impl Run<'_> {
             .data
             .get(role)
             .with_context(|| format!("manifest has no [data.{role}]"))?;
-        let (folder, mut args) = match &spec.path {
-            Some(p) => {
-                let f = self.env.data_dir.join(p);
-                (f.clone(), vec!["--dataset-path".to_string(), s(&f)])
-            }
-            None => {
-                let folder = match spec.dataset.as_str() {
-                    "cifar10" => "cifar-10-batches-bin",
-                    "cifar100" | "cifar100-coarse" => "cifar-100-binary",
-                    "tiny-imagenet" => "tiny-imagenet-200",
-                    other => bail!(
-                        "[data.{role}] dataset {other:?}: set `path` (the dataset folder under --data-dir)"
-                    ),
-                };
-                (
-                    self.env.data_dir.join(folder),
-                    vec!["--data-dir".to_string(), s(&self.env.data_dir)],
-                )
-            }
+        let folder = self.env.dataset_folder(spec)?;
+        let mut args = match &spec.path {
+            Some(_) => vec!["--dataset-path".to_string(), s(&folder)],
+            None => vec![
+                "--data-dir".to_string(),
+                s(folder.parent().unwrap_or(&folder)),
+            ],
         };
-        if !folder.is_dir() {
-            bail!(
-                "dataset folder {} is missing: pass --data-dir (a folder holding {}), or fetch it with `decomp fetch-data --dataset {} --data-dir DIR`",
-                folder.display(),
-                folder
-                    .file_name()
-                    .map_or(String::new(), |n| n.to_string_lossy().to_string()),
-                spec.dataset
-            );
-        }
         let num_classes = match spec.dataset.as_str() {
             "cifar10" | "fashion-mnist" | "mnist" => 10,
             "cifar100" => 100,
@@ -317,22 +318,16 @@ impl Run<'_> {
             })
     }
 
-    /// `decomp mix`: one class from each part (`{"dataset", "data_dir"|"dataset_path",
-    /// "class"}`) as CIFAR-format training and test records.
+    /// `decomp mix`: one class from each part (`{"dataset", "dataset_path", "class"}`, see
+    /// [`part`]) as CIFAR-format training and test records.
     fn mix(&self, name: &str, kind: Kind, index: usize, parts: &[Value]) -> Result<Option<Data>> {
         let mut keyed = Vec::new();
         for p in parts {
-            let folder = p["dataset_path"]
-                .as_str()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    let d = PathBuf::from(p["data_dir"].as_str().unwrap_or("."));
-                    d.join(if p["dataset"] == "cifar10" {
-                        "cifar-10-batches-bin"
-                    } else {
-                        "tiny-imagenet-200"
-                    })
-                });
+            let folder = PathBuf::from(
+                p["dataset_path"]
+                    .as_str()
+                    .context("a mix part names its dataset folder")?,
+            );
             keyed.push(json!({ "dataset": p["dataset"], "class": p["class"], "files": self.eng.tree_hash(&folder)? }));
         }
         let key = json!({ "mix": keyed });
@@ -1280,11 +1275,10 @@ fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
             r.m.select.seed.wrapping_add(1),
         )
     });
-    let folder = spec.path.as_ref().map(|p| r.env.data_dir.join(p));
     let parts: Vec<Value> = picked
         .iter()
-        .map(|&c| json!({ "dataset": spec.dataset, "data_dir": s(&r.env.data_dir), "dataset_path": folder.as_ref().map(|f| s(f)), "class": c }))
-        .collect();
+        .map(|&c| part(r, "second", c))
+        .collect::<Result<_>>()?;
     let Some(set) = r.mix("second-set", Kind::Shared, 0, &parts)? else {
         return Ok(None);
     };
@@ -1311,13 +1305,7 @@ fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
 
 /// A part of a mix: one class of the main dataset.
 fn main_part(r: &Run, class: usize) -> Result<Value> {
-    let spec =
-        r.m.data
-            .get("main")
-            .context("manifest has no [data.main]")?;
-    Ok(
-        json!({ "dataset": spec.dataset, "data_dir": s(&r.env.data_dir), "dataset_path": spec.path.as_ref().map(|p| s(&r.env.data_dir.join(p))), "class": class }),
-    )
+    part(r, "main", class)
 }
 
 /// Table 3: inter-dataset reuse, without and with continuous learning.
@@ -1345,14 +1333,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         for (j, &t) in picked.iter().enumerate() {
             let idx = p;
             p += 1;
-            let parts = vec![main_part(r, c)?, {
-                let mut v = main_part(r, 0)?;
-                let spec = &r.m.data["second"];
-                v["dataset"] = json!(spec.dataset);
-                v["dataset_path"] = json!(spec.path.as_ref().map(|x| s(&r.env.data_dir.join(x))));
-                v["class"] = json!(t);
-                v
-            }];
+            let parts = vec![main_part(r, c)?, part(r, "second", t)?];
             let Some(pair) = r.mix(&format!("pair-{c}-{t}"), Kind::PerUnit, idx, &parts)? else {
                 continue;
             };
@@ -1587,11 +1568,10 @@ pub fn inter_replace(r: &Run) -> Result<()> {
     }
     let mut rows = Vec::new();
     for (i, (&x, &t)) in classes.iter().zip(&picked).enumerate() {
-        let spec = &r.m.data["second"];
         let mut parts = Vec::new();
         for c in 0..k {
             if c == x {
-                parts.push(json!({ "dataset": spec.dataset, "data_dir": s(&r.env.data_dir), "dataset_path": spec.path.as_ref().map(|p| s(&r.env.data_dir.join(p))), "class": t }));
+                parts.push(part(r, "second", t)?);
             } else {
                 parts.push(main_part(r, c)?);
             }

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use decomp_data::{Dataset, DatasetKind, Normalization, Split};
+use decomp_data::{DataRoot, Dataset, DatasetFolder, DatasetKind, Normalization, Split};
 use decomp_eval::{Accumulator, EvalReport};
 use decomp_ir::ModelIr;
 use decomp_model::{Executor, parse_device, to_vec};
@@ -45,53 +45,66 @@ struct EvalOutput<'a> {
 }
 
 /// Opens the dataset the flags describe, as stored (native shape and statistics); the split
-/// defaults to test. Registers what it reads as inputs of the command (`crate::files`).
+/// defaults to test. The data folder is resolved by `decomp_data::locate` (the same for every
+/// command and the xtask); a missing dataset is downloaded unless `--offline`. Registers what
+/// it reads as inputs of the command (`crate::files`).
 pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
     let kind = DatasetKind::parse(&args.dataset)?;
     let split = args.split.unwrap_or(Split::Test);
     register_inputs(args)?;
-    Ok(if let Some(file) = &args.data_file {
+    Ok(if let Some(file) = data_file(args) {
         Dataset::from_cifar_file(kind, file)?
-    } else if args.data_dir.is_file() {
-        Dataset::from_cifar_file(kind, &args.data_dir)?
     } else if let Some(folder) = &args.dataset_path {
+        // A folder named outright is fetched only when its name says what it is (the official
+        // folder name or a known subset); otherwise its error gives no download advice.
+        let name = folder.file_name().map(|n| n.to_string_lossy().to_string());
+        let want = name.map(|n| DatasetFolder::named(kind, &n));
+        if let (Some(want), Some(parent)) = (want.filter(|w| w.source().is_some() && !folder.exists()), folder.parent()) {
+            DataRoot::at(parent).ensure(&want)?;
+        }
         Dataset::load_folder(kind, folder, split)?
     } else {
-        match Dataset::load(kind, &args.data_dir, split) {
-            Ok(ds) => ds,
-            Err(e) if args.download => {
-                tracing::info!("{e}; downloading");
-                decomp_data::fetch::download_dataset(kind, &args.data_dir)?;
-                crate::files::input_tree(&args.data_dir.join(kind.folder_name()));
-                Dataset::load(kind, &args.data_dir, split)?
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let folder = data_root(args.data_dir.as_deref())?.ensure(&DatasetFolder::official(kind))?;
+        crate::files::input_tree(&folder);
+        Dataset::load_folder(kind, &folder, split)?
     })
+}
+
+/// `--data-file`, or a `--data-dir` that is a file of records.
+fn data_file(args: &DataArgs) -> Option<&std::path::PathBuf> {
+    args.data_file.as_ref().or(args.data_dir.as_ref().filter(|d| d.is_file()))
+}
+
+/// The data folder: `--data-dir`, else $DECOMP_DATA_DIR, else `../shared/datasets` beside the
+/// working directory when present, else the user cache.
+pub fn data_root(flag: Option<&std::path::Path>) -> Result<DataRoot> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    Ok(DataRoot::resolve(flag, &cwd))
 }
 
 /// Registers the files and folders `args` reads as inputs of the command (`crate::files`),
 /// so that no output can replace them; call it before checking outputs.
 pub fn register_inputs(args: &DataArgs) -> Result<()> {
     let kind = DatasetKind::parse(&args.dataset)?;
-    if let Some(file) = &args.data_file {
+    if let Some(file) = data_file(args) {
         crate::files::input(file);
-    } else if args.data_dir.is_file() {
-        crate::files::input(&args.data_dir);
     } else if let Some(folder) = &args.dataset_path {
         crate::files::input_tree(folder);
     } else {
-        crate::files::input_tree(&args.data_dir.join(kind.folder_name()));
+        let root = data_root(args.data_dir.as_deref())?;
+        let want = DatasetFolder::official(kind);
+        crate::files::input_tree(&root.find(&want).unwrap_or_else(|| root.dir.join(&want.name)));
     }
     Ok(())
 }
 
 /// Where the images of `args` come from, for messages.
 pub fn describe_source(args: &DataArgs) -> String {
-    match (&args.data_file, &args.dataset_path) {
-        (Some(f), _) => f.display().to_string(),
-        (None, Some(p)) => p.display().to_string(),
-        (None, None) => format!("{} in {}", args.dataset, args.data_dir.display()),
+    match (&args.data_file, &args.dataset_path, &args.data_dir) {
+        (Some(f), _, _) => f.display().to_string(),
+        (None, Some(p), _) => p.display().to_string(),
+        (None, None, Some(d)) => format!("{} in {}", args.dataset, d.display()),
+        (None, None, None) => format!("{} in the default data folder", args.dataset),
     }
 }
 
@@ -103,7 +116,7 @@ pub fn fit_to_model(ds: Dataset, model: &ModelIr) -> Result<Dataset> {
         ds = ds.with_channels(c)?;
     }
     if ds.image_shape()[1..] != [h, w] {
-        ds = ds.with_resize(h, w);
+        ds = ds.with_resize(h, w)?;
     }
     let norm = Normalization::new(&model.meta.input_norm.mean, &model.meta.input_norm.std);
     Ok(ds.with_normalization(norm))
@@ -135,7 +148,7 @@ pub fn evaluate(exec: &Executor, ds: &Dataset, classes: usize, batch_size: usize
         .expect("valid template"),
     );
     bar.set_prefix("eval");
-    let mut acc = Accumulator::new(classes);
+    let mut acc = Accumulator::new(classes).for_node(exec.output_name());
     for batch in ds.batches(batch_size) {
         let batch = batch?;
         let n = batch.labels.len();
@@ -169,7 +182,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         model: &model.meta.arch,
         weights: &a.model.weights,
         dataset: a.data.dataset.clone(),
-        split: if a.data.data_file.is_some() || a.data.data_dir.is_file() { "file" } else { a.data.split.unwrap_or(Split::Test).name() },
+        split: if data_file(&a.data).is_some() { "file" } else { a.data.split.unwrap_or(Split::Test).name() },
         top1: report.top1,
         top5: report.top5,
         n: report.n,

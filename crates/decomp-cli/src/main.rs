@@ -23,6 +23,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "decomp", version, about = "Decompose trained CNN classifiers into per-class modules and recompose them")]
 struct Cli {
+    /// Download nothing (also DECOMP_OFFLINE=1): a missing dataset or checkpoint is an error
+    /// that says what is missing where.
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,9 +54,12 @@ pub struct DataArgs {
     #[arg(long, default_value = "cifar10")]
     pub dataset: String,
     /// Folder holding the dataset folder (e.g. the one containing `cifar-10-batches-bin/`),
-    /// or a single file of CIFAR records.
-    #[arg(long, env = "DECOMP_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
+    /// or a single file of CIFAR records. Default: $DECOMP_DATA_DIR, else
+    /// `../shared/datasets` when it exists, else the user cache ($DECOMP_CACHE_DIR/datasets,
+    /// default ~/.cache/decomp/datasets). A missing dataset is downloaded there (verified)
+    /// unless --offline.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// The dataset folder itself (e.g. `.../tiny-imagenet-subset20`), overriding
     /// `--data-dir`'s naming convention.
     #[arg(long)]
@@ -65,8 +72,8 @@ pub struct DataArgs {
     /// `eval` and `compose`, train for `concern`, `tangle` and `decompose`.
     #[arg(long, value_parser = flags::split)]
     pub split: Option<decomp_data::Split>,
-    /// Download the official archive (checksum verified) when the dataset is missing.
-    #[arg(long)]
+    /// Accepted for old scripts: a missing dataset is always downloaded unless --offline.
+    #[arg(long, hide = true)]
     pub download: bool,
     /// Use only the first N images (at least 1).
     #[arg(long, value_parser = flags::positive_usize)]
@@ -97,12 +104,19 @@ enum Command {
     Import(model_source::ImportArgs),
     /// Write a model in burn's own record format (burnpack `.bpk`).
     Export(model_source::ExportArgs),
-    /// Download a dataset's official archive into the data folder (md5 verified).
+    /// Download a dataset into the data folder (verified, once) and print its folder.
     FetchData {
+        /// Dataset: cifar10, cifar100, tiny-imagenet, fashion-mnist, mnist.
         #[arg(long)]
         dataset: String,
-        #[arg(long, env = "DECOMP_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
+        /// The folder to fetch when not the official one: `tiny-imagenet-subset20` (the
+        /// 20-class subset the experiments use, built from the official zip).
+        #[arg(long)]
+        folder: Option<String>,
+        /// Data folder (default as for every command: $DECOMP_DATA_DIR, ../shared/datasets,
+        /// the user cache).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Print what an artifact holds.
     Inspect {
@@ -129,6 +143,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if cli.offline {
+        decomp_data::fetch::set_offline();
+    }
     match cli.command {
         Command::Eval(a) => eval::run(a),
         Command::Concern(a) => decompose::concern(a),
@@ -141,9 +158,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::Import(a) => model_source::import(a),
         Command::Export(a) => model_source::export(a),
-        Command::FetchData { dataset, data_dir } => {
+        Command::FetchData { dataset, folder, data_dir } => {
             let kind = decomp_data::DatasetKind::parse(&dataset)?;
-            let dir = decomp_data::fetch::download_dataset(kind, &data_dir)?;
+            let want = match &folder {
+                Some(name) => decomp_data::DatasetFolder::named(kind, name),
+                None => decomp_data::DatasetFolder::official(kind),
+            };
+            let dir = eval::data_root(data_dir.as_deref())?.ensure(&want)?;
             outln!("{}", dir.display());
             Ok(())
         }

@@ -68,7 +68,7 @@ pub fn run(a: MixArgs) -> Result<()> {
         for (label, p) in spec.parts.iter().enumerate() {
             let args = DataArgs {
                 dataset: p.dataset.clone(),
-                data_dir: p.data_dir.clone().unwrap_or_else(|| PathBuf::from("data")),
+                data_dir: p.data_dir.clone(),
                 dataset_path: p.dataset_path.clone(),
                 data_file: None,
                 split: Some(split.parse()?),
@@ -84,7 +84,7 @@ pub fn run(a: MixArgs) -> Result<()> {
                 ds = ds.with_channels(3)?;
             }
             if ds.image_shape()[1..] != [SIDE, SIDE] {
-                ds = ds.with_resize(SIDE, SIDE);
+                ds = ds.with_resize(SIDE, SIDE)?;
             }
             if split == "train" {
                 names.push(ds.class_names()[0].replace(char::is_whitespace, "_"));

@@ -52,17 +52,18 @@ pub struct TrainArgs {
     /// Dataset: cifar10, cifar100, cifar100-coarse, tiny-imagenet, fashion-mnist, mnist.
     #[arg(long, default_value = "cifar10")]
     dataset: String,
-    /// Folder holding the dataset folder.
-    #[arg(long, env = "DECOMP_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    /// Folder holding the dataset folder (default as for every command: $DECOMP_DATA_DIR,
+    /// `../shared/datasets`, the user cache; a missing dataset is downloaded unless --offline).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// The dataset folder itself, overriding `--data-dir`'s naming convention.
     #[arg(long)]
     dataset_path: Option<PathBuf>,
     /// Train on one file of CIFAR records instead of the dataset's training split.
     #[arg(long, conflicts_with = "dataset_path")]
     data_file: Option<PathBuf>,
-    /// Download the official archive when the dataset is missing.
-    #[arg(long)]
+    /// Accepted for old scripts: a missing dataset is always downloaded unless --offline.
+    #[arg(long, hide = true)]
     download: bool,
     /// Train on these classes only (names or indices, comma-separated), relabelled 0..k-1
     /// in the order given.
@@ -305,11 +306,13 @@ fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(Mode
     let names = raw.class_names().to_vec();
     let [c, h, w] = raw.image_shape();
     let (h, w) = a.resize.map_or((h, w), |s| (s, s));
-    let mut model = crate::model_source::parse_arch(a.arch.as_deref().unwrap_or("resnet20"), names.len())?
+    let arch = a.arch.as_deref().unwrap_or("resnet20");
+    let mut model = crate::model_source::parse_arch(arch, names.len())?
         .with_batch_norm(batch_norm)
         .with_input([c, h, w])
         .with_seed(a.seed)
-        .build()?;
+        .build()
+        .with_context(|| format!("--arch {arch} for {} classes of {c}x{h}x{w} images", names.len()))?;
     let norm = kind.default_normalization();
     model.meta.input_norm = InputNorm {
         mean: norm.mean.clone(),

@@ -92,7 +92,10 @@ pub fn image_set(data: &DataArgs, classes: &[usize]) -> String {
     let source = match (&data.data_file, &data.dataset_path) {
         (Some(f), _) => format!("file {}", f.display()),
         (None, Some(p)) => format!("folder {} split {}", p.display(), split),
-        (None, None) => format!("dir {} split {}", data.data_dir.display(), split),
+        (None, None) => match &data.data_dir {
+            Some(d) => format!("dir {} split {}", d.display(), split),
+            None => format!("default data folder split {split}"),
+        },
     };
     let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
     format!(
@@ -148,6 +151,22 @@ fn parse_entry(s: &str, files: usize) -> Result<Vec<(usize, usize)>> {
         .collect()
 }
 
+/// Refuses a NaN or infinite margin (JSON has no NaN, but `1e39` reads as an infinite
+/// `f32`): it would never vote and never rank, so it must not pass silently.
+fn check_finite(path: &Path, m: &Margins) -> Result<()> {
+    for (i, row) in m.margins.iter().enumerate() {
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: image {i}: the margin of module {j} ({}) is {}, expected a finite number",
+                path.display(),
+                m.modules[j].path,
+                row[j]
+            );
+        }
+    }
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct VoteOutput {
     pick: Vec<String>,
@@ -191,6 +210,7 @@ pub fn run(a: VoteArgs) -> Result<()> {
                     p.display()
                 );
             }
+            check_finite(p, &m)?;
             Ok(m)
         })
         .collect::<Result<_>>()?;

@@ -16,7 +16,7 @@ use decomp_ir::{BinaryHead, ChannelModule, ModelIr, Op, TensorData, Top5Ranking}
 use decomp_model::{Device, Executor, to_vec};
 use serde::Serialize;
 
-use crate::{ComposeError, ComposedRun, label_rank, vote};
+use crate::{ComposeError, ComposedRun, label_rank, non_finite_margin, vote};
 
 /// A composed evaluation of channel modules, with wall-clock time per module.
 #[derive(Clone, Debug, Serialize)]
@@ -66,18 +66,23 @@ pub fn compose_channel(
         let n = b.labels.len();
         let x = execs[0].input_tensor(b.images, n)?;
         let mut margins = vec![vec![0.0f32; modules.len()]; n];
+        let first = run.labels.len();
         for (m, exec) in execs.iter().enumerate() {
             let t = Instant::now();
             let logits = to_vec(exec.forward(x.clone())?);
             module_seconds[m] += t.elapsed().as_secs_f64();
             for (i, row) in margins.iter_mut().enumerate() {
                 row[m] = logits[2 * i] - logits[2 * i + 1];
+                if !row[m].is_finite() {
+                    return Err(non_finite_margin(&modules[m].module, first + i, m, row[m]));
+                }
             }
         }
         if let (Some(exec), Some(ranks)) = (&model, run.model_rank.as_mut()) {
             let t = Instant::now();
             let logits = to_vec(exec.forward(x)?);
             model_seconds += t.elapsed().as_secs_f64();
+            exec.check_logits(&logits, first)?;
             let k = logits.len() / n;
             for i in 0..n {
                 let row = &logits[i * k..(i + 1) * k];

@@ -102,6 +102,8 @@ struct Group {
     features: usize,
     /// The model's own output layer `[classes][features]` and bias, when evaluated.
     model_head: Option<(Vec<f32>, Vec<f32>)>,
+    /// Name of the model's output node, for errors.
+    model_output: String,
     /// Per-channel `(scale, shift)` taking the dataset's normalized pixels to this model's
     /// normalization, when they differ (modules of models trained on other datasets).
     renorm: Option<Vec<(f32, f32)>>,
@@ -171,9 +173,23 @@ fn groups(modules: &[ModuleIr], data: &Dataset, device: &Device, with_model: boo
             members,
             masks,
             model_head,
+            model_output: first.model.graph.nodes[first.model.graph.output].name.clone(),
         });
     }
     Ok(out)
+}
+
+/// A NaN or infinite margin of `module` (index in the composed list) on `image`: an error
+/// naming the image, the module and the node its head replaces (the model's output node).
+/// A NaN margin would never vote and never rank, so it must not pass silently.
+fn non_finite_margin(model: &decomp_ir::ModelIr, image: usize, module: usize, value: f32) -> ComposeError {
+    decomp_model::ModelError::NonFinite {
+        image,
+        node: model.graph.nodes[model.graph.output].name.clone(),
+        what: format!("the margin of module {module}"),
+        value,
+    }
+    .into()
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -239,9 +255,13 @@ pub fn compose(
                 }
             };
             let f = g.features;
+            let first = run.labels.len();
             for (&m, fm) in g.members.iter().zip(&feats) {
                 for (i, row) in margins.iter_mut().enumerate() {
                     row[m] = margin(&modules[m], &fm[i * f..(i + 1) * f]);
+                    if !row[m].is_finite() {
+                        return Err(non_finite_margin(&modules[m].model, first + i, m, row[m]));
+                    }
                 }
             }
             if let (Some((w, bias)), Some(ranks)) = (&g.model_head, run.model_rank.as_mut()) {
@@ -251,6 +271,8 @@ pub fn compose(
                 for i in 0..n {
                     let x = &base[i * f..(i + 1) * f];
                     let row: Vec<f32> = (0..k).map(|c| dot(&w[c * f..(c + 1) * f], x) + bias[c]).collect();
+                    let output = &g.model_output;
+                    decomp_model::check_finite(&row, k, first + i, output, "logit")?;
                     let l = b.labels[i];
                     let r = row.iter().enumerate().filter(|&(c, &v)| v > row[l] || (v == row[l] && c < l)).count();
                     ranks.push(r);

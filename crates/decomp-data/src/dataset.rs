@@ -11,6 +11,11 @@ use rand_chacha::ChaCha8Rng;
 use crate::source::Source;
 use crate::{DataError, DatasetKind, Normalization, Split, transform};
 
+/// Largest height or width [`Dataset::with_resize`] accepts: 4,096 pixels (a 3-channel
+/// image that size is 48 MiB of `u8` and 192 MiB of normalized `f32`), the same as the
+/// largest feature map a graph may hold (`decomp_ir::limits::MAX_SPATIAL`).
+pub const MAX_IMAGE_SIDE: usize = 4096;
+
 /// An immutable view of a loaded dataset split: the shared raw items (an `Arc`), the list of
 /// items in this view, a label map and the decode settings (normalization, resize, channels).
 ///
@@ -216,13 +221,19 @@ impl Dataset {
     }
 
     /// Resizes decoded images to `h x w`: area resampling when shrinking (a 2x2 mean for
-    /// 64 -> 32), bilinear (half-pixel centres) when enlarging. A zero size is ignored.
-    pub fn with_resize(mut self, h: usize, w: usize) -> Self {
+    /// 64 -> 32), bilinear (half-pixel centres) when enlarging. A zero size is ignored; a
+    /// side over [`MAX_IMAGE_SIDE`] is an error (before any image is decoded).
+    pub fn with_resize(mut self, h: usize, w: usize) -> Result<Self, DataError> {
+        if h.max(w) > MAX_IMAGE_SIDE {
+            return Err(DataError::InvalidArgument(format!(
+                "resize to {h}x{w}: images are at most {MAX_IMAGE_SIDE} pixels on a side (decomp_data::MAX_IMAGE_SIDE)"
+            )));
+        }
         if h > 0 && w > 0 {
             self.shape[1] = h;
             self.shape[2] = w;
         }
-        self
+        Ok(self)
     }
 
     /// Converts decoded images to `c` channels: 1 -> 3 replicates the gray plane, 3 -> 1 takes

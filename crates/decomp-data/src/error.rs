@@ -23,7 +23,7 @@ pub enum DataError {
     /// A dataset (or one split of it) is not where it was looked for.
     ///
     /// The message lists the files expected in the folder, the official download URL and the
-    /// `--download` / `--data-dir` / `DECOMP_DATA_DIR` options.
+    /// `--data-dir` / `DECOMP_DATA_DIR` options (and, from [`crate::locate`], how to download it).
     #[error("{dataset} {split} split not found in {folder}: missing {missing}\n{help}", missing = missing.join(", "))]
     DatasetMissing {
         /// The dataset name (as [`crate::DatasetKind`] displays it).
@@ -165,6 +165,23 @@ pub enum DataError {
     /// An archive that cannot be unpacked or lacks the expected files.
     #[error("cannot unpack {path}: {message}")]
     Archive { path: PathBuf, message: String },
+
+    /// A missing dataset whose download failed: the one-line reason, then the two ways out.
+    #[error("cannot get {dataset}: {cause}\n{fix}")]
+    FetchFailed {
+        dataset: String,
+        /// What failed (DNS, connection, HTTP status, checksum, archive), one line.
+        cause: String,
+        /// How to fix it: network, or a local copy.
+        fix: String,
+    },
+
+    /// A file that must be downloaded while downloads are off.
+    #[error(
+        "{what} is not in {dest} and downloads are off (--offline or DECOMP_OFFLINE): \
+         run once without them, or copy the file there"
+    )]
+    Offline { what: String, dest: PathBuf },
 
     /// A pretrained-weights name that [`crate::fetch::pretrained`] does not know.
     #[error("unknown pretrained weights {name:?}, known: {known}")]

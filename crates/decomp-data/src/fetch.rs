@@ -4,7 +4,16 @@
 //! computed; only a file whose checksum matches the published one is renamed into place, so an
 //! interrupted or corrupted download never leaves a file behind. Datasets are unpacked into a
 //! temporary folder inside the data directory and renamed to `kind.folder_name()` only when
-//! complete. Progress is reported as `tracing` events.
+//! complete. Progress is a progress bar on stderr (bytes and rate; drawn only on a terminal)
+//! and `tracing` events.
+//!
+//! * [`MIRROR_ENV`] (`DECOMP_MIRROR`) replaces the host of every download with a mirror that
+//!   keeps the official host and path below it (`$DECOMP_MIRROR/www.cs.toronto.edu/~kriz/..`).
+//! * [`OFFLINE_ENV`] (`DECOMP_OFFLINE=1`) and the tools' `--offline` turn downloads off; see
+//!   [`crate::locate`], which decides where data lives and when to download.
+//! * A download that fails says what failed in one line: the DNS lookup, the connection, the
+//!   HTTP status, a stall, or the checksum. The connection and name lookup time out after
+//!   [`CONNECT_TIMEOUT`], so a machine without network fails at once, not after minutes.
 
 use std::fmt;
 use std::fs::File;
@@ -17,8 +26,50 @@ use sha2::Sha256;
 
 use crate::{DataError, DatasetKind, Split};
 
-/// Environment variable naming the cache folder for pretrained weights.
+/// Environment variable naming the cache folder (pretrained weights; datasets under
+/// `datasets/` when no other data folder is named).
 pub const CACHE_DIR_ENV: &str = "DECOMP_CACHE_DIR";
+
+/// Environment variable naming a mirror of the official download hosts: a URL
+/// `https://host/path` is fetched from `$DECOMP_MIRROR/host/path` instead.
+pub const MIRROR_ENV: &str = "DECOMP_MIRROR";
+
+/// Environment variable that turns downloads off when set to anything but empty, `0` or
+/// `false` (the tools' `--offline`).
+pub const OFFLINE_ENV: &str = "DECOMP_OFFLINE";
+
+/// Whether `DECOMP_OFFLINE` asks for no downloads.
+pub fn offline_from_env() -> bool {
+    std::env::var(OFFLINE_ENV).is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no"
+        )
+    })
+}
+
+static OFFLINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns downloads off for the rest of the process (the tools' `--offline`).
+pub fn set_offline() {
+    OFFLINE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether downloads are off: [`set_offline`] was called or `DECOMP_OFFLINE` is set.
+pub fn is_offline() -> bool {
+    OFFLINE.load(std::sync::atomic::Ordering::SeqCst) || offline_from_env()
+}
+
+/// `url` as fetched: under `$DECOMP_MIRROR` when that is set (see [`MIRROR_ENV`]).
+pub fn effective_url(url: &str) -> String {
+    match std::env::var(MIRROR_ENV) {
+        Ok(m) if !m.trim().is_empty() => {
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            format!("{}/{rest}", m.trim().trim_end_matches('/'))
+        }
+        _ => url.to_string(),
+    }
+}
 
 /// A published checksum, as lowercase or uppercase hex.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,9 +149,81 @@ impl RemoteFile {
 
 /// Bytes between two progress events.
 const PROGRESS_EVERY: u64 = 16 << 20;
-/// Connection timeout; a stalled transfer fails after `READ_TIMEOUT` without data.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for the name lookup and, separately, for the connection. Short on purpose: a
+/// machine without network gets its error at once (an unreachable or refused address fails
+/// immediately anyway); a stalled transfer fails after `READ_TIMEOUT` without data.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One HTTP agent for the process, so many small files reuse connections.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .timeout_resolve(Some(CONNECT_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            // A stall (no byte for READ_TIMEOUT) fails; a slow but steady transfer never does.
+            .timeout_per_read(Some(READ_TIMEOUT))
+            .timeout_recv_response(Some(READ_TIMEOUT))
+            .build()
+            .into()
+    })
+}
+
+/// What failed, in a few words: DNS, connection, HTTP status, timeout.
+fn describe(err: &ureq::Error, url: &str) -> String {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, r)| r)
+        .split('/')
+        .next()
+        .unwrap_or(url);
+    let host_name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    match err {
+        ureq::Error::StatusCode(code) => format!("HTTP status {code}"),
+        ureq::Error::HostNotFound => {
+            format!("DNS lookup of {host_name} failed (no network, or no such host)")
+        }
+        ureq::Error::Timeout(t) => format!("timed out ({t}) talking to {host}"),
+        ureq::Error::Io(e) => match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => format!("connection to {host} refused"),
+            std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable => {
+                format!("{host} is unreachable (no network?)")
+            }
+            _ if e.to_string().contains("lookup address")
+                || e.to_string().contains("name resolution")
+                || e.to_string().contains("Name or service") =>
+            {
+                format!("DNS lookup of {host_name} failed (no network, or no such host): {e}")
+            }
+            _ => e.to_string(),
+        },
+        ureq::Error::ConnectionFailed => format!("cannot connect to {host}"),
+        other => other.to_string(),
+    }
+}
+
+/// An exclusive lock on `dir/.<name>.lock`, held until the returned file is dropped, so that
+/// two processes never download the same thing at once. Waits for the holder, saying so.
+pub(crate) fn lock(dir: &Path, name: &str) -> Result<File, DataError> {
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io("create", dir, e))?;
+    let path = dir.join(format!(".{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DataError::io("open the lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::info!(lock = %path.display(), "another process is downloading {name}; waiting for it");
+            file.lock().map_err(|e| DataError::io("lock", &path, e))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(DataError::io("lock", &path, e)),
+    }
+    Ok(file)
+}
 
 /// The checksum of a file on disk.
 fn file_checksum(path: &Path, checksum: &Checksum) -> Result<String, DataError> {
@@ -151,9 +274,15 @@ pub fn download_verified(remote: &RemoteFile, dest_dir: &Path) -> Result<PathBuf
         }
         tracing::warn!(path = %dest.display(), "existing file has the wrong checksum, downloading again");
     }
+    if is_offline() {
+        return Err(DataError::Offline {
+            what: format!("{} ({})", remote.file_name, remote.url),
+            dest: dest.clone(),
+        });
+    }
     let created = !dest_dir.exists();
     std::fs::create_dir_all(dest_dir).map_err(|e| DataError::io("create", dest_dir, e))?;
-    let result = stream_to(remote, dest_dir, &dest);
+    let result = stream_to(remote, Some(&remote.checksum), dest_dir, &dest);
     if result.is_err() && created {
         // Leave nothing behind, not even the (now empty) folder created for the download.
         std::fs::remove_dir(dest_dir).ok();
@@ -161,39 +290,72 @@ pub fn download_verified(remote: &RemoteFile, dest_dir: &Path) -> Result<PathBuf
     result
 }
 
-/// Streams `remote` into a temporary file in `dest_dir`, verifies it and renames it to `dest`.
-fn stream_to(remote: &RemoteFile, dest_dir: &Path, dest: &Path) -> Result<PathBuf, DataError> {
-    let expected = remote.checksum.expected_hex();
+/// Like [`download_verified`], but only one process at a time downloads `remote` into
+/// `dest_dir` (a lock file beside it); a process that waited finds the file there and
+/// downloads nothing.
+pub fn download_verified_locked(
+    remote: &RemoteFile,
+    dest_dir: &Path,
+) -> Result<PathBuf, DataError> {
+    check_file_name(remote)?;
+    // The (empty, hidden) lock file stays: removing it could let a third process lock a new
+    // file while a second still holds the old one.
+    let _guard = lock(dest_dir, &remote.file_name)?;
+    download_verified(remote, dest_dir)
+}
+
+/// Downloads `url` to `dest` (through a temporary file beside it) without a checksum: only for
+/// files that are verified together afterwards (the tree hash of a built subset).
+pub(crate) fn download_unverified(url: &str, dest: &Path) -> Result<(), DataError> {
+    let name = dest
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().to_string());
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io("create", dir, e))?;
+    let remote = RemoteFile::new(url, Checksum::Sha256(String::new()), name);
+    stream_to(&remote, None, dir, dest).map(drop)
+}
+
+/// Streams `remote` into a temporary file in `dest_dir`, verifies it against `checksum` (when
+/// given) and renames it to `dest`.
+fn stream_to(
+    remote: &RemoteFile,
+    checksum: Option<&Checksum>,
+    dest_dir: &Path,
+    dest: &Path,
+) -> Result<PathBuf, DataError> {
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{}.", remote.file_name))
         .suffix(".part")
         .tempfile_in(dest_dir)
         .map_err(|e| DataError::io("create a temporary file in", dest_dir, e))?;
 
+    let url = effective_url(&remote.url);
     let download_err = |message: String| DataError::Download {
-        url: remote.url.clone(),
+        url: url.clone(),
         message,
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        // A stall (no byte for READ_TIMEOUT) fails; a slow but steady transfer never does.
-        .timeout_per_read(Some(READ_TIMEOUT))
-        .timeout_recv_response(Some(READ_TIMEOUT))
-        .build()
-        .into();
-    let response = agent
-        .get(&remote.url)
+    let response = agent()
+        .get(&url)
         // The checksum is of the bytes as published: ask for them as they are.
         .header("accept-encoding", "identity")
         .call()
-        .map_err(|e| download_err(e.to_string()))?;
+        .map_err(|e| download_err(describe(&e, &url)))?;
     let total = response.body().content_length();
-    tracing::info!(total_bytes = total, dest = %dest.display(), "downloading");
+    if checksum.is_some() {
+        tracing::info!(total_bytes = total, dest = %dest.display(), "downloading");
+    }
     let mut reader = response.into_body().into_reader();
     let mut hasher = remote.checksum.hasher();
+    let quiet = checksum.is_none();
     let mut writer = BufWriter::new(temp.as_file());
     let mut buf = vec![0u8; 1 << 16];
     let (mut done, mut next_report, started) = (0u64, PROGRESS_EVERY, Instant::now());
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        progress_bar(total, &remote.file_name)
+    };
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -206,6 +368,7 @@ fn stream_to(remote: &RemoteFile, dest_dir: &Path, dest: &Path) -> Result<PathBu
             .write_all(&buf[..n])
             .map_err(|e| DataError::io("write", temp.path(), e))?;
         done += n as u64;
+        bar.set_position(done);
         if done >= next_report {
             next_report += PROGRESS_EVERY;
             let mib_s = done as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64().max(1e-3);
@@ -217,6 +380,7 @@ fn stream_to(remote: &RemoteFile, dest_dir: &Path, dest: &Path) -> Result<PathBu
             );
         }
     }
+    bar.finish_and_clear();
     writer
         .flush()
         .map_err(|e| DataError::io("write", temp.path(), e))?;
@@ -227,12 +391,12 @@ fn stream_to(remote: &RemoteFile, dest_dir: &Path, dest: &Path) -> Result<PathBu
         )));
     }
     let found = hasher.finish_hex();
-    if found != expected {
+    if let Some(checksum) = checksum.filter(|c| found != c.expected_hex()) {
         // `temp` is deleted when dropped here.
         return Err(DataError::Checksum {
-            url: remote.url.clone(),
-            expected: remote.checksum.to_string(),
-            found: found_display(&remote.checksum, &found),
+            url: url.clone(),
+            expected: checksum.to_string(),
+            found: found_display(checksum, &found),
         });
     }
     temp.as_file()
@@ -240,8 +404,27 @@ fn stream_to(remote: &RemoteFile, dest_dir: &Path, dest: &Path) -> Result<PathBu
         .map_err(|e| DataError::io("sync", temp.path(), e))?;
     temp.persist(dest)
         .map_err(|e| DataError::io("rename a temporary file to", dest, e.error))?;
-    tracing::info!(bytes = done, path = %dest.display(), "downloaded and verified");
+    if checksum.is_some() {
+        tracing::info!(bytes = done, path = %dest.display(), "downloaded and verified");
+    }
     Ok(dest.to_path_buf())
+}
+
+/// A progress bar on stderr with bytes, total, rate and time left (hidden when stderr is not
+/// a terminal; the `tracing` events still report progress there).
+fn progress_bar(total: Option<u64>, name: &str) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+    let template = if total.is_some() {
+        "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({binary_bytes_per_sec}, eta {eta})"
+    } else {
+        "{prefix} [{elapsed_precise}] {bytes} ({binary_bytes_per_sec})"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.set_prefix(format!("downloading {name}"));
+    bar
 }
 
 fn found_display(checksum: &Checksum, found: &str) -> String {
@@ -350,7 +533,7 @@ pub fn download_dataset(kind: DatasetKind, data_dir: &Path) -> Result<PathBuf, D
 
 /// Whether `folder` holds every file of both splits (relative names from
 /// [`DatasetKind::expected_files`]); returns the missing ones.
-fn missing_files(kind: DatasetKind, folder: &Path) -> Vec<String> {
+pub(crate) fn missing_files(kind: DatasetKind, folder: &Path) -> Vec<String> {
     let gz_ok = matches!(kind, DatasetKind::FashionMnist | DatasetKind::Mnist);
     [Split::Train, Split::Test]
         .into_iter()
@@ -377,20 +560,15 @@ pub fn download_dataset_from(
     archives: &[RemoteFile],
 ) -> Result<PathBuf, DataError> {
     let folder = data_dir.join(kind.folder_name());
-    if folder.exists() {
-        let missing = missing_files(kind, &folder);
-        if missing.is_empty() {
-            tracing::info!(folder = %folder.display(), "dataset already present, not downloading");
-            return Ok(folder);
-        }
-        return Err(DataError::InvalidArgument(format!(
-            "{} exists but is incomplete (missing {}), expected the complete {kind} dataset; \
-             remove it to download again",
-            folder.display(),
-            missing.join(", ")
-        )));
+    if present(kind, &folder)? {
+        return Ok(folder);
     }
-    std::fs::create_dir_all(data_dir).map_err(|e| DataError::io("create", data_dir, e))?;
+    // One process downloads; another one waits here and then finds the folder complete.
+    let _guard = lock(data_dir, kind.folder_name())?;
+    if present(kind, &folder)? {
+        return Ok(folder);
+    }
+    remove_stale_staging(data_dir, kind.folder_name());
     let staging = tempfile::Builder::new()
         .prefix(&format!(".{}.download.", kind.folder_name()))
         .tempdir_in(data_dir)
@@ -433,6 +611,37 @@ pub fn download_dataset_from(
     }
     tracing::info!(folder = %folder.display(), "dataset downloaded and unpacked");
     Ok(folder)
+}
+
+/// Whether `folder` holds the complete dataset (`false` when it does not exist); an incomplete
+/// folder is an error and is left as it is.
+fn present(kind: DatasetKind, folder: &Path) -> Result<bool, DataError> {
+    if !folder.exists() {
+        return Ok(false);
+    }
+    let missing = missing_files(kind, folder);
+    if missing.is_empty() {
+        tracing::info!(folder = %folder.display(), "dataset already present, not downloading");
+        return Ok(true);
+    }
+    Err(DataError::InvalidArgument(format!(
+        "{} exists but is incomplete (missing {}), expected the complete {kind} dataset; \
+         remove it to download again",
+        folder.display(),
+        missing.join(", ")
+    )))
+}
+
+/// Removes the temporary folders that a killed download of `name` left in `dir` (only called
+/// with the lock held, so none of them belongs to a running download).
+pub(crate) fn remove_stale_staging(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.download.");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            tracing::info!(path = %entry.path().display(), "removing what an interrupted download left");
+            std::fs::remove_dir_all(entry.path()).ok();
+        }
+    }
 }
 
 fn unpack_tar_gz(file: &Path, into: &Path) -> Result<(), DataError> {
@@ -509,6 +718,14 @@ pub fn pretrained(name: &str) -> Option<RemoteFile> {
         })
 }
 
+/// The known pretrained checkpoint whose file is `file_name` (`resnet20-12fca82f.th`, ...).
+pub fn pretrained_file(file_name: &str) -> Option<RemoteFile> {
+    PRETRAINED
+        .iter()
+        .find(|p| p.1 == file_name)
+        .and_then(|p| pretrained(p.0))
+}
+
 /// The local path of the weights called `name`, downloaded into `cache_dir` unless a file with
 /// the right sha256 is already there. An unknown name is an error listing the known ones.
 pub fn fetch_weights(name: &str, cache_dir: &Path) -> Result<PathBuf, DataError> {
@@ -516,7 +733,7 @@ pub fn fetch_weights(name: &str, cache_dir: &Path) -> Result<PathBuf, DataError>
         name: name.to_string(),
         known: known_weights().join(", "),
     })?;
-    download_verified(&remote, cache_dir)
+    download_verified_locked(&remote, cache_dir)
 }
 
 /// `$DECOMP_CACHE_DIR`, else `$XDG_CACHE_HOME/decomp`, else `~/.cache/decomp` (else
@@ -525,7 +742,7 @@ pub fn default_cache_dir() -> PathBuf {
     cache_dir_from(|k| std::env::var_os(k))
 }
 
-fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+pub(crate) fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
     let non_empty = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(dir) = non_empty(CACHE_DIR_ENV) {
         dir

@@ -212,11 +212,13 @@ impl DatasetKind {
                  (puts the files in {DEBIAN_FASHION_MNIST_DIR}, so use --data-dir /usr/share/datasets)"
             ));
         }
+        // Whether a download applies (and where it goes) is for the caller to say: the
+        // resolution in `locate` adds it; a folder named with --dataset-path gets none.
         help.push_str(&format!(
-            "\nor run with --download to fetch and verify the official archive into {}; \
-             use --data-dir DIR or {DATA_DIR_ENV}=DIR to name the folder that contains {}/",
-            parent.display(),
-            self.folder_name()
+            "\nuse --data-dir DIR or {DATA_DIR_ENV}=DIR to name the folder that contains {}/ \
+             (now {})",
+            self.folder_name(),
+            parent.display()
         ));
         help
     }

@@ -16,6 +16,9 @@
 //!   to a decoded batch, drawing from a caller-seeded generator.
 //! * [`fetch`] downloads official archives and pretrained weights with checksum verification
 //!   and atomic placement.
+//! * [`locate`] is the one data-folder resolution (`--data-dir`, `$DECOMP_DATA_DIR`,
+//!   `../shared/datasets`, the user cache) and fetches a missing dataset once, under a lock;
+//!   [`subset`] builds the documented Tiny ImageNet subset the experiments use.
 //! * [`DataError`] is the one error type; it names the file, record and byte offset at fault.
 //!
 //! The crate knows nothing of tensors: the model crate turns a [`Batch`] into one.
@@ -43,30 +46,26 @@ mod error;
 pub mod fetch;
 mod idx;
 mod kind;
+pub mod locate;
 pub mod read;
 mod source;
+pub mod subset;
 mod synthetic;
 mod tiny;
 mod transform;
 
 pub use augment::Augmentation;
 pub use cifar::{CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES};
-pub use dataset::{Batch, Batches, Dataset};
+pub use dataset::{Batch, Batches, Dataset, MAX_IMAGE_SIDE};
 pub use error::DataError;
 pub use idx::{FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_CLASSES};
 pub use kind::{DATA_DIR_ENV, DEBIAN_FASHION_MNIST_DIR, DatasetKind, Normalization, Split};
+pub use locate::{DataRoot, DatasetFolder};
 
 /// The name a class gets when its dataset names none (a single file of records without a
 /// class-name file beside it): `class_<i>`. Comparisons of class names skip such names.
 pub fn placeholder_class_name(i: usize) -> String {
     format!("class_{i}")
-}
-
-/// `$DECOMP_DATA_DIR` if set and not empty, else `data` (relative to the working directory).
-pub fn default_data_dir() -> std::path::PathBuf {
-    std::env::var_os(DATA_DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| "data".into(), Into::into)
 }
 
 #[cfg(test)]

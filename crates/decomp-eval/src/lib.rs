@@ -2,7 +2,8 @@
 //!
 //! [`Accumulator`] takes batches of scores and labels and produces an [`EvalReport`].
 //! Ranking ties are broken by class index (lower first), like an argmax that returns the
-//! first maximum, so results do not depend on sort stability.
+//! first maximum, so results do not depend on sort stability. NaN and infinite scores are
+//! errors ([`EvalError::NonFinite`]), never ranks.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,16 @@ pub enum EvalError {
         label: usize,
         index: usize,
         classes: usize,
+    },
+    /// A NaN or infinite score: it would never rank below the label (NaN compares false),
+    /// so it would count as correct.
+    #[error("image {image}: score {class} of node {node} is {value}, expected a finite number")]
+    NonFinite {
+        /// Position of the image among all images added, in order.
+        image: usize,
+        node: String,
+        class: usize,
+        value: f32,
     },
 }
 
@@ -68,6 +79,8 @@ pub struct Accumulator {
     n: usize,
     class_correct: Vec<usize>,
     class_n: Vec<usize>,
+    /// Name of the node the scores come from, for errors.
+    node: String,
 }
 
 impl Accumulator {
@@ -79,16 +92,33 @@ impl Accumulator {
             n: 0,
             class_correct: vec![0; classes],
             class_n: vec![0; classes],
+            node: "output".into(),
         }
     }
 
-    /// Adds a batch: `scores` is row-major `[labels.len(), classes]`.
+    /// Names the node the scores of [`Accumulator::add`] come from (default `output`), so a
+    /// non-finite score is reported with it.
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.node = node.to_string();
+        self
+    }
+
+    /// Adds a batch: `scores` is row-major `[labels.len(), classes]`. A NaN or infinite
+    /// score is an [`EvalError::NonFinite`] and adds nothing of the batch.
     pub fn add(&mut self, scores: &[f32], labels: &[usize]) -> Result<(), EvalError> {
         if scores.len() != labels.len() * self.classes {
             return Err(EvalError::Shape {
                 scores: scores.len(),
                 labels: labels.len(),
                 classes: self.classes,
+            });
+        }
+        if let Some(i) = scores.iter().position(|v| !v.is_finite()) {
+            return Err(EvalError::NonFinite {
+                image: self.n + i / self.classes,
+                node: self.node.clone(),
+                class: i % self.classes,
+                value: scores[i],
             });
         }
         let k = self.classes.min(5);
@@ -190,5 +220,20 @@ mod tests {
         assert_eq!(r.per_class_n, vec![1, 2]);
         assert!(a.add(&[1., 0.], &[2]).is_err());
         assert!(a.add(&[1., 0., 3.], &[0]).is_err());
+    }
+
+    #[test]
+    fn non_finite_scores_never_count() {
+        let mut a = Accumulator::new(2).for_node("linear");
+        a.add(&[1., 0.], &[0]).expect("finite");
+        for (scores, message) in [
+            ([0., f32::NAN, 1., 0.], "image 1: score 1 of node linear is NaN"),
+            ([0., 1., f32::INFINITY, 0.], "image 2: score 0 of node linear is inf"),
+            ([0., 1., 1., f32::NEG_INFINITY], "image 2: score 1 of node linear is -inf"),
+        ] {
+            let err = a.add(&scores, &[1, 0]).expect_err("non-finite").to_string();
+            assert!(err.starts_with(message), "{err}");
+        }
+        assert_eq!(a.count(), 1, "a refused batch adds nothing");
     }
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::IrError;
+use crate::limits::{MAX_GRAPH_VALUES, MAX_NODE_VALUES, MAX_PARAMS, MAX_SPATIAL};
 
 /// Index of a node in [`Graph::nodes`]. Node 0 is always the [`Op::Input`].
 pub type NodeId = usize;
@@ -141,6 +142,26 @@ impl Op {
         }
     }
 
+    /// Number of values the op stores: weights, biases, BatchNorm statistics, constants
+    /// (what [`crate::limits::MAX_PARAMS`] bounds).
+    pub fn stored_values(&self) -> usize {
+        let t = |t: &TensorData| t.data.len();
+        let o = |b: &Option<TensorData>| b.as_ref().map_or(0, t);
+        match self {
+            Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => t(weight) + o(bias),
+            Op::BatchNorm2d {
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                ..
+            } => t(gamma) + t(beta) + t(running_mean) + t(running_var),
+            Op::BiasMap { bias } => t(bias),
+            Op::ChannelGather { fill, .. } => fill.len(),
+            _ => 0,
+        }
+    }
+
     /// Number of learned parameters (running statistics of BatchNorm excluded).
     pub fn num_params(&self) -> usize {
         match self {
@@ -164,8 +185,9 @@ pub struct Node {
 /// A feed-forward network as a list of nodes in topological order.
 ///
 /// Invariants checked by [`Graph::validate`]: node 0 is the only input, every node reads
-/// only earlier nodes, names are unique, tensor sizes match their shapes, and shapes
-/// propagate without conflict up to `output`.
+/// only earlier nodes, names are unique, tensor sizes match their shapes, every stored
+/// value is finite, shapes propagate without conflict up to `output`, and sizes stay within
+/// [`crate::limits`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
     pub nodes: Vec<Node>,
@@ -242,10 +264,13 @@ impl Graph {
         self.nodes.iter().map(|n| n.op.num_params()).sum()
     }
 
-    /// Checks every invariant and returns the output shape of every node.
+    /// Checks every invariant and returns the output shape of every node. Sizes are
+    /// checked against [`crate::limits`] from the declared shapes alone, so a graph too large
+    /// to run is refused before anything is allocated for it.
     pub fn validate(&self) -> Result<Vec<Shape>, IrError> {
         let mut shapes: Vec<Shape> = Vec::with_capacity(self.nodes.len());
         let mut names = std::collections::HashSet::new();
+        let (mut values, mut stored) = (0usize, 0usize);
         for (id, node) in self.nodes.iter().enumerate() {
             let bad = |msg: String| IrError::BadNode {
                 node: id,
@@ -273,6 +298,19 @@ impl Graph {
             }
             let ins: Vec<&Shape> = node.inputs.iter().map(|&i| &shapes[i]).collect();
             let shape = infer(&node.op, &ins).map_err(bad)?;
+            let n = within_limits(&shape).map_err(bad)?;
+            values = values.saturating_add(n);
+            if values > MAX_GRAPH_VALUES {
+                return Err(bad(format!(
+                    "the nodes up to this one hold {values} values per image, over the limit of {MAX_GRAPH_VALUES} (limits::MAX_GRAPH_VALUES)"
+                )));
+            }
+            stored = stored.saturating_add(node.op.stored_values());
+            if stored > MAX_PARAMS {
+                return Err(bad(format!(
+                    "the nodes up to this one store {stored} values, over the limit of {MAX_PARAMS} (limits::MAX_PARAMS)"
+                )));
+            }
             shapes.push(shape);
         }
         if self.output >= self.nodes.len() {
@@ -284,6 +322,24 @@ impl Graph {
         }
         Ok(shapes)
     }
+}
+
+/// Values a node's output holds per image, checked against [`MAX_NODE_VALUES`] and (for
+/// feature maps) [`MAX_SPATIAL`].
+fn within_limits(shape: &Shape) -> Result<usize, String> {
+    let n = checked_product(shape).filter(|&n| n <= MAX_NODE_VALUES).ok_or_else(|| {
+        format!(
+            "output shape {shape:?} holds more than {MAX_NODE_VALUES} values per image (limits::MAX_NODE_VALUES)"
+        )
+    })?;
+    if let &[_, h, w] = shape.as_slice()
+        && h.max(w) > MAX_SPATIAL
+    {
+        return Err(format!(
+            "output shape {shape:?} is larger than {MAX_SPATIAL} pixels on a side (limits::MAX_SPATIAL)"
+        ));
+    }
+    Ok(n)
 }
 
 fn feature_map(s: &Shape) -> Result<[usize; 3], String> {
@@ -305,7 +361,42 @@ fn check_tensor(t: &TensorData, what: &str, expected: &[usize]) -> Result<(), St
     if t.shape != expected {
         return Err(format!("{what}: expected shape {expected:?}, found {:?}", t.shape));
     }
-    Ok(())
+    finite(&t.data, what)
+}
+
+/// Refuses NaN and infinite values, naming the first one.
+pub(crate) fn finite(values: &[f32], what: &str) -> Result<(), String> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(format!("{what}: value {i} is {}, expected a finite number", values[i])),
+        None => Ok(()),
+    }
+}
+
+/// Output sizes `[h, w]` of a convolution or pooling window over a `[c, h, w]` input, with
+/// kernel, stride and padding within [`MAX_SPATIAL`] and the zero-padded input within
+/// [`MAX_NODE_VALUES`].
+fn windowed(
+    [c, h, w]: [usize; 3],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Result<[usize; 2], String> {
+    for (what, v) in [("kernel", kernel), ("stride", stride), ("padding", padding)] {
+        if v[0].max(v[1]) > MAX_SPATIAL {
+            return Err(format!("{what} {v:?} is larger than {MAX_SPATIAL} (limits::MAX_SPATIAL)"));
+        }
+    }
+    let padded = [h + 2 * padding[0], w + 2 * padding[1]];
+    if checked_product(&[c, padded[0], padded[1]]).is_none_or(|n| n > MAX_NODE_VALUES) {
+        return Err(format!(
+            "the zero-padded input [{c}, {}, {}] holds more than {MAX_NODE_VALUES} values per image (limits::MAX_NODE_VALUES)",
+            padded[0], padded[1]
+        ));
+    }
+    Ok([
+        pooled(h, kernel[0], stride[0], padding[0])?,
+        pooled(w, kernel[1], stride[1], padding[1])?,
+    ])
 }
 
 fn pooled(len: usize, k: usize, s: usize, p: usize) -> Result<usize, String> {
@@ -349,11 +440,8 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
             if let Some(b) = bias {
                 check_tensor(b, "bias", &[o])?;
             }
-            vec![
-                o,
-                pooled(h, kh, stride[0], padding[0])?,
-                pooled(w, kw, stride[1], padding[1])?,
-            ]
+            let [oh, ow] = windowed([c, h, w], [kh, kw], *stride, *padding)?;
+            vec![o, oh, ow]
         }
         Op::BatchNorm2d {
             gamma,
@@ -371,11 +459,14 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
             ] {
                 check_tensor(t, what, &[c])?;
             }
-            if running_var.data.iter().any(|&v| v.is_nan() || v < 0.0) {
-                return Err("running_var has a negative or NaN value".into());
+            if let Some(i) = running_var.data.iter().position(|&v| v < 0.0) {
+                return Err(format!(
+                    "running_var: value {i} is {}, expected a variance (>= 0)",
+                    running_var.data[i]
+                ));
             }
-            if eps.is_nan() || *eps <= 0.0 {
-                return Err(format!("eps must be positive, found {eps}"));
+            if !eps.is_finite() || *eps <= 0.0 {
+                return Err(format!("eps is {eps}, expected a finite positive number"));
             }
             ins[0].clone()
         }
@@ -397,14 +488,11 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
             padding,
         } => {
             let [c, h, w] = feature_map(ins[0])?;
-            if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
+            if padding[0] > kernel[0] / 2 || padding[1] > kernel[1] / 2 {
                 return Err("padding must be at most half the kernel".into());
             }
-            vec![
-                c,
-                pooled(h, kernel[0], stride[0], padding[0])?,
-                pooled(w, kernel[1], stride[1], padding[1])?,
-            ]
+            let [oh, ow] = windowed([c, h, w], *kernel, *stride, *padding)?;
+            vec![c, oh, ow]
         }
         Op::GlobalAvgPool => {
             let [c, _, _] = feature_map(ins[0])?;
@@ -442,9 +530,6 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
         Op::BiasMap { bias } => {
             feature_map(ins[0])?;
             check_tensor(bias, "bias", ins[0])?;
-            if bias.data.iter().any(|v| !v.is_finite()) {
-                return Err("bias map has a non-finite value".into());
-            }
             ins[0].clone()
         }
         Op::ChannelGather {
@@ -470,9 +555,7 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
             {
                 return Err(format!("output channel {o} reads input channel {s} of {c}"));
             }
-            if fill.iter().any(|v| !v.is_finite()) {
-                return Err("fill has a non-finite value".into());
-            }
+            finite(fill, "fill")?;
             vec![sources.len(), h.div_ceil(*stride), w.div_ceil(*stride)]
         }
     })

@@ -13,6 +13,8 @@
 //! - [`output`]: the output policy of every write (regular files only, symlinks followed,
 //!   umask honoured, stale temporary files removed) and file identities ([`output::FileId`])
 //!   for refusing an output that is an input.
+//! - [`limits`]: the size limits ([`limits::MAX_NODE_VALUES`], [`limits::MAX_PARAMS`],
+//!   ...) graphs and models are checked against before anything is allocated for them.
 //!
 //! This crate depends on serde and bincode only: no tensor library enters the boundary.
 
@@ -22,6 +24,7 @@ pub mod channel;
 mod channel_module;
 mod error;
 mod graph;
+pub mod limits;
 mod mask;
 mod model;
 mod module;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::artifact::{Artifact, ArtifactKind};
 use crate::error::IrError;
 use crate::graph::{Graph, Shape};
+use crate::limits::MAX_CLASSES;
 
 /// Per-channel input normalization the model was trained with: `(x / 255 - mean) / std`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +54,12 @@ impl ModelIr {
 
     /// Validates graph and metadata together; returns every node's output shape.
     pub fn check(&self) -> Result<Vec<Shape>, IrError> {
+        if self.num_classes() > MAX_CLASSES {
+            return Err(IrError::Invalid(format!(
+                "{} classes, over the limit of {MAX_CLASSES} (limits::MAX_CLASSES)",
+                self.num_classes()
+            )));
+        }
         let shapes = self.graph.validate()?;
         let out = &shapes[self.graph.output];
         if out.as_slice() != [self.num_classes()] {
@@ -71,10 +78,12 @@ impl ModelIr {
                 norm.std.len()
             )));
         }
-        if norm.std.iter().any(|&s| s.is_nan() || s <= 0.0) {
+        if norm.std.iter().any(|&s| !s.is_finite() || s <= 0.0)
+            || norm.mean.iter().any(|m| !m.is_finite())
+        {
             return Err(IrError::Invalid(format!(
-                "input normalization std must be positive, found {:?}",
-                norm.std
+                "input normalization must have finite means and finite positive stds, found mean {:?} std {:?}",
+                norm.mean, norm.std
             )));
         }
         Ok(shapes)

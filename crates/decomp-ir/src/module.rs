@@ -257,6 +257,8 @@ impl Artifact for ModuleIr {
         if self.head.bias.shape != [2] || self.head.bias.data.len() != 2 {
             return Err(format!("head bias has shape {:?}, expected [2]", self.head.bias.shape));
         }
+        crate::graph::finite(&self.head.weight.data, "head weight")?;
+        crate::graph::finite(&self.head.bias.data, "head bias")?;
         if self.class >= self.model.num_classes() {
             return Err(format!(
                 "class {} out of range for a {}-class model",

@@ -33,6 +33,16 @@ pub enum ModelError {
     Device(String, String),
     #[error(transparent)]
     Data(#[from] decomp_data::DataError),
+    #[error("image {image}: {what} of node {node} is {value}, expected a finite number")]
+    NonFinite {
+        /// Position of the image in the images the caller ran, in order.
+        image: usize,
+        /// The node that produced the value (for logits: the output node).
+        node: String,
+        /// Which value, e.g. `logit 3`.
+        what: String,
+        value: f32,
+    },
     #[error("training: {0}")]
     Train(String),
     #[error("{path}: cannot export: {msg}")]

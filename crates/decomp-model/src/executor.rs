@@ -327,6 +327,19 @@ impl Executor {
         }
     }
 
+    /// Name of the output node, the one [`Executor::forward`] returns.
+    pub fn output_name(&self) -> &str {
+        &self.names[self.output]
+    }
+
+    /// Checks logits of [`Executor::forward`] read back as row-major `[batch, classes]`:
+    /// a NaN or infinite logit is a [`ModelError::NonFinite`] naming the image
+    /// (`first_image` + its row) and the output node.
+    pub fn check_logits(&self, logits: &[f32], first_image: usize) -> Result<(), ModelError> {
+        let width = self.shapes[self.output].iter().product();
+        check_finite(logits, width, first_image, self.output_name(), "logit")
+    }
+
     /// Output shape of every node (batch axis excluded).
     pub fn shapes(&self) -> &[Shape] {
         &self.shapes
@@ -971,6 +984,26 @@ impl Executor {
                 })
             })
             .collect()
+    }
+}
+
+/// Checks row-major `[images, width]` values of node `node`: the first NaN or infinite one
+/// is a [`ModelError::NonFinite`] naming image `first_image + row` and `{what} {column}`.
+pub fn check_finite(
+    values: &[f32],
+    width: usize,
+    first_image: usize,
+    node: &str,
+    what: &str,
+) -> Result<(), ModelError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(ModelError::NonFinite {
+            image: first_image + i / width.max(1),
+            node: node.to_string(),
+            what: format!("{what} {}", i % width.max(1)),
+            value: values[i],
+        }),
     }
 }
 

@@ -41,7 +41,8 @@ fn strip(mut key: &str) -> &str {
 }
 
 impl StateDict {
-    /// Reads every floating-point tensor of a PyTorch checkpoint.
+    /// Reads every floating-point tensor of a PyTorch checkpoint; a NaN or infinite value
+    /// is an error naming the tensor.
     pub fn read(path: &Path) -> Result<Self, ModelError> {
         let err = |msg: String| ModelError::Checkpoint {
             path: path.to_path_buf(),
@@ -77,8 +78,14 @@ impl StateDict {
                     )));
                 }
             };
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(err(format!(
+                    "tensor {name}: value {i} is {}, expected a finite number",
+                    data[i]
+                )));
+            }
             let shape = t.shape().to_vec();
-            if data.len() != shape.iter().product::<usize>() {
+            if decomp_ir::checked_product(&shape) != Some(data.len()) {
                 return Err(err(format!(
                     "tensor {name}: shape {shape:?} but {} values",
                     data.len()
@@ -223,7 +230,10 @@ impl StateDict {
                 msg: "not a CIFAR ResNet state dict (no conv1.weight / layer1.0.conv1.weight / linear.weight); pass --arch".into(),
             })?,
         };
-        let mut model = cfg.build()?;
+        let mut model = cfg.build().map_err(|e| ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            msg: format!("the ResNet its tensors describe cannot be built: {e}"),
+        })?;
         sd.load_into(&mut model, path)?;
         let k = model.num_classes();
         match class_names {

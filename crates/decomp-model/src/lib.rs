@@ -35,6 +35,6 @@ pub use cpu::grad::{GradEngine, ParamGrad, StepGradients};
 pub use cpu::optim::CpuOptimizer;
 pub use executor::{
     ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe,
-    accumulate_active, to_vec,
+    accumulate_active, check_finite, to_vec,
 };
 pub use resnet::{ResNetConfig, Shortcut};

@@ -80,12 +80,106 @@ impl ResNetConfig {
         Ok((self.depth - 2) / 6)
     }
 
-    /// Builds the model with freshly initialized weights.
-    pub fn build(&self) -> Result<ModelIr, ModelError> {
-        let n = self.blocks_per_stage()?;
-        if self.num_classes == 0 {
-            return Err(ModelError::Config("num_classes must be at least 1".into()));
+    /// Number of values the model stores (weights, biases, BatchNorm statistics), computed
+    /// from the configuration alone; `None` when it overflows `usize`.
+    pub fn stored_values(&self) -> Option<usize> {
+        let n = self.blocks_per_stage().ok()?;
+        // A k x k convolution from `cin` to `cout` channels with its BatchNorm or bias.
+        let conv = |cin: usize, cout: usize, k: usize| -> Option<usize> {
+            let per_channel = if self.batch_norm { 4 } else { 1 };
+            cin.checked_mul(k * k)?
+                .checked_add(per_channel)?
+                .checked_mul(cout)
+        };
+        let mut total = conv(self.input[0], 16, 3)?;
+        let mut in_planes = 16;
+        for (stage, planes) in [16usize, 32, 64].into_iter().enumerate() {
+            let first = conv(in_planes, planes, 3)?
+                .checked_add(conv(planes, planes, 3)?)?
+                .checked_add(match self.shortcut {
+                    Shortcut::B if stage > 0 => conv(in_planes, planes, 1)?,
+                    _ => 0,
+                })?;
+            let rest = conv(planes, planes, 3)?
+                .checked_mul(2)?
+                .checked_mul(n - 1)?;
+            total = total.checked_add(first)?.checked_add(rest)?;
+            in_planes = planes;
         }
+        total.checked_add(self.num_classes.checked_mul(65)?)
+    }
+
+    /// Checks class count, input size and parameter count against [`decomp_ir::limits`]
+    /// before anything is allocated (the activation sizes are checked on the graph).
+    pub fn check_size(&self) -> Result<(), ModelError> {
+        use decomp_ir::limits::{
+            MAX_CLASSES, MAX_GRAPH_VALUES, MAX_NODE_VALUES, MAX_PARAMS, MAX_SPATIAL,
+        };
+        self.blocks_per_stage()?;
+        if self.num_classes == 0 || self.num_classes > MAX_CLASSES {
+            return Err(ModelError::Config(format!(
+                "{} classes, expected 1 to {MAX_CLASSES} (limits::MAX_CLASSES)",
+                self.num_classes
+            )));
+        }
+        let [c, h, w] = self.input;
+        if c == 0
+            || h == 0
+            || w == 0
+            || h.max(w) > MAX_SPATIAL
+            || c.saturating_mul(h).saturating_mul(w) > MAX_NODE_VALUES
+        {
+            return Err(ModelError::Config(format!(
+                "input {:?}: expected 1 to {MAX_SPATIAL} pixels on a side (limits::MAX_SPATIAL) and at most {MAX_NODE_VALUES} values (limits::MAX_NODE_VALUES)",
+                self.input
+            )));
+        }
+        let what = format!(
+            "ResNet-{} with {} classes and input {:?}",
+            self.depth, self.num_classes, self.input
+        );
+        let shown =
+            |v: Option<usize>| v.map_or_else(|| "more than usize::MAX".into(), |v| v.to_string());
+        match self.stored_values() {
+            Some(p) if p <= MAX_PARAMS => {}
+            p => {
+                return Err(ModelError::Config(format!(
+                    "{what} stores {} values, over the limit of {MAX_PARAMS} (limits::MAX_PARAMS)",
+                    shown(p)
+                )));
+            }
+        }
+        match self.residual_values() {
+            Some(v) if v <= MAX_GRAPH_VALUES => Ok(()),
+            v => Err(ModelError::Config(format!(
+                "{what} holds at least {} values per image in its residual blocks, over the limit of {MAX_GRAPH_VALUES} (limits::MAX_GRAPH_VALUES)",
+                shown(v)
+            ))),
+        }
+    }
+
+    /// A lower bound of the values all nodes hold per image: those of the residual blocks'
+    /// convolutions, BatchNorms, ReLUs and sums (the exact count is checked on the built
+    /// graph). `None` when it overflows `usize`.
+    fn residual_values(&self) -> Option<usize> {
+        let n = self.blocks_per_stage().ok()?;
+        let nodes = if self.batch_norm { 7 } else { 5 };
+        let [_, mut h, mut w] = self.input;
+        let mut total = 0usize;
+        for (stage, planes) in [16usize, 32, 64].into_iter().enumerate() {
+            if stage > 0 {
+                (h, w) = (h.div_ceil(2), w.div_ceil(2));
+            }
+            let block = planes.checked_mul(h)?.checked_mul(w)?.checked_mul(nodes)?;
+            total = total.checked_add(block.checked_mul(n)?)?;
+        }
+        Some(total)
+    }
+
+    /// Builds the model with freshly initialized weights, after [`ResNetConfig::check_size`].
+    pub fn build(&self) -> Result<ModelIr, ModelError> {
+        self.check_size()?;
+        let n = self.blocks_per_stage()?;
         let mut b = Builder {
             graph: Graph::new(self.input),
             rng: ChaCha8Rng::seed_from_u64(self.seed),
@@ -265,4 +359,57 @@ fn standard_normal(rng: &mut impl Rng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
     let u2: f64 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_values_match_the_built_graph() {
+        for cfg in [
+            ResNetConfig::new(8, 10),
+            ResNetConfig::new(14, 3).with_batch_norm(false),
+            ResNetConfig::new(20, 7).with_shortcut(Shortcut::B),
+            ResNetConfig::new(8, 2)
+                .with_shortcut(Shortcut::B)
+                .with_batch_norm(false)
+                .with_input([1, 28, 28]),
+        ] {
+            let model = cfg.build().expect("build");
+            let counted: usize = model.graph.nodes.iter().map(|n| n.op.stored_values()).sum();
+            assert_eq!(cfg.stored_values(), Some(counted), "{cfg:?}");
+            let shapes = model.check().expect("valid");
+            let values: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+            let bound = cfg.residual_values().expect("small");
+            assert!(
+                bound <= values && values < 2 * bound,
+                "{cfg:?}: {bound} vs {values}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_building() {
+        for (cfg, expected) in [
+            (ResNetConfig::new(600_002, 10), "limits::MAX_PARAMS"),
+            (ResNetConfig::new(10_004, 10), "limits::MAX_GRAPH_VALUES"),
+            (
+                ResNetConfig::new(20, 10).with_input([3, 4096, 4096]),
+                "limits::MAX_GRAPH_VALUES",
+            ),
+            (
+                ResNetConfig::new(20, 100_000_000_000),
+                "limits::MAX_CLASSES",
+            ),
+            (
+                ResNetConfig::new(20, 10).with_input([3, 100_000, 100_000]),
+                "limits::MAX_SPATIAL",
+            ),
+            (ResNetConfig::new(20, usize::MAX), "limits::MAX_CLASSES"),
+        ] {
+            let err = cfg.build().expect_err("too large").to_string();
+            assert!(err.contains(expected), "{cfg:?}: {err}");
+        }
+    }
 }

@@ -35,7 +35,7 @@ use tracing::debug;
 
 use crate::ModelError;
 use crate::burn_resnet::ResNet;
-use crate::executor::{Executor, to_vec};
+use crate::executor::{Executor, check_finite, to_vec};
 
 /// The optimizer and its hyper-parameters (the learning rate is [`TrainConfig::lr`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -340,6 +340,16 @@ pub struct Trainer {
     best: Option<BestEpoch>,
 }
 
+/// Says where in the run (`at`: epoch and step, or validation) a training or non-finite
+/// error happened.
+fn located(e: ModelError, at: &str) -> ModelError {
+    match e {
+        ModelError::Train(msg) => ModelError::Train(format!("{at}: {msg}")),
+        e @ ModelError::NonFinite { .. } => ModelError::Train(format!("{at}, {e}")),
+        e => e,
+    }
+}
+
 /// Seed of the random stream `stream` of `epoch` (64-bit mix of the three).
 fn epoch_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
     let mut z = seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ stream.rotate_left(32);
@@ -444,10 +454,14 @@ impl Trainer {
             .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))
     }
 
-    /// The current model as IR (parameters and BatchNorm statistics written back).
+    /// The current model as IR (parameters and BatchNorm statistics written back), checked:
+    /// a step that left a NaN or infinite parameter behind is an error naming the node, so
+    /// such a model is never validated, checkpointed or saved.
     pub fn model_ir(&self) -> Result<ModelIr, ModelError> {
         let mut ir = self.template.clone();
         self.model()?.write_into(&mut ir)?;
+        ir.check()
+            .map_err(|e| ModelError::Train(format!("the trained model is invalid: {e}")))?;
         Ok(ir)
     }
 
@@ -492,12 +506,9 @@ impl Trainer {
             augmentation.apply(&mut batch, order.normalization(), &mut aug_rng);
             let n = batch.labels.len();
             let lr = cfg.lr_at(epoch, step, steps);
-            let (loss_value, right) = self.step(batch, lr).map_err(|e| match e {
-                ModelError::Train(msg) => {
-                    ModelError::Train(format!("epoch {} step {step}: {msg}", epoch + 1))
-                }
-                e => e,
-            })?;
+            let (loss_value, right) = self
+                .step(batch, lr)
+                .map_err(|e| located(e, &format!("epoch {} step {step}", epoch + 1)))?;
             correct += right;
             loss_sum += loss_value * n as f64;
             seen += n;
@@ -507,7 +518,9 @@ impl Trainer {
         let (val_loss, val_acc) = if val.is_empty() {
             (None, None)
         } else {
-            let (l, a) = self.evaluate(val)?;
+            let (l, a) = self
+                .evaluate(val)
+                .map_err(|e| located(e, &format!("epoch {} validation", epoch + 1)))?;
             (Some(l), Some(a))
         };
         self.epochs_done += 1;
@@ -545,7 +558,9 @@ impl Trainer {
 
     /// One optimizer step at learning rate `lr` on an (already augmented) batch. Returns the
     /// batch's mean cross-entropy and the number of images the model got right before the
-    /// update. Public for throughput probes; [`Trainer::run_epoch`] is the normal entry.
+    /// update. A NaN or infinite logit is a [`ModelError::NonFinite`] naming the image's
+    /// position in the batch and the output node. Public for throughput probes;
+    /// [`Trainer::run_epoch`] is the normal entry.
     pub fn step(&mut self, batch: Batch, lr: f64) -> Result<(f64, usize), ModelError> {
         let ad = self.device.clone().autodiff();
         let n = batch.labels.len();
@@ -557,6 +572,9 @@ impl Trainer {
             .take()
             .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))?;
         let logits = model.forward(x);
+        let output = &self.template.graph.nodes[self.template.graph.output].name;
+        let k = self.template.num_classes();
+        check_finite(&to_vec(logits.clone().detach()), k, 0, output, "logit")?;
         let loss = CrossEntropyLossConfig::new()
             .init(&ad)
             .forward(logits.clone(), y);
@@ -585,15 +603,18 @@ impl Trainer {
     }
 
     /// Mean cross-entropy and top-1 of the current model on `data` (inference mode: the
-    /// IR executor with BatchNorm running statistics).
+    /// IR executor with BatchNorm running statistics). A NaN or infinite logit is a
+    /// [`ModelError::NonFinite`] naming the image of `data` and the output node.
     pub fn evaluate(&self, data: &Dataset) -> Result<(f64, f64), ModelError> {
         let ir = self.model_ir()?;
         let exec = Executor::new(&ir, &self.device)?;
-        let (mut loss, mut correct) = (0.0f64, 0usize);
+        let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for batch in data.batches(self.config.eval_batch_size) {
             let batch = batch?;
             let n = batch.labels.len();
             let logits = to_vec(exec.forward(exec.input_tensor(batch.images, n)?)?);
+            exec.check_logits(&logits, seen)?;
+            seen += n;
             let k = logits.len() / n.max(1);
             for (row, &label) in logits.chunks(k).zip(&batch.labels) {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -5,6 +5,8 @@
 //!   the report of an uninterrupted run;
 //! - `--shard 0/2` + `--shard 1/2` + a merge run give the report of an unsharded run.
 
+mod fetch;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 mod channel;
 mod cli;
 mod hardening;
+mod numerics;
 mod pipeline;
 mod reuse;
 mod support;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// Writes `n` CIFAR-10 records of two classes (labels 0 and 1) whose pixels tell them apart
 /// (class 0 dark at the top, class 1 dark at the bottom) with per-image noise.
-fn two_class_records(path: &Path, n: usize) {
+pub(crate) fn two_class_records(path: &Path, n: usize) {
     let mut bytes = Vec::with_capacity(n * 3073);
     for i in 0..n {
         let label = (i % 2) as u8;

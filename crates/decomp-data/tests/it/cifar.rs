@@ -260,7 +260,6 @@ fn missing_dataset_explains_where_and_how() {
             "data_batch_1.bin",
             "test_batch.bin",
             "https://www.cs.toronto.edu/~kriz/cifar.html",
-            "--download",
             "--data-dir",
             "DECOMP_DATA_DIR",
         ],
@@ -276,7 +275,6 @@ fn missing_dataset_explains_where_and_how() {
             "cifar-100-binary",
             "test.bin",
             "https://www.cs.toronto.edu/~kriz/cifar.html",
-            "--download",
         ],
     );
 

@@ -179,6 +179,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(files: Vec<(String, Vec<u8>)>) -> Server {
+        Self::start_slow(files, Duration::ZERO)
+    }
+
+    /// Like [`Server::start`], answering each request after `delay` (so that concurrent
+    /// clients overlap; nothing is timed).
+    pub fn start_slow(files: Vec<(String, Vec<u8>)>, delay: Duration) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -191,6 +197,7 @@ impl Server {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         h.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(delay);
                         respond(stream, &files);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),

@@ -7,7 +7,6 @@ use crate::common::{
     Server, check_err, cifar10_records, files_below, gzip, idx_images, idx_labels, md5_hex,
     sha256_hex, tar_gz, tempdir, zip,
 };
-use crate::tiny::{WNIDS, jpeg};
 
 /// A CIFAR-10 archive in the official layout: 2 records per train file, 3 test records.
 fn cifar10_archive() -> Vec<u8> {
@@ -55,11 +54,13 @@ fn cifar10_download_verify_unpack_load_and_skip_second_time() {
     .expect("download");
     assert_eq!(folder, data_dir.join("cifar-10-batches-bin"));
     assert_eq!(server.hits(), 1);
-    // only the dataset folder is left: no archive, no temporary folder
+    // only the dataset folder (and the download's lock file) is left: no archive, no
+    // temporary folder
     let entries: Vec<_> = std::fs::read_dir(&data_dir)
         .expect("list")
         .flatten()
         .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".lock"))
         .collect();
     assert_eq!(entries, vec!["cifar-10-batches-bin"]);
     let train = Dataset::load(DatasetKind::Cifar10, &data_dir, Split::Train).expect("train");
@@ -93,12 +94,14 @@ fn wrong_checksum_leaves_nothing_behind() {
         &["checksum mismatch", &remote.url, bad, "found md5 "],
     );
     assert!(matches!(err, DataError::Checksum { .. }));
-    assert_eq!(files_below(dir.path()), Vec::<String>::new());
+    // only the (empty, hidden) lock file of the dataset download stays
+    assert_eq!(files_below(dir.path()), vec![".cifar-10-batches-bin.lock"]);
     assert_eq!(
         std::fs::read_dir(dir.path()).expect("list").count(),
-        0,
+        1,
         "no folders either"
     );
+    std::fs::remove_file(dir.path().join(".cifar-10-batches-bin.lock")).expect("rm");
 
     // the same for a single file
     let err = download_verified(&remote, &dir.path().join("dl")).expect_err("mismatch");
@@ -183,7 +186,8 @@ fn archive_without_the_dataset_folder_is_rejected() {
             "test_batch.bin",
         ],
     );
-    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+    assert_eq!(files_below(dir.path()), vec![".cifar-10-batches-bin.lock"]);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
 }
 
 #[test]
@@ -203,35 +207,7 @@ fn incomplete_existing_folder_is_not_overwritten() {
 
 #[test]
 fn tiny_imagenet_zip_download_and_load() {
-    let mut entries = vec![
-        (
-            "tiny-imagenet-200/wnids.txt".to_string(),
-            WNIDS.join("\n").into_bytes(),
-        ),
-        (
-            "tiny-imagenet-200/words.txt".to_string(),
-            b"n002\ttwo, deux\n".to_vec(),
-        ),
-    ];
-    let mut annotations = String::new();
-    for (c, wnid) in WNIDS.iter().enumerate() {
-        for k in 0..2 {
-            entries.push((
-                format!("tiny-imagenet-200/train/{wnid}/images/{wnid}_{k}.JPEG"),
-                jpeg(64, [c as u8 * 100, 0, 0], false),
-            ));
-        }
-        annotations.push_str(&format!("val_{c}.JPEG\t{wnid}\t0\t0\t1\t1\n"));
-        entries.push((
-            format!("tiny-imagenet-200/val/images/val_{c}.JPEG"),
-            jpeg(64, [0; 3], true),
-        ));
-    }
-    entries.push((
-        "tiny-imagenet-200/val/val_annotations.txt".to_string(),
-        annotations.into_bytes(),
-    ));
-    let archive = zip(&entries);
+    let archive = zip(&crate::locate::tiny_entries(b"n002\ttwo, deux\n"));
     let server = Server::start(vec![("tiny-imagenet-200.zip".to_string(), archive.clone())]);
     let remote = RemoteFile::new(
         server.url("tiny-imagenet-200.zip"),

@@ -200,7 +200,6 @@ fn missing_idx_dataset_explains_sources() {
             "https://github.com/zalandoresearch/fashion-mnist",
             "apt-get install dataset-fashion-mnist",
             "/usr/share/datasets/fashion-mnist",
-            "--download",
             "DECOMP_DATA_DIR",
         ],
     );

@@ -7,6 +7,7 @@ mod common;
 mod cifar;
 mod fetch;
 mod idx;
+mod locate;
 mod real_data;
 mod tiny;
 mod views;

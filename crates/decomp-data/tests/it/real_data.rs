@@ -111,7 +111,7 @@ fn tiny_imagenet_subset20() {
     );
     assert_eq!(train.image_shape(), [3, 64, 64]);
     // decode all of val (grayscale JPEGs included) and a spread of train, resized to 32x32
-    let small = val.clone().with_resize(32, 32);
+    let small = val.clone().with_resize(32, 32).expect("32x32");
     let mut n = 0;
     for batch in small.batches(250) {
         let batch = batch.expect("decode");
@@ -178,6 +178,7 @@ fn fashion_mnist_debian_package() {
         .take(8)
         .with_channels(3)
         .expect("1 -> 3")
-        .with_resize(32, 32);
+        .with_resize(32, 32)
+        .expect("32x32");
     assert_eq!(rgb.batch(0..8).expect("batch").shape, [8, 3, 32, 32]);
 }

@@ -103,7 +103,7 @@ fn loads_train_and_val_with_names_and_order() {
     assert_eq!(batch.shape, [4, 3, 64, 64]);
 
     // resize 64 -> 32 (area) keeps flat colours
-    let small = val.clone().with_resize(32, 32);
+    let small = val.clone().with_resize(32, 32).expect("32x32");
     assert_eq!(small.image_shape(), [3, 32, 32]);
     let b = small.batch(1..3).expect("batch");
     assert_eq!(b.shape, [2, 3, 32, 32]);

@@ -307,10 +307,10 @@ fn channel_conversion_and_resize() {
         &["3-channel images to 2 channels"],
     );
 
-    let big = colour.clone().with_resize(16, 12);
+    let big = colour.clone().with_resize(16, 12).expect("16x12");
     assert_eq!(big.image_shape(), [3, 16, 12]);
     assert_eq!(big.raw_u8(0).expect("raw").len(), 3 * 16 * 12);
-    let small = colour.clone().with_resize(4, 4);
+    let small = colour.clone().with_resize(4, 4).expect("4x4");
     let (s, src) = (
         small.raw_u8(0).expect("raw"),
         colour.raw_u8(0).expect("raw"),
@@ -324,7 +324,11 @@ fn channel_conversion_and_resize() {
         s[0]
     );
     // resize and channels combine
-    let both = colour.with_resize(4, 4).with_channels(1).expect("3 -> 1");
+    let both = colour
+        .with_resize(4, 4)
+        .expect("4x4")
+        .with_channels(1)
+        .expect("3 -> 1");
     assert_eq!(both.batch(0..2).expect("batch").shape, [2, 1, 4, 4]);
 }
 

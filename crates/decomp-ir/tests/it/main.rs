@@ -82,8 +82,22 @@ fn bad_shapes_name_the_op() {
         (|m| m.graph.nodes[4].op = Op::MaxPool2d { kernel: [0, 2], stride: [2, 2], padding: [0, 0] }, "kernel and stride must be non-zero"),
         (|m| m.graph.nodes[6].op = Op::Conv2d { weight: t(&[8, 2, 3, 3], 0.0), bias: None, stride: [1, 1], padding: [1, 1], groups: 3 }, "groups 3 must divide"),
         (|m| m.meta.class_names.push("d".into()), "expected [4] (one logit per class name)"),
-        (|m| m.meta.input_norm.std = vec![1.0, 0.0, 1.0], "std must be positive"),
+        (|m| m.meta.input_norm.std = vec![1.0, 0.0, 1.0], "finite positive stds"),
         (|m| m.graph.nodes[4].name = "relu".into(), "duplicate node name"),
+        // Issue 19: non-finite numbers and sizes over the limits name the node.
+        (|m| if let Op::Linear { bias: Some(b), .. } = &mut m.graph.nodes[11].op { b.data[2] = f32::NAN; }, "node 11 (linear, linear): bias: value 2 is NaN, expected a finite number"),
+        (|m| if let Op::Conv2d { weight, .. } = &mut m.graph.nodes[6].op { weight.data[0] = f32::INFINITY; }, "node 6 (conv2, conv2d): weight: value 0 is inf"),
+        (|m| if let Op::BatchNorm2d { running_mean, .. } = &mut m.graph.nodes[2].op { running_mean.data[1] = f32::NEG_INFINITY; }, "node 2 (bn1, batchnorm2d): running_mean: value 1 is -inf"),
+        (|m| if let Op::BatchNorm2d { running_var, .. } = &mut m.graph.nodes[2].op { running_var.data[3] = f32::INFINITY; }, "running_var: value 3 is inf"),
+        (|m| if let Op::BatchNorm2d { running_var, .. } = &mut m.graph.nodes[2].op { running_var.data[3] = -1.0; }, "running_var: value 3 is -1, expected a variance"),
+        (|m| if let Op::BatchNorm2d { eps, .. } = &mut m.graph.nodes[2].op { *eps = f64::INFINITY; }, "node 2 (bn1, batchnorm2d): eps is inf, expected a finite positive number"),
+        (|m| m.meta.input_norm.mean = vec![0.0, f32::NAN, 0.0], "finite means"),
+        (|m| m.graph.nodes[0].op = Op::Input { shape: [3, 5000, 5000] }, "node 0 (input, input): output shape [3, 5000, 5000] holds more than 67108864 values per image (limits::MAX_NODE_VALUES)"),
+        (|m| m.graph.nodes[0].op = Op::Input { shape: [3, 8, 5000] }, "larger than 4096 pixels on a side (limits::MAX_SPATIAL)"),
+        (|m| if let Op::Conv2d { padding, .. } = &mut m.graph.nodes[1].op { *padding = [usize::MAX, 1]; }, "node 1 (conv1, conv2d): padding [18446744073709551615, 1] is larger than 4096 (limits::MAX_SPATIAL)"),
+        (|m| if let Op::Conv2d { padding, .. } = &mut m.graph.nodes[1].op { *padding = [4000, 4000]; }, "node 1 (conv1, conv2d): the zero-padded input [3, 8008, 8008]"),
+        (|m| m.graph.nodes[4].op = Op::MaxPool2d { kernel: [2, 2], stride: [1 << 20, 2], padding: [0, 0] }, "stride [1048576, 2] is larger than 4096"),
+        (|m| m.graph.nodes[5].op = Op::ShortcutA { stride: 1, pad_before: 1 << 30, pad_after: 2 }, "node 5 (short, shortcut_a): output shape [1073741830, 4, 4] holds more than"),
     ];
     for (i, (mutate, expected)) in cases.iter().enumerate() {
         let mut m = tiny_model();

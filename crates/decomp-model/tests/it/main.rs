@@ -4,6 +4,7 @@ mod cpu;
 mod executor;
 mod grad;
 mod real;
+mod torch_zip;
 mod train;
 mod zip_checkpoint;
 
