@@ -51,13 +51,19 @@ fn t<const D: usize>(d: &TensorData, device: &Device) -> Tensor<D> {
     Tensor::from_data(BurnData::new(d.data.clone(), d.shape.clone()), device)
 }
 
-/// A trainable parameter whose id is a stable hash (FNV-1a) of `name`.
-fn param<const D: usize>(name: &str, value: Tensor<D>) -> Param<Tensor<D>> {
-    let mut p = Param::from_tensor(value);
+/// The id of the parameter named `name` (`layer1.0.conv1.weight`, `linear.bias`, ...): a
+/// stable hash (FNV-1a) of the name, so gradients and optimizer state can be looked up by name.
+pub fn param_id(name: &str) -> ParamId {
     let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    p.id = ParamId::from(hash);
+    ParamId::from(hash)
+}
+
+/// A trainable parameter whose id is [`param_id`] of `name`.
+fn param<const D: usize>(name: &str, value: Tensor<D>) -> Param<Tensor<D>> {
+    let mut p = Param::from_tensor(value);
+    p.id = param_id(name);
     p
 }
 

@@ -9,6 +9,10 @@
 //!   benchmarked against, and the route to burn's own record format (`.bpk`).
 //! - [`train`] trains ResNets with burn autodiff (SGD/Adam, schedules, augmentation) from
 //!   scratch or from imported weights, with checkpoints that resume bit for bit.
+//! - [`GradEngine`] computes a batch's loss and every parameter gradient on the CPU plan's
+//!   own kernels (training-mode BatchNorm included), and [`CpuOptimizer`] applies SGD/Adam
+//!   steps with burn's arithmetic: the CPU training path of issue 14, checked against burn
+//!   autodiff, not yet used by [`train`].
 //! - [`parse_device`] turns `cpu` / `cuda:N` / `wgpu` into a device.
 
 pub mod burn_resnet;
@@ -27,6 +31,8 @@ pub use channel_stats::ChannelAccumulator;
 pub use device::{available_devices, parse_device};
 pub use error::ModelError;
 pub use cpu::CpuTuning;
+pub use cpu::grad::{GradEngine, ParamGrad, StepGradients};
+pub use cpu::optim::CpuOptimizer;
 pub use executor::{
     ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe,
     accumulate_active, check_finite, to_vec,

@@ -7,12 +7,24 @@ impl CpuPlan {
     /// Compiles `model` (already validated, with node output shapes `shapes`); `None` when it
     /// uses something this plan does not run (grouped convolutions, ops added later).
     pub(crate) fn new(model: &ModelIr, shapes: &[Shape], tuning: CpuTuning) -> Option<Self> {
+        Self::compile(model, shapes, tuning, true)
+    }
+
+    /// As [`Self::new`], but every BatchNorm stays its own node (`POp::Affine` with the
+    /// running statistics): the training engine normalizes with batch statistics instead and
+    /// needs every convolution's own output.
+    pub(super) fn unfolded(model: &ModelIr, shapes: &[Shape], tuning: CpuTuning) -> Option<Self> {
+        Self::compile(model, shapes, tuning, false)
+    }
+
+    fn compile(model: &ModelIr, shapes: &[Shape], tuning: CpuTuning, fold: bool) -> Option<Self> {
         let g = &model.graph;
         let consumers: Vec<Vec<NodeId>> = (0..g.nodes.len()).map(|id| g.consumers(id)).collect();
         // conv id -> BatchNorm id that absorbs it.
         let mut fold_into: HashMap<NodeId, NodeId> = HashMap::new();
         for (id, node) in g.nodes.iter().enumerate() {
-            if let Op::Conv2d { groups: 1, .. } = node.op
+            if fold
+                && let Op::Conv2d { groups: 1, .. } = node.op
                 && let [bn] = consumers[id].as_slice()
                 && matches!(g.nodes[*bn].op, Op::BatchNorm2d { .. })
                 && id != g.output

@@ -69,7 +69,6 @@ impl CpuPlan {
     /// product per block into the bias-initialized output.
     #[inline(never)]
     pub(super) fn conv(&self, c: &Conv, x: &[f32], n: usize, scratch: &mut Vec<f32>) -> Vec<f32> {
-        let [h, w] = c.in_hw;
         let [ho, wo] = c.out_hw;
         let rows = n * ho * wo;
         let k = c.kernel[0] * c.kernel[1] * c.cin;
@@ -82,40 +81,9 @@ impl CpuPlan {
         let block = (self.tuning.block / k).clamp(1, rows);
         scratch.resize(block * k, 0.0);
         let mut padded = Vec::new();
-        let row_len = c.kernel[1] * c.cin;
         for r0 in (0..rows).step_by(block) {
             let r1 = (r0 + block).min(rows);
-            for (r, patch) in (r0..r1).zip(scratch.chunks_exact_mut(k)) {
-                let img = r / (ho * wo);
-                let q = r % (ho * wo);
-                let (oy, ox) = (q / wo, q % wo);
-                let base = img * h * w * c.cin;
-                for (ky, prow) in patch.chunks_exact_mut(row_len).enumerate() {
-                    let Some(iy) = (oy * c.stride[0] + ky)
-                        .checked_sub(c.pad[0])
-                        .filter(|&y| y < h)
-                    else {
-                        prow.fill(0.0);
-                        continue;
-                    };
-                    let x0 = (ox * c.stride[1]) as isize - c.pad[1] as isize;
-                    let line = &x[base + iy * w * c.cin..base + (iy + 1) * w * c.cin];
-                    if x0 >= 0 && x0 as usize + c.kernel[1] <= w {
-                        let s = x0 as usize * c.cin;
-                        prow.copy_from_slice(&line[s..s + row_len]);
-                    } else {
-                        for (kx, seg) in prow.chunks_exact_mut(c.cin).enumerate() {
-                            let ix = x0 + kx as isize;
-                            if ix < 0 || ix as usize >= w {
-                                seg.fill(0.0);
-                            } else {
-                                let s = ix as usize * c.cin;
-                                seg.copy_from_slice(&line[s..s + c.cin]);
-                            }
-                        }
-                    }
-                }
-            }
+            im2col(c, x, r0, r1, scratch);
             let (dst, lhs) = (&mut y[r0 * c.cout..r1 * c.cout], &scratch[..(r1 - r0) * k]);
             self.conv_product(c, lhs, r1 - r0, k, dst, &mut padded);
         }
@@ -169,5 +137,81 @@ impl CpuPlan {
             dst_rs: c.cout,
         };
         sgemm(g, dst, lhs, &c.w, true).expect("conv shapes checked by validation");
+    }
+}
+
+/// Rows `r0..r1` of the im2col matrix of `x` (channels-last images) for convolution `c`
+/// into `dst` (`[r1 - r0][kh * kw * cin]`, row `(ky * kw + kx) * cin + ci`): output pixel
+/// `r` (image-major) reads its receptive field, zeros outside the image.
+pub(super) fn im2col(c: &Conv, x: &[f32], r0: usize, r1: usize, dst: &mut [f32]) {
+    let [h, w] = c.in_hw;
+    let [ho, wo] = c.out_hw;
+    let k = c.kernel[0] * c.kernel[1] * c.cin;
+    let row_len = c.kernel[1] * c.cin;
+    for (r, patch) in (r0..r1).zip(dst.chunks_exact_mut(k)) {
+        let img = r / (ho * wo);
+        let q = r % (ho * wo);
+        let (oy, ox) = (q / wo, q % wo);
+        let base = img * h * w * c.cin;
+        for (ky, prow) in patch.chunks_exact_mut(row_len).enumerate() {
+            let Some(iy) = (oy * c.stride[0] + ky)
+                .checked_sub(c.pad[0])
+                .filter(|&y| y < h)
+            else {
+                prow.fill(0.0);
+                continue;
+            };
+            let x0 = (ox * c.stride[1]) as isize - c.pad[1] as isize;
+            let line = &x[base + iy * w * c.cin..base + (iy + 1) * w * c.cin];
+            if x0 >= 0 && x0 as usize + c.kernel[1] <= w {
+                let s = x0 as usize * c.cin;
+                prow.copy_from_slice(&line[s..s + row_len]);
+            } else {
+                for (kx, seg) in prow.chunks_exact_mut(c.cin).enumerate() {
+                    let ix = x0 + kx as isize;
+                    if ix < 0 || ix as usize >= w {
+                        seg.fill(0.0);
+                    } else {
+                        let s = ix as usize * c.cin;
+                        seg.copy_from_slice(&line[s..s + c.cin]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds rows `r0..r1` of the column-gradient matrix `dcol`
+/// (`[r1 - r0][kh * kw * cin]`) into the channels-last image gradient `dx` at the pixels each
+/// row was read from (positions outside the image dropped).
+pub(super) fn col2im(c: &Conv, dcol: &[f32], r0: usize, r1: usize, dx: &mut [f32]) {
+    let [h, w] = c.in_hw;
+    let [ho, wo] = c.out_hw;
+    let k = c.kernel[0] * c.kernel[1] * c.cin;
+    let row_len = c.kernel[1] * c.cin;
+    for (r, patch) in (r0..r1).zip(dcol.chunks_exact(k)) {
+        let img = r / (ho * wo);
+        let q = r % (ho * wo);
+        let (oy, ox) = (q / wo, q % wo);
+        let base = img * h * w * c.cin;
+        for (ky, prow) in patch.chunks_exact(row_len).enumerate() {
+            let Some(iy) = (oy * c.stride[0] + ky)
+                .checked_sub(c.pad[0])
+                .filter(|&y| y < h)
+            else {
+                continue;
+            };
+            let x0 = (ox * c.stride[1]) as isize - c.pad[1] as isize;
+            let line = &mut dx[base + iy * w * c.cin..base + (iy + 1) * w * c.cin];
+            for (kx, seg) in prow.chunks_exact(c.cin).enumerate() {
+                let ix = x0 + kx as isize;
+                if ix >= 0 && (ix as usize) < w {
+                    let s = ix as usize * c.cin;
+                    for (d, g) in line[s..s + c.cin].iter_mut().zip(seg) {
+                        *d += g;
+                    }
+                }
+            }
+        }
     }
 }

@@ -16,7 +16,10 @@
 //! folding, weight layout), `run` executes it (tiles, probes, module branches, every op but
 //! convolutions), `conv` runs convolutions (Winograd or im2col + product), `winograd` holds
 //! the F(2x2, 3x3) transforms, `kernels` the register-blocked products, `layout` the
-//! conversions between channel-first and channels-last positions.
+//! conversions between channel-first and channels-last positions. Training: `grad`
+//! (`GradEngine`: training-mode forward and backward on an unfolded plan, the loss and
+//! every parameter's gradient) and `optim` (`CpuOptimizer`: SGD and Adam with burn's
+//! arithmetic).
 
 use std::collections::HashMap;
 
@@ -26,8 +29,10 @@ use rayon::prelude::*;
 
 mod compile;
 mod conv;
+pub mod grad;
 mod kernels;
 mod layout;
+pub mod optim;
 mod run;
 mod winograd;
 

@@ -2,6 +2,7 @@
 
 mod cpu;
 mod executor;
+mod grad;
 mod real;
 mod torch_zip;
 mod train;

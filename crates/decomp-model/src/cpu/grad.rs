@@ -1,0 +1,845 @@
+//! Training-mode forward and backward passes on the CPU plan's kernels: the loss of one batch
+//! and the gradient of every parameter, without burn.
+//!
+//! [`GradEngine`] holds a model as IR (its parameters and BatchNorm running statistics are
+//! the state) and computes, per batch, the mean softmax cross-entropy and every parameter's
+//! gradient in IR layout ([`StepGradients`]). Each step compiles an unfolded plan
+//! (`CpuPlan::unfolded`: every BatchNorm its own node) from the current parameters and runs
+//! it tile by tile (a few images per rayon task, as inference does):
+//! - forward: convolutions, ReLU, Add, shortcuts, pooling and the head through the plan's own
+//!   `apply` (Winograd for 3x3 stride-1 padding-1 convolutions, im2col + products
+//!   otherwise); BatchNorm with the batch's statistics (mean and biased variance over all
+//!   images and pixels, reduced across tiles in `f64`), after which the running statistics
+//!   move by [`GradEngine::bn_momentum`] towards the batch's mean and biased variance, as
+//!   burn's `BatchNorm` does. Only the values the backward pass reads are kept (inputs of
+//!   convolutions, BatchNorms and linear layers, ReLU outputs); the others go to their last
+//!   reader, which reuses the buffer (ReLU and Add in place), or are freed.
+//! - backward, in reverse node order: a convolution's weight gradient is `im2col(x)^T x dY`
+//!   per tile (products `dY^T [cout, rows] x col [rows, K]`), summed over tiles in tile
+//!   order; its data gradient is the Winograd forward of the flipped, transposed kernel for
+//!   3x3 stride-1 padding-1 convolutions, `col2im(dY x W^T)` otherwise; BatchNorm's backward
+//!   is the usual two-reduction form; ReLU masks by its output.
+//!
+//! Everything is channels-last inside; gradients leave in IR layout (convolutions
+//! `[out, in, kh, kw]`, linear `[out, in]`) under PyTorch's parameter names
+//! (`<node>.weight`, `<node>.bias`; a BatchNorm's `gamma` is its `weight`, `beta` its
+//! `bias`), which are also `burn_resnet`'s parameter names.
+
+use decomp_ir::TensorData;
+
+use super::conv::{col2im, im2col};
+use super::*;
+use crate::ModelError;
+
+/// The gradient of one parameter, in IR layout.
+#[derive(Clone, Debug)]
+pub struct ParamGrad {
+    /// The node holding the parameter.
+    pub node: NodeId,
+    /// `<node name>.weight` or `<node name>.bias` (PyTorch's state-dict name).
+    pub name: String,
+    pub grad: TensorData,
+}
+
+/// What one training-mode pass over a batch computed.
+#[derive(Clone, Debug)]
+pub struct StepGradients {
+    /// Mean softmax cross-entropy over the batch.
+    pub loss: f64,
+    /// Images whose largest logit is their label (before any update).
+    pub correct: usize,
+    /// Every parameter's gradient, in node order (weight before bias).
+    pub params: Vec<ParamGrad>,
+}
+
+/// Loss and gradients of a model on the CPU plan's kernels; see the module docs.
+pub struct GradEngine {
+    model: ModelIr,
+    shapes: Vec<Shape>,
+    tuning: CpuTuning,
+    /// Weight of the batch statistics in the running-statistics update
+    /// (`running = (1 - m) running + m batch`); burn's `BatchNormConfig` default.
+    pub bn_momentum: f64,
+}
+
+/// A BatchNorm's batch statistics, kept for its backward pass.
+struct BnSaved {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+/// Per-tile buffers of one node's values or gradients (channels-last).
+type Tiles = Vec<Vec<f32>>;
+
+/// One tile's share of a convolution's gradients: data gradient (when needed), weight
+/// gradient `[cout][kh * kw * cin]`, bias gradient.
+type TileConvGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
+
+impl GradEngine {
+    /// Checks that every node is one this engine differentiates (convolutions without
+    /// groups, BatchNorm, ReLU, Add, option-A shortcuts, global average pooling, flatten of
+    /// a vector, linear) and that the output is a vector of logits.
+    pub fn new(model: ModelIr) -> Result<Self, ModelError> {
+        let shapes = model.check()?;
+        let g = &model.graph;
+        for (id, node) in g.nodes.iter().enumerate() {
+            let ok = match &node.op {
+                Op::Input { .. }
+                | Op::BatchNorm2d { .. }
+                | Op::Relu
+                | Op::Add
+                | Op::ShortcutA { .. }
+                | Op::GlobalAvgPool
+                | Op::Linear { .. } => true,
+                Op::Conv2d { groups, .. } => *groups == 1,
+                Op::Flatten => chw(&shapes[node.inputs[0]])[1..] == [1, 1],
+                _ => false,
+            };
+            if !ok {
+                return Err(ModelError::Config(format!(
+                    "the CPU training engine cannot differentiate node {id} ({}, {})",
+                    node.name,
+                    node.op.kind()
+                )));
+            }
+        }
+        if shapes[g.output].len() != 1 {
+            return Err(ModelError::Config(format!(
+                "the CPU training engine needs logits as output, node {} has shape {:?}",
+                g.output, shapes[g.output]
+            )));
+        }
+        Ok(Self {
+            model,
+            shapes,
+            tuning: CpuTuning::from_env(),
+            bn_momentum: 0.1,
+        })
+    }
+
+    pub fn with_tuning(mut self, tuning: CpuTuning) -> Self {
+        self.tuning = CpuTuning {
+            tile: tuning.tile.max(1),
+            block: tuning.block.max(1),
+            ..tuning
+        };
+        self
+    }
+
+    /// The model: current parameters and BatchNorm running statistics.
+    pub fn model(&self) -> &ModelIr {
+        &self.model
+    }
+
+    /// The model, mutable: the optimizer writes parameters here.
+    pub fn model_mut(&mut self) -> &mut ModelIr {
+        &mut self.model
+    }
+
+    pub fn into_model(self) -> ModelIr {
+        self.model
+    }
+
+    /// One training-mode forward and backward pass over `images` (`[n, c, h, w]`
+    /// channel-first, normalized) with `labels`: the loss and every parameter's gradient.
+    /// BatchNorm running statistics are updated, parameters are not.
+    pub fn gradients(
+        &mut self,
+        images: &[f32],
+        labels: &[usize],
+    ) -> Result<StepGradients, ModelError> {
+        let n = labels.len();
+        let in_shape = self.shapes[0].clone();
+        let per = numel(&in_shape);
+        if n == 0 || images.len() != n * per {
+            return Err(ModelError::Train(format!(
+                "{} image values for {n} labels, expected {per} per image ({in_shape:?})",
+                images.len()
+            )));
+        }
+        let classes = self.shapes[self.model.graph.output][0];
+        if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
+            return Err(ModelError::Train(format!(
+                "label {bad} out of range for {classes} classes"
+            )));
+        }
+        let plan = CpuPlan::unfolded(&self.model, &self.shapes, self.tuning).ok_or_else(|| {
+            ModelError::Config("the CPU plan cannot compile this model unfolded".into())
+        })?;
+        let tile = self.tuning.tile;
+        let sizes: Vec<usize> = (0..n).step_by(tile).map(|s| tile.min(n - s)).collect();
+        let pass = Pass {
+            plan: &plan,
+            model: &self.model,
+            shapes: &self.shapes,
+            sizes: &sizes,
+            tuning: self.tuning,
+        };
+        let (values, saved) = pass.forward(images, per);
+        let out = self.model.graph.output;
+        let (loss, correct, dlogits) = cross_entropy(&values[out], &sizes, labels, classes);
+        let (saved, vars): (Vec<_>, Vec<_>) = saved
+            .into_iter()
+            .map(|s| s.map_or((None, None), |(s, v)| (Some(s), Some(v))))
+            .unzip();
+        let params = pass.backward(values, &saved, out, dlogits);
+        // Running statistics, as burn updates them: `running * (1 - m) + batch * m` in f32.
+        let m = self.bn_momentum;
+        for (id, (s, var)) in saved.iter().zip(&vars).enumerate() {
+            let (Some(s), Some(var)) = (s, var) else {
+                continue;
+            };
+            if let Op::BatchNorm2d {
+                running_mean,
+                running_var,
+                ..
+            } = &mut self.model.graph.nodes[id].op
+            {
+                for (r, &b) in running_mean.data.iter_mut().zip(&s.mean) {
+                    *r = *r * (1.0 - m) as f32 + b * m as f32;
+                }
+                for (r, &b) in running_var.data.iter_mut().zip(var) {
+                    *r = *r * (1.0 - m) as f32 + b * m as f32;
+                }
+            }
+        }
+        Ok(StepGradients {
+            loss,
+            correct,
+            params,
+        })
+    }
+}
+
+/// One pass over a batch: the compiled plan and the tile sizes.
+struct Pass<'a> {
+    plan: &'a CpuPlan,
+    model: &'a ModelIr,
+    shapes: &'a [Shape],
+    sizes: &'a [usize],
+    tuning: CpuTuning,
+}
+
+impl Pass<'_> {
+    /// Every node's output per tile, and each BatchNorm's batch statistics (with the biased
+    /// variance).
+    #[allow(clippy::type_complexity)]
+    fn forward(
+        &self,
+        images: &[f32],
+        per: usize,
+    ) -> (Vec<Tiles>, Vec<Option<(BnSaved, Vec<f32>)>>) {
+        let g = &self.model.graph;
+        let mut values: Vec<Tiles> = Vec::with_capacity(g.nodes.len());
+        let mut saved = Vec::with_capacity(g.nodes.len());
+        let starts: Vec<usize> = self
+            .sizes
+            .iter()
+            .scan(0, |s, &k| {
+                let at = *s;
+                *s += k;
+                Some(at)
+            })
+            .collect();
+        // What the backward pass reads: inputs of convolutions, BatchNorms and linear
+        // layers, ReLU outputs, the logits. Every other value is handed to its last reader
+        // (an in-place ReLU or Add) or freed after it.
+        let mut kept = vec![false; g.nodes.len()];
+        let mut last = vec![0usize; g.nodes.len()];
+        for (id, node) in g.nodes.iter().enumerate() {
+            match node.op {
+                Op::Conv2d { .. } | Op::BatchNorm2d { .. } | Op::Linear { .. } => {
+                    node.inputs.iter().for_each(|&i| kept[i] = true);
+                }
+                Op::Relu => kept[id] = true,
+                _ => {}
+            }
+            node.inputs.iter().for_each(|&i| last[i] = last[i].max(id));
+        }
+        kept[g.output] = true;
+        for (id, node) in g.nodes.iter().enumerate() {
+            let mut stats = None;
+            let out: Tiles = match &node.op {
+                Op::Input { .. } => starts
+                    .par_iter()
+                    .zip(self.sizes)
+                    .map(|(&s, &k)| {
+                        let mut v = vec![0.0f32; k * per];
+                        for (src, dst) in images[s * per..(s + k) * per]
+                            .chunks_exact(per)
+                            .zip(v.chunks_exact_mut(per))
+                        {
+                            to_storage(&self.shapes[0], src, dst);
+                        }
+                        v
+                    })
+                    .collect(),
+                Op::BatchNorm2d {
+                    gamma, beta, eps, ..
+                } => {
+                    let x = &values[node.inputs[0]];
+                    let (s, var) = bn_stats(x, gamma.numel(), *eps);
+                    let scale: Vec<f32> = gamma
+                        .data
+                        .iter()
+                        .zip(&s.inv_std)
+                        .map(|(g, i)| g * i)
+                        .collect();
+                    let shift: Vec<f32> = beta
+                        .data
+                        .iter()
+                        .zip(&s.mean)
+                        .zip(&scale)
+                        .map(|((b, m), sc)| b - m * sc)
+                        .collect();
+                    let y = x
+                        .par_iter()
+                        .map(|t| {
+                            let mut v = Vec::with_capacity(t.len());
+                            for px in t.chunks_exact(scale.len()) {
+                                v.extend(
+                                    px.iter()
+                                        .zip(&scale)
+                                        .zip(&shift)
+                                        .map(|((x, s), b)| x * s + b),
+                                );
+                            }
+                            v
+                        })
+                        .collect();
+                    stats = Some((s, var));
+                    y
+                }
+                _ => {
+                    // Per tile, per input: the tile moved in when this is its last reader.
+                    let mut moved: Vec<Vec<Option<Vec<f32>>>> = vec![Vec::new(); self.sizes.len()];
+                    for &i in &node.inputs {
+                        let once = node.inputs.iter().filter(|&&j| j == i).count() == 1;
+                        if once && !kept[i] && last[i] == id {
+                            let tiles = std::mem::take(&mut values[i]);
+                            moved
+                                .iter_mut()
+                                .zip(tiles)
+                                .for_each(|(m, v)| m.push(Some(v)));
+                        } else {
+                            moved.iter_mut().for_each(|m| m.push(None));
+                        }
+                    }
+                    let values = &values;
+                    moved
+                        .into_par_iter()
+                        .enumerate()
+                        .map_init(Vec::new, |scratch, (t, owned)| {
+                            let args = node
+                                .inputs
+                                .iter()
+                                .zip(owned)
+                                .map(|(&i, o)| match o {
+                                    Some(v) => Arg::Owned(v),
+                                    None => Arg::Borrowed(&values[i][t]),
+                                })
+                                .collect();
+                            self.plan.apply(id, args, self.sizes[t], scratch)
+                        })
+                        .collect()
+                }
+            };
+            for &i in &node.inputs {
+                if !kept[i] && last[i] == id {
+                    values[i] = Vec::new();
+                }
+            }
+            values.push(out);
+            saved.push(stats);
+        }
+        (values, saved)
+    }
+
+    /// Gradients of every parameter given the logits' gradient, consuming the forward
+    /// values (each node's are dropped once its backward step is done).
+    fn backward(
+        &self,
+        mut values: Vec<Tiles>,
+        saved: &[Option<BnSaved>],
+        out: NodeId,
+        dlogits: Tiles,
+    ) -> Vec<ParamGrad> {
+        let g = &self.model.graph;
+        let mut grads: Vec<Option<Tiles>> = vec![None; g.nodes.len()];
+        grads[out] = Some(dlogits);
+        let mut params = Vec::new();
+        let needs_grad = |i: NodeId| !matches!(g.nodes[i].op, Op::Input { .. });
+        for id in (0..g.nodes.len()).rev() {
+            let node = &g.nodes[id];
+            let Some(dy) = grads[id].take() else {
+                values[id] = Vec::new();
+                continue;
+            };
+            match &node.op {
+                Op::Input { .. } => {}
+                Op::Conv2d { weight, bias, .. } => {
+                    let i = node.inputs[0];
+                    let POp::Conv(c) = &self.plan.nodes[id].op else {
+                        unreachable!("an unfolded plan keeps every convolution")
+                    };
+                    let (dx, dw, db) = self.conv_backward(c, weight, &values[i], dy, needs_grad(i));
+                    let db = bias.is_some().then_some(db);
+                    params.extend(weight_and_bias(
+                        id,
+                        &node.name,
+                        weight.shape.clone(),
+                        dw,
+                        db,
+                    ));
+                    if let Some(dx) = dx {
+                        accumulate(&mut grads[i], dx);
+                    }
+                }
+                Op::BatchNorm2d { gamma, .. } => {
+                    let i = node.inputs[0];
+                    let s = saved[id].as_ref().expect("batch statistics saved");
+                    let (dx, dgamma, dbeta) = bn_backward(&values[i], dy, s, &gamma.data);
+                    let shape = vec![dgamma.len()];
+                    params.extend(weight_and_bias(id, &node.name, shape, dgamma, Some(dbeta)));
+                    accumulate(&mut grads[i], dx);
+                }
+                Op::Relu => {
+                    let mut dy = dy;
+                    dy.par_iter_mut().zip(&values[id]).for_each(|(d, y)| {
+                        for (d, &y) in d.iter_mut().zip(y) {
+                            if y <= 0.0 {
+                                *d = 0.0;
+                            }
+                        }
+                    });
+                    accumulate(&mut grads[node.inputs[0]], dy);
+                }
+                Op::Add => {
+                    for &i in &node.inputs[1..] {
+                        accumulate(&mut grads[i], dy.clone());
+                    }
+                    accumulate(&mut grads[node.inputs[0]], dy);
+                }
+                Op::ShortcutA {
+                    stride, pad_before, ..
+                } => {
+                    let i = node.inputs[0];
+                    let [c, h, w] = chw(&self.shapes[i]);
+                    let [co, ho, wo] = chw(&self.shapes[id]);
+                    let dx = dy
+                        .par_iter()
+                        .zip(self.sizes)
+                        .map(|(d, &k)| {
+                            let mut dx = vec![0.0f32; k * h * w * c];
+                            for img in 0..k {
+                                for oy in 0..ho {
+                                    for ox in 0..wo {
+                                        let src = &d
+                                            [((img * ho + oy) * wo + ox) * co + pad_before..][..c];
+                                        dx[((img * h + oy * stride) * w + ox * stride) * c..][..c]
+                                            .copy_from_slice(src);
+                                    }
+                                }
+                            }
+                            dx
+                        })
+                        .collect();
+                    accumulate(&mut grads[i], dx);
+                }
+                Op::GlobalAvgPool => {
+                    let i = node.inputs[0];
+                    let [c, h, w] = chw(&self.shapes[i]);
+                    let hw = h * w;
+                    let dx = dy
+                        .par_iter()
+                        .map(|d| {
+                            let mut dx = Vec::with_capacity(d.len() / c * hw * c);
+                            for img in d.chunks_exact(c) {
+                                let g: Vec<f32> = img.iter().map(|v| v / hw as f32).collect();
+                                for _ in 0..hw {
+                                    dx.extend_from_slice(&g);
+                                }
+                            }
+                            dx
+                        })
+                        .collect();
+                    accumulate(&mut grads[i], dx);
+                }
+                // A flatten of `[c, 1, 1]`: the same values (checked in `new`).
+                Op::Flatten => accumulate(&mut grads[node.inputs[0]], dy),
+                Op::Linear { weight, bias } => {
+                    let i = node.inputs[0];
+                    let (o, k) = (weight.shape[0], weight.shape[1]);
+                    let mut dw = vec![0.0f32; o * k];
+                    let mut db = vec![0.0f32; o];
+                    let mut dx_tiles = Vec::with_capacity(dy.len());
+                    for (d, x) in dy.iter().zip(&values[i]) {
+                        let mut dx = vec![0.0f32; x.len()];
+                        for ((drow, xrow), dxrow) in d
+                            .chunks_exact(o)
+                            .zip(x.chunks_exact(k))
+                            .zip(dx.chunks_exact_mut(k))
+                        {
+                            for (oi, &dv) in drow.iter().enumerate() {
+                                db[oi] += dv;
+                                let wrow = &weight.data[oi * k..(oi + 1) * k];
+                                for ((gw, &xv), (gx, &wv)) in dw[oi * k..(oi + 1) * k]
+                                    .iter_mut()
+                                    .zip(xrow)
+                                    .zip(dxrow.iter_mut().zip(wrow))
+                                {
+                                    *gw += dv * xv;
+                                    *gx += dv * wv;
+                                }
+                            }
+                        }
+                        dx_tiles.push(dx);
+                    }
+                    let db = bias.is_some().then_some(db);
+                    params.extend(weight_and_bias(id, &node.name, vec![o, k], dw, db));
+                    if needs_grad(i) {
+                        accumulate(&mut grads[i], dx_tiles);
+                    }
+                }
+                _ => unreachable!("ops checked in GradEngine::new"),
+            }
+            values[id] = Vec::new();
+        }
+        // Node order, weight before bias: the order the nodes hold them.
+        params.sort_by_key(|p| (p.node, !p.name.ends_with(".weight")));
+        params
+    }
+
+    /// Data gradient (when `need_dx`), weight gradient in IR layout and bias gradient of
+    /// convolution `c` (IR weights `weight`) at input `x` given output gradient `dy`.
+    fn conv_backward(
+        &self,
+        c: &Conv,
+        weight: &TensorData,
+        x: &Tiles,
+        dy: Tiles,
+        need_dx: bool,
+    ) -> (Option<Tiles>, Vec<f32>, Vec<f32>) {
+        let [kh, kw] = c.kernel;
+        let (cin, cout) = (c.cin, c.cout);
+        let k = kh * kw * cin;
+        // `wt[co][(ky * kw + kx) * cin + ci]`: the product's weights transposed.
+        let mut wt = vec![0.0f32; cout * k];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        wt[co * k + (ky * kw + kx) * cin + ci] =
+                            weight.data[((co * cin + ci) * kh + ky) * kw + kx];
+                    }
+                }
+            }
+        }
+        // The data gradient of a 3x3 stride-1 padding-1 convolution is the same convolution
+        // of `dy` with the kernel flipped and in/out swapped: run it as Winograd.
+        let flipped = (need_dx && c.wino.is_some() && self.tuning.winograd).then(|| {
+            let mut w = vec![0.0f32; cin * cout * 9];
+            for co in 0..cout {
+                for ci in 0..cin {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            w[((ci * cout + co) * 3 + 2 - ky) * 3 + 2 - kx] =
+                                weight.data[((co * cin + ci) * 3 + ky) * 3 + kx];
+                        }
+                    }
+                }
+            }
+            let op = Op::Conv2d {
+                weight: TensorData {
+                    shape: vec![cin, cout, 3, 3],
+                    data: w,
+                },
+                bias: None,
+                stride: [1, 1],
+                padding: [1, 1],
+                groups: 1,
+            };
+            let [h, w] = c.in_hw;
+            compile::conv(&op, &vec![cout, h, w], &vec![cin, h, w], None)
+                .expect("a flipped 3x3 convolution compiles")
+        });
+        let pointwise = c.kernel == [1, 1] && c.stride == [1, 1] && c.pad == [0, 0];
+        let [ho, wo] = c.out_hw;
+        let block = (self.tuning.block / k).max(1);
+        let parts: Vec<TileConvGrads> = (0..dy.len())
+            .into_par_iter()
+            .map_init(Vec::new, |scratch, t| {
+                let (x, d, n) = (&x[t], &dy[t], self.sizes[t]);
+                let rows = n * ho * wo;
+                let mut db = vec![0.0f32; cout];
+                for px in d.chunks_exact(cout) {
+                    for (b, v) in db.iter_mut().zip(px) {
+                        *b += v;
+                    }
+                }
+                let mut dwt = vec![0.0f32; cout * k];
+                let mut dyt = Vec::new();
+                let mut dx = need_dx.then(|| vec![0.0f32; x.len()]);
+                for r0 in (0..rows).step_by(block) {
+                    let r1 = (r0 + block).min(rows);
+                    let rb = r1 - r0;
+                    let col: &[f32] = if pointwise {
+                        &x[r0 * k..r1 * k]
+                    } else {
+                        scratch.resize(rb * k, 0.0);
+                        im2col(c, x, r0, r1, scratch);
+                        &scratch[..rb * k]
+                    };
+                    // dW^T [cout, k] += dY^T [cout, rb] x col [rb, k].
+                    dyt.resize(cout * rb, 0.0);
+                    for (r, px) in d[r0 * cout..r1 * cout].chunks_exact(cout).enumerate() {
+                        for (co, &v) in px.iter().enumerate() {
+                            dyt[co * rb + r] = v;
+                        }
+                    }
+                    let gm = Gemm {
+                        m: cout,
+                        n: k,
+                        k: rb,
+                        lhs_rs: rb,
+                        rhs_rs: k,
+                        dst_rs: k,
+                    };
+                    sgemm(gm, &mut dwt, &dyt, col, true).expect("weight-gradient shapes");
+                    if flipped.is_none()
+                        && let Some(dx) = dx.as_mut()
+                    {
+                        // dcol [rb, k] = dY [rb, cout] x W^T [cout, k], then col2im.
+                        let gm = Gemm {
+                            m: rb,
+                            n: k,
+                            k: cout,
+                            lhs_rs: cout,
+                            rhs_rs: k,
+                            dst_rs: k,
+                        };
+                        let mut dcol = vec![0.0f32; rb * k];
+                        sgemm(gm, &mut dcol, &d[r0 * cout..r1 * cout], &wt, false)
+                            .expect("data-gradient shapes");
+                        if pointwise {
+                            for (a, b) in dx[r0 * k..r1 * k].iter_mut().zip(&dcol) {
+                                *a += b;
+                            }
+                        } else {
+                            col2im(c, &dcol, r0, r1, dx);
+                        }
+                    }
+                }
+                if let Some(f) = &flipped {
+                    let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
+                    dx = Some(self.plan.winograd(f, u, d, n, scratch));
+                }
+                (dx, dwt, db)
+            })
+            .collect();
+        let mut dwt = vec![0.0f32; cout * k];
+        let mut db = vec![0.0f32; cout];
+        let mut dx_tiles = need_dx.then(Vec::new);
+        for (dx, pw, pb) in parts {
+            for (a, b) in dwt.iter_mut().zip(&pw) {
+                *a += b;
+            }
+            for (a, b) in db.iter_mut().zip(&pb) {
+                *a += b;
+            }
+            if let (Some(tiles), Some(dx)) = (dx_tiles.as_mut(), dx) {
+                tiles.push(dx);
+            }
+        }
+        let mut dw = vec![0.0f32; cout * k];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        dw[((co * cin + ci) * kh + ky) * kw + kx] =
+                            dwt[co * k + (ky * kw + kx) * cin + ci];
+                    }
+                }
+            }
+        }
+        (dx_tiles, dw, db)
+    }
+}
+
+/// The gradients of node `id`'s weight (of `shape`) and bias (when it has one).
+fn weight_and_bias(
+    id: NodeId,
+    node: &str,
+    shape: Vec<usize>,
+    dw: Vec<f32>,
+    db: Option<Vec<f32>>,
+) -> impl Iterator<Item = ParamGrad> {
+    let bias = db.map(|db| ParamGrad {
+        node: id,
+        name: format!("{node}.bias"),
+        grad: TensorData {
+            shape: vec![db.len()],
+            data: db,
+        },
+    });
+    let weight = ParamGrad {
+        node: id,
+        name: format!("{node}.weight"),
+        grad: TensorData { shape, data: dw },
+    };
+    std::iter::once(weight).chain(bias)
+}
+
+/// Adds `g` into a node's gradient (sets it when the node has none yet).
+fn accumulate(slot: &mut Option<Tiles>, g: Tiles) {
+    match slot {
+        None => *slot = Some(g),
+        Some(acc) => acc.par_iter_mut().zip(&g).for_each(|(a, b)| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }),
+    }
+}
+
+/// Per-channel mean and `1 / sqrt(var + eps)` of channels-last tiles over every image and
+/// pixel (sums in `f64`), and the biased variance itself.
+fn bn_stats(x: &Tiles, c: usize, eps: f64) -> (BnSaved, Vec<f32>) {
+    let count: usize = x.iter().map(|t| t.len() / c).sum();
+    let sum = reduce(x, c, |acc, t| {
+        for px in t.chunks_exact(c) {
+            for (a, &v) in acc.iter_mut().zip(px) {
+                *a += f64::from(v);
+            }
+        }
+    });
+    let mean: Vec<f64> = sum.iter().map(|s| s / count as f64).collect();
+    let sq = reduce(x, c, |acc, t| {
+        for px in t.chunks_exact(c) {
+            for ((a, &v), m) in acc.iter_mut().zip(px).zip(&mean) {
+                let d = f64::from(v) - m;
+                *a += d * d;
+            }
+        }
+    });
+    let var: Vec<f64> = sq.iter().map(|s| s / count as f64).collect();
+    (
+        BnSaved {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            inv_std: var
+                .iter()
+                .map(|&v| (1.0 / (v + eps).sqrt()) as f32)
+                .collect(),
+        },
+        var.iter().map(|&v| v as f32).collect(),
+    )
+}
+
+/// Sum over tiles (in tile order) of `c` per-channel `f64` accumulators filled by `f`.
+fn reduce(x: &Tiles, c: usize, f: impl Fn(&mut [f64], &[f32]) + Sync) -> Vec<f64> {
+    let parts: Vec<Vec<f64>> = x
+        .par_iter()
+        .map(|t| {
+            let mut acc = vec![0.0f64; c];
+            f(&mut acc, t);
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0f64; c];
+    for p in parts {
+        for (a, b) in total.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    total
+}
+
+/// BatchNorm's training-mode backward: `dx = gamma inv_std (dy - mean(dy) - xhat
+/// mean(dy xhat))`, `dgamma = sum(dy xhat)`, `dbeta = sum(dy)`, with `xhat = (x - mean)
+/// inv_std` recomputed from the input. `dy` is overwritten by `dx`.
+fn bn_backward(
+    x: &Tiles,
+    mut dy: Tiles,
+    s: &BnSaved,
+    gamma: &[f32],
+) -> (Tiles, Vec<f32>, Vec<f32>) {
+    let c = gamma.len();
+    let count: usize = x.iter().map(|t| t.len() / c).sum();
+    let pairs: Vec<(Vec<f64>, Vec<f64>)> = x
+        .par_iter()
+        .zip(&dy)
+        .map(|(xt, dt)| {
+            let (mut sd, mut sdx) = (vec![0.0f64; c], vec![0.0f64; c]);
+            for (px, dp) in xt.chunks_exact(c).zip(dt.chunks_exact(c)) {
+                for ch in 0..c {
+                    let xh = (px[ch] - s.mean[ch]) * s.inv_std[ch];
+                    sd[ch] += f64::from(dp[ch]);
+                    sdx[ch] += f64::from(dp[ch] * xh);
+                }
+            }
+            (sd, sdx)
+        })
+        .collect();
+    let (mut sd, mut sdx) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for (a, b) in pairs {
+        for ch in 0..c {
+            sd[ch] += a[ch];
+            sdx[ch] += b[ch];
+        }
+    }
+    let mean_d: Vec<f32> = sd.iter().map(|v| (v / count as f64) as f32).collect();
+    let mean_dx: Vec<f32> = sdx.iter().map(|v| (v / count as f64) as f32).collect();
+    let scale: Vec<f32> = gamma.iter().zip(&s.inv_std).map(|(g, i)| g * i).collect();
+    dy.par_iter_mut().zip(x).for_each(|(dt, xt)| {
+        for (dp, px) in dt.chunks_exact_mut(c).zip(xt.chunks_exact(c)) {
+            for ch in 0..c {
+                let xh = (px[ch] - s.mean[ch]) * s.inv_std[ch];
+                dp[ch] = scale[ch] * (dp[ch] - mean_d[ch] - xh * mean_dx[ch]);
+            }
+        }
+    });
+    (
+        dy,
+        sdx.iter().map(|&v| v as f32).collect(),
+        sd.iter().map(|&v| v as f32).collect(),
+    )
+}
+
+/// Mean softmax cross-entropy of per-tile logits, images right, and the logits' gradient
+/// `(softmax - onehot) / n`.
+fn cross_entropy(
+    logits: &Tiles,
+    sizes: &[usize],
+    labels: &[usize],
+    classes: usize,
+) -> (f64, usize, Tiles) {
+    let n = labels.len();
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    let mut grads = Vec::with_capacity(logits.len());
+    let mut img = 0;
+    for (t, &k) in logits.iter().zip(sizes) {
+        let mut g = vec![0.0f32; k * classes];
+        for (row, grow) in t.chunks_exact(classes).zip(g.chunks_exact_mut(classes)) {
+            let label = labels[img];
+            img += 1;
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+            loss += sum.ln() + f64::from(max) - f64::from(row[label]);
+            let arg = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0;
+            correct += usize::from(arg == label);
+            for (j, (gv, &v)) in grow.iter_mut().zip(row).enumerate() {
+                let p = f64::from(v - max).exp() / sum;
+                *gv = ((p - f64::from(u8::from(j == label))) / n as f64) as f32;
+            }
+        }
+        grads.push(g);
+    }
+    (loss / n as f64, correct, grads)
+}

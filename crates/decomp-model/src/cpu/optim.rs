@@ -1,0 +1,213 @@
+//! SGD and Adam steps on the parameters of a [`ModelIr`] given [`StepGradients`], with the
+//! arithmetic of burn's optimizers (the path `train` uses), so both paths mean the same by a
+//! recipe.
+//!
+//! Per parameter `p` with gradient `g` (every parameter, BatchNorm's and biases included,
+//! as burn's `ModuleOptimizer` does), all in `f32` with burn's order of operations:
+//! - weight decay (L2 added to the gradient): `g = p * wd + g`;
+//! - SGD with momentum `mu` and dampening `d`: the first step's velocity is `g`, later ones
+//!   `v = g * (1 - d) + v * mu`; the step uses `v`, or `v * mu + g` with Nesterov; then
+//!   `p = p - step * lr`;
+//! - Adam: `m = m * b1 + g * (1 - b1)`, `v = v * b2 + g * g * (1 - b2)` (the first step
+//!   starts from zero moments), `c2 = sqrt(1 - b2^t)`, and `p = p - (m * (c2 / (1 - b1^t))
+//!   / (sqrt(v) + eps * c2)) * lr`.
+
+use std::collections::HashMap;
+
+use decomp_ir::TensorData;
+
+use super::grad::StepGradients;
+use super::*;
+use crate::ModelError;
+use crate::train::OptimizerConfig;
+
+/// One parameter's optimizer state.
+#[derive(Clone, Debug)]
+enum State {
+    Sgd {
+        velocity: Vec<f32>,
+    },
+    Adam {
+        time: i32,
+        m1: Vec<f32>,
+        m2: Vec<f32>,
+    },
+}
+
+/// An optimizer over a model's parameters, state keyed by parameter name; see the module
+/// docs.
+#[derive(Clone, Debug)]
+pub struct CpuOptimizer {
+    config: OptimizerConfig,
+    state: HashMap<String, State>,
+}
+
+impl CpuOptimizer {
+    pub fn new(config: OptimizerConfig) -> Self {
+        Self {
+            config,
+            state: HashMap::new(),
+        }
+    }
+
+    /// Moves every parameter of `model` named in `grads` by one step at learning rate `lr`.
+    pub fn step(
+        &mut self,
+        model: &mut ModelIr,
+        grads: &StepGradients,
+        lr: f64,
+    ) -> Result<(), ModelError> {
+        let lr = lr as f32;
+        for p in &grads.params {
+            let node = model
+                .graph
+                .nodes
+                .get_mut(p.node)
+                .ok_or(ModelError::NoSuchNode(p.node))?;
+            let weight = p.name.ends_with(".weight");
+            let Some(param) = param_mut(&mut node.op, weight) else {
+                return Err(ModelError::Config(format!(
+                    "gradient {} has no parameter in node {} ({})",
+                    p.name, p.node, node.name
+                )));
+            };
+            if param.data.len() != p.grad.data.len() {
+                return Err(ModelError::Config(format!(
+                    "gradient {} has {} values, the parameter {}",
+                    p.name,
+                    p.grad.data.len(),
+                    param.data.len()
+                )));
+            }
+            let state = self.state.remove(&p.name);
+            let state = update(&self.config, &mut param.data, &p.grad.data, state, lr);
+            self.state.insert(p.name.clone(), state);
+        }
+        Ok(())
+    }
+}
+
+/// The parameter a gradient named `<node>.weight` (`weight`) or `<node>.bias` belongs to.
+fn param_mut(op: &mut Op, weight: bool) -> Option<&mut TensorData> {
+    match op {
+        Op::Conv2d {
+            weight: w, bias, ..
+        }
+        | Op::Linear { weight: w, bias } => {
+            if weight {
+                Some(w)
+            } else {
+                bias.as_mut()
+            }
+        }
+        Op::BatchNorm2d { gamma, beta, .. } => Some(if weight { gamma } else { beta }),
+        _ => None,
+    }
+}
+
+/// One step of one parameter; returns its new state.
+fn update(
+    config: &OptimizerConfig,
+    p: &mut [f32],
+    grad: &[f32],
+    state: Option<State>,
+    lr: f32,
+) -> State {
+    let decayed = |wd: f64| -> Vec<f32> {
+        if wd > 0.0 {
+            let wd = wd as f32;
+            p.iter().zip(grad).map(|(&p, &g)| p * wd + g).collect()
+        } else {
+            grad.to_vec()
+        }
+    };
+    match *config {
+        OptimizerConfig::Sgd {
+            momentum,
+            dampening,
+            nesterov,
+            weight_decay,
+        } => {
+            let g = decayed(weight_decay);
+            if momentum <= 0.0 {
+                for (p, g) in p.iter_mut().zip(&g) {
+                    *p -= g * lr;
+                }
+                return State::Sgd {
+                    velocity: Vec::new(),
+                };
+            }
+            let (mu, keep) = (momentum as f32, (1.0 - dampening) as f32);
+            let velocity = match state {
+                Some(State::Sgd { mut velocity }) if velocity.len() == g.len() => {
+                    for (v, &g) in velocity.iter_mut().zip(&g) {
+                        *v = g * keep + *v * mu;
+                    }
+                    velocity
+                }
+                _ => g.clone(),
+            };
+            for ((p, &v), &g) in p.iter_mut().zip(&velocity).zip(&g) {
+                let step = if nesterov { v * mu + g } else { v };
+                *p -= step * lr;
+            }
+            State::Sgd { velocity }
+        }
+        OptimizerConfig::Adam {
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+        } => {
+            let g = decayed(weight_decay);
+            let (b1, b2, eps) = (beta1 as f32, beta2 as f32, epsilon as f32);
+            let (time, m1, m2) = match state {
+                Some(State::Adam {
+                    time,
+                    mut m1,
+                    mut m2,
+                }) if m1.len() == g.len() => {
+                    for ((m1, m2), &g) in m1.iter_mut().zip(m2.iter_mut()).zip(&g) {
+                        *m1 = *m1 * b1 + g * (1.0 - b1);
+                        *m2 = *m2 * b2 + g * g * (1.0 - b2);
+                    }
+                    (time + 1, m1, m2)
+                }
+                _ => (
+                    1,
+                    g.iter().map(|&g| g * (1.0 - b1)).collect(),
+                    g.iter().map(|&g| g * g * (1.0 - b2)).collect(),
+                ),
+            };
+            let c2 = (1.0 - b2.powi(time)).sqrt();
+            let factor = c2 / (1.0 - b1.powi(time));
+            for ((p, &m1), &m2) in p.iter_mut().zip(&m1).zip(&m2) {
+                *p -= (m1 * factor) / (m2.sqrt() + eps * c2) * lr;
+            }
+            State::Adam { time, m1, m2 }
+        }
+    }
+}
+
+impl super::grad::GradEngine {
+    /// One training step on a batch: gradients, then `optimizer`'s update at learning rate
+    /// `lr`. Returns the batch's mean cross-entropy and the images right before the update,
+    /// as `Trainer::step` does; a non-finite loss is an error and changes no parameter.
+    pub fn step(
+        &mut self,
+        optimizer: &mut CpuOptimizer,
+        images: &[f32],
+        labels: &[usize],
+        lr: f64,
+    ) -> Result<(f64, usize), ModelError> {
+        let grads = self.gradients(images, labels)?;
+        if !grads.loss.is_finite() {
+            return Err(ModelError::Train(format!(
+                "diverged: loss {} (lower the learning rate)",
+                grads.loss
+            )));
+        }
+        optimizer.step(self.model_mut(), &grads, lr)?;
+        Ok((grads.loss, grads.correct))
+    }
+}
