@@ -45,8 +45,7 @@ use tracing::debug;
 
 use crate::ModelError;
 use crate::burn_resnet::ResNet;
-use crate::cpu::grad::GradEngine;
-use crate::cpu::optim::CpuOptimizer;
+use crate::{CpuOptimizer, GradEngine};
 use crate::executor::{Engine, Executor, check_finite, to_vec};
 
 /// The optimizer and its hyper-parameters (the learning rate is [`TrainConfig::lr`]).
@@ -309,7 +308,7 @@ pub struct TrainCheckpoint {
     pub model: ModelIr,
     /// The optimizer state of the engine that trained: burn's record (burnpack bytes, keyed
     /// by name-derived parameter ids) or [`CpuOptimizer::to_bytes`] (starts with
-    /// [`crate::cpu::optim::STATE_MAGIC`]).
+    /// the magic `decomp-cpu-optm\x01`).
     pub optimizer: Vec<u8>,
     pub epochs_done: usize,
     pub history: Vec<EpochMetrics>,
