@@ -45,8 +45,8 @@ use tracing::debug;
 
 use crate::ModelError;
 use crate::burn_resnet::ResNet;
-use crate::{CpuOptimizer, GradEngine};
 use crate::executor::{Engine, Executor, check_finite, to_vec};
+use crate::{CpuOptimizer, GradEngine};
 
 /// The optimizer and its hyper-parameters (the learning rate is [`TrainConfig::lr`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
