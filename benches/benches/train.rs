@@ -13,7 +13,7 @@ use burn::tensor::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use decomp_data::Batch;
 use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};
-use decomp_model::{CpuOptimizer, GradEngine, ResNetConfig};
+use decomp_model::{CpuOptimizer, Engine, GradEngine, ResNetConfig};
 
 const BATCH: usize = 128;
 const LR: f64 = 0.1;
@@ -66,7 +66,8 @@ fn resnet20_train(c: &mut Criterion) {
         })
     });
     let mut trainer =
-        Trainer::new(model, config, "bench".into(), &Device::flex()).expect("trainer");
+        Trainer::with_engine(model, config, "bench".into(), &Device::flex(), Engine::Burn)
+            .expect("trainer");
     g.bench_function(BenchmarkId::new("burn_autodiff", BATCH), |b| {
         b.iter(|| trainer.step(data.clone(), LR).expect("step"))
     });

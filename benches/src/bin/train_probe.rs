@@ -7,7 +7,8 @@
 //!  [--warmup 2]`
 //!
 //! Same recipe as the Python probes: SGD lr 0.1, momentum 0.9, weight decay 1e-4, random
-//! labels, BatchNorm ResNet, 32x32 inputs. Threads: `RAYON_NUM_THREADS`.
+//! labels, BatchNorm ResNet, 32x32 inputs. Threads: `RAYON_NUM_THREADS`; training engine:
+//! `DECOMP_ENGINE` (on `flex` the CPU engine by default, `burn` for burn autodiff).
 
 use decomp_data::Batch;
 use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};

@@ -388,6 +388,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         train = train.len(),
         val = val.len(),
         epochs = config.epochs,
+        engine = ?trainer.engine(),
         "training {arch} ({} classes)",
         all.num_classes()
     );

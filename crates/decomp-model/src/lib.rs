@@ -7,12 +7,13 @@
 //!   node outputs (pre-activations for concern identification) and apply node masks.
 //! - [`burn_resnet`] is a plain burn `Module` ResNet: the baseline the executor is
 //!   benchmarked against, and the route to burn's own record format (`.bpk`).
-//! - [`train`] trains ResNets with burn autodiff (SGD/Adam, schedules, augmentation) from
-//!   scratch or from imported weights, with checkpoints that resume bit for bit.
+//! - [`train`] trains ResNets (SGD/Adam, schedules, augmentation) from scratch or from
+//!   imported weights, with checkpoints that resume bit for bit, on the CPU engine on `flex`
+//!   and with burn autodiff elsewhere or on request ([`Engine`], `DECOMP_ENGINE`).
 //! - [`GradEngine`] computes a batch's loss and every parameter gradient on the CPU plan's
 //!   own kernels (training-mode BatchNorm included), and [`CpuOptimizer`] applies SGD/Adam
-//!   steps with burn's arithmetic: the CPU training path of issue 14, checked against burn
-//!   autodiff, not yet used by [`train`].
+//!   steps with burn's arithmetic: [`train`]'s path on `flex`, checked against burn
+//!   autodiff.
 //! - [`parse_device`] turns `cpu` / `cuda:N` / `wgpu` into a device.
 
 pub mod burn_resnet;

@@ -1,5 +1,5 @@
-//! Training IR-built ResNets with burn autodiff: from scratch or from an imported checkpoint
-//! (fine-tuning), with checkpoints that resume bit for bit.
+//! Training IR-built ResNets: from scratch or from an imported checkpoint (fine-tuning), with
+//! checkpoints that resume bit for bit.
 //!
 //! - [`TrainConfig`]: optimizer ([`OptimizerConfig`]: SGD with momentum and weight decay, or
 //!   Adam), base learning rate and [`Schedule`] (step or cosine), epochs, batch size,
@@ -9,6 +9,16 @@
 //!   [`Trainer::checkpoint`] captures everything needed to continue ([`TrainCheckpoint`]:
 //!   model, optimizer state, epochs done, metrics history, best epoch so far), and
 //!   [`Trainer::resume`] continues from one.
+//!
+//! Two training engines compute the steps, chosen as the [`Executor`]'s engine is
+//! ([`Engine`], `DECOMP_ENGINE`): on the `flex` (CPU) device [`Engine::Auto`] trains on the
+//! CPU engine's kernels ([`GradEngine`] and [`CpuOptimizer`]) when it can differentiate the
+//! model, burn autodiff otherwise; `DECOMP_ENGINE=burn` forces burn autodiff (the path on
+//! GPUs and the reference), `cpu` the CPU engine. Both run the same batches, augmentation,
+//! learning rate per step, validation and checkpoints; a checkpoint's `optimizer` bytes are
+//! the engine's own state (burn's record, or [`CpuOptimizer::to_bytes`], told apart by its
+//! magic), so a run resumes on the engine that wrote it: under [`Engine::Auto`] that engine
+//! is chosen, an explicit other engine is refused.
 //!
 //! Determinism: every random choice of epoch `e` (shuffle order, augmentation) is drawn from
 //! generators seeded by `(seed, e)`, parameters have name-derived ids so the optimizer state
@@ -35,7 +45,8 @@ use tracing::debug;
 
 use crate::ModelError;
 use crate::burn_resnet::ResNet;
-use crate::executor::{Executor, check_finite, to_vec};
+use crate::executor::{Engine, Executor, check_finite, to_vec};
+use crate::{CpuOptimizer, GradEngine};
 
 /// The optimizer and its hyper-parameters (the learning rate is [`TrainConfig::lr`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -295,7 +306,9 @@ pub struct TrainCheckpoint {
     pub data_id: String,
     /// The model after `epochs_done` epochs (parameters and BatchNorm statistics).
     pub model: ModelIr,
-    /// burn's optimizer record (burnpack bytes), keyed by name-derived parameter ids.
+    /// The optimizer state of the engine that trained: burn's record (burnpack bytes, keyed
+    /// by name-derived parameter ids) or [`CpuOptimizer::to_bytes`] (starts with
+    /// the magic `decomp-cpu-optm\x01`).
     pub optimizer: Vec<u8>,
     pub epochs_done: usize,
     pub history: Vec<EpochMetrics>,
@@ -326,15 +339,31 @@ pub struct EpochOutcome {
     pub improved: bool,
 }
 
-/// One training run: the model on an autodiff device, its optimizer and its history.
+/// The model and optimizer of one training engine. The model is `None` after a failed step
+/// (a failed run is never checkpointed).
+#[allow(clippy::large_enum_variant)] // one per training run
+enum Backend {
+    /// burn autodiff; the model lives on the autodiff device.
+    Burn {
+        model: Option<ResNet>,
+        optim: ModuleOptimizer,
+    },
+    /// The CPU engine's kernels; the model is IR inside the engine.
+    Cpu {
+        engine: Option<GradEngine>,
+        optim: CpuOptimizer,
+    },
+}
+
+/// One training run: the model with its training engine, its optimizer and its history.
 pub struct Trainer {
     config: TrainConfig,
     data_id: String,
-    /// The model as IR: names, shapes and metadata; parameters are written back on export.
+    /// The model as IR: names, shapes and metadata; parameters are written back on export
+    /// (burn engine only).
     template: ModelIr,
     device: Device,
-    model: Option<ResNet>,
-    optim: ModuleOptimizer,
+    backend: Backend,
     epochs_done: usize,
     history: Vec<EpochMetrics>,
     best: Option<BestEpoch>,
@@ -358,26 +387,69 @@ fn epoch_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The CPU training engine for `model` when `engine` picks it on `device`, else `None`
+/// (burn autodiff). [`Engine::Cpu`] off `flex`, or on a model the engine cannot
+/// differentiate, is an error.
+fn cpu_engine(
+    model: &ModelIr,
+    device: &Device,
+    engine: Engine,
+) -> Result<Option<GradEngine>, ModelError> {
+    let is_flex = *device == Device::flex();
+    match engine {
+        Engine::Burn => Ok(None),
+        Engine::Auto if !is_flex => Ok(None),
+        Engine::Auto => Ok(GradEngine::new(model.clone()).ok()),
+        Engine::Cpu if !is_flex => Err(ModelError::Config(format!(
+            "the cpu training engine runs on the flex device only, not {device:?}"
+        ))),
+        Engine::Cpu => GradEngine::new(model.clone()).map(Some),
+    }
+}
+
+/// The name `DECOMP_ENGINE` gives an engine that wrote optimizer state (for errors).
+fn engine_name(cpu: bool) -> &'static str {
+    if cpu { "cpu" } else { "burn" }
+}
+
 impl Trainer {
-    /// A new run starting from `init` (random initialization or imported weights).
-    /// `device` is the plain device; training runs on its autodiff version.
+    /// A new run starting from `init` (random initialization or imported weights) on the
+    /// training engine [`Engine::from_env`] picks (see the module docs). `device` is the
+    /// plain device; burn autodiff trains on its autodiff version.
     pub fn new(
         init: ModelIr,
         config: TrainConfig,
         data_id: String,
         device: &Device,
     ) -> Result<Self, ModelError> {
+        Self::with_engine(init, config, data_id, device, Engine::from_env()?)
+    }
+
+    /// Like [`Trainer::new`] with an explicit training engine.
+    pub fn with_engine(
+        init: ModelIr,
+        config: TrainConfig,
+        data_id: String,
+        device: &Device,
+        engine: Engine,
+    ) -> Result<Self, ModelError> {
         config.validate()?;
-        let ad = device.clone().autodiff();
-        let model = ResNet::from_ir(&init, &ad)?;
-        let optim = config.optimizer();
+        let backend = match cpu_engine(&init, device, engine)? {
+            Some(engine) => Backend::Cpu {
+                engine: Some(engine),
+                optim: CpuOptimizer::new(config.optimizer.clone()),
+            },
+            None => Backend::Burn {
+                model: Some(ResNet::from_ir(&init, &device.clone().autodiff())?),
+                optim: config.optimizer(),
+            },
+        };
         Ok(Self {
             config,
             data_id,
             template: init,
             device: device.clone(),
-            model: Some(model),
-            optim,
+            backend,
             epochs_done: 0,
             history: Vec::new(),
             best: None,
@@ -385,12 +457,25 @@ impl Trainer {
     }
 
     /// Continues the run a checkpoint was taken from. `config` and `data_id` must be the
-    /// ones it was taken with, except `epochs`, which may grow (train longer).
+    /// ones it was taken with, except `epochs`, which may grow (train longer). The training
+    /// engine is [`Engine::from_env`]'s, which must be the one that wrote the checkpoint
+    /// (under [`Engine::Auto`], it is).
     pub fn resume(
         checkpoint: TrainCheckpoint,
         config: &TrainConfig,
         data_id: &str,
         device: &Device,
+    ) -> Result<Self, ModelError> {
+        Self::resume_with_engine(checkpoint, config, data_id, device, Engine::from_env()?)
+    }
+
+    /// Like [`Trainer::resume`] with an explicit training engine.
+    pub fn resume_with_engine(
+        checkpoint: TrainCheckpoint,
+        config: &TrainConfig,
+        data_id: &str,
+        device: &Device,
+        engine: Engine,
     ) -> Result<Self, ModelError> {
         config.validate()?;
         let same = TrainConfig {
@@ -409,19 +494,44 @@ impl Trainer {
                 checkpoint.data_id
             )));
         }
-        let ad = device.clone().autodiff();
-        let model = ResNet::from_ir(&checkpoint.model, &ad)?;
-        let optim = config
-            .optimizer()
-            .from_bytes(Bytes::from_bytes_vec(checkpoint.optimizer))
-            .map_err(|e| ModelError::Config(format!("optimizer state in the checkpoint: {e}")))?;
+        let written_cpu = CpuOptimizer::owns(&checkpoint.optimizer);
+        let engine = match engine {
+            Engine::Auto if written_cpu => Engine::Cpu,
+            Engine::Auto => Engine::Burn,
+            e => e,
+        };
+        if (engine == Engine::Cpu) != written_cpu {
+            return Err(ModelError::Config(format!(
+                "the checkpoint was written by the {} training engine and cannot resume on the {} one (set DECOMP_ENGINE={} or auto)",
+                engine_name(written_cpu),
+                engine_name(!written_cpu),
+                engine_name(written_cpu)
+            )));
+        }
+        let backend = match cpu_engine(&checkpoint.model, device, engine)? {
+            Some(engine) => Backend::Cpu {
+                engine: Some(engine),
+                optim: CpuOptimizer::from_bytes(config.optimizer.clone(), &checkpoint.optimizer)?,
+            },
+            None => Backend::Burn {
+                model: Some(ResNet::from_ir(
+                    &checkpoint.model,
+                    &device.clone().autodiff(),
+                )?),
+                optim: config
+                    .optimizer()
+                    .from_bytes(Bytes::from_bytes_vec(checkpoint.optimizer))
+                    .map_err(|e| {
+                        ModelError::Config(format!("optimizer state in the checkpoint: {e}"))
+                    })?,
+            },
+        };
         Ok(Self {
             config: config.clone(),
             data_id: checkpoint.data_id,
             template: checkpoint.model,
             device: device.clone(),
-            model: Some(model),
-            optim,
+            backend,
             epochs_done: checkpoint.epochs_done,
             history: checkpoint.history,
             best: checkpoint.best,
@@ -448,18 +558,27 @@ impl Trainer {
         self.best
     }
 
-    fn model(&self) -> Result<&ResNet, ModelError> {
-        self.model
-            .as_ref()
-            .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))
+    /// The training engine this run uses: [`Engine::Cpu`] or [`Engine::Burn`].
+    pub fn engine(&self) -> Engine {
+        match self.backend {
+            Backend::Burn { .. } => Engine::Burn,
+            Backend::Cpu { .. } => Engine::Cpu,
+        }
     }
 
     /// The current model as IR (parameters and BatchNorm statistics written back), checked:
     /// a step that left a NaN or infinite parameter behind is an error naming the node, so
     /// such a model is never validated, checkpointed or saved.
     pub fn model_ir(&self) -> Result<ModelIr, ModelError> {
-        let mut ir = self.template.clone();
-        self.model()?.write_into(&mut ir)?;
+        let lost = || ModelError::Train("the model was lost by a failed step".into());
+        let ir = match &self.backend {
+            Backend::Burn { model, .. } => {
+                let mut ir = self.template.clone();
+                model.as_ref().ok_or_else(lost)?.write_into(&mut ir)?;
+                ir
+            }
+            Backend::Cpu { engine, .. } => engine.as_ref().ok_or_else(lost)?.model().clone(),
+        };
         ir.check()
             .map_err(|e| ModelError::Train(format!("the trained model is invalid: {e}")))?;
         Ok(ir)
@@ -467,15 +586,18 @@ impl Trainer {
 
     /// The resumable state after the last finished epoch.
     pub fn checkpoint(&self) -> Result<TrainCheckpoint, ModelError> {
-        let optimizer = self
-            .optim
-            .into_bytes()
-            .map_err(|e| ModelError::Config(format!("serializing the optimizer state: {e}")))?;
+        let optimizer = match &self.backend {
+            Backend::Burn { optim, .. } => optim
+                .into_bytes()
+                .map_err(|e| ModelError::Config(format!("serializing the optimizer state: {e}")))?
+                .to_vec(),
+            Backend::Cpu { optim, .. } => optim.to_bytes()?,
+        };
         Ok(TrainCheckpoint {
             config: self.config.clone(),
             data_id: self.data_id.clone(),
             model: self.model_ir()?,
-            optimizer: optimizer.to_vec(),
+            optimizer,
             epochs_done: self.epochs_done,
             history: self.history.clone(),
             best: self.best,
@@ -562,15 +684,22 @@ impl Trainer {
     /// position in the batch and the output node. Public for throughput probes;
     /// [`Trainer::run_epoch`] is the normal entry.
     pub fn step(&mut self, batch: Batch, lr: f64) -> Result<(f64, usize), ModelError> {
+        let lost = || ModelError::Train("the model was lost by a failed step".into());
+        let (model, optim) = match &mut self.backend {
+            Backend::Cpu { engine, optim } => {
+                // Taken out so that a failed step leaves no model behind, as on burn's path.
+                let mut e = engine.take().ok_or_else(lost)?;
+                let out = e.step(optim, &batch.images, &batch.labels, lr)?;
+                *engine = Some(e);
+                return Ok(out);
+            }
+            Backend::Burn { model, optim } => (model.take().ok_or_else(lost)?, optim),
+        };
         let ad = self.device.clone().autodiff();
         let n = batch.labels.len();
         let x = Tensor::<4>::from_data(BurnData::new(batch.images, batch.shape), &ad);
         let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
         let y = Tensor::<1, Int>::from_data(BurnData::new(targets, [n]), &ad);
-        let model = self
-            .model
-            .take()
-            .ok_or_else(|| ModelError::Train("the model was lost by a failed step".into()))?;
         let logits = model.forward(x);
         let output = &self.template.graph.nodes[self.template.graph.output].name;
         let k = self.template.num_classes();
@@ -591,7 +720,10 @@ impl Trainer {
             .filter(|(p, l)| **p as usize == **l)
             .count();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        self.model = Some(self.optim.step(lr, model, grads));
+        let model = optim.step(lr, model, grads);
+        if let Backend::Burn { model: slot, .. } = &mut self.backend {
+            *slot = Some(model);
+        }
         Ok((loss_value, correct))
     }
 

@@ -30,6 +30,7 @@ use decomp_ir::TensorData;
 use super::conv::{col2im, im2col};
 use super::*;
 use crate::ModelError;
+use crate::executor::check_finite;
 
 /// The gradient of one parameter, in IR layout.
 #[derive(Clone, Debug)]
@@ -177,6 +178,18 @@ impl GradEngine {
         };
         let (values, saved) = pass.forward(images, per);
         let out = self.model.graph.output;
+        // A NaN or infinite logit names its image and the output node, as burn's path does.
+        let mut first = 0;
+        for (t, &k) in values[out].iter().zip(&sizes) {
+            check_finite(
+                t,
+                classes,
+                first,
+                &self.model.graph.nodes[out].name,
+                "logit",
+            )?;
+            first += k;
+        }
         let (loss, correct, dlogits) = cross_entropy(&values[out], &sizes, labels, classes);
         let (saved, vars): (Vec<_>, Vec<_>) = saved
             .into_iter()
@@ -805,8 +818,8 @@ fn bn_backward(
     )
 }
 
-/// Mean softmax cross-entropy of per-tile logits, images right, and the logits' gradient
-/// `(softmax - onehot) / n`.
+/// Mean softmax cross-entropy of per-tile logits (infinite when one image's loss overflows
+/// an f32), images right, and the logits' gradient `(softmax - onehot) / n`.
 fn cross_entropy(
     logits: &Tiles,
     sizes: &[usize],
@@ -824,7 +837,13 @@ fn cross_entropy(
             img += 1;
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
-            loss += sum.ln() + f64::from(max) - f64::from(row[label]);
+            let l = sum.ln() + f64::from(max) - f64::from(row[label]);
+            // An image's loss an f32 cannot hold overflows, as in burn's f32 cross-entropy.
+            loss += if (l as f32).is_finite() {
+                l
+            } else {
+                f64::INFINITY
+            };
             let arg = row
                 .iter()
                 .enumerate()

@@ -11,8 +11,15 @@
 //! - Adam: `m = m * b1 + g * (1 - b1)`, `v = v * b2 + g * g * (1 - b2)` (the first step
 //!   starts from zero moments), `c2 = sqrt(1 - b2^t)`, and `p = p - (m * (c2 / (1 - b1^t))
 //!   / (sqrt(v) + eps * c2)) * lr`.
+//!
+//! The state serializes ([`CpuOptimizer::to_bytes`]) for `TrainCheckpoint`'s `optimizer`
+//! field: [`STATE_MAGIC`], then bincode (standard config) of the per-parameter states sorted
+//! by name. burn's optimizer records never start with the magic, so the bytes say which
+//! training engine wrote them ([`CpuOptimizer::owns`]).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use decomp_ir::TensorData;
 
@@ -21,8 +28,11 @@ use super::*;
 use crate::ModelError;
 use crate::train::OptimizerConfig;
 
+/// First bytes of a serialized [`CpuOptimizer`] state (the trailing byte is its version).
+pub const STATE_MAGIC: &[u8; 16] = b"decomp-cpu-optm\x01";
+
 /// One parameter's optimizer state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum State {
     Sgd {
         velocity: Vec<f32>,
@@ -39,15 +49,55 @@ enum State {
 #[derive(Clone, Debug)]
 pub struct CpuOptimizer {
     config: OptimizerConfig,
-    state: HashMap<String, State>,
+    state: BTreeMap<String, State>,
 }
 
 impl CpuOptimizer {
     pub fn new(config: OptimizerConfig) -> Self {
         Self {
             config,
-            state: HashMap::new(),
+            state: BTreeMap::new(),
         }
+    }
+
+    /// True when `bytes` are a state [`CpuOptimizer::to_bytes`] wrote (not burn's record).
+    pub fn owns(bytes: &[u8]) -> bool {
+        bytes.starts_with(STATE_MAGIC)
+    }
+
+    /// The state (per-parameter momentum or Adam moments and time step), for a checkpoint.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        let mut out = STATE_MAGIC.to_vec();
+        bincode::serde::encode_into_std_write(&self.state, &mut out, bincode::config::standard())
+            .map_err(|e| ModelError::Config(format!("serializing the optimizer state: {e}")))?;
+        Ok(out)
+    }
+
+    /// An optimizer for `config` continuing from a state [`CpuOptimizer::to_bytes`] wrote.
+    /// A state of the other optimizer kind (SGD against Adam) is an error.
+    pub fn from_bytes(config: OptimizerConfig, bytes: &[u8]) -> Result<Self, ModelError> {
+        let bad =
+            |msg: String| ModelError::Config(format!("optimizer state in the checkpoint: {msg}"));
+        let payload = bytes
+            .strip_prefix(STATE_MAGIC.as_slice())
+            .ok_or_else(|| bad("not written by the CPU training engine".into()))?;
+        let (state, used): (BTreeMap<String, State>, usize) =
+            bincode::serde::decode_from_slice(payload, bincode::config::standard())
+                .map_err(|e| bad(e.to_string()))?;
+        if used != payload.len() {
+            return Err(bad(format!("{} trailing bytes", payload.len() - used)));
+        }
+        let adam = matches!(config, OptimizerConfig::Adam { .. });
+        if let Some((name, _)) = state
+            .iter()
+            .find(|(_, s)| matches!(s, State::Adam { .. }) != adam)
+        {
+            return Err(bad(format!(
+                "parameter {name} has the other optimizer's state (the configuration says {})",
+                if adam { "Adam" } else { "SGD" }
+            )));
+        }
+        Ok(Self { config, state })
     }
 
     /// Moves every parameter of `model` named in `grads` by one step at learning rate `lr`.
@@ -192,7 +242,8 @@ fn update(
 impl super::grad::GradEngine {
     /// One training step on a batch: gradients, then `optimizer`'s update at learning rate
     /// `lr`. Returns the batch's mean cross-entropy and the images right before the update,
-    /// as `Trainer::step` does; a non-finite loss is an error and changes no parameter.
+    /// as `Trainer::step` does; a loss that is not a finite `f32` is an error and changes no
+    /// parameter.
     pub fn step(
         &mut self,
         optimizer: &mut CpuOptimizer,
@@ -201,10 +252,12 @@ impl super::grad::GradEngine {
         lr: f64,
     ) -> Result<(f64, usize), ModelError> {
         let grads = self.gradients(images, labels)?;
-        if !grads.loss.is_finite() {
+        // The loss is summed in f64; one an f32 cannot hold (as burn's f32 loss could not)
+        // has diverged too.
+        let loss = grads.loss as f32;
+        if !loss.is_finite() {
             return Err(ModelError::Train(format!(
-                "diverged: loss {} (lower the learning rate)",
-                grads.loss
+                "diverged: loss {loss} (lower the learning rate)"
             )));
         }
         optimizer.step(self.model_mut(), &grads, lr)?;

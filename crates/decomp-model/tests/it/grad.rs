@@ -11,7 +11,7 @@ use decomp_model::burn_resnet::{ResNet, param_id};
 use decomp_model::import::{akamaster_norm, import_resnet};
 use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};
 use decomp_model::{
-    CpuOptimizer, CpuTuning, Device, GradEngine, ResNetConfig, Shortcut, Tensor, to_vec,
+    CpuOptimizer, CpuTuning, Device, Engine, GradEngine, ResNetConfig, Shortcut, Tensor, to_vec,
 };
 
 use crate::shared_dir;
@@ -370,8 +370,14 @@ fn check_optimizer(
         seed: 0,
         eval_batch_size: n,
     };
-    let mut burn =
-        Trainer::new(model.clone(), config, "grad-test".into(), &Device::flex()).expect("trainer");
+    let mut burn = Trainer::with_engine(
+        model.clone(),
+        config,
+        "grad-test".into(),
+        &Device::flex(),
+        Engine::Burn,
+    )
+    .expect("trainer");
     let mut engine = GradEngine::new(model.clone()).expect("engine");
     let mut opt = CpuOptimizer::new(optimizer);
     for step in 0..steps {

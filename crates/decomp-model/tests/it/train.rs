@@ -6,7 +6,7 @@ use decomp_model::burn_resnet::ResNet;
 use decomp_model::train::{
     AugmentConfig, OptimizerConfig, Schedule, TrainCheckpoint, TrainConfig, Trainer,
 };
-use decomp_model::{Device, ResNetConfig};
+use decomp_model::{Device, Engine, ResNetConfig};
 
 fn config(optimizer: OptimizerConfig, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -112,9 +112,16 @@ fn training_learns_the_synthetic_classes() {
 
 /// A run interrupted after epoch 1 (its in-memory state lost mid-epoch 2) and resumed from
 /// the serialized checkpoint computes the same epochs, bit for bit, as one that never
-/// stopped; for both optimizers and with and without BatchNorm.
+/// stopped; for both optimizers, with and without BatchNorm, on both training engines
+/// (resumed under `Engine::Auto`, which picks the engine that wrote the checkpoint).
 #[test]
 fn resume_equals_uninterrupted() {
+    for engine in [Engine::Cpu, Engine::Burn] {
+        resume_equals_uninterrupted_on(engine);
+    }
+}
+
+fn resume_equals_uninterrupted_on(engine: Engine) {
     let device = Device::flex();
     let adam = OptimizerConfig::Adam {
         beta1: 0.9,
@@ -128,15 +135,18 @@ fn resume_equals_uninterrupted() {
             lr: if bn { 0.05 } else { 1e-3 },
             ..config(optimizer, 3)
         };
-        let mut straight =
-            Trainer::new(model.clone(), cfg.clone(), "d".into(), &device).expect("trainer");
+        let new = |m: ModelIr| {
+            Trainer::with_engine(m, cfg.clone(), "d".into(), &device, engine).expect("trainer")
+        };
+        let mut straight = new(model.clone());
+        assert_eq!(straight.engine(), engine);
         while !straight.finished() {
             straight
                 .run_epoch(&train, &val, &mut |_, _| {})
                 .expect("epoch");
         }
 
-        let mut first = Trainer::new(model, cfg.clone(), "d".into(), &device).expect("trainer");
+        let mut first = new(model);
         first
             .run_epoch(&train, &val, &mut |_, _| {})
             .expect("epoch 1");
@@ -150,21 +160,90 @@ fn resume_equals_uninterrupted() {
 
         let ckpt: TrainCheckpoint = decode_artifact(&bytes, "last.ckpt".as_ref()).expect("decode");
         assert_eq!(ckpt.epochs_done, 1);
-        let mut resumed = Trainer::resume(ckpt, &cfg, "d", &device).expect("resume");
+        let mut resumed =
+            Trainer::resume_with_engine(ckpt, &cfg, "d", &device, Engine::Auto).expect("resume");
+        assert_eq!(resumed.engine(), engine);
         while !resumed.finished() {
             resumed
                 .run_epoch(&train, &val, &mut |_, _| {})
                 .expect("epoch");
         }
-        assert_eq!(arithmetic(&resumed), arithmetic(&straight), "bn={bn}");
+        assert_eq!(
+            arithmetic(&resumed),
+            arithmetic(&straight),
+            "{engine:?} bn={bn}"
+        );
         let (a, b) = (
             params(&resumed.model_ir().expect("ir")),
             params(&straight.model_ir().expect("ir")),
         );
         for (x, y) in a.nodes.iter().zip(&b.nodes) {
-            assert_eq!(x, y, "bn={bn}: node {} differs", x.name);
+            assert_eq!(x, y, "{engine:?} bn={bn}: node {} differs", x.name);
         }
         assert_eq!(resumed.best(), straight.best());
+    }
+}
+
+/// On `flex` the default training engine is the CPU engine; it learns, and its first
+/// epoch's loss is burn autodiff's within float drift over the epoch's steps.
+#[test]
+fn cpu_engine_learns_like_burn() {
+    let device = Device::flex();
+    for bn in [true, false] {
+        let (model, train, val) = setup(bn);
+        let cfg = TrainConfig {
+            lr: if bn { 0.05 } else { 0.02 },
+            ..config(sgd(), 6)
+        };
+        let run = |engine: Engine, epochs: usize| {
+            let mut t =
+                Trainer::with_engine(model.clone(), cfg.clone(), "s".into(), &device, engine)
+                    .expect("trainer");
+            for _ in 0..epochs {
+                t.run_epoch(&train, &val, &mut |_, _| {}).expect("epoch");
+            }
+            t
+        };
+        let cpu = run(Engine::Auto, 6);
+        assert_eq!(
+            cpu.engine(),
+            Engine::Cpu,
+            "Auto on flex trains on the CPU engine"
+        );
+        let burn = run(Engine::Burn, 1);
+        let (a, b) = (cpu.history()[0].train_loss, burn.history()[0].train_loss);
+        assert!(
+            (a - b).abs() <= 1e-3 * b.abs(),
+            "bn={bn}: first epoch loss {a} vs burn {b}"
+        );
+        let best = cpu.best().expect("best");
+        assert!(
+            best.accuracy > 0.6,
+            "bn={bn}: best validation accuracy {best:?} (chance is 1/3)"
+        );
+    }
+}
+
+/// A checkpoint resumes only on the training engine that wrote it.
+#[test]
+fn resume_refuses_the_other_engine() {
+    let device = Device::flex();
+    let (model, train, val) = setup(true);
+    let cfg = config(sgd(), 2);
+    for (wrote, other) in [(Engine::Cpu, Engine::Burn), (Engine::Burn, Engine::Cpu)] {
+        let mut t = Trainer::with_engine(model.clone(), cfg.clone(), "d".into(), &device, wrote)
+            .expect("trainer");
+        t.run_epoch(&train, &val, &mut |_, _| {}).expect("epoch");
+        let ckpt = t.checkpoint().expect("checkpoint");
+        let err = Trainer::resume_with_engine(ckpt.clone(), &cfg, "d", &device, other)
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains("training engine"),
+            "{wrote:?}: {err}"
+        );
+        let t = Trainer::resume_with_engine(ckpt, &cfg, "d", &device, wrote).expect("resume");
+        assert_eq!((t.engine(), t.epochs_done()), (wrote, 1));
     }
 }
 
