@@ -348,6 +348,30 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The workspace root (the folder above `xtask/`).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `text` with this machine's absolute paths made relative to the workspace root: `<root>/x`
+/// becomes `x`, `<root's parent>/y` becomes `../y` (`../shared/...`), so a committed report
+/// is the same when the experiment is rerun in another checkout.
+pub fn portable(text: &str, root: &Path) -> String {
+    let mut out = text.replace(&format!("{}/", root.display()), "");
+    if let Some(parent) = root.parent().filter(|p| p.components().count() > 1) {
+        out = out.replace(&format!("{}/", parent.display()), "../");
+    }
+    out
+}
+
+/// Writes a committed report (`results/`): [`write_atomic`] of [`portable`] text.
+pub fn write_report(path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, &portable(text, &root()))
+}
+
 /// Reads a JSON file.
 pub fn read_json(path: &Path) -> Result<Value> {
     let text =
@@ -357,6 +381,18 @@ pub fn read_json(path: &Path) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reports_hold_no_absolute_paths_of_this_machine() {
+        let root = Path::new("/home/u/decomp");
+        let text = r#"{"m": "/home/u/decomp/runs/store/a.mod", "w": "/home/u/decomp/../shared/x.th", "s": "/home/u/shared/y", "o": "/opt/z"}"#;
+        assert_eq!(
+            super::portable(text, root),
+            r#"{"m": "runs/store/a.mod", "w": "../shared/x.th", "s": "../shared/y", "o": "/opt/z"}"#
+        );
+        // A checkout at the file-system root keeps every other path as it is.
+        assert_eq!(super::portable("/r/a /b", Path::new("/r")), "a /b");
+    }
+
     use super::*;
 
     fn engine(store: &Path, sel: Selection) -> Engine {

@@ -390,7 +390,7 @@ pub fn run(
             }));
         }
     }
-    crate::engine::write_atomic(
+    crate::engine::write_report(
         &out.join("frontier.json"),
         &serde_json::to_string_pretty(&rows)?,
     )?;
@@ -525,8 +525,8 @@ pub fn run(
         md.push_str(&format!("| {label} | {x} | {d:+} |\n"));
     }
     md.push_str(&format!("\nPlot: `frontier.svg` (y = composed top-1 minus the model's own top-1 on the same images, so that published\nlosses on other models share the axis; points below {Y_FLOOR} are drawn as open circles on the bottom edge).\n"));
-    crate::engine::write_atomic(&out.join("frontier.md"), &md)?;
-    crate::engine::write_atomic(&out.join("frontier.csv"), &csv)?;
+    crate::engine::write_report(&out.join("frontier.md"), &md)?;
+    crate::engine::write_report(&out.join("frontier.csv"), &csv)?;
     plot(&out.join("frontier.svg"), &rows)?;
     println!("report: {}", out.join("frontier.md").display());
     Ok(())

@@ -92,12 +92,6 @@ enum Cmd {
     },
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
@@ -121,9 +115,9 @@ fn main() -> Result<()> {
             if offline {
                 decomp_data::fetch::set_offline();
             }
-            let data = DataRoot::resolve(data_dir.as_deref(), &root());
+            let data = DataRoot::resolve(data_dir.as_deref(), &engine::root());
             let models_dir = models_dir.unwrap_or_else(|| {
-                let d = decomp_data::locate::shared_dir(&root()).join("models/cifar10");
+                let d = decomp_data::locate::shared_dir(&engine::root()).join("models/cifar10");
                 if d.is_dir() { d } else { decomp_data::fetch::default_cache_dir() }
             });
             // Everything the experiment reads is fetched first: a missing dataset fails here,
@@ -145,9 +139,9 @@ fn main() -> Result<()> {
                 bail!("{name} is not a manifest experiment: --slurm runs experiments/*.toml only");
             }
             match name.as_str() {
-                "eval" => eval_experiment(&ctx, &data_dir, models_dir.as_deref(), &root().join(out).join("eval")),
-                "table1" => table1(&ctx, &data_dir, models_dir.as_deref(), &root().join(&out).join("table1"), &root().join(runs)),
-                "frontier" => frontier::run(&ctx, &data_dir, models_dir.as_deref(), &root().join(&out).join("frontier"), &root().join(runs)),
+                "eval" => eval_experiment(&ctx, &data_dir, models_dir.as_deref(), &engine::root().join(out).join("eval")),
+                "table1" => table1(&ctx, &data_dir, models_dir.as_deref(), &engine::root().join(&out).join("table1"), &engine::root().join(runs)),
+                "frontier" => frontier::run(&ctx, &data_dir, models_dir.as_deref(), &engine::root().join(&out).join("frontier"), &engine::root().join(runs)),
                 manifest_name => {
                     let sel = engine::Selection {
                         only,
@@ -158,17 +152,17 @@ fn main() -> Result<()> {
                         Some(b) => b,
                         None => build_decomp(ctx.features.as_deref())?,
                     };
-                    let runs = root().join(runs);
+                    let runs = engine::root().join(runs);
                     if slurm.active()? {
                         // Tasks find the data as this process did: the same flag or defaults.
                         let data_flag = (data.origin == decomp_data::locate::Origin::Flag).then(|| data.dir.clone());
-                        let job = slurm::Job::new(manifest_name, &root(), built, runs, data_flag, models_dir, root().join(out), ctx.device, sel)?;
+                        let job = slurm::Job::new(manifest_name, &engine::root(), built, runs, data_flag, models_dir, engine::root().join(out), ctx.device, sel)?;
                         return slurm::run(&slurm, &job);
                     }
                     // A Slurm task already runs a private copy (under runs/bin): use it as is.
                     let private = built.parent() == Some(runs.join("bin").as_path());
                     let decomp = if private { built.clone() } else { snapshot_decomp(&built, &runs)? };
-                    let env = scenarios::Env { root: root(), data, models_dir, results: root().join(out) };
+                    let env = scenarios::Env { root: engine::root(), data, models_dir, results: engine::root().join(out) };
                     let eng = engine::Engine::new(decomp.clone(), ctx.device.clone(), runs.join("store"), sel);
                     let result = run_manifest(&eng, &env, manifest_name);
                     if !private {
@@ -194,7 +188,7 @@ fn fetch_needs(name: &str, data: &DataRoot, models_dir: &Path) -> Result<(PathBu
                 .collect(),
         ),
         manifest_name => {
-            let needs = manifest::Manifest::needs(&root(), manifest_name)?;
+            let needs = manifest::Manifest::needs(&engine::root(), manifest_name)?;
             (needs.data.into_iter().map(|d| (d.dataset, d.path)).collect(), needs.weights)
         }
     };
@@ -238,7 +232,7 @@ fn fetch_needs(name: &str, data: &DataRoot, models_dir: &Path) -> Result<(PathBu
 /// cargo's per-call overhead).
 fn build_decomp(features: Option<&str>) -> Result<PathBuf> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(root()).args(["build", "--quiet", "--package", "decomp-cli", "--bin", "decomp"]);
+    cmd.current_dir(engine::root()).args(["build", "--quiet", "--package", "decomp-cli", "--bin", "decomp"]);
     if let Some(f) = features {
         cmd.args(["--features", f]);
     }
@@ -246,7 +240,7 @@ fn build_decomp(features: Option<&str>) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build -p decomp-cli failed ({status})");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| engine::root().join("target"), PathBuf::from);
     Ok(target.join("debug").join("decomp"))
 }
 
@@ -310,7 +304,7 @@ impl Ctx {
     /// Runs `decomp <args>` through cargo and returns its stdout.
     fn decomp(&self, args: &[String]) -> Result<String> {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(root())
+        cmd.current_dir(engine::root())
             .args(["run", "--quiet", "--package", "decomp-cli", "--bin", "decomp"]);
         if let Some(f) = &self.features {
             cmd.args(["--features", f]);
@@ -380,8 +374,8 @@ fn eval_experiment(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &
         ));
         json.push(serde_json::json!({"model": arch, "images": split, "result": v}));
     }
-    crate::engine::write_atomic(&out.join("report.md"), &md)?;
-    crate::engine::write_atomic(&out.join("eval.json"), &serde_json::to_string_pretty(&json)?)?;
+    crate::engine::write_report(&out.join("report.md"), &md)?;
+    crate::engine::write_report(&out.join("eval.json"), &serde_json::to_string_pretty(&json)?)?;
     println!("report: {}", out.join("report.md").display());
     Ok(())
 }
@@ -472,7 +466,7 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
             }));
         }
     }
-    crate::engine::write_atomic(&out.join("table1.json"), &serde_json::to_string_pretty(&rows)?)?;
+    crate::engine::write_report(&out.join("table1.json"), &serde_json::to_string_pretty(&rows)?)?;
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
     let mut csv = String::from("model,variant,n,model_top1,model_top5,composed_top1,composed_top5,module_size,mean_overlap,decompose_seconds,compose_seconds\n");
     let mut md = String::from(
@@ -506,8 +500,8 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
         md.push_str(&format!("| {m} | {a} | {b} | {c} | {d} | {ji} |\n"));
     }
     md.push_str("\nConfiguration of every row (METHOD.md knobs): see `config` in `table1.json`.\n");
-    crate::engine::write_atomic(&out.join("table1.md"), &md)?;
-    crate::engine::write_atomic(&out.join("table1.csv"), &csv)?;
+    crate::engine::write_report(&out.join("table1.md"), &md)?;
+    crate::engine::write_report(&out.join("table1.csv"), &csv)?;
     println!("report: {}", out.join("table1.md").display());
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::engine::{Engine, Kind, read_json, write_atomic};
+use crate::engine::{Engine, Kind, read_json, write_atomic, write_report};
 use crate::manifest::{DataSpec, Manifest, ModelSpec, TrainSpec};
 use crate::plot;
 
@@ -553,13 +553,13 @@ impl Run<'_> {
 
     fn finish(&self, md: &str, json_rows: &Value, csv: &str) -> Result<()> {
         let out = self.out_dir();
-        write_atomic(&out.join("report.md"), md)?;
-        write_atomic(
+        write_report(&out.join("report.md"), md)?;
+        write_report(
             &out.join(format!("{}.json", self.name)),
             &serde_json::to_string_pretty(json_rows)?,
         )?;
-        write_atomic(&out.join(format!("{}.csv", self.name)), csv)?;
-        write_atomic(
+        write_report(&out.join(format!("{}.csv", self.name)), csv)?;
+        write_report(
             &out.join("manifest.json"),
             &serde_json::to_string_pretty(&self.m)?,
         )?;
