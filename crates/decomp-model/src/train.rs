@@ -752,14 +752,7 @@ impl Trainer {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
                 loss += f64::from(lse - row[label]);
-                let arg = row
-                    .iter()
-                    .enumerate()
-                    .fold(
-                        (0, f32::NEG_INFINITY),
-                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                    )
-                    .0;
+                let arg = decomp_eval::argmax(row);
                 correct += usize::from(arg == label);
             }
         }

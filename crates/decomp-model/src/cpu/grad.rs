@@ -844,14 +844,7 @@ fn cross_entropy(
             } else {
                 f64::INFINITY
             };
-            let arg = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0;
+            let arg = decomp_eval::argmax(row);
             correct += usize::from(arg == label);
             for (j, (gv, &v)) in grow.iter_mut().zip(row).enumerate() {
                 let p = f64::from(v - max).exp() / sum;
