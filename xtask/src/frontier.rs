@@ -184,7 +184,6 @@ fn round2(v: &Value) -> String {
 /// Lowest change drawn; points below it sit on the bottom edge as open circles.
 const Y_FLOOR: f64 = -30.0;
 
-
 /// The `rec.` column of row `r`: reconstruction, its passes, and the head fit (training).
 fn rec_label(r: &Value) -> String {
     match (

@@ -92,7 +92,6 @@ enum Cmd {
     },
 }
 
-
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::RunExperiment {
@@ -118,7 +117,11 @@ fn main() -> Result<()> {
             let data = DataRoot::resolve(data_dir.as_deref(), &engine::root());
             let models_dir = models_dir.unwrap_or_else(|| {
                 let d = decomp_data::locate::shared_dir(&engine::root()).join("models/cifar10");
-                if d.is_dir() { d } else { decomp_data::fetch::default_cache_dir() }
+                if d.is_dir() {
+                    d
+                } else {
+                    decomp_data::fetch::default_cache_dir()
+                }
             });
             // Everything the experiment reads is fetched first: a missing dataset fails here,
             // in a second, not after a build.
@@ -139,14 +142,34 @@ fn main() -> Result<()> {
                 bail!("{name} is not a manifest experiment: --slurm runs experiments/*.toml only");
             }
             match name.as_str() {
-                "eval" => eval_experiment(&ctx, &data_dir, models_dir.as_deref(), &engine::root().join(out).join("eval")),
-                "table1" => table1(&ctx, &data_dir, models_dir.as_deref(), &engine::root().join(&out).join("table1"), &engine::root().join(runs)),
-                "frontier" => frontier::run(&ctx, &data_dir, models_dir.as_deref(), &engine::root().join(&out).join("frontier"), &engine::root().join(runs)),
+                "eval" => eval_experiment(
+                    &ctx,
+                    &data_dir,
+                    models_dir.as_deref(),
+                    &engine::root().join(out).join("eval"),
+                ),
+                "table1" => table1(
+                    &ctx,
+                    &data_dir,
+                    models_dir.as_deref(),
+                    &engine::root().join(&out).join("table1"),
+                    &engine::root().join(runs),
+                ),
+                "frontier" => frontier::run(
+                    &ctx,
+                    &data_dir,
+                    models_dir.as_deref(),
+                    &engine::root().join(&out).join("frontier"),
+                    &engine::root().join(runs),
+                ),
                 manifest_name => {
                     let sel = engine::Selection {
                         only,
                         from,
-                        shard: shard.as_deref().map(engine::Selection::parse_shard).transpose()?,
+                        shard: shard
+                            .as_deref()
+                            .map(engine::Selection::parse_shard)
+                            .transpose()?,
                     };
                     let built = match decomp_bin {
                         Some(b) => b,
@@ -155,16 +178,41 @@ fn main() -> Result<()> {
                     let runs = engine::root().join(runs);
                     if slurm.active()? {
                         // Tasks find the data as this process did: the same flag or defaults.
-                        let data_flag = (data.origin == decomp_data::locate::Origin::Flag).then(|| data.dir.clone());
-                        let job = slurm::Job::new(manifest_name, &engine::root(), built, runs, data_flag, models_dir, engine::root().join(out), ctx.device, sel)?;
+                        let data_flag = (data.origin == decomp_data::locate::Origin::Flag)
+                            .then(|| data.dir.clone());
+                        let job = slurm::Job::new(
+                            manifest_name,
+                            &engine::root(),
+                            built,
+                            runs,
+                            data_flag,
+                            models_dir,
+                            engine::root().join(out),
+                            ctx.device,
+                            sel,
+                        )?;
                         return slurm::run(&slurm, &job);
                     }
                     // A Slurm task already runs a private copy (under runs/bin): use it as is.
                     let private = built.parent() == Some(runs.join("bin").as_path());
-                    let decomp = if private { built.clone() } else { snapshot_decomp(&built, &runs)? };
-                    let env = scenarios::Env { root: engine::root(), data, models_dir, results: engine::root().join(out) };
-                    let eng = engine::Engine::new(decomp.clone(), ctx.device.clone(), runs.join("store"), sel);
-                    let result = run_manifest(&eng, &env, manifest_name);
+                    let decomp = if private {
+                        built.clone()
+                    } else {
+                        snapshot_decomp(&built, &runs)?
+                    };
+                    let env = scenarios::Env {
+                        root: engine::root(),
+                        data,
+                        models_dir,
+                        results: engine::root().join(out),
+                    };
+                    let eng = engine::Engine::new(
+                        decomp.clone(),
+                        ctx.device.clone(),
+                        runs.join("store"),
+                        sel,
+                    );
+                    let result = scenarios::run_manifest(&eng, &env, manifest_name);
                     if !private {
                         let _ = std::fs::remove_file(&decomp);
                     }
@@ -189,7 +237,14 @@ fn fetch_needs(name: &str, data: &DataRoot, models_dir: &Path) -> Result<(PathBu
         ),
         manifest_name => {
             let needs = manifest::Manifest::needs(&engine::root(), manifest_name)?;
-            (needs.data.into_iter().map(|d| (d.dataset, d.path)).collect(), needs.weights)
+            (
+                needs
+                    .data
+                    .into_iter()
+                    .map(|d| (d.dataset, d.path))
+                    .collect(),
+                needs.weights,
+            )
         }
     };
     let mut fetched = Vec::new();
@@ -211,7 +266,10 @@ fn fetch_needs(name: &str, data: &DataRoot, models_dir: &Path) -> Result<(PathBu
             Some(file) => {
                 if !models_dir.join(file).is_file() {
                     let remote = decomp_data::fetch::pretrained_file(file).with_context(|| {
-                        format!("{file} is not in {} and is not a known pretrained checkpoint", models_dir.display())
+                        format!(
+                            "{file} is not in {} and is not a known pretrained checkpoint",
+                            models_dir.display()
+                        )
                     })?;
                     decomp_data::fetch::download_verified_locked(&remote, models_dir)?;
                 }
@@ -232,7 +290,14 @@ fn fetch_needs(name: &str, data: &DataRoot, models_dir: &Path) -> Result<(PathBu
 /// cargo's per-call overhead).
 fn build_decomp(features: Option<&str>) -> Result<PathBuf> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(engine::root()).args(["build", "--quiet", "--package", "decomp-cli", "--bin", "decomp"]);
+    cmd.current_dir(engine::root()).args([
+        "build",
+        "--quiet",
+        "--package",
+        "decomp-cli",
+        "--bin",
+        "decomp",
+    ]);
     if let Some(f) = features {
         cmd.args(["--features", f]);
     }
@@ -240,7 +305,8 @@ fn build_decomp(features: Option<&str>) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build -p decomp-cli failed ({status})");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| engine::root().join("target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| engine::root().join("target"), PathBuf::from);
     Ok(target.join("debug").join("decomp"))
 }
 
@@ -250,48 +316,9 @@ fn snapshot_decomp(bin: &Path, runs: &Path) -> Result<PathBuf> {
     let dir = runs.join("bin");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let copy = dir.join(format!("decomp-{}", std::process::id()));
-    std::fs::copy(bin, &copy).with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
+    std::fs::copy(bin, &copy)
+        .with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
     Ok(copy)
-}
-
-/// Runs a manifest (a suite runs its members in order) and prints where the reports are.
-fn run_manifest(eng: &engine::Engine, env: &scenarios::Env, name: &str) -> Result<()> {
-    let (short, m) = manifest::Manifest::load(&env.root, name)?;
-    if m.scenario == "suite" {
-        for member in &m.members {
-            run_manifest(eng, env, member)?;
-        }
-        return Ok(());
-    }
-    let stages: Vec<&'static str> = match m.scenario.as_str() {
-        "intra-reuse" => vec!["import", "decompose", "train", "margins", "vote", "report"],
-        "intra-replace" | "motivating" => vec!["import", "decompose", "margins", "vote", "report"],
-        "co2e" => vec!["import", "decompose", "train", "margins", "vote", "report"],
-        "inter-reuse" | "inter-replace" => vec!["import", "mix", "train", "decompose", "relearn", "margins", "vote", "report"],
-        other => bail!("{name}: unknown scenario {other:?}; known: suite, intra-reuse, inter-reuse, intra-replace, inter-replace, motivating, co2e"),
-    };
-    // The engine is shared by suite members; each member sets its own stage list.
-    let mut eng = eng.clone_settings();
-    eng.stages = stages;
-    let manifest = if name.ends_with(".toml") { name.to_string() } else { format!("experiments/{name}.toml") };
-    let run = scenarios::Run { eng: &eng, env, name: short.clone(), manifest, m };
-    match run.m.scenario.as_str() {
-        "intra-reuse" => scenarios::intra_reuse(&run)?,
-        "intra-replace" => scenarios::intra_replace(&run, false)?,
-        "motivating" => scenarios::intra_replace(&run, true)?,
-        "co2e" => scenarios::co2e(&run)?,
-        "inter-reuse" => scenarios::inter_reuse(&run)?,
-        "inter-replace" => scenarios::inter_replace(&run)?,
-        _ => unreachable!("checked above"),
-    }
-    let report = env.results.join(&short).join("report.md");
-    let ran = eng.ran.lock().expect("ran").len();
-    if eng.sel.shard.is_some() || !report.is_file() {
-        println!("{short}: {ran} units run; no report from this process (shard, or --only of an earlier stage)");
-    } else {
-        println!("report: {}", report.display());
-    }
-    Ok(())
 }
 
 struct Ctx {
@@ -304,8 +331,14 @@ impl Ctx {
     /// Runs `decomp <args>` through cargo and returns its stdout.
     fn decomp(&self, args: &[String]) -> Result<String> {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(engine::root())
-            .args(["run", "--quiet", "--package", "decomp-cli", "--bin", "decomp"]);
+        cmd.current_dir(engine::root()).args([
+            "run",
+            "--quiet",
+            "--package",
+            "decomp-cli",
+            "--bin",
+            "decomp",
+        ]);
         if let Some(f) = &self.features {
             cmd.args(["--features", f]);
         }
@@ -329,7 +362,12 @@ const ARCHS: [(&str, &str); 4] = [
     ("resnet56", "resnet56-4bfd9763.th"),
 ];
 
-fn eval_experiment(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path) -> Result<()> {
+fn eval_experiment(
+    ctx: &Ctx,
+    data_dir: &Path,
+    models_dir: Option<&Path>,
+    out: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let lossless = data_dir.join("cifar-10-train-first4000-lossless/train_first4000.bin");
     let mut rows = Vec::new();
@@ -340,16 +378,38 @@ fn eval_experiment(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &
         };
         let mut evals: Vec<(String, Vec<String>)> = vec![(
             "test".into(),
-            vec!["--data-dir".into(), data_dir.display().to_string(), "--split".into(), "test".into()],
+            vec![
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--split".into(),
+                "test".into(),
+            ],
         )];
         if lossless.is_file() {
-            evals.insert(0, ("train_first4000_lossless".into(), vec!["--data-file".into(), lossless.display().to_string()]));
+            evals.insert(
+                0,
+                (
+                    "train_first4000_lossless".into(),
+                    vec!["--data-file".into(), lossless.display().to_string()],
+                ),
+            );
         }
         for (split, extra) in evals {
-            let mut args: Vec<String> = ["eval", "--arch", arch, "--weights", &weights, "--dataset", "cifar10", "--json", "--device", &ctx.device]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let mut args: Vec<String> = [
+                "eval",
+                "--arch",
+                arch,
+                "--weights",
+                &weights,
+                "--dataset",
+                "cifar10",
+                "--json",
+                "--device",
+                &ctx.device,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             args.extend(extra);
             if let Some(n) = ctx.limit {
                 args.extend(["--limit".into(), n.to_string()]);
@@ -369,17 +429,21 @@ fn eval_experiment(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &
     for (arch, split, v) in &rows {
         md.push_str(&format!(
             "| {arch} | {split} | {} | {:.2} | {:.2} | {:.0} |\n",
-            v["n"], v["top1"].as_f64().unwrap_or(f64::NAN), v["top5"].as_f64().unwrap_or(f64::NAN),
+            v["n"],
+            v["top1"].as_f64().unwrap_or(f64::NAN),
+            v["top5"].as_f64().unwrap_or(f64::NAN),
             v["images_per_second"].as_f64().unwrap_or(f64::NAN)
         ));
         json.push(serde_json::json!({"model": arch, "images": split, "result": v}));
     }
     crate::engine::write_report(&out.join("report.md"), &md)?;
-    crate::engine::write_report(&out.join("eval.json"), &serde_json::to_string_pretty(&json)?)?;
+    crate::engine::write_report(
+        &out.join("eval.json"),
+        &serde_json::to_string_pretty(&json)?,
+    )?;
     println!("report: {}", out.join("report.md").display());
     Ok(())
 }
-
 
 /// The paper's Table 1 (MC-BLN, CIFAR-10): model top-1/top-5, modules top-1/top-5, JI.
 const PAPER_TABLE1: [(&str, f64, f64, f64, f64, f64); 3] = [
@@ -390,7 +454,13 @@ const PAPER_TABLE1: [(&str, f64, f64, f64, f64, f64); 3] = [
 
 const VARIANTS: [&str; 3] = ["ci-ti-mc", "mc-bln", "mc-bln-bi"];
 
-fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, runs: &Path) -> Result<()> {
+fn table1(
+    ctx: &Ctx,
+    data_dir: &Path,
+    models_dir: Option<&Path>,
+    out: &Path,
+    runs: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let mut rows = Vec::new();
     // The four models with the default configuration, then ablations on ResNet-20: the
@@ -401,10 +471,22 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
         .iter()
         .map(|&(arch, file)| (arch, file, arch.to_string(), Vec::new(), VARIANTS.to_vec()))
         .collect();
-    runs_list.push(("resnet20", ARCHS[0].1, "resnet20-conv-output".into(), vec!["--mask-site", "conv-output"], vec!["mc-bln"]));
+    runs_list.push((
+        "resnet20",
+        ARCHS[0].1,
+        "resnet20-conv-output".into(),
+        vec!["--mask-site", "conv-output"],
+        vec!["mc-bln"],
+    ));
     // ...and a smaller MC-BLN threshold: at the default 0.5 no head input of these models
     // meets Algorithm 2's rule, so mc-bln equals ci-ti-mc.
-    runs_list.push(("resnet20", ARCHS[0].1, "resnet20-bln-delta-0.1".into(), vec!["--bln-delta", "0.1"], vec!["mc-bln"]));
+    runs_list.push((
+        "resnet20",
+        ARCHS[0].1,
+        "resnet20-bln-delta-0.1".into(),
+        vec!["--bln-delta", "0.1"],
+        vec!["mc-bln"],
+    ));
     for (arch, file, name, extra, variants) in runs_list {
         let weights = match models_dir {
             Some(d) => d.join(file).display().to_string(),
@@ -414,8 +496,19 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
         let summary_path = dir.join("summary.json");
         if !summary_path.is_file() {
             let mut args: Vec<String> = [
-                "decompose", "--weights", &weights, "--dataset", "cifar10", "--data-dir", &data_dir.display().to_string(),
-                "--variants", &variants.join(","), "--device", &ctx.device, "--out-dir", &dir.display().to_string(),
+                "decompose",
+                "--weights",
+                &weights,
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                &data_dir.display().to_string(),
+                "--variants",
+                &variants.join(","),
+                "--device",
+                &ctx.device,
+                "--out-dir",
+                &dir.display().to_string(),
             ]
             .iter()
             .map(|s| s.to_string())
@@ -426,7 +519,8 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
             eprintln!("reusing {}", summary_path.display());
         }
         let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
-        let decompose_seconds = summary["concern_seconds"].as_f64().unwrap_or(f64::NAN) + summary["tangle_seconds"].as_f64().unwrap_or(f64::NAN);
+        let decompose_seconds = summary["concern_seconds"].as_f64().unwrap_or(f64::NAN)
+            + summary["tangle_seconds"].as_f64().unwrap_or(f64::NAN);
         for &variant in &variants {
             let vdir = dir.join(variant);
             let result = vdir.join("compose.json");
@@ -440,7 +534,22 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
                 mods.sort();
                 let mut args = vec!["compose".to_string()];
                 args.extend(mods);
-                args.extend(["--dataset", "cifar10", "--data-dir", &data_dir.display().to_string(), "--split", "test", "--device", &ctx.device, "--out", &result.display().to_string()].iter().map(|s| s.to_string()));
+                args.extend(
+                    [
+                        "--dataset",
+                        "cifar10",
+                        "--data-dir",
+                        &data_dir.display().to_string(),
+                        "--split",
+                        "test",
+                        "--device",
+                        &ctx.device,
+                        "--out",
+                        &result.display().to_string(),
+                    ]
+                    .iter()
+                    .map(|s| s.to_string()),
+                );
                 if let Some(n) = ctx.limit {
                     args.extend(["--limit".into(), n.to_string()]);
                 }
@@ -449,7 +558,11 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
                 eprintln!("reusing {}", result.display());
             }
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
-            let label = if extra.is_empty() { variant.to_string() } else { format!("{variant} ({})", extra.join(" ")) };
+            let label = if extra.is_empty() {
+                variant.to_string()
+            } else {
+                format!("{variant} ({})", extra.join(" "))
+            };
             rows.push(serde_json::json!({
                 "model": arch,
                 "variant": label,
@@ -466,9 +579,14 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
             }));
         }
     }
-    crate::engine::write_report(&out.join("table1.json"), &serde_json::to_string_pretty(&rows)?)?;
+    crate::engine::write_report(
+        &out.join("table1.json"),
+        &serde_json::to_string_pretty(&rows)?,
+    )?;
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
-    let mut csv = String::from("model,variant,n,model_top1,model_top5,composed_top1,composed_top5,module_size,mean_overlap,decompose_seconds,compose_seconds\n");
+    let mut csv = String::from(
+        "model,variant,n,model_top1,model_top5,composed_top1,composed_top5,module_size,mean_overlap,decompose_seconds,compose_seconds\n",
+    );
     let mut md = String::from(
         "# Table 1: CIFAR-10 ResNets decomposed into modules and recomposed\n\n\
          Generated by `cargo xtask run-experiment table1` on the CIFAR-10 test split in `shared/datasets`\n\
@@ -482,17 +600,35 @@ fn table1(ctx: &Ctx, data_dir: &Path, models_dir: Option<&Path>, out: &Path, run
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
-        let d = r["composed_top1"].as_f64().zip(r["model_top1"].as_f64()).map_or("-".into(), |(a, b)| format!("{:+.2}", a - b));
+        let d = r["composed_top1"]
+            .as_f64()
+            .zip(r["model_top1"].as_f64())
+            .map_or("-".into(), |(a, b)| format!("{:+.2}", a - b));
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {d} | {:.3} | {:.0} | {:.0} |\n",
-            r["model"].as_str().unwrap_or(""), r["variant"].as_str().unwrap_or(""),
-            f(&r["model_top1"]), f(&r["model_top5"]), f(&r["composed_top1"]), f(&r["composed_top5"]),
-            r["module_size"].as_f64().unwrap_or(f64::NAN), r["decompose_seconds"].as_f64().unwrap_or(f64::NAN), r["compose_seconds"].as_f64().unwrap_or(f64::NAN),
+            r["model"].as_str().unwrap_or(""),
+            r["variant"].as_str().unwrap_or(""),
+            f(&r["model_top1"]),
+            f(&r["model_top5"]),
+            f(&r["composed_top1"]),
+            f(&r["composed_top5"]),
+            r["module_size"].as_f64().unwrap_or(f64::NAN),
+            r["decompose_seconds"].as_f64().unwrap_or(f64::NAN),
+            r["compose_seconds"].as_f64().unwrap_or(f64::NAN),
         ));
         csv.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{}\n",
-            r["model"].as_str().unwrap_or(""), r["variant"].as_str().unwrap_or(""), r["n"], r["model_top1"], r["model_top5"],
-            r["composed_top1"], r["composed_top5"], r["module_size"], r["mean_overlap"], r["decompose_seconds"], r["compose_seconds"],
+            r["model"].as_str().unwrap_or(""),
+            r["variant"].as_str().unwrap_or(""),
+            r["n"],
+            r["model_top1"],
+            r["model_top5"],
+            r["composed_top1"],
+            r["composed_top5"],
+            r["module_size"],
+            r["mean_overlap"],
+            r["decompose_seconds"],
+            r["compose_seconds"],
         ));
     }
     md.push_str("\n## The paper's numbers (MC-BLN, its own models without BatchNorm, original test set)\n\n| model | model top-1 | model top-5 | modules top-1 | modules top-5 | JI |\n|---|---|---|---|---|---|\n");

@@ -1,0 +1,231 @@
+//! The cost comparison of METHOD.md section 5: energy and CO2e of training from scratch
+//! vs decomposition vs reuse/replace.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::format::num;
+use super::{Run, join, seeded_choice};
+use crate::engine::read_json;
+use crate::plot;
+
+/// Energy of `wall_s` seconds at the declared power (kWh at the wall, with PUE) and CO2e (lbs).
+fn co2e_of(r: &Run, wall_s: f64, measured_j: Option<f64>) -> (f64, f64, &'static str) {
+    let c = &r.m.co2e;
+    let kwh = match measured_j {
+        Some(j) => c.pue * j / 3.6e6,
+        None => c.pue * (wall_s / 3600.0) * (c.cpu_w + c.dram_w + c.gpus * c.gpu_w) / 1000.0,
+    };
+    (
+        kwh,
+        c.lbs_per_kwh * kwh,
+        if measured_j.is_some() {
+            "measured"
+        } else {
+            "declared TDP"
+        },
+    )
+}
+
+/// The cost comparison of METHOD.md section 5.
+pub fn co2e(r: &Run) -> Result<()> {
+    let Some(base) = r.model("base")? else {
+        return Ok(());
+    };
+    let data = base.data.clone();
+    let k = data.num_classes;
+    let classes: Vec<usize> = (0..k).collect();
+    let mut mods = Vec::new();
+    for c in 0..k {
+        mods.push(r.module(&base, c, c)?);
+    }
+    let t =
+        r.m.tma
+            .as_ref()
+            .context("co2e needs [tma]: the measured from-scratch training run")?;
+    let scratch = r.train("scratch", k, &data, None, t)?;
+    let Some(mods) = mods.into_iter().collect::<Option<Vec<_>>>() else {
+        return Ok(());
+    };
+    let Some(scratch) = scratch else {
+        return Ok(());
+    };
+    let pair = seeded_choice(k, 2, r.m.select.seed);
+    let Some(m_pair) = r.margins(
+        &format!("{}-{}", base.arch, join(&pair).replace(',', "-")),
+        &[mods[pair[0]].clone(), mods[pair[1]].clone()],
+        &base.data,
+        &pair,
+    )?
+    else {
+        return Ok(());
+    };
+    let Some(m_all) = r.margins(&format!("{}-all", base.arch), &mods, &base.data, &classes)? else {
+        return Ok(());
+    };
+    let v_pair = r.vote(
+        "pair",
+        std::slice::from_ref(&m_pair),
+        &["0:0".to_string(), "0:1".to_string()],
+    )?;
+    if !r.reporting()? {
+        return Ok(());
+    }
+    let _ = v_pair;
+    let wall = |unit_file: &Path| -> Result<f64> { Ok(num(&read_json(unit_file)?["wall_s"])) };
+    let decompose_s: f64 = mods
+        .iter()
+        .map(|m| {
+            wall(
+                &m.parent()
+                    .and_then(Path::parent)
+                    .context("module path")?
+                    .join("unit.json"),
+            )
+        })
+        .sum::<Result<f64>>()?;
+    let metrics = read_json(&scratch.join("metrics.json"))?;
+    let epochs = metrics["epochs"].as_array().cloned().unwrap_or_default();
+    let train_s: f64 = epochs.iter().map(|e| num(&e["wall_s"])).sum();
+    let measured_j = metrics["energy_j"].as_f64();
+    let source = metrics["energy_source"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string();
+    let best_epoch = metrics["best_epoch"]
+        .as_u64()
+        .unwrap_or(epochs.len() as u64) as usize;
+    let to_best_s: f64 = epochs
+        .iter()
+        .filter(|e| {
+            e["epoch"]
+                .as_u64()
+                .is_some_and(|x| (x as usize) <= best_epoch)
+        })
+        .map(|e| num(&e["wall_s"]))
+        .sum();
+    let ips = if epochs.is_empty() {
+        f64::NAN
+    } else {
+        epochs.iter().map(|e| num(&e["images_per_s"])).sum::<f64>() / epochs.len() as f64
+    };
+    let full_train_images = 50_000.0 * (1.0 - t.val_fraction.unwrap_or(0.1));
+    let scratch_fixed_s = full_train_images / ips * r.m.co2e.scratch_epochs as f64;
+    let pair_s = wall(&m_pair.with_file_name("unit.json"))?;
+    let all_s = wall(&m_all.with_file_name("unit.json"))?;
+    let rows: Vec<(String, f64, Option<f64>, String)> = vec![
+        (
+            format!(
+                "measured training run ({} epochs{})",
+                epochs.len(),
+                t.train_limit
+                    .map_or(String::new(), |n| format!(", {n} images"))
+            ),
+            train_s,
+            measured_j,
+            "measured".into(),
+        ),
+        (
+            format!("training run until its best checkpoint (epoch {best_epoch})"),
+            to_best_s,
+            None,
+            "measured".into(),
+        ),
+        (
+            format!(
+                "from scratch, {} epochs on {full_train_images:.0} images (extrapolated at {ips:.0} img/s)",
+                r.m.co2e.scratch_epochs
+            ),
+            scratch_fixed_s,
+            None,
+            "extrapolated".into(),
+        ),
+        (
+            format!("decomposition, all {k} classes (one-time)"),
+            decompose_s,
+            None,
+            "measured".into(),
+        ),
+        (
+            "reuse: compose 2 modules on their test images".into(),
+            pair_s,
+            None,
+            "measured".into(),
+        ),
+        (
+            format!("replace: compose {k} modules on the full test split"),
+            all_s,
+            None,
+            "measured".into(),
+        ),
+    ];
+    let mut md = String::new();
+    r.header(&mut md);
+    let c = &r.m.co2e;
+    let _ = writeln!(
+        md,
+        "Formula (METHOD.md section 5, after Strubell et al. 2019): p_t = {} · t · (p_cpu + p_dram + g · p_gpu) / 1000 kWh, \
+         CO2e = {} · p_t lbs. Power: {}. Declared: p_cpu = {} W, p_dram = {} W, g = {}, p_gpu = {} W (this machine exposes \
+         no RAPL powercap counters and no GPU).\n",
+        c.pue,
+        c.lbs_per_kwh,
+        if measured_j.is_some() {
+            format!(
+                "the training run measured its energy ({source}); the other rows use the declared power"
+            )
+        } else {
+            "nothing measured here, so every row uses the declared power (TDP estimate)".into()
+        },
+        c.cpu_w,
+        c.dram_w,
+        c.gpus,
+        c.gpu_w
+    );
+    md.push_str(
+        "| what | time s | energy kWh | CO2e lbs | power | time |\n|---|---|---|---|---|---|\n",
+    );
+    let mut csv = String::from("what,seconds,kwh,co2e_lbs,power,time\n");
+    let mut js = Vec::new();
+    let mut cats = Vec::new();
+    let mut bars = Vec::new();
+    for (what, secs, j, kind) in &rows {
+        let (kwh, lbs, p) = co2e_of(r, *secs, *j);
+        let _ = writeln!(
+            md,
+            "| {what} | {secs:.1} | {kwh:.6} | {lbs:.6} | {p} | {kind} |"
+        );
+        let _ = writeln!(csv, "\"{what}\",{secs},{kwh},{lbs},{p},{kind}");
+        js.push(json!({"what": what, "seconds": secs, "kwh": kwh, "co2e_lbs": lbs, "power": p, "time": kind}));
+        cats.push(
+            what.split(['(', ':', ','])
+                .next()
+                .unwrap_or(what)
+                .trim()
+                .to_string(),
+        );
+        bars.push(lbs * 1000.0);
+    }
+    let ratio = |a: f64, b: f64| a / b;
+    let _ = writeln!(
+        md,
+        "\nFrom scratch ({} epochs, extrapolated) vs decomposition + reuse: **{:.0}x** more CO2e; vs decomposition + replace: \
+         **{:.0}x**. The measured short training run alone vs decomposition + reuse: {:.1}x.\n",
+        c.scratch_epochs,
+        ratio(scratch_fixed_s, decompose_s + pair_s),
+        ratio(scratch_fixed_s, decompose_s + all_s),
+        ratio(train_s, decompose_s + pair_s)
+    );
+    md.push_str("## The paper's numbers\n\nReusing and replacing modules emits about **37x** less CO2e than training from scratch (paper abstract, METHOD.md section 5).\n\n![CO2e](co2e.svg)\n");
+    plot::bars(
+        &r.out_dir().join("co2e.svg"),
+        "CO2e per activity (milli-lbs)",
+        "CO2e (1e-3 lbs)",
+        &cats,
+        &[("CO2e", bars)],
+    )?;
+    r.finish(&md, &json!({"rows": js, "training_metrics": metrics}), &csv)?;
+    Ok(())
+}

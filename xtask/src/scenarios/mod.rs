@@ -1,0 +1,315 @@
+//! The reuse/replace scenarios of METHOD.md sections 4-5, as chains of engine units.
+//!
+//! Every scenario follows the same shape: resolve models (import or train), decompose the
+//! classes it needs (one unit per class: what shards split), train TMA baselines (one unit
+//! per pair), then in the merge step run each model's modules once over the test images
+//! (`decomp compose --save-margins`), evaluate every composition from those margins
+//! (`decomp vote`) and write the report from artifacts only.
+//!
+//! `units.rs` holds the units, `format.rs` the number formatting; one file per scenario.
+
+mod co2e;
+mod format;
+mod table2;
+mod table3;
+mod table4;
+mod table5;
+mod table6;
+mod units;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::engine::{Engine, Kind, write_report};
+use crate::manifest::{DataSpec, Manifest};
+use format::{s, strings};
+
+/// Runs a manifest (a suite runs its members in order) and prints where the reports are.
+pub fn run_manifest(eng: &Engine, env: &Env, name: &str) -> Result<()> {
+    let (short, m) = Manifest::load(&env.root, name)?;
+    if m.scenario == "suite" {
+        for member in &m.members {
+            run_manifest(eng, env, member)?;
+        }
+        return Ok(());
+    }
+    let stages: Vec<&'static str> = match m.scenario.as_str() {
+        "intra-reuse" => vec!["import", "decompose", "train", "margins", "vote", "report"],
+        "intra-replace" | "motivating" => vec!["import", "decompose", "margins", "vote", "report"],
+        "co2e" => vec!["import", "decompose", "train", "margins", "vote", "report"],
+        "inter-reuse" | "inter-replace" => vec![
+            "import",
+            "mix",
+            "train",
+            "decompose",
+            "relearn",
+            "margins",
+            "vote",
+            "report",
+        ],
+        other => bail!(
+            "{name}: unknown scenario {other:?}; known: suite, intra-reuse, inter-reuse, intra-replace, inter-replace, motivating, co2e"
+        ),
+    };
+    // The engine is shared by suite members; each member sets its own stage list.
+    let mut eng = eng.clone_settings();
+    eng.stages = stages;
+    let manifest = if name.ends_with(".toml") {
+        name.to_string()
+    } else {
+        format!("experiments/{name}.toml")
+    };
+    let run = Run {
+        eng: &eng,
+        env,
+        name: short.clone(),
+        manifest,
+        m,
+    };
+    match run.m.scenario.as_str() {
+        "intra-reuse" => table2::intra_reuse(&run)?,
+        "intra-replace" => table4::intra_replace(&run)?,
+        "motivating" => table6::motivating(&run)?,
+        "co2e" => co2e::co2e(&run)?,
+        "inter-reuse" => table3::inter_reuse(&run)?,
+        "inter-replace" => table5::inter_replace(&run)?,
+        _ => unreachable!("checked above"),
+    }
+    let report = env.results.join(&short).join("report.md");
+    let ran = eng.ran.lock().expect("ran").len();
+    if eng.sel.shard.is_some() || !report.is_file() {
+        println!(
+            "{short}: {ran} units run; no report from this process (shard, or --only of an earlier stage)"
+        );
+    } else {
+        println!("report: {}", report.display());
+    }
+    Ok(())
+}
+
+/// Where things are.
+pub struct Env {
+    pub root: PathBuf,
+    /// Where datasets are found (and fetched when missing): `decomp_data::locate`.
+    pub data: decomp_data::DataRoot,
+    pub models_dir: Option<PathBuf>,
+    pub results: PathBuf,
+}
+
+pub struct Run<'a> {
+    pub eng: &'a Engine,
+    pub env: &'a Env,
+    pub name: String,
+    /// The manifest as given (`experiments/<name>.toml` or a path).
+    pub manifest: String,
+    pub m: Manifest,
+}
+
+/// A dataset as `decomp` flags plus the key that identifies its contents.
+#[derive(Clone)]
+struct Data {
+    args: Vec<String>,
+    key: Value,
+    num_classes: usize,
+    /// For a `decomp mix` folder: the test records (the flags name the training records).
+    test_file: Option<PathBuf>,
+}
+
+impl Data {
+    /// The same dataset's test split, as flags.
+    fn test(&self) -> Data {
+        match &self.test_file {
+            Some(t) => Data {
+                args: strings(&["--dataset", "cifar10", "--data-file", &s(t)]),
+                test_file: None,
+                ..self.clone()
+            },
+            None => self.clone(),
+        }
+    }
+}
+
+/// A model as an `.ir` file.
+#[derive(Clone)]
+struct Model {
+    ir: PathBuf,
+    hash: String,
+    data: Data,
+    arch: String,
+}
+
+/// `k` distinct classes of `0..n`, drawn with a SplitMix64 Fisher-Yates shuffle from `seed`
+/// and sorted.
+pub fn seeded_choice(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed ^ 0x05EE_DC1A_55E5_u64;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in 0..k.min(n) {
+        let j = i + (next() % (n - i) as u64) as usize;
+        v.swap(i, j);
+    }
+    let mut out = v[..k.min(n)].to_vec();
+    out.sort_unstable();
+    out
+}
+
+impl Env {
+    /// The folder of dataset `spec` (`path`, or the official folder), fetched if missing.
+    fn dataset_folder(&self, spec: &DataSpec) -> Result<PathBuf> {
+        let kind = decomp_data::DatasetKind::parse(&spec.dataset)?;
+        let want = match &spec.path {
+            Some(p) => decomp_data::DatasetFolder::named(kind, p),
+            None => decomp_data::DatasetFolder::official(kind),
+        };
+        Ok(self.data.ensure(&want)?)
+    }
+}
+
+/// A part of a mix: class `class` of the dataset of role `role` (`main`, `second`).
+fn part(r: &Run, role: &str, class: usize) -> Result<Value> {
+    let spec =
+        r.m.data
+            .get(role)
+            .with_context(|| format!("manifest has no [data.{role}]"))?;
+    let folder = r.env.dataset_folder(spec)?;
+    Ok(json!({ "dataset": spec.dataset, "dataset_path": s(&folder), "class": class }))
+}
+
+impl Run<'_> {
+    fn out_dir(&self) -> PathBuf {
+        self.env.results.join(&self.name)
+    }
+
+    /// Whether this process builds reports (not under `--shard`, and `report` selected).
+    fn reporting(&self) -> Result<bool> {
+        if self.eng.sel.shard.is_some() {
+            return Ok(false);
+        }
+        Ok(match (&self.eng.sel.only, &self.eng.sel.from) {
+            (Some(o), _) => o == "report",
+            _ => true,
+        })
+    }
+
+    fn header(&self, md: &mut String) {
+        let _ = writeln!(md, "# {}\n", self.m.title);
+        let _ = writeln!(
+            md,
+            "Generated by `cargo xtask run-experiment {}` from the artifacts of the experiment (manifest \
+             `{}`). Decomposition: variant `{}`, {} positives per class{}.\n",
+            self.name,
+            self.manifest,
+            self.m.decompose.variant,
+            self.m.decompose.positives,
+            if self.m.decompose.args.is_empty() {
+                String::new()
+            } else {
+                format!(", flags `{}`", self.m.decompose.args.join(" "))
+            }
+        );
+        if !self.m.notes.trim().is_empty() {
+            let _ = writeln!(md, "{}\n", self.m.notes.trim());
+        }
+    }
+
+    fn finish(&self, md: &str, json_rows: &Value, csv: &str) -> Result<()> {
+        let out = self.out_dir();
+        write_report(&out.join("report.md"), md)?;
+        write_report(
+            &out.join(format!("{}.json", self.name)),
+            &serde_json::to_string_pretty(json_rows)?,
+        )?;
+        write_report(&out.join(format!("{}.csv", self.name)), csv)?;
+        write_report(
+            &out.join("manifest.json"),
+            &serde_json::to_string_pretty(&self.m)?,
+        )?;
+        Ok(())
+    }
+}
+
+fn join(c: &[usize]) -> String {
+    c.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn pairs(classes: &[usize]) -> Vec<(usize, usize)> {
+    let mut v = Vec::new();
+    for i in 0..classes.len() {
+        for j in i + 1..classes.len() {
+            v.push((i, j));
+        }
+    }
+    v
+}
+
+/// Reads a class-name list out of a vote/compose JSON.
+fn names(v: &Value) -> Vec<String> {
+    v["classes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The second dataset's model, trained on the selected classes of that dataset (written as
+/// a mix), and the selection.
+fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
+    let second = r.spec_data("second")?;
+    let spec =
+        r.m.data
+            .get("second")
+            .context("manifest has no [data.second]")?;
+    let picked = r.m.select.second_fixed.clone().unwrap_or_else(|| {
+        seeded_choice(
+            second.num_classes,
+            r.m.select.second_classes,
+            r.m.select.seed.wrapping_add(1),
+        )
+    });
+    let parts: Vec<Value> = picked
+        .iter()
+        .map(|&c| part(r, "second", c))
+        .collect::<Result<_>>()?;
+    let Some(set) = r.mix("second-set", Kind::Shared, 0, &parts)? else {
+        return Ok(None);
+    };
+    let m =
+        r.m.models
+            .get("second")
+            .context("manifest has no [models.second]")?;
+    let t = m
+        .train
+        .as_ref()
+        .context("[models.second] needs `train` (the second dataset's model is trained here)")?;
+    let Some(dir) = r.train("second-model", 0, &set, None, t)? else {
+        return Ok(None);
+    };
+    let ir = dir.join("best.ir");
+    let model = Model {
+        hash: r.eng.file_hash(&ir)?,
+        ir,
+        data: set.clone(),
+        arch: format!("{}-{}", t.arch, spec.dataset),
+    };
+    Ok(Some((model, picked, set)))
+}
+
+/// A part of a mix: one class of the main dataset.
+fn main_part(r: &Run, class: usize) -> Result<Value> {
+    part(r, "main", class)
+}

@@ -1,0 +1,400 @@
+//! The units every scenario is built from: models (import or train), datasets and mixes,
+//! decomposition per class, continuous learning, margins and votes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use super::format::{num, s, strings};
+use super::{Data, Model, Run, join};
+use crate::engine::{Kind, read_json, write_atomic};
+use crate::manifest::{ModelSpec, TrainSpec};
+
+impl Run<'_> {
+    pub(super) fn spec_data(&self, role: &str) -> Result<Data> {
+        let spec = self
+            .m
+            .data
+            .get(role)
+            .with_context(|| format!("manifest has no [data.{role}]"))?;
+        let folder = self.env.dataset_folder(spec)?;
+        let mut args = match &spec.path {
+            Some(_) => vec!["--dataset-path".to_string(), s(&folder)],
+            None => vec![
+                "--data-dir".to_string(),
+                s(folder.parent().unwrap_or(&folder)),
+            ],
+        };
+        let num_classes = match spec.dataset.as_str() {
+            "cifar10" | "fashion-mnist" | "mnist" => 10,
+            "cifar100" => 100,
+            "cifar100-coarse" => 20,
+            _ => {
+                let w = folder.join("wnids.txt");
+                let text = std::fs::read_to_string(&w)
+                    .with_context(|| format!("reading {}", w.display()))?;
+                text.lines().filter(|l| !l.trim().is_empty()).count()
+            }
+        };
+        args.splice(0..0, ["--dataset".to_string(), spec.dataset.clone()]);
+        let key = json!({ "dataset": spec.dataset, "files": self.eng.tree_hash(&folder)? });
+        Ok(Data {
+            args,
+            key,
+            num_classes,
+            test_file: None,
+        })
+    }
+
+    pub(super) fn resolve_weights(&self, w: &str) -> Result<(String, Value)> {
+        if let Some(rest) = w.strip_prefix("models:") {
+            let dir = self.env.models_dir.as_ref().context("weights use `models:` but no --models-dir (default ../shared/models/cifar10) exists")?;
+            let p = dir.join(rest);
+            return Ok((s(&p), json!(self.eng.file_hash(&p)?)));
+        }
+        let p = Path::new(w);
+        if p.is_file() {
+            return Ok((w.to_string(), json!(self.eng.file_hash(p)?)));
+        }
+        // A known pretrained name: its checksum is fixed by decomp.
+        Ok((w.to_string(), json!(w)))
+    }
+
+    pub(super) fn model(&self, role: &str) -> Result<Option<Model>> {
+        let spec: &ModelSpec = self
+            .m
+            .models
+            .get(role)
+            .with_context(|| format!("manifest has no [models.{role}]"))?;
+        if let Some(w) = &spec.weights {
+            let (weights, wkey) = self.resolve_weights(w)?;
+            let key = json!({ "weights": wkey, "arch": spec.arch });
+            let stem = Path::new(&weights)
+                .file_stem()
+                .map_or(role.to_string(), |s| s.to_string_lossy().to_string());
+            let dir = self
+                .eng
+                .unit("import", Kind::Shared, 0, &stem, &key, |work| {
+                    let mut a = strings(&[
+                        "import",
+                        "--weights",
+                        &weights,
+                        "--out",
+                        &s(&work.join("model.ir")),
+                    ]);
+                    if let Some(arch) = &spec.arch {
+                        a.extend(strings(&["--arch", arch]));
+                    }
+                    self.eng.decomp(&a).map(drop)
+                })?;
+            let Some(dir) = dir else { return Ok(None) };
+            let ir = dir.join("model.ir");
+            return Ok(Some(Model {
+                hash: self.eng.file_hash(&ir)?,
+                ir,
+                data: self.spec_data(&spec.data)?,
+                arch: spec.arch.clone().unwrap_or_else(|| role.into()),
+            }));
+        }
+        let t = spec
+            .train
+            .as_ref()
+            .with_context(|| format!("[models.{role}] needs `weights` or `train`"))?;
+        let data = self.spec_data(&spec.data)?;
+        let Some(dir) = self.train(role, 0, &data, None, t)? else {
+            return Ok(None);
+        };
+        let ir = dir.join("best.ir");
+        Ok(Some(Model {
+            hash: self.eng.file_hash(&ir)?,
+            ir,
+            data,
+            arch: t.arch.clone(),
+        }))
+    }
+
+    /// `decomp train` as a per-unit stage (resumable: see engine).
+    pub(super) fn train(
+        &self,
+        name: &str,
+        index: usize,
+        data: &Data,
+        classes: Option<&[usize]>,
+        t: &TrainSpec,
+    ) -> Result<Option<PathBuf>> {
+        let key = json!({ "data": data.key, "classes": classes, "train": t });
+        self.eng
+            .unit("train", Kind::PerUnit, index, name, &key, |work| {
+                let mut a = vec!["train".to_string()];
+                a.extend(data.args.iter().cloned());
+                if let Some(c) = classes {
+                    a.extend(["--classes".into(), join(c)]);
+                }
+                a.extend(strings(&[
+                    "--arch",
+                    &t.arch,
+                    "--recipe",
+                    &t.recipe,
+                    "--seed",
+                    &t.seed.to_string(),
+                    "--device",
+                    &self.eng.device,
+                ]));
+                for (flag, v) in [
+                    ("--epochs", t.epochs),
+                    ("--batch-size", t.batch_size),
+                    ("--train-limit", t.train_limit),
+                ] {
+                    if let Some(v) = v {
+                        a.extend([flag.to_string(), v.to_string()]);
+                    }
+                }
+                if let Some(f) = t.val_fraction {
+                    a.extend(["--val-fraction".into(), f.to_string()]);
+                }
+                if t.no_batch_norm {
+                    a.push("--no-batch-norm".into());
+                }
+                a.extend(t.args.iter().cloned());
+                if data.test_file.is_none() {
+                    a.push("--eval-test".into());
+                }
+                a.extend(["--out-dir".into(), s(work)]);
+                if work.join("last.ckpt").is_file() {
+                    a.push("--resume".into());
+                }
+                self.eng.decomp(&a)?;
+                if let Some(t) = &data.test_file {
+                    // Mixed data: the test records are another file; evaluate the best model there.
+                    let out = self.eng.decomp(&strings(&[
+                        "eval",
+                        "--weights",
+                        &s(&work.join("best.ir")),
+                        "--dataset",
+                        "cifar10",
+                        "--data-file",
+                        &s(t),
+                        "--json",
+                        "--device",
+                        &self.eng.device,
+                    ]))?;
+                    write_atomic(&work.join("test.json"), out.trim())?;
+                }
+                Ok(())
+            })
+    }
+
+    /// `decomp mix`: one class from each part (`{"dataset", "dataset_path", "class"}`, see
+    /// [`part`]) as CIFAR-format training and test records.
+    pub(super) fn mix(
+        &self,
+        name: &str,
+        kind: Kind,
+        index: usize,
+        parts: &[Value],
+    ) -> Result<Option<Data>> {
+        let mut keyed = Vec::new();
+        for p in parts {
+            let folder = PathBuf::from(
+                p["dataset_path"]
+                    .as_str()
+                    .context("a mix part names its dataset folder")?,
+            );
+            keyed.push(json!({ "dataset": p["dataset"], "class": p["class"], "files": self.eng.tree_hash(&folder)? }));
+        }
+        let key = json!({ "mix": keyed });
+        let dir = self.eng.unit("mix", kind, index, name, &key, |work| {
+            let spec = work.join("spec.json");
+            write_atomic(
+                &spec,
+                &serde_json::to_string_pretty(&json!({ "parts": parts }))?,
+            )?;
+            self.eng
+                .decomp(&strings(&[
+                    "mix",
+                    "--spec",
+                    &s(&spec),
+                    "--out-dir",
+                    &s(work),
+                ]))
+                .map(drop)
+        })?;
+        Ok(dir.map(|d| Data {
+            args: strings(&[
+                "--dataset",
+                "cifar10",
+                "--data-file",
+                &s(&d.join("train.bin")),
+            ]),
+            key: json!({ "mix": key }),
+            num_classes: parts.len(),
+            test_file: Some(d.join("test.bin")),
+        }))
+    }
+
+    /// Continuous learning: tangling identification of `class` of `model` again, with the
+    /// images of `extra_classes` of a mix as further unconcerned inputs.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn relearn(
+        &self,
+        name: &str,
+        index: usize,
+        model: &Model,
+        class: usize,
+        module: &Path,
+        extra: &Data,
+        extra_classes: &[usize],
+    ) -> Result<Option<PathBuf>> {
+        let concern = module
+            .parent()
+            .and_then(Path::parent)
+            .context("module path")?
+            .join("concern.cs");
+        let extra_file = extra.args.last().cloned().context("mix data file")?;
+        let limit = self.m.decompose.positives;
+        let key = json!({ "model": model.hash, "data": model.data.key, "concern": self.eng.file_hash(&concern)?, "extra": extra.key, "extra_classes": extra_classes, "limit": limit, "variant": self.m.decompose.variant });
+        let dir = self
+            .eng
+            .unit("relearn", Kind::PerUnit, index, name, &key, |work| {
+                let mut a = strings(&["tangle", "--weights", &s(&model.ir)]);
+                a.extend(model.data.args.iter().cloned());
+                a.extend(strings(&[
+                    "--concern",
+                    &s(&concern),
+                    "--variants",
+                    &self.m.decompose.variant,
+                    "--device",
+                    &self.eng.device,
+                ]));
+                a.extend(strings(&[
+                    "--extra-unconcerned",
+                    &extra_file,
+                    "--extra-classes",
+                    &join(extra_classes),
+                    "--extra-limit",
+                    &limit.to_string(),
+                ]));
+                a.extend(["--out-dir".into(), s(work)]);
+                self.eng.decomp(&a).map(drop)
+            })?;
+        Ok(dir.map(|d| {
+            d.join(&self.m.decompose.variant)
+                .join(format!("module_{class:03}.mod"))
+        }))
+    }
+
+    /// Test top-1 of a training run (its own `--eval-test`, or the mix's test records).
+    pub(super) fn test_top1(dir: &Path) -> Result<f64> {
+        let t = dir.join("test.json");
+        if t.is_file() {
+            return Ok(num(&read_json(&t)?["top1"]));
+        }
+        Ok(num(&read_json(&dir.join("metrics.json"))?["test_top1"]))
+    }
+
+    /// The module of `class` of `model` (one decomposition unit).
+    pub(super) fn module(
+        &self,
+        model: &Model,
+        class: usize,
+        index: usize,
+    ) -> Result<Option<PathBuf>> {
+        let data = &model.data;
+        let d = &self.m.decompose;
+        let key = json!({ "model": model.hash, "data": data.key, "decompose": d, "class": class });
+        let name = format!("{}-class{class:03}", model.arch);
+        let dir = self
+            .eng
+            .unit("decompose", Kind::PerUnit, index, &name, &key, |work| {
+                let mut a = strings(&["decompose", "--weights", &s(&model.ir)]);
+                a.extend(data.args.iter().cloned());
+                a.extend(strings(&[
+                    "--classes",
+                    &class.to_string(),
+                    "--variants",
+                    &d.variant,
+                    "--positives",
+                    &d.positives.to_string(),
+                    "--device",
+                    &self.eng.device,
+                ]));
+                a.extend(d.args.iter().cloned());
+                a.extend(["--out-dir".into(), s(work)]);
+                self.eng.decomp(&a).map(drop)
+            })?;
+        Ok(dir.map(|d| {
+            d.join(&self.m.decompose.variant)
+                .join(format!("module_{class:03}.mod"))
+        }))
+    }
+
+    /// Margins of `modules` (module i stands for dataset class `classes[i]`) on the test
+    /// images of those classes.
+    pub(super) fn margins(
+        &self,
+        name: &str,
+        modules: &[PathBuf],
+        data: &Data,
+        classes: &[usize],
+    ) -> Result<Option<PathBuf>> {
+        let hashes = modules
+            .iter()
+            .map(|p| self.eng.file_hash(p))
+            .collect::<Result<Vec<_>>>()?;
+        let key = json!({ "modules": hashes, "data": data.key, "classes": classes, "limit": self.m.compose.limit });
+        let dir = self
+            .eng
+            .unit("margins", Kind::Merge, 0, name, &key, |work| {
+                let mut a = vec!["compose".to_string()];
+                a.extend(modules.iter().map(|p| s(p)));
+                a.extend(data.test().args);
+                a.extend(strings(&[
+                    "--split",
+                    "test",
+                    "--classes",
+                    &join(classes),
+                    "--device",
+                    &self.eng.device,
+                ]));
+                if let Some(n) = self.m.compose.limit {
+                    a.extend(["--limit".into(), n.to_string()]);
+                }
+                a.extend([
+                    "--save-margins".into(),
+                    s(&work.join("margins.json")),
+                    "--out".into(),
+                    s(&work.join("compose.json")),
+                ]);
+                self.eng.decomp(&a).map(drop)
+            })?;
+        Ok(dir.map(|d| d.join("margins.json")))
+    }
+
+    pub(super) fn vote(
+        &self,
+        name: &str,
+        margins: &[PathBuf],
+        pick: &[String],
+    ) -> Result<Option<Value>> {
+        let hashes = margins
+            .iter()
+            .map(|p| self.eng.file_hash(p))
+            .collect::<Result<Vec<_>>>()?;
+        let key = json!({ "margins": hashes, "pick": pick });
+        let dir = self.eng.unit("vote", Kind::Merge, 0, name, &key, |work| {
+            let mut a = vec!["vote".to_string()];
+            for m in margins {
+                a.extend(["--margins".into(), s(m)]);
+            }
+            a.extend([
+                "--pick".into(),
+                pick.join(","),
+                "--out".into(),
+                s(&work.join("vote.json")),
+            ]);
+            self.eng.decomp(&a).map(drop)
+        })?;
+        dir.map(|d| read_json(&d.join("vote.json"))).transpose()
+    }
+}
