@@ -37,6 +37,14 @@ pub struct Margins {
     pub model_top5: Option<f64>,
     pub model_per_class: Option<Vec<f64>>,
     pub seconds: f64,
+    /// Per image: the rank of its label when all modules of this file are composed (0 =
+    /// top-1), for paired statistics over images (absent in files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composed_rank: Option<Vec<usize>>,
+    /// Per image: the rank of its label among the source model's own logits, when the model
+    /// ran in the same pass (modules of one model covering its classes in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_rank: Option<Vec<usize>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,6 +89,8 @@ pub fn save_margins(
         model_top5: model.map(|m| m.top5),
         model_per_class: model.map(|m| m.per_class.clone()),
         seconds,
+        composed_rank: Some(run.label_rank.clone()),
+        model_rank: run.model_rank.clone(),
     };
     write_atomic(path, serde_json::to_string(&m)?.as_bytes())?;
     Ok(())
