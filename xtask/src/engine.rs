@@ -75,10 +75,28 @@ pub struct Engine {
     hashes: Mutex<HashMap<(PathBuf, u64, std::time::SystemTime), String>>,
     /// Units run (not reused) by this process, for the closing summary.
     pub ran: Mutex<Vec<String>>,
+    /// Resumable units this process advanced without finishing (`--epochs-now`): their
+    /// work folders hold the progress; a later run continues them.
+    pub paused: Mutex<Vec<String>>,
+    /// `--epochs-now N`: training units run at most N epochs in this process, then pause.
+    pub epochs_now: Option<usize>,
     /// The index a per-unit unit was first asked for with, shared by the engines of one
     /// suite: a unit that two members ask for under different indices (table2 decomposes
     /// classes table4 also does) stays with one shard, so two shards never compute it.
     first_index: std::sync::Arc<Mutex<HashMap<PathBuf, usize>>>,
+}
+
+/// Stages whose units work in `<folder>.partial` and continue there after a kill or a
+/// pause (`decomp train --resume`), instead of a private `.tmp-*` folder started afresh.
+pub const RESUMABLE: &[&str] = &["train"];
+
+/// What a resumable unit's work reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The artifacts are complete: the unit folder is put in place.
+    Finished,
+    /// Stopped early on purpose (`--epochs-now`); the work folder continues next time.
+    Paused,
 }
 
 /// What `unit.json` holds.
@@ -96,6 +114,8 @@ impl Engine {
             stages: Vec::new(),
             hashes: Mutex::new(HashMap::new()),
             ran: Mutex::new(Vec::new()),
+            paused: Mutex::new(Vec::new()),
+            epochs_now: None,
             first_index: Default::default(),
         }
     }
@@ -109,6 +129,7 @@ impl Engine {
             self.sel.clone(),
         );
         e.first_index = self.first_index.clone();
+        e.epochs_now = self.epochs_now;
         e
     }
 
@@ -185,6 +206,11 @@ impl Engine {
         })
     }
 
+    /// The work folder of a resumable unit (a paused or killed run's progress).
+    pub fn partial_dir(&self, stage: &str, name: &str, key: &Value) -> PathBuf {
+        partial(&self.unit_dir(stage, name, key))
+    }
+
     /// The folder of a unit (complete or not).
     pub fn unit_dir(&self, stage: &str, name: &str, key: &Value) -> PathBuf {
         let h = hex::encode(Sha256::digest(key.to_string().as_bytes()));
@@ -204,6 +230,24 @@ impl Engine {
         name: &str,
         key: &Value,
         make: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Option<PathBuf>> {
+        self.resumable_unit(stage, kind, index, name, key, |work| {
+            make(work).map(|()| Progress::Finished)
+        })
+    }
+
+    /// [`Engine::unit`] for work that may stop before it is finished (training with
+    /// `--epochs-now`): when `make` returns [`Progress::Paused`], the work folder
+    /// (`<folder>.partial`, never read as a finished unit) keeps the progress for the next
+    /// run, the unit is listed in [`Engine::paused`] and `None` is returned.
+    pub fn resumable_unit(
+        &self,
+        stage: &'static str,
+        kind: Kind,
+        index: usize,
+        name: &str,
+        key: &Value,
+        make: impl FnOnce(&Path) -> Result<Progress>,
     ) -> Result<Option<PathBuf>> {
         let dir = self.unit_dir(stage, name, key);
         let done = dir.join("unit.json").is_file();
@@ -231,9 +275,9 @@ impl Engine {
         let parent = dir.parent().expect("unit folders live in a stage folder");
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
-        let resumable = stage == "train";
+        let resumable = RESUMABLE.contains(&stage);
         let work = if resumable {
-            dir.with_extension("partial")
+            partial(&dir)
         } else {
             PathBuf::from(format!("{}.tmp-{}", dir.display(), work_owner()))
         };
@@ -253,7 +297,22 @@ impl Engine {
         std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         eprintln!("[{stage}] {name}: running ({})", dir.display());
         let start = Instant::now();
-        make(&work).with_context(|| format!("stage {stage}, unit {name}"))?;
+        let progress = make(&work).with_context(|| format!("stage {stage}, unit {name}"))?;
+        if progress == Progress::Paused {
+            if !resumable {
+                bail!("stage {stage}, unit {name}: paused, but only {RESUMABLE:?} units resume");
+            }
+            eprintln!(
+                "[{stage}] {name}: paused after {:.1} s; a later run continues {}",
+                start.elapsed().as_secs_f64(),
+                work.display()
+            );
+            self.paused
+                .lock()
+                .expect("paused")
+                .push(format!("{stage}/{name}"));
+            return Ok(None);
+        }
         let record = unit_record(stage, name, key, start.elapsed().as_secs_f64());
         write_atomic(
             &work.join("unit.json"),
@@ -306,6 +365,11 @@ impl Engine {
         }
         Ok(String::from_utf8(out.stdout)?)
     }
+}
+
+/// `<folder>.partial` (appended: unit names may hold dots).
+fn partial(dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.partial", dir.display()))
 }
 
 /// `<host>-<pid>`: the suffix of this process's work folders. With the host in the name,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// `suite`, `intra-reuse`, `inter-reuse`, `intra-replace`, `inter-replace`,
-    /// `motivating`, `co2e`.
+    /// `motivating`, `co2e`, `eval`, `table1`, `frontier`, `zoo`.
     pub scenario: String,
     pub title: String,
     /// Free text for the report (what was reduced and why).
@@ -41,6 +41,177 @@ pub struct Manifest {
     pub compose: ComposeSpec,
     #[serde(default)]
     pub co2e: Co2eSpec,
+    /// `eval`: the image sets every model is evaluated on, in order (`[[eval]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval: Vec<EvalImages>,
+    /// `table1`: variants, mask sites, zoo models, ablations, bootstrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table1: Option<Table1Spec>,
+    /// `frontier`: the channel-module sweep per model (`[[frontier]]`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frontier: Vec<FrontierModel>,
+    /// `zoo`: where trained weights go and when a run counts as converged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoo: Option<ZooSpec>,
+    /// The validity gate (issue 16): a model or trained baseline within
+    /// [`crate::gate::CHANCE_MARGIN`] points of chance on its own test images, or one that
+    /// predicts one class for every image, fails the experiment. Off only for tests on
+    /// untrained toy models; the report says so.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub validity_gate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// One image set of the `eval` scenario: a dataset role's split, or a file of records in
+/// the role's folder.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalImages {
+    /// The label in the report (`test`, `train_first4000_lossless`).
+    pub label: String,
+    /// Dataset role (`[data.<role>]`).
+    pub data: String,
+    /// A file of CIFAR records inside the role's folder, instead of a split.
+    pub file: Option<String>,
+    /// The split (default test).
+    pub split: Option<String>,
+}
+
+/// The paper's Table 1 over pretrained and zoo models.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table1Spec {
+    /// Variants composed for every model (one decomposition per class makes all of them).
+    #[serde(default = "all_variants")]
+    pub variants: Vec<String>,
+    /// Mask sites of models without BatchNorm (with BatchNorm only the default site: both
+    /// sites give the same masks up to the BatchNorm, see METHOD.md 2.1).
+    #[serde(default = "both_sites")]
+    pub no_bn_mask_sites: Vec<String>,
+    /// A `zoo` manifest whose trained models (weights in its `weights_dir`) join the table;
+    /// models not trained yet are listed as such.
+    pub zoo: Option<String>,
+    /// Further rows: a model with further `decomp decompose` flags.
+    #[serde(default)]
+    pub ablations: Vec<Ablation>,
+    /// Paired bootstrap resamples of the test images for each difference's 95% interval.
+    #[serde(default = "default_resamples")]
+    pub bootstrap: usize,
+    #[serde(default)]
+    pub bootstrap_seed: u64,
+}
+
+fn all_variants() -> Vec<String> {
+    ["ci-ti-mc", "mc-bln", "mc-bln-bi"]
+        .map(String::from)
+        .to_vec()
+}
+fn both_sites() -> Vec<String> {
+    ["relu-input", "conv-output"].map(String::from).to_vec()
+}
+fn default_resamples() -> usize {
+    2000
+}
+
+/// A Table 1 row set with further decomposition flags (`--bln-delta 0.1`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ablation {
+    /// Model role (`[models.<role>]`).
+    pub model: String,
+    pub args: Vec<String>,
+    pub variants: Vec<String>,
+}
+
+/// The channel-module sweep of one model (`[[frontier]]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontierModel {
+    /// Model role (`[models.<role>]`).
+    pub model: String,
+    /// The points in order; the first must be the `tau = tau_neg = 0`, `off` point, whose
+    /// tangling writes the channel statistics every other point thresholds.
+    pub points: Vec<FrontierPoint>,
+}
+
+/// One point of the sweep (`decomp tangle --granularity channel` flags).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FrontierPoint {
+    #[serde(default)]
+    pub tau: f32,
+    #[serde(default = "two")]
+    pub tau_neg: f32,
+    /// `mean-positions`, `any-position`, `deviation`; `importance` with a budget.
+    #[serde(default = "mean_positions")]
+    pub rate: String,
+    /// `off`, `concerned`, `sample`.
+    #[serde(default = "off")]
+    pub compensation: String,
+    /// Importance selection to this fraction of the model's FLOPs instead of thresholds.
+    pub budget: Option<f32>,
+    /// Least-squares reconstruction of the pruned convolutions.
+    #[serde(default)]
+    pub reconstruct: bool,
+    /// Least-squares passes with `reconstruct` (more than 1: ReLU-aware).
+    #[serde(default = "one")]
+    pub relu_passes: u32,
+    /// Least-squares fit of the binary head (training; reported as such).
+    #[serde(default)]
+    pub fit_head: bool,
+    /// Also composed on the whole test split.
+    #[serde(default)]
+    pub whole_split: bool,
+}
+
+fn two() -> f32 {
+    2.0
+}
+fn one() -> u32 {
+    1
+}
+fn mean_positions() -> String {
+    "mean-positions".into()
+}
+fn off() -> String {
+    "off".into()
+}
+
+/// The model zoo's settings; its runs are the `[models.*]` with `train`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZooSpec {
+    /// Where finished runs' weights go (`<name>.ir`, with `SHA256SUMS`), relative to the
+    /// workspace root unless absolute.
+    #[serde(default = "zoo_dir")]
+    pub weights_dir: String,
+    /// Convergence: the last `flat_window` of the epochs...
+    #[serde(default = "flat_window")]
+    pub flat_window: f64,
+    /// ...raised the best validation accuracy by at most this many points.
+    #[serde(default = "flat_tolerance")]
+    pub flat_tolerance: f64,
+}
+
+fn zoo_dir() -> String {
+    "models/zoo".into()
+}
+fn flat_window() -> f64 {
+    0.2
+}
+fn flat_tolerance() -> f64 {
+    0.5
 }
 
 /// A model: pretrained weights, or trained by the experiment on a dataset role.
@@ -68,6 +239,10 @@ fn main_role() -> String {
 pub struct DataSpec {
     pub dataset: String,
     pub path: Option<String>,
+    /// Skipped (with the image sets that read it) when the folder is absent, instead of
+    /// fetched; for folders without an official source.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -288,6 +463,7 @@ impl Manifest {
             let (_, m) = Manifest::load(root, &n)?;
             needs.add(&m);
             todo.extend(m.members.iter().rev().cloned());
+            todo.extend(m.table1.iter().filter_map(|t| t.zoo.clone()));
         }
         Ok(needs)
     }

@@ -115,6 +115,10 @@ pub struct Job {
     pub device: String,
     pub only: Option<String>,
     pub from: Option<String>,
+    /// `--limit` for every task.
+    pub limit: Option<usize>,
+    /// `--epochs-now` for every task.
+    pub epochs_now: Option<usize>,
 }
 
 impl Job {
@@ -152,6 +156,8 @@ impl Job {
             device,
             only: sel.only,
             from: sel.from,
+            limit: None,
+            epochs_now: None,
         })
     }
 }
@@ -241,6 +247,11 @@ fn command(
     for (flag, v) in [("--only", &job.only), ("--from", &job.from)] {
         if let Some(v) = v {
             let _ = write!(c, " {flag} {}", sh(v));
+        }
+    }
+    for (flag, v) in [("--limit", job.limit), ("--epochs-now", job.epochs_now)] {
+        if let Some(v) = v {
+            let _ = write!(c, " {flag} {v}");
         }
     }
     c
@@ -734,6 +745,8 @@ mod tests {
             device: "cpu".into(),
             only: None,
             from: Some("decompose".into()),
+            limit: None,
+            epochs_now: None,
         }
     }
 

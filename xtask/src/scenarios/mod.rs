@@ -9,13 +9,17 @@
 //! `units.rs` holds the units, `format.rs` the number formatting; one file per scenario.
 
 mod co2e;
+mod eval;
 mod format;
+mod frontier;
+mod table1;
 mod table2;
 mod table3;
 mod table4;
 mod table5;
 mod table6;
 mod units;
+mod zoo;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -37,11 +41,20 @@ pub fn run_manifest(eng: &Engine, env: &Env, name: &str) -> Result<()> {
         return Ok(());
     }
     let stages: Vec<&'static str> = match m.scenario.as_str() {
-        "intra-reuse" => vec!["import", "decompose", "train", "margins", "vote", "report"],
+        "intra-reuse" => vec![
+            "import",
+            "eval",
+            "decompose",
+            "train",
+            "margins",
+            "vote",
+            "report",
+        ],
         "intra-replace" | "motivating" => vec!["import", "decompose", "margins", "vote", "report"],
         "co2e" => vec!["import", "decompose", "train", "margins", "vote", "report"],
         "inter-reuse" | "inter-replace" => vec![
             "import",
+            "eval",
             "mix",
             "train",
             "decompose",
@@ -50,8 +63,12 @@ pub fn run_manifest(eng: &Engine, env: &Env, name: &str) -> Result<()> {
             "vote",
             "report",
         ],
+        "eval" => vec!["eval", "report"],
+        "table1" => vec!["import", "decompose", "margins", "report"],
+        "frontier" => vec!["import", "concern", "tangle", "compose", "report"],
+        "zoo" => vec!["train", "eval", "report"],
         other => bail!(
-            "{name}: unknown scenario {other:?}; known: suite, intra-reuse, inter-reuse, intra-replace, inter-replace, motivating, co2e"
+            "{name}: unknown scenario {other:?}; known: suite, intra-reuse, inter-reuse, intra-replace, inter-replace, motivating, co2e, eval, table1, frontier, zoo"
         ),
     };
     // The engine is shared by suite members; each member sets its own stage list.
@@ -76,13 +93,33 @@ pub fn run_manifest(eng: &Engine, env: &Env, name: &str) -> Result<()> {
         "co2e" => co2e::co2e(&run)?,
         "inter-reuse" => table3::inter_reuse(&run)?,
         "inter-replace" => table5::inter_replace(&run)?,
+        "eval" => eval::eval(&run)?,
+        "table1" => table1::table1(&run)?,
+        "frontier" => frontier::frontier(&run)?,
+        "zoo" => zoo::zoo(&run)?,
         _ => unreachable!("checked above"),
     }
-    let report = env.results.join(&short).join("report.md");
+    let main_file = match run.m.scenario.as_str() {
+        "table1" => "table1.md",
+        "frontier" => "frontier.md",
+        _ => "report.md",
+    };
+    let report = env.results.join(&short).join(main_file);
     let ran = eng.ran.lock().expect("ran").len();
-    if eng.sel.shard.is_some() || !report.is_file() {
+    let paused = eng.paused.lock().expect("paused").clone();
+    if !paused.is_empty() {
         println!(
-            "{short}: {ran} units run; no report from this process (shard, or --only of an earlier stage)"
+            "{short}: {} units paused by --epochs-now ({}); rerun to continue them",
+            paused.len(),
+            paused.join(", ")
+        );
+    }
+    if eng.sel.shard.is_some()
+        || !report.is_file()
+        || (!paused.is_empty() && run.m.scenario != "zoo")
+    {
+        println!(
+            "{short}: {ran} units run; no report from this process (shard, paused training, or --only of an earlier stage)"
         );
     } else {
         println!("report: {}", report.display());
@@ -97,6 +134,8 @@ pub struct Env {
     pub data: decomp_data::DataRoot,
     pub models_dir: Option<PathBuf>,
     pub results: PathBuf,
+    /// `--limit`: evaluate on the first N images of each split.
+    pub limit: Option<usize>,
 }
 
 pub struct Run<'a> {
@@ -163,8 +202,18 @@ pub fn seeded_choice(n: usize, k: usize, seed: u64) -> Vec<usize> {
 }
 
 impl Env {
-    /// The folder of dataset `spec` (`path`, or the official folder), fetched if missing.
+    /// The folder of dataset `spec` (`path`, or the official folder), fetched if missing;
+    /// an `optional` folder is only looked for (see [`optional_folder`]).
     fn dataset_folder(&self, spec: &DataSpec) -> Result<PathBuf> {
+        if spec.optional {
+            return optional_folder(&self.data, spec).with_context(|| {
+                format!(
+                    "{} is in none of {:?}",
+                    spec.path.as_deref().unwrap_or(&spec.dataset),
+                    self.data.search()
+                )
+            });
+        }
         let kind = decomp_data::DatasetKind::parse(&spec.dataset)?;
         let want = match &spec.path {
             Some(p) => decomp_data::DatasetFolder::named(kind, p),
@@ -172,6 +221,16 @@ impl Env {
         };
         Ok(self.data.ensure(&want)?)
     }
+}
+
+/// An optional dataset folder (no official source; it may hold single files of records
+/// rather than a whole split): the first searched data folder that has it.
+pub fn optional_folder(data: &decomp_data::DataRoot, spec: &DataSpec) -> Option<PathBuf> {
+    let name = spec.path.as_deref().unwrap_or(&spec.dataset);
+    data.search()
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|f| f.is_dir())
 }
 
 /// A part of a mix: class `class` of the dataset of role `role` (`main`, `second`).
@@ -185,13 +244,73 @@ fn part(r: &Run, role: &str, class: usize) -> Result<Value> {
 }
 
 impl Run<'_> {
+    /// The validity gate (`crate::gate`) on a model's own result over all its classes: a
+    /// `compose.json` of all its modules (the model ran in the same pass) or a `decomp eval`
+    /// output; `classes` is the model's class count.
+    fn gate_result(
+        &self,
+        what: &str,
+        v: &Value,
+        top1: &str,
+        per_class: &str,
+        classes: usize,
+    ) -> Result<()> {
+        if !self.m.validity_gate {
+            return Ok(());
+        }
+        let pc: Vec<f64> = v[per_class]
+            .as_array()
+            .map(|a| a.iter().map(format::num).collect())
+            .unwrap_or_default();
+        let names = names_of(
+            v,
+            if v["class_names"].is_array() {
+                "class_names"
+            } else {
+                "classes"
+            },
+        );
+        crate::gate::check(
+            what,
+            crate::gate::Scores {
+                top1: format::num(&v[top1]),
+                classes,
+                per_class: (!pc.is_empty()).then_some(&pc[..]),
+                names: Some(&names),
+            },
+        )
+    }
+
+    /// [`Run::gate_result`] of a composition over all of a model's classes.
+    fn gate_compose(&self, what: &str, compose: &Value, classes: usize) -> Result<()> {
+        self.gate_result(what, compose, "model_top1", "model_per_class", classes)
+    }
+
+    /// The validity gate on a training run (unit folder `dir`): its test result, `test.json`
+    /// (mixed data: with per-class accuracies) or the run's own `--eval-test`.
+    fn gate_trained(&self, what: &str, dir: &std::path::Path, classes: usize) -> Result<()> {
+        let t = dir.join("test.json");
+        if t.is_file() {
+            return self.gate_result(
+                what,
+                &crate::engine::read_json(&t)?,
+                "top1",
+                "per_class",
+                classes,
+            );
+        }
+        let m = crate::engine::read_json(&dir.join("metrics.json"))?;
+        self.gate_result(what, &m, "test_top1", "-", classes)
+    }
+
     fn out_dir(&self) -> PathBuf {
         self.env.results.join(&self.name)
     }
 
-    /// Whether this process builds reports (not under `--shard`, and `report` selected).
+    /// Whether this process builds reports (not under `--shard`, no training unit paused
+    /// by `--epochs-now`, and `report` selected).
     fn reporting(&self) -> Result<bool> {
-        if self.eng.sel.shard.is_some() {
+        if self.eng.sel.shard.is_some() || !self.eng.paused.lock().expect("paused").is_empty() {
             return Ok(false);
         }
         Ok(match (&self.eng.sel.only, &self.eng.sel.from) {
@@ -256,7 +375,12 @@ fn pairs(classes: &[usize]) -> Vec<(usize, usize)> {
 
 /// Reads a class-name list out of a vote/compose JSON.
 fn names(v: &Value) -> Vec<String> {
-    v["classes"]
+    names_of(v, "classes")
+}
+
+/// Reads the list of strings `v[field]`.
+fn names_of(v: &Value, field: &str) -> Vec<String> {
+    v[field]
         .as_array()
         .map(|a| {
             a.iter()

@@ -18,6 +18,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     let Some((second, picked, _set)) = second_model(r)? else {
         return Ok(());
     };
+    let base_test = r.eval_model(&format!("{}-test", base.arch), 0, &base.ir, &base.data)?;
     let classes = r.m.select.fixed.clone().unwrap_or_else(|| {
         seeded_choice(base.data.num_classes, r.m.select.classes, r.m.select.seed)
     });
@@ -91,6 +92,25 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     }
     if !r.reporting()? {
         return Ok(());
+    }
+    r.gate_result(
+        &format!("the base model {} ({})", base.arch, base.ir.display()),
+        base_test
+            .as_ref()
+            .context("the base model's test evaluation is missing")?,
+        "top1",
+        "per_class",
+        base.data.num_classes,
+    )?;
+    r.gate_trained(
+        &format!("the second dataset's model ({})", second.ir.display()),
+        second.ir.parent().context("run folder")?,
+        picked.len(),
+    )?;
+    for (c, t, _, _, tma, _) in &rows {
+        if let Some(dir) = tma {
+            r.gate_trained(&format!("the TMA of {c}/{t} ({})", dir.display()), dir, 2)?;
+        }
     }
     let mut md = String::new();
     r.header(&mut md);

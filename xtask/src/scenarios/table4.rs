@@ -106,6 +106,8 @@ pub fn intra_replace(r: &Run) -> Result<()> {
     if !r.reporting()? {
         return Ok(());
     }
+    r.gate_compose(&format!("the weaker model {}", weak.arch), &cw, k)?;
+    r.gate_compose(&format!("the stronger model {}", strong.arch), &cs, k)?;
     let mut md = String::new();
     r.header(&mut md);
     let _ = writeln!(
@@ -152,8 +154,11 @@ pub fn intra_replace(r: &Run) -> Result<()> {
     );
     md.push_str(
         "## The paper's numbers\n\nTable 4 of the paper replaces modules of its ResNet-32 by its ResNet-20's on CIFAR-10 \
-         (its models, original test set); over all replacement scenarios it reports an average accuracy loss of **0.5%** \
-         (METHOD.md section 7).\n\n![per-class accuracy](per_class.svg)\n\n![module size](module_size.svg)\n",
+         (its models without BatchNorm, original test set): the ResNet-32's composed modules score 78.6% top-1, the ten \
+         replacements 79.2-80.9%, a mean change of **+1.4 points** (its ResNet-32 model: 85.3%); over its three datasets \
+         the mean change is +0.79 top-1 / +1.00 top-5, at or above the prior composition in 24 of 30 cases (METHOD.md \
+         section 7). The abstract's \"0.5%\" is an aggregate over all replacement scenarios, not this table's result.\n\n\
+         ![per-class accuracy](per_class.svg)\n\n![module size](module_size.svg)\n",
     );
     let per = |v: &Value| (0..k).map(|c| num(&v["per_class"][c])).collect::<Vec<_>>();
     let replaced_x: Vec<f64> = (0..k).map(|x| num(&replaced[x]["per_class"][x])).collect();

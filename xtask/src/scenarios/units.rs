@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::format::{num, s, strings};
 use super::{Data, Model, Run, join};
-use crate::engine::{Kind, read_json, write_atomic};
-use crate::manifest::{ModelSpec, TrainSpec};
+use crate::engine::{Kind, Progress, read_json, write_atomic};
+use crate::manifest::{DataSpec, DecomposeSpec, ModelSpec, TrainSpec};
 
 impl Run<'_> {
     pub(super) fn spec_data(&self, role: &str) -> Result<Data> {
@@ -18,6 +18,11 @@ impl Run<'_> {
             .data
             .get(role)
             .with_context(|| format!("manifest has no [data.{role}]"))?;
+        self.data_of(spec)
+    }
+
+    /// A dataset as `decomp` flags (fetched when missing).
+    pub(super) fn data_of(&self, spec: &DataSpec) -> Result<Data> {
         let folder = self.env.dataset_folder(spec)?;
         let mut args = match &spec.path {
             Some(_) => vec!["--dataset-path".to_string(), s(&folder)],
@@ -114,6 +119,43 @@ impl Run<'_> {
         }))
     }
 
+    /// The key of a [`Run::train`] unit.
+    pub(super) fn train_key(&self, data: &Data, classes: Option<&[usize]>, t: &TrainSpec) -> Value {
+        json!({ "data": data.key, "classes": classes, "train": t })
+    }
+
+    /// `decomp eval --json` of the model `ir` on the test split of `data` (a per-unit
+    /// stage `eval`): the parsed output.
+    pub(super) fn eval_model(
+        &self,
+        name: &str,
+        index: usize,
+        ir: &Path,
+        data: &Data,
+    ) -> Result<Option<Value>> {
+        let key =
+            json!({ "model": self.eng.file_hash(ir)?, "data": data.key, "limit": self.env.limit });
+        let dir = self
+            .eng
+            .unit("eval", Kind::PerUnit, index, name, &key, |work| {
+                let mut a = strings(&["eval", "--weights", &s(ir)]);
+                a.extend(data.test().args);
+                a.extend(strings(&[
+                    "--split",
+                    "test",
+                    "--json",
+                    "--device",
+                    &self.eng.device,
+                ]));
+                if let Some(n) = self.env.limit {
+                    a.extend(["--limit".into(), n.to_string()]);
+                }
+                let out = self.eng.decomp(&a)?;
+                write_atomic(&work.join("eval.json"), out.trim())
+            })?;
+        dir.map(|d| read_json(&d.join("eval.json"))).transpose()
+    }
+
     /// `decomp train` as a per-unit stage (resumable: see engine).
     pub(super) fn train(
         &self,
@@ -123,9 +165,9 @@ impl Run<'_> {
         classes: Option<&[usize]>,
         t: &TrainSpec,
     ) -> Result<Option<PathBuf>> {
-        let key = json!({ "data": data.key, "classes": classes, "train": t });
+        let key = self.train_key(data, classes, t);
         self.eng
-            .unit("train", Kind::PerUnit, index, name, &key, |work| {
+            .resumable_unit("train", Kind::PerUnit, index, name, &key, |work| {
                 let mut a = vec!["train".to_string()];
                 a.extend(data.args.iter().cloned());
                 if let Some(c) = classes {
@@ -164,7 +206,13 @@ impl Run<'_> {
                 if work.join("last.ckpt").is_file() {
                     a.push("--resume".into());
                 }
+                if let Some(n) = self.eng.epochs_now {
+                    a.extend(["--max-epochs-now".into(), n.to_string()]);
+                }
                 self.eng.decomp(&a)?;
+                if !train_finished(work)? {
+                    return Ok(Progress::Paused);
+                }
                 if let Some(t) = &data.test_file {
                     // Mixed data: the test records are another file; evaluate the best model there.
                     let out = self.eng.decomp(&strings(&[
@@ -181,7 +229,7 @@ impl Run<'_> {
                     ]))?;
                     write_atomic(&work.join("test.json"), out.trim())?;
                 }
-                Ok(())
+                Ok(Progress::Finished)
             })
     }
 
@@ -293,20 +341,34 @@ impl Run<'_> {
         Ok(num(&read_json(&dir.join("metrics.json"))?["test_top1"]))
     }
 
-    /// The module of `class` of `model` (one decomposition unit).
+    /// The module of `class` of `model` (one decomposition unit, the manifest's settings).
     pub(super) fn module(
         &self,
         model: &Model,
         class: usize,
         index: usize,
     ) -> Result<Option<PathBuf>> {
-        let data = &model.data;
         let d = &self.m.decompose;
-        let key = json!({ "model": model.hash, "data": data.key, "decompose": d, "class": class });
         let name = format!("{}-class{class:03}", model.arch);
-        let dir = self
-            .eng
-            .unit("decompose", Kind::PerUnit, index, &name, &key, |work| {
+        let dir = self.decompose_class(model, class, index, d, &name)?;
+        Ok(dir.map(|dir| dir.join(&d.variant).join(format!("module_{class:03}.mod"))))
+    }
+
+    /// `decomp decompose` of one class of `model` with settings `d` (`d.variant` may list
+    /// several variants, comma-separated): the unit folder, holding
+    /// `<variant>/module_<class>.mod` for each.
+    pub(super) fn decompose_class(
+        &self,
+        model: &Model,
+        class: usize,
+        index: usize,
+        d: &DecomposeSpec,
+        name: &str,
+    ) -> Result<Option<PathBuf>> {
+        let data = &model.data;
+        let key = json!({ "model": model.hash, "data": data.key, "decompose": d, "class": class });
+        self.eng
+            .unit("decompose", Kind::PerUnit, index, name, &key, |work| {
                 let mut a = strings(&["decompose", "--weights", &s(&model.ir)]);
                 a.extend(data.args.iter().cloned());
                 a.extend(strings(&[
@@ -322,15 +384,16 @@ impl Run<'_> {
                 a.extend(d.args.iter().cloned());
                 a.extend(["--out-dir".into(), s(work)]);
                 self.eng.decomp(&a).map(drop)
-            })?;
-        Ok(dir.map(|d| {
-            d.join(&self.m.decompose.variant)
-                .join(format!("module_{class:03}.mod"))
-        }))
+            })
+    }
+
+    /// `--limit` of the command line, else the manifest's `[compose] limit`.
+    pub(super) fn limit(&self) -> Option<usize> {
+        self.env.limit.or(self.m.compose.limit)
     }
 
     /// Margins of `modules` (module i stands for dataset class `classes[i]`) on the test
-    /// images of those classes.
+    /// images of those classes (a merge unit).
     pub(super) fn margins(
         &self,
         name: &str,
@@ -342,32 +405,46 @@ impl Run<'_> {
             .iter()
             .map(|p| self.eng.file_hash(p))
             .collect::<Result<Vec<_>>>()?;
-        let key = json!({ "modules": hashes, "data": data.key, "classes": classes, "limit": self.m.compose.limit });
-        let dir = self
-            .eng
-            .unit("margins", Kind::Merge, 0, name, &key, |work| {
-                let mut a = vec!["compose".to_string()];
-                a.extend(modules.iter().map(|p| s(p)));
-                a.extend(data.test().args);
-                a.extend(strings(&[
-                    "--split",
-                    "test",
-                    "--classes",
-                    &join(classes),
-                    "--device",
-                    &self.eng.device,
-                ]));
-                if let Some(n) = self.m.compose.limit {
-                    a.extend(["--limit".into(), n.to_string()]);
-                }
-                a.extend([
-                    "--save-margins".into(),
-                    s(&work.join("margins.json")),
-                    "--out".into(),
-                    s(&work.join("compose.json")),
-                ]);
-                self.eng.decomp(&a).map(drop)
-            })?;
+        let key = json!({ "modules": hashes, "data": data.key, "classes": classes, "limit": self.limit() });
+        self.margins_unit(name, modules, data, classes, Kind::Merge, 0, &key)
+    }
+
+    /// [`Run::margins`] as a unit of `kind` with its own key (which must cover the modules,
+    /// the data, the classes and the limit).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn margins_unit(
+        &self,
+        name: &str,
+        modules: &[PathBuf],
+        data: &Data,
+        classes: &[usize],
+        kind: Kind,
+        index: usize,
+        key: &Value,
+    ) -> Result<Option<PathBuf>> {
+        let dir = self.eng.unit("margins", kind, index, name, key, |work| {
+            let mut a = vec!["compose".to_string()];
+            a.extend(modules.iter().map(|p| s(p)));
+            a.extend(data.test().args);
+            a.extend(strings(&[
+                "--split",
+                "test",
+                "--classes",
+                &join(classes),
+                "--device",
+                &self.eng.device,
+            ]));
+            if let Some(n) = self.limit() {
+                a.extend(["--limit".into(), n.to_string()]);
+            }
+            a.extend([
+                "--save-margins".into(),
+                s(&work.join("margins.json")),
+                "--out".into(),
+                s(&work.join("compose.json")),
+            ]);
+            self.eng.decomp(&a).map(drop)
+        })?;
         Ok(dir.map(|d| d.join("margins.json")))
     }
 
@@ -397,4 +474,15 @@ impl Run<'_> {
         })?;
         dir.map(|d| read_json(&d.join("vote.json"))).transpose()
     }
+}
+
+/// Whether the `decomp train` run in `dir` did every epoch of its schedule (not paused by
+/// `--max-epochs-now`).
+pub(super) fn train_finished(dir: &Path) -> Result<bool> {
+    let m = read_json(&dir.join("metrics.json"))?;
+    let planned = m["config"]["epochs"]
+        .as_u64()
+        .with_context(|| format!("{}: no config.epochs", dir.join("metrics.json").display()))?;
+    let done = m["epochs"].as_array().map_or(0, Vec::len) as u64;
+    Ok(done >= planned)
 }

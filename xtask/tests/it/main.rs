@@ -5,6 +5,7 @@
 //!   the report of an uninterrupted run;
 //! - `--shard 0/2` + `--shard 1/2` + a merge run give the report of an unsharded run.
 
+mod experiments;
 mod fetch;
 mod slurm;
 
@@ -68,6 +69,7 @@ fn fixture(dir: &Path) -> PathBuf {
     let common = |scenario: &str| {
         format!(
             "scenario = \"{scenario}\"\ntitle = \"tiny {scenario}\"\n\
+             validity_gate = false\n\
              [data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
              [decompose]\npositives = 4\nargs = [\"--positive-filter\", \"all\", \"--batch-size\", \"16\"]\n"
         )

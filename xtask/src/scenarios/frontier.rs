@@ -3,142 +3,23 @@
 //! and the compensation of removed channels, each point composed and evaluated on the test
 //! split. Writes `results/frontier/` (Markdown, CSV, JSON and an SVG plot of the frontier).
 //!
-//! Per model the statistics are computed once (`decomp concern --granularity channel`,
-//! then the first `tangle` adds the unconcerned sample's and keeps them in
-//! `t0/channel-rates.ccs`); every further point only thresholds them, extracts the small
-//! modules and composes them (one evaluation per point). Finished points are reused.
+//! The points are data (`experiments/frontier.toml`). Units: per model the statistics are
+//! computed once (`concern`: `decomp concern --granularity channel`), the first point's
+//! `tangle` adds the unconcerned sample's and keeps them in `channel-rates.ccs`; every
+//! further point's `tangle` unit only thresholds them (or selects to a budget) and extracts
+//! the small modules, and a `compose` unit evaluates them (a second one on the whole test
+//! split where asked). Finished units are reused; `--shard` splits the points.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use plotters::prelude::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::Ctx;
-
-/// One point of the sweep (`decomp` flag values): thresholds, rate statistic and
-/// compensation, or a FLOPs budget for importance selection; and whether the module is
-/// reconstructed by least squares.
-struct Point {
-    tau: f32,
-    tau_neg: f32,
-    rate: &'static str,
-    compensation: &'static str,
-    budget: Option<f32>,
-    reconstruct: bool,
-    /// Least-squares passes per convolution with `reconstruct` (1 plain, more: ReLU-aware).
-    relu_passes: u32,
-    /// Training (reported separately): least-squares fit of the binary head.
-    fit_head: bool,
-    /// Also composed on the whole test split (`compose-full.json`), to check the estimate
-    /// from the first `n` images.
-    whole_split: bool,
-}
-
-const fn p(tau: f32, rate: &'static str, compensation: &'static str) -> Point {
-    Point {
-        tau,
-        tau_neg: 2.0,
-        rate,
-        compensation,
-        budget: None,
-        reconstruct: false,
-        relu_passes: 1,
-        fit_head: false,
-        whole_split: false,
-    }
-}
-
-/// Importance selection to `budget` of the model's FLOPs (removed channels held at their
-/// sample mean), with or without least-squares reconstruction.
-const fn b(budget: f32, reconstruct: bool) -> Point {
-    Point {
-        tau: 0.0,
-        tau_neg: 2.0,
-        rate: "importance",
-        compensation: "sample",
-        budget: Some(budget),
-        reconstruct,
-        relu_passes: 1,
-        fit_head: false,
-        whole_split: false,
-    }
-}
-
-/// [`b`] with reconstruction by 3 least-squares passes (2 of them ReLU-aware).
-const fn br(budget: f32) -> Point {
-    Point {
-        relu_passes: 3,
-        ..b(budget, true)
-    }
-}
-
-/// [`b`] with reconstruction, then the binary head fitted (training).
-const fn bh(budget: f32) -> Point {
-    Point {
-        fit_head: true,
-        ..b(budget, true)
-    }
-}
-
-/// [`br`], then the binary head fitted (training).
-const fn bhr(budget: f32) -> Point {
-    Point {
-        fit_head: true,
-        ..br(budget)
-    }
-}
-
-/// `pt`, also composed on the whole test split.
-const fn whole(pt: Point) -> Point {
-    Point {
-        whole_split: true,
-        ..pt
-    }
-}
-
-/// The element method's "keep if ever active" at channel granularity (tau = tau_neg = 0).
-const T0: Point = Point {
-    tau: 0.0,
-    tau_neg: 0.0,
-    rate: "mean-positions",
-    compensation: "off",
-    budget: None,
-    reconstruct: false,
-    relu_passes: 1,
-    fit_head: false,
-    whole_split: false,
-};
-
-/// Points per model (`tau_neg = 2`: no bring-back by tangling).
-const R20_POINTS: &[Point] = &[
-    T0,
-    p(0.2, "deviation", "sample"),
-    p(0.3, "deviation", "sample"),
-    p(0.1, "mean-positions", "sample"),
-    p(0.2, "mean-positions", "sample"),
-    p(0.2, "mean-positions", "off"),
-    p(0.4, "mean-positions", "sample"),
-    b(0.4, false),
-    b(0.6, true),
-    b(0.5, true),
-    b(0.4, true),
-    b(0.3, true),
-    bh(0.4),
-    br(0.75),
-    br(0.7),
-    br(0.6),
-    br(0.5),
-    whole(br(0.4)),
-    br(0.3),
-    bhr(0.4),
-];
-const R56_POINTS: &[Point] = &[
-    T0,
-    p(0.2, "deviation", "sample"),
-    p(0.2, "mean-positions", "sample"),
-    whole(br(0.4)),
-];
+use super::Run;
+use super::format::{s, strings};
+use crate::engine::{Kind, read_json};
+use crate::manifest::FrontierPoint;
 
 /// Test images per evaluation when `--limit` is not given (CPU time: 2 cores shared).
 const DEFAULT_LIMIT: usize = 2000;
@@ -208,158 +89,175 @@ fn rec_label(r: &Value) -> String {
     }
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-pub fn run(
-    ctx: &Ctx,
-    data_dir: &Path,
-    models_dir: Option<&Path>,
-    out: &Path,
-    runs: &Path,
-) -> Result<()> {
-    std::fs::create_dir_all(out)?;
-    let data = data_dir.display().to_string();
+pub fn frontier(r: &Run) -> Result<()> {
+    let limit = r.env.limit.unwrap_or(DEFAULT_LIMIT);
     let mut rows: Vec<Value> = Vec::new();
-    for (arch, file, points) in [
-        ("resnet20", "resnet20-12fca82f.th", R20_POINTS),
-        ("resnet56", "resnet56-4bfd9763.th", R56_POINTS),
-    ] {
-        let weights = match models_dir {
-            Some(d) => d.join(file).display().to_string(),
-            None => format!("akamaster/{arch}"),
-        };
-        let dir = runs.join("frontier").join(arch);
-        let model_args = strings(&[
-            "--weights",
-            &weights,
-            "--arch",
-            arch,
-            "--dataset",
-            "cifar10",
-            "--data-dir",
-            &data,
-            "--device",
-            &ctx.device,
-        ]);
-        let concern = dir.join("concern.ccs");
-        if !concern.is_file() {
-            let mut a = strings(&[
-                "concern",
-                "--granularity",
-                "channel",
-                "--out",
-                &concern.display().to_string(),
-            ]);
-            a.extend(model_args.clone());
-            ctx.decomp(&a)?;
+    let mut index = 0;
+    let mut complete = true;
+    for fm in &r.m.frontier {
+        let spec = r.m.models.get(&fm.model).with_context(|| {
+            format!(
+                "[[frontier]] names model {:?}, which has no [models.{0}]",
+                fm.model
+            )
+        })?;
+        let arch = spec.arch.clone().unwrap_or_else(|| fm.model.clone());
+        let (weights, wkey) =
+            r.resolve_weights(spec.weights.as_deref().with_context(|| {
+                format!("[models.{}]: the frontier needs `weights`", fm.model)
+            })?)?;
+        let data = r.spec_data(&spec.data)?;
+        let mut model_args = strings(&["--weights", &weights, "--arch", &arch]);
+        model_args.extend(data.args.iter().cloned());
+        model_args.extend(strings(&["--device", &r.eng.device]));
+        let first = fm.points.first().context("[[frontier]] without points")?;
+        if !is_t0(first) {
+            bail!(
+                "[[frontier]] {}: the first point must be tau = tau_neg = 0 with compensation off (its tangling writes the statistics the other points threshold)",
+                fm.model
+            );
         }
-        let rates = dir.join("t0").join("channel-rates.ccs");
-        for pt in points {
-            let name = match pt.budget {
-                Some(b) => format!(
-                    "budget{b}-{}{}{}{}",
-                    pt.compensation,
-                    if pt.reconstruct { "-reconstruct" } else { "" },
-                    if pt.reconstruct && pt.relu_passes > 1 {
-                        format!("-relu{}", pt.relu_passes)
-                    } else {
-                        String::new()
-                    },
-                    if pt.fit_head { "-fithead" } else { "" }
-                ),
-                None => format!(
-                    "{}-tau{}-neg{}-{}",
-                    pt.rate, pt.tau, pt.tau_neg, pt.compensation
-                ),
-            };
-            let pdir = if pt.tau == 0.0 && pt.tau_neg == 0.0 && pt.compensation == "off" {
-                dir.join("t0")
-            } else {
-                dir.join(&name)
-            };
-            let summary_path = pdir.join("summary.json");
-            if !summary_path.is_file() {
-                let source = if rates.is_file() { &rates } else { &concern };
+        let model_key = json!({ "weights": wkey, "arch": arch, "data": data.key });
+        let concern = r
+            .eng
+            .unit("concern", Kind::PerUnit, index, &arch, &model_key, |work| {
                 let mut a = strings(&[
-                    "tangle",
+                    "concern",
                     "--granularity",
                     "channel",
-                    "--concern",
-                    &source.display().to_string(),
+                    "--out",
+                    &s(&work.join("concern.ccs")),
                 ]);
-                a.extend(strings(&["--compensation", pt.compensation]));
-                match pt.budget {
-                    Some(b) => a.extend(strings(&["--budget", &b.to_string()])),
-                    None => a.extend(strings(&[
-                        "--tau",
-                        &pt.tau.to_string(),
-                        "--tau-neg",
-                        &pt.tau_neg.to_string(),
-                        "--rate",
-                        pt.rate,
-                    ])),
-                }
-                if pt.reconstruct {
-                    a.extend(strings(&[
-                        "--reconstruct",
-                        "--relu-passes",
-                        &pt.relu_passes.to_string(),
-                    ]));
-                }
-                if pt.fit_head {
-                    a.push("--fit-head".into());
-                }
-                a.extend(strings(&["--out-dir", &pdir.display().to_string()]));
                 a.extend(model_args.clone());
-                ctx.decomp(&a)?;
-            }
-            let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
-            // Composes the point's modules on the first `limit` test images (all without).
-            let compose = |result: &Path, limit: Option<usize>| -> Result<Value> {
-                if !result.is_file() {
-                    let mods = summary["modules"]
-                        .as_array()
-                        .ok_or_else(|| anyhow!("{}: no modules", summary_path.display()))?;
-                    let mut a = vec!["compose".to_string()];
-                    a.extend(mods.iter().filter_map(|m| m.as_str().map(str::to_string)));
-                    a.extend(strings(&[
-                        "--dataset",
-                        "cifar10",
-                        "--data-dir",
-                        &data,
-                        "--split",
-                        "test",
-                        "--device",
-                        &ctx.device,
-                        "--reference-model",
-                        &weights,
-                        "--out",
-                        &result.display().to_string(),
-                    ]));
-                    if let Some(l) = limit {
-                        a.extend(["--limit".into(), l.to_string()]);
-                    }
-                    ctx.decomp(&a)?;
-                }
-                Ok(serde_json::from_str(&std::fs::read_to_string(result)?)?)
+                r.eng.decomp(&a).map(drop)
+            })?;
+        index += 1;
+        let mut rates: Option<PathBuf> = None;
+        for pt in &fm.points {
+            let idx = index;
+            index += 3;
+            let name = point_name(pt);
+            // The first point thresholds the concern statistics (and adds the unconcerned
+            // sample's, kept as channel-rates.ccs); every other point reads those.
+            let source = if is_t0(pt) {
+                concern.as_ref().map(|c| c.join("concern.ccs"))
+            } else {
+                rates.clone()
             };
-            let v = compose(
-                &pdir.join("compose.json"),
-                Some(ctx.limit.unwrap_or(DEFAULT_LIMIT)),
-            )?;
+            let Some(source) = source else {
+                complete = false;
+                continue;
+            };
+            let key =
+                json!({ "model": model_key, "source": r.eng.file_hash(&source)?, "point": pt });
+            let unit_name = format!("{arch}-{name}");
+            let Some(pdir) =
+                r.eng
+                    .unit("tangle", Kind::PerUnit, idx, &unit_name, &key, |work| {
+                        let mut a = strings(&[
+                            "tangle",
+                            "--granularity",
+                            "channel",
+                            "--concern",
+                            &s(&source),
+                        ]);
+                        a.extend(strings(&["--compensation", &pt.compensation]));
+                        match pt.budget {
+                            Some(b) => a.extend(strings(&["--budget", &b.to_string()])),
+                            None => a.extend(strings(&[
+                                "--tau",
+                                &pt.tau.to_string(),
+                                "--tau-neg",
+                                &pt.tau_neg.to_string(),
+                                "--rate",
+                                &pt.rate,
+                            ])),
+                        }
+                        if pt.reconstruct {
+                            a.extend(strings(&[
+                                "--reconstruct",
+                                "--relu-passes",
+                                &pt.relu_passes.to_string(),
+                            ]));
+                        }
+                        if pt.fit_head {
+                            a.push("--fit-head".into());
+                        }
+                        a.extend(strings(&["--out-dir", &s(work)]));
+                        a.extend(model_args.clone());
+                        r.eng.decomp(&a).map(drop)
+                    })?
+            else {
+                complete = false;
+                continue;
+            };
+            if is_t0(pt) {
+                rates = Some(pdir.join("channel-rates.ccs"));
+            }
+            let mut modules: Vec<PathBuf> = std::fs::read_dir(&pdir)
+                .with_context(|| format!("listing {}", pdir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "mod"))
+                .collect();
+            modules.sort();
+            // Composes the point's modules on the first `limit` test images (all without).
+            let compose = |what: &str, idx: usize, limit: Option<usize>| -> Result<Option<Value>> {
+                let hashes = modules
+                    .iter()
+                    .map(|p| r.eng.file_hash(p))
+                    .collect::<Result<Vec<_>>>()?;
+                let key = json!({ "modules": hashes, "data": data.key, "reference": wkey, "limit": limit });
+                let dir = r.eng.unit(
+                    "compose",
+                    Kind::PerUnit,
+                    idx,
+                    &format!("{unit_name}-{what}"),
+                    &key,
+                    |work| {
+                        let mut a = vec!["compose".to_string()];
+                        a.extend(modules.iter().map(|p| s(p)));
+                        a.extend(data.args.iter().cloned());
+                        a.extend(strings(&[
+                            "--split",
+                            "test",
+                            "--device",
+                            &r.eng.device,
+                            "--reference-model",
+                            &weights,
+                            "--out",
+                            &s(&work.join("compose.json")),
+                        ]));
+                        if let Some(l) = limit {
+                            a.extend(["--limit".into(), l.to_string()]);
+                        }
+                        r.eng.decomp(&a).map(drop)
+                    },
+                )?;
+                dir.map(|d| read_json(&d.join("compose.json"))).transpose()
+            };
+            let v = compose("first", idx + 1, Some(limit))?;
             let whole = if pt.whole_split {
-                let w = compose(&pdir.join("compose-full.json"), None)?;
-                serde_json::json!({
+                compose("whole", idx + 2, None)?
+            } else {
+                None
+            };
+            let Some(v) = v else {
+                complete = false;
+                continue;
+            };
+            let whole = match (pt.whole_split, whole) {
+                (false, _) => Value::Null,
+                (true, Some(w)) => json!({
                     "n": w["n"],
                     "model_top1": w["model_top1"],
                     "composed_top1": w["composed_top1"],
-                })
-            } else {
-                Value::Null
+                }),
+                (true, None) => {
+                    complete = false;
+                    continue;
+                }
             };
-            rows.push(serde_json::json!({
+            rows.push(json!({
                 "model": arch,
                 "tau": pt.tau,
                 "tau_neg": pt.tau_neg,
@@ -389,6 +287,10 @@ pub fn run(
             }));
         }
     }
+    if !complete || !r.reporting()? {
+        return Ok(());
+    }
+    let out = r.out_dir();
     crate::engine::write_report(
         &out.join("frontier.json"),
         &serde_json::to_string_pretty(&rows)?,
@@ -527,8 +429,37 @@ pub fn run(
     crate::engine::write_report(&out.join("frontier.md"), &md)?;
     crate::engine::write_report(&out.join("frontier.csv"), &csv)?;
     plot(&out.join("frontier.svg"), &rows)?;
-    println!("report: {}", out.join("frontier.md").display());
     Ok(())
+}
+
+/// The `tau = tau_neg = 0`, compensation `off` point: the element method's "keep if ever
+/// active" at channel granularity, whose tangling adds the unconcerned statistics.
+fn is_t0(pt: &FrontierPoint) -> bool {
+    pt.budget.is_none() && pt.tau == 0.0 && pt.tau_neg == 0.0 && pt.compensation == "off"
+}
+
+/// A point's name in unit folders (as the run folders were named before).
+fn point_name(pt: &FrontierPoint) -> String {
+    if is_t0(pt) {
+        return "t0".into();
+    }
+    match pt.budget {
+        Some(b) => format!(
+            "budget{b}-{}{}{}{}",
+            pt.compensation,
+            if pt.reconstruct { "-reconstruct" } else { "" },
+            if pt.reconstruct && pt.relu_passes > 1 {
+                format!("-relu{}", pt.relu_passes)
+            } else {
+                String::new()
+            },
+            if pt.fit_head { "-fithead" } else { "" }
+        ),
+        None => format!(
+            "{}-tau{}-neg{}-{}",
+            pt.rate, pt.tau, pt.tau_neg, pt.compensation
+        ),
+    }
 }
 
 /// The marker of point kind `k` (see `plot`) at `at`, on the chart and in the legend (a

@@ -1,0 +1,371 @@
+//! `zoo` (issue 15): the models the paper's tables need, trained here. Each `[models.*]`
+//! with `train` is one resumable `train` unit (`decomp train --resume` in the unit's
+//! `.partial` run folder; `--epochs-now N` stops after N epochs so a run continues in a
+//! later session; `--shard I/N` splits the runs); each finished run's best model is
+//! evaluated on the test split (an `eval` unit). The report (also while runs are in
+//! progress) lists per run the metrics, the curves, wall time, energy and whether the
+//! validation curve is flat over the last epochs; finished runs' weights are copied to the
+//! zoo's weights folder with a `SHA256SUMS` file, and the experiment fails unless `decomp
+//! eval` of each reproduces the test accuracy its training run recorded.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::Run;
+use super::format::{fixed2, num};
+use super::table1::PAPER_TABLE1;
+use crate::engine::{read_json, write_report};
+use crate::manifest::{Manifest, ZooSpec};
+
+/// The zoo's weights folder: `weights_dir` relative to the workspace root unless absolute.
+pub fn weights_dir(root: &Path, m: &Manifest) -> PathBuf {
+    let d = m
+        .zoo
+        .as_ref()
+        .map_or("models/zoo", |z| z.weights_dir.as_str());
+    root.join(d)
+}
+
+/// Whether the validation curve stopped improving: over the last `window` epochs (the
+/// last `flat_window` of the schedule, at least one) the best validation accuracy rose by
+/// `gain` points over the best before them; `slope` is the least-squares slope of the
+/// window (points per epoch). Flat when `gain <= flat_tolerance`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Convergence {
+    pub window: usize,
+    pub gain: f64,
+    pub slope: f64,
+    pub flat: bool,
+}
+
+/// [`Convergence`] of validation accuracies `val` (points, one per epoch, all done).
+pub fn convergence(val: &[f64], flat_window: f64, tolerance: f64) -> Option<Convergence> {
+    let e = val.len();
+    let window = ((flat_window * e as f64).ceil() as usize).max(1);
+    if e <= window || val.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let best = |s: &[f64]| s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (before, last) = val.split_at(e - window);
+    let gain = best(last) - best(before);
+    let n = last.len() as f64;
+    let mx = (n - 1.0) / 2.0;
+    let my = last.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, y) in last.iter().enumerate() {
+        sxy += (i as f64 - mx) * (y - my);
+        sxx += (i as f64 - mx).powi(2);
+    }
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    Some(Convergence {
+        window,
+        gain,
+        slope,
+        flat: gain <= tolerance,
+    })
+}
+
+/// What the report knows of one run.
+struct Entry {
+    name: String,
+    dataset: String,
+    train: crate::manifest::TrainSpec,
+    /// Finished unit folder.
+    done: Option<PathBuf>,
+    /// Its `decomp eval` on the test split.
+    eval: Option<Value>,
+    /// `metrics.json` of the finished run, or of the run in progress.
+    metrics: Option<Value>,
+    /// The run folder the metrics come from.
+    folder: Option<PathBuf>,
+}
+
+pub fn zoo(r: &Run) -> Result<()> {
+    let z: ZooSpec = r.m.zoo.clone().context("a zoo manifest needs [zoo]")?;
+    let mut entries = Vec::new();
+    let n = r.m.models.len();
+    for (i, (name, spec)) in r.m.models.iter().enumerate() {
+        let t = spec
+            .train
+            .clone()
+            .with_context(|| format!("[models.{name}]: every zoo model needs `train`"))?;
+        let data = r.spec_data(&spec.data)?;
+        let done = r.train(name, i, &data, None, &t)?;
+        let eval = match &done {
+            Some(d) => r.eval_model(&format!("{name}-test"), n + i, &d.join("best.ir"), &data)?,
+            None => None,
+        };
+        let partial = r
+            .eng
+            .partial_dir("train", name, &r.train_key(&data, None, &t));
+        let folder = done
+            .clone()
+            .or_else(|| partial.join("metrics.json").is_file().then_some(partial));
+        let metrics = folder
+            .as_ref()
+            .map(|f| read_json(&f.join("metrics.json")))
+            .transpose()?;
+        let ds = &r.m.data[&spec.data];
+        entries.push(Entry {
+            name: name.clone(),
+            dataset: ds.path.clone().unwrap_or_else(|| ds.dataset.clone()),
+            train: t,
+            done,
+            eval,
+            metrics,
+            folder,
+        });
+    }
+    let reporting = r.eng.sel.shard.is_none()
+        && match (&r.eng.sel.only, &r.eng.sel.from) {
+            (Some(o), _) => o == "report",
+            _ => true,
+        };
+    if !reporting {
+        return Ok(());
+    }
+    let out = r.out_dir();
+    let weights = weights_dir(&r.env.root, &r.m);
+    let mut rows = Vec::new();
+    let mut sums = Vec::new();
+    for e in &entries {
+        let m = e.metrics.clone().unwrap_or(Value::Null);
+        let epochs = m["epochs"].as_array().cloned().unwrap_or_default();
+        let planned = m["config"]["epochs"].as_u64();
+        let val: Vec<f64> = epochs
+            .iter()
+            .map(|x| 100.0 * x["val_acc"].as_f64().unwrap_or(f64::NAN))
+            .collect();
+        let conv = e
+            .done
+            .as_ref()
+            .and_then(|_| convergence(&val, z.flat_window, z.flat_tolerance));
+        let mut sha = Value::Null;
+        if let (Some(dir), Some(ev)) = (&e.done, &e.eval) {
+            // The recorded test accuracy must be what `decomp eval` of the best model gives.
+            let (recorded, evaluated) = (num(&m["test_top1"]), num(&ev["top1"]));
+            if !recorded.is_finite() || (recorded - evaluated).abs() > 1e-9 {
+                bail!(
+                    "zoo run {}: its training run recorded test top-1 {recorded}, `decomp eval` of {} gives {evaluated}",
+                    e.name,
+                    dir.join("best.ir").display()
+                );
+            }
+            let classes = ev["class_names"].as_array().map_or(0, Vec::len);
+            r.gate_result(
+                &format!("zoo model {}", e.name),
+                ev,
+                "top1",
+                "per_class",
+                classes,
+            )?;
+            let bytes = std::fs::read(dir.join("best.ir"))
+                .with_context(|| format!("reading {}", dir.join("best.ir").display()))?;
+            let dest = weights.join(format!("{}.ir", e.name));
+            if std::fs::read(&dest).ok().as_deref() != Some(&bytes[..]) {
+                std::fs::create_dir_all(&weights)
+                    .with_context(|| format!("creating {}", weights.display()))?;
+                decomp_ir::write_atomic(&dest, &bytes)?;
+            }
+            let hex = r.eng.file_hash(&dest)?;
+            sums.push(format!("{hex}  {}.ir", e.name));
+            sha = json!(hex);
+        }
+        if let Some(f) = &e.folder {
+            for file in ["metrics.json", "metrics.csv", "curves.svg"] {
+                let text = std::fs::read_to_string(f.join(file))
+                    .with_context(|| format!("reading {}", f.join(file).display()))?;
+                write_report(&out.join(&e.name).join(file), &text)?;
+            }
+        }
+        let status = match (&e.done, planned) {
+            (Some(_), _) => "finished".to_string(),
+            (None, Some(p)) => format!("in progress ({}/{p} epochs)", epochs.len()),
+            (None, None) => "not started".to_string(),
+        };
+        rows.push(json!({
+            "name": e.name,
+            "dataset": e.dataset,
+            "arch": e.train.arch,
+            "recipe": e.train.recipe,
+            "train": e.train,
+            "status": status,
+            "epochs_done": epochs.len(),
+            "epochs_planned": planned,
+            "best_epoch": m["best_epoch"],
+            "best_val_acc": m["best_val_acc"],
+            "test": e.eval,
+            "wall_s": m["wall_s"],
+            "wall_s_to_best": m["wall_s_to_best"],
+            "energy_j": m["energy_j"],
+            "energy_source": m["energy_source"],
+            "device": m["device"],
+            "train_images": m["train_images"],
+            "val_images": m["val_images"],
+            "convergence": conv.map(|c| json!({"window": c.window, "gain": c.gain, "slope": c.slope, "flat": c.flat})),
+            "weights": e.done.as_ref().map(|_| format!("{}/{}.ir", z.weights_dir, e.name)),
+            "sha256": sha,
+        }));
+    }
+    if !sums.is_empty() {
+        sums.sort_by(|a, b| a[66..].cmp(&b[66..]));
+        crate::engine::write_atomic(&weights.join("SHA256SUMS"), &(sums.join("\n") + "\n"))?;
+    }
+    report(r, &z, &rows)
+}
+
+/// The paper's model accuracy (its Table 1) for a run's dataset and architecture.
+fn paper_top1(dataset: &str, arch: &str) -> String {
+    let d = if dataset.starts_with("cifar-10") || dataset == "cifar10" {
+        "CIFAR-10"
+    } else {
+        "TinyImageNet"
+    };
+    PAPER_TABLE1
+        .iter()
+        .find(|p| p.0 == d && p.1 == arch)
+        .map_or("-".into(), |p| format!("{} ({d})", p.2))
+}
+
+fn report(r: &Run, z: &ZooSpec, rows: &[Value]) -> Result<()> {
+    let mut md = format!(
+        "# {}\n\nGenerated by `cargo xtask run-experiment {}` (manifest `{}`). One resumable training unit per run \
+         (`decomp train --resume` in its run folder; `--epochs-now N` trains N epochs per invocation, `--shard I/N` \
+         splits the runs); test accuracy by `decomp eval` of the best-validation model, which must reproduce the \
+         accuracy the training run recorded (checked). Converged = the validation curve is flat over the last {:.0}% of \
+         the epochs: the best validation accuracy of those epochs exceeds the best before them by at most {} points \
+         (gain; slope = least-squares slope of the window, points per epoch).\n\n",
+        r.m.title,
+        r.name,
+        r.manifest,
+        100.0 * z.flat_window,
+        z.flat_tolerance
+    );
+    if !r.m.notes.trim().is_empty() {
+        let _ = writeln!(md, "{}\n", r.m.notes.trim());
+    }
+    md.push_str("| run | data | arch | recipe | status | epochs | best epoch | best val % | test top-1 % | test top-5 % | the paper's model top-1 % | wall h | energy kWh (source) | device | converged (gain / slope) | weights |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut csv = String::from(
+        "name,dataset,arch,recipe,status,epochs_done,epochs_planned,best_epoch,best_val_acc,test_top1,test_top5,wall_s,wall_s_to_best,energy_j,energy_source,device,converged,gain,slope,sha256\n",
+    );
+    for x in rows {
+        let t = &x["test"];
+        let conv = &x["convergence"];
+        let conv_s = if conv.is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{} ({:+.2} / {:+.3})",
+                if conv["flat"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "**no**"
+                },
+                num(&conv["gain"]),
+                num(&conv["slope"])
+            )
+        };
+        let energy = match x["energy_j"].as_f64() {
+            Some(j) => format!(
+                "{:.3} ({})",
+                j / 3.6e6,
+                x["energy_source"].as_str().unwrap_or("?")
+            ),
+            None => format!("- ({})", x["energy_source"].as_str().unwrap_or("none")),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {energy} | {} | {conv_s} | {} |",
+            x["name"].as_str().unwrap_or(""),
+            x["dataset"].as_str().unwrap_or(""),
+            x["arch"].as_str().unwrap_or(""),
+            x["recipe"].as_str().unwrap_or(""),
+            x["status"].as_str().unwrap_or(""),
+            x["epochs_done"],
+            x["epochs_planned"]
+                .as_u64()
+                .map_or("?".into(), |e| e.to_string()),
+            x["best_epoch"]
+                .as_u64()
+                .map_or("-".into(), |e| e.to_string()),
+            fixed2(100.0 * num(&x["best_val_acc"])),
+            fixed2(num(&t["top1"])),
+            fixed2(num(&t["top5"])),
+            paper_top1(
+                x["dataset"].as_str().unwrap_or(""),
+                x["arch"].as_str().unwrap_or("")
+            ),
+            x["wall_s"]
+                .as_f64()
+                .map_or("-".into(), |s| format!("{:.2}", s / 3600.0)),
+            x["device"].as_str().unwrap_or("-"),
+            x["weights"]
+                .as_str()
+                .map_or("-".into(), |w| format!("`{w}`")),
+        );
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            x["name"].as_str().unwrap_or(""),
+            x["dataset"].as_str().unwrap_or(""),
+            x["arch"].as_str().unwrap_or(""),
+            x["recipe"].as_str().unwrap_or(""),
+            x["status"].as_str().unwrap_or(""),
+            x["epochs_done"],
+            x["epochs_planned"],
+            x["best_epoch"],
+            x["best_val_acc"],
+            t["top1"],
+            t["top5"],
+            x["wall_s"],
+            x["wall_s_to_best"],
+            x["energy_j"],
+            x["energy_source"].as_str().unwrap_or(""),
+            x["device"].as_str().unwrap_or(""),
+            conv["flat"],
+            conv["gain"],
+            conv["slope"],
+            x["sha256"].as_str().unwrap_or(""),
+        );
+    }
+    md.push_str(
+        "\nPer run: `<run>/metrics.json` (every epoch, configuration, energy), `<run>/metrics.csv`, `<run>/curves.svg` \
+         (loss and accuracy curves). Weights: `<weights folder>/<run>.ir` (a decomp model artifact, format version \
+         in its header), checksums in `SHA256SUMS` beside them. The paper's model accuracies are on its own data \
+         (CIFAR-10's original test set; Tiny ImageNet with 200 classes, chance 0.5%; ours: the 20-class subset, chance 5%).\n",
+    );
+    let out = r.out_dir();
+    write_report(&out.join("report.md"), &md)?;
+    write_report(&out.join("zoo.json"), &serde_json::to_string_pretty(rows)?)?;
+    write_report(&out.join("zoo.csv"), &csv)?;
+    write_report(
+        &out.join("manifest.json"),
+        &serde_json::to_string_pretty(&r.m)?,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_curve_is_flat_when_its_last_fifth_adds_nothing() {
+        // 10 epochs, window 2: the best of epochs 9-10 (80.3) over the best before (80.0).
+        let v = [40.0, 60.0, 70.0, 75.0, 78.0, 79.0, 80.0, 79.5, 80.3, 80.1];
+        let c = convergence(&v, 0.2, 0.5).expect("converged?");
+        assert_eq!(c.window, 2);
+        assert!((c.gain - 0.3).abs() < 1e-9 && c.flat, "{c:?}");
+        assert!((c.slope + 0.2).abs() < 1e-9, "{c:?}");
+        // Still climbing: +2 points in the last fifth.
+        let v = [40.0, 60.0, 70.0, 75.0, 78.0, 79.0, 80.0, 80.5, 81.5, 82.5];
+        let c = convergence(&v, 0.2, 0.5).expect("converged?");
+        assert!(!c.flat && (c.gain - 2.0).abs() < 1e-9, "{c:?}");
+        // Too short to tell, or no validation split.
+        assert_eq!(convergence(&[50.0], 0.2, 0.5), None);
+        assert_eq!(convergence(&[50.0, f64::NAN, 60.0], 0.2, 0.5), None);
+    }
+}

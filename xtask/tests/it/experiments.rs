@@ -1,0 +1,293 @@
+//! The zoo, Table 1 and the validity gate on the tiny synthetic setup of `main.rs`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{decomp_bin, finished_units, fixture, read, run_ok, xtask};
+
+fn json(p: &Path) -> Value {
+    serde_json::from_str(&read(p.to_path_buf())).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A zoo manifest of two tiny training runs whose weights go to `weights`.
+fn zoo_manifest(d: &Path, name: &str, weights: &Path) -> String {
+    let p = d.join("manifests").join(format!("{name}.toml"));
+    let run = |seed: u32| {
+        format!(
+            "data = \"main\"\ntrain = {{ arch = \"resnet8\", recipe = \"he2016\", epochs = 2, batch_size = 16, train_limit = 80, val_fraction = 0.25, seed = {seed} }}\n"
+        )
+    };
+    std::fs::write(
+        &p,
+        format!(
+            "scenario = \"zoo\"\ntitle = \"tiny zoo\"\nvalidity_gate = false\n\
+             [data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
+             [zoo]\nweights_dir = \"{}\"\n[models.r8-a]\n{}[models.r8-b]\n{}",
+            weights.display(),
+            run(0),
+            run(1)
+        ),
+    )
+    .expect("write");
+    p.display().to_string()
+}
+
+fn sha256(p: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(p).expect("read")))
+}
+
+#[test]
+fn zoo_runs_pause_resume_shard_and_publish_checked_weights() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path();
+    fixture(d);
+    let weights = d.join("zoo-weights");
+    let zoo = zoo_manifest(d, "zoo", &weights);
+    // One epoch now: both runs pause; the report lists them in progress, no weights yet.
+    let out = run_ok(xtask(d, "runs", "results", &[&zoo, "--epochs-now", "1"]));
+    assert!(out.contains("paused"), "{out}");
+    let md = read(d.join("results/zoo/report.md"));
+    assert_eq!(md.matches("in progress (1/2 epochs)").count(), 2, "{md}");
+    assert!(!weights.exists());
+    assert!(d.join("results/zoo/r8-a/curves.svg").is_file());
+    // The next invocation continues them to the end.
+    run_ok(xtask(d, "runs", "results", &[&zoo]));
+    let md = read(d.join("results/zoo/report.md"));
+    assert_eq!(md.matches("| finished |").count(), 2, "{md}");
+    let sums = read(weights.join("SHA256SUMS"));
+    for run in ["r8-a", "r8-b"] {
+        let ir = weights.join(format!("{run}.ir"));
+        assert!(
+            sums.contains(&format!("{}  {run}.ir", sha256(&ir))),
+            "{sums}"
+        );
+    }
+    let rows = json(&d.join("results/zoo/zoo.json"));
+    for r in rows.as_array().expect("rows") {
+        let m = json(&d.join(format!(
+            "results/zoo/{}/metrics.json",
+            r["name"].as_str().expect("name")
+        )));
+        assert_eq!(
+            r["test"]["top1"], m["test_top1"],
+            "decomp eval reproduces the recorded accuracy"
+        );
+        assert_eq!(r["epochs_done"], 2);
+        assert!(r["convergence"].is_object(), "{r}");
+    }
+    // Sharded and uninterrupted: the same weights (training resumes exactly).
+    let ref_weights = d.join("ref-weights");
+    let zoo_ref = zoo_manifest(d, "zoo-ref", &ref_weights);
+    for shard in ["0/2", "1/2"] {
+        let out = run_ok(xtask(
+            d,
+            "ref-runs",
+            "ref-results",
+            &[&zoo_ref, "--shard", shard],
+        ));
+        assert!(out.contains("no report"), "{out}");
+    }
+    let trained = std::fs::read_dir(d.join("ref-runs/store/train"))
+        .expect("train units")
+        .count();
+    assert_eq!(trained, 2, "the two shards trained one run each");
+    run_ok(xtask(d, "ref-runs", "ref-results", &[&zoo_ref]));
+    for run in ["r8-a", "r8-b"] {
+        assert_eq!(
+            std::fs::read(weights.join(format!("{run}.ir"))).expect("weights"),
+            std::fs::read(ref_weights.join(format!("{run}.ir"))).expect("weights"),
+            "{run}: paused and resumed vs uninterrupted"
+        );
+    }
+}
+
+/// `table1.json` without the timing fields (which differ between two runs).
+fn untimed(p: &Path) -> Value {
+    let mut v = json(p);
+    for r in v.as_array_mut().expect("rows") {
+        let o = r.as_object_mut().expect("row");
+        o.remove("decompose_seconds");
+        o.remove("compose_seconds");
+    }
+    v
+}
+
+#[test]
+fn table1_covers_sites_zoo_and_ablations_and_shards_and_resumes() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path();
+    let m = fixture(d);
+    // A zoo with one "trained" model without BatchNorm (its weights in place) and one not.
+    let zoo_weights = d.join("t1-zoo");
+    std::fs::create_dir_all(&zoo_weights).expect("mkdir");
+    let st = Command::new(decomp_bin())
+        .args([
+            "new-model",
+            "--arch",
+            "resnet8",
+            "--no-batch-norm",
+            "--seed",
+            "3",
+            "--out",
+        ])
+        .arg(zoo_weights.join("nobn-r8.ir"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("decomp new-model");
+    assert!(st.success());
+    let train = "train = { arch = \"resnet8\", recipe = \"paper-keras\", epochs = 1 }\n";
+    let zoo = m.join("t1-zoo.toml");
+    std::fs::write(
+        &zoo,
+        format!(
+            "scenario = \"zoo\"\ntitle = \"z\"\n[data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
+             [zoo]\nweights_dir = \"{}\"\n[models.nobn-r8]\ndata = \"main\"\n{train}[models.missing-r8]\ndata = \"main\"\n{train}",
+            zoo_weights.display()
+        ),
+    )
+    .expect("write");
+    let manifest = m.join("t1.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "scenario = \"table1\"\ntitle = \"tiny table1\"\nvalidity_gate = false\n\
+             [models.weak]\nweights = \"{}\"\n\
+             [data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
+             [decompose]\npositives = 4\nargs = [\"--positive-filter\", \"all\", \"--batch-size\", \"16\"]\n\
+             [table1]\nvariants = [\"ci-ti-mc\", \"mc-bln\"]\nzoo = \"{}\"\nbootstrap = 200\n\
+             ablations = [{{ model = \"weak\", args = [\"--bln-delta\", \"0.1\"], variants = [\"mc-bln\"] }}]\n",
+            d.join("weak.ir").display(),
+            zoo.display()
+        ),
+    )
+    .expect("write");
+    let manifest = manifest.display().to_string();
+    run_ok(xtask(d, "one", "one-results", &[&manifest]));
+    let rows = json(&d.join("one-results/t1/table1.json"));
+    let rows = rows.as_array().expect("rows");
+    let label = |r: &Value| {
+        format!(
+            "{} {} {}",
+            r["model"].as_str().expect("model"),
+            r["mask_site"].as_str().expect("site"),
+            r["variant"].as_str().expect("variant")
+        )
+    };
+    assert_eq!(
+        rows.iter().map(label).collect::<Vec<_>>(),
+        [
+            "weak relu-input ci-ti-mc",
+            "weak relu-input mc-bln",
+            "weak --bln-delta 0.1 mc-bln",
+            "nobn-r8 relu-input ci-ti-mc",
+            "nobn-r8 relu-input mc-bln",
+            "nobn-r8 conv-output ci-ti-mc",
+            "nobn-r8 conv-output mc-bln",
+        ]
+    );
+    for r in rows {
+        let (d1, lo, hi) = (
+            &r["delta_top1"]["diff"],
+            &r["delta_top1"]["lo"],
+            &r["delta_top1"]["hi"],
+        );
+        let (d1, lo, hi) = (
+            d1.as_f64().expect("diff"),
+            lo.as_f64().expect("lo"),
+            hi.as_f64().expect("hi"),
+        );
+        let direct = r["composed_top1"].as_f64().expect("c") - r["model_top1"].as_f64().expect("m");
+        assert!((d1 - direct).abs() < 1e-9 && lo <= d1 && d1 <= hi, "{r}");
+        assert!(r["ji"].as_f64().is_some_and(|x| x > 0.0 && x <= 1.0), "{r}");
+    }
+    assert_eq!(rows[3]["batch_norm"], false);
+    let md = read(d.join("one-results/t1/table1.md"));
+    assert!(
+        md.contains("Zoo models not trained yet") && md.contains("`missing-r8`"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| TinyImageNet | resnet56 | 32.1 | 58.7 | 31.0 | 57.8 | -1.1 | 0.71 |"),
+        "{md}"
+    );
+
+    // Sharded: two shards and a merge run give the same table.
+    for shard in ["0/2", "1/2"] {
+        let out = run_ok(xtask(
+            d,
+            "sharded",
+            "sharded-results",
+            &[&manifest, "--shard", shard],
+        ));
+        assert!(out.contains("no report"), "{out}");
+    }
+    assert!(!d.join("sharded-results/t1/table1.json").exists());
+    run_ok(xtask(d, "sharded", "sharded-results", &[&manifest]));
+    assert_eq!(
+        untimed(&d.join("sharded-results/t1/table1.json")),
+        untimed(&d.join("one-results/t1/table1.json"))
+    );
+
+    // Resumed: a lost composition is recomputed alone; every other unit is reused.
+    let units = finished_units(&d.join("one"));
+    let stamps: Vec<String> = units.iter().map(|u| read(u.join("unit.json"))).collect();
+    let lost = units
+        .iter()
+        .position(|u| {
+            u.to_string_lossy()
+                .contains("/margins/nobn-r8-conv-output-mc-bln-")
+        })
+        .expect("a margins unit");
+    std::fs::remove_dir_all(&units[lost]).expect("remove");
+    run_ok(xtask(d, "one", "one-results", &[&manifest]));
+    for (i, (u, s)) in units.iter().zip(&stamps).enumerate() {
+        if i != lost {
+            assert_eq!(
+                &read(u.join("unit.json")),
+                s,
+                "{} was recomputed",
+                u.display()
+            );
+        }
+    }
+    assert!(units[lost].join("unit.json").is_file());
+    assert_eq!(
+        untimed(&d.join("one-results/t1/table1.json"))
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| (r["delta_top1"].clone(), r["composed_top5"].clone()))
+            .collect::<Vec<_>>(),
+        untimed(&d.join("sharded-results/t1/table1.json"))
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| (r["delta_top1"].clone(), r["composed_top5"].clone()))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn validity_gate_fails_the_experiment_on_an_untrained_model() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path();
+    let m = fixture(d);
+    // The fixture's models are untrained: with the gate on (the default), Table 4 fails
+    // naming the weaker model instead of writing a report.
+    let text = read(m.join("replace.toml")).replace("validity_gate = false\n", "");
+    let manifest = m.join("gated.toml");
+    std::fs::write(&manifest, text).expect("write");
+    let out = xtask(d, "runs", "results", &[&manifest.display().to_string()])
+        .output()
+        .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("validity gate: the weaker model"),
+        "{stderr}"
+    );
+    assert!(!d.join("results/gated/report.md").exists());
+}
