@@ -12,10 +12,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::Run;
-use super::format::{fixed2, num};
+use super::format::fixed2;
 use super::table1::PAPER_TABLE1;
 use crate::engine::{read_json, write_report};
 use crate::manifest::{Manifest, ZooSpec};
@@ -33,7 +34,7 @@ pub fn weights_dir(root: &Path, m: &Manifest) -> PathBuf {
 /// last `flat_window` of the schedule, at least one) the best validation accuracy rose by
 /// `gain` points over the best before them; `slope` is the least-squares slope of the
 /// window (points per epoch). Flat when `gain <= flat_tolerance`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Convergence {
     pub window: usize,
     pub gain: f64,
@@ -68,6 +69,45 @@ pub fn convergence(val: &[f64], flat_window: f64, tolerance: f64) -> Option<Conv
     })
 }
 
+/// The part of a training run's `metrics.json` (`decomp train`) the report reads.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+struct TrainMetrics {
+    config: PlannedEpochs,
+    epochs: Vec<EpochVal>,
+    best_epoch: Option<usize>,
+    /// Fraction.
+    best_val_acc: Option<f64>,
+    wall_s: f64,
+    wall_s_to_best: Option<f64>,
+    energy_j: Option<f64>,
+    energy_source: String,
+    device: String,
+    train_images: usize,
+    val_images: usize,
+    test_top1: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+struct PlannedEpochs {
+    epochs: usize,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+struct EpochVal {
+    /// Fraction; none without a validation split.
+    val_acc: Option<f64>,
+}
+
+/// The part of `decomp eval --json` the report reads.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct TestResult {
+    top1: f64,
+    top5: f64,
+    n: usize,
+    per_class: Vec<f64>,
+    class_names: Vec<String>,
+}
+
 /// What the report knows of one run.
 struct Entry {
     name: String,
@@ -78,9 +118,31 @@ struct Entry {
     /// Its `decomp eval` on the test split.
     eval: Option<Value>,
     /// `metrics.json` of the finished run, or of the run in progress.
-    metrics: Option<Value>,
+    metrics: Option<TrainMetrics>,
     /// The run folder the metrics come from.
     folder: Option<PathBuf>,
+}
+
+/// One row of the report (`zoo.json`).
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    dataset: String,
+    arch: String,
+    recipe: String,
+    train: crate::manifest::TrainSpec,
+    /// `finished`, `in progress (e/E epochs)`, `not started`.
+    status: String,
+    epochs_done: usize,
+    epochs_planned: Option<usize>,
+    metrics: Option<TrainMetrics>,
+    /// `decomp eval` of the best model on the test split.
+    test: Option<TestResult>,
+    convergence: Option<Convergence>,
+    /// The published weights (relative to the workspace root unless absolute) and their
+    /// SHA-256.
+    weights: Option<String>,
+    sha256: Option<String>,
 }
 
 pub fn zoo(r: &Run) -> Result<()> {
@@ -104,10 +166,16 @@ pub fn zoo(r: &Run) -> Result<()> {
         let folder = done
             .clone()
             .or_else(|| partial.join("metrics.json").is_file().then_some(partial));
-        let metrics = folder
-            .as_ref()
-            .map(|f| read_json(&f.join("metrics.json")))
-            .transpose()?;
+        let metrics =
+            match &folder {
+                Some(f) => {
+                    let p = f.join("metrics.json");
+                    Some(serde_json::from_value(read_json(&p)?).with_context(|| {
+                        format!("{}: not a decomp train metrics file", p.display())
+                    })?)
+                }
+                None => None,
+            };
         let ds = &r.m.data[&spec.data];
         entries.push(Entry {
             name: name.clone(),
@@ -131,36 +199,43 @@ pub fn zoo(r: &Run) -> Result<()> {
     let weights = weights_dir(&r.env.root, &r.m);
     let mut rows = Vec::new();
     let mut sums = Vec::new();
-    for e in &entries {
-        let m = e.metrics.clone().unwrap_or(Value::Null);
-        let epochs = m["epochs"].as_array().cloned().unwrap_or_default();
-        let planned = m["config"]["epochs"].as_u64();
-        let val: Vec<f64> = epochs
+    for e in entries {
+        let epochs_done = e.metrics.as_ref().map_or(0, |m| m.epochs.len());
+        let planned = e.metrics.as_ref().map(|m| m.config.epochs);
+        let val: Vec<f64> = e
+            .metrics
             .iter()
-            .map(|x| 100.0 * x["val_acc"].as_f64().unwrap_or(f64::NAN))
+            .flat_map(|m| &m.epochs)
+            .map(|x| 100.0 * x.val_acc.unwrap_or(f64::NAN))
             .collect();
         let conv = e
             .done
             .as_ref()
             .and_then(|_| convergence(&val, z.flat_window, z.flat_tolerance));
-        let mut sha = Value::Null;
+        let (mut sha, mut test) = (None, None);
         if let (Some(dir), Some(ev)) = (&e.done, &e.eval) {
+            let t: TestResult = serde_json::from_value(ev.clone())
+                .with_context(|| format!("zoo run {}: not a decomp eval result", e.name))?;
             // The recorded test accuracy must be what `decomp eval` of the best model gives.
-            let (recorded, evaluated) = (num(&m["test_top1"]), num(&ev["top1"]));
-            if !recorded.is_finite() || (recorded - evaluated).abs() > 1e-9 {
+            let recorded = e
+                .metrics
+                .as_ref()
+                .and_then(|m| m.test_top1)
+                .unwrap_or(f64::NAN);
+            if !recorded.is_finite() || (recorded - t.top1).abs() > 1e-9 {
                 bail!(
-                    "zoo run {}: its training run recorded test top-1 {recorded}, `decomp eval` of {} gives {evaluated}",
+                    "zoo run {}: its training run recorded test top-1 {recorded}, `decomp eval` of {} gives {}",
                     e.name,
-                    dir.join("best.ir").display()
+                    dir.join("best.ir").display(),
+                    t.top1
                 );
             }
-            let classes = ev["class_names"].as_array().map_or(0, Vec::len);
             r.gate_result(
                 &format!("zoo model {}", e.name),
                 ev,
                 "top1",
                 "per_class",
-                classes,
+                t.class_names.len(),
             )?;
             let bytes = std::fs::read(dir.join("best.ir"))
                 .with_context(|| format!("reading {}", dir.join("best.ir").display()))?;
@@ -172,7 +247,8 @@ pub fn zoo(r: &Run) -> Result<()> {
             }
             let hex = r.eng.file_hash(&dest)?;
             sums.push(format!("{hex}  {}.ir", e.name));
-            sha = json!(hex);
+            sha = Some(hex);
+            test = Some(t);
         }
         if let Some(f) = &e.folder {
             for file in ["metrics.json", "metrics.csv", "curves.svg"] {
@@ -183,32 +259,27 @@ pub fn zoo(r: &Run) -> Result<()> {
         }
         let status = match (&e.done, planned) {
             (Some(_), _) => "finished".to_string(),
-            (None, Some(p)) => format!("in progress ({}/{p} epochs)", epochs.len()),
+            (None, Some(p)) => format!("in progress ({epochs_done}/{p} epochs)"),
             (None, None) => "not started".to_string(),
         };
-        rows.push(json!({
-            "name": e.name,
-            "dataset": e.dataset,
-            "arch": e.train.arch,
-            "recipe": e.train.recipe,
-            "train": e.train,
-            "status": status,
-            "epochs_done": epochs.len(),
-            "epochs_planned": planned,
-            "best_epoch": m["best_epoch"],
-            "best_val_acc": m["best_val_acc"],
-            "test": e.eval,
-            "wall_s": m["wall_s"],
-            "wall_s_to_best": m["wall_s_to_best"],
-            "energy_j": m["energy_j"],
-            "energy_source": m["energy_source"],
-            "device": m["device"],
-            "train_images": m["train_images"],
-            "val_images": m["val_images"],
-            "convergence": conv.map(|c| json!({"window": c.window, "gain": c.gain, "slope": c.slope, "flat": c.flat})),
-            "weights": e.done.as_ref().map(|_| format!("{}/{}.ir", z.weights_dir, e.name)),
-            "sha256": sha,
-        }));
+        rows.push(Row {
+            weights: e
+                .done
+                .as_ref()
+                .map(|_| format!("{}/{}.ir", z.weights_dir, e.name)),
+            name: e.name,
+            dataset: e.dataset,
+            arch: e.train.arch.clone(),
+            recipe: e.train.recipe.clone(),
+            train: e.train,
+            status,
+            epochs_done,
+            epochs_planned: planned,
+            metrics: e.metrics,
+            test,
+            convergence: conv,
+            sha256: sha,
+        });
     }
     if !sums.is_empty() {
         sums.sort_by(|a, b| a[66..].cmp(&b[66..]));
@@ -230,7 +301,7 @@ fn paper_top1(dataset: &str, arch: &str) -> String {
         .map_or("-".into(), |p| format!("{} ({d})", p.2))
 }
 
-fn report(r: &Run, z: &ZooSpec, rows: &[Value]) -> Result<()> {
+fn report(r: &Run, z: &ZooSpec, rows: &[Row]) -> Result<()> {
     let mut md = format!(
         "# {}\n\nGenerated by `cargo xtask run-experiment {}` (manifest `{}`). One resumable training unit per run \
          (`decomp train --resume` in its run folder; `--epochs-now N` trains N epochs per invocation, `--shard I/N` \
@@ -252,83 +323,76 @@ fn report(r: &Run, z: &ZooSpec, rows: &[Value]) -> Result<()> {
         "name,dataset,arch,recipe,status,epochs_done,epochs_planned,best_epoch,best_val_acc,test_top1,test_top5,wall_s,wall_s_to_best,energy_j,energy_source,device,converged,gain,slope,sha256\n",
     );
     for x in rows {
-        let t = &x["test"];
-        let conv = &x["convergence"];
-        let conv_s = if conv.is_null() {
-            "-".to_string()
-        } else {
+        let m = x.metrics.clone().unwrap_or_default();
+        let conv_s = x.convergence.map_or("-".to_string(), |c| {
             format!(
                 "{} ({:+.2} / {:+.3})",
-                if conv["flat"].as_bool() == Some(true) {
-                    "yes"
-                } else {
-                    "**no**"
-                },
-                num(&conv["gain"]),
-                num(&conv["slope"])
+                if c.flat { "yes" } else { "**no**" },
+                c.gain,
+                c.slope
             )
+        });
+        let energy = match m.energy_j {
+            Some(j) => format!("{:.3} ({})", j / 3.6e6, m.energy_source),
+            None if x.metrics.is_some() => format!("- ({})", m.energy_source),
+            None => "-".into(),
         };
-        let energy = match x["energy_j"].as_f64() {
-            Some(j) => format!(
-                "{:.3} ({})",
-                j / 3.6e6,
-                x["energy_source"].as_str().unwrap_or("?")
-            ),
-            None => format!("- ({})", x["energy_source"].as_str().unwrap_or("none")),
-        };
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), fixed2);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {energy} | {} | {conv_s} | {} |",
-            x["name"].as_str().unwrap_or(""),
-            x["dataset"].as_str().unwrap_or(""),
-            x["arch"].as_str().unwrap_or(""),
-            x["recipe"].as_str().unwrap_or(""),
-            x["status"].as_str().unwrap_or(""),
-            x["epochs_done"],
-            x["epochs_planned"]
-                .as_u64()
-                .map_or("?".into(), |e| e.to_string()),
-            x["best_epoch"]
-                .as_u64()
-                .map_or("-".into(), |e| e.to_string()),
-            fixed2(100.0 * num(&x["best_val_acc"])),
-            fixed2(num(&t["top1"])),
-            fixed2(num(&t["top5"])),
-            paper_top1(
-                x["dataset"].as_str().unwrap_or(""),
-                x["arch"].as_str().unwrap_or("")
-            ),
-            x["wall_s"]
-                .as_f64()
-                .map_or("-".into(), |s| format!("{:.2}", s / 3600.0)),
-            x["device"].as_str().unwrap_or("-"),
-            x["weights"]
-                .as_str()
-                .map_or("-".into(), |w| format!("`{w}`")),
+            x.name,
+            x.dataset,
+            x.arch,
+            x.recipe,
+            x.status,
+            x.epochs_done,
+            x.epochs_planned.map_or("?".into(), |e| e.to_string()),
+            m.best_epoch.map_or("-".into(), |e| e.to_string()),
+            opt(m.best_val_acc.map(|a| 100.0 * a)),
+            opt(x.test.as_ref().map(|t| t.top1)),
+            opt(x.test.as_ref().map(|t| t.top5)),
+            paper_top1(&x.dataset, &x.arch),
+            if x.metrics.is_some() {
+                format!("{:.2}", m.wall_s / 3600.0)
+            } else {
+                "-".into()
+            },
+            if x.metrics.is_some() {
+                m.device.as_str()
+            } else {
+                "-"
+            },
+            x.weights.as_ref().map_or("-".into(), |w| format!("`{w}`")),
         );
+        let o = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
         let _ = writeln!(
             csv,
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-            x["name"].as_str().unwrap_or(""),
-            x["dataset"].as_str().unwrap_or(""),
-            x["arch"].as_str().unwrap_or(""),
-            x["recipe"].as_str().unwrap_or(""),
-            x["status"].as_str().unwrap_or(""),
-            x["epochs_done"],
-            x["epochs_planned"],
-            x["best_epoch"],
-            x["best_val_acc"],
-            t["top1"],
-            t["top5"],
-            x["wall_s"],
-            x["wall_s_to_best"],
-            x["energy_j"],
-            x["energy_source"].as_str().unwrap_or(""),
-            x["device"].as_str().unwrap_or(""),
-            conv["flat"],
-            conv["gain"],
-            conv["slope"],
-            x["sha256"].as_str().unwrap_or(""),
+            x.name,
+            x.dataset,
+            x.arch,
+            x.recipe,
+            x.status,
+            x.epochs_done,
+            x.epochs_planned.map_or(String::new(), |e| e.to_string()),
+            m.best_epoch.map_or(String::new(), |e| e.to_string()),
+            o(m.best_val_acc),
+            o(x.test.as_ref().map(|t| t.top1)),
+            o(x.test.as_ref().map(|t| t.top5)),
+            if x.metrics.is_some() {
+                m.wall_s.to_string()
+            } else {
+                String::new()
+            },
+            o(m.wall_s_to_best),
+            o(m.energy_j),
+            m.energy_source,
+            m.device,
+            x.convergence.map_or(String::new(), |c| c.flat.to_string()),
+            o(x.convergence.map(|c| c.gain)),
+            o(x.convergence.map(|c| c.slope)),
+            x.sha256.as_deref().unwrap_or(""),
         );
     }
     md.push_str(
