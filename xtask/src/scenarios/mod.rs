@@ -281,6 +281,13 @@ impl Run<'_> {
         )
     }
 
+    /// [`Run::gate_result`] of `model`'s own test evaluation ([`Run::eval_model`]).
+    fn gate_model_test(&self, role: &str, model: &Model, test: Option<&Value>) -> Result<()> {
+        let what = format!("{role} {} ({})", model.arch, model.ir.display());
+        let test = test.with_context(|| format!("the test evaluation of {what} is missing"))?;
+        self.gate_result(&what, test, "top1", "per_class", model.data.num_classes)
+    }
+
     /// [`Run::gate_result`] of a composition over all of a model's classes.
     fn gate_compose(&self, what: &str, compose: &Value, classes: usize) -> Result<()> {
         self.gate_result(what, compose, "model_top1", "model_per_class", classes)
@@ -431,6 +438,27 @@ fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
         arch: format!("{}-{}", t.arch, spec.dataset),
     };
     Ok(Some((model, picked, set)))
+}
+
+/// The validity gate on the two models of an inter-dataset scenario: the base model on its
+/// own test split, the second dataset's model on its classes' test images.
+fn gate_inter_models(
+    r: &Run,
+    base: &Model,
+    base_test: Option<&Value>,
+    second: &Model,
+    classes: usize,
+) -> Result<()> {
+    r.gate_model_test("the base model", base, base_test)?;
+    let dir = second
+        .ir
+        .parent()
+        .context("the second model's run folder")?;
+    r.gate_trained(
+        &format!("the second dataset's model ({})", second.ir.display()),
+        dir,
+        classes,
+    )
 }
 
 /// A part of a mix: one class of the main dataset.

@@ -62,15 +62,7 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
     }
     let compose = read_json(&margins.with_file_name("compose.json"))?;
     let class_names = names(&compose);
-    r.gate_result(
-        &format!("the base model {} ({})", base.arch, base.ir.display()),
-        base_test
-            .as_ref()
-            .context("the base model's test evaluation is missing")?,
-        "top1",
-        "per_class",
-        data.num_classes,
-    )?;
+    r.gate_model_test("the base model", &base, base_test.as_ref())?;
     for (k, &(a, b)) in ps.iter().enumerate() {
         if let Some(dir) = &tma[k] {
             r.gate_trained(

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::format::num;
-use super::{Run, main_part, names, part, second_model, seeded_choice};
+use super::{Run, gate_inter_models, main_part, names, part, second_model, seeded_choice};
 use crate::engine::{Kind, read_json};
 use crate::plot;
 
@@ -93,20 +93,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     if !r.reporting()? {
         return Ok(());
     }
-    r.gate_result(
-        &format!("the base model {} ({})", base.arch, base.ir.display()),
-        base_test
-            .as_ref()
-            .context("the base model's test evaluation is missing")?,
-        "top1",
-        "per_class",
-        base.data.num_classes,
-    )?;
-    r.gate_trained(
-        &format!("the second dataset's model ({})", second.ir.display()),
-        second.ir.parent().context("run folder")?,
-        picked.len(),
-    )?;
+    gate_inter_models(r, &base, base_test.as_ref(), &second, picked.len())?;
     for (c, t, _, _, tma, _) in &rows {
         if let Some(dir) = tma {
             r.gate_trained(&format!("the TMA of {c}/{t} ({})", dir.display()), dir, 2)?;

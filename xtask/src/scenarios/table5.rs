@@ -2,11 +2,11 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
 use super::format::{f2, fixed2, num, signed};
-use super::{Run, main_part, names, part, second_model, seeded_choice};
+use super::{Run, gate_inter_models, main_part, names, part, second_model, seeded_choice};
 use crate::engine::{Kind, read_json};
 
 /// Table 5: inter-dataset replace. For pair i of the selections, CIFAR-10 class
@@ -73,20 +73,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
     if !r.reporting()? {
         return Ok(());
     }
-    r.gate_result(
-        &format!("the base model {} ({})", base.arch, base.ir.display()),
-        base_test
-            .as_ref()
-            .context("the base model's test evaluation is missing")?,
-        "top1",
-        "per_class",
-        base.data.num_classes,
-    )?;
-    r.gate_trained(
-        &format!("the second dataset's model ({})", second.ir.display()),
-        second.ir.parent().context("run folder")?,
-        picked.len(),
-    )?;
+    gate_inter_models(r, &base, base_test.as_ref(), &second, picked.len())?;
     for (x, t, _, m, _) in &rows {
         if let Some(dir) = m {
             r.gate_trained(
