@@ -77,16 +77,15 @@ pub(super) fn bn_grad_sums<S: macerator::Simd>(
     }
 }
 
-/// `y = a x + b` per channel (`c = a.len()`), written over `x`.
+/// `out = a x + b` per channel (`c = a.len()`), appended to `out`.
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
-pub(super) fn affine<S: macerator::Simd>(x: &mut [f32], a: &[f32], b: &[f32]) {
+pub(super) fn affine<S: macerator::Simd>(x: &[f32], a: &[f32], b: &[f32], out: &mut Vec<f32>) {
     let c = a.len();
     let b = &b[..c];
-    for px in x.chunks_exact_mut(c) {
-        for ((v, &s), &t) in px.iter_mut().zip(a).zip(b) {
-            *v = *v * s + t;
-        }
+    out.reserve(x.len());
+    for px in x.chunks_exact(c) {
+        out.extend(px.iter().zip(a).zip(b).map(|((&v, &s), &t)| v * s + t));
     }
 }
 

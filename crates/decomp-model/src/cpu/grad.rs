@@ -311,8 +311,8 @@ impl Pass<'_> {
                     let y = x
                         .par_iter()
                         .map(|t| {
-                            let mut v = t.clone();
-                            affine(&mut v, &scale, &shift);
+                            let mut v = Vec::new();
+                            affine(t, &scale, &shift, &mut v);
                             v
                         })
                         .collect();
@@ -576,6 +576,11 @@ impl Pass<'_> {
             && fma_available()
             && cin % 8 == 0
             && (cin <= 64 || cin % 64 == 0);
+        // The im2col weight gradient as `[k][cout]` through `tn_product` (see below).
+        let tn_dw = self.tuning.small_kernels
+            && fma_available()
+            && cout % 8 == 0
+            && (cout <= 64 || cout % 64 == 0);
         let pointwise = c.kernel == [1, 1] && c.stride == [1, 1] && c.pad == [0, 0];
         let [ho, wo] = c.out_hw;
         let block = (self.tuning.block / k).max(1);
@@ -611,22 +616,34 @@ impl Pass<'_> {
                         im2col(c, x, r0, r1, scratch);
                         &scratch[..rb * k]
                     };
-                    // dW^T [cout, k] += dY^T [cout, rb] x col [rb, k].
-                    dyt.resize(cout * rb, 0.0);
-                    for (r, px) in d[r0 * cout..r1 * cout].chunks_exact(cout).enumerate() {
-                        for (co, &v) in px.iter().enumerate() {
-                            dyt[co * rb + r] = v;
-                        }
-                    }
-                    let gm = Gemm {
-                        m: cout,
-                        n: k,
+                    let dyb = &d[r0 * cout..r1 * cout];
+                    // dW [k, cout] += col^T [k, rb] x dY [rb, cout] with the register-blocked
+                    // kernel where `cout` suits it (`tn_dw`), else dW^T [cout, k] += dY^T
+                    // [cout, rb] x col [rb, k] through `gemm` (m = cout is small: slower).
+                    let tn = Tn {
+                        rows: k,
                         k: rb,
-                        lhs_rs: rb,
-                        rhs_rs: k,
-                        dst_rs: k,
+                        lhs_rs: k,
+                        rhs_rs: cout,
+                        dst_rs: cout,
                     };
-                    sgemm(gm, &mut dwt, &dyt, col, true).expect("weight-gradient shapes");
+                    if !(tn_dw && tn_product(tn, cout, col, dyb, &mut dwt)) {
+                        dyt.resize(cout * rb, 0.0);
+                        for (r, px) in dyb.chunks_exact(cout).enumerate() {
+                            for (co, &v) in px.iter().enumerate() {
+                                dyt[co * rb + r] = v;
+                            }
+                        }
+                        let gm = Gemm {
+                            m: cout,
+                            n: k,
+                            k: rb,
+                            lhs_rs: rb,
+                            rhs_rs: k,
+                            dst_rs: k,
+                        };
+                        sgemm(gm, &mut dwt, &dyt, col, true).expect("weight-gradient shapes");
+                    }
                     if flipped.is_none()
                         && let Some(dx) = dx.as_mut()
                     {
@@ -658,7 +675,8 @@ impl Pass<'_> {
                 (dx, dwt, db)
             })
             .collect();
-        // Per-tile weight sums: `[cout][k]` (im2col) or `[16][cout][cin]` (Winograd).
+        // Per-tile weight sums: `[16][cout][cin]` (Winograd), `[k][cout]` (`tn_dw`) or
+        // `[cout][k]`.
         let mut dwt = vec![0.0f32; if wino_dw { 16 * cout * cin } else { cout * k }];
         let mut db = vec![0.0f32; cout];
         let mut dx_tiles = need_dx.then(Vec::new);
@@ -688,8 +706,12 @@ impl Pass<'_> {
             for ci in 0..cin {
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        dw[((co * cin + ci) * kh + ky) * kw + kx] =
-                            dwt[co * k + (ky * kw + kx) * cin + ci];
+                        let kk = (ky * kw + kx) * cin + ci;
+                        dw[((co * cin + ci) * kh + ky) * kw + kx] = if tn_dw {
+                            dwt[kk * cout + co]
+                        } else {
+                            dwt[co * k + kk]
+                        };
                     }
                 }
             }
