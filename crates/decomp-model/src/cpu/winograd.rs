@@ -32,43 +32,42 @@ pub(super) fn wino_input<S: macerator::Simd>(
     let Wino {
         h, w, cin, th, tw, ..
     } = geo;
-    let _ = zero;
-    let (stage, patch) = tmp.split_at_mut(16 * cin);
-    let patch = &mut patch[..16 * cin];
+    let zero = &zero[..cin];
+    let stage = &mut tmp[..16 * cin];
     let row = 4 * cin;
     for (t, vt) in (t0..t1).zip(v.chunks_exact_mut(16 * cin)) {
         let img = t / (th * tw);
         let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
         // Top-left input pixel of the 4x4 patch is (2 ty - 1, 2 tx - 1).
         let interior = ty > 0 && tx > 0 && 2 * ty + 3 <= h && 2 * tx + 3 <= w;
-        // The patch's four rows, each 4 pixels x cin contiguous.
-        let rows: [&[f32]; 4] = if interior {
+        if interior {
+            // The patch's four rows, each 4 pixels x cin contiguous.
             let at = |r: usize| ((img * h + 2 * ty - 1 + r) * w + 2 * tx - 1) * cin;
-            [
+            // Rows, all four columns at once: stage[a][q] = (B^T d)[a][q].
+            butterfly_in(
                 &x[at(0)..][..row],
                 &x[at(1)..][..row],
                 &x[at(2)..][..row],
                 &x[at(3)..][..row],
-            ]
+                stage,
+            );
         } else {
-            for (k, dst) in patch.chunks_exact_mut(cin).enumerate() {
+            // At an edge, pixel by pixel, outside ones read as zeros (no patch copy).
+            let px = |k: usize| -> &[f32] {
                 let (iy, ix) = (
                     (2 * ty + k / 4).wrapping_sub(1),
                     (2 * tx + k % 4).wrapping_sub(1),
                 );
                 if iy < h && ix < w {
-                    dst.copy_from_slice(&x[((img * h + iy) * w + ix) * cin..][..cin]);
+                    &x[((img * h + iy) * w + ix) * cin..][..cin]
                 } else {
-                    dst.fill(0.0);
+                    zero
                 }
+            };
+            for q in 0..4 {
+                butterfly_in_column(px(q), px(4 + q), px(8 + q), px(12 + q), stage, q);
             }
-            let (p0, rest) = patch.split_at(row);
-            let (p1, rest) = rest.split_at(row);
-            let (p2, p3) = rest.split_at(row);
-            [p0, p1, p2, p3]
-        };
-        // Rows, all four columns at once: stage[a][q] = (B^T d)[a][q].
-        butterfly_in(rows[0], rows[1], rows[2], rows[3], stage);
+        }
         // Columns: v[a * 4 + b] = (B^T d B)[a][b].
         for (sa, out) in stage.chunks_exact(row).zip(vt.chunks_exact_mut(row)) {
             butterfly_in(
@@ -147,6 +146,25 @@ pub(super) fn butterfly_in(d0: &[f32], d1: &[f32], d2: &[f32], d3: &[f32], out: 
     let (o0, rest) = out[..4 * c].split_at_mut(c);
     let (o1, rest) = rest.split_at_mut(c);
     let (o2, o3) = rest.split_at_mut(c);
+    for i in 0..c {
+        let (a, b, cc, d) = (d0[i], d1[i], d2[i], d3[i]);
+        o0[i] = a - cc;
+        o1[i] = b + cc;
+        o2[i] = cc - b;
+        o3[i] = b - d;
+    }
+}
+
+/// [`butterfly_in`] for one column `q` of a patch given pixel by pixel: `stage[a][q] = (B^T
+/// d)[a][q]` for the column's four pixels `d0..d3` (`stage` is `[4][4][c]`).
+#[inline(always)]
+fn butterfly_in_column(d0: &[f32], d1: &[f32], d2: &[f32], d3: &[f32], stage: &mut [f32], q: usize) {
+    let c = d0.len();
+    let (d1, d2, d3) = (&d1[..c], &d2[..c], &d3[..c]);
+    let (o0, rest) = stage[q * c..].split_at_mut(4 * c);
+    let (o1, rest) = rest.split_at_mut(4 * c);
+    let (o2, o3) = rest.split_at_mut(4 * c);
+    let (o0, o1, o2, o3) = (&mut o0[..c], &mut o1[..c], &mut o2[..c], &mut o3[..c]);
     for i in 0..c {
         let (a, b, cc, d) = (d0[i], d1[i], d2[i], d3[i]);
         o0[i] = a - cc;
