@@ -8,11 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::files::write_atomic;
 use anyhow::{Context, Result, bail};
 use decomp_compose::{ComposedRun, label_rank};
 use decomp_eval::{Accumulator, EvalReport};
-use decomp_ir::{Top5Ranking};
-use crate::files::{write_atomic};
+use decomp_ir::Top5Ranking;
 use serde::{Deserialize, Serialize};
 
 use crate::DataArgs;

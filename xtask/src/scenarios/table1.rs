@@ -491,7 +491,7 @@ fn report(r: &Run, spec: &Table1Spec, rows: &[Row], untrained: &[String]) -> Res
     for (d, m, a, b, c, e, ji) in PAPER_TABLE1 {
         let _ = writeln!(
             md,
-            "| {d} | {m} | {a} | {b} | {c} | {e} | {:+.1} | {ji} |",
+            "| {d} | {m} | {a:.1} | {b:.1} | {c:.1} | {e:.1} | {:+.1} | {ji:.2} |",
             c - a
         );
     }
