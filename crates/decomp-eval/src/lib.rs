@@ -1,9 +1,12 @@
-//! Metrics and reports (stage crate): top-k accuracy and per-class accuracy from logits.
+//! Metrics and reports (leaf library, no tensor code): top-k accuracy and per-class
+//! accuracy from logits or ranks, and the typed JSON reports of every stage ([`report`]).
 //!
-//! [`Accumulator`] takes batches of scores and labels and produces an [`EvalReport`].
-//! Ranking ties are broken by class index (lower first), like an argmax that returns the
-//! first maximum, so results do not depend on sort stability. NaN and infinite scores are
-//! errors ([`EvalError::NonFinite`]), never ranks.
+//! [`Accumulator`] takes batches of scores and labels (or ranks) and produces an
+//! [`EvalReport`]. Ranking ties are broken by class index (lower first), like an argmax that
+//! returns the first maximum, so results do not depend on sort stability. NaN and infinite
+//! scores are errors ([`EvalError::NonFinite`]), never ranks.
+
+pub mod report;
 
 use serde::{Deserialize, Serialize};
 
