@@ -113,7 +113,7 @@ impl GradEngine {
         Ok(Self {
             model,
             shapes,
-            tuning: CpuTuning::from_env(),
+            tuning: CpuTuning::default(),
             bn_momentum: 0.1,
         })
     }
