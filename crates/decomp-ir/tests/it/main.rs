@@ -10,6 +10,8 @@ use decomp_ir::{
 };
 use proptest::prelude::*;
 
+mod channel;
+
 fn t(shape: &[usize], seed: f32) -> TensorData {
     let n = shape.iter().product();
     TensorData {
