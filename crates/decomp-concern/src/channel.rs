@@ -2,11 +2,13 @@
 //! statistics of its positives ([`identify_channels`]). Thresholds are applied later (by the
 //! tangle stage), so one pass serves every `tau`.
 
+use std::time::Instant;
+
 use decomp_data::Dataset;
-use decomp_ir::{ChannelStats, DecompConfig, ModelIr, NodeId};
+use decomp_ir::{ChannelConcernSet, ChannelStats, ClassChannels, DecompConfig, MaskSite, ModelIr, NodeId};
 use decomp_model::{ChannelAccumulator, Executor};
 
-use crate::{ConcernError, positives_pass};
+use crate::{ConcernError, SetOrigin, positives_pass};
 
 /// Per class: the class, the dataset indices of its positives, and their statistics.
 pub type ClassStats = (usize, Vec<usize>, ChannelStats);
@@ -52,4 +54,44 @@ pub fn identify_channels(
         out.push((class, positives, acc.finish()));
     }
     Ok((sites, out))
+}
+
+/// Channel-level concern identification ([`identify_channels`]) of `classes`, as the
+/// channel concern-set artifact of the stage (no unconcerned statistics yet: the tangle
+/// stage adds them). Statistics are recorded at ReLU inputs only, so `cfg.mask_site` must
+/// be [`MaskSite::ReluInput`].
+#[allow(clippy::too_many_arguments)]
+pub fn channel_concern_set(
+    exec: &Executor,
+    model: &ModelIr,
+    train: &Dataset,
+    cfg: &DecompConfig,
+    classes: &[usize],
+    batch_size: usize,
+    origin: SetOrigin<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ChannelConcernSet, ConcernError> {
+    if cfg.mask_site != MaskSite::ReluInput {
+        return Err(ConcernError::ChannelSite);
+    }
+    let start = Instant::now();
+    let (sites, per_class) = identify_channels(exec, model, train, cfg, classes, batch_size, progress)?;
+    Ok(ChannelConcernSet {
+        model_hash: model.content_hash(),
+        model_path: origin.model_path.to_string(),
+        dataset: origin.dataset.to_string(),
+        config: cfg.clone(),
+        sites,
+        classes: per_class
+            .into_iter()
+            .map(|(class, positives, concerned)| ClassChannels {
+                class,
+                positives,
+                concerned,
+                unconcerned: None,
+            })
+            .collect(),
+        seconds: start.elapsed().as_secs_f64(),
+        tangle_seconds: 0.0,
+    })
 }

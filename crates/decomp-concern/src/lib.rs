@@ -6,13 +6,18 @@
 //! statistics are reduced batch by batch ([`Executor::forward_active`]: to one bit per
 //! position while each image tile is computed on the CPU engine), never stored per image.
 //! [`identify_channels`] records per-channel activation statistics instead (channel-level
-//! decomposition).
+//! decomposition). [`concern_set`] and [`channel_concern_set`] run either over the chosen
+//! classes and return the stage's artifact value.
 
 mod channel;
 
-pub use channel::{ClassStats, identify_channels};
+use std::time::Instant;
+
+pub use channel::{ClassStats, channel_concern_set, identify_channels};
 use decomp_data::Dataset;
-use decomp_ir::{BitSet, ClassConcern, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op, PositiveFilter, SiteMasks};
+use decomp_ir::{
+    BitSet, ClassConcern, ConcernSet, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op, PositiveFilter, SiteMasks,
+};
 use decomp_model::{Executor, Probe, to_vec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -35,6 +40,17 @@ pub enum ConcernError {
     },
     #[error("dataset has {dataset} classes, the model {model}")]
     Classes { dataset: usize, model: usize },
+    #[error("--granularity channel records statistics at ReLU inputs only (--mask-site relu-input)")]
+    ChannelSite,
+}
+
+/// Where a concern set's model and images come from, as its artifact records them.
+#[derive(Clone, Copy, Debug)]
+pub struct SetOrigin<'a> {
+    /// The model as the user named it (`--weights`).
+    pub model_path: &'a str,
+    /// The dataset's name.
+    pub dataset: &'a str,
 }
 
 /// The nodes where masks are recorded and applied for `site`.
@@ -196,4 +212,151 @@ pub fn identify(
         });
     }
     Ok((sites, out))
+}
+
+/// Concern identification ([`identify`]) of `classes`, as the concern-set artifact of the
+/// stage: the model's hash, `origin`, the configuration and the seconds it took.
+#[allow(clippy::too_many_arguments)]
+pub fn concern_set(
+    exec: &Executor,
+    model: &ModelIr,
+    train: &Dataset,
+    cfg: &DecompConfig,
+    classes: &[usize],
+    batch_size: usize,
+    origin: SetOrigin<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ConcernSet, ConcernError> {
+    let start = Instant::now();
+    let (sites, concerns) = identify(exec, model, train, cfg, classes, batch_size, progress)?;
+    Ok(ConcernSet {
+        model_hash: model.content_hash(),
+        model_path: origin.model_path.to_string(),
+        dataset: origin.dataset.to_string(),
+        config: cfg.clone(),
+        sites,
+        classes: concerns,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use decomp_data::Dataset;
+    use decomp_ir::{BitSet, DecompConfig, MaskSite, ModelIr, PositiveFilter};
+    use decomp_model::{Device, Executor, Probe, ResNetConfig, to_vec};
+
+    use super::*;
+
+    /// An untrained 3-class ResNet-8 on 3x8x8 images, and 8 synthetic images per class.
+    fn setup() -> (ModelIr, Dataset, Executor) {
+        let model = ResNetConfig::new(8, 3).with_input([3, 8, 8]).with_seed(3).build().expect("model");
+        let data = Dataset::synthetic(3, 8, [3, 8, 8], 5);
+        let exec = Executor::new(&model, &Device::flex()).expect("executor");
+        (model, data, exec)
+    }
+
+    fn cfg(positives: usize) -> DecompConfig {
+        DecompConfig { positives_per_class: positives, positive_filter: PositiveFilter::All, ..DecompConfig::default() }
+    }
+
+    /// Per site, the positions `> 0` for any of `images` (indices into `data`), from values
+    /// captured by a plain forward pass: the reduction `identify` does on activity bits.
+    fn active(exec: &Executor, data: &Dataset, sites: &[NodeId], images: &[usize]) -> Vec<BitSet> {
+        let b = data.select(images).expect("select").batch(0..images.len()).expect("batch");
+        let out = exec
+            .forward_probe(exec.input_tensor(b.images, images.len()).expect("input"), &Probe { capture: sites, masks: None })
+            .expect("forward");
+        out.captured
+            .into_iter()
+            .map(|t| {
+                let v = to_vec(t);
+                let per = v.len() / images.len();
+                let mut a = BitSet::new(per);
+                for (i, &x) in v.iter().enumerate() {
+                    if x > 0.0 {
+                        a.set(i % per, true);
+                    }
+                }
+                a
+            })
+            .collect()
+    }
+
+    /// A position is inactive exactly when it is `<= 0` for every positive, and the positives
+    /// are `positives_per_class` images of the class in the seeded order.
+    #[test]
+    fn inactive_positions_are_those_no_positive_activates() {
+        let (model, data, exec) = setup();
+        let (sites, concerns) = identify(&exec, &model, &data, &cfg(5), &[0, 2], 2, &mut |_, _| {}).expect("identify");
+        assert_eq!(sites, mask_sites(&model, MaskSite::ReluInput));
+        assert_eq!(concerns.iter().map(|c| c.class).collect::<Vec<_>>(), vec![0, 2]);
+        for c in &concerns {
+            assert_eq!(c.positives, class_order(&data, c.class, 0, 0)[..5].to_vec());
+            assert!(c.positives.iter().all(|&i| data.label(i) == c.class));
+            let want = active(&exec, &data, &sites, &c.positives);
+            for (m, a) in c.inactive.masks.iter().zip(&want) {
+                assert_eq!(m.zeroed, a.complement(), "class {} node {}", c.class, m.node);
+            }
+            let zeroed: usize = c.inactive.masks.iter().map(|m| m.zeroed.count_ones()).sum();
+            let total: usize = c.inactive.masks.iter().map(|m| m.zeroed.len()).sum();
+            assert!(zeroed > 0 && zeroed < total, "masks neither empty nor full: {zeroed} of {total}");
+        }
+    }
+
+    /// More positives only ever activate more positions; `min(N, available)` are used.
+    #[test]
+    fn more_positives_mask_less() {
+        let (model, data, exec) = setup();
+        let one = identify(&exec, &model, &data, &cfg(1), &[1], 8, &mut |_, _| {}).expect("one").1;
+        let all = identify(&exec, &model, &data, &cfg(100), &[1], 8, &mut |_, _| {}).expect("all").1;
+        assert_eq!((one[0].positives.len(), all[0].positives.len()), (1, 8));
+        for (a, b) in one[0].inactive.masks.iter().zip(&all[0].inactive.masks) {
+            let mut both = a.zeroed.clone();
+            both.intersect_with(&b.zeroed);
+            assert_eq!(both, b.zeroed, "node {}: the 8-image mask lies inside the 1-image mask", a.node);
+        }
+        assert!(one[0].inactive.masks.iter().zip(&all[0].inactive.masks).any(|(a, b)| a.zeroed != b.zeroed));
+    }
+
+    #[test]
+    fn conv_output_sites_are_the_batchnorms_after_convolutions() {
+        let (model, ..) = setup();
+        let g = &model.graph;
+        let sites = mask_sites(&model, MaskSite::ConvOutput);
+        let convs = g.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d { .. })).count();
+        assert_eq!(sites.len(), convs);
+        assert!(sites.iter().all(|&s| matches!(g.nodes[s].op, Op::BatchNorm2d { .. })));
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        let (model, data, exec) = setup();
+        let err = identify(&exec, &model, &data, &cfg(2), &[3], 8, &mut |_, _| {}).expect_err("class 3");
+        assert!(matches!(err, ConcernError::Class { class: 3, classes: 3 }), "{err}");
+        let two = data.subset_classes(&[0, 1]).expect("subset");
+        let err = identify(&exec, &model, &two, &cfg(2), &[0], 8, &mut |_, _| {}).expect_err("2 classes");
+        assert!(matches!(err, ConcernError::Classes { dataset: 2, model: 3 }), "{err}");
+        let conv = DecompConfig { mask_site: MaskSite::ConvOutput, ..cfg(2) };
+        let origin = SetOrigin { model_path: "m", dataset: "d" };
+        let err = channel_concern_set(&exec, &model, &data, &conv, &[0], 8, origin, &mut |_, _| {}).expect_err("site");
+        assert!(matches!(err, ConcernError::ChannelSite), "{err}");
+    }
+
+    /// The artifact values carry the model's hash, the origin and the configuration, and the
+    /// channel set's per-class statistics cover the same positives as element level.
+    #[test]
+    fn concern_sets_record_their_origin() {
+        let (model, data, exec) = setup();
+        let origin = SetOrigin { model_path: "m.ir", dataset: "synthetic" };
+        let set = concern_set(&exec, &model, &data, &cfg(3), &[1], 8, origin, &mut |_, _| {}).expect("set");
+        assert_eq!((set.model_hash.as_str(), set.model_path.as_str()), (model.content_hash().as_str(), "m.ir"));
+        assert_eq!((set.dataset.as_str(), &set.config), ("synthetic", &cfg(3)));
+        let ch = channel_concern_set(&exec, &model, &data, &cfg(3), &[1], 8, origin, &mut |_, _| {}).expect("channel");
+        assert_eq!(ch.sites, set.sites);
+        assert_eq!(ch.classes[0].positives, set.classes[0].positives);
+        assert_eq!(ch.classes[0].concerned.images, 3);
+        assert!(ch.classes[0].unconcerned.is_none());
+        assert_eq!(ch.tangle_seconds, 0.0);
+    }
 }
