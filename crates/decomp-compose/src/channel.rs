@@ -13,7 +13,7 @@ use decomp_data::Dataset;
 use decomp_ir::analysis::{Cost, cost};
 use decomp_ir::channel::{ChannelGroup, ChannelPlan, extract};
 use decomp_ir::{BinaryHead, ChannelModule, ModelIr, Op, TensorData, Top5Ranking};
-use decomp_model::{Device, Executor, to_vec};
+use decomp_model::{Executor, ExecutorSource, to_vec};
 use serde::Serialize;
 
 use crate::{ComposeError, ComposedRun, label_rank, non_finite_margin, vote};
@@ -35,7 +35,7 @@ pub struct ChannelRun {
 pub fn compose_channel(
     modules: &[ChannelModule],
     data: &Dataset,
-    device: &Device,
+    runtime: &dyn ExecutorSource,
     batch_size: usize,
     ranking: Top5Ranking,
     reference: Option<&ModelIr>,
@@ -52,9 +52,9 @@ pub fn compose_channel(
     }
     let execs: Vec<Executor> = modules
         .iter()
-        .map(|m| Executor::new(&m.module, device))
+        .map(|m| runtime.executor(&m.module))
         .collect::<Result<_, _>>()?;
-    let model = reference.map(|m| Executor::new(m, device)).transpose()?;
+    let model = reference.map(|m| runtime.executor(m)).transpose()?;
     let mut run = ComposedRun {
         model_rank: model.as_ref().map(|_| Vec::new()),
         ..Default::default()

@@ -6,17 +6,22 @@
 //! ([`decomp_model::Executor::forward_modules`]), with the naive one-pass-per-module path
 //! kept as the reference ([`Mode::Naive`]). [`sizes`] reports module size and overlap.
 //! [`compose_channel`] composes physically small channel modules (one pass each, timed).
+//! [`ComposedRun::accuracy`] scores a run with `decomp_eval`, and [`compose_report`] /
+//! [`channel_compose_report`] build the stage's typed report.
 
 mod channel;
+mod report;
 
 use std::collections::BTreeMap;
 
 pub use channel::{ChannelRun, compose_channel, union_cost};
+pub use report::{channel_compose_report, compose_report};
 
 use decomp_data::Dataset;
+use decomp_eval::{Accumulator, EvalReport};
 use decomp_ir::analysis::{active_sets, module_size, overlap};
 use decomp_ir::{ModuleIr, Top5Ranking};
-use decomp_model::{Device, Executor, Probe, to_vec};
+use decomp_model::{Executor, ExecutorSource, Probe, to_vec};
 use serde::Serialize;
 
 /// Errors of composition.
@@ -26,6 +31,8 @@ pub enum ComposeError {
     Model(#[from] decomp_model::ModelError),
     #[error(transparent)]
     Data(#[from] decomp_data::DataError),
+    #[error(transparent)]
+    Eval(#[from] decomp_eval::EvalError),
     #[error("no modules to compose")]
     Empty,
     #[error("dataset has {dataset} classes but {modules} modules are composed (label i must be module i's class)")]
@@ -92,6 +99,21 @@ pub struct ComposedRun {
     pub model_rank: Option<Vec<usize>>,
 }
 
+impl ComposedRun {
+    /// Accuracy of the composition over its `classes` composed classes (label `i` = module
+    /// `i`), and of the source model on the same images when it ran.
+    pub fn accuracy(&self, classes: usize) -> Result<(EvalReport, Option<EvalReport>), ComposeError> {
+        let score = |ranks: &[usize]| -> Result<EvalReport, ComposeError> {
+            let mut acc = Accumulator::new(classes);
+            for (&label, &rank) in self.labels.iter().zip(ranks) {
+                acc.add_rank(label, rank)?;
+            }
+            Ok(acc.finish())
+        };
+        Ok((score(&self.label_rank)?, self.model_rank.as_deref().map(score).transpose()?))
+    }
+}
+
 /// Modules of one source model, run together.
 struct Group {
     exec: Executor,
@@ -135,7 +157,12 @@ fn apply_renorm(images: &mut [f32], channels: &[(f32, f32)], plane: usize) {
     }
 }
 
-fn groups(modules: &[ModuleIr], data: &Dataset, device: &Device, with_model: bool) -> Result<Vec<Group>, ComposeError> {
+fn groups(
+    modules: &[ModuleIr],
+    data: &Dataset,
+    runtime: &dyn ExecutorSource,
+    with_model: bool,
+) -> Result<Vec<Group>, ComposeError> {
     let mut by_hash: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, m) in modules.iter().enumerate() {
         by_hash.entry(m.model_hash.as_str()).or_default().push(i);
@@ -148,7 +175,7 @@ fn groups(modules: &[ModuleIr], data: &Dataset, device: &Device, with_model: boo
                 return Err(ComposeError::HashClash { a: members[0], b: m });
             }
         }
-        let exec = Executor::new(&first.model, device)?;
+        let exec = runtime.executor(&first.model)?;
         let mut mask_lists: Vec<&[decomp_ir::NodeMask]> = members.iter().map(|&m| modules[m].masks.as_slice()).collect();
         if with_model {
             mask_lists.push(&[]);
@@ -206,11 +233,12 @@ fn margin(module: &ModuleIr, f: &[f32]) -> f32 {
 /// Runs `modules` over `data` and votes. Label `i` of `data` must be the class of
 /// `modules[i]` (use `Dataset::subset_classes` to arrange it). Each model sees the images
 /// in its own input normalization (converted from `data`'s), so modules of models trained
-/// with different statistics compose.
+/// with different statistics compose. Executors come from `runtime` (a
+/// [`decomp_model::Runtime`] or a plain device).
 pub fn compose(
     modules: &[ModuleIr],
     data: &Dataset,
-    device: &Device,
+    runtime: &dyn ExecutorSource,
     batch_size: usize,
     ranking: Top5Ranking,
     mode: Mode,
@@ -225,7 +253,7 @@ pub fn compose(
     let covers_model = modules.iter().all(|m| m.model_hash == modules[0].model_hash)
         && modules.len() == modules[0].model.num_classes()
         && modules.iter().enumerate().all(|(i, m)| m.class == i);
-    let groups = groups(modules, data, device, covers_model)?;
+    let groups = groups(modules, data, runtime, covers_model)?;
     let mut run = ComposedRun { model_rank: covers_model.then(Vec::new), ..Default::default() };
     for batch in data.batches(batch_size.max(1)) {
         let b = batch?;
@@ -332,4 +360,131 @@ pub fn sizes(modules: &[ModuleIr]) -> Result<Sizes, ComposeError> {
         overlap: ov,
         mean_overlap: if cnt == 0 { 1.0 } else { sum / cnt as f64 },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use decomp_ir::{BinaryHead, DecompConfig, ModelIr, Op, SampleCounts, TensorData};
+    use decomp_model::{Device, ResNetConfig};
+
+    use super::*;
+
+    #[test]
+    fn voting_prefers_confident_voters() {
+        assert_eq!(vote(&[-1.0, 2.0, 3.0]), 2, "the most confident voter");
+        assert_eq!(vote(&[0.5, -0.1, 0.2]), 0);
+        assert_eq!(vote(&[-3.0, -1.0, -2.0]), 1, "no voter: the least unconfident");
+        assert_eq!(vote(&[1.0, 1.0]), 0, "ties go to the first");
+        assert_eq!(vote(&[0.0, 0.0]), 0, "a zero margin is no vote");
+    }
+
+    #[test]
+    fn label_rank_counts_who_beats_the_label() {
+        let m = [0.5, -0.1, 0.2, 0.2];
+        for ranking in [Top5Ranking::VotersFirst, Top5Ranking::Confidence] {
+            let ranks: Vec<usize> = (0..4).map(|l| label_rank(&m, l, ranking)).collect();
+            assert_eq!(ranks, vec![0, 3, 1, 2], "{ranking:?}: ties by index");
+        }
+        assert_eq!(label_rank(&[-1.0, -2.0], 1, Top5Ranking::VotersFirst), 1);
+    }
+
+    /// Composed accuracy from ranks: top-1 counts rank 0, top-5 ranks below 5 (of at most
+    /// `classes`), per class over the class's images; the model's only when it ran.
+    #[test]
+    fn accuracy_from_ranks() {
+        let mut run = ComposedRun {
+            labels: vec![0, 1, 1, 2, 2],
+            label_rank: vec![0, 1, 0, 5, 4],
+            ..Default::default()
+        };
+        let (c, m) = run.accuracy(6).expect("accuracy");
+        assert_eq!((c.n, c.top1, c.top5), (5, 40.0, 80.0));
+        assert_eq!(c.per_class[..3], [100.0, 50.0, 0.0]);
+        assert!(m.is_none());
+        run.model_rank = Some(vec![0, 0, 0, 0, 1]);
+        let (_, m) = run.accuracy(6).expect("accuracy");
+        assert_eq!(m.map(|m| (m.top1, m.top5)), Some((80.0, 100.0)));
+        let (c, _) = run.accuracy(3).expect("3 classes");
+        assert_eq!(c.top5, 60.0, "top-5 of 3 classes is top-3");
+        assert!(run.accuracy(2).is_err(), "label 2 of a 2-class composition");
+    }
+
+    /// The unmasked module of every class of an untrained ResNet-8 (plain binary head).
+    fn modules() -> (ModelIr, Vec<ModuleIr>) {
+        let model = ResNetConfig::new(8, 3).with_input([3, 8, 8]).with_seed(2).build().expect("model");
+        let (input, w, b) = match &model.graph.nodes[model.graph.output].op {
+            Op::Linear { weight, bias } => (model.graph.nodes[model.graph.output].inputs[0], weight.clone(), bias.clone()),
+            _ => unreachable!("a ResNet ends in a Linear layer"),
+        };
+        let f = w.shape[1];
+        let b = b.map_or(vec![0.0; 3], |b| b.data);
+        let modules = (0..3)
+            .map(|c| {
+                let mut weight = w.data[c * f..(c + 1) * f].to_vec();
+                let others: Vec<usize> = (0..3).filter(|&o| o != c).collect();
+                weight.extend((0..f).map(|u| others.iter().map(|&o| w.data[o * f + u]).sum::<f32>() / 2.0));
+                let bias = vec![b[c], others.iter().map(|&o| b[o]).sum::<f32>() / 2.0];
+                ModuleIr {
+                    class: c,
+                    class_name: model.meta.class_names[c].clone(),
+                    model_hash: model.content_hash(),
+                    model_path: "m".into(),
+                    model: model.clone(),
+                    masks: Vec::new(),
+                    dead: Vec::new(),
+                    head: BinaryHead {
+                        input,
+                        weight: TensorData { shape: vec![2, f], data: weight },
+                        bias: TensorData { shape: vec![2], data: bias },
+                    },
+                    config: DecompConfig::default(),
+                    counts: SampleCounts { positives: 1, unconcerned: 1, unconcerned_per_class: 1 },
+                    provenance: String::new(),
+                }
+            })
+            .collect();
+        (model, modules)
+    }
+
+    /// Unmasked modules vote like their model: margins are `z_c - mean(z_others)` of the
+    /// model's logits, batched and naive runs agree, and the model's ranks come out of the
+    /// same pass.
+    #[test]
+    fn unmasked_modules_reproduce_the_model() {
+        let (model, modules) = modules();
+        // In the model's own normalization, so its logits below see what its modules see.
+        let norm = decomp_data::Normalization::new(&model.meta.input_norm.mean, &model.meta.input_norm.std);
+        let data = Dataset::synthetic(3, 5, [3, 8, 8], 1).with_normalization(norm);
+        let dev = Device::flex();
+        let run = compose(&modules, &data, &dev, 4, Top5Ranking::VotersFirst, Mode::Batched, &mut |_| {}).expect("compose");
+        let naive = compose(&modules, &data, &dev, 4, Top5Ranking::VotersFirst, Mode::Naive, &mut |_| {}).expect("naive");
+        assert_eq!((&run.labels, &run.predicted), (&naive.labels, &naive.predicted));
+        let exec = Executor::new(&model, &dev).expect("executor");
+        let b = data.batch(0..data.len()).expect("batch");
+        let logits = to_vec(exec.forward(exec.input_tensor(b.images, data.len()).expect("input")).expect("forward"));
+        for (i, row) in run.margins.iter().enumerate() {
+            let z = &logits[i * 3..(i + 1) * 3];
+            for c in 0..3 {
+                let want = z[c] - (z.iter().sum::<f32>() - z[c]) / 2.0;
+                assert!((row[c] - want).abs() < 1e-4, "image {i} module {c}: {} vs {want}", row[c]);
+            }
+            assert_eq!(run.predicted[i], decomp_eval::argmax(z), "image {i}");
+        }
+        let (composed, model_acc) = run.accuracy(3).expect("accuracy");
+        assert_eq!(Some(composed.top1), model_acc.map(|m| m.top1));
+        let report = compose_report(&modules, vec!["a".into(), "b".into(), "c".into()], &composed, None, 1.5, Mode::Naive)
+            .expect("report");
+        assert_eq!((report.mode.as_str(), report.n, report.model_top1), ("naive", 15, None));
+        assert_eq!((report.mean_module_size, report.mean_overlap), (1.0, 1.0), "unmasked modules are the whole model");
+    }
+
+    #[test]
+    fn bad_compositions_are_errors() {
+        let (_, modules) = modules();
+        let dev = Device::flex();
+        let data = Dataset::synthetic(2, 2, [3, 8, 8], 1);
+        let run = |m: &[ModuleIr]| compose(m, &data, &dev, 4, Top5Ranking::VotersFirst, Mode::Batched, &mut |_| {});
+        assert!(matches!(run(&[]), Err(ComposeError::Empty)));
+        assert!(matches!(run(&modules), Err(ComposeError::Classes { dataset: 2, modules: 3 })));
+    }
 }
