@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use crate::files::write_atomic;
 use serde::Deserialize;
 
-use crate::DataArgs;
+use crate::args::DataArgs;
+use crate::files::write_atomic;
 
 #[derive(clap::Args)]
 pub struct MixArgs {
@@ -75,7 +75,7 @@ pub fn run(a: MixArgs) -> Result<()> {
                 download: false,
                 limit: None,
             };
-            let ds = crate::eval::open_raw_dataset(&args)?.subset_classes(&[p.class])?;
+            let ds = crate::data::open_raw_dataset(&args)?.subset_classes(&[p.class])?;
             if ds.is_empty() {
                 bail!("{}: part {label} ({} class {}) has no {split} image", a.spec.display(), p.dataset, p.class);
             }

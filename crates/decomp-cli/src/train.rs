@@ -18,17 +18,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use decomp_data::{Dataset, DatasetKind, Split};
+use decomp_eval::report::TrainMetrics;
 use decomp_ir::{InputNorm, ModelIr};
-use crate::files::{write_artifact, write_atomic};
-use decomp_model::parse_device;
-use decomp_model::train::{
-    AugmentConfig, EpochMetrics, OptimizerConfig, Schedule, TrainCheckpoint, TrainConfig, Trainer,
-};
-use serde::{Deserialize, Serialize};
+use decomp_model::ExecutorSource;
+use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainCheckpoint, TrainConfig, Trainer};
+use serde::Deserialize;
 
+use crate::args::{DataArgs, ModelArgs, runtime};
+use crate::data::{fit_to_model, open_raw_dataset};
 use crate::energy::EnergyMeter;
-use crate::eval::{evaluate, fit_to_model, open_raw_dataset};
-use crate::{DataArgs, ModelArgs};
+use crate::eval::evaluate;
+use crate::files::{write_artifact, write_atomic};
 
 /// The recipes shipped with decomp (`experiments/recipes.toml`), used unless `--recipes`
 /// names another file.
@@ -238,33 +238,6 @@ impl Recipe {
     }
 }
 
-/// Per-epoch rows and the run summary, as written to `metrics.json`.
-#[derive(Serialize)]
-struct MetricsFile<'a> {
-    recipe: &'a str,
-    config: &'a TrainConfig,
-    model: &'a str,
-    init: Option<&'a str>,
-    dataset: &'a str,
-    classes: &'a [String],
-    train_images: usize,
-    val_images: usize,
-    epochs: &'a [EpochMetrics],
-    best_epoch: Option<usize>,
-    best_val_acc: Option<f64>,
-    /// Sum of the epochs' wall times (over all invocations of a resumed run).
-    wall_s: f64,
-    /// Seconds until the best epoch finished.
-    wall_s_to_best: Option<f64>,
-    energy_j: Option<f64>,
-    energy_source: &'a str,
-    power_w_declared: Option<f64>,
-    test_top1: Option<f64>,
-    test_top5: Option<f64>,
-    test_images: Option<usize>,
-    device: &'a str,
-}
-
 fn data_args(a: &TrainArgs, split: Split) -> DataArgs {
     DataArgs {
         dataset: a.dataset.clone(),
@@ -328,7 +301,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let recipe = load_recipe(a.recipes.as_deref(), &a.recipe)?;
     let config = recipe.config(&a)?;
-    let device = parse_device(&a.device)?;
+    let rt = runtime(&a.device)?;
     let ckpt_path = a.out_dir.join("last.ckpt");
 
     let raw = open_raw(&a, Split::Train)?;
@@ -374,7 +347,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             format!("--resume: reading the checkpoint {} (run without --resume to start)", ckpt_path.display())
         })?;
         tracing::info!(epochs_done = ckpt.epochs_done, "resuming from {}", ckpt_path.display());
-        Trainer::resume(ckpt, &config, &data_id, &device)?
+        Trainer::resume_with_runtime(ckpt, &config, &data_id, &rt)?
     } else {
         if ckpt_path.exists() {
             bail!(
@@ -382,7 +355,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 ckpt_path.display()
             );
         }
-        Trainer::new(init, config.clone(), data_id, &device)?
+        Trainer::with_runtime(init, config.clone(), data_id, &rt)?
     };
     tracing::info!(
         train = train.len(),
@@ -405,7 +378,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut this_call = 0;
     while !trainer.finished() && a.max_epochs_now.is_none_or(|m| this_call < m) {
         let epoch = trainer.epochs_done() + 1;
-        let bar = crate::decompose::bar(train.len() as u64, format!("epoch {epoch}/{}", config.epochs));
+        let bar = crate::progress::bar(train.len() as u64, format!("epoch {epoch}/{}", config.epochs));
         let reading = meter.start();
         let outcome = trainer.run_epoch(&train, &val, &mut |done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
@@ -433,7 +406,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let test = if a.eval_test && trainer.finished() {
         let best: ModelIr = decomp_ir::read_artifact(&a.out_dir.join("best.ir"))?;
         let test = fit_to_model(open_raw(&a, Split::Test)?, &best)?;
-        let exec = decomp_model::Executor::new(&best, &device)?;
+        let exec = rt.executor(&best)?;
         let report = evaluate(&exec, &test, best.num_classes(), 256)?;
         outln!("test top-1 {:.2}% top-5 {:.2}% on {} images", report.top1, report.top5, report.n);
         Some(report)
@@ -460,27 +433,27 @@ fn write_metrics(a: &TrainArgs, t: &Trainer, run: &RunInfo, test: Option<&decomp
     let best = t.best();
     let energy: Option<f64> = h.iter().map(|m| m.energy_j).sum();
     let model = &run.arch;
-    let file = MetricsFile {
-        recipe: &a.recipe,
+    let file = TrainMetrics {
+        recipe: a.recipe.clone(),
         config: t.config(),
-        model,
-        init: run.init,
-        dataset: &a.dataset,
-        classes: run.classes,
+        model: model.clone(),
+        init: run.init.map(str::to_string),
+        dataset: a.dataset.clone(),
+        classes: run.classes.to_vec(),
         train_images: run.train_images,
         val_images: run.val_images,
-        epochs: h,
+        epochs: h.to_vec(),
         best_epoch: best.map(|b| b.epoch),
         best_val_acc: best.map(|b| b.accuracy),
         wall_s: h.iter().map(|m| m.wall_s).sum(),
         wall_s_to_best: best.map(|b| h.iter().take(b.epoch).map(|m| m.wall_s).sum()),
         energy_j: energy,
-        energy_source: run.energy_source,
+        energy_source: run.energy_source.to_string(),
         power_w_declared: a.declared_power_w,
         test_top1: test.map(|r| r.top1),
         test_top5: test.map(|r| r.top5),
         test_images: test.map(|r| r.n),
-        device: &a.device,
+        device: a.device.clone(),
     };
     write_atomic(&a.out_dir.join("metrics.json"), serde_json::to_string_pretty(&file)?.as_bytes())?;
     let mut csv = String::from("epoch,lr,train_loss,train_acc,val_loss,val_acc,wall_s,images_per_s,energy_j\n");
