@@ -15,7 +15,6 @@
 //! destination folder renamed over the destination (regular files only, symlinks followed),
 //! so a reader never sees a partial artifact.
 
-use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
@@ -24,6 +23,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::error::IrError;
+pub use crate::kind::ArtifactKind;
 
 /// First bytes of every artifact.
 pub const MAGIC: &[u8; 8] = b"DECOMPIR";
@@ -39,51 +39,6 @@ pub const HEADER_LEN: usize = 52;
 pub const DEFAULT_SIZE_LIMIT: u64 = 2 << 30;
 /// Hard ceiling bincode enforces while decoding (bytes claimed by containers).
 const DECODE_LIMIT: usize = 4 << 30;
-
-/// What an artifact holds; stored in the header so a stage never misreads another's file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ArtifactKind {
-    Model = 1,
-    Module = 2,
-    ConcernSet = 3,
-    Report = 4,
-    /// A training run's resumable state (model, optimizer, epoch, history).
-    TrainCheckpoint = 5,
-    /// Per-channel activation statistics of every class (channel-level concern
-    /// identification).
-    ChannelConcernSet = 6,
-    /// A physically small module: its own graph with the kept channels only.
-    ChannelModule = 7,
-}
-
-impl ArtifactKind {
-    fn from_u16(v: u16) -> Option<Self> {
-        Some(match v {
-            1 => Self::Model,
-            2 => Self::Module,
-            3 => Self::ConcernSet,
-            4 => Self::Report,
-            5 => Self::TrainCheckpoint,
-            6 => Self::ChannelConcernSet,
-            7 => Self::ChannelModule,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for ArtifactKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Model => "model",
-            Self::Module => "module",
-            Self::ConcernSet => "concern-set",
-            Self::Report => "report",
-            Self::TrainCheckpoint => "train-checkpoint",
-            Self::ChannelConcernSet => "channel-concern-set",
-            Self::ChannelModule => "channel-module",
-        })
-    }
-}
 
 /// A value that can be stored as an artifact file.
 pub trait Artifact: Serialize + DeserializeOwned {

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::artifact::ArtifactKind;
+use crate::kind::ArtifactKind;
 
 /// Everything that can go wrong building, validating, writing or reading IR values.
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,7 @@ pub mod channel;
 mod channel_module;
 mod error;
 mod graph;
+mod kind;
 pub mod limits;
 mod mask;
 mod model;
