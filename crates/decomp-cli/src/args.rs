@@ -145,6 +145,25 @@ pub fn top5_ranking(s: &str) -> Result<Top5Ranking> {
     })
 }
 
+/// The module variants `tangle` and `decompose` build.
+#[derive(clap::Args, Clone, Debug)]
+pub struct VariantArgs {
+    /// Variants to build (comma-separated): ci-ti-mc, mc-bln, mc-bln-bi.
+    #[arg(long = "variants", value_delimiter = ',', default_value = "mc-bln")]
+    pub names: Vec<String>,
+}
+
+impl VariantArgs {
+    /// The variants, each once.
+    pub fn variants(&self) -> Result<Vec<Variant>> {
+        flags::no_duplicates("--variants", &self.names)?;
+        self.names
+            .iter()
+            .map(|s| Variant::parse(s).with_context(|| format!("unknown variant {s:?}: expected ci-ti-mc, mc-bln or mc-bln-bi")))
+            .collect()
+    }
+}
+
 /// Flags shared by the stages that run a model over training data.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {

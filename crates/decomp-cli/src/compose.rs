@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use decomp_compose::{ChannelRun, ComposedRun, Mode, channel_compose_report, compose, compose_channel, compose_report};
 use decomp_eval::EvalReport;
-use decomp_eval::report::{ChannelComposeReport, ComposeReport, MarginModule, Margins};
+use decomp_eval::report::{ChannelComposeReport, ComposeReport, ComposedAccuracy, MarginModule, Margins};
 use decomp_ir::{ArtifactKind, ChannelModule, ModelIr, ModuleIr};
 
 use crate::args::{DataArgs, ModelArgs, runtime};
@@ -232,13 +232,13 @@ pub fn run(a: ComposeArgs) -> Result<()> {
     }
     match &report {
         Report::Element(out) => {
-            outln!("{} modules on {} images ({:.1} s, {})", k, out.n, seconds, out.mode);
-            print_accuracy(out.model_top1, out.model_top5, out.composed_top1, out.composed_top5);
+            outln!("{} modules on {} images ({:.1} s, {})", k, out.accuracy.n, seconds, out.mode);
+            print_accuracy(&out.accuracy);
             outln!("module size mean {:.3}, mean pairwise overlap {:.3}", out.mean_module_size, out.mean_overlap);
         }
         Report::Channel(out) => {
-            outln!("{k} channel modules on {} images ({seconds:.1} s, separate passes)", out.n);
-            print_accuracy(out.model_top1, out.model_top5, out.composed_top1, out.composed_top5);
+            outln!("{k} channel modules on {} images ({seconds:.1} s, separate passes)", out.accuracy.n);
+            print_accuracy(&out.accuracy);
             outln!(
                 "mean module FLOPs {:.1}% of the model, parameters {:.1}%, file {:.0} bytes",
                 out.mean_flops_percent,
@@ -253,11 +253,11 @@ pub fn run(a: ComposeArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_accuracy(model_top1: Option<f64>, model_top5: Option<f64>, top1: f64, top5: f64) {
-    if let (Some(t1), Some(t5)) = (model_top1, model_top5) {
+fn print_accuracy(a: &ComposedAccuracy) {
+    if let (Some(t1), Some(t5)) = (a.model_top1, a.model_top5) {
         outln!("model     top-1 {t1:.2}%  top-5 {t5:.2}%");
     }
-    outln!("composed  top-1 {top1:.2}%  top-5 {top5:.2}%");
+    outln!("composed  top-1 {:.2}%  top-5 {:.2}%", a.composed_top1, a.composed_top5);
 }
 
 /// Writes the margins file of `compose --save-margins` (element and channel modules alike):

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use decomp_concern::SetOrigin;
+use decomp_concern::{ConcernRun, SetOrigin};
 use decomp_data::Dataset;
 use decomp_eval::report::{ChannelSummary, DecomposeSummary, mean, percent};
 use decomp_ir::analysis::Cost;
 use decomp_ir::{ChannelConcernSet, ChannelConfig, ConcernSet, DecompConfig, ModelIr, Variant};
 use decomp_model::{Executor, ExecutorSource};
 
-use crate::args::{ChannelArgs, ConfigArgs, DataArgs, ModelArgs, RunArgs, runtime};
+use crate::args::{ChannelArgs, ConfigArgs, DataArgs, ModelArgs, RunArgs, VariantArgs, runtime};
 use crate::data::training_data;
 use crate::files::{claim_out_dir, read_artifact, write_artifact, write_atomic};
 use crate::progress::{bar, per_class};
@@ -45,9 +45,8 @@ pub struct TangleArgs {
     /// Concern-set artifact from `decomp concern` (its configuration is reused).
     #[arg(long)]
     concern: PathBuf,
-    /// Variants to build (comma-separated): ci-ti-mc, mc-bln, mc-bln-bi.
-    #[arg(long, value_delimiter = ',', default_value = "mc-bln")]
-    variants: Vec<String>,
+    #[command(flatten)]
+    variants: VariantArgs,
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
@@ -77,9 +76,8 @@ pub struct DecomposeArgs {
     data: DataArgs,
     #[command(flatten)]
     config: ConfigArgs,
-    /// Variants to build (comma-separated): ci-ti-mc, mc-bln, mc-bln-bi.
-    #[arg(long, value_delimiter = ',', default_value = "mc-bln")]
-    variants: Vec<String>,
+    #[command(flatten)]
+    variants: VariantArgs,
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
@@ -96,26 +94,15 @@ enum AnySet {
     Channel(ChannelConcernSet),
 }
 
-/// Concern identification of `--classes` (element level, or channel statistics with
-/// `channel`), with a progress bar.
-#[allow(clippy::too_many_arguments)]
-fn run_concern(
-    exec: &Executor,
-    model: &ModelIr,
-    train: &Dataset,
-    cfg: &DecompConfig,
-    classes: &[usize],
-    run: &RunArgs,
-    origin: SetOrigin<'_>,
-    channel: bool,
-) -> Result<AnySet> {
-    let b = bar((classes.len() * cfg.positives_per_class) as u64, "concern".into());
+/// Concern identification (element level, or channel statistics with `channel`), with a
+/// progress bar.
+fn run_concern(run: &ConcernRun<'_>, origin: SetOrigin<'_>, channel: bool) -> Result<AnySet> {
+    let b = bar((run.classes.len() * run.cfg.positives_per_class) as u64, "concern".into());
     let mut progress = per_class(&b);
-    let (batch, p) = (run.batch_size, &mut progress);
     let set = if channel {
-        AnySet::Channel(decomp_concern::channel_concern_set(exec, model, train, cfg, classes, batch, origin, p)?)
+        AnySet::Channel(run.channel_concern_set(origin, &mut progress)?)
     } else {
-        AnySet::Element(decomp_concern::concern_set(exec, model, train, cfg, classes, batch, origin, p)?)
+        AnySet::Element(run.concern_set(origin, &mut progress)?)
     };
     b.finish_and_clear();
     Ok(set)
@@ -129,8 +116,9 @@ pub fn concern(a: ConcernArgs) -> Result<()> {
     crate::files::check_output(&a.out)?;
     let channel = a.channel.config()?.is_some();
     let exec = runtime(&a.run.device)?.executor(&model)?;
+    let run = ConcernRun { exec: &exec, model: &model, train: &train, cfg: &cfg, classes: &classes, batch_size: a.run.batch_size };
     let origin = SetOrigin { model_path: &a.model.weights, dataset: &a.data.dataset };
-    match run_concern(&exec, &model, &train, &cfg, &classes, &a.run, origin, channel)? {
+    match run_concern(&run, origin, channel)? {
         AnySet::Element(set) => {
             write_artifact(&a.out, &set)?;
             eprintln!("concern set for {} classes in {:.1} s: {}", set.classes.len(), set.seconds, a.out.display());
@@ -150,13 +138,6 @@ fn stamp_config(cfg: &DecompConfig, channel: Option<&ChannelConfig>) -> String {
         None => format!("{:?}", DecompConfig { variant: Variant::McBln, ..cfg.clone() }),
         Some(c) => format!("{:?} ; {c:?}", DecompConfig { variant: Variant::CiTiMc, ..cfg.clone() }),
     }
-}
-
-fn parse_variants(v: &[String]) -> Result<Vec<Variant>> {
-    crate::flags::no_duplicates("--variants", v)?;
-    v.iter()
-        .map(|s| Variant::parse(s).with_context(|| format!("unknown variant {s:?}: expected ci-ti-mc, mc-bln or mc-bln-bi")))
-        .collect()
 }
 
 /// Tangling identification and modularization of every class of `set`, one module file
@@ -304,7 +285,7 @@ fn tangle_element(a: &TangleArgs, model: &ModelIr) -> Result<()> {
         }
         set.classes.retain(|k| want.contains(&k.class));
     }
-    let variants = parse_variants(&a.variants)?;
+    let variants = a.variants.variants()?;
     let train = training_data(&a.data, model)?;
     let extra = match &a.extra_unconcerned {
         Some(file) => Some(crate::data::extra_unconcerned(
@@ -324,7 +305,7 @@ fn tangle_element(a: &TangleArgs, model: &ModelIr) -> Result<()> {
         model_hash: hash,
         concern_seconds: set.seconds,
         tangle_seconds: secs,
-        variants: a.variants.clone(),
+        variants: a.variants.names.clone(),
         modules,
     })
 }
@@ -378,15 +359,16 @@ fn tangle_channel(a: &TangleArgs, model: &ModelIr, ccfg: &ChannelConfig) -> Resu
 pub fn decompose(a: DecomposeArgs) -> Result<()> {
     let model = crate::model_source::load_model(&a.model)?;
     let train = training_data(&a.data, &model)?;
-    let variants = parse_variants(&a.variants)?;
+    let variants = a.variants.variants()?;
     let cfg = a.config.config(variants.first().copied().unwrap_or(Variant::McBln))?;
     let classes = a.run.class_list(&model)?;
     let channel = a.channel.config()?;
     claim_out_dir(&a.out_dir, &model.content_hash(), &stamp_config(&cfg, channel.as_ref()), a.run.force)?;
     let rt = runtime(&a.run.device)?;
     let exec = rt.executor(&model)?;
+    let run = ConcernRun { exec: &exec, model: &model, train: &train, cfg: &cfg, classes: &classes, batch_size: a.run.batch_size };
     let origin = SetOrigin { model_path: &a.model.weights, dataset: &a.data.dataset };
-    match run_concern(&exec, &model, &train, &cfg, &classes, &a.run, origin, channel.is_some())? {
+    match run_concern(&run, origin, channel.is_some())? {
         AnySet::Element(set) => {
             write_artifact(&a.out_dir.join("concern.cs"), &set)?;
             let (modules, secs) = element_modules(&exec, &model, &train, &set, &variants, &a.run, &a.out_dir, None)?;
@@ -395,7 +377,7 @@ pub fn decompose(a: DecomposeArgs) -> Result<()> {
                 model_hash: set.model_hash.clone(),
                 concern_seconds: set.seconds,
                 tangle_seconds: secs,
-                variants: a.variants.clone(),
+                variants: a.variants.names.clone(),
                 modules,
             })
         }

@@ -16,7 +16,7 @@ use decomp_ir::{BinaryHead, ChannelModule, ModelIr, Op, TensorData, Top5Ranking}
 use decomp_model::{Executor, ExecutorSource, to_vec};
 use serde::Serialize;
 
-use crate::{ComposeError, ComposedRun, label_rank, non_finite_margin, vote};
+use crate::{ComposeError, ComposedRun, non_finite_margin};
 
 /// A composed evaluation of channel modules, with wall-clock time per module.
 #[derive(Clone, Debug, Serialize)]
@@ -95,13 +95,7 @@ pub fn compose_channel(
                 );
             }
         }
-        for (i, row) in margins.into_iter().enumerate() {
-            let label = b.labels[i];
-            run.predicted.push(vote(&row));
-            run.label_rank.push(label_rank(&row, label, ranking));
-            run.labels.push(label);
-            run.margins.push(row);
-        }
+        run.push_batch(&b.labels, margins, ranking);
         progress(n);
     }
     Ok(ChannelRun {

@@ -100,6 +100,17 @@ pub struct ComposedRun {
 }
 
 impl ComposedRun {
+    /// Votes on one batch and records it: image `i` has label `labels[i]` and the module
+    /// margins `margins[i]`.
+    pub(crate) fn push_batch(&mut self, labels: &[usize], margins: Vec<Vec<f32>>, ranking: Top5Ranking) {
+        for (row, &label) in margins.into_iter().zip(labels) {
+            self.predicted.push(vote(&row));
+            self.label_rank.push(label_rank(&row, label, ranking));
+            self.labels.push(label);
+            self.margins.push(row);
+        }
+    }
+
     /// Accuracy of the composition over its `classes` composed classes (label `i` = module
     /// `i`), and of the source model on the same images when it ran.
     pub fn accuracy(&self, classes: usize) -> Result<(EvalReport, Option<EvalReport>), ComposeError> {
@@ -307,13 +318,7 @@ pub fn compose(
                 }
             }
         }
-        for (i, row) in margins.into_iter().enumerate() {
-            let label = b.labels[i];
-            run.predicted.push(vote(&row));
-            run.label_rank.push(label_rank(&row, label, ranking));
-            run.labels.push(label);
-            run.margins.push(row);
-        }
+        run.push_batch(&b.labels, margins, ranking);
         progress(n);
     }
     Ok(run)
@@ -474,7 +479,7 @@ mod tests {
         assert_eq!(Some(composed.top1), model_acc.map(|m| m.top1));
         let report = compose_report(&modules, vec!["a".into(), "b".into(), "c".into()], &composed, None, 1.5, Mode::Naive)
             .expect("report");
-        assert_eq!((report.mode.as_str(), report.n, report.model_top1), ("naive", 15, None));
+        assert_eq!((report.mode.as_str(), report.accuracy.n, report.accuracy.model_top1), ("naive", 15, None));
         assert_eq!((report.mean_module_size, report.mean_overlap), (1.0, 1.0), "unmasked modules are the whole model");
     }
 

@@ -2,7 +2,7 @@
 //! accuracy, the modules and their costs.
 
 use decomp_eval::EvalReport;
-use decomp_eval::report::{ChannelComposeReport, ChannelModuleReport, ComposeReport, mean, percent};
+use decomp_eval::report::{ChannelComposeReport, ChannelModuleReport, ComposeReport, ComposedAccuracy, mean, percent};
 use decomp_ir::{ChannelModule, ModelIr, ModuleIr, encode_artifact};
 
 use crate::{ChannelRun, ComposeError, Mode, sizes, union_cost};
@@ -25,12 +25,7 @@ pub fn compose_report(
         classes: modules.iter().map(|m| m.class_name.clone()).collect(),
         variant: first.config.variant.name().into(),
         config: first.config.clone(),
-        n: composed.n,
-        composed_top1: composed.top1,
-        composed_top5: composed.top5,
-        composed_per_class: composed.per_class.clone(),
-        model_top1: model.map(|m| m.top1),
-        model_top5: model.map(|m| m.top5),
+        accuracy: ComposedAccuracy::new(composed, model),
         model_per_class: model.map(|m| m.per_class.clone()),
         module_size: s.per_module,
         mean_module_size: s.mean,
@@ -90,12 +85,7 @@ pub fn channel_compose_report(
         classes: modules.iter().map(|m| m.class_name.clone()).collect(),
         config: first.config.clone(),
         channel: first.channel.clone(),
-        n: composed.n,
-        composed_top1: composed.top1,
-        composed_top5: composed.top5,
-        composed_per_class: composed.per_class.clone(),
-        model_top1: model.map(|m| m.top1),
-        model_top5: model.map(|m| m.top5),
+        accuracy: ComposedAccuracy::new(composed, model),
         model_cost: first.model_cost,
         model_bytes: reference.map(|m| encode_artifact(m).map_or(0, |(b, _)| b.len() as u64)),
         model_seconds: run.model_seconds,

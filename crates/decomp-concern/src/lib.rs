@@ -6,14 +6,14 @@
 //! statistics are reduced batch by batch ([`Executor::forward_active`]: to one bit per
 //! position while each image tile is computed on the CPU engine), never stored per image.
 //! [`identify_channels`] records per-channel activation statistics instead (channel-level
-//! decomposition). [`concern_set`] and [`channel_concern_set`] run either over the chosen
-//! classes and return the stage's artifact value.
+//! decomposition). A [`ConcernRun`] runs either over the chosen classes and returns the
+//! stage's artifact value ([`ConcernRun::concern_set`], [`ConcernRun::channel_concern_set`]).
 
 mod channel;
 
 use std::time::Instant;
 
-pub use channel::{ClassStats, channel_concern_set, identify_channels};
+pub use channel::{ClassStats, identify_channels};
 use decomp_data::Dataset;
 use decomp_ir::{
     BitSet, ClassConcern, ConcernSet, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op, PositiveFilter, SiteMasks,
@@ -175,17 +175,9 @@ pub fn identify(
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<NodeId>, Vec<ClassConcern>), ConcernError> {
-    let k = model.num_classes();
-    if train.num_classes() != k {
-        return Err(ConcernError::Classes { dataset: train.num_classes(), model: k });
-    }
     let sites = mask_sites(model, cfg.mask_site);
     let shapes = exec.shapes();
-    let mut out = Vec::with_capacity(classes.len());
-    for &class in classes {
-        if class >= k {
-            return Err(ConcernError::Class { class, classes: k });
-        }
+    let out = each_class(model, train, classes, |class| {
         let span = tracing::info_span!("concern", class);
         let _enter = span.enter();
         let mut active: Vec<BitSet> = sites.iter().map(|&s| BitSet::new(shapes[s].iter().product())).collect();
@@ -199,7 +191,7 @@ pub fn identify(
             exec.accumulate(fwd, Some(rows), &mut active)
         })?;
         tracing::debug!(positives = positives.len(), "concern identified");
-        out.push(ClassConcern {
+        Ok(ClassConcern {
             class,
             inactive: SiteMasks {
                 masks: sites
@@ -209,35 +201,63 @@ pub fn identify(
                     .collect(),
             },
             positives,
-        });
-    }
+        })
+    })?;
     Ok((sites, out))
 }
 
-/// Concern identification ([`identify`]) of `classes`, as the concern-set artifact of the
-/// stage: the model's hash, `origin`, the configuration and the seconds it took.
-#[allow(clippy::too_many_arguments)]
-pub fn concern_set(
-    exec: &Executor,
+/// Checks that `train` has `model`'s classes, then runs `per_class` on each of `classes`
+/// in order, refusing a class the model does not have when its turn comes.
+pub(crate) fn each_class<T>(
     model: &ModelIr,
     train: &Dataset,
-    cfg: &DecompConfig,
     classes: &[usize],
-    batch_size: usize,
-    origin: SetOrigin<'_>,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<ConcernSet, ConcernError> {
-    let start = Instant::now();
-    let (sites, concerns) = identify(exec, model, train, cfg, classes, batch_size, progress)?;
-    Ok(ConcernSet {
-        model_hash: model.content_hash(),
-        model_path: origin.model_path.to_string(),
-        dataset: origin.dataset.to_string(),
-        config: cfg.clone(),
-        sites,
-        classes: concerns,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    mut per_class: impl FnMut(usize) -> Result<T, ConcernError>,
+) -> Result<Vec<T>, ConcernError> {
+    let k = model.num_classes();
+    if train.num_classes() != k {
+        return Err(ConcernError::Classes { dataset: train.num_classes(), model: k });
+    }
+    classes
+        .iter()
+        .map(|&class| if class >= k { Err(ConcernError::Class { class, classes: k }) } else { per_class(class) })
+        .collect()
+}
+
+/// One concern identification: the model and its executor, the training images, the
+/// method's configuration, the classes to identify and the images per forward pass.
+#[derive(Clone, Copy)]
+pub struct ConcernRun<'a> {
+    pub exec: &'a Executor,
+    pub model: &'a ModelIr,
+    pub train: &'a Dataset,
+    pub cfg: &'a DecompConfig,
+    pub classes: &'a [usize],
+    pub batch_size: usize,
+}
+
+impl ConcernRun<'_> {
+    /// Concern identification ([`identify`]) as the concern-set artifact of the stage: the
+    /// model's hash, `origin`, the configuration and the seconds it took.
+    /// `progress(class, images)` is called after every batch.
+    pub fn concern_set(
+        &self,
+        origin: SetOrigin<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<ConcernSet, ConcernError> {
+        let start = Instant::now();
+        let (sites, concerns) =
+            identify(self.exec, self.model, self.train, self.cfg, self.classes, self.batch_size, progress)?;
+        Ok(ConcernSet {
+            model_hash: self.model.content_hash(),
+            model_path: origin.model_path.to_string(),
+            dataset: origin.dataset.to_string(),
+            config: self.cfg.clone(),
+            sites,
+            classes: concerns,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -339,7 +359,8 @@ mod tests {
         assert!(matches!(err, ConcernError::Classes { dataset: 2, model: 3 }), "{err}");
         let conv = DecompConfig { mask_site: MaskSite::ConvOutput, ..cfg(2) };
         let origin = SetOrigin { model_path: "m", dataset: "d" };
-        let err = channel_concern_set(&exec, &model, &data, &conv, &[0], 8, origin, &mut |_, _| {}).expect_err("site");
+        let run = ConcernRun { exec: &exec, model: &model, train: &data, cfg: &conv, classes: &[0], batch_size: 8 };
+        let err = run.channel_concern_set(origin, &mut |_, _| {}).expect_err("site");
         assert!(matches!(err, ConcernError::ChannelSite), "{err}");
     }
 
@@ -349,10 +370,12 @@ mod tests {
     fn concern_sets_record_their_origin() {
         let (model, data, exec) = setup();
         let origin = SetOrigin { model_path: "m.ir", dataset: "synthetic" };
-        let set = concern_set(&exec, &model, &data, &cfg(3), &[1], 8, origin, &mut |_, _| {}).expect("set");
+        let cfg = cfg(3);
+        let run = ConcernRun { exec: &exec, model: &model, train: &data, cfg: &cfg, classes: &[1], batch_size: 8 };
+        let set = run.concern_set(origin, &mut |_, _| {}).expect("set");
         assert_eq!((set.model_hash.as_str(), set.model_path.as_str()), (model.content_hash().as_str(), "m.ir"));
-        assert_eq!((set.dataset.as_str(), &set.config), ("synthetic", &cfg(3)));
-        let ch = channel_concern_set(&exec, &model, &data, &cfg(3), &[1], 8, origin, &mut |_, _| {}).expect("channel");
+        assert_eq!((set.dataset.as_str(), set.config.positives_per_class), ("synthetic", 3));
+        let ch = run.channel_concern_set(origin, &mut |_, _| {}).expect("channel");
         assert_eq!(ch.sites, set.sites);
         assert_eq!(ch.classes[0].positives, set.classes[0].positives);
         assert_eq!(ch.classes[0].concerned.images, 3);

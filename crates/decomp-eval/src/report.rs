@@ -54,6 +54,33 @@ pub struct ModelEval {
     pub images_per_second: f64,
 }
 
+/// Accuracy of a composition on its images, and of the modules' source model on the same
+/// images when it ran: the part [`ComposeReport`] and [`ChannelComposeReport`] share
+/// (flattened into both, so the keys stand where they always stood).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComposedAccuracy {
+    pub n: usize,
+    pub composed_top1: f64,
+    pub composed_top5: f64,
+    pub composed_per_class: Vec<f64>,
+    /// The source model, when the modules are all its classes in order.
+    pub model_top1: Option<f64>,
+    pub model_top5: Option<f64>,
+}
+
+impl ComposedAccuracy {
+    pub fn new(composed: &EvalReport, model: Option<&EvalReport>) -> Self {
+        Self {
+            n: composed.n,
+            composed_top1: composed.top1,
+            composed_top5: composed.top5,
+            composed_per_class: composed.per_class.clone(),
+            model_top1: model.map(|m| m.top1),
+            model_top5: model.map(|m| m.top5),
+        }
+    }
+}
+
 /// `decomp compose` of element-level modules.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ComposeReport {
@@ -65,13 +92,8 @@ pub struct ComposeReport {
     pub variant: String,
     /// Configuration of the first module.
     pub config: DecompConfig,
-    pub n: usize,
-    pub composed_top1: f64,
-    pub composed_top5: f64,
-    pub composed_per_class: Vec<f64>,
-    /// The source model on the same images, when the modules are all its classes in order.
-    pub model_top1: Option<f64>,
-    pub model_top5: Option<f64>,
+    #[serde(flatten)]
+    pub accuracy: ComposedAccuracy,
     pub model_per_class: Option<Vec<f64>>,
     /// Fraction of the model's positions each module keeps.
     pub module_size: Vec<f64>,
@@ -110,12 +132,8 @@ pub struct ChannelComposeReport {
     pub classes: Vec<String>,
     pub config: DecompConfig,
     pub channel: ChannelConfig,
-    pub n: usize,
-    pub composed_top1: f64,
-    pub composed_top5: f64,
-    pub composed_per_class: Vec<f64>,
-    pub model_top1: Option<f64>,
-    pub model_top5: Option<f64>,
+    #[serde(flatten)]
+    pub accuracy: ComposedAccuracy,
     pub model_cost: Cost,
     /// Size of the reference model as a `.ir` artifact.
     pub model_bytes: Option<u64>,
