@@ -56,10 +56,11 @@ fn main() {
         seed: 0,
         eval_batch_size: batch,
     };
-    let runtime = Runtime::from_vars(Device::flex(), |k| std::env::var(k).ok()).unwrap_or_else(|err| {
-        eprintln!("error: {err}");
-        std::process::exit(2)
-    });
+    let runtime =
+        Runtime::from_vars(Device::flex(), |k| std::env::var(k).ok()).unwrap_or_else(|err| {
+            eprintln!("error: {err}");
+            std::process::exit(2)
+        });
     let mut trainer = Trainer::with_runtime(model, config, "probe".into(), &runtime)
         .expect("a valid training configuration");
     let make = |k: usize| Batch {

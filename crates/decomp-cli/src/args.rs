@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use decomp_ir::{
-    ActivationRate, BlnRule, ChannelConfig, Compensation, DecompConfig, MaskSite, ModelIr, PositiveFilter, Top5Ranking,
-    Variant,
+    ActivationRate, BlnRule, ChannelConfig, Compensation, DecompConfig, MaskSite, ModelIr,
+    PositiveFilter, Top5Ranking, Variant,
 };
 use decomp_model::{Runtime, parse_device};
 
@@ -66,7 +66,9 @@ pub struct DataArgs {
 /// environment: `DECOMP_ENGINE` (`auto`, `burn`, `cpu`) and the CPU plan's `DECOMP_CPU_*`.
 /// The libraries read no environment; every executor of a command is built from this.
 pub fn runtime(name: &str) -> Result<Runtime> {
-    Ok(Runtime::from_vars(parse_device(name)?, |k| std::env::var(k).ok())?)
+    Ok(Runtime::from_vars(parse_device(name)?, |k| {
+        std::env::var(k).ok()
+    })?)
 }
 
 /// Every open choice of the method, as flags (defaults from METHOD.md).
@@ -101,9 +103,14 @@ impl ConfigArgs {
         let positive_filter = match self.positive_filter.as_str() {
             "correct" => PositiveFilter::Correct,
             "all" => PositiveFilter::All,
-            s => match s.strip_prefix("confident:").and_then(|t| t.parse::<f32>().ok()) {
+            s => match s
+                .strip_prefix("confident:")
+                .and_then(|t| t.parse::<f32>().ok())
+            {
                 Some(t) if (0.0..1.0).contains(&t) => PositiveFilter::Confident(t),
-                _ => bail!("--positive-filter {s:?}: expected correct, all or confident:T with 0 <= T < 1"),
+                _ => bail!(
+                    "--positive-filter {s:?}: expected correct, all or confident:T with 0 <= T < 1"
+                ),
             },
         };
         let mask_site = match self.mask_site.as_str() {
@@ -159,7 +166,11 @@ impl VariantArgs {
         flags::no_duplicates("--variants", &self.names)?;
         self.names
             .iter()
-            .map(|s| Variant::parse(s).with_context(|| format!("unknown variant {s:?}: expected ci-ti-mc, mc-bln or mc-bln-bi")))
+            .map(|s| {
+                Variant::parse(s).with_context(|| {
+                    format!("unknown variant {s:?}: expected ci-ti-mc, mc-bln or mc-bln-bi")
+                })
+            })
             .collect()
     }
 }
@@ -185,7 +196,9 @@ impl RunArgs {
     /// The classes `--classes` names (indices into `model`'s classes), or all of them.
     pub fn class_list(&self, model: &ModelIr) -> Result<Vec<usize>> {
         match &self.classes {
-            Some(c) => flags::resolve_classes("--classes", c, &model.meta.class_names, model.num_classes()),
+            Some(c) => {
+                flags::resolve_classes("--classes", c, &model.meta.class_names, model.num_classes())
+            }
             None => Ok((0..model.num_classes()).collect()),
         }
     }
@@ -271,17 +284,28 @@ impl ChannelArgs {
                 .filter_map(|(flag, given)| given.then_some(flag))
                 .collect();
                 if !set.is_empty() {
-                    bail!("{} apply to --granularity channel only (this run is element-level)", set.join(", "));
+                    bail!(
+                        "{} apply to --granularity channel only (this run is element-level)",
+                        set.join(", ")
+                    );
                 }
                 return Ok(None);
             }
             "channel" => {}
             g => bail!("--granularity {g:?}: expected element or channel"),
         }
-        let rate = ActivationRate::parse(&self.rate)
-            .with_context(|| format!("--rate {:?}: expected mean-positions, any-position or deviation", self.rate))?;
-        let compensation = Compensation::parse(&self.compensation)
-            .with_context(|| format!("--compensation {:?}: expected off, concerned or sample", self.compensation))?;
+        let rate = ActivationRate::parse(&self.rate).with_context(|| {
+            format!(
+                "--rate {:?}: expected mean-positions, any-position or deviation",
+                self.rate
+            )
+        })?;
+        let compensation = Compensation::parse(&self.compensation).with_context(|| {
+            format!(
+                "--compensation {:?}: expected off, concerned or sample",
+                self.compensation
+            )
+        })?;
         for (name, v) in [("--tau", self.tau), ("--tau-neg", self.tau_neg)] {
             if !v.is_finite() || v < 0.0 {
                 bail!("{name} {v}: expected a rate >= 0");

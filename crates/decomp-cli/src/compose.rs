@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use decomp_compose::{ChannelRun, ComposedRun, Mode, channel_compose_report, compose, compose_channel, compose_report};
+use decomp_compose::{
+    ChannelRun, ComposedRun, Mode, channel_compose_report, compose, compose_channel, compose_report,
+};
 use decomp_eval::EvalReport;
-use decomp_eval::report::{ChannelComposeReport, ComposeReport, ComposedAccuracy, MarginModule, Margins};
+use decomp_eval::report::{
+    ChannelComposeReport, ComposeReport, ComposedAccuracy, MarginModule, Margins,
+};
 use decomp_ir::{ArtifactKind, ChannelModule, ModelIr, ModuleIr};
 
 use crate::args::{DataArgs, ModelArgs, runtime};
@@ -63,7 +67,8 @@ impl Modules {
     /// Reads `paths`: channel modules when the first is one (all must be), else element
     /// modules. Refuses the flags the kind has no use for.
     fn read(a: &ComposeArgs) -> Result<Self> {
-        let channel = decomp_ir::artifact::peek_kind(&a.modules[0])? == Some(ArtifactKind::ChannelModule);
+        let channel =
+            decomp_ir::artifact::peek_kind(&a.modules[0])? == Some(ArtifactKind::ChannelModule);
         if !channel {
             if a.reference_model.is_some() {
                 bail!(
@@ -73,7 +78,9 @@ impl Modules {
             let modules = a
                 .modules
                 .iter()
-                .map(|p| read_artifact(p).with_context(|| format!("reading module {}", p.display())))
+                .map(|p| {
+                    read_artifact(p).with_context(|| format!("reading module {}", p.display()))
+                })
                 .collect::<Result<_>>()?;
             return Ok(Self::Element(modules));
         }
@@ -85,21 +92,42 @@ impl Modules {
         let mut modules: Vec<ChannelModule> = Vec::with_capacity(a.modules.len());
         for p in &a.modules {
             if decomp_ir::artifact::peek_kind(p)? != Some(ArtifactKind::ChannelModule) {
-                bail!("{}: not a channel module; channel and element modules cannot be composed together", p.display());
+                bail!(
+                    "{}: not a channel module; channel and element modules cannot be composed together",
+                    p.display()
+                );
             }
-            modules.push(read_artifact(p).with_context(|| format!("reading module {}", p.display()))?);
+            modules
+                .push(read_artifact(p).with_context(|| format!("reading module {}", p.display()))?);
         }
         for (p, m) in a.modules.iter().zip(&modules) {
             if m.module.meta.input_norm != modules[0].module.meta.input_norm {
-                bail!("{}: input normalization differs from {}'s", p.display(), a.modules[0].display());
+                bail!(
+                    "{}: input normalization differs from {}'s",
+                    p.display(),
+                    a.modules[0].display()
+                );
             }
         }
         let reference = match &a.reference_model {
             Some(w) => {
-                let m = crate::model_source::load_model(&ModelArgs { arch: None, weights: w.clone(), cache_dir: None })?;
+                let m = crate::model_source::load_model(&ModelArgs {
+                    arch: None,
+                    weights: w.clone(),
+                    cache_dir: None,
+                })?;
                 let h = m.content_hash();
-                if let Some((p, _)) = a.modules.iter().zip(&modules).find(|(_, x)| x.model_hash != h) {
-                    bail!("{}: module comes from model {}, --reference-model {w} is {h}", p.display(), modules[0].model_hash);
+                if let Some((p, _)) = a
+                    .modules
+                    .iter()
+                    .zip(&modules)
+                    .find(|(_, x)| x.model_hash != h)
+                {
+                    bail!(
+                        "{}: module comes from model {}, --reference-model {w} is {h}",
+                        p.display(),
+                        modules[0].model_hash
+                    );
                 }
                 Some(m)
             }
@@ -118,8 +146,14 @@ impl Modules {
     /// Each module's class, class name and source model hash.
     fn columns(&self) -> Vec<(usize, &str, &str)> {
         match self {
-            Self::Element(m) => m.iter().map(|m| (m.class, m.class_name.as_str(), m.model_hash.as_str())).collect(),
-            Self::Channel(m, _) => m.iter().map(|m| (m.class, m.class_name.as_str(), m.model_hash.as_str())).collect(),
+            Self::Element(m) => m
+                .iter()
+                .map(|m| (m.class, m.class_name.as_str(), m.model_hash.as_str()))
+                .collect(),
+            Self::Channel(m, _) => m
+                .iter()
+                .map(|m| (m.class, m.class_name.as_str(), m.model_hash.as_str()))
+                .collect(),
         }
     }
 
@@ -169,15 +203,25 @@ pub fn run(a: ComposeArgs) -> Result<()> {
         crate::files::check_output(out)?;
     }
     if let (Some(o), Some(m)) = (&a.out, &a.save_margins)
-        && decomp_ir::output::FileId::of_output(o).zip(decomp_ir::output::FileId::of_output(m)).is_some_and(|(x, y)| x.same(&y))
+        && decomp_ir::output::FileId::of_output(o)
+            .zip(decomp_ir::output::FileId::of_output(m))
+            .is_some_and(|(x, y)| x.same(&y))
     {
-        bail!("--out and --save-margins name the same file {}", o.display());
+        bail!(
+            "--out and --save-margins name the same file {}",
+            o.display()
+        );
     }
     let modules = Modules::read(&a)?;
     let columns = modules.columns();
     let own: Vec<(usize, &str)> = columns.iter().map(|&(c, n, _)| (c, n)).collect();
-    let (classes, data, identity) =
-        composed_data(a.classes.as_deref(), &own, &a.modules, modules.input_model(), &a.data)?;
+    let (classes, data, identity) = composed_data(
+        a.classes.as_deref(),
+        &own,
+        &a.modules,
+        modules.input_model(),
+        &a.data,
+    )?;
     let rt = runtime(&a.device)?;
     let k = modules.len();
     let start = Instant::now();
@@ -186,10 +230,28 @@ pub fn run(a: ComposeArgs) -> Result<()> {
     let mode = if a.naive { Mode::Naive } else { Mode::Batched };
     let ranking = modules.ranking();
     let ran = match &modules {
-        Modules::Element(m) => Ran::Element(compose(m, &data, &rt, a.batch_size, ranking, mode, progress)?),
+        Modules::Element(m) => Ran::Element(compose(
+            m,
+            &data,
+            &rt,
+            a.batch_size,
+            ranking,
+            mode,
+            progress,
+        )?),
         Modules::Channel(m, reference) => {
-            let reference = reference.as_ref().filter(|r| r.num_classes() == k && identity);
-            Ran::Channel(compose_channel(m, &data, &rt, a.batch_size, ranking, reference, progress)?)
+            let reference = reference
+                .as_ref()
+                .filter(|r| r.num_classes() == k && identity);
+            Ran::Channel(compose_channel(
+                m,
+                &data,
+                &rt,
+                a.batch_size,
+                ranking,
+                reference,
+                progress,
+            )?)
         }
     };
     b.finish_and_clear();
@@ -199,12 +261,34 @@ pub fn run(a: ComposeArgs) -> Result<()> {
     let paths: Vec<String> = a.modules.iter().map(|p| p.display().to_string()).collect();
     let report = match (&modules, &ran) {
         (Modules::Channel(m, reference), Ran::Channel(r)) => {
-            let bytes: Vec<u64> = a.modules.iter().map(|p| std::fs::metadata(p).map_or(0, |x| x.len())).collect();
+            let bytes: Vec<u64> = a
+                .modules
+                .iter()
+                .map(|p| std::fs::metadata(p).map_or(0, |x| x.len()))
+                .collect();
             let reference = reference.as_ref();
-            Report::Channel(channel_compose_report(m, &paths, &bytes, r, &composed, model.as_ref(), reference, seconds)?)
+            Report::Channel(channel_compose_report(
+                m,
+                &paths,
+                &bytes,
+                r,
+                &composed,
+                model.as_ref(),
+                reference,
+                seconds,
+            )?)
         }
-        (Modules::Element(m), _) => Report::Element(compose_report(m, paths.clone(), &composed, model.as_ref(), seconds, mode)?),
-        (Modules::Channel(..), Ran::Element(_)) => unreachable!("channel modules run as channel modules"),
+        (Modules::Element(m), _) => Report::Element(compose_report(
+            m,
+            paths.clone(),
+            &composed,
+            model.as_ref(),
+            seconds,
+            mode,
+        )?),
+        (Modules::Channel(..), Ran::Element(_)) => {
+            unreachable!("channel modules run as channel modules")
+        }
     };
     if let Some(p) = &a.save_margins {
         let columns = columns
@@ -217,7 +301,15 @@ pub fn run(a: ComposeArgs) -> Result<()> {
                 model_hash: hash.to_string(),
             })
             .collect();
-        save_margins(p, image_set(&a.data, &classes), data.class_names(), columns, run, model.as_ref(), seconds)?;
+        save_margins(
+            p,
+            image_set(&a.data, &classes),
+            data.class_names(),
+            columns,
+            run,
+            model.as_ref(),
+            seconds,
+        )?;
     }
     let text = match &report {
         Report::Element(r) => serde_json::to_string(r)?,
@@ -232,12 +324,25 @@ pub fn run(a: ComposeArgs) -> Result<()> {
     }
     match &report {
         Report::Element(out) => {
-            outln!("{} modules on {} images ({:.1} s, {})", k, out.accuracy.n, seconds, out.mode);
+            outln!(
+                "{} modules on {} images ({:.1} s, {})",
+                k,
+                out.accuracy.n,
+                seconds,
+                out.mode
+            );
             print_accuracy(&out.accuracy);
-            outln!("module size mean {:.3}, mean pairwise overlap {:.3}", out.mean_module_size, out.mean_overlap);
+            outln!(
+                "module size mean {:.3}, mean pairwise overlap {:.3}",
+                out.mean_module_size,
+                out.mean_overlap
+            );
         }
         Report::Channel(out) => {
-            outln!("{k} channel modules on {} images ({seconds:.1} s, separate passes)", out.accuracy.n);
+            outln!(
+                "{k} channel modules on {} images ({seconds:.1} s, separate passes)",
+                out.accuracy.n
+            );
             print_accuracy(&out.accuracy);
             outln!(
                 "mean module FLOPs {:.1}% of the model, parameters {:.1}%, file {:.0} bytes",
@@ -257,7 +362,11 @@ fn print_accuracy(a: &ComposedAccuracy) {
     if let (Some(t1), Some(t5)) = (a.model_top1, a.model_top5) {
         outln!("model     top-1 {t1:.2}%  top-5 {t5:.2}%");
     }
-    outln!("composed  top-1 {:.2}%  top-5 {:.2}%", a.composed_top1, a.composed_top5);
+    outln!(
+        "composed  top-1 {:.2}%  top-5 {:.2}%",
+        a.composed_top1,
+        a.composed_top5
+    );
 }
 
 /// Writes the margins file of `compose --save-margins` (element and channel modules alike):
@@ -272,6 +381,14 @@ fn save_margins(
     model: Option<&EvalReport>,
     seconds: f64,
 ) -> Result<()> {
-    let m = Margins::new(images, class_names.to_vec(), modules, run.labels.clone(), run.margins.clone(), model, seconds);
+    let m = Margins::new(
+        images,
+        class_names.to_vec(),
+        modules,
+        run.labels.clone(),
+        run.margins.clone(),
+        model,
+        seconds,
+    );
     write_atomic(path, serde_json::to_string(&m)?.as_bytes())
 }

@@ -24,7 +24,10 @@ pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
         // folder name or a known subset); otherwise its error gives no download advice.
         let name = folder.file_name().map(|n| n.to_string_lossy().to_string());
         let want = name.map(|n| DatasetFolder::named(kind, &n));
-        if let (Some(want), Some(parent)) = (want.filter(|w| w.source().is_some() && !folder.exists()), folder.parent()) {
+        if let (Some(want), Some(parent)) = (
+            want.filter(|w| w.source().is_some() && !folder.exists()),
+            folder.parent(),
+        ) {
             DataRoot::at(parent).ensure(&want)?;
         }
         Dataset::load_folder(kind, folder, split)?
@@ -37,7 +40,9 @@ pub fn open_raw_dataset(args: &DataArgs) -> Result<Dataset> {
 
 /// `--data-file`, or a `--data-dir` that is a file of records.
 pub fn data_file(args: &DataArgs) -> Option<&PathBuf> {
-    args.data_file.as_ref().or(args.data_dir.as_ref().filter(|d| d.is_file()))
+    args.data_file
+        .as_ref()
+        .or(args.data_dir.as_ref().filter(|d| d.is_file()))
 }
 
 /// The data folder: `--data-dir`, else $DECOMP_DATA_DIR, else `../shared/datasets` beside the
@@ -58,7 +63,11 @@ pub fn register_inputs(args: &DataArgs) -> Result<()> {
     } else {
         let root = data_root(args.data_dir.as_deref())?;
         let want = DatasetFolder::official(kind);
-        crate::files::input_tree(&root.find(&want).unwrap_or_else(|| root.dir.join(&want.name)));
+        crate::files::input_tree(
+            &root
+                .find(&want)
+                .unwrap_or_else(|| root.dir.join(&want.name)),
+        );
     }
     Ok(())
 }
@@ -96,7 +105,11 @@ pub fn open_dataset(args: &DataArgs, model: &ModelIr) -> Result<Dataset> {
         None => ds,
     };
     if ds.is_empty() {
-        bail!("{}: no images in the {} split", describe_source(args), args.split.unwrap_or(Split::Test));
+        bail!(
+            "{}: no images in the {} split",
+            describe_source(args),
+            args.split.unwrap_or(Split::Test)
+        );
     }
     Ok(ds)
 }
@@ -122,14 +135,22 @@ pub fn extra_unconcerned(
     crate::files::input(file);
     let mut ds = Dataset::from_cifar_file(DatasetKind::Cifar10, file)?;
     if let Some(c) = classes {
-        let c = crate::flags::resolve_classes("--extra-classes", c, ds.class_names(), ds.num_classes())?;
+        let c = crate::flags::resolve_classes(
+            "--extra-classes",
+            c,
+            ds.class_names(),
+            ds.num_classes(),
+        )?;
         ds = ds.subset_classes(&c)?;
     }
     if let Some(n) = limit {
         ds = ds.shuffled(seed).take(n);
     }
     if ds.is_empty() {
-        bail!("--extra-unconcerned {}: no image left after --extra-classes/--extra-limit", file.display());
+        bail!(
+            "--extra-unconcerned {}: no image left after --extra-classes/--extra-limit",
+            file.display()
+        );
     }
     let what = format!("{} images of {}", ds.len(), file.display());
     Ok((fit_to_model(ds, model)?, what))
@@ -148,10 +169,18 @@ pub fn composed_data(
 ) -> Result<(Vec<usize>, Dataset, bool)> {
     let full = open_dataset(data, model)?;
     let classes = module_classes(given, modules, paths, &full, data)?;
-    let identity = classes.len() == full.num_classes() && classes.iter().enumerate().all(|(i, &c)| i == c);
-    let images = if identity { full } else { full.subset_classes(&classes)? };
+    let identity =
+        classes.len() == full.num_classes() && classes.iter().enumerate().all(|(i, &c)| i == c);
+    let images = if identity {
+        full
+    } else {
+        full.subset_classes(&classes)?
+    };
     if images.is_empty() {
-        bail!("{}: no image of the modules' classes {classes:?}", describe_source(data));
+        bail!(
+            "{}: no image of the modules' classes {classes:?}",
+            describe_source(data)
+        );
     }
     Ok((classes, images, identity))
 }
@@ -167,9 +196,14 @@ fn module_classes(
     data: &DataArgs,
 ) -> Result<Vec<usize>> {
     if let Some(c) = given {
-        let classes = crate::flags::resolve_classes("--classes", c, ds.class_names(), ds.num_classes())?;
+        let classes =
+            crate::flags::resolve_classes("--classes", c, ds.class_names(), ds.num_classes())?;
         if classes.len() != modules.len() {
-            bail!("--classes lists {} classes for {} modules", classes.len(), modules.len());
+            bail!(
+                "--classes lists {} classes for {} modules",
+                classes.len(),
+                modules.len()
+            );
         }
         return Ok(classes);
     }
@@ -199,7 +233,11 @@ fn module_classes(
     }
     let classes: Vec<usize> = modules.iter().map(|m| m.0).collect();
     if let Some(i) = (1..classes.len()).find(|&i| classes[..i].contains(&classes[i])) {
-        bail!("{}: a second module of class {}: pass --classes to map modules to dataset classes", paths[i].display(), classes[i]);
+        bail!(
+            "{}: a second module of class {}: pass --classes to map modules to dataset classes",
+            paths[i].display(),
+            classes[i]
+        );
     }
     Ok(classes)
 }
@@ -217,5 +255,10 @@ pub fn image_set(data: &DataArgs, classes: &[usize]) -> String {
         },
     };
     let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
-    format!("{} {source} classes {} limit {:?}", data.dataset, classes.join(","), data.limit)
+    format!(
+        "{} {source} classes {} limit {:?}",
+        data.dataset,
+        classes.join(","),
+        data.limit
+    )
 }

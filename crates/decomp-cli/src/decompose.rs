@@ -97,7 +97,10 @@ enum AnySet {
 /// Concern identification (element level, or channel statistics with `channel`), with a
 /// progress bar.
 fn run_concern(run: &ConcernRun<'_>, origin: SetOrigin<'_>, channel: bool) -> Result<AnySet> {
-    let b = bar((run.classes.len() * run.cfg.positives_per_class) as u64, "concern".into());
+    let b = bar(
+        (run.classes.len() * run.cfg.positives_per_class) as u64,
+        "concern".into(),
+    );
     let mut progress = per_class(&b);
     let set = if channel {
         AnySet::Channel(run.channel_concern_set(origin, &mut progress)?)
@@ -116,16 +119,36 @@ pub fn concern(a: ConcernArgs) -> Result<()> {
     crate::files::check_output(&a.out)?;
     let channel = a.channel.config()?.is_some();
     let exec = runtime(&a.run.device)?.executor(&model)?;
-    let run = ConcernRun { exec: &exec, model: &model, train: &train, cfg: &cfg, classes: &classes, batch_size: a.run.batch_size };
-    let origin = SetOrigin { model_path: &a.model.weights, dataset: &a.data.dataset };
+    let run = ConcernRun {
+        exec: &exec,
+        model: &model,
+        train: &train,
+        cfg: &cfg,
+        classes: &classes,
+        batch_size: a.run.batch_size,
+    };
+    let origin = SetOrigin {
+        model_path: &a.model.weights,
+        dataset: &a.data.dataset,
+    };
     match run_concern(&run, origin, channel)? {
         AnySet::Element(set) => {
             write_artifact(&a.out, &set)?;
-            eprintln!("concern set for {} classes in {:.1} s: {}", set.classes.len(), set.seconds, a.out.display());
+            eprintln!(
+                "concern set for {} classes in {:.1} s: {}",
+                set.classes.len(),
+                set.seconds,
+                a.out.display()
+            );
         }
         AnySet::Channel(set) => {
             write_artifact(&a.out, &set)?;
-            eprintln!("channel concern set for {} classes in {:.1} s: {}", set.classes.len(), set.seconds, a.out.display());
+            eprintln!(
+                "channel concern set for {} classes in {:.1} s: {}",
+                set.classes.len(),
+                set.seconds,
+                a.out.display()
+            );
         }
     }
     Ok(())
@@ -135,8 +158,20 @@ pub fn concern(a: ConcernArgs) -> Result<()> {
 /// has its own subfolder; channel level: with the channel configuration).
 fn stamp_config(cfg: &DecompConfig, channel: Option<&ChannelConfig>) -> String {
     match channel {
-        None => format!("{:?}", DecompConfig { variant: Variant::McBln, ..cfg.clone() }),
-        Some(c) => format!("{:?} ; {c:?}", DecompConfig { variant: Variant::CiTiMc, ..cfg.clone() }),
+        None => format!(
+            "{:?}",
+            DecompConfig {
+                variant: Variant::McBln,
+                ..cfg.clone()
+            }
+        ),
+        Some(c) => format!(
+            "{:?} ; {c:?}",
+            DecompConfig {
+                variant: Variant::CiTiMc,
+                ..cfg.clone()
+            }
+        ),
     }
 }
 
@@ -164,11 +199,20 @@ fn element_modules(
     for concern in &set.classes {
         b.set_message(format!("class {}", concern.class));
         let x = extra.map(|(x, _)| x);
-        let u = decomp_tangle::untangle_class(exec, train, concern, set.config.seed, x, run.batch_size, &mut |n| {
-            b.inc(n as u64)
-        })?;
+        let u = decomp_tangle::untangle_class(
+            exec,
+            train,
+            concern,
+            set.config.seed,
+            x,
+            run.batch_size,
+            &mut |n| b.inc(n as u64),
+        )?;
         for &variant in variants {
-            let cfg = DecompConfig { variant, ..set.config.clone() };
+            let cfg = DecompConfig {
+                variant,
+                ..set.config.clone()
+            };
             let origin = decomp_tangle::ModuleOrigin {
                 model_hash: &set.model_hash,
                 model_path: &set.model_path,
@@ -179,8 +223,18 @@ fn element_modules(
                     set.seconds
                 ),
             };
-            let module = decomp_tangle::build_module(model, concern, &u.masks, u.unconcerned, u.per_class, &cfg, &origin)?;
-            let path = out_dir.join(variant.name()).join(format!("module_{:03}.mod", concern.class));
+            let module = decomp_tangle::build_module(
+                model,
+                concern,
+                &u.masks,
+                u.unconcerned,
+                u.per_class,
+                &cfg,
+                &origin,
+            )?;
+            let path = out_dir
+                .join(variant.name())
+                .join(format!("module_{:03}.mod", concern.class));
             write_artifact(&path, &module)?;
             written.push(path.display().to_string());
         }
@@ -190,8 +244,18 @@ fn element_modules(
 }
 
 /// Unconcerned statistics of every class of `set` that lacks them, with a progress bar.
-fn channel_untangle(exec: &Executor, train: &Dataset, set: &mut ChannelConcernSet, run: &RunArgs) -> Result<()> {
-    let total: usize = set.classes.iter().filter(|c| c.unconcerned.is_none()).map(|c| c.positives.len()).sum();
+fn channel_untangle(
+    exec: &Executor,
+    train: &Dataset,
+    set: &mut ChannelConcernSet,
+    run: &RunArgs,
+) -> Result<()> {
+    let total: usize = set
+        .classes
+        .iter()
+        .filter(|c| c.unconcerned.is_none())
+        .map(|c| c.positives.len())
+        .sum();
     let b = bar(total as u64, "tangle".into());
     decomp_tangle::channel_untangle_set(exec, train, set, run.batch_size, &mut per_class(&b))?;
     b.finish_and_clear();
@@ -209,7 +273,10 @@ fn channel_modules(
     fit: Option<&decomp_tangle::FitData<'_>>,
 ) -> Result<()> {
     let start = Instant::now();
-    let cfg = DecompConfig { variant: Variant::CiTiMc, ..set.config.clone() };
+    let cfg = DecompConfig {
+        variant: Variant::CiTiMc,
+        ..set.config.clone()
+    };
     let origin = decomp_tangle::ModuleOrigin {
         model_hash: &set.model_hash,
         model_path: &set.model_path,
@@ -255,7 +322,10 @@ fn channel_modules(
 
 /// Writes `summary.json` into `out_dir` and prints it as one line.
 fn write_summary<S: serde::Serialize>(out_dir: &Path, s: &S) -> Result<()> {
-    write_atomic(&out_dir.join("summary.json"), serde_json::to_string_pretty(s)?.as_bytes())?;
+    write_atomic(
+        &out_dir.join("summary.json"),
+        serde_json::to_string_pretty(s)?.as_bytes(),
+    )?;
     outln!("{}", serde_json::to_string(s)?);
     Ok(())
 }
@@ -263,7 +333,9 @@ fn write_summary<S: serde::Serialize>(out_dir: &Path, s: &S) -> Result<()> {
 pub fn tangle(a: TangleArgs) -> Result<()> {
     let channel = a.channel.config()?;
     if channel.is_some() && a.extra_unconcerned.is_some() {
-        bail!("--extra-unconcerned (continuous learning) is not implemented for channel-level modules");
+        bail!(
+            "--extra-unconcerned (continuous learning) is not implemented for channel-level modules"
+        );
     }
     let model = crate::model_source::load_model(&a.model)?;
     match channel {
@@ -276,12 +348,24 @@ fn tangle_element(a: &TangleArgs, model: &ModelIr) -> Result<()> {
     let mut set: ConcernSet = read_artifact(&a.concern)?;
     let hash = model.content_hash();
     if hash != set.model_hash {
-        bail!("{}: concern set was computed for model {} ({}), --weights is {hash}", a.concern.display(), set.model_path, set.model_hash);
+        bail!(
+            "{}: concern set was computed for model {} ({}), --weights is {hash}",
+            a.concern.display(),
+            set.model_path,
+            set.model_hash
+        );
     }
-    set.check_against(model).map_err(|e| anyhow::anyhow!("{}: {e}", a.concern.display()))?;
+    set.check_against(model)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.concern.display()))?;
     if let Some(want) = a.run.classes_of_set(model)? {
-        if let Some(c) = want.iter().find(|&&c| !set.classes.iter().any(|k| k.class == c)) {
-            bail!("--classes {c}: the concern set {} has no class {c}", a.concern.display());
+        if let Some(c) = want
+            .iter()
+            .find(|&&c| !set.classes.iter().any(|k| k.class == c))
+        {
+            bail!(
+                "--classes {c}: the concern set {} has no class {c}",
+                a.concern.display()
+            );
         }
         set.classes.retain(|k| want.contains(&k.class));
     }
@@ -297,17 +381,34 @@ fn tangle_element(a: &TangleArgs, model: &ModelIr) -> Result<()> {
         )?),
         None => None,
     };
-    claim_out_dir(&a.out_dir, &hash, &stamp_config(&set.config, None), a.run.force)?;
+    claim_out_dir(
+        &a.out_dir,
+        &hash,
+        &stamp_config(&set.config, None),
+        a.run.force,
+    )?;
     let exec = runtime(&a.run.device)?.executor(model)?;
-    let (modules, secs) = element_modules(&exec, model, &train, &set, &variants, &a.run, &a.out_dir, extra.as_ref())?;
-    write_summary(&a.out_dir, &DecomposeSummary {
-        model: set.model_path.clone(),
-        model_hash: hash,
-        concern_seconds: set.seconds,
-        tangle_seconds: secs,
-        variants: a.variants.names.clone(),
-        modules,
-    })
+    let (modules, secs) = element_modules(
+        &exec,
+        model,
+        &train,
+        &set,
+        &variants,
+        &a.run,
+        &a.out_dir,
+        extra.as_ref(),
+    )?;
+    write_summary(
+        &a.out_dir,
+        &DecomposeSummary {
+            model: set.model_path.clone(),
+            model_hash: hash,
+            concern_seconds: set.seconds,
+            tangle_seconds: secs,
+            variants: a.variants.names.clone(),
+            modules,
+        },
+    )
 }
 
 /// `tangle --granularity channel`: unconcerned statistics where missing (written, with the
@@ -315,8 +416,8 @@ fn tangle_element(a: &TangleArgs, model: &ModelIr) -> Result<()> {
 /// the modules (of `--classes` only, when given).
 fn tangle_channel(a: &TangleArgs, model: &ModelIr, ccfg: &ChannelConfig) -> Result<()> {
     let concern = &a.concern;
-    let mut set: ChannelConcernSet =
-        read_artifact(concern).with_context(|| format!("reading channel concern set {}", concern.display()))?;
+    let mut set: ChannelConcernSet = read_artifact(concern)
+        .with_context(|| format!("reading channel concern set {}", concern.display()))?;
     let hash = model.content_hash();
     if hash != set.model_hash {
         bail!(
@@ -327,21 +428,44 @@ fn tangle_channel(a: &TangleArgs, model: &ModelIr, ccfg: &ChannelConfig) -> Resu
         );
     }
     if set.classes.is_empty() {
-        bail!("{}: the channel concern set holds no class", concern.display());
+        bail!(
+            "{}: the channel concern set holds no class",
+            concern.display()
+        );
     }
     if let Some(c) = set.classes.iter().find(|c| c.class >= model.num_classes()) {
-        bail!("{}: class {} is beyond the model's {} classes", concern.display(), c.class, model.num_classes());
+        bail!(
+            "{}: class {} is beyond the model's {} classes",
+            concern.display(),
+            c.class,
+            model.num_classes()
+        );
     }
     if let Some(want) = a.run.classes_of_set(model)? {
-        if let Some(c) = want.iter().find(|&&c| !set.classes.iter().any(|k| k.class == c)) {
-            bail!("--classes {c}: the channel concern set {} has no class {c}", concern.display());
+        if let Some(c) = want
+            .iter()
+            .find(|&&c| !set.classes.iter().any(|k| k.class == c))
+        {
+            bail!(
+                "--classes {c}: the channel concern set {} has no class {c}",
+                concern.display()
+            );
         }
         set.classes.retain(|k| want.contains(&k.class));
     }
-    claim_out_dir(&a.out_dir, &hash, &stamp_config(&set.config, Some(ccfg)), a.run.force)?;
+    claim_out_dir(
+        &a.out_dir,
+        &hash,
+        &stamp_config(&set.config, Some(ccfg)),
+        a.run.force,
+    )?;
     let needs_data = ccfg.budget.is_some() || ccfg.reconstruct || ccfg.fit_head;
     let missing = set.classes.iter().any(|c| c.unconcerned.is_none());
-    let train = if missing || needs_data { Some(training_data(&a.data, model)?) } else { None };
+    let train = if missing || needs_data {
+        Some(training_data(&a.data, model)?)
+    } else {
+        None
+    };
     let rt = runtime(&a.run.device)?;
     let rates = match &train {
         Some(train) if missing => {
@@ -352,7 +476,11 @@ fn tangle_channel(a: &TangleArgs, model: &ModelIr, ccfg: &ChannelConfig) -> Resu
         }
         _ => concern.clone(),
     };
-    let fit = train.as_ref().map(|train| decomp_tangle::FitData { train, device: &rt, batch_size: a.run.batch_size });
+    let fit = train.as_ref().map(|train| decomp_tangle::FitData {
+        train,
+        device: &rt,
+        batch_size: a.run.batch_size,
+    });
     channel_modules(model, &set, ccfg, &a.out_dir, &rates, fit.as_ref())
 }
 
@@ -360,33 +488,59 @@ pub fn decompose(a: DecomposeArgs) -> Result<()> {
     let model = crate::model_source::load_model(&a.model)?;
     let train = training_data(&a.data, &model)?;
     let variants = a.variants.variants()?;
-    let cfg = a.config.config(variants.first().copied().unwrap_or(Variant::McBln))?;
+    let cfg = a
+        .config
+        .config(variants.first().copied().unwrap_or(Variant::McBln))?;
     let classes = a.run.class_list(&model)?;
     let channel = a.channel.config()?;
-    claim_out_dir(&a.out_dir, &model.content_hash(), &stamp_config(&cfg, channel.as_ref()), a.run.force)?;
+    claim_out_dir(
+        &a.out_dir,
+        &model.content_hash(),
+        &stamp_config(&cfg, channel.as_ref()),
+        a.run.force,
+    )?;
     let rt = runtime(&a.run.device)?;
     let exec = rt.executor(&model)?;
-    let run = ConcernRun { exec: &exec, model: &model, train: &train, cfg: &cfg, classes: &classes, batch_size: a.run.batch_size };
-    let origin = SetOrigin { model_path: &a.model.weights, dataset: &a.data.dataset };
+    let run = ConcernRun {
+        exec: &exec,
+        model: &model,
+        train: &train,
+        cfg: &cfg,
+        classes: &classes,
+        batch_size: a.run.batch_size,
+    };
+    let origin = SetOrigin {
+        model_path: &a.model.weights,
+        dataset: &a.data.dataset,
+    };
     match run_concern(&run, origin, channel.is_some())? {
         AnySet::Element(set) => {
             write_artifact(&a.out_dir.join("concern.cs"), &set)?;
-            let (modules, secs) = element_modules(&exec, &model, &train, &set, &variants, &a.run, &a.out_dir, None)?;
-            write_summary(&a.out_dir, &DecomposeSummary {
-                model: a.model.weights.clone(),
-                model_hash: set.model_hash.clone(),
-                concern_seconds: set.seconds,
-                tangle_seconds: secs,
-                variants: a.variants.names.clone(),
-                modules,
-            })
+            let (modules, secs) = element_modules(
+                &exec, &model, &train, &set, &variants, &a.run, &a.out_dir, None,
+            )?;
+            write_summary(
+                &a.out_dir,
+                &DecomposeSummary {
+                    model: a.model.weights.clone(),
+                    model_hash: set.model_hash.clone(),
+                    concern_seconds: set.seconds,
+                    tangle_seconds: secs,
+                    variants: a.variants.names.clone(),
+                    modules,
+                },
+            )
         }
         AnySet::Channel(mut set) => {
             let ccfg = channel.expect("channel set from a channel configuration");
             channel_untangle(&exec, &train, &mut set, &a.run)?;
             let rates = a.out_dir.join("channel-rates.ccs");
             write_artifact(&rates, &set)?;
-            let fit = decomp_tangle::FitData { train: &train, device: &rt, batch_size: a.run.batch_size };
+            let fit = decomp_tangle::FitData {
+                train: &train,
+                device: &rt,
+                batch_size: a.run.batch_size,
+            };
             channel_modules(&model, &set, &ccfg, &a.out_dir, &rates, Some(&fit))
         }
     }

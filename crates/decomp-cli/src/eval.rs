@@ -29,7 +29,12 @@ pub struct EvalArgs {
 }
 
 /// Runs `model` over `ds` and accumulates accuracy, with a progress bar on stderr.
-pub fn evaluate(exec: &Executor, ds: &Dataset, classes: usize, batch_size: usize) -> Result<EvalReport> {
+pub fn evaluate(
+    exec: &Executor,
+    ds: &Dataset,
+    classes: usize,
+    batch_size: usize,
+) -> Result<EvalReport> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -52,7 +57,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let ds = open_dataset(&a.data, &model)?;
     let classes = model.num_classes();
     if ds.num_classes() > classes {
-        bail!("dataset {} has {} classes, the model predicts {classes}", a.data.dataset, ds.num_classes());
+        bail!(
+            "dataset {} has {} classes, the model predicts {classes}",
+            a.data.dataset,
+            ds.num_classes()
+        );
     }
     let exec = runtime(&a.device)?.executor(&model)?;
     let start = Instant::now();
@@ -63,7 +72,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         model: model.meta.arch.clone(),
         weights: a.model.weights.clone(),
         dataset: a.data.dataset.clone(),
-        split: if data_file(&a.data).is_some() { "file" } else { a.data.split.unwrap_or(Split::Test).name() }.to_string(),
+        split: if data_file(&a.data).is_some() {
+            "file"
+        } else {
+            a.data.split.unwrap_or(Split::Test).name()
+        }
+        .to_string(),
         top1: report.top1,
         top5: report.top5,
         n: report.n,
@@ -88,7 +102,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     );
     outln!("top-1 {:.2}%  top-5 {:.2}%", out.top1, out.top5);
     outln!("{:<16} {:>7} {:>8}", "class", "images", "top-1 %");
-    for ((name, n), acc) in out.class_names.iter().zip(&out.per_class_n).zip(&out.per_class) {
+    for ((name, n), acc) in out
+        .class_names
+        .iter()
+        .zip(&out.per_class_n)
+        .zip(&out.per_class)
+    {
         outln!("{name:<16} {n:>7} {acc:>8.2}");
     }
     Ok(())

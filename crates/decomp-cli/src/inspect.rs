@@ -33,18 +33,32 @@ pub fn inspect(path: &Path) -> Result<()> {
 }
 
 fn concern_set(set: &ConcernSet) -> Result<()> {
-    outln!("concern set of {} ({}) on {}", set.model_path, set.model_hash, set.dataset);
+    outln!(
+        "concern set of {} ({}) on {}",
+        set.model_path,
+        set.model_hash,
+        set.dataset
+    );
     outln!("config: {:?}", set.config);
     outln!("sites: {:?}; {:.1} s", set.sites, set.seconds);
     for c in &set.classes {
         let inactive: usize = c.inactive.masks.iter().map(|m| m.zeroed.count_ones()).sum();
-        outln!("class {:3}: {} positives, {inactive} inactive positions", c.class, c.positives.len());
+        outln!(
+            "class {:3}: {} positives, {inactive} inactive positions",
+            c.class,
+            c.positives.len()
+        );
     }
     Ok(())
 }
 
 fn checkpoint(path: &Path, c: &TrainCheckpoint) -> Result<()> {
-    outln!("training checkpoint {} of {} ({} classes)", path.display(), c.model.meta.arch, c.model.num_classes());
+    outln!(
+        "training checkpoint {} of {} ({} classes)",
+        path.display(),
+        c.model.meta.arch,
+        c.model.num_classes()
+    );
     outln!("epochs done: {} of {}", c.epochs_done, c.config.epochs);
     outln!("config: {:?}", c.config);
     outln!("data: {}", c.data_id);
@@ -67,13 +81,24 @@ fn checkpoint(path: &Path, c: &TrainCheckpoint) -> Result<()> {
 
 fn module(m: &ModuleIr) -> Result<()> {
     let shapes = m.model.check()?;
-    outln!("module of class {} ({}) from {} ({})", m.class, m.class_name, m.model_path, m.model_hash);
+    outln!(
+        "module of class {} ({}) from {} ({})",
+        m.class,
+        m.class_name,
+        m.model_path,
+        m.model_hash
+    );
     outln!("config: {:?}", m.config);
     outln!("samples: {:?}", m.counts);
     outln!("provenance: {}", m.provenance);
     let f = m.head.weight.shape[1];
-    let removed = (0..f).filter(|&u| m.head.weight.data[u] == 0.0 && m.head.weight.data[f + u] == 0.0).count();
-    outln!("head: {f} inputs from node {}, {removed} removed", m.head.input);
+    let removed = (0..f)
+        .filter(|&u| m.head.weight.data[u] == 0.0 && m.head.weight.data[f + u] == 0.0)
+        .count();
+    outln!(
+        "head: {f} inputs from node {}, {removed} removed",
+        m.head.input
+    );
     for (what, list) in [("mask", &m.masks), ("dead", &m.dead)] {
         for nm in list.iter() {
             let n: usize = shapes[nm.node].iter().product();
@@ -86,7 +111,10 @@ fn module(m: &ModuleIr) -> Result<()> {
         }
     }
     let removed: Vec<decomp_ir::NodeMask> = m.masks.iter().chain(&m.dead).cloned().collect();
-    outln!("module size: {:.4}", decomp_ir::analysis::module_size(&m.model.graph, &shapes, &removed));
+    outln!(
+        "module size: {:.4}",
+        decomp_ir::analysis::module_size(&m.model.graph, &shapes, &removed)
+    );
     Ok(())
 }
 
@@ -95,16 +123,32 @@ fn model(model: &ModelIr) -> Result<()> {
     outln!("arch: {}", model.meta.arch);
     outln!("source: {}", model.meta.source);
     outln!("classes: {}", model.meta.class_names.join(", "));
-    outln!("input norm: mean {:?} std {:?}", model.meta.input_norm.mean, model.meta.input_norm.std);
+    outln!(
+        "input norm: mean {:?} std {:?}",
+        model.meta.input_norm.mean,
+        model.meta.input_norm.std
+    );
     outln!("parameters: {}", model.graph.num_params());
     for (i, (n, s)) in model.graph.nodes.iter().zip(&shapes).enumerate() {
-        outln!("{i:4} {:<24} {:<14} {:?} <- {:?}", n.name, n.op.kind(), s, n.inputs);
+        outln!(
+            "{i:4} {:<24} {:<14} {:?} <- {:?}",
+            n.name,
+            n.op.kind(),
+            s,
+            n.inputs
+        );
     }
     Ok(())
 }
 
 fn channel_module(path: &Path, m: &ChannelModule) -> Result<()> {
-    outln!("channel module of class {} ({}) from {} ({})", m.class, m.class_name, m.model_path, m.model_hash);
+    outln!(
+        "channel module of class {} ({}) from {} ({})",
+        m.class,
+        m.class_name,
+        m.model_path,
+        m.model_hash
+    );
     outln!("config: {:?}", m.config);
     outln!("channel: {:?}", m.channel);
     outln!("samples: {:?}", m.counts);
@@ -113,7 +157,12 @@ fn channel_module(path: &Path, m: &ChannelModule) -> Result<()> {
     outln!("channels kept: {kept} of {total}");
     for g in &m.plan.groups {
         let names: Vec<String> = g.sites.iter().map(|s| s.to_string()).collect();
-        outln!("  sites [{}]: {} of {} channels", names.join(", "), g.kept.count_ones(), g.kept.len());
+        outln!(
+            "  sites [{}]: {} of {} channels",
+            names.join(", "),
+            g.kept.count_ones(),
+            g.kept.len()
+        );
     }
     outln!(
         "parameters: {} ({:.1}% of the model's {})",
@@ -127,24 +176,54 @@ fn channel_module(path: &Path, m: &ChannelModule) -> Result<()> {
         percent(m.cost.flops, m.model_cost.flops),
         m.model_cost.flops
     );
-    outln!("MACs: {} ({:.1}%)", m.cost.macs, percent(m.cost.macs, m.model_cost.macs));
+    outln!(
+        "MACs: {} ({:.1}%)",
+        m.cost.macs,
+        percent(m.cost.macs, m.model_cost.macs)
+    );
     outln!("bytes on disk: {}", std::fs::metadata(path)?.len());
     Ok(())
 }
 
 fn channel_concern_set(s: &ChannelConcernSet) -> Result<()> {
-    outln!("channel concern set of {} ({}) on {}", s.model_path, s.model_hash, s.dataset);
+    outln!(
+        "channel concern set of {} ({}) on {}",
+        s.model_path,
+        s.model_hash,
+        s.dataset
+    );
     outln!("config: {:?}", s.config);
-    outln!("sites: {:?}; concern {:.1} s, tangle {:.1} s", s.sites, s.seconds, s.tangle_seconds);
+    outln!(
+        "sites: {:?}; concern {:.1} s, tangle {:.1} s",
+        s.sites,
+        s.seconds,
+        s.tangle_seconds
+    );
     let mean_rate = |st: &decomp_ir::ChannelStats| {
-        let v: Vec<f32> = st.sites.iter().flat_map(|x| x.frac_active.iter().copied()).collect();
+        let v: Vec<f32> = st
+            .sites
+            .iter()
+            .flat_map(|x| x.frac_active.iter().copied())
+            .collect();
         v.iter().sum::<f32>() / v.len().max(1) as f32
     };
     for c in &s.classes {
-        let neg = c.unconcerned.as_ref().map_or("no unconcerned statistics".to_string(), |u| {
-            format!("{} unconcerned, mean rate {:.3}", u.images.len(), mean_rate(&u.stats))
-        });
-        outln!("class {:3}: {} positives, mean rate {:.3}; {neg}", c.class, c.positives.len(), mean_rate(&c.concerned));
+        let neg = c
+            .unconcerned
+            .as_ref()
+            .map_or("no unconcerned statistics".to_string(), |u| {
+                format!(
+                    "{} unconcerned, mean rate {:.3}",
+                    u.images.len(),
+                    mean_rate(&u.stats)
+                )
+            });
+        outln!(
+            "class {:3}: {} positives, mean rate {:.3}; {neg}",
+            c.class,
+            c.positives.len(),
+            mean_rate(&c.concerned)
+        );
     }
     Ok(())
 }

@@ -32,7 +32,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "decomp", version, about = "Decompose trained CNN classifiers into per-class modules and recompose them")]
+#[command(
+    name = "decomp",
+    version,
+    about = "Decompose trained CNN classifiers into per-class modules and recompose them"
+)]
 struct Cli {
     /// Download nothing (also DECOMP_OFFLINE=1): a missing dataset or checkpoint is an error
     /// that says what is missing where.
@@ -120,7 +124,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::Import(a) => model_source::import(a),
         Command::Export(a) => model_source::export(a),
-        Command::FetchData { dataset, folder, data_dir } => {
+        Command::FetchData {
+            dataset,
+            folder,
+            data_dir,
+        } => {
             let kind = decomp_data::DatasetKind::parse(&dataset)?;
             let want = match &folder {
                 Some(name) => decomp_data::DatasetFolder::named(kind, name),

@@ -77,7 +77,12 @@ pub fn run(a: MixArgs) -> Result<()> {
             };
             let ds = crate::data::open_raw_dataset(&args)?.subset_classes(&[p.class])?;
             if ds.is_empty() {
-                bail!("{}: part {label} ({} class {}) has no {split} image", a.spec.display(), p.dataset, p.class);
+                bail!(
+                    "{}: part {label} ({} class {}) has no {split} image",
+                    a.spec.display(),
+                    p.dataset,
+                    p.class
+                );
             }
             let mut ds = ds;
             if ds.image_shape()[0] != 3 {
@@ -98,7 +103,10 @@ pub fn run(a: MixArgs) -> Result<()> {
         eprintln!("{split}: {counts:?} images per part");
         outputs.push((a.out_dir.join(format!("{split}.bin")), bytes));
     }
-    outputs.push((a.out_dir.join("batches.meta.txt"), format!("{}\n", names.join("\n")).into_bytes()));
+    outputs.push((
+        a.out_dir.join("batches.meta.txt"),
+        format!("{}\n", names.join("\n")).into_bytes(),
+    ));
     crate::files::check_out_dir(&a.out_dir, "--out-dir")?;
     for (path, _) in &outputs {
         crate::files::check_output(path)?;

@@ -31,7 +31,11 @@ pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
         if let Some(arch) = &args.arch
             && &model.meta.arch != arch
         {
-            bail!("{}: model is {}, --arch says {arch}", path.display(), model.meta.arch);
+            bail!(
+                "{}: model is {}, --arch says {arch}",
+                path.display(),
+                model.meta.arch
+            );
         }
         return Ok(model);
     }
@@ -43,16 +47,26 @@ pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
         Some(a) => {
             let mut cfg = parse_arch(a, detected.as_ref().map_or(10, |c| c.num_classes))?;
             if let Some(d) = &detected {
-                cfg = cfg.with_batch_norm(d.batch_norm).with_shortcut(d.shortcut).with_input(d.input);
+                cfg = cfg
+                    .with_batch_norm(d.batch_norm)
+                    .with_shortcut(d.shortcut)
+                    .with_input(d.input);
             }
             Some(cfg)
         }
         None => None,
     };
     // PyTorch state dicts carry no class names; the supported checkpoints are CIFAR-10's.
-    let classes = expected.as_ref().or(detected.as_ref()).map_or(0, |c| c.num_classes);
-    let names = (classes == decomp_data::CIFAR10_CLASSES.len())
-        .then(|| decomp_data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect());
+    let classes = expected
+        .as_ref()
+        .or(detected.as_ref())
+        .map_or(0, |c| c.num_classes);
+    let names = (classes == decomp_data::CIFAR10_CLASSES.len()).then(|| {
+        decomp_data::CIFAR10_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
     sd.to_resnet(&path, expected.as_ref(), akamaster_norm(), names)
         .with_context(|| format!("importing {}", path.display()))
 }
@@ -121,15 +135,29 @@ pub struct NewModelArgs {
 
 pub fn new_model(a: NewModelArgs) -> Result<()> {
     if a.classes < 2 {
-        bail!("--classes {}: a classifier needs at least 2 classes", a.classes);
+        bail!(
+            "--classes {}: a classifier needs at least 2 classes",
+            a.classes
+        );
     }
-    let cfg = parse_arch(&a.arch, a.classes)?.with_batch_norm(!a.no_batch_norm).with_seed(a.seed);
+    let cfg = parse_arch(&a.arch, a.classes)?
+        .with_batch_norm(!a.no_batch_norm)
+        .with_seed(a.seed);
     let mut model = cfg.build()?;
     if a.classes == decomp_data::CIFAR10_CLASSES.len() {
-        model.meta.class_names = decomp_data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+        model.meta.class_names = decomp_data::CIFAR10_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     }
     let hash = write_artifact(&a.out, &model)?;
-    outln!("{}: {} untrained (seed {}), sha256 {}", a.out.display(), model.meta.arch, a.seed, decomp_ir::hex_hash(&hash));
+    outln!(
+        "{}: {} untrained (seed {}), sha256 {}",
+        a.out.display(),
+        model.meta.arch,
+        a.seed,
+        decomp_ir::hex_hash(&hash)
+    );
     Ok(())
 }
 
@@ -151,7 +179,8 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let staging = tempfile::tempdir().context("creating a staging folder for the export")?;
     let staged = staging.path().join("model.bpk");
     net.export(&staged)?;
-    let bytes = std::fs::read(&staged).with_context(|| format!("reading the staged export {}", staged.display()))?;
+    let bytes = std::fs::read(&staged)
+        .with_context(|| format!("reading the staged export {}", staged.display()))?;
     crate::files::write_atomic(&a.out, &bytes)?;
     outln!("{}", a.out.display());
     Ok(())

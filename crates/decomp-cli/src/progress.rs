@@ -15,8 +15,10 @@ pub fn bar(len: u64, prefix: String) -> ProgressBar {
 /// The bar of `eval`: `len` images.
 pub fn images_bar(len: u64, prefix: &'static str) -> ProgressBar {
     let b = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({per_sec}, eta {eta})")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
     );
     b.set_prefix(prefix);
     b

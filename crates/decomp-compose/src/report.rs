@@ -2,7 +2,9 @@
 //! accuracy, the modules and their costs.
 
 use decomp_eval::EvalReport;
-use decomp_eval::report::{ChannelComposeReport, ChannelModuleReport, ComposeReport, ComposedAccuracy, mean, percent};
+use decomp_eval::report::{
+    ChannelComposeReport, ChannelModuleReport, ComposeReport, ComposedAccuracy, mean, percent,
+};
 use decomp_ir::{ChannelModule, ModelIr, ModuleIr, encode_artifact};
 
 use crate::{ChannelRun, ComposeError, Mode, sizes, union_cost};
@@ -75,9 +77,13 @@ pub fn channel_compose_report(
             }
         })
         .collect();
-    let mean_of = |f: &dyn Fn(&ChannelModuleReport) -> f64| mean(&per_module.iter().map(f).collect::<Vec<_>>());
+    let mean_of = |f: &dyn Fn(&ChannelModuleReport) -> f64| {
+        mean(&per_module.iter().map(f).collect::<Vec<_>>())
+    };
     let union = match reference {
-        Some(m) if modules.iter().all(|x| x.model_hash == first.model_hash) => Some(union_cost(m, modules)?.flops),
+        Some(m) if modules.iter().all(|x| x.model_hash == first.model_hash) => {
+            Some(union_cost(m, modules)?.flops)
+        }
         _ => None,
     };
     Ok(ChannelComposeReport {
@@ -92,7 +98,9 @@ pub fn channel_compose_report(
         mean_flops_percent: mean_of(&|m| m.flops_percent),
         mean_params_percent: mean_of(&|m| m.params_percent),
         mean_bytes: mean_of(&|m| m.bytes as f64),
-        mean_time_ratio: run.model_seconds.map(|_| mean_of(&|m| m.time_ratio.unwrap_or(f64::NAN))),
+        mean_time_ratio: run
+            .model_seconds
+            .map(|_| mean_of(&|m| m.time_ratio.unwrap_or(f64::NAN))),
         passes: "separate".into(),
         separate_flops: modules.iter().map(|m| m.cost.flops).sum(),
         union_flops: union,

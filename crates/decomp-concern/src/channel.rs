@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use decomp_data::Dataset;
-use decomp_ir::{ChannelConcernSet, ChannelStats, ClassChannels, DecompConfig, MaskSite, ModelIr, NodeId};
+use decomp_ir::{
+    ChannelConcernSet, ChannelStats, ClassChannels, DecompConfig, MaskSite, ModelIr, NodeId,
+};
 use decomp_model::{ChannelAccumulator, Executor};
 
 use crate::{ConcernError, ConcernRun, SetOrigin, each_class, positives_pass};
@@ -30,9 +32,16 @@ pub fn identify_channels(
         let span = tracing::info_span!("channel_concern", class);
         let _enter = span.enter();
         let mut acc = ChannelAccumulator::new(&sites, exec.shapes());
-        let positives = positives_pass(exec, train, cfg, class, &sites, batch_size, progress, &mut |captured, rows| {
-            acc.add(captured, Some(rows))
-        })?;
+        let positives = positives_pass(
+            exec,
+            train,
+            cfg,
+            class,
+            &sites,
+            batch_size,
+            progress,
+            &mut |captured, rows| acc.add(captured, Some(rows)),
+        )?;
         Ok((class, positives, acc.finish()))
     })?;
     Ok((sites, out))
@@ -52,8 +61,15 @@ impl ConcernRun<'_> {
             return Err(ConcernError::ChannelSite);
         }
         let start = Instant::now();
-        let (sites, per_class) =
-            identify_channels(self.exec, self.model, self.train, self.cfg, self.classes, self.batch_size, progress)?;
+        let (sites, per_class) = identify_channels(
+            self.exec,
+            self.model,
+            self.train,
+            self.cfg,
+            self.classes,
+            self.batch_size,
+            progress,
+        )?;
         Ok(ChannelConcernSet {
             model_hash: self.model.content_hash(),
             model_path: origin.model_path.to_string(),
@@ -62,7 +78,12 @@ impl ConcernRun<'_> {
             sites,
             classes: per_class
                 .into_iter()
-                .map(|(class, positives, concerned)| ClassChannels { class, positives, concerned, unconcerned: None })
+                .map(|(class, positives, concerned)| ClassChannels {
+                    class,
+                    positives,
+                    concerned,
+                    unconcerned: None,
+                })
                 .collect(),
             seconds: start.elapsed().as_secs_f64(),
             tangle_seconds: 0.0,

@@ -221,7 +221,9 @@ pub fn peek_kind(path: &Path) -> Result<Option<ArtifactKind>, IrError> {
     if head.len() < 12 || &head[..8] != MAGIC {
         return Ok(None);
     }
-    Ok(ArtifactKind::from_u16(u16::from_le_bytes([head[10], head[11]])))
+    Ok(ArtifactKind::from_u16(u16::from_le_bytes([
+        head[10], head[11],
+    ])))
 }
 
 #[cfg(test)]
@@ -261,13 +263,19 @@ mod tests {
         }
         let unknown = file("unknown", &header(99));
         assert_eq!(peek_kind(&unknown).expect("peek"), None);
-        assert!(has_magic(&unknown).expect("magic"), "an unknown kind is still an artifact");
+        assert!(
+            has_magic(&unknown).expect("magic"),
+            "an unknown kind is still an artifact"
+        );
         let short = file("short", &header(1)[..11]);
         assert_eq!(peek_kind(&short).expect("peek"), None);
         let pickle = file("model.th", b"\x80\x02PK not an artifact");
         assert_eq!(peek_kind(&pickle).expect("peek"), None);
         assert!(!has_magic(&pickle).expect("magic"));
         assert!(!has_magic(&file("empty", b"")).expect("magic"));
-        assert!(peek_kind(&dir.path().join("missing")).is_err(), "a missing file is an error");
+        assert!(
+            peek_kind(&dir.path().join("missing")).is_err(),
+            "a missing file is an error"
+        );
     }
 }

@@ -34,13 +34,13 @@ mod runtime;
 pub mod train;
 
 pub use burn::tensor::{Device, Tensor, TensorData as BurnTensorData};
-pub use decomp_ir::ModelIr;
 pub use channel_stats::ChannelAccumulator;
-pub use device::{available_devices, parse_device};
-pub use error::ModelError;
 pub use cpu::CpuTuning;
 pub use cpu::grad::{GradEngine, ParamGrad, StepGradients};
 pub use cpu::optim::CpuOptimizer;
+pub use decomp_ir::ModelIr;
+pub use device::{available_devices, parse_device};
+pub use error::ModelError;
 pub use executor::{
     ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe,
     accumulate_active, check_finite, to_vec,

@@ -29,7 +29,10 @@ impl DeviceMatrix {
     }
 
     fn upload(&self, values: &[f32], rows: usize, cols: usize) -> Tensor<2> {
-        Tensor::from_data(BurnData::new(values.to_vec(), [rows, cols]), &self.t.device())
+        Tensor::from_data(
+            BurnData::new(values.to_vec(), [rows, cols]),
+            &self.t.device(),
+        )
     }
 
     /// `A^T A`, row-major `[cols, cols]`.
@@ -54,8 +57,18 @@ impl DeviceMatrix {
 /// `x`, a captured `[batch, c * h * w]` map of shape `shape = [batch, c, h, w]`: row-major
 /// `[batch, c * kh * kw, output positions]` (im2col), in the order the convolution's weight
 /// `[out, c, kh, kw]` flattens.
-pub fn unfold(x: Tensor<2>, shape: [usize; 4], kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Vec<f32> {
-    to_vec(unfold4d(x.reshape(shape), kernel, UnfoldOptions::new(stride, padding, [1, 1])))
+pub fn unfold(
+    x: Tensor<2>,
+    shape: [usize; 4],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Vec<f32> {
+    to_vec(unfold4d(
+        x.reshape(shape),
+        kernel,
+        UnfoldOptions::new(stride, padding, [1, 1]),
+    ))
 }
 
 #[cfg(test)]
@@ -76,9 +89,17 @@ mod tests {
     #[test]
     fn unfold_is_im2col() {
         // One 1-channel 3x3 image 1..9, 2x2 kernel, stride 1, no padding: 4 positions.
-        let x = Tensor::<2>::from_data(BurnData::new((1..=9).map(|v| v as f32).collect(), [1, 9]), &Device::flex());
+        let x = Tensor::<2>::from_data(
+            BurnData::new((1..=9).map(|v| v as f32).collect(), [1, 9]),
+            &Device::flex(),
+        );
         let cols = unfold(x, [1, 1, 3, 3], [2, 2], [1, 1], [0, 0]);
         // Rows: kernel offsets (0,0), (0,1), (1,0), (1,1); columns: output positions.
-        assert_eq!(cols, vec![1., 2., 4., 5., 2., 3., 5., 6., 4., 5., 7., 8., 5., 6., 8., 9.]);
+        assert_eq!(
+            cols,
+            vec![
+                1., 2., 4., 5., 2., 3., 5., 6., 4., 5., 7., 8., 5., 6., 8., 9.
+            ]
+        );
     }
 }

@@ -32,7 +32,10 @@ impl Runtime {
     /// `device` configured by the variables `var` looks up: `DECOMP_ENGINE` (`auto`, `burn`
     /// or `cpu`; unset is `auto`) and the CPU plan's `DECOMP_CPU_*` ([`CpuTuning::from_vars`]).
     /// The binary passes the process environment.
-    pub fn from_vars(device: Device, var: impl Fn(&str) -> Option<String>) -> Result<Self, ModelError> {
+    pub fn from_vars(
+        device: Device,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ModelError> {
         let engine = match var("DECOMP_ENGINE") {
             Some(v) => v
                 .parse()
@@ -92,7 +95,12 @@ mod tests {
     use super::*;
 
     fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -101,14 +109,24 @@ mod tests {
         assert_eq!((rt.engine, rt.tuning), (Engine::Auto, CpuTuning::default()));
         let rt = Runtime::from_vars(
             Device::flex(),
-            vars(&[("DECOMP_ENGINE", "burn"), ("DECOMP_CPU_TILE", "8"), ("DECOMP_CPU_WINOGRAD", "0"), ("DECOMP_CPU_BLOCK", "0")]),
+            vars(&[
+                ("DECOMP_ENGINE", "burn"),
+                ("DECOMP_CPU_TILE", "8"),
+                ("DECOMP_CPU_WINOGRAD", "0"),
+                ("DECOMP_CPU_BLOCK", "0"),
+            ]),
         )
         .expect("burn");
         assert_eq!(rt.engine, Engine::Burn);
         assert_eq!(rt.tuning.tile, 8);
         assert!(!rt.tuning.winograd);
-        assert_eq!(rt.tuning.block, CpuTuning::default().block, "0 is not a block size");
-        let err = Runtime::from_vars(Device::flex(), vars(&[("DECOMP_ENGINE", "fastest")])).expect_err("unknown");
+        assert_eq!(
+            rt.tuning.block,
+            CpuTuning::default().block,
+            "0 is not a block size"
+        );
+        let err = Runtime::from_vars(Device::flex(), vars(&[("DECOMP_ENGINE", "fastest")]))
+            .expect_err("unknown");
         assert!(err.to_string().contains("DECOMP_ENGINE"), "{err}");
     }
 }

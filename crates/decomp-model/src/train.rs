@@ -196,7 +196,9 @@ impl TrainConfig {
                     finite_in("schedule.factors", f, 0.0, 1e6)?;
                 }
             }
-            Schedule::Cosine { min_factor } => finite_in("schedule.min_factor", *min_factor, 0.0, 1.0)?,
+            Schedule::Cosine { min_factor } => {
+                finite_in("schedule.min_factor", *min_factor, 0.0, 1.0)?
+            }
             Schedule::Constant => {}
         }
         if !(0.0..1.0).contains(&self.augment.shift) {
@@ -485,7 +487,13 @@ impl Trainer {
         device: &Device,
         engine: Engine,
     ) -> Result<Self, ModelError> {
-        Self::restart(checkpoint, config, data_id, Runtime::new(device.clone()), engine)
+        Self::restart(
+            checkpoint,
+            config,
+            data_id,
+            Runtime::new(device.clone()),
+            engine,
+        )
     }
 
     /// Like [`Trainer::resume`] with the engine and CPU tuning of `runtime`; its engine must

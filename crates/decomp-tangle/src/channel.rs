@@ -7,8 +7,8 @@ use std::time::Instant;
 use decomp_data::Dataset;
 use decomp_ir::channel::{ChannelGroup, ChannelPlan, channel_spaces, extract};
 use decomp_ir::{
-    BitSet, ChannelConcernSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels, Compensation, DecompConfig,
-    ModelIr, NodeId, SampleCounts, UnconcernedStats, analysis,
+    BitSet, ChannelConcernSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels,
+    Compensation, DecompConfig, ModelIr, NodeId, SampleCounts, UnconcernedStats, analysis,
 };
 use decomp_model::{ChannelAccumulator, Executor, ExecutorSource, Probe};
 
@@ -59,8 +59,14 @@ pub fn channel_untangle_set(
     for c in set.classes.iter_mut().filter(|c| c.unconcerned.is_none()) {
         let class = c.class;
         let (images, per_class) = unconcerned_sample(train, class, c.positives.len(), seed);
-        let stats = channel_untangle(exec, train, &set.sites, &images, batch_size, &mut |n| progress(class, n))?;
-        c.unconcerned = Some(UnconcernedStats { images, per_class, stats });
+        let stats = channel_untangle(exec, train, &set.sites, &images, batch_size, &mut |n| {
+            progress(class, n)
+        })?;
+        c.unconcerned = Some(UnconcernedStats {
+            images,
+            per_class,
+            stats,
+        });
     }
     set.tangle_seconds += start.elapsed().as_secs_f64();
     Ok(())

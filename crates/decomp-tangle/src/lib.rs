@@ -15,12 +15,14 @@
 mod channel;
 mod fit;
 
-pub use channel::{FitData, build_channel_module, channel_plan, channel_untangle, channel_untangle_set};
+pub use channel::{
+    FitData, build_channel_module, channel_plan, channel_untangle, channel_untangle_set,
+};
 use decomp_data::Dataset;
 use decomp_ir::analysis::propagate_dead;
 use decomp_ir::{
-    BinaryHead, BitSet, BlnRule, ClassConcern, DecompConfig, ModelIr, ModuleIr, NodeId, NodeMask, Op, SampleCounts,
-    SiteMasks, TensorData, Variant,
+    BinaryHead, BitSet, BlnRule, ClassConcern, DecompConfig, ModelIr, ModuleIr, NodeId, NodeMask,
+    Op, SampleCounts, SiteMasks, TensorData, Variant,
 };
 use decomp_model::Executor;
 use rand::SeedableRng;
@@ -46,14 +48,21 @@ pub enum TangleError {
 /// from each other class, chosen with the config seed; also returns that count per class.
 /// Images of further datasets (continuous learning) are not drawn here: [`untangle_class`]
 /// takes them as `extra`.
-pub fn unconcerned_sample(train: &Dataset, class: usize, positives: usize, seed: u64) -> (Vec<usize>, usize) {
+pub fn unconcerned_sample(
+    train: &Dataset,
+    class: usize,
+    positives: usize,
+    seed: u64,
+) -> (Vec<usize>, usize) {
     let k = train.num_classes();
     let per_class = (positives / (k - 1).max(1)).max(1);
     let mut out = Vec::new();
     for other in (0..k).filter(|&o| o != class) {
         let mut idx = train.indices_of_class(other);
         let salt = (class as u64) << 32 | other as u64;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x7461_6e67);
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            seed ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x7461_6e67,
+        );
         idx.shuffle(&mut rng);
         out.extend(idx.into_iter().take(per_class));
     }
@@ -77,10 +86,17 @@ pub fn untangle(
     for m in &concern.inactive.masks {
         let n: usize = shapes.get(m.node).map_or(0, |s| s.iter().product());
         if n != m.zeroed.len() {
-            return Err(TangleError::Masks(format!("node {} has {n} outputs, mask {} bits", m.node, m.zeroed.len())));
+            return Err(TangleError::Masks(format!(
+                "node {} has {n} outputs, mask {} bits",
+                m.node,
+                m.zeroed.len()
+            )));
         }
     }
-    let mut active: Vec<BitSet> = sites.iter().map(|&s| BitSet::new(shapes[s].iter().product())).collect();
+    let mut active: Vec<BitSet> = sites
+        .iter()
+        .map(|&s| BitSet::new(shapes[s].iter().product()))
+        .collect();
     let view = train.select(unconcerned)?;
     for batch in view.batches(batch_size.max(1)) {
         let b = batch?;
@@ -97,7 +113,10 @@ pub fn untangle(
         .map(|(m, a)| {
             let mut z = m.zeroed.clone();
             z.intersect_with(&a.complement());
-            NodeMask { node: m.node, zeroed: z }
+            NodeMask {
+                node: m.node,
+                zeroed: z,
+            }
         })
         .collect())
 }
@@ -125,7 +144,8 @@ pub fn untangle_class(
     batch_size: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Untangled, TangleError> {
-    let (sample, per_class) = unconcerned_sample(train, concern.class, concern.positives.len(), seed);
+    let (sample, per_class) =
+        unconcerned_sample(train, concern.class, concern.positives.len(), seed);
     let mut masks = untangle(exec, train, concern, &sample, batch_size, progress)?;
     let mut unconcerned = sample.len();
     if let Some(x) = extra {
@@ -138,11 +158,17 @@ pub fn untangle_class(
         masks = untangle(exec, x, &refined, &all, batch_size, &mut |_| {})?;
         unconcerned += x.len();
     }
-    Ok(Untangled { masks, unconcerned, per_class })
+    Ok(Untangled {
+        masks,
+        unconcerned,
+        per_class,
+    })
 }
 
 /// The output layer and the node feeding it.
-fn output_linear(model: &ModelIr) -> Result<(NodeId, &TensorData, Option<&TensorData>), TangleError> {
+fn output_linear(
+    model: &ModelIr,
+) -> Result<(NodeId, &TensorData, Option<&TensorData>), TangleError> {
     let g = &model.graph;
     let node = &g.nodes[g.output];
     match &node.op {
@@ -173,8 +199,14 @@ pub fn binary_head(model: &ModelIr, class: usize) -> Result<BinaryHead, TangleEr
     }
     Ok(BinaryHead {
         input,
-        weight: TensorData { shape: vec![2, f], data: weight },
-        bias: TensorData { shape: vec![2], data: bias.to_vec() },
+        weight: TensorData {
+            shape: vec![2, f],
+            data: weight,
+        },
+        bias: TensorData {
+            shape: vec![2],
+            data: bias.to_vec(),
+        },
     })
 }
 
@@ -206,7 +238,11 @@ pub fn modularize(
     mut head: BinaryHead,
     cfg: &DecompConfig,
 ) -> Result<(Vec<NodeMask>, Vec<NodeMask>, BinaryHead), TangleError> {
-    let nonempty = |v: Vec<NodeMask>| -> Vec<NodeMask> { v.into_iter().filter(|m| m.zeroed.count_ones() > 0).collect() };
+    let nonempty = |v: Vec<NodeMask>| -> Vec<NodeMask> {
+        v.into_iter()
+            .filter(|m| m.zeroed.count_ones() > 0)
+            .collect()
+    };
     let masks = nonempty(untangled.to_vec());
     if cfg.variant == Variant::CiTiMc {
         return Ok((masks, Vec::new(), head));
@@ -223,14 +259,22 @@ pub fn modularize(
     // last conv layer); MC-BI backtracks every mask and removed input through convolutions.
     let bi = cfg.variant == Variant::McBlnBi;
     let mut seeds = if bi { masks.clone() } else { Vec::new() };
-    seeds.push(NodeMask { node: head.input, zeroed: units });
+    seeds.push(NodeMask {
+        node: head.input,
+        zeroed: units,
+    });
     let dead = propagate_dead(&model.graph, &shapes, &seeds, bi);
     let g = &model.graph;
     let dead = dead
         .into_iter()
         .enumerate()
         // ReLU / pooling / flatten outputs follow from their inputs; the input is not a layer.
-        .filter(|(id, _)| !matches!(g.nodes[*id].op, Op::Input { .. } | Op::Relu | Op::GlobalAvgPool | Op::Flatten))
+        .filter(|(id, _)| {
+            !matches!(
+                g.nodes[*id].op,
+                Op::Input { .. } | Op::Relu | Op::GlobalAvgPool | Op::Flatten
+            )
+        })
         .map(|(node, mut zeroed)| {
             // Positions already masked are not "dead" in addition.
             if let Some(m) = masks.iter().find(|m| m.node == node) {
@@ -259,10 +303,16 @@ pub fn build_module(
     cfg: &DecompConfig,
     origin: &ModuleOrigin<'_>,
 ) -> Result<ModuleIr, TangleError> {
-    let (masks, dead, head) = modularize(model, untangled, binary_head(model, concern.class)?, cfg)?;
+    let (masks, dead, head) =
+        modularize(model, untangled, binary_head(model, concern.class)?, cfg)?;
     Ok(ModuleIr {
         class: concern.class,
-        class_name: model.meta.class_names.get(concern.class).cloned().unwrap_or_default(),
+        class_name: model
+            .meta
+            .class_names
+            .get(concern.class)
+            .cloned()
+            .unwrap_or_default(),
         model_hash: origin.model_hash.to_string(),
         model_path: origin.model_path.to_string(),
         model: model.clone(),
@@ -281,7 +331,9 @@ pub fn build_module(
 
 #[cfg(test)]
 mod tests {
-    use decomp_ir::{ChannelConcernSet, ClassChannels, Graph, InputNorm, MaskSite, ModelMeta, PositiveFilter};
+    use decomp_ir::{
+        ChannelConcernSet, ClassChannels, Graph, InputNorm, MaskSite, ModelMeta, PositiveFilter,
+    };
     use decomp_model::{Device, Probe, ResNetConfig, to_vec};
 
     use super::*;
@@ -289,7 +341,11 @@ mod tests {
     /// An untrained 3-class ResNet-8 on 3x8x8 images, 8 synthetic images per class, and the
     /// mask sites.
     fn setup() -> (ModelIr, Dataset, Executor, Vec<NodeId>) {
-        let model = ResNetConfig::new(8, 3).with_input([3, 8, 8]).with_seed(4).build().expect("model");
+        let model = ResNetConfig::new(8, 3)
+            .with_input([3, 8, 8])
+            .with_seed(4)
+            .build()
+            .expect("model");
         let data = Dataset::synthetic(3, 8, [3, 8, 8], 6);
         let exec = Executor::new(&model, &Device::flex()).expect("executor");
         let sites = model.graph.relu_inputs();
@@ -298,9 +354,19 @@ mod tests {
 
     /// Per site, the positions `> 0` for any image of `data` at `images`.
     fn active(exec: &Executor, data: &Dataset, sites: &[NodeId], images: &[usize]) -> Vec<BitSet> {
-        let b = data.select(images).expect("select").batch(0..images.len()).expect("batch");
+        let b = data
+            .select(images)
+            .expect("select")
+            .batch(0..images.len())
+            .expect("batch");
         let out = exec
-            .forward_probe(exec.input_tensor(b.images, images.len()).expect("input"), &Probe { capture: sites, masks: None })
+            .forward_probe(
+                exec.input_tensor(b.images, images.len()).expect("input"),
+                &Probe {
+                    capture: sites,
+                    masks: None,
+                },
+            )
             .expect("forward");
         out.captured
             .into_iter()
@@ -308,19 +374,34 @@ mod tests {
                 let v = to_vec(t);
                 let per = v.len() / images.len();
                 let mut a = BitSet::new(per);
-                v.iter().enumerate().filter(|(_, x)| **x > 0.0).for_each(|(i, _)| a.set(i % per, true));
+                v.iter()
+                    .enumerate()
+                    .filter(|(_, x)| **x > 0.0)
+                    .for_each(|(i, _)| a.set(i % per, true));
                 a
             })
             .collect()
     }
 
     /// A concern of `class` whose masks zero every position (so untangling alone decides).
-    fn full_concern(exec: &Executor, sites: &[NodeId], class: usize, positives: usize) -> ClassConcern {
+    fn full_concern(
+        exec: &Executor,
+        sites: &[NodeId],
+        class: usize,
+        positives: usize,
+    ) -> ClassConcern {
         let masks = sites
             .iter()
-            .map(|&node| NodeMask { node, zeroed: BitSet::full(exec.shapes()[node].iter().product()) })
+            .map(|&node| NodeMask {
+                node,
+                zeroed: BitSet::full(exec.shapes()[node].iter().product()),
+            })
             .collect();
-        ClassConcern { class, inactive: SiteMasks { masks }, positives: (0..positives).collect() }
+        ClassConcern {
+            class,
+            inactive: SiteMasks { masks },
+            positives: (0..positives).collect(),
+        }
     }
 
     #[test]
@@ -332,9 +413,18 @@ mod tests {
         sample.iter().for_each(|&i| counts[data.label(i)] += 1);
         assert_eq!(counts, [2, 0, 2]);
         assert_eq!(unconcerned_sample(&data, 1, 5, 9).0, sample, "seeded");
-        assert_eq!(unconcerned_sample(&data, 1, 1, 9).1, 1, "at least one per class");
-        let others: Vec<Vec<usize>> = (0..4).map(|seed| unconcerned_sample(&data, 1, 5, seed).0).collect();
-        assert!(others.iter().any(|s| *s != sample), "the seed changes the sample");
+        assert_eq!(
+            unconcerned_sample(&data, 1, 1, 9).1,
+            1,
+            "at least one per class"
+        );
+        let others: Vec<Vec<usize>> = (0..4)
+            .map(|seed| unconcerned_sample(&data, 1, 5, seed).0)
+            .collect();
+        assert!(
+            others.iter().any(|s| *s != sample),
+            "the seed changes the sample"
+        );
     }
 
     /// Untangling removes from the masks exactly the positions some unconcerned image
@@ -349,9 +439,13 @@ mod tests {
             assert_eq!(m.zeroed, a.complement(), "node {}", m.node);
         }
         let u = untangle_class(&exec, &data, &concern, 0, None, 3, &mut |_| {}).expect("class");
-        assert_eq!((u.masks.clone(), u.unconcerned, u.per_class), (masks.clone(), sample.len(), 2));
+        assert_eq!(
+            (u.masks.clone(), u.unconcerned, u.per_class),
+            (masks.clone(), sample.len(), 2)
+        );
         let extra = Dataset::synthetic(3, 2, [3, 8, 8], 77);
-        let x = untangle_class(&exec, &data, &concern, 0, Some(&extra), 3, &mut |_| {}).expect("extra");
+        let x =
+            untangle_class(&exec, &data, &concern, 0, Some(&extra), 3, &mut |_| {}).expect("extra");
         assert_eq!(x.unconcerned, sample.len() + extra.len());
         let all: Vec<usize> = (0..extra.len()).collect();
         let more = active(&exec, &extra, &sites, &all);
@@ -360,7 +454,13 @@ mod tests {
             want.intersect_with(&a.complement());
             assert_eq!(with.zeroed, want, "node {}", with.node);
         }
-        assert!(x.masks.iter().zip(&masks).any(|(a, b)| a.zeroed != b.zeroed), "the extra images change something");
+        assert!(
+            x.masks
+                .iter()
+                .zip(&masks)
+                .any(|(a, b)| a.zeroed != b.zeroed),
+            "the extra images change something"
+        );
     }
 
     #[test]
@@ -368,7 +468,8 @@ mod tests {
         let (_, data, exec, sites) = setup();
         let mut concern = full_concern(&exec, &sites, 0, 2);
         concern.inactive.masks[0].zeroed = BitSet::new(3);
-        let err = untangle(&exec, &data, &concern, &[1, 2], 8, &mut |_| {}).expect_err("wrong size");
+        let err =
+            untangle(&exec, &data, &concern, &[1, 2], 8, &mut |_| {}).expect_err("wrong size");
         assert!(matches!(err, TangleError::Masks(_)), "{err}");
     }
 
@@ -376,14 +477,23 @@ mod tests {
     fn linear_model() -> ModelIr {
         let mut g = Graph::new([3, 1, 1]);
         let flat = g.push("flatten", Op::Flatten, vec![0]);
-        let weight = TensorData { shape: vec![3, 3], data: vec![1., 2., 3., 4., 5., 6., -2., -1., 0.] };
-        let bias = Some(TensorData { shape: vec![3], data: vec![0.5, 1.0, 2.0] });
+        let weight = TensorData {
+            shape: vec![3, 3],
+            data: vec![1., 2., 3., 4., 5., 6., -2., -1., 0.],
+        };
+        let bias = Some(TensorData {
+            shape: vec![3],
+            data: vec![0.5, 1.0, 2.0],
+        });
         g.output = g.push("fc", Op::Linear { weight, bias }, vec![flat]);
         ModelIr {
             meta: ModelMeta {
                 arch: "linear".into(),
                 class_names: vec!["a".into(), "b".into(), "c".into()],
-                input_norm: InputNorm { mean: vec![0.0; 3], std: vec![1.0; 3] },
+                input_norm: InputNorm {
+                    mean: vec![0.0; 3],
+                    std: vec![1.0; 3],
+                },
                 source: "test".into(),
             },
             graph: g,
@@ -404,8 +514,14 @@ mod tests {
         let head = BinaryHead {
             input: 0,
             // mine: [1.0, 0.1, -1.0, 0.6]; other: [-1.0, 0.9, -1.0, -0.5]
-            weight: TensorData { shape: vec![2, 4], data: vec![1.0, 0.1, -1.0, 0.6, -1.0, 0.9, -1.0, -0.5] },
-            bias: TensorData { shape: vec![2], data: vec![0.0, 0.0] },
+            weight: TensorData {
+                shape: vec![2, 4],
+                data: vec![1.0, 0.1, -1.0, 0.6, -1.0, 0.9, -1.0, -0.5],
+            },
+            bias: TensorData {
+                shape: vec![2],
+                data: vec![0.0, 0.0],
+            },
         };
         assert_eq!(bln_units(&head, BlnRule::Algorithm2, 0.5), vec![0, 3]);
         assert_eq!(bln_units(&head, BlnRule::OnlyOther, 0.5), vec![1]);
@@ -419,20 +535,38 @@ mod tests {
         let (model, _, exec, sites) = setup();
         let untangled: Vec<NodeMask> = full_concern(&exec, &sites, 0, 1).inactive.masks;
         let head = binary_head(&model, 0).expect("head");
-        let cfg = |variant, delta| DecompConfig { variant, bln_delta: delta, ..DecompConfig::default() };
-        let (masks, dead, h) = modularize(&model, &untangled, head.clone(), &cfg(Variant::CiTiMc, 0.0)).expect("ci");
+        let cfg = |variant, delta| DecompConfig {
+            variant,
+            bln_delta: delta,
+            ..DecompConfig::default()
+        };
+        let (masks, dead, h) =
+            modularize(&model, &untangled, head.clone(), &cfg(Variant::CiTiMc, 0.0)).expect("ci");
         assert_eq!((masks.len(), dead.len(), &h), (untangled.len(), 0, &head));
         let units = bln_units(&head, BlnRule::Algorithm2, 0.01);
-        assert!(!units.is_empty(), "an untrained head has units to remove at delta 0.01");
-        let (_, dead, h) = modularize(&model, &[], head.clone(), &cfg(Variant::McBln, 0.01)).expect("bln");
+        assert!(
+            !units.is_empty(),
+            "an untrained head has units to remove at delta 0.01"
+        );
+        let (_, dead, h) =
+            modularize(&model, &[], head.clone(), &cfg(Variant::McBln, 0.01)).expect("bln");
         let f = head.weight.shape[1];
         for u in 0..f {
             let removed = units.contains(&u);
-            assert_eq!(h.weight.data[u] == 0.0 && h.weight.data[f + u] == 0.0, removed, "unit {u}");
+            assert_eq!(
+                h.weight.data[u] == 0.0 && h.weight.data[f + u] == 0.0,
+                removed,
+                "unit {u}"
+            );
         }
         let dead_bln: usize = dead.iter().map(|m| m.zeroed.count_ones()).sum();
-        assert!(dead_bln >= units.len(), "{dead_bln} dead positions for {} removed units", units.len());
-        let (_, dead_bi, _) = modularize(&model, &[], head, &cfg(Variant::McBlnBi, 0.01)).expect("bi");
+        assert!(
+            dead_bln >= units.len(),
+            "{dead_bln} dead positions for {} removed units",
+            units.len()
+        );
+        let (_, dead_bi, _) =
+            modularize(&model, &[], head, &cfg(Variant::McBlnBi, 0.01)).expect("bi");
         assert!(dead_bi.iter().map(|m| m.zeroed.count_ones()).sum::<usize>() >= dead_bln);
     }
 
@@ -441,10 +575,25 @@ mod tests {
     #[test]
     fn channel_untangle_set_fills_what_is_missing() {
         let (model, data, exec, sites) = setup();
-        let cfg = DecompConfig { positive_filter: PositiveFilter::All, mask_site: MaskSite::ReluInput, ..DecompConfig::default() };
-        let stats = |images: &[usize]| channel_untangle(&exec, &data, &sites, images, 4, &mut |_| {}).expect("stats");
-        let kept = decomp_ir::UnconcernedStats { images: vec![0], per_class: 1, stats: stats(&[0]) };
-        let class = |class: usize, unconcerned| ClassChannels { class, positives: vec![0, 1, 2, 3], concerned: stats(&[1]), unconcerned };
+        let cfg = DecompConfig {
+            positive_filter: PositiveFilter::All,
+            mask_site: MaskSite::ReluInput,
+            ..DecompConfig::default()
+        };
+        let stats = |images: &[usize]| {
+            channel_untangle(&exec, &data, &sites, images, 4, &mut |_| {}).expect("stats")
+        };
+        let kept = decomp_ir::UnconcernedStats {
+            images: vec![0],
+            per_class: 1,
+            stats: stats(&[0]),
+        };
+        let class = |class: usize, unconcerned| ClassChannels {
+            class,
+            positives: vec![0, 1, 2, 3],
+            concerned: stats(&[1]),
+            unconcerned,
+        };
         let mut set = ChannelConcernSet {
             model_hash: model.content_hash(),
             model_path: "m".into(),
@@ -456,13 +605,21 @@ mod tests {
             tangle_seconds: 2.0,
         };
         let mut seen = Vec::new();
-        channel_untangle_set(&exec, &data, &mut set, 4, &mut |c, n| seen.push((c, n))).expect("untangle");
+        channel_untangle_set(&exec, &data, &mut set, 4, &mut |c, n| seen.push((c, n)))
+            .expect("untangle");
         let (sample, per_class) = unconcerned_sample(&data, 0, 4, 0);
         let u = set.classes[0].unconcerned.as_ref().expect("filled");
         assert_eq!((&u.images, u.per_class), (&sample, per_class));
         assert_eq!(u.stats, stats(&sample));
-        assert_eq!(set.classes[1].unconcerned.as_ref(), Some(&kept), "present statistics are kept");
-        assert!(seen.iter().all(|&(c, _)| c == 0) && seen.iter().map(|s| s.1).sum::<usize>() == sample.len());
+        assert_eq!(
+            set.classes[1].unconcerned.as_ref(),
+            Some(&kept),
+            "present statistics are kept"
+        );
+        assert!(
+            seen.iter().all(|&(c, _)| c == 0)
+                && seen.iter().map(|s| s.1).sum::<usize>() == sample.len()
+        );
         assert!(set.tangle_seconds > 2.0);
     }
 }
