@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 mod compile;
 mod conv;
+mod elementwise;
 pub mod grad;
 mod kernels;
 mod layout;
