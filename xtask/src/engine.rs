@@ -104,6 +104,18 @@ pub fn unit_record(stage: &str, name: &str, key: &Value, wall_s: f64) -> Value {
     json!({ "stage": stage, "name": name, "key": key, "wall_s": wall_s })
 }
 
+/// The part of `unit.json` ([`unit_record`]) read back.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct UnitRecord {
+    /// Seconds the unit's work took.
+    pub wall_s: f64,
+}
+
+/// The wall time recorded in unit folder `dir`.
+pub fn unit_wall_s(dir: &Path) -> Result<f64> {
+    Ok(read::<UnitRecord>(&dir.join("unit.json"))?.wall_s)
+}
+
 impl Engine {
     pub fn new(decomp: PathBuf, device: String, store: PathBuf, sel: Selection) -> Self {
         Self {
@@ -434,6 +446,22 @@ pub fn portable(text: &str, root: &Path) -> String {
 /// Writes a committed report (`results/`): [`write_atomic`] of [`portable`] text.
 pub fn write_report(path: &Path, text: &str) -> Result<()> {
     write_atomic(path, &portable(text, &root()))
+}
+
+/// Reads a JSON file as `T` (a stage output type of `decomp_eval::report`).
+pub fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a valid {}",
+            path.display(),
+            std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("report")
+        )
+    })
 }
 
 /// Reads a JSON file.

@@ -7,9 +7,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::format::num;
+use decomp_eval::report::{ComposeReport, TrainMetrics};
+use serde_json::Value;
+
 use super::{Run, join, seeded_choice};
-use crate::engine::read_json;
+use crate::engine::{read, unit_wall_s};
 use crate::plot;
 
 /// Energy of `wall_s` seconds at the declared power (kWh at the wall, with PUE) and CO2e (lbs).
@@ -76,7 +78,7 @@ pub fn co2e(r: &Run) -> Result<()> {
     }
     r.gate_compose(
         &format!("the base model {}", base.arch),
-        &read_json(&m_all.with_file_name("compose.json"))?,
+        &read::<ComposeReport>(&m_all.with_file_name("compose.json"))?,
         k,
     )?;
     r.gate_trained(
@@ -85,7 +87,7 @@ pub fn co2e(r: &Run) -> Result<()> {
         k,
     )?;
     let _ = v_pair;
-    let wall = |unit_file: &Path| -> Result<f64> { Ok(num(&read_json(unit_file)?["wall_s"])) };
+    let wall = |unit_file: &Path| unit_wall_s(unit_file.parent().context("unit folder")?);
     let decompose_s: f64 = mods
         .iter()
         .map(|m| {
@@ -97,30 +99,22 @@ pub fn co2e(r: &Run) -> Result<()> {
             )
         })
         .sum::<Result<f64>>()?;
-    let metrics = read_json(&scratch.join("metrics.json"))?;
-    let epochs = metrics["epochs"].as_array().cloned().unwrap_or_default();
-    let train_s: f64 = epochs.iter().map(|e| num(&e["wall_s"])).sum();
-    let measured_j = metrics["energy_j"].as_f64();
-    let source = metrics["energy_source"]
-        .as_str()
-        .unwrap_or("none")
-        .to_string();
-    let best_epoch = metrics["best_epoch"]
-        .as_u64()
-        .unwrap_or(epochs.len() as u64) as usize;
+    // The training configuration stays as written (it is copied into the report).
+    let metrics: TrainMetrics<Value> = read(&scratch.join("metrics.json"))?;
+    let epochs = &metrics.epochs;
+    let train_s: f64 = epochs.iter().map(|e| e.wall_s).sum();
+    let measured_j = metrics.energy_j;
+    let source = metrics.energy_source.clone();
+    let best_epoch = metrics.best_epoch.unwrap_or(epochs.len());
     let to_best_s: f64 = epochs
         .iter()
-        .filter(|e| {
-            e["epoch"]
-                .as_u64()
-                .is_some_and(|x| (x as usize) <= best_epoch)
-        })
-        .map(|e| num(&e["wall_s"]))
+        .filter(|e| e.epoch <= best_epoch)
+        .map(|e| e.wall_s)
         .sum();
     let ips = if epochs.is_empty() {
         f64::NAN
     } else {
-        epochs.iter().map(|e| num(&e["images_per_s"])).sum::<f64>() / epochs.len() as f64
+        epochs.iter().map(|e| e.images_per_s).sum::<f64>() / epochs.len() as f64
     };
     let full_train_images = 50_000.0 * (1.0 - t.val_fraction.unwrap_or(0.1));
     let scratch_fixed_s = full_train_images / ips * r.m.co2e.scratch_epochs as f64;

@@ -4,14 +4,15 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::Run;
 use super::format::{s, strings};
-use crate::engine::{Kind, read_json, write_atomic, write_report};
+use crate::engine::{Kind, read, write_atomic, write_report};
+use decomp_eval::report::ModelEval;
 
 pub fn eval(r: &Run) -> Result<()> {
-    let mut rows: Vec<(String, String, Option<Value>)> = Vec::new();
+    let mut rows: Vec<(String, String, Option<ModelEval>)> = Vec::new();
     let mut index = 0;
     for (role, spec) in &r.m.models {
         let w = spec
@@ -72,17 +73,10 @@ pub fn eval(r: &Run) -> Result<()> {
                     write_atomic(&work.join("eval.json"), out.trim())
                 })?;
             index += 1;
-            let v = dir.map(|d| read_json(&d.join("eval.json"))).transpose()?;
+            let v: Option<ModelEval> = dir.map(|d| read(&d.join("eval.json"))).transpose()?;
             if let (Some(v), None, "test") = (&v, &set.file, set.split.as_deref().unwrap_or("test"))
             {
-                let classes = v["class_names"].as_array().map_or(0, Vec::len);
-                r.gate_result(
-                    &format!("{role} ({weights})"),
-                    v,
-                    "top1",
-                    "per_class",
-                    classes,
-                )?;
+                r.gate_eval(&format!("{role} ({weights})"), v, v.class_names.len())?;
             }
             rows.push((role.clone(), set.label.clone(), v));
         }
@@ -98,14 +92,10 @@ pub fn eval(r: &Run) -> Result<()> {
     let mut js = Vec::new();
     for (model, images, v) in rows {
         let v = v.with_context(|| format!("eval of {model} on {images} missing"))?;
-        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
         let _ = writeln!(
             md,
             "| {model} | {images} | {} | {:.2} | {:.2} | {:.0} |",
-            v["n"],
-            f("top1"),
-            f("top5"),
-            f("images_per_second")
+            v.n, v.top1, v.top5, v.images_per_second
         );
         js.push(json!({"model": model, "images": images, "result": v}));
     }

@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
 /// A path as a `decomp` argument.
 pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
@@ -13,8 +11,9 @@ pub(crate) fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-pub(crate) fn f2(v: &Value) -> String {
-    v.as_f64().map_or("-".into(), |x| format!("{x:.2}"))
+/// `x` with two decimals, `-` when it is missing.
+pub(crate) fn opt2(x: Option<f64>) -> String {
+    x.map_or("-".into(), fixed2)
 }
 
 /// `x` with two decimals, `-` when it is not a number (missing in the artifacts).
@@ -33,8 +32,4 @@ pub(crate) fn signed(x: f64) -> String {
     } else {
         "-".into()
     }
-}
-
-pub(crate) fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
 }

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 
 use crate::engine::{Engine, Kind, write_report};
 use crate::manifest::{DataSpec, Manifest};
+use decomp_eval::report::{ComposeReport, ModelEval, TrainMetrics};
 use format::{s, strings};
 
 /// Runs a manifest (a suite runs its members in order) and prints where the reports are.
@@ -244,70 +245,70 @@ fn part(r: &Run, role: &str, class: usize) -> Result<Value> {
 }
 
 impl Run<'_> {
-    /// The validity gate (`crate::gate`) on a model's own result over all its classes: a
-    /// `compose.json` of all its modules (the model ran in the same pass) or a `decomp eval`
-    /// output; `classes` is the model's class count.
-    fn gate_result(
+    /// The validity gate (`crate::gate`) on a model's own result over all its classes
+    /// (`classes`: the model's class count; `names`: the classes of `per_class`).
+    fn gate(
         &self,
         what: &str,
-        v: &Value,
-        top1: &str,
-        per_class: &str,
+        top1: f64,
+        per_class: Option<&[f64]>,
+        names: &[String],
         classes: usize,
     ) -> Result<()> {
         if !self.m.validity_gate {
             return Ok(());
         }
-        let pc: Vec<f64> = v[per_class]
-            .as_array()
-            .map(|a| a.iter().map(format::num).collect())
-            .unwrap_or_default();
-        let names = names_of(
-            v,
-            if v["class_names"].is_array() {
-                "class_names"
-            } else {
-                "classes"
-            },
-        );
         crate::gate::check(
             what,
             crate::gate::Scores {
-                top1: format::num(&v[top1]),
+                top1,
                 classes,
-                per_class: (!pc.is_empty()).then_some(&pc[..]),
-                names: Some(&names),
+                per_class,
+                names: Some(names),
             },
         )
     }
 
-    /// [`Run::gate_result`] of `model`'s own test evaluation ([`Run::eval_model`]).
-    fn gate_model_test(&self, role: &str, model: &Model, test: Option<&Value>) -> Result<()> {
-        let what = format!("{role} {} ({})", model.arch, model.ir.display());
-        let test = test.with_context(|| format!("the test evaluation of {what} is missing"))?;
-        self.gate_result(&what, test, "top1", "per_class", model.data.num_classes)
+    /// [`Run::gate`] on a `decomp eval` result.
+    fn gate_eval(&self, what: &str, e: &ModelEval, classes: usize) -> Result<()> {
+        self.gate(what, e.top1, Some(&e.per_class), &e.class_names, classes)
     }
 
-    /// [`Run::gate_result`] of a composition over all of a model's classes.
-    fn gate_compose(&self, what: &str, compose: &Value, classes: usize) -> Result<()> {
-        self.gate_result(what, compose, "model_top1", "model_per_class", classes)
+    /// [`Run::gate`] on a composition over all of a model's classes (the model ran in the
+    /// same pass).
+    fn gate_compose(&self, what: &str, c: &ComposeReport, classes: usize) -> Result<()> {
+        let top1 = c.accuracy.model_top1.unwrap_or(f64::NAN);
+        self.gate(
+            what,
+            top1,
+            c.model_per_class.as_deref(),
+            &c.classes,
+            classes,
+        )
     }
 
-    /// The validity gate on a training run (unit folder `dir`): its test result, `test.json`
+    /// [`Run::gate`] on a training run (unit folder `dir`): its test result, `test.json`
     /// (mixed data: with per-class accuracies) or the run's own `--eval-test`.
     fn gate_trained(&self, what: &str, dir: &std::path::Path, classes: usize) -> Result<()> {
         let t = dir.join("test.json");
         if t.is_file() {
-            return self.gate_result(
-                what,
-                &crate::engine::read_json(&t)?,
-                "top1",
-                "per_class",
-                classes,
-            );
+            return self.gate_eval(what, &crate::engine::read(&t)?, classes);
         }
-        let m = crate::engine::read_json(&dir.join("metrics.json"))?;
-        self.gate_result(what, &m, "test_top1", "-", classes)
+        let m: TrainMetrics = crate::engine::read(&dir.join("metrics.json"))?;
+        self.gate(
+            what,
+            m.test_top1.unwrap_or(f64::NAN),
+            None,
+            &m.classes,
+            classes,
+        )
+    }
+
+    /// [`Run::gate_eval`] of `model`'s own test evaluation ([`Run::eval_model`]).
+    fn gate_model_test(&self, role: &str, model: &Model, test: Option<&ModelEval>) -> Result<()> {
+        let what = format!("{role} {} ({})", model.arch, model.ir.display());
+        let test = test.with_context(|| format!("the test evaluation of {what} is missing"))?;
+        self.gate_eval(&what, test, model.data.num_classes)
     }
 
     fn out_dir(&self) -> PathBuf {
@@ -380,23 +381,6 @@ fn pairs(classes: &[usize]) -> Vec<(usize, usize)> {
     v
 }
 
-/// Reads a class-name list out of a vote/compose JSON.
-fn names(v: &Value) -> Vec<String> {
-    names_of(v, "classes")
-}
-
-/// Reads the list of strings `v[field]`.
-fn names_of(v: &Value, field: &str) -> Vec<String> {
-    v[field]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| x.as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The second dataset's model, trained on the selected classes of that dataset (written as
 /// a mix), and the selection.
 fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
@@ -445,7 +429,7 @@ fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
 fn gate_inter_models(
     r: &Run,
     base: &Model,
-    base_test: Option<&Value>,
+    base_test: Option<&ModelEval>,
     second: &Model,
     classes: usize,
 ) -> Result<()> {

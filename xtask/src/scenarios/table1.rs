@@ -13,11 +13,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use decomp_eval::report::{ComposeReport, Margins};
+use decomp_ir::DecompConfig;
+use serde_json::json;
 
-use super::format::{num, signed};
+use super::format::signed;
 use super::{Model, Run};
-use crate::engine::{Kind, read_json};
+use crate::engine::{Kind, read, unit_wall_s};
 use crate::manifest::{DecomposeSpec, Manifest, Table1Spec};
 use crate::stats::{Interval, paired_bootstrap};
 
@@ -53,7 +55,7 @@ struct Row {
     mask_site: String,
     ablation: bool,
     variant: String,
-    n: u64,
+    n: usize,
     model_top1: f64,
     model_top5: f64,
     composed_top1: f64,
@@ -64,12 +66,12 @@ struct Row {
     /// METHOD.md's JI: mean fraction of the model's layer positions a module keeps.
     ji: f64,
     /// Per module.
-    module_size: Value,
+    module_size: Vec<f64>,
     mean_overlap: f64,
     decompose_seconds: f64,
     compose_seconds: f64,
     /// The METHOD.md knobs of the modules.
-    config: Value,
+    config: DecompConfig,
 }
 
 /// A model of the table.
@@ -144,10 +146,7 @@ pub fn table1(r: &Run) -> Result<()> {
                     complete = false;
                     continue;
                 };
-                let decompose_s: f64 = units
-                    .iter()
-                    .map(|u| Ok(num(&read_json(&u.join("unit.json"))?["wall_s"])))
-                    .sum::<Result<f64>>()?;
+                let decompose_s: f64 = units.iter().map(|u| unit_wall_s(u)).sum::<Result<f64>>()?;
                 rows.push((
                     e,
                     set.label.clone(),
@@ -165,15 +164,15 @@ pub fn table1(r: &Run) -> Result<()> {
     let mut js = Vec::new();
     let mut gated = Vec::new();
     for (e, site, ablation, variant, margins, decompose_s) in &rows {
-        let compose = read_json(&margins.with_file_name("compose.json"))?;
-        let m = read_json(margins)?;
+        let compose: ComposeReport = read(&margins.with_file_name("compose.json"))?;
+        let m: Margins = read(margins)?;
         if !gated.contains(&e.label) {
             let what = format!("{} ({} model {})", e.label, e.source, e.model.ir.display());
             r.gate_compose(&what, &compose, e.model.data.num_classes)?;
             gated.push(e.label.clone());
         }
         let (t1, t5) = intervals(margins, &m, &compose, &spec)?;
-        let f = |k: &str| num(&compose[k]);
+        let acc = &compose.accuracy;
         js.push(Row {
             model: e.label.clone(),
             source: e.source,
@@ -182,19 +181,19 @@ pub fn table1(r: &Run) -> Result<()> {
             mask_site: site.clone(),
             ablation: *ablation,
             variant: variant.clone(),
-            n: compose["n"].as_u64().context("compose report without n")?,
-            model_top1: f("model_top1"),
-            model_top5: f("model_top5"),
-            composed_top1: f("composed_top1"),
-            composed_top5: f("composed_top5"),
+            n: acc.n,
+            model_top1: acc.model_top1.unwrap_or(f64::NAN),
+            model_top5: acc.model_top5.unwrap_or(f64::NAN),
+            composed_top1: acc.composed_top1,
+            composed_top5: acc.composed_top5,
             delta_top1: t1,
             delta_top5: t5,
-            ji: f("mean_module_size"),
-            module_size: compose["module_size"].clone(),
-            mean_overlap: f("mean_overlap"),
+            ji: compose.mean_module_size,
+            mean_overlap: compose.mean_overlap,
+            module_size: compose.module_size,
             decompose_seconds: *decompose_s,
-            compose_seconds: f("seconds"),
-            config: compose["config"].clone(),
+            compose_seconds: compose.seconds,
+            config: compose.config,
         });
     }
     report(r, &spec, &js, &untrained)
@@ -300,19 +299,22 @@ fn settings(r: &Run, spec: &Table1Spec, e: &Entry) -> Vec<Setting> {
 /// model, top-1 and top-5.
 fn intervals(
     path: &Path,
-    m: &Value,
-    compose: &Value,
+    m: &Margins,
+    compose: &ComposeReport,
     spec: &Table1Spec,
 ) -> Result<(Interval, Interval)> {
-    let ranks = |field: &str| -> Result<Vec<usize>> {
-        m[field]
-            .as_array()
-            .with_context(|| format!("{}: no per-image `{field}` (a margins file of an older decomp): rerun with --only margins", path.display()))?
-            .iter()
-            .map(|v| v.as_u64().map(|x| x as usize).context("a rank is not a number"))
-            .collect()
+    let ranks = |field: &str, r: &Option<Vec<usize>>| -> Result<Vec<usize>> {
+        r.clone().with_context(|| {
+            format!(
+                "{}: no per-image `{field}` (a margins file of an older decomp, or modules that do not cover their model's classes): rerun with --only margins",
+                path.display()
+            )
+        })
     };
-    let (c, mo) = (ranks("composed_rank")?, ranks("model_rank")?);
+    let (c, mo) = (
+        ranks("composed_rank", &m.composed_rank)?,
+        ranks("model_rank", &m.model_rank)?,
+    );
     let n = c.len();
     if mo.len() != n || n == 0 {
         bail!(
@@ -323,13 +325,13 @@ fn intervals(
         );
     }
     for (what, r, want) in [
-        ("composed", &c, &compose["composed_top1"]),
-        ("model", &mo, &compose["model_top1"]),
+        ("composed", &c, Some(compose.accuracy.composed_top1)),
+        ("model", &mo, compose.accuracy.model_top1),
     ] {
         let top1 = 100.0 * r.iter().filter(|&&x| x == 0).count() as f64 / n as f64;
-        if (top1 - num(want)).abs() > 1e-6 {
+        if want.is_none_or(|w| (top1 - w).abs() > 1e-6) {
             bail!(
-                "{}: {what} top-1 from the per-image ranks is {top1}, the compose report says {want}",
+                "{}: {what} top-1 from the per-image ranks is {top1}, the compose report says {want:?}",
                 path.display()
             );
         }

@@ -5,9 +5,11 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::format::{fixed2, num, signed};
-use super::{Run, join, names, pairs, seeded_choice};
-use crate::engine::read_json;
+use decomp_eval::report::{ComposeReport, TrainMetrics};
+
+use super::format::{fixed2, signed};
+use super::{Run, join, pairs, seeded_choice};
+use crate::engine::read;
 use crate::plot;
 
 /// Table 2: intra-dataset reuse.
@@ -60,8 +62,8 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
     if !r.reporting()? {
         return Ok(());
     }
-    let compose = read_json(&margins.with_file_name("compose.json"))?;
-    let class_names = names(&compose);
+    let compose: ComposeReport = read(&margins.with_file_name("compose.json"))?;
+    let class_names = compose.classes.clone();
     r.gate_model_test("the base model", &base, base_test.as_ref())?;
     for (k, &(a, b)) in ps.iter().enumerate() {
         if let Some(dir) = &tma[k] {
@@ -116,15 +118,11 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
     let (mut ma_s, mut tma_s) = (Vec::new(), Vec::new());
     for (k, &(a, b)) in ps.iter().enumerate() {
         let v = votes[k].as_ref().context("vote missing")?;
-        let ma = num(&v["top1"]);
+        let ma = v.top1;
         let (tma_top1, best, epochs) = match &tma[k] {
             Some(dir) => {
-                let m = read_json(&dir.join("metrics.json"))?;
-                (
-                    Run::test_top1(dir)?,
-                    m["best_epoch"].clone(),
-                    m["epochs"].as_array().map_or(0, Vec::len),
-                )
+                let m: TrainMetrics = read(&dir.join("metrics.json"))?;
+                (Run::test_top1(dir)?, json!(m.best_epoch), m.epochs.len())
             }
             None => (f64::NAN, Value::Null, 0),
         };
@@ -138,7 +136,7 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
         let _ = writeln!(
             md,
             "| {label} | {} | {ma:.2} | {} | {} | {} |",
-            v["n"],
+            v.n,
             fixed2(tma_top1),
             signed(d),
             if best.is_null() {
@@ -150,7 +148,7 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
         let _ = writeln!(
             csv,
             "{},{},{},{},{},{ma},{tma_top1},{d},{best},{epochs}",
-            classes[a], classes[b], class_names[a], class_names[b], v["n"]
+            classes[a], classes[b], class_names[a], class_names[b], v.n
         );
         rows.push(json!({"classes": [classes[a], classes[b]], "names": [class_names[a], class_names[b]], "vote": v, "tma_top1": tma_top1, "delta": d, "tma_best_epoch": best, "tma_epochs": epochs}));
         cats.push(label);
@@ -174,7 +172,7 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
         classes
             .iter()
             .enumerate()
-            .map(|(i, _)| format!("{} {:.3}", class_names[i], num(&compose["module_size"][i])))
+            .map(|(i, _)| format!("{} {:.3}", class_names[i], compose.module_size[i]))
             .collect::<Vec<_>>()
             .join(", ")
     );

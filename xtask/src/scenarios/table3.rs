@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::format::num;
-use super::{Run, gate_inter_models, main_part, names, part, second_model, seeded_choice};
-use crate::engine::{Kind, read_json};
+use decomp_eval::report::{ComposeReport, ModelEval, TrainMetrics, VoteReport};
+
+use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
+use crate::engine::{Kind, read};
 use crate::plot;
 
 /// Table 3: inter-dataset reuse, without and with continuous learning.
@@ -103,7 +104,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     r.header(&mut md);
     let spec2 = &r.m.data["second"];
     let t = r.m.models["second"].train.clone().context("train")?;
-    let second_metrics = read_json(&second.ir.with_file_name("metrics.json"))?;
+    let second_metrics: TrainMetrics = read(&second.ir.with_file_name("metrics.json"))?;
     let second_test = Run::test_top1(second.ir.parent().context("run dir")?)?;
     let _ = writeln!(
         md,
@@ -123,7 +124,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         t.epochs.map_or("recipe".into(), |e| e.to_string()),
         t.train_limit
             .map_or(String::new(), |n| format!(", {n} images")),
-        second_metrics["best_epoch"],
+        json!(second_metrics.best_epoch),
         base.arch,
         r.m.select.seed,
         classes,
@@ -151,18 +152,19 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         let (Some(v_ma), Some(v_mma)) = (v_ma, v_mma) else {
             continue;
         };
-        let names = names(&read_json(&m_ma.with_file_name("compose.json"))?);
+        let names = read::<ComposeReport>(&m_ma.with_file_name("compose.json"))?.classes;
         let tma_top1 = match tma {
             Some(d) => Run::test_top1(d)?,
             None => f64::NAN,
         };
         let tma_second = match tma {
-            Some(d) => {
-                read_json(&d.join("test.json")).map_or(f64::NAN, |v| num(&v["per_class"][1]))
-            }
+            Some(d) => read::<ModelEval>(&d.join("test.json")).map_or(f64::NAN, |v| {
+                v.per_class.get(1).copied().unwrap_or(f64::NAN)
+            }),
             None => f64::NAN,
         };
-        let (ma, mma) = (num(&v_ma["top1"]), num(&v_mma["top1"]));
+        let (ma, mma) = (v_ma.top1, v_mma.top1);
+        let second_class = |v: &VoteReport| v.per_class.get(1).copied().unwrap_or(f64::NAN);
         let (d1, d2) = (ma - tma_top1, mma - tma_top1);
         s_ma += ma;
         s_mma += mma;
@@ -188,12 +190,12 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         let _ = writeln!(
             md,
             "| {label} | {} | {ma:.2} | {mma:.2} | {} | {} | {} | {:.1} | {:.1} | {} |",
-            v_ma["n"],
+            v_ma.n,
             fmt(tma_top1, false),
             fmt(d1, true),
             fmt(d2, true),
-            num(&v_ma["per_class"][1]),
-            num(&v_mma["per_class"][1]),
+            second_class(v_ma),
+            second_class(v_mma),
             fmt(tma_second, false)
         );
         let _ = writeln!(
@@ -201,9 +203,9 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
             "{c},{t},{},{},{},{ma},{mma},{tma_top1},{d1},{d2},{},{}",
             names.first().cloned().unwrap_or_default(),
             names.get(1).cloned().unwrap_or_default(),
-            v_ma["n"],
-            v_ma["per_class"][1],
-            v_mma["per_class"][1]
+            v_ma.n,
+            json!(v_ma.per_class.get(1)),
+            json!(v_mma.per_class.get(1))
         );
         js.push(json!({"classes": [c, t], "names": names, "ma": v_ma, "mma": v_mma, "tma_top1": tma_top1}));
         cats.push(label);

@@ -4,11 +4,13 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::format::{f2, num};
-use super::{Model, Run, names};
-use crate::engine::read_json;
+use decomp_eval::report::{ComposeReport, VoteReport};
+
+use super::format::{fixed2, opt2};
+use super::{Model, Run};
+use crate::engine::read;
 use crate::plot;
 
 /// What Tables 4 and 6 share: every module of a weaker and a stronger model, their margins
@@ -18,10 +20,10 @@ pub(super) struct Replace {
     pub strong: Model,
     /// The margin files of the weaker and the stronger model (vote file 0 and 1).
     pub files: Vec<PathBuf>,
-    pub base_w: Value,
-    pub base_s: Value,
-    pub cw: Value,
-    pub cs: Value,
+    pub base_w: VoteReport,
+    pub base_s: VoteReport,
+    pub cw: ComposeReport,
+    pub cs: ComposeReport,
     pub class_names: Vec<String>,
 }
 
@@ -56,9 +58,9 @@ pub(super) fn setup(r: &Run) -> Result<Option<Replace>> {
     let files = vec![mw.clone(), ms.clone()];
     let base_w = r.vote("weak-all", &files, &all(0, k))?.context("vote")?;
     let base_s = r.vote("strong-all", &files, &all(1, k))?.context("vote")?;
-    let cw = read_json(&mw.with_file_name("compose.json"))?;
-    let cs = read_json(&ms.with_file_name("compose.json"))?;
-    let class_names = names(&cw);
+    let cw: ComposeReport = read(&mw.with_file_name("compose.json"))?;
+    let cs: ComposeReport = read(&ms.with_file_name("compose.json"))?;
+    let class_names = cw.classes.clone();
     Ok(Some(Replace {
         weak,
         strong,
@@ -114,36 +116,58 @@ pub fn intra_replace(r: &Run) -> Result<()> {
         md,
         "Weaker model: `{}`; stronger model: `{}`. Each row composes all {k} modules of the weaker model with the module of \
          class x taken from the stronger model, evaluated on the full test split ({} images).\n",
-        weak.arch, strong.arch, base_w["n"]
+        weak.arch, strong.arch, base_w.n
     );
     md.push_str("| composition | top-1 % | top-5 % | Δ top-1 vs weaker composed | class x accuracy % (weaker → replaced) |\n|---|---|---|---|---|\n");
     for (name, kind, top1, top5) in [
-        (&weak.arch, "model", &cw["model_top1"], &cw["model_top5"]),
-        (&strong.arch, "model", &cs["model_top1"], &cs["model_top5"]),
-        (&weak.arch, "modules", &base_w["top1"], &base_w["top5"]),
-        (&strong.arch, "modules", &base_s["top1"], &base_s["top5"]),
+        (
+            &weak.arch,
+            "model",
+            cw.accuracy.model_top1,
+            cw.accuracy.model_top5,
+        ),
+        (
+            &strong.arch,
+            "model",
+            cs.accuracy.model_top1,
+            cs.accuracy.model_top5,
+        ),
+        (&weak.arch, "modules", Some(base_w.top1), Some(base_w.top5)),
+        (
+            &strong.arch,
+            "modules",
+            Some(base_s.top1),
+            Some(base_s.top5),
+        ),
     ] {
-        let _ = writeln!(md, "| {name} {kind} | {} | {} | | |", f2(top1), f2(top5));
+        let _ = writeln!(
+            md,
+            "| {name} {kind} | {} | {} | | |",
+            opt2(top1),
+            opt2(top5)
+        );
     }
     let mut csv = String::from("x,class,top1,top5,delta_top1,class_acc_before,class_acc_after\n");
     let mut rows = Vec::new();
     let mut sum = 0.0;
     for (x, v) in replaced.iter().enumerate() {
-        let d = num(&v["top1"]) - num(&base_w["top1"]);
+        let d = v.top1 - base_w.top1;
         sum += d;
-        let before = num(&base_w["per_class"][x]);
-        let after = num(&v["per_class"][x]);
+        let before = base_w.per_class[x];
+        let after = v.per_class[x];
         let _ = writeln!(
             md,
             "| replace {x} ({}) | {} | {} | {d:+.2} | {before:.1} → {after:.1} |",
             class_names[x],
-            f2(&v["top1"]),
-            f2(&v["top5"])
+            fixed2(v.top1),
+            fixed2(v.top5)
         );
         let _ = writeln!(
             csv,
             "{x},{},{},{},{d},{before},{after}",
-            class_names[x], v["top1"], v["top5"]
+            class_names[x],
+            json!(v.top1),
+            json!(v.top5)
         );
         rows.push(json!({"x": x, "class": class_names[x], "vote": v, "delta_top1": d}));
     }
@@ -160,8 +184,8 @@ pub fn intra_replace(r: &Run) -> Result<()> {
          section 7). The abstract's \"0.5%\" is an aggregate over all replacement scenarios, not this table's result.\n\n\
          ![per-class accuracy](per_class.svg)\n\n![module size](module_size.svg)\n",
     );
-    let per = |v: &Value| (0..k).map(|c| num(&v["per_class"][c])).collect::<Vec<_>>();
-    let replaced_x: Vec<f64> = (0..k).map(|x| num(&replaced[x]["per_class"][x])).collect();
+    let per = |v: &VoteReport| v.per_class[..k].to_vec();
+    let replaced_x: Vec<f64> = (0..k).map(|x| replaced[x].per_class[x]).collect();
     plot::bars(
         &r.out_dir().join("per_class.svg"),
         "Per-class top-1: weaker modules, stronger modules, class x replaced",
@@ -173,11 +197,7 @@ pub fn intra_replace(r: &Run) -> Result<()> {
             ("x replaced", replaced_x),
         ],
     )?;
-    let size = |v: &Value| {
-        (0..k)
-            .map(|c| num(&v["module_size"][c]))
-            .collect::<Vec<_>>()
-    };
+    let size = |v: &ComposeReport| v.module_size[..k].to_vec();
     plot::bars(
         &r.out_dir().join("module_size.svg"),
         "Module size per class",

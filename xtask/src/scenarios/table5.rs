@@ -5,9 +5,11 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde_json::json;
 
-use super::format::{f2, fixed2, num, signed};
-use super::{Run, gate_inter_models, main_part, names, part, second_model, seeded_choice};
-use crate::engine::{Kind, read_json};
+use decomp_eval::report::ComposeReport;
+
+use super::format::{fixed2, signed};
+use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
+use crate::engine::{Kind, read};
 
 /// Table 5: inter-dataset replace. For pair i of the selections, CIFAR-10 class
 /// `classes[i]`'s module is replaced by the second model's module of `picked[i]`; D = the
@@ -112,35 +114,32 @@ pub fn inter_replace(r: &Run) -> Result<()> {
     let mut js = Vec::new();
     for (x, t, v, m, mg) in &rows {
         let Some(v) = v else { continue };
-        let names = names(&read_json(&mg.with_file_name("compose.json"))?);
+        let names = read::<ComposeReport>(&mg.with_file_name("compose.json"))?.classes;
         let m_top1 = match m {
             Some(d) => Run::test_top1(d)?,
             None => f64::NAN,
         };
-        let d = num(&v["top1"]) - m_top1;
-        let cifar_name = read_json(&base.ir.with_file_name("unit.json"))
-            .ok()
-            .map_or(String::new(), |_| String::new());
-        let _ = cifar_name;
+        let d = v.top1 - m_top1;
+        let new_class = v.per_class.get(*x).copied();
         let _ = writeln!(
             md,
             "| {x} → {} | {} | {} | {} | {} | {} | {:.1} |",
             names.get(*x).cloned().unwrap_or_default(),
-            v["n"],
-            f2(&v["top1"]),
-            f2(&v["top5"]),
+            v.n,
+            fixed2(v.top1),
+            fixed2(v.top5),
             fixed2(m_top1),
             signed(d),
-            num(&v["per_class"][*x])
+            new_class.unwrap_or(f64::NAN)
         );
         let _ = writeln!(
             csv,
             "{x},{t},,{},{},{},{},{m_top1},{d},{}",
             names.get(*x).cloned().unwrap_or_default(),
-            v["n"],
-            v["top1"],
-            v["top5"],
-            v["per_class"][*x]
+            v.n,
+            json!(v.top1),
+            json!(v.top5),
+            json!(new_class)
         );
         js.push(json!({"x": x, "new_class": t, "vote": v, "m_top1": m_top1}));
     }

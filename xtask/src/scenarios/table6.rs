@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use decomp_eval::report::{ComposeReport, VoteReport};
+use serde_json::json;
 
-use super::format::{f2, num};
+use super::format::{fixed2, opt2};
 use super::table4::setup;
 use super::{Model, Run};
 
@@ -36,16 +37,16 @@ fn motivating_report(
     weak: &Model,
     strong: &Model,
     files: &[PathBuf],
-    base_w: &Value,
-    base_s: &Value,
-    cw: &Value,
-    cs: &Value,
+    base_w: &VoteReport,
+    base_s: &VoteReport,
+    cw: &ComposeReport,
+    cs: &ComposeReport,
     names_: &[String],
 ) -> Result<()> {
     let k = names_.len();
     // The weak class: the lowest per-class accuracy of the weaker model's composed modules.
     let w = (0..k)
-        .min_by(|&a, &b| num(&base_w["per_class"][a]).total_cmp(&num(&base_w["per_class"][b])))
+        .min_by(|&a, &b| base_w.per_class[a].total_cmp(&base_w.per_class[b]))
         .context("no classes")?;
     let all: Vec<String> = (0..k).map(|c| format!("0:{c}")).collect();
     let mut rep = all.clone();
@@ -72,19 +73,20 @@ fn motivating_report(
     }
     r.gate_compose(&format!("the weaker model {}", weak.arch), cw, k)?;
     r.gate_compose(&format!("the stronger model {}", strong.arch), cs, k)?;
-    let n_all = num(&base_w["n"]);
-    let n_w = num(&base_w["per_class_n"][w]);
+    let n_all = base_w.n as f64;
+    let n_w = base_w.per_class_n[w];
     // Removing a class: its images can no longer be classified correctly.
-    let remove_all = num(&remove["top1"]) * num(&remove["n"]) / n_all;
-    let others = |v: &Value| -> f64 {
+    let remove_all = remove.top1 * remove.n as f64 / n_all;
+    let others = |v: &VoteReport| -> f64 {
         let (mut c, mut n) = (0.0, 0.0);
         for i in (0..k).filter(|&i| i != w) {
-            let ni = num(&v["per_class_n"][i]);
-            c += num(&v["per_class"][i]) * ni;
+            let ni = v.per_class_n[i] as f64;
+            c += v.per_class[i] * ni;
             n += ni;
         }
         c / n
     };
+    let model_class = |c: &ComposeReport| c.model_per_class.as_ref().map_or(f64::NAN, |p| p[w]);
     let mut md = String::new();
     r.header(&mut md);
     let _ = writeln!(
@@ -98,7 +100,7 @@ fn motivating_report(
            of the two margins), a second opinion before a sensitive label is given.\n",
         weak.arch,
         names_[w],
-        num(&base_w["per_class"][w]),
+        base_w.per_class[w],
         strong.arch,
         k - 1,
         strong.arch
@@ -108,18 +110,18 @@ fn motivating_report(
         md,
         "| {} model | {} | {} | {:.2} | |",
         weak.arch,
-        f2(&cw["model_top1"]),
-        f2(&cw["model_top5"]),
-        num(&cw["model_per_class"][w])
+        opt2(cw.accuracy.model_top1),
+        opt2(cw.accuracy.model_top5),
+        model_class(cw)
     );
     // Rows of compositions that were evaluated on every class: label, result.
-    let row = |md: &mut String, label: String, r: &serde_json::Value| {
+    let row = |md: &mut String, label: String, r: &VoteReport| {
         let _ = writeln!(
             md,
             "| {label} | {} | {} | {:.2} | {:.2} |",
-            f2(&r["top1"]),
-            f2(&r["top5"]),
-            num(&r["per_class"][w]),
+            fixed2(r.top1),
+            fixed2(r.top5),
+            r.per_class[w],
             others(r)
         );
     };
@@ -128,7 +130,7 @@ fn motivating_report(
     let _ = writeln!(
         md,
         "| remove class {w} | {remove_all:.2} | - | 0.00 | {:.2} |",
-        num(&remove["top1"])
+        remove.top1
     );
     row(&mut md, format!("re-verify class {w}"), &reverify);
     row(&mut md, format!("{} modules (donor)", strong.arch), base_s);
@@ -136,9 +138,9 @@ fn motivating_report(
         md,
         "| {} model (donor) | {} | {} | {:.2} | |",
         strong.arch,
-        f2(&cs["model_top1"]),
-        f2(&cs["model_top5"]),
-        num(&cs["model_per_class"][w])
+        opt2(cs.accuracy.model_top1),
+        opt2(cs.accuracy.model_top5),
+        model_class(cs)
     );
     md.push_str(
         "\n## The paper's numbers\n\nThe paper's motivating example (Table 6) fixes a faulty class of a 202-class Tiny \
@@ -150,18 +152,18 @@ fn motivating_report(
     );
     let csv = format!(
         "composition,top1,top5,weak_class_acc,others_acc\nweak_modules,{},{},{},{}\nreplace,{},{},{},{}\nremove,{remove_all},,0,{}\nreverify,{},{},{},{}\n",
-        base_w["top1"],
-        base_w["top5"],
-        base_w["per_class"][w],
+        json!(base_w.top1),
+        json!(base_w.top5),
+        json!(base_w.per_class[w]),
         others(base_w),
-        replace["top1"],
-        replace["top5"],
-        replace["per_class"][w],
+        json!(replace.top1),
+        json!(replace.top5),
+        json!(replace.per_class[w]),
         others(&replace),
-        remove["top1"],
-        reverify["top1"],
-        reverify["top5"],
-        reverify["per_class"][w],
+        json!(remove.top1),
+        json!(reverify.top1),
+        json!(reverify.top5),
+        json!(reverify.per_class[w]),
         others(&reverify),
     );
     r.finish(&md, &json!({"weak_class": w, "weak_class_name": names_[w], "weak_modules": base_w, "strong_modules": base_s, "replace": replace, "remove": remove, "remove_top1_all_images": remove_all, "reverify": reverify, "weak_compose": cw}), &csv)?;

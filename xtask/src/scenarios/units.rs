@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::format::{num, s, strings};
+use super::format::{s, strings};
 use super::{Data, Model, Run, join};
-use crate::engine::{Kind, Progress, read_json, write_atomic};
+use crate::engine::{Kind, Progress, read, write_atomic};
 use crate::manifest::{DataSpec, DecomposeSpec, ModelSpec, TrainSpec};
+use decomp_eval::report::{ModelEval, TrainMetrics, VoteReport};
 
 impl Run<'_> {
     pub(super) fn spec_data(&self, role: &str) -> Result<Data> {
@@ -132,7 +133,7 @@ impl Run<'_> {
         index: usize,
         ir: &Path,
         data: &Data,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<ModelEval>> {
         let key =
             json!({ "model": self.eng.file_hash(ir)?, "data": data.key, "limit": self.env.limit });
         let dir = self
@@ -153,7 +154,7 @@ impl Run<'_> {
                 let out = self.eng.decomp(&a)?;
                 write_atomic(&work.join("eval.json"), out.trim())
             })?;
-        dir.map(|d| read_json(&d.join("eval.json"))).transpose()
+        dir.map(|d| read(&d.join("eval.json"))).transpose()
     }
 
     /// `decomp train` as a per-unit stage (resumable: see engine).
@@ -336,9 +337,10 @@ impl Run<'_> {
     pub(super) fn test_top1(dir: &Path) -> Result<f64> {
         let t = dir.join("test.json");
         if t.is_file() {
-            return Ok(num(&read_json(&t)?["top1"]));
+            return Ok(read::<ModelEval>(&t)?.top1);
         }
-        Ok(num(&read_json(&dir.join("metrics.json"))?["test_top1"]))
+        let m: TrainMetrics = read(&dir.join("metrics.json"))?;
+        Ok(m.test_top1.unwrap_or(f64::NAN))
     }
 
     /// The module of `class` of `model` (one decomposition unit, the manifest's settings).
@@ -453,7 +455,7 @@ impl Run<'_> {
         name: &str,
         margins: &[PathBuf],
         pick: &[String],
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<VoteReport>> {
         let hashes = margins
             .iter()
             .map(|p| self.eng.file_hash(p))
@@ -472,17 +474,20 @@ impl Run<'_> {
             ]);
             self.eng.decomp(&a).map(drop)
         })?;
-        dir.map(|d| read_json(&d.join("vote.json"))).transpose()
+        dir.map(|d| read(&d.join("vote.json"))).transpose()
     }
 }
 
 /// Whether the `decomp train` run in `dir` did every epoch of its schedule (not paused by
 /// `--max-epochs-now`).
 pub(super) fn train_finished(dir: &Path) -> Result<bool> {
-    let m = read_json(&dir.join("metrics.json"))?;
-    let planned = m["config"]["epochs"]
-        .as_u64()
-        .with_context(|| format!("{}: no config.epochs", dir.join("metrics.json").display()))?;
-    let done = m["epochs"].as_array().map_or(0, Vec::len) as u64;
-    Ok(done >= planned)
+    let m: TrainMetrics<PlannedEpochs> = read(&dir.join("metrics.json"))?;
+    Ok(m.epochs.len() >= m.config.epochs)
+}
+
+/// The part of a training run's configuration (`metrics.json`'s `config`, the training
+/// library's `TrainConfig`) xtask reads: the planned number of epochs.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub(super) struct PlannedEpochs {
+    pub epochs: usize,
 }

@@ -12,13 +12,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
+
+use decomp_eval::report::{ModelEval, TrainMetrics};
 
 use super::Run;
 use super::format::fixed2;
 use super::table1::PAPER_TABLE1;
-use crate::engine::{read_json, write_report};
+use super::units::PlannedEpochs;
+use crate::engine::{read, write_report};
 use crate::manifest::{Manifest, ZooSpec};
 
 /// The zoo's weights folder: `weights_dir` relative to the workspace root unless absolute.
@@ -69,44 +71,8 @@ pub fn convergence(val: &[f64], flat_window: f64, tolerance: f64) -> Option<Conv
     })
 }
 
-/// The part of a training run's `metrics.json` (`decomp train`) the report reads.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-struct TrainMetrics {
-    config: PlannedEpochs,
-    epochs: Vec<EpochVal>,
-    best_epoch: Option<usize>,
-    /// Fraction.
-    best_val_acc: Option<f64>,
-    wall_s: f64,
-    wall_s_to_best: Option<f64>,
-    energy_j: Option<f64>,
-    energy_source: String,
-    device: String,
-    train_images: usize,
-    val_images: usize,
-    test_top1: Option<f64>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-struct PlannedEpochs {
-    epochs: usize,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-struct EpochVal {
-    /// Fraction; none without a validation split.
-    val_acc: Option<f64>,
-}
-
-/// The part of `decomp eval --json` the report reads.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-struct TestResult {
-    top1: f64,
-    top5: f64,
-    n: usize,
-    per_class: Vec<f64>,
-    class_names: Vec<String>,
-}
+/// A training run's `metrics.json`, with the planned number of epochs of its configuration.
+type Metrics = TrainMetrics<PlannedEpochs>;
 
 /// What the report knows of one run.
 struct Entry {
@@ -116,9 +82,9 @@ struct Entry {
     /// Finished unit folder.
     done: Option<PathBuf>,
     /// Its `decomp eval` on the test split.
-    eval: Option<Value>,
+    eval: Option<ModelEval>,
     /// `metrics.json` of the finished run, or of the run in progress.
-    metrics: Option<TrainMetrics>,
+    metrics: Option<Metrics>,
     /// The run folder the metrics come from.
     folder: Option<PathBuf>,
 }
@@ -135,9 +101,9 @@ struct Row {
     status: String,
     epochs_done: usize,
     epochs_planned: Option<usize>,
-    metrics: Option<TrainMetrics>,
+    metrics: Option<Metrics>,
     /// `decomp eval` of the best model on the test split.
-    test: Option<TestResult>,
+    test: Option<ModelEval>,
     convergence: Option<Convergence>,
     /// The published weights (relative to the workspace root unless absolute) and their
     /// SHA-256.
@@ -166,16 +132,10 @@ pub fn zoo(r: &Run) -> Result<()> {
         let folder = done
             .clone()
             .or_else(|| partial.join("metrics.json").is_file().then_some(partial));
-        let metrics =
-            match &folder {
-                Some(f) => {
-                    let p = f.join("metrics.json");
-                    Some(serde_json::from_value(read_json(&p)?).with_context(|| {
-                        format!("{}: not a decomp train metrics file", p.display())
-                    })?)
-                }
-                None => None,
-            };
+        let metrics: Option<Metrics> = folder
+            .as_ref()
+            .map(|f| read(&f.join("metrics.json")))
+            .transpose()?;
         let ds = &r.m.data[&spec.data];
         entries.push(Entry {
             name: name.clone(),
@@ -214,8 +174,7 @@ pub fn zoo(r: &Run) -> Result<()> {
             .and_then(|_| convergence(&val, z.flat_window, z.flat_tolerance));
         let (mut sha, mut test) = (None, None);
         if let (Some(dir), Some(ev)) = (&e.done, &e.eval) {
-            let t: TestResult = serde_json::from_value(ev.clone())
-                .with_context(|| format!("zoo run {}: not a decomp eval result", e.name))?;
+            let t = ev.clone();
             // The recorded test accuracy must be what `decomp eval` of the best model gives.
             let recorded = e
                 .metrics
@@ -230,13 +189,7 @@ pub fn zoo(r: &Run) -> Result<()> {
                     t.top1
                 );
             }
-            r.gate_result(
-                &format!("zoo model {}", e.name),
-                ev,
-                "top1",
-                "per_class",
-                t.class_names.len(),
-            )?;
+            r.gate_eval(&format!("zoo model {}", e.name), ev, t.class_names.len())?;
             let bytes = std::fs::read(dir.join("best.ir"))
                 .with_context(|| format!("reading {}", dir.join("best.ir").display()))?;
             let dest = weights.join(format!("{}.ir", e.name));
@@ -323,7 +276,11 @@ fn report(r: &Run, z: &ZooSpec, rows: &[Row]) -> Result<()> {
         "name,dataset,arch,recipe,status,epochs_done,epochs_planned,best_epoch,best_val_acc,test_top1,test_top5,wall_s,wall_s_to_best,energy_j,energy_source,device,converged,gain,slope,sha256\n",
     );
     for x in rows {
-        let m = x.metrics.clone().unwrap_or_default();
+        let m = x.metrics.as_ref();
+        let mf = |f: fn(&Metrics) -> Option<f64>| m.and_then(f);
+        let (source, device) =
+            m.map_or(("", ""), |m| (m.energy_source.as_str(), m.device.as_str()));
+        let best_epoch = m.and_then(|m| m.best_epoch);
         let conv_s = x.convergence.map_or("-".to_string(), |c| {
             format!(
                 "{} ({:+.2} / {:+.3})",
@@ -332,10 +289,10 @@ fn report(r: &Run, z: &ZooSpec, rows: &[Row]) -> Result<()> {
                 c.slope
             )
         });
-        let energy = match m.energy_j {
-            Some(j) => format!("{:.3} ({})", j / 3.6e6, m.energy_source),
-            None if x.metrics.is_some() => format!("- ({})", m.energy_source),
-            None => "-".into(),
+        let energy = match (m, mf(|m| m.energy_j)) {
+            (_, Some(j)) => format!("{:.3} ({source})", j / 3.6e6),
+            (Some(_), None) => format!("- ({source})"),
+            (None, None) => "-".into(),
         };
         let opt = |v: Option<f64>| v.map_or("-".to_string(), fixed2);
         let _ = writeln!(
@@ -348,21 +305,13 @@ fn report(r: &Run, z: &ZooSpec, rows: &[Row]) -> Result<()> {
             x.status,
             x.epochs_done,
             x.epochs_planned.map_or("?".into(), |e| e.to_string()),
-            m.best_epoch.map_or("-".into(), |e| e.to_string()),
-            opt(m.best_val_acc.map(|a| 100.0 * a)),
+            best_epoch.map_or("-".into(), |e| e.to_string()),
+            opt(mf(|m| m.best_val_acc).map(|a| 100.0 * a)),
             opt(x.test.as_ref().map(|t| t.top1)),
             opt(x.test.as_ref().map(|t| t.top5)),
             paper_top1(&x.dataset, &x.arch),
-            if x.metrics.is_some() {
-                format!("{:.2}", m.wall_s / 3600.0)
-            } else {
-                "-".into()
-            },
-            if x.metrics.is_some() {
-                m.device.as_str()
-            } else {
-                "-"
-            },
+            m.map_or("-".into(), |m| format!("{:.2}", m.wall_s / 3600.0)),
+            if m.is_some() { device } else { "-" },
             x.weights.as_ref().map_or("-".into(), |w| format!("`{w}`")),
         );
         let o = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
@@ -376,19 +325,15 @@ fn report(r: &Run, z: &ZooSpec, rows: &[Row]) -> Result<()> {
             x.status,
             x.epochs_done,
             x.epochs_planned.map_or(String::new(), |e| e.to_string()),
-            m.best_epoch.map_or(String::new(), |e| e.to_string()),
-            o(m.best_val_acc),
+            best_epoch.map_or(String::new(), |e| e.to_string()),
+            o(mf(|m| m.best_val_acc)),
             o(x.test.as_ref().map(|t| t.top1)),
             o(x.test.as_ref().map(|t| t.top5)),
-            if x.metrics.is_some() {
-                m.wall_s.to_string()
-            } else {
-                String::new()
-            },
-            o(m.wall_s_to_best),
-            o(m.energy_j),
-            m.energy_source,
-            m.device,
+            o(m.map(|m| m.wall_s)),
+            o(mf(|m| m.wall_s_to_best)),
+            o(mf(|m| m.energy_j)),
+            source,
+            device,
             x.convergence.map_or(String::new(), |c| c.flat.to_string()),
             o(x.convergence.map(|c| c.gain)),
             o(x.convergence.map(|c| c.slope)),
