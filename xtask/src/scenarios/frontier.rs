@@ -18,8 +18,9 @@ use serde_json::{Value, json};
 
 use super::Run;
 use super::format::{s, strings};
-use crate::engine::{Kind, read_json};
+use crate::engine::{Kind, read};
 use crate::manifest::FrontierPoint;
+use decomp_eval::report::ChannelComposeReport;
 
 /// Test images per evaluation when `--limit` is not given (CPU time: 2 cores shared).
 const DEFAULT_LIMIT: usize = 2000;
@@ -117,7 +118,10 @@ pub fn frontier(r: &Run) -> Result<()> {
                 fm.model
             );
         }
-        let model_key = json!({ "weights": wkey, "arch": arch, "data": data.key });
+        // `[decompose] args` (METHOD.md knobs such as `--positive-filter`) apply to the
+        // channel statistics.
+        let knobs = &r.m.decompose.args;
+        let model_key = json!({ "weights": wkey, "arch": arch, "data": data.key, "knobs": knobs });
         let concern = r
             .eng
             .unit("concern", Kind::PerUnit, index, &arch, &model_key, |work| {
@@ -129,6 +133,7 @@ pub fn frontier(r: &Run) -> Result<()> {
                     &s(&work.join("concern.ccs")),
                 ]);
                 a.extend(model_args.clone());
+                a.extend(knobs.iter().cloned());
                 r.eng.decomp(&a).map(drop)
             })?;
         index += 1;
@@ -201,7 +206,10 @@ pub fn frontier(r: &Run) -> Result<()> {
                 .collect();
             modules.sort();
             // Composes the point's modules on the first `limit` test images (all without).
-            let compose = |what: &str, idx: usize, limit: Option<usize>| -> Result<Option<Value>> {
+            let compose = |what: &str,
+                           idx: usize,
+                           limit: Option<usize>|
+             -> Result<Option<ChannelComposeReport>> {
                 let hashes = modules
                     .iter()
                     .map(|p| r.eng.file_hash(p))
@@ -233,7 +241,7 @@ pub fn frontier(r: &Run) -> Result<()> {
                         r.eng.decomp(&a).map(drop)
                     },
                 )?;
-                dir.map(|d| read_json(&d.join("compose.json"))).transpose()
+                dir.map(|d| read(&d.join("compose.json"))).transpose()
             };
             let v = compose("first", idx + 1, Some(limit))?;
             let whole = if pt.whole_split {
@@ -248,9 +256,9 @@ pub fn frontier(r: &Run) -> Result<()> {
             let whole = match (pt.whole_split, whole) {
                 (false, _) => Value::Null,
                 (true, Some(w)) => json!({
-                    "n": w["n"],
-                    "model_top1": w["model_top1"],
-                    "composed_top1": w["composed_top1"],
+                    "n": w.accuracy.n,
+                    "model_top1": w.accuracy.model_top1,
+                    "composed_top1": w.accuracy.composed_top1,
                 }),
                 (true, None) => {
                     complete = false;
@@ -267,21 +275,21 @@ pub fn frontier(r: &Run) -> Result<()> {
                 "reconstruct": pt.reconstruct,
                 "relu_passes": if pt.reconstruct { Some(pt.relu_passes) } else { None },
                 "fit_head": pt.fit_head,
-                "n": v["n"],
-                "model_top1": v["model_top1"],
-                "composed_top1": v["composed_top1"],
-                "composed_top5": v["composed_top5"],
-                "model_top5": v["model_top5"],
-                "mean_flops_percent": v["mean_flops_percent"],
-                "mean_params_percent": v["mean_params_percent"],
-                "mean_bytes": v["mean_bytes"],
-                "model_bytes": v["model_bytes"],
-                "mean_time_ratio": v["mean_time_ratio"],
-                "separate_flops": v["separate_flops"],
-                "union_flops": v["union_flops"],
-                "model_flops": v["model_cost"]["flops"],
-                "compose_seconds": v["seconds"],
-                "per_module": v["per_module"],
+                "n": v.accuracy.n,
+                "model_top1": v.accuracy.model_top1,
+                "composed_top1": v.accuracy.composed_top1,
+                "composed_top5": v.accuracy.composed_top5,
+                "model_top5": v.accuracy.model_top5,
+                "mean_flops_percent": v.mean_flops_percent,
+                "mean_params_percent": v.mean_params_percent,
+                "mean_bytes": v.mean_bytes,
+                "model_bytes": v.model_bytes,
+                "mean_time_ratio": v.mean_time_ratio,
+                "separate_flops": v.separate_flops,
+                "union_flops": v.union_flops,
+                "model_flops": v.model_cost.flops,
+                "compose_seconds": v.seconds,
+                "per_module": v.per_module,
                 "whole_split": whole,
                 "run": pdir.display().to_string(),
             }));

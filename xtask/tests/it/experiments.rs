@@ -291,3 +291,58 @@ fn validity_gate_fails_the_experiment_on_an_untrained_model() {
     );
     assert!(!d.join("results/gated/report.md").exists());
 }
+
+#[test]
+fn frontier_runs_its_points_as_units() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path();
+    let m = fixture(d);
+    let manifest = m.join("frontier.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "scenario = \"frontier\"\ntitle = \"tiny frontier\"\nvalidity_gate = false\n\
+             [models.weak]\nweights = \"{}\"\narch = \"resnet8\"\n\
+             [data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
+             [decompose]\nargs = [\"--positive-filter\", \"all\", \"--batch-size\", \"16\"]\n\
+             [[frontier]]\nmodel = \"weak\"\npoints = [{{ tau_neg = 0.0 }}, {{ tau = 0.2, compensation = \"sample\", whole_split = true }}]\n",
+            d.join("weak.ir").display()
+        ),
+    )
+    .expect("write");
+    let manifest = manifest.display().to_string();
+    run_ok(xtask(d, "runs", "results", &[&manifest, "--limit", "20"]));
+    let rows = json(&d.join("results/frontier/frontier.json"));
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["n"], 20, "--limit");
+    assert_eq!(rows[1]["whole_split"]["n"], 60, "the whole test split");
+    assert!(d.join("results/frontier/frontier.svg").is_file());
+    // A rerun reuses every unit and rebuilds the same report.
+    let before = read(d.join("results/frontier/frontier.csv"));
+    let stamps: Vec<String> = finished_units(&d.join("runs"))
+        .iter()
+        .map(|u| read(u.join("unit.json")))
+        .collect();
+    run_ok(xtask(d, "runs", "results", &[&manifest, "--limit", "20"]));
+    assert_eq!(read(d.join("results/frontier/frontier.csv")), before);
+    let again: Vec<String> = finished_units(&d.join("runs"))
+        .iter()
+        .map(|u| read(u.join("unit.json")))
+        .collect();
+    assert_eq!(stamps, again);
+    // The first point must be the statistics point.
+    let bad = m.join("bad.toml");
+    std::fs::write(
+        &bad,
+        read(m.join("frontier.toml")).replace("{ tau_neg = 0.0 }, ", ""),
+    )
+    .expect("write");
+    let out = xtask(d, "runs", "results", &[&bad.display().to_string()])
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the first point must be tau = tau_neg = 0")
+    );
+}
