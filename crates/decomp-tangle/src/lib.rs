@@ -186,8 +186,8 @@ pub fn modularize(
     let dead = dead
         .into_iter()
         .enumerate()
-        // ReLU / pooling / flatten outputs follow from their inputs; the input is not a layer.
-        .filter(|(id, _)| !matches!(g.nodes[*id].op, Op::Input { .. } | Op::Relu | Op::GlobalAvgPool | Op::Flatten))
+        // ReLU / clip / concat / pooling / flatten outputs follow from their inputs; the input is not a layer.
+        .filter(|(id, _)| !matches!(g.nodes[*id].op, Op::Input { .. } | Op::Relu | Op::Clip { .. } | Op::Concat | Op::GlobalAvgPool | Op::Flatten))
         .map(|(node, mut zeroed)| {
             // Positions already masked are not "dead" in addition.
             if let Some(m) = masks.iter().find(|m| m.node == node) {
