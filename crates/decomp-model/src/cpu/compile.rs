@@ -176,6 +176,17 @@ impl CpuPlan {
                     },
                     inputs,
                 },
+                Op::Clip { min, max } => PNode {
+                    op: POp::Clip {
+                        min: *min,
+                        max: *max,
+                    },
+                    inputs,
+                },
+                Op::Concat => PNode {
+                    op: POp::Concat,
+                    inputs,
+                },
                 // Ops this plan does not know run on the reference path.
                 #[allow(unreachable_patterns)]
                 _ => return None,

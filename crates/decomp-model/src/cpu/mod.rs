@@ -153,6 +153,13 @@ enum POp {
         sources: Vec<Option<usize>>,
         fill: Vec<f32>,
     },
+    /// `min(max(x, min), max)` (ReLU6).
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    /// Channel concatenation: per pixel, the inputs' channel vectors one after another.
+    Concat,
 }
 
 struct PNode {

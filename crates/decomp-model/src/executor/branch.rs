@@ -18,8 +18,8 @@ pub struct ModuleMasks {
     /// Per masked node: its distinct masks, each with the set of modules using it (bit m =
     /// module m) and its `[1, positions]` indicator (1 = zeroed).
     by_node: HashMap<NodeId, Vec<(u64, Tensor<2>)>>,
-    /// Nodes whose consumers are all ReLUs: there a mask changes nothing on an image whose
-    /// masked positions are all `<= 0`.
+    /// Nodes whose consumers are all rectifiers (ReLU, ReLU6 clip): there a mask changes
+    /// nothing on an image whose masked positions are all `<= 0`.
     relu_fed: Vec<bool>,
     /// The same masks for the CPU plan (`None` off the CPU engine, or when a mask sits on a
     /// node the plan folds away).
@@ -75,7 +75,14 @@ impl Executor {
                 let cons: Vec<usize> = (0..self.ops.len())
                     .filter(|&j| self.inputs[j].contains(&id))
                     .collect();
-                !cons.is_empty() && cons.iter().all(|&j| matches!(self.ops[j], ExecOp::Relu))
+                // A rectifier (ReLU, or a clip at 0: ReLU6) outputs the same for 0 and for
+                // any input <= 0.
+                !cons.is_empty()
+                    && cons.iter().all(|&j| match self.ops[j] {
+                        ExecOp::Relu => true,
+                        ExecOp::Clip { min, max } => min == 0.0 && max > 0.0,
+                        _ => false,
+                    })
             })
             .collect();
         let host = self
@@ -252,52 +259,73 @@ impl Executor {
         Ok(result)
     }
 
-    /// Applies a two-input op to branched inputs: one branch per distinct pair of input
-    /// branches that share an image and a module.
+    /// Applies a multi-input op (Add, Concat) to branched inputs: one output branch per
+    /// distinct combination of input branches (one branch of each input) that share an image
+    /// and a module.
     fn join(&self, id: NodeId, args: &[&Vec<Branch>]) -> Vec<Branch> {
-        let (a, b) = (args[0], args[1]);
-        // (branch of a, branch of b) -> rows (positions in each) and members.
-        // (image, position in a, position in b, shared members) per pair of branches.
-        type Rows = Vec<(usize, usize, usize, u64)>;
-        let mut pairs: Vec<((usize, usize), Rows)> = Vec::new();
-        let mut where_b: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
-        for (j, bb) in b.iter().enumerate() {
-            for (pos, &r) in bb.rows.iter().enumerate() {
-                where_b.entry(r).or_default().push((j, pos));
+        // Per input, per image: (branch, position in it).
+        let mut where_at: Vec<HashMap<usize, Vec<(usize, usize)>>> = Vec::new();
+        for branches in args {
+            let mut w: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
+            for (j, br) in branches.iter().enumerate() {
+                for (pos, &r) in br.rows.iter().enumerate() {
+                    w.entry(r).or_default().push((j, pos));
+                }
             }
+            where_at.push(w);
         }
-        for (i, ba) in a.iter().enumerate() {
+        // (branch of each input) -> (image, position in each, shared members) per row.
+        type Rows = Vec<(usize, Vec<usize>, u64)>;
+        let mut combos: Vec<(Vec<usize>, Rows)> = Vec::new();
+        for (i, ba) in args[0].iter().enumerate() {
             for (pa, &r) in ba.rows.iter().enumerate() {
-                for &(j, pb) in where_b.get(&r).map(Vec::as_slice).unwrap_or(&[]) {
-                    let m = ba.members[pa] & b[j].members[pb];
-                    if m == 0 {
-                        continue;
+                // Partial combinations over the inputs seen so far.
+                let mut partial: Vec<(Vec<usize>, Vec<usize>, u64)> =
+                    vec![(vec![i], vec![pa], ba.members[pa])];
+                for (k, w) in where_at.iter().enumerate().skip(1) {
+                    let here = w.get(&r).map(Vec::as_slice).unwrap_or(&[]);
+                    let mut next = Vec::new();
+                    for (bs, ps, m) in &partial {
+                        for &(j, pb) in here {
+                            let m2 = m & args[k][j].members[pb];
+                            if m2 != 0 {
+                                let (mut bs, mut ps) = (bs.clone(), ps.clone());
+                                bs.push(j);
+                                ps.push(pb);
+                                next.push((bs, ps, m2));
+                            }
+                        }
                     }
-                    match pairs.iter_mut().find(|(k, _)| *k == (i, j)) {
-                        Some((_, v)) => v.push((r, pa, pb, m)),
-                        None => pairs.push(((i, j), vec![(r, pa, pb, m)])),
+                    partial = next;
+                }
+                for (bs, ps, m) in partial {
+                    match combos.iter_mut().find(|(k, _)| *k == bs) {
+                        Some((_, v)) => v.push((r, ps, m)),
+                        None => combos.push((bs, vec![(r, ps, m)])),
                     }
                 }
             }
         }
-        pairs
+        combos
             .into_iter()
-            .map(|((i, j), rows)| {
-                let pa: Vec<usize> = rows.iter().map(|x| x.1).collect();
-                let pb: Vec<usize> = rows.iter().map(|x| x.2).collect();
-                let full = |br: &Branch, p: &[usize]| {
-                    if p.len() == br.rows.len() && p.iter().enumerate().all(|(k, &x)| k == x) {
-                        br.value.clone()
-                    } else {
-                        select_rows(&br.value, p, &self.device)
-                    }
-                };
-                let va = full(&a[i], &pa);
-                let vb = full(&b[j], &pb);
+            .map(|(bs, rows)| {
+                let values = bs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &j)| {
+                        let br = &args[k][j];
+                        let p: Vec<usize> = rows.iter().map(|x| x.1[k]).collect();
+                        if p.len() == br.rows.len() && p.iter().enumerate().all(|(q, &x)| q == x) {
+                            br.value.clone()
+                        } else {
+                            select_rows(&br.value, &p, &self.device)
+                        }
+                    })
+                    .collect();
                 Branch {
                     rows: rows.iter().map(|x| x.0).collect(),
-                    members: rows.iter().map(|x| x.3).collect(),
-                    value: self.apply(id, vec![va, vb]),
+                    members: rows.iter().map(|x| x.2).collect(),
+                    value: self.apply(id, values),
                 }
             })
             .collect()

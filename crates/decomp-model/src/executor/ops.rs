@@ -49,6 +49,10 @@ pub(super) enum ExecOp {
         keep: Tensor<4>,
         fill: Tensor<4>,
     },
+    /// `min(max(x, min), max)`.
+    Clip { min: f32, max: f32 },
+    /// Concatenation along the channel axis (axis 1 of maps and of vectors).
+    Concat,
 }
 
 /// A node's value during a forward pass.
@@ -175,6 +179,11 @@ impl ExecOp {
                     fill: Tensor::from_data(BurnData::new(fill.clone(), [1, o, 1, 1]), device),
                 }
             }
+            Op::Clip { min, max } => ExecOp::Clip {
+                min: *min,
+                max: *max,
+            },
+            Op::Concat => ExecOp::Concat,
         }
     }
 }
@@ -182,6 +191,9 @@ impl ExecOp {
 impl Executor {
     /// Applies node `id`'s op to its argument values (any batch size).
     pub(super) fn apply(&self, id: NodeId, args: Vec<Value>) -> Value {
+        if let ExecOp::Concat = self.ops[id] {
+            return concat(args);
+        }
         let mut args = args.into_iter();
         let mut arg = |_k: usize| args.next().expect("arity checked by validation");
         match &self.ops[id] {
@@ -256,6 +268,11 @@ impl Executor {
                 let dims = t.dims();
                 Value::Map(t + bias.clone().expand(dims))
             }
+            ExecOp::Clip { min, max } => match arg(0) {
+                Value::Map(t) => Value::Map(t.clamp(*min, *max)),
+                Value::Vec(t) => Value::Vec(t.clamp(*min, *max)),
+            },
+            ExecOp::Concat => unreachable!("concatenation is applied above"),
             ExecOp::Gather {
                 stride,
                 index,
@@ -274,5 +291,15 @@ impl Executor {
                 Value::Map(t * keep.clone().expand(dims) + fill.clone().expand(dims))
             }
         }
+    }
+}
+
+/// Concatenation of maps (or of vectors) along the channel axis; validation guarantees that
+/// all inputs are of one kind.
+fn concat(args: Vec<Value>) -> Value {
+    if matches!(args.first(), Some(Value::Vec(_))) {
+        Value::Vec(Tensor::cat(args.into_iter().map(Value::flat).collect(), 1))
+    } else {
+        Value::Map(Tensor::cat(args.into_iter().map(Value::map).collect(), 1))
     }
 }
