@@ -543,6 +543,7 @@ pub fn compose(a: ComposeInputs<'_>) -> Result<()> {
                 arch: None,
                 weights: w.to_string(),
                 cache_dir: None,
+                onnx: Default::default(),
             })?;
             let h = m.content_hash();
             if let Some((p, _)) = a

@@ -31,7 +31,8 @@ struct Cli {
     command: Command,
 }
 
-/// Where a model comes from: a decomp IR file, a PyTorch checkpoint, or a known name.
+/// Where a model comes from: a decomp IR file, a PyTorch checkpoint, an ONNX model, or a
+/// known name.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Architecture (`resnet20`, `resnet32`, `resnet44`, `resnet56`, ...); checked against
@@ -39,12 +40,15 @@ pub struct ModelArgs {
     #[arg(long)]
     pub arch: Option<String>,
     /// Weights: a decomp `.ir` model, a PyTorch checkpoint (`.th`/`.pth` legacy or zip
-    /// `.pt`), or a known name (`akamaster/resnet20`, ...) downloaded into the cache.
+    /// `.pt`), an ONNX model (`.onnx`: any CNN of the ops decomp knows), or a known name
+    /// (`akamaster/resnet20`, ...) downloaded into the cache.
     #[arg(long)]
     pub weights: String,
     /// Cache folder for downloaded weights.
     #[arg(long, env = "DECOMP_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub onnx: model_source::OnnxFlags,
 }
 
 /// Where a dataset comes from.

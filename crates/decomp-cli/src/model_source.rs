@@ -26,6 +26,13 @@ pub fn parse_arch(arch: &str, num_classes: usize) -> Result<ResNetConfig> {
 pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
     let path = resolve_weights(args)?;
     crate::files::input(&path);
+    if is_onnx(&path)? {
+        return decomp_model::onnx::import_onnx(&path, &args.onnx.options()?)
+            .with_context(|| format!("importing {}", path.display()));
+    }
+    if args.onnx.given() {
+        bail!("--input-mean, --input-std, --class-names and --input-shape apply to ONNX models, {} is not one", path.display());
+    }
     if is_ir(&path)? {
         let model: ModelIr = read_artifact(&path)?;
         if let Some(arch) = &args.arch
@@ -76,6 +83,54 @@ fn resolve_weights(args: &ModelArgs) -> Result<PathBuf> {
     )
 }
 
+/// An ONNX model: a `.onnx` file, or a protobuf that starts like one.
+fn is_onnx(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = f.read(&mut head).with_context(|| format!("reading {}", path.display()))?;
+    Ok(decomp_model::onnx::looks_like_onnx(path, &head[..n]))
+}
+
+/// What an ONNX model may not say about itself (its metadata can: `class_names`,
+/// `input_mean`, `input_std`); the flags override the metadata.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct OnnxFlags {
+    /// ONNX models: per-channel mean of x / 255 the model was trained with, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = crate::flags::finite_f32, requires = "input_std")]
+    pub input_mean: Option<Vec<f32>>,
+    /// ONNX models: per-channel std of x / 255, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = crate::flags::finite_f32, requires = "input_mean")]
+    pub input_std: Option<Vec<f32>>,
+    /// ONNX models: class names in logit order, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub class_names: Option<Vec<String>>,
+    /// ONNX models with symbolic spatial sizes: the input as C,H,W.
+    #[arg(long, value_delimiter = ',', value_parser = crate::flags::positive_usize)]
+    pub input_shape: Option<Vec<usize>>,
+}
+
+impl OnnxFlags {
+    fn given(&self) -> bool {
+        self.input_mean.is_some() || self.class_names.is_some() || self.input_shape.is_some()
+    }
+
+    fn options(&self) -> Result<decomp_model::onnx::OnnxOptions> {
+        let input_shape = match self.input_shape.as_deref() {
+            None => None,
+            Some(&[c, h, w]) => Some([c, h, w]),
+            Some(v) => bail!("--input-shape {v:?}: expected C,H,W"),
+        };
+        Ok(decomp_model::onnx::OnnxOptions {
+            input_norm: self.input_mean.clone().zip(self.input_std.clone()).map(|(mean, std)| {
+                decomp_ir::InputNorm { mean, std }
+            }),
+            class_names: self.class_names.clone(),
+            input_shape,
+        })
+    }
+}
+
 fn is_ir(path: &Path) -> Result<bool> {
     use std::io::Read;
     let mut magic = [0u8; 8];
@@ -86,15 +141,39 @@ fn is_ir(path: &Path) -> Result<bool> {
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
+    /// Architecture of a PyTorch checkpoint (see `--weights`); ignored for ONNX models.
+    #[arg(long)]
+    arch: Option<String>,
+    /// The model: a PyTorch checkpoint, an ONNX model, an `.ir` file or a known name.
+    #[arg(long, required_unless_present = "onnx", conflicts_with = "onnx")]
+    weights: Option<String>,
+    /// An ONNX model (same as `--weights model.onnx`).
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+    /// Cache folder for downloaded weights.
+    #[arg(long, env = "DECOMP_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
     #[command(flatten)]
-    model: ModelArgs,
+    onnx_flags: OnnxFlags,
     /// Output `.ir` file.
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn import(a: ImportArgs) -> Result<()> {
-    let model = load_model(&a.model)?;
+    let model = match &a.onnx {
+        Some(p) => {
+            crate::files::input(p);
+            decomp_model::onnx::import_onnx(p, &a.onnx_flags.options()?)
+                .with_context(|| format!("importing {}", p.display()))?
+        }
+        None => load_model(&ModelArgs {
+            arch: a.arch.clone(),
+            weights: a.weights.clone().unwrap_or_default(),
+            cache_dir: a.cache_dir.clone(),
+            onnx: a.onnx_flags.clone(),
+        })?,
+    };
     crate::files::check_output(&a.out)?;
     let hash = write_artifact(&a.out, &model)?;
     outln!(

@@ -299,6 +299,7 @@ fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(Mode
             arch: a.arch.clone(),
             weights: init.clone(),
             cache_dir: a.cache_dir.clone(),
+            onnx: Default::default(),
         })?;
         return Ok((model, Some(init.clone())));
     }
