@@ -16,7 +16,8 @@
 //! folding, weight layout), `run` executes it (tiles, probes, module branches, every op but
 //! convolutions), `conv` runs convolutions (Winograd or im2col + product), `winograd` holds
 //! the F(2x2, 3x3) transforms, `kernels` the register-blocked products, `layout` the
-//! conversions between channel-first and channels-last positions. Training: `grad`
+//! conversions between channel-first and channels-last positions, `grouped` the grouped and
+//! depthwise convolutions. Training: `grad`
 //! (`GradEngine`: training-mode forward and backward on an unfolded plan, the loss and
 //! every parameter's gradient) and `optim` (`CpuOptimizer`: SGD and Adam with burn's
 //! arithmetic).
@@ -30,6 +31,7 @@ use rayon::prelude::*;
 mod compile;
 mod conv;
 pub mod grad;
+mod grouped;
 mod kernels;
 mod layout;
 pub mod optim;
@@ -160,6 +162,8 @@ enum POp {
     },
     /// Channel concatenation: per pixel, the inputs' channel vectors one after another.
     Concat,
+    /// A grouped convolution (`grouped.rs`): depthwise stencil or one product per group.
+    Grouped(grouped::Grouped),
 }
 
 struct PNode {

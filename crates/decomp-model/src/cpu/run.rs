@@ -416,6 +416,7 @@ impl CpuPlan {
                 v
             }
             POp::Concat => unreachable!("concatenation is applied above"),
+            POp::Grouped(g) => self.grouped(g, arg().as_slice(), n, scratch),
             POp::Add => {
                 let (a, b) = (arg(), arg());
                 let (mut acc, other) = match (a, b) {

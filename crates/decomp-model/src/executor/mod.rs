@@ -131,7 +131,7 @@ impl Executor {
                 )));
             }
             Engine::Cpu => Some(CpuPlan::new(model, &shapes, CpuTuning::from_env()).ok_or_else(|| {
-                ModelError::Config("the cpu engine does not support this graph (grouped convolution or a newer op)".into())
+                ModelError::Config("the cpu engine does not support this graph (an op added after the plan)".into())
             })?),
         };
         let graph = &model.graph;
