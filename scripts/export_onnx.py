@@ -87,63 +87,6 @@ def normalize(x_u8, norm):
 
 # ------------------------------------------------------------------ models --
 
-def akamaster_resnet(depth, num_classes=10):
-    """The akamaster CIFAR ResNet (option-A shortcuts), module names as in its resnet.py so
-    the checkpoint loads by name."""
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    class Lambda(nn.Module):
-        def __init__(self, fn):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, x):
-            return self.fn(x)
-
-    class Block(nn.Module):
-        def __init__(self, in_planes, planes, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.shortcut = nn.Sequential()
-            if stride != 1 or in_planes != planes:
-                p = planes // 4
-                self.shortcut = Lambda(
-                    lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p), "constant", 0))
-
-        def forward(self, x):
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return F.relu(out + self.shortcut(x))
-
-    class ResNet(nn.Module):
-        def __init__(self, n):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(16)
-            layers, in_planes = [], 16
-            for planes, stride in [(16, 1), (32, 2), (64, 2)]:
-                blocks = []
-                for i in range(n):
-                    blocks.append(Block(in_planes, planes, stride if i == 0 else 1))
-                    in_planes = planes
-                layers.append(nn.Sequential(*blocks))
-            self.layer1, self.layer2, self.layer3 = layers
-            self.linear = nn.Linear(64, num_classes)
-
-        def forward(self, x):
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = self.layer3(self.layer2(self.layer1(out)))
-            out = F.avg_pool2d(out, out.size()[3])
-            out = out.view(out.size(0), -1)
-            return self.linear(out)
-
-    return ResNet((depth - 2) // 6)
-
-
 def vgg11_bn_32(num_classes, hidden, width_div):
     import torch.nn as nn
     import torchvision
@@ -214,7 +157,12 @@ def export(model, path, classes, norm, input_shape=(3, 32, 32)):
 def cmd_resnet20(a):
     import torch
 
-    model = akamaster_resnet(20)
+    # The akamaster ResNet-20 (module names as its resnet.py, so the checkpoint loads by
+    # name), as the framework benchmark builds it.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_frameworks import torch_resnet20
+
+    model = torch_resnet20()
     obj = torch.load(a.weights, map_location="cpu", weights_only=False)
     sd = obj.get("state_dict", obj)
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
@@ -315,9 +263,10 @@ def cmd_train(a):
             total += len(idx)
             correct += (out.argmax(1) == yb).sum().item()
             loss_sum += loss.item() * len(idx)
-        acc = evaluate(model, xtn, yt)
-        print("epoch %d: loss %.4f train %.4f test %.4f (%.0f s)" % (
-            epoch + 1, loss_sum / total, correct / total, acc, time.time() - start), flush=True)
+        acc = evaluate(model, xtn[:a.eval_limit], yt[:a.eval_limit])
+        print("epoch %d: loss %.4f train %.4f test(first %d) %.4f (%.0f s)" % (
+            epoch + 1, loss_sum / total, correct / total, min(a.eval_limit, len(yt)), acc,
+            time.time() - start), flush=True)
     export(model, a.out, names, CIFAR_NORM)
     torch.save(model.state_dict(), a.out + ".pt")
 
@@ -376,6 +325,7 @@ def main():
     t.add_argument("--hidden", type=int, default=512, help="VGG classifier width")
     t.add_argument("--width-div", type=int, default=1, help="VGG convolution widths / D")
     t.add_argument("--width-mult", type=float, default=1.0, help="MobileNetV2 width_mult")
+    t.add_argument("--eval-limit", type=int, default=2000, help="test images scored per epoch")
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True)

@@ -130,9 +130,14 @@ impl Executor {
                     "the cpu engine runs on the flex device only, not {device:?}"
                 )));
             }
-            Engine::Cpu => Some(CpuPlan::new(model, &shapes, CpuTuning::from_env()).ok_or_else(|| {
-                ModelError::Config("the cpu engine does not support this graph (an op added after the plan)".into())
-            })?),
+            Engine::Cpu => Some(
+                CpuPlan::new(model, &shapes, CpuTuning::from_env()).ok_or_else(|| {
+                    ModelError::Config(
+                        "the cpu engine does not support this graph (an op added after the plan)"
+                            .into(),
+                    )
+                })?,
+            ),
         };
         let graph = &model.graph;
         let mut ops = Vec::with_capacity(graph.nodes.len());

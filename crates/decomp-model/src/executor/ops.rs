@@ -50,7 +50,10 @@ pub(super) enum ExecOp {
         fill: Tensor<4>,
     },
     /// `min(max(x, min), max)`.
-    Clip { min: f32, max: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
     /// Concatenation along the channel axis (axis 1 of maps and of vectors).
     Concat,
 }

@@ -142,7 +142,11 @@ fn tensor(t: &TensorProto, base: &Path) -> Result<Const, String> {
                 "tensor '{name}' is 16-bit floating point: export the model in float32"
             ));
         }
-        d => return Err(format!("tensor '{name}' has ONNX data type {d}, expected float32, float64, int32 or int64")),
+        d => {
+            return Err(format!(
+                "tensor '{name}' has ONNX data type {d}, expected float32, float64, int32 or int64"
+            ));
+        }
     };
     let raw: Vec<u8> = if t.data_location == 1 {
         external(t, base, n * size)?
@@ -161,7 +165,9 @@ fn tensor(t: &TensorProto, base: &Path) -> Result<Const, String> {
         if len == n {
             Ok(())
         } else {
-            Err(format!("tensor '{name}' of shape {shape:?} needs {n} values, found {len}"))
+            Err(format!(
+                "tensor '{name}' of shape {shape:?} needs {n} values, found {len}"
+            ))
         }
     };
     let le8 = |c: &[u8]| {
@@ -188,7 +194,11 @@ fn tensor(t: &TensorProto, base: &Path) -> Result<Const, String> {
             count(t.double_data.len())?;
             Data::F32(t.double_data.iter().map(|&v| v as f32).collect())
         }
-        7 if from_raw => Data::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(le8(c))).collect()),
+        7 if from_raw => Data::I64(
+            raw.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(le8(c)))
+                .collect(),
+        ),
         7 => {
             count(t.int64_data.len())?;
             Data::I64(t.int64_data.clone())
@@ -210,7 +220,12 @@ fn tensor(t: &TensorProto, base: &Path) -> Result<Const, String> {
 /// file beside the model.
 fn external(t: &TensorProto, base: &Path, expected: usize) -> Result<Vec<u8>, String> {
     let name = &t.name;
-    let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.as_str())
+    };
     let location = get("location")
         .ok_or_else(|| format!("tensor '{name}' is stored externally but names no location"))?;
     let rel = Path::new(location);
@@ -223,8 +238,9 @@ fn external(t: &TensorProto, base: &Path, expected: usize) -> Result<Vec<u8>, St
     let num = |k: &str| -> Result<Option<u64>, String> {
         get(k)
             .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("tensor '{name}': external data {k} '{v}' is not a number"))
+                v.parse::<u64>().map_err(|_| {
+                    format!("tensor '{name}': external data {k} '{v}' is not a number")
+                })
             })
             .transpose()
     };
@@ -241,7 +257,10 @@ fn external(t: &TensorProto, base: &Path, expected: usize) -> Result<Vec<u8>, St
             path.display()
         )
     })?;
-    let size = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?.len();
+    let size = f
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
     if offset.checked_add(length).is_none_or(|end| end > size) {
         return Err(format!(
             "tensor '{name}': external data {} holds {size} bytes, the tensor reads {length} at offset {offset}",
@@ -269,7 +288,9 @@ pub(super) fn convert(
         .map(|o| o.version)
         .ok_or("the model imports no opset of the default ONNX domain (opset_import)")?;
     if opset < 7 {
-        return Err(format!("opset {opset} is older than 7, the oldest this importer reads"));
+        return Err(format!(
+            "opset {opset} is older than 7, the oldest this importer reads"
+        ));
     }
     let g = model.graph.as_ref().ok_or("the model has no graph")?;
     if !g.sparse_initializer.is_empty() {
@@ -286,7 +307,11 @@ pub(super) fn convert(
         return Err(format!(
             "the graph has {} inputs ({}), expected one image input",
             inputs.len(),
-            inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     };
     let [output] = g.output.as_slice() else {
@@ -384,7 +409,11 @@ pub(super) fn convert(
         return Err(format!(
             "the graph output '{}' has shape [batch, {}], expected [batch, classes] logits",
             output.name,
-            logits.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+            logits
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     };
     let meta: HashMap<&str, &str> = model
@@ -412,7 +441,11 @@ pub(super) fn convert(
             })
             .collect()
     };
-    let input_norm = match (&opts.input_norm, meta.get("input_mean"), meta.get("input_std")) {
+    let input_norm = match (
+        &opts.input_norm,
+        meta.get("input_mean"),
+        meta.get("input_std"),
+    ) {
         (Some(n), _, _) => n.clone(),
         (None, Some(m), Some(s)) => InputNorm {
             mean: floats("input_mean", m)?,
@@ -471,7 +504,13 @@ impl<'a> Builder<'a> {
         name
     }
 
-    fn push(&mut self, n: &NodeProto, name: &str, op: Op, inputs: Vec<NodeId>) -> Result<Val, String> {
+    fn push(
+        &mut self,
+        n: &NodeProto,
+        name: &str,
+        op: Op,
+        inputs: Vec<NodeId>,
+    ) -> Result<Val, String> {
         let shape = {
             let ins: Vec<&Shape> = inputs.iter().map(|&i| &self.shapes[i]).collect();
             node_shape(&op, &ins).map_err(|e| format!("{}: {e}", who(n)))?
@@ -497,7 +536,11 @@ impl<'a> Builder<'a> {
 
     fn node_name(&self, n: &NodeProto) -> String {
         if n.name.is_empty() {
-            format!("{}:{}", n.op_type, n.output.first().map_or("", String::as_str))
+            format!(
+                "{}:{}",
+                n.op_type,
+                n.output.first().map_or("", String::as_str)
+            )
         } else {
             n.name.clone()
         }
@@ -537,7 +580,12 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn opt_constant(&mut self, n: &NodeProto, k: usize, what: &str) -> Result<Option<Const>, String> {
+    fn opt_constant(
+        &mut self,
+        n: &NodeProto,
+        k: usize,
+        what: &str,
+    ) -> Result<Option<Const>, String> {
         match self.input(n, k)? {
             None => Ok(None),
             Some(_) => self.constant(n, k, what).map(Some),
@@ -667,7 +715,11 @@ impl<'a> Builder<'a> {
             return Ok(Some(a));
         }
         match self.opt_constant(n, k, "axes")? {
-            Some(c) => Ok(Some(c.ints().map_err(|e| format!("{}: axes: {e}", who(n)))?.to_vec())),
+            Some(c) => Ok(Some(
+                c.ints()
+                    .map_err(|e| format!("{}: axes: {e}", who(n)))?
+                    .to_vec(),
+            )),
             None => Ok(None),
         }
     }
@@ -694,7 +746,9 @@ impl<'a> Builder<'a> {
             }
             "Constant" => {
                 let c = if let Some(a) = attr(n, "value") {
-                    let t = a.t.as_ref().ok_or_else(|| e("value is not a tensor".into()))?;
+                    let t =
+                        a.t.as_ref()
+                            .ok_or_else(|| e("value is not a tensor".into()))?;
                     tensor(t, self.base).map_err(e)?
                 } else if let Some(v) = float_attr(n, "value_float")? {
                     Const::f32(vec![], vec![v])
@@ -705,7 +759,10 @@ impl<'a> Builder<'a> {
                 } else if let Some(a) = attr(n, "value_ints") {
                     Const::i64(vec![a.ints.len()], a.ints.clone())
                 } else {
-                    return Err(e("holds no value this importer reads (value, value_float(s), value_int(s))".into()));
+                    return Err(e(
+                        "holds no value this importer reads (value, value_float(s), value_int(s))"
+                            .into(),
+                    ));
                 };
                 one(Val::Const(c))
             }
@@ -789,14 +846,19 @@ impl<'a> Builder<'a> {
                     None => Const::f32(vec![1], vec![0.0]),
                 };
                 let c = match value.data {
-                    Data::F32(v) => Const::f32(dims, vec![v.first().copied().unwrap_or(0.0); count]),
+                    Data::F32(v) => {
+                        Const::f32(dims, vec![v.first().copied().unwrap_or(0.0); count])
+                    }
                     Data::I64(v) => Const::i64(dims, vec![v.first().copied().unwrap_or(0); count]),
                 };
                 one(Val::Const(c))
             }
             "Sub" | "Mul" | "Div" => {
                 if !self.all_const(n)? {
-                    return Err(e(format!("{} on network values is not supported ({SUPPORTED})", n.op_type)));
+                    return Err(e(format!(
+                        "{} on network values is not supported ({SUPPORTED})",
+                        n.op_type
+                    )));
                 }
                 let (a, b) = (self.constant(n, 0, "A")?, self.constant(n, 1, "B")?);
                 one(Val::Const(a.arith(&b, &n.op_type).map_err(e)?))
@@ -810,7 +872,9 @@ impl<'a> Builder<'a> {
                     Val::Const(c) => {
                         let a = axis(ax, c.shape.len() + 1).map_err(e)?;
                         let outer: usize = c.shape[..a].iter().product();
-                        one(Val::Const(c.reshape(&[outer as i64, -1], false).map_err(e)?))
+                        one(Val::Const(
+                            c.reshape(&[outer as i64, -1], false).map_err(e)?,
+                        ))
                     }
                     _ => {
                         let id = self.ir(n, 0)?;
@@ -900,18 +964,28 @@ impl<'a> Builder<'a> {
         let x = self.ir(n, k)?;
         let values = c.floats();
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(e(format!("constant value {} at {i} is not finite", values[i])));
+            return Err(e(format!(
+                "constant value {} at {i} is not finite",
+                values[i]
+            )));
         }
         let shape = self.shapes[x].clone();
         let sole_reader = self.uses.get(n.input[k].as_str()) == Some(&1);
-        if let Op::Linear { bias: bias @ None, weight } = &mut self.graph.nodes[x].op
+        if let Op::Linear {
+            bias: bias @ None,
+            weight,
+        } = &mut self.graph.nodes[x].op
             && sole_reader
         {
             let out = weight.shape[0];
             if values.len() == out || values.len() == 1 {
                 *bias = Some(TensorData {
                     shape: vec![out],
-                    data: if values.len() == 1 { vec![values[0]; out] } else { values },
+                    data: if values.len() == 1 {
+                        vec![values[0]; out]
+                    } else {
+                        values
+                    },
                 });
                 return Ok(vec![Val::Ir(x)]);
             }
@@ -999,9 +1073,7 @@ impl<'a> Builder<'a> {
         let per: usize = s.iter().product();
         // The batch axis stays first: the shape of a `Shape`, 0 (copy), -1 next to a fixed
         // per-image size, or the declared fixed batch size.
-        let is_batch = |v: i64| {
-            v == BATCH || (v == 0 && !allowzero) || Some(v) == self.batch
-        };
+        let is_batch = |v: i64| v == BATCH || (v == 0 && !allowzero) || Some(v) == self.batch;
         let ok2 = target.len() == 2
             && ((is_batch(target[0]) && (target[1] == -1 || target[1] == per as i64))
                 || (target[0] == -1 && target[1] == per as i64));
@@ -1023,10 +1095,17 @@ impl<'a> Builder<'a> {
         }
         Err(e(format!(
             "reshapes a [batch, {}] value to {:?}; only flattening each image to a vector is supported",
-            s.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
+            s.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             target
                 .iter()
-                .map(|&t| if t == BATCH { "batch".into() } else { t.to_string() })
+                .map(|&t| if t == BATCH {
+                    "batch".into()
+                } else {
+                    t.to_string()
+                })
                 .collect::<Vec<_>>()
         )))
     }
@@ -1069,8 +1148,12 @@ impl<'a> Builder<'a> {
             stride,
             name: String::new(),
         });
-        let dims: Vec<usize> = shape.iter().map(|&d| if d == BATCH { 1 } else { d as usize }).collect();
-        let ranges = slice_ranges(&dims, &starts, &ends, axes.as_deref(), steps.as_deref()).map_err(e)?;
+        let dims: Vec<usize> = shape
+            .iter()
+            .map(|&d| if d == BATCH { 1 } else { d as usize })
+            .collect();
+        let ranges =
+            slice_ranges(&dims, &starts, &ends, axes.as_deref(), steps.as_deref()).map_err(e)?;
         let default_axes: Vec<i64> = (0..starts.len() as i64).collect();
         for (k, &a) in axes.as_deref().unwrap_or(&default_axes).iter().enumerate() {
             let ax = axis(a, 4).map_err(e)?;
@@ -1098,7 +1181,9 @@ impl<'a> Builder<'a> {
         let e = |msg: String| format!("{}: {msg}", who(n));
         let mode = string_attr(n, "mode")?.unwrap_or_else(|| "constant".into());
         if mode != "constant" {
-            return Err(e(format!("pads in mode '{mode}'; only constant zero padding is supported")));
+            return Err(e(format!(
+                "pads in mode '{mode}'; only constant zero padding is supported"
+            )));
         }
         let (pads, value) = if self.opset < 11 {
             (
@@ -1107,7 +1192,9 @@ impl<'a> Builder<'a> {
             )
         } else {
             if self.input(n, 3)?.is_some() {
-                return Err(e("pads selected axes (input 'axes'); give pads for every axis".into()));
+                return Err(e(
+                    "pads selected axes (input 'axes'); give pads for every axis".into(),
+                ));
             }
             let p = self.constant(n, 1, "pads")?.ints().map_err(e)?.to_vec();
             let v = match self.opt_constant(n, 2, "constant_value")? {
@@ -1117,14 +1204,19 @@ impl<'a> Builder<'a> {
             (p, v)
         };
         if value != 0.0 {
-            return Err(e(format!("pads with {value}; only zero padding is supported")));
+            return Err(e(format!(
+                "pads with {value}; only zero padding is supported"
+            )));
         }
         let v = self.need(n, 0)?;
         if matches!(v, Val::Const(_)) {
             return Err(e("pads a constant".into()));
         }
         let only_channels = pads.len() == 8
-            && pads.iter().enumerate().all(|(i, &p)| p == 0 || i == 1 || i == 5)
+            && pads
+                .iter()
+                .enumerate()
+                .all(|(i, &p)| p == 0 || i == 1 || i == 5)
             && pads[1] >= 0
             && pads[5] >= 0;
         if !only_channels {
@@ -1137,7 +1229,9 @@ impl<'a> Builder<'a> {
             _ => (self.ir(n, 0)?, [1, 1], self.node_name(n)),
         };
         if stride[0] != stride[1] {
-            return Err(e(format!("pads a map subsampled by {stride:?}; only equal strides are supported")));
+            return Err(e(format!(
+                "pads a map subsampled by {stride:?}; only equal strides are supported"
+            )));
         }
         let op = Op::ShortcutA {
             stride: stride[0],
@@ -1185,7 +1279,9 @@ impl<'a> Builder<'a> {
             "NOTSET" | "" => {
                 let pads = ints_attr(n, "pads")?.unwrap_or_else(|| vec![0; 4]);
                 let &[t, l, b, r] = pads.as_slice() else {
-                    return Err(e(format!("pads {pads:?}: expected 4 values for a 2-D window")));
+                    return Err(e(format!(
+                        "pads {pads:?}: expected 4 values for a 2-D window"
+                    )));
                 };
                 if t != b || l != r {
                     return Err(e(format!(
@@ -1219,7 +1315,10 @@ impl<'a> Builder<'a> {
             None => Ok([default, default]),
             Some(v) => match v.as_slice() {
                 &[a, b] => Ok([usize_of(n, name, a)?, usize_of(n, name, b)?]),
-                _ => Err(format!("{}: {name} {v:?}: expected 2 values for a 2-D window", who(n))),
+                _ => Err(format!(
+                    "{}: {name} {v:?}: expected 2 values for a 2-D window",
+                    who(n)
+                )),
             },
         }
     }
@@ -1241,17 +1340,23 @@ impl<'a> Builder<'a> {
         if let Some(k) = ints_attr(n, "kernel_shape")?
             && k != [kh as i64, kw as i64]
         {
-            return Err(e(format!("kernel_shape {k:?} differs from the weight's [{kh}, {kw}]")));
+            return Err(e(format!(
+                "kernel_shape {k:?} differs from the weight's [{kh}, {kw}]"
+            )));
         }
         let dil = self.pair(n, "dilations", 1)?;
         if dil != [1, 1] {
-            return Err(e(format!("dilations {dil:?}: only dilation 1 is supported")));
+            return Err(e(format!(
+                "dilations {dil:?}: only dilation 1 is supported"
+            )));
         }
         let stride = self.pair(n, "strides", 1)?;
         let groups = usize_of(n, "group", int_attr(n, "group", 1)?)?;
         let s = &self.shapes[x];
         if s.len() != 3 {
-            return Err(e(format!("convolves a [batch, {s:?}] value, expected a feature map")));
+            return Err(e(format!(
+                "convolves a [batch, {s:?}] value, expected a feature map"
+            )));
         }
         let padding = self.window_pads(n, [s[1], s[2]], [kh, kw], stride)?;
         if let Some(b) = &bias
@@ -1276,7 +1381,10 @@ impl<'a> Builder<'a> {
             return Err(e("runs in training mode (training_mode = 1)".into()));
         }
         if self.opset < 9 && int_attr(n, "spatial", 1)? == 0 {
-            return Err(e("normalizes per position (spatial = 0); only per-channel BatchNorm is supported".into()));
+            return Err(e(
+                "normalizes per position (spatial = 0); only per-channel BatchNorm is supported"
+                    .into(),
+            ));
         }
         let x = self.ir(n, 0)?;
         let gamma = self.weight(n, 1, "scale")?;
@@ -1301,7 +1409,9 @@ impl<'a> Builder<'a> {
         let x = self.ir(n, 0)?;
         let s = self.shapes[x].clone();
         let &[_, h, w] = s.as_slice() else {
-            return Err(e(format!("pools a [batch, {s:?}] value, expected a feature map")));
+            return Err(e(format!(
+                "pools a [batch, {s:?}] value, expected a feature map"
+            )));
         };
         let kernel = match ints_attr(n, "kernel_shape")?.as_deref() {
             Some(&[a, b]) => [usize_of(n, "kernel", a)?, usize_of(n, "kernel", b)?],
@@ -1310,7 +1420,9 @@ impl<'a> Builder<'a> {
         let stride = self.pair(n, "strides", 1)?;
         let dil = self.pair(n, "dilations", 1)?;
         if dil != [1, 1] {
-            return Err(e(format!("dilations {dil:?}: only dilation 1 is supported")));
+            return Err(e(format!(
+                "dilations {dil:?}: only dilation 1 is supported"
+            )));
         }
         let padding = self.window_pads(n, [h, w], kernel, stride)?;
         if int_attr(n, "ceil_mode", 0)? != 0 {
@@ -1400,18 +1512,32 @@ impl<'a> Builder<'a> {
             }
         };
         let name = self.param_name(n, 1);
-        Ok(vec![self.push(n, &name, Op::Linear { weight, bias }, vec![x])?])
+        Ok(vec![self.push(
+            n,
+            &name,
+            Op::Linear { weight, bias },
+            vec![x],
+        )?])
     }
 
     fn matmul(&mut self, n: &NodeProto) -> Result<Vec<Val>, String> {
         let x = self.vector(n, 0)?;
         let b = self.weight(n, 1, "weight")?;
         let &[r, c] = b.shape.as_slice() else {
-            return Err(format!("{}: weight of shape {:?}, expected 2-D", who(n), b.shape));
+            return Err(format!(
+                "{}: weight of shape {:?}, expected 2-D",
+                who(n),
+                b.shape
+            ));
         };
         let weight = transpose(&b.data, r, c);
         let name = self.param_name(n, 1);
-        Ok(vec![self.push(n, &name, Op::Linear { weight, bias: None }, vec![x])?])
+        Ok(vec![self.push(
+            n,
+            &name,
+            Op::Linear { weight, bias: None },
+            vec![x],
+        )?])
     }
 }
 

@@ -37,6 +37,25 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
+/// Source positions of every element of an output of `shape`, in row-major order: the sum
+/// over axes `d` of `offset(d, i)` for the element's index `i` along `d`.
+fn walk(shape: &[usize], offset: impl Fn(usize, usize) -> usize) -> Vec<usize> {
+    let n = numel(shape);
+    let mut index = Vec::with_capacity(n);
+    let mut pos = vec![0usize; shape.len()];
+    for _ in 0..n {
+        index.push(pos.iter().enumerate().map(|(d, &i)| offset(d, i)).sum());
+        for d in (0..shape.len()).rev() {
+            pos[d] += 1;
+            if pos[d] < shape[d] {
+                break;
+            }
+            pos[d] = 0;
+        }
+    }
+    index
+}
+
 /// Resolves a possibly negative axis against `rank` (`-1` is the last axis).
 pub(super) fn axis(a: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
@@ -253,19 +272,7 @@ impl Const {
         }
         let shape: Vec<usize> = perm.iter().map(|&p| self.shape[p]).collect();
         let src = strides(&self.shape);
-        let n = numel(&shape);
-        let mut index = Vec::with_capacity(n);
-        let mut pos = vec![0usize; rank];
-        for _ in 0..n {
-            index.push(pos.iter().zip(&perm).map(|(&i, &p)| i * src[p]).sum());
-            for d in (0..rank).rev() {
-                pos[d] += 1;
-                if pos[d] < shape[d] {
-                    break;
-                }
-                pos[d] = 0;
-            }
-        }
+        let index = walk(&shape, |d, i| i * src[perm[d]]);
         Ok(Const {
             shape,
             data: self.pick(&index),
@@ -280,23 +287,10 @@ impl Const {
         axes: Option<&[i64]>,
         steps: Option<&[i64]>,
     ) -> Result<Const, String> {
-        let rank = self.shape.len();
         let ranges = slice_ranges(&self.shape, starts, ends, axes, steps)?;
         let shape: Vec<usize> = ranges.iter().map(Vec::len).collect();
         let src = strides(&self.shape);
-        let n = numel(&shape);
-        let mut index = Vec::with_capacity(n);
-        let mut pos = vec![0usize; rank];
-        for _ in 0..n {
-            index.push((0..rank).map(|d| ranges[d][pos[d]] * src[d]).sum());
-            for d in (0..rank).rev() {
-                pos[d] += 1;
-                if pos[d] < shape[d] {
-                    break;
-                }
-                pos[d] = 0;
-            }
-        }
+        let index = walk(&shape, |d, i| ranges[d][i] * src[d]);
         Ok(Const {
             shape,
             data: self.pick(&index),
@@ -392,7 +386,10 @@ pub(super) fn resolve_shape(
                 out.push(1);
             }
             0 if !allowzero => out.push(*input.get(i).ok_or_else(|| {
-                format!("target {target:?} copies axis {i}, the input has rank {}", input.len())
+                format!(
+                    "target {target:?} copies axis {i}, the input has rank {}",
+                    input.len()
+                )
             })?),
             t if t >= 0 => out.push(t as usize),
             _ => return Err(format!("target shape {target:?} is not a valid reshape")),
@@ -406,7 +403,9 @@ pub(super) fn resolve_shape(
         out[i] = total / known;
     }
     if numel(&out) != total {
-        return Err(format!("cannot reshape {input:?} ({total} values) to {target:?}"));
+        return Err(format!(
+            "cannot reshape {input:?} ({total} values) to {target:?}"
+        ));
     }
     Ok(out)
 }
@@ -474,7 +473,9 @@ mod tests {
         let zeros = Const::i64(vec![2], vec![0, 0]);
         let all = Const::concat(&[&pads, &zeros], 0).unwrap();
         let pairs = all.reshape(&[-1, 2], false).unwrap();
-        let rev = pairs.slice(&[-1], &[-i64::MAX], Some(&[0]), Some(&[-1])).unwrap();
+        let rev = pairs
+            .slice(&[-1], &[-i64::MAX], Some(&[0]), Some(&[-1]))
+            .unwrap();
         let t = rev.transpose(&[1, 0]).unwrap();
         let flat = t.reshape(&[-1], false).unwrap().cast(7).unwrap();
         assert_eq!(flat.ints().unwrap(), &[0, 8, 0, 0, 0, 8, 0, 0]);
@@ -495,10 +496,18 @@ mod tests {
     fn gather_and_slice_follow_onnx() {
         let t = Const::i64(vec![2, 3], vec![1, 2, 3, 4, 5, 6]);
         let g = t.gather(&Const::i64(vec![2], vec![2, -3]), 1).unwrap();
-        assert_eq!((g.shape.clone(), g.ints().unwrap()), (vec![2, 2], &[3, 1, 6, 4][..]));
-        let s = t.slice(&[0, 1], &[i64::MAX, 3], None, Some(&[1, 1])).unwrap();
+        assert_eq!(
+            (g.shape.clone(), g.ints().unwrap()),
+            (vec![2, 2], &[3, 1, 6, 4][..])
+        );
+        let s = t
+            .slice(&[0, 1], &[i64::MAX, 3], None, Some(&[1, 1]))
+            .unwrap();
         assert_eq!(s.ints().unwrap(), &[2, 3, 5, 6]);
         assert!(resolve_shape(&[2, 3], &[4, -1], false).is_err());
-        assert_eq!(resolve_shape(&[2, 3, 1], &[0, -1], false).unwrap(), vec![2, 3]);
+        assert_eq!(
+            resolve_shape(&[2, 3, 1], &[0, -1], false).unwrap(),
+            vec![2, 3]
+        );
     }
 }

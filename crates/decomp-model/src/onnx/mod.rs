@@ -49,7 +49,8 @@ pub const MAX_ONNX_BYTES: u64 = 2 << 30;
 /// Whether `bytes` (the start of a file) look like an ONNX model: a protobuf whose first
 /// field is `ir_version` (field 1, varint), as every exporter writes it.
 pub fn looks_like_onnx(path: &Path, bytes: &[u8]) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
         || (bytes.first() == Some(&0x08) && bytes.get(1).is_some_and(|&v| (3..=20).contains(&v)))
 }
 
@@ -70,7 +71,9 @@ pub fn import_onnx(path: &Path, opts: &OnnxOptions) -> Result<ModelIr, ModelErro
         )));
     }
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let base = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let base = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     import_onnx_bytes(&bytes, path, &base, opts)
 }
 

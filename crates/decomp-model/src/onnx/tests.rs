@@ -31,7 +31,9 @@ fn i64_tensor(name: &str, v: &[i64]) -> TensorProto {
 }
 
 fn ramp(n: usize, seed: f32) -> Vec<f32> {
-    (0..n).map(|i| ((i as f32) * 0.37 + seed).sin() * 0.5).collect()
+    (0..n)
+        .map(|i| ((i as f32) * 0.37 + seed).sin() * 0.5)
+        .collect()
 }
 
 fn ints(name: &str, v: &[i64]) -> AttributeProto {
@@ -52,7 +54,13 @@ fn int(name: &str, v: i64) -> AttributeProto {
     }
 }
 
-fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         op_type: op.into(),
         name: name.into(),
@@ -122,22 +130,76 @@ fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
 /// chain -> MatMul + Add -> Dropout -> Gemm.
 fn every_op() -> ModelProto {
     let nodes = vec![
-        node("Conv", "/c1/Conv", &["x", "c1.weight", "c1.bias"], &["a"], vec![ints("pads", &[1, 1, 1, 1]), int("group", 2)]),
-        node("BatchNormalization", "/bn/BN", &["a", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"], &["b"], vec![]),
+        node(
+            "Conv",
+            "/c1/Conv",
+            &["x", "c1.weight", "c1.bias"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1]), int("group", 2)],
+        ),
+        node(
+            "BatchNormalization",
+            "/bn/BN",
+            &[
+                "a",
+                "bn.weight",
+                "bn.bias",
+                "bn.running_mean",
+                "bn.running_var",
+            ],
+            &["b"],
+            vec![],
+        ),
         node("Clip", "/Clip", &["b", "zero", "six"], &["c"], vec![]),
-        node("Conv", "/dw/Conv", &["c", "dw.weight"], &["d"], vec![ints("pads", &[1, 1, 1, 1]), int("group", 4)]),
+        node(
+            "Conv",
+            "/dw/Conv",
+            &["c", "dw.weight"],
+            &["d"],
+            vec![ints("pads", &[1, 1, 1, 1]), int("group", 4)],
+        ),
         node("Identity", "/Identity", &["d"], &["d2"], vec![]),
-        node("Concat", "/Concat", &["c", "d2"], &["e"], vec![int("axis", 1)]),
-        node("MaxPool", "/MaxPool", &["e"], &["f"], vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]),
+        node(
+            "Concat",
+            "/Concat",
+            &["c", "d2"],
+            &["e"],
+            vec![int("axis", 1)],
+        ),
+        node(
+            "MaxPool",
+            "/MaxPool",
+            &["e"],
+            &["f"],
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        ),
         node("Shape", "/Shape", &["f"], &["s"], vec![]),
-        node("Gather", "/Gather", &["s", "idx0"], &["n"], vec![int("axis", 0)]),
+        node(
+            "Gather",
+            "/Gather",
+            &["s", "idx0"],
+            &["n"],
+            vec![int("axis", 0)],
+        ),
         node("Unsqueeze", "/Unsqueeze", &["n", "axes0"], &["n1"], vec![]),
-        node("Concat", "/Concat_1", &["n1", "minus1"], &["target"], vec![int("axis", 0)]),
+        node(
+            "Concat",
+            "/Concat_1",
+            &["n1", "minus1"],
+            &["target"],
+            vec![int("axis", 0)],
+        ),
         node("Reshape", "/Reshape", &["f", "target"], &["v"], vec![]),
         node("MatMul", "/MatMul", &["v", "m.weight"], &["h0"], vec![]),
         node("Add", "/Add", &["h0", "m.bias"], &["h"], vec![]),
         node("Dropout", "/Dropout", &["h"], &["h2"], vec![]),
-        node("Gemm", "/fc/Gemm", &["h2", "fc.weight", "fc.bias"], &["y"], vec![int("transB", 1)]),
+        node(
+            "Gemm",
+            "/fc/Gemm",
+            &["h2", "fc.weight", "fc.bias"],
+            &["y"],
+            vec![int("transB", 1)],
+        ),
     ];
     let inits = vec![
         f32_tensor("c1.weight", &[4, 2, 3, 3], &ramp(72, 0.1)),
@@ -149,7 +211,10 @@ fn every_op() -> ModelProto {
         f32_tensor("zero", &[], &[0.0]),
         f32_tensor("six", &[], &[6.0]),
         f32_tensor("dw.weight", &[4, 1, 3, 3], &ramp(36, 0.5)),
-        TensorProto { dims: vec![], ..i64_tensor("idx0", &[0]) },
+        TensorProto {
+            dims: vec![],
+            ..i64_tensor("idx0", &[0])
+        },
         i64_tensor("axes0", &[0]),
         i64_tensor("minus1", &[-1]),
         f32_tensor("m.weight", &[72, 5], &ramp(360, 0.6)),
@@ -161,7 +226,12 @@ fn every_op() -> ModelProto {
 }
 
 fn import(m: &ModelProto) -> Result<decomp_ir::ModelIr, ModelError> {
-    import_onnx_bytes(&m.encode_to_vec(), Path::new("test.onnx"), Path::new("."), &OnnxOptions::default())
+    import_onnx_bytes(
+        &m.encode_to_vec(),
+        Path::new("test.onnx"),
+        Path::new("."),
+        &OnnxOptions::default(),
+    )
 }
 
 fn error_of(m: &ModelProto) -> String {
@@ -178,15 +248,36 @@ fn every_supported_op_maps_onto_the_ir() {
     assert_eq!(
         kinds,
         [
-            "input", "conv2d", "batchnorm2d", "clip", "conv2d", "concat", "maxpool2d", "flatten", "linear",
+            "input",
+            "conv2d",
+            "batchnorm2d",
+            "clip",
+            "conv2d",
+            "concat",
+            "maxpool2d",
+            "flatten",
+            "linear",
             "linear"
         ]
     );
     let names: Vec<&str> = m.graph.nodes.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!(names[1..3], ["c1", "bn"], "parameterized nodes are named after their weights");
-    assert!(matches!(m.graph.nodes[3].op, Op::Clip { min: 0.0, max: 6.0 }));
-    assert!(matches!(&m.graph.nodes[8].op, Op::Linear { bias: Some(b), weight } if b.data.len() == 5 && weight.shape == [5, 72]));
-    assert_eq!(m.graph.relu_inputs(), vec![2], "the ReLU6 input is a mask site");
+    assert_eq!(
+        names[1..3],
+        ["c1", "bn"],
+        "parameterized nodes are named after their weights"
+    );
+    assert!(matches!(
+        m.graph.nodes[3].op,
+        Op::Clip { min: 0.0, max: 6.0 }
+    ));
+    assert!(
+        matches!(&m.graph.nodes[8].op, Op::Linear { bias: Some(b), weight } if b.data.len() == 5 && weight.shape == [5, 72])
+    );
+    assert_eq!(
+        m.graph.relu_inputs(),
+        vec![2],
+        "the ReLU6 input is a mask site"
+    );
     assert_eq!(m.meta.class_names, ["class_0", "class_1", "class_2"]);
 }
 
@@ -194,13 +285,23 @@ fn every_supported_op_maps_onto_the_ir() {
 fn truncated_file_is_an_error() {
     let bytes = every_op().encode_to_vec();
     for cut in [1, 7, bytes.len() / 3, bytes.len() - 3] {
-        let e = import_onnx_bytes(&bytes[..cut], Path::new("m.onnx"), Path::new("."), &OnnxOptions::default())
-            .expect_err("truncated");
+        let e = import_onnx_bytes(
+            &bytes[..cut],
+            Path::new("m.onnx"),
+            Path::new("."),
+            &OnnxOptions::default(),
+        )
+        .expect_err("truncated");
         let msg = e.to_string();
         assert!(msg.starts_with("m.onnx: ONNX import: "), "{msg}");
     }
-    let e = import_onnx_bytes(&bytes[..bytes.len() / 2], Path::new("m.onnx"), Path::new("."), &OnnxOptions::default())
-        .expect_err("truncated");
+    let e = import_onnx_bytes(
+        &bytes[..bytes.len() / 2],
+        Path::new("m.onnx"),
+        Path::new("."),
+        &OnnxOptions::default(),
+    )
+    .expect_err("truncated");
     assert!(e.to_string().contains("not a valid ONNX protobuf"), "{e}");
 }
 
@@ -218,7 +319,14 @@ fn damaged_files_never_panic() {
             let i = (state % b.len() as u64) as usize;
             b[i] ^= (state >> 32) as u8 | 1;
         }
-        if import_onnx_bytes(&b, Path::new("m.onnx"), Path::new("."), &OnnxOptions::default()).is_err() {
+        if import_onnx_bytes(
+            &b,
+            Path::new("m.onnx"),
+            Path::new("."),
+            &OnnxOptions::default(),
+        )
+        .is_err()
+        {
             errors += 1;
         }
     }
@@ -231,20 +339,33 @@ fn unknown_op_is_refused_naming_node_and_type() {
     let g = m.graph.as_mut().expect("graph");
     g.node[4] = node("LRN", "/lrn/LRN", &["d"], &["d2"], vec![int("size", 3)]);
     let e = error_of(&m);
-    assert!(e.contains("node '/lrn/LRN' (LRN): operator LRN is not supported"), "{e}");
+    assert!(
+        e.contains("node '/lrn/LRN' (LRN): operator LRN is not supported"),
+        "{e}"
+    );
 }
 
 #[test]
 fn dynamic_input_size_is_refused_unless_given() {
     let mut m = every_op();
-    m.graph.as_mut().expect("graph").input[0] = value("x", &[param("batch"), fixed(4), param("height"), fixed(6)]);
+    m.graph.as_mut().expect("graph").input[0] =
+        value("x", &[param("batch"), fixed(4), param("height"), fixed(6)]);
     let e = error_of(&m);
-    assert!(e.contains("input 'x' has a dynamic size 'height' at axis 2"), "{e}");
+    assert!(
+        e.contains("input 'x' has a dynamic size 'height' at axis 2"),
+        "{e}"
+    );
     let opts = OnnxOptions {
         input_shape: Some([4, 6, 6]),
         ..Default::default()
     };
-    import_onnx_bytes(&m.encode_to_vec(), Path::new("t.onnx"), Path::new("."), &opts).expect("with the shape given");
+    import_onnx_bytes(
+        &m.encode_to_vec(),
+        Path::new("t.onnx"),
+        Path::new("."),
+        &opts,
+    )
+    .expect("with the shape given");
 }
 
 #[test]
@@ -252,7 +373,11 @@ fn external_data_is_read_beside_the_model_and_missing_data_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut m = every_op();
     let g = m.graph.as_mut().expect("graph");
-    let w = g.initializer.iter_mut().find(|t| t.name == "fc.weight").expect("fc.weight");
+    let w = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "fc.weight")
+        .expect("fc.weight");
     let bytes = std::mem::take(&mut w.raw_data);
     w.data_location = 1;
     w.external_data = vec![
@@ -267,8 +392,13 @@ fn external_data_is_read_beside_the_model_and_missing_data_is_named() {
     ];
     let path = dir.path().join("m.onnx");
     std::fs::write(&path, m.encode_to_vec()).expect("write");
-    let e = import_onnx(&path, &OnnxOptions::default()).expect_err("missing").to_string();
-    assert!(e.contains("tensor 'fc.weight': external data file") && e.contains("weights.bin"), "{e}");
+    let e = import_onnx(&path, &OnnxOptions::default())
+        .expect_err("missing")
+        .to_string();
+    assert!(
+        e.contains("tensor 'fc.weight': external data file") && e.contains("weights.bin"),
+        "{e}"
+    );
     let mut data = vec![0u8; 4];
     data.extend(&bytes);
     std::fs::write(dir.path().join("weights.bin"), &data).expect("write");
@@ -277,10 +407,16 @@ fn external_data_is_read_beside_the_model_and_missing_data_is_named() {
     assert_eq!(with.graph, inline.graph);
     // A location outside the model's folder is refused.
     let g = m.graph.as_mut().expect("graph");
-    let w = g.initializer.iter_mut().find(|t| t.name == "fc.weight").expect("fc.weight");
+    let w = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "fc.weight")
+        .expect("fc.weight");
     w.external_data[0].value = "../weights.bin".into();
     std::fs::write(&path, m.encode_to_vec()).expect("write");
-    let e = import_onnx(&path, &OnnxOptions::default()).expect_err("outside").to_string();
+    let e = import_onnx(&path, &OnnxOptions::default())
+        .expect_err("outside")
+        .to_string();
     assert!(e.contains("plain relative path"), "{e}");
 }
 
