@@ -28,6 +28,9 @@
 use decomp_ir::TensorData;
 
 use super::conv::{col2im, im2col};
+use super::elementwise::{
+    add_into, affine, affine2, bn_grad_sums, channel_sq_dev, channel_sum, relu_mask,
+};
 use super::*;
 use crate::ModelError;
 use crate::executor::check_finite;
@@ -308,15 +311,8 @@ impl Pass<'_> {
                     let y = x
                         .par_iter()
                         .map(|t| {
-                            let mut v = Vec::with_capacity(t.len());
-                            for px in t.chunks_exact(scale.len()) {
-                                v.extend(
-                                    px.iter()
-                                        .zip(&scale)
-                                        .zip(&shift)
-                                        .map(|((x, s), b)| x * s + b),
-                                );
-                            }
+                            let mut v = Vec::new();
+                            affine(t, &scale, &shift, &mut v);
                             v
                         })
                         .collect();
@@ -418,13 +414,9 @@ impl Pass<'_> {
                 }
                 Op::Relu => {
                     let mut dy = dy;
-                    dy.par_iter_mut().zip(&values[id]).for_each(|(d, y)| {
-                        for (d, &y) in d.iter_mut().zip(y) {
-                            if y <= 0.0 {
-                                *d = 0.0;
-                            }
-                        }
-                    });
+                    dy.par_iter_mut()
+                        .zip(&values[id])
+                        .for_each(|(d, y)| relu_mask(d, y));
                     accumulate(&mut grads[node.inputs[0]], dy);
                 }
                 Op::Add => {
@@ -576,6 +568,19 @@ impl Pass<'_> {
             compile::conv(&op, &vec![cout, h, w], &vec![cin, h, w], None)
                 .expect("a flipped 3x3 convolution compiles")
         });
+        // The weight gradient of a Winograd convolution in the Winograd domain too: sums of
+        // transformed output gradients times transformed inputs, then `G^T du G`.
+        let wino_dw = c.wino.is_some()
+            && self.tuning.winograd
+            && self.tuning.small_kernels
+            && fma_available()
+            && cin % 8 == 0
+            && (cin <= 64 || cin % 64 == 0);
+        // The im2col weight gradient as `[k][cout]` through `tn_product` (see below).
+        let tn_dw = self.tuning.small_kernels
+            && fma_available()
+            && cout % 8 == 0
+            && (cout <= 64 || cout % 64 == 0);
         let pointwise = c.kernel == [1, 1] && c.stride == [1, 1] && c.pad == [0, 0];
         let [ho, wo] = c.out_hw;
         let block = (self.tuning.block / k).max(1);
@@ -590,6 +595,14 @@ impl Pass<'_> {
                         *b += v;
                     }
                 }
+                if wino_dw {
+                    let du = self.wino_weight_sums(c, x, d, n, scratch);
+                    let dx = flipped.as_ref().map(|f| {
+                        let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
+                        self.plan.winograd(f, u, d, n, scratch)
+                    });
+                    return (dx, du, db);
+                }
                 let mut dwt = vec![0.0f32; cout * k];
                 let mut dyt = Vec::new();
                 let mut dx = need_dx.then(|| vec![0.0f32; x.len()]);
@@ -603,22 +616,34 @@ impl Pass<'_> {
                         im2col(c, x, r0, r1, scratch);
                         &scratch[..rb * k]
                     };
-                    // dW^T [cout, k] += dY^T [cout, rb] x col [rb, k].
-                    dyt.resize(cout * rb, 0.0);
-                    for (r, px) in d[r0 * cout..r1 * cout].chunks_exact(cout).enumerate() {
-                        for (co, &v) in px.iter().enumerate() {
-                            dyt[co * rb + r] = v;
-                        }
-                    }
-                    let gm = Gemm {
-                        m: cout,
-                        n: k,
+                    let dyb = &d[r0 * cout..r1 * cout];
+                    // dW [k, cout] += col^T [k, rb] x dY [rb, cout] with the register-blocked
+                    // kernel where `cout` suits it (`tn_dw`), else dW^T [cout, k] += dY^T
+                    // [cout, rb] x col [rb, k] through `gemm` (m = cout is small: slower).
+                    let tn = Tn {
+                        rows: k,
                         k: rb,
-                        lhs_rs: rb,
-                        rhs_rs: k,
-                        dst_rs: k,
+                        lhs_rs: k,
+                        rhs_rs: cout,
+                        dst_rs: cout,
                     };
-                    sgemm(gm, &mut dwt, &dyt, col, true).expect("weight-gradient shapes");
+                    if !(tn_dw && tn_product(tn, cout, col, dyb, &mut dwt)) {
+                        dyt.resize(cout * rb, 0.0);
+                        for (r, px) in dyb.chunks_exact(cout).enumerate() {
+                            for (co, &v) in px.iter().enumerate() {
+                                dyt[co * rb + r] = v;
+                            }
+                        }
+                        let gm = Gemm {
+                            m: cout,
+                            n: k,
+                            k: rb,
+                            lhs_rs: rb,
+                            rhs_rs: k,
+                            dst_rs: k,
+                        };
+                        sgemm(gm, &mut dwt, &dyt, col, true).expect("weight-gradient shapes");
+                    }
                     if flipped.is_none()
                         && let Some(dx) = dx.as_mut()
                     {
@@ -650,7 +675,9 @@ impl Pass<'_> {
                 (dx, dwt, db)
             })
             .collect();
-        let mut dwt = vec![0.0f32; cout * k];
+        // Per-tile weight sums: `[16][cout][cin]` (Winograd), `[k][cout]` (`tn_dw`) or
+        // `[cout][k]`.
+        let mut dwt = vec![0.0f32; if wino_dw { 16 * cout * cin } else { cout * k }];
         let mut db = vec![0.0f32; cout];
         let mut dx_tiles = need_dx.then(Vec::new);
         for (dx, pw, pb) in parts {
@@ -665,17 +692,90 @@ impl Pass<'_> {
             }
         }
         let mut dw = vec![0.0f32; cout * k];
+        if wino_dw {
+            for co in 0..cout {
+                for ci in 0..cin {
+                    let du: [f32; 16] =
+                        std::array::from_fn(|xi| dwt[(xi * cout + co) * cin + ci]);
+                    dw[(co * cin + ci) * 9..][..9].copy_from_slice(&wino_weight_grad(&du));
+                }
+            }
+            return (dx_tiles, dw, db);
+        }
         for co in 0..cout {
             for ci in 0..cin {
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        dw[((co * cin + ci) * kh + ky) * kw + kx] =
-                            dwt[co * k + (ky * kw + kx) * cin + ci];
+                        let kk = (ky * kw + kx) * cin + ci;
+                        dw[((co * cin + ci) * kh + ky) * kw + kx] = if tn_dw {
+                            dwt[kk * cout + co]
+                        } else {
+                            dwt[co * k + kk]
+                        };
                     }
                 }
             }
         }
         (dx_tiles, dw, db)
+    }
+}
+
+impl Pass<'_> {
+    /// One tile's Winograd-domain weight-gradient sums of a 3x3 stride-1 padding-1
+    /// convolution, `du[xi][co][ci] = sum over 2x2 output tiles of (A dy A^T)[xi][co] (B^T x
+    /// B)[xi][ci]` for the tile's `n` images (input `x`, output gradient `dy`, channels-last):
+    /// [`wino_weight_grad`] of each `(co, ci)` column is that pair's kernel gradient.
+    fn wino_weight_sums(
+        &self,
+        c: &Conv,
+        x: &[f32],
+        dy: &[f32],
+        n: usize,
+        scratch: &mut Vec<f32>,
+    ) -> Vec<f32> {
+        let [h, w] = c.in_hw;
+        let (cin, cout) = (c.cin, c.cout);
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let tiles = n * th * tw;
+        let geo = Wino {
+            h,
+            w,
+            cin,
+            cout,
+            cp: cout,
+            th,
+            tw,
+        };
+        let tb = (self.tuning.block / (16 * (cin + cout))).clamp(1, tiles);
+        scratch.resize(tb * 16 * (cin + cout), 0.0);
+        let (v, m) = scratch.split_at_mut(tb * 16 * cin);
+        let zero = vec![0.0f32; cin];
+        let mut tmp = vec![0.0f32; 32 * cin.max(cout)];
+        let mut du = vec![0.0f32; 16 * cout * cin];
+        for t0 in (0..tiles).step_by(tb) {
+            let t1 = (t0 + tb).min(tiles);
+            let rows = t1 - t0;
+            wino_input(geo, x, t0, t1, v, &mut tmp, &zero);
+            wino_grad_output(geo, dy, t0, t1, m, &mut tmp);
+            for xi in 0..16 {
+                let g = Tn {
+                    rows: cout,
+                    k: rows,
+                    lhs_rs: cout,
+                    rhs_rs: 16 * cin,
+                    dst_rs: cin,
+                };
+                let done = tn_product(
+                    g,
+                    cin,
+                    &m[xi * rows * cout..][..rows * cout],
+                    &v[xi * cin..],
+                    &mut du[xi * cout * cin..(xi + 1) * cout * cin],
+                );
+                assert!(done, "channel counts checked by the caller");
+            }
+        }
+        du
     }
 }
 
@@ -707,11 +807,7 @@ fn weight_and_bias(
 fn accumulate(slot: &mut Option<Tiles>, g: Tiles) {
     match slot {
         None => *slot = Some(g),
-        Some(acc) => acc.par_iter_mut().zip(&g).for_each(|(a, b)| {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
-            }
-        }),
+        Some(acc) => acc.par_iter_mut().zip(&g).for_each(|(a, b)| add_into(a, b)),
     }
 }
 
@@ -719,26 +815,13 @@ fn accumulate(slot: &mut Option<Tiles>, g: Tiles) {
 /// pixel (sums in `f64`), and the biased variance itself.
 fn bn_stats(x: &Tiles, c: usize, eps: f64) -> (BnSaved, Vec<f32>) {
     let count: usize = x.iter().map(|t| t.len() / c).sum();
-    let sum = reduce(x, c, |acc, t| {
-        for px in t.chunks_exact(c) {
-            for (a, &v) in acc.iter_mut().zip(px) {
-                *a += f64::from(v);
-            }
-        }
-    });
-    let mean: Vec<f64> = sum.iter().map(|s| s / count as f64).collect();
-    let sq = reduce(x, c, |acc, t| {
-        for px in t.chunks_exact(c) {
-            for ((a, &v), m) in acc.iter_mut().zip(px).zip(&mean) {
-                let d = f64::from(v) - m;
-                *a += d * d;
-            }
-        }
-    });
+    let sum = reduce(x, c, channel_sum);
+    let mean: Vec<f32> = sum.iter().map(|s| (s / count as f64) as f32).collect();
+    let sq = reduce(x, c, |t, acc| channel_sq_dev(t, &mean, acc));
     let var: Vec<f64> = sq.iter().map(|s| s / count as f64).collect();
     (
         BnSaved {
-            mean: mean.iter().map(|&m| m as f32).collect(),
+            mean,
             inv_std: var
                 .iter()
                 .map(|&v| (1.0 / (v + eps).sqrt()) as f32)
@@ -749,12 +832,12 @@ fn bn_stats(x: &Tiles, c: usize, eps: f64) -> (BnSaved, Vec<f32>) {
 }
 
 /// Sum over tiles (in tile order) of `c` per-channel `f64` accumulators filled by `f`.
-fn reduce(x: &Tiles, c: usize, f: impl Fn(&mut [f64], &[f32]) + Sync) -> Vec<f64> {
+fn reduce(x: &Tiles, c: usize, f: impl Fn(&[f32], &mut [f64]) + Sync) -> Vec<f64> {
     let parts: Vec<Vec<f64>> = x
         .par_iter()
         .map(|t| {
             let mut acc = vec![0.0f64; c];
-            f(&mut acc, t);
+            f(t, &mut acc);
             acc
         })
         .collect();
@@ -783,13 +866,7 @@ fn bn_backward(
         .zip(&dy)
         .map(|(xt, dt)| {
             let (mut sd, mut sdx) = (vec![0.0f64; c], vec![0.0f64; c]);
-            for (px, dp) in xt.chunks_exact(c).zip(dt.chunks_exact(c)) {
-                for ch in 0..c {
-                    let xh = (px[ch] - s.mean[ch]) * s.inv_std[ch];
-                    sd[ch] += f64::from(dp[ch]);
-                    sdx[ch] += f64::from(dp[ch] * xh);
-                }
-            }
+            bn_grad_sums(xt, dt, &s.mean, &mut sd, &mut sdx);
             (sd, sdx)
         })
         .collect();
@@ -800,17 +877,24 @@ fn bn_backward(
             sdx[ch] += b[ch];
         }
     }
-    let mean_d: Vec<f32> = sd.iter().map(|v| (v / count as f64) as f32).collect();
-    let mean_dx: Vec<f32> = sdx.iter().map(|v| (v / count as f64) as f32).collect();
-    let scale: Vec<f32> = gamma.iter().zip(&s.inv_std).map(|(g, i)| g * i).collect();
-    dy.par_iter_mut().zip(x).for_each(|(dt, xt)| {
-        for (dp, px) in dt.chunks_exact_mut(c).zip(xt.chunks_exact(c)) {
-            for ch in 0..c {
-                let xh = (px[ch] - s.mean[ch]) * s.inv_std[ch];
-                dp[ch] = scale[ch] * (dp[ch] - mean_d[ch] - xh * mean_dx[ch]);
-            }
-        }
-    });
+    // sum(dy xhat) = inv_std sum(dy (x - mean)).
+    for (v, &i) in sdx.iter_mut().zip(&s.inv_std) {
+        *v *= f64::from(i);
+    }
+    // dx = scale (dy - mean_d - xhat mean_dx) = scale dy + k1 x + k0 per channel, with
+    // k1 = -scale inv_std mean_dx and k0 = scale (mean inv_std mean_dx - mean_d).
+    let (mut scale, mut k1, mut k0) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
+    for ch in 0..c {
+        let (md, mdx) = (sd[ch] / count as f64, sdx[ch] / count as f64);
+        let inv = f64::from(s.inv_std[ch]);
+        let sc = f64::from(gamma[ch]) * inv;
+        scale[ch] = sc as f32;
+        k1[ch] = (-sc * inv * mdx) as f32;
+        k0[ch] = (sc * (f64::from(s.mean[ch]) * inv * mdx - md)) as f32;
+    }
+    dy.par_iter_mut()
+        .zip(x)
+        .for_each(|(dt, xt)| affine2(dt, xt, &scale, &k1, &k0));
     (
         dy,
         sdx.iter().map(|&v| v as f32).collect(),

@@ -153,3 +153,149 @@ pub(super) fn small_product(g: Small, n: usize, lhs: &[f32], rhs: &[f32], dst: &
     }
     true
 }
+
+/// Shape of one [`tn_gemm`]: `dst[r][..C] += sum over k of lhs[k * lhs_rs + r] * rhs[k *
+/// rhs_rs..][..C]` for `r < rows`, i.e. `dst += lhs^T x rhs` for two row-major operands that
+/// share their long dimension `k` (a weight gradient's sum over pixels or Winograd tiles).
+#[derive(Clone, Copy)]
+pub(super) struct Tn {
+    pub(super) rows: usize,
+    pub(super) k: usize,
+    pub(super) lhs_rs: usize,
+    pub(super) rhs_rs: usize,
+    pub(super) dst_rs: usize,
+}
+
+/// [`Tn`]'s product, four rows at a time: the four `[f32; C]` accumulators are separate
+/// variables (as in [`small_gemm`]) so they stay in vector registers while `k` streams (one
+/// `C`-wide load and four broadcasts per step); remaining rows one at a time. Callers check
+/// [`fma_available`].
+#[allow(clippy::extra_unused_type_parameters)]
+#[macerator::with_simd]
+pub(super) fn tn_gemm<S: macerator::Simd, const C: usize>(
+    g: Tn,
+    lhs: &[f32],
+    rhs: &[f32],
+    dst: &mut [f32],
+) {
+    let Tn {
+        rows,
+        k,
+        lhs_rs,
+        rhs_rs,
+        dst_rs,
+    } = g;
+    let load = |dst: &[f32], r: usize| -> [f32; C] {
+        dst[r * dst_rs..][..C].try_into().expect("C columns")
+    };
+    let mut r0 = 0;
+    while r0 + 4 <= rows {
+        let (mut a0, mut a1, mut a2, mut a3) =
+            (load(dst, r0), load(dst, r0 + 1), load(dst, r0 + 2), load(dst, r0 + 3));
+        for kk in 0..k {
+            let w: &[f32; C] = rhs[kk * rhs_rs..][..C].try_into().expect("C columns");
+            let x: &[f32; 4] = lhs[kk * lhs_rs + r0..][..4].try_into().expect("4 rows");
+            let (x0, x1, x2, x3) = (x[0], x[1], x[2], x[3]);
+            for o in 0..C {
+                a0[o] = x0.mul_add(w[o], a0[o]);
+                a1[o] = x1.mul_add(w[o], a1[o]);
+                a2[o] = x2.mul_add(w[o], a2[o]);
+                a3[o] = x3.mul_add(w[o], a3[o]);
+            }
+        }
+        for (r, a) in [a0, a1, a2, a3].iter().enumerate() {
+            dst[(r0 + r) * dst_rs..][..C].copy_from_slice(a);
+        }
+        r0 += 4;
+    }
+    for r in r0..rows {
+        let mut acc = load(dst, r);
+        for kk in 0..k {
+            let x = lhs[kk * lhs_rs + r];
+            for (o, w) in acc.iter_mut().zip(&rhs[kk * rhs_rs..][..C]) {
+                *o = x.mul_add(*w, *o);
+            }
+        }
+        dst[r * dst_rs..][..C].copy_from_slice(&acc);
+    }
+}
+
+/// `dst[rows][n] += lhs^T x rhs` ([`Tn`], `n` columns) with [`tn_gemm`] when the CPU has FMA
+/// and `n` is a multiple of 8 up to 64 or of 64 (columns in chunks of 64); `false` (nothing
+/// done) otherwise.
+pub(super) fn tn_product(g: Tn, n: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) -> bool {
+    if !fma_available() || n == 0 || n % 8 != 0 || (n > 64 && n % 64 != 0) {
+        return false;
+    }
+    let chunk = n.min(64);
+    for c0 in (0..n).step_by(chunk) {
+        let (rhs, dst) = (&rhs[c0..], &mut dst[c0..]);
+        match chunk {
+            64 => tn_gemm::<64>(g, lhs, rhs, dst),
+            56 => tn_gemm::<56>(g, lhs, rhs, dst),
+            48 => tn_gemm::<48>(g, lhs, rhs, dst),
+            40 => tn_gemm::<40>(g, lhs, rhs, dst),
+            32 => tn_gemm::<32>(g, lhs, rhs, dst),
+            24 => tn_gemm::<24>(g, lhs, rhs, dst),
+            16 => tn_gemm::<16>(g, lhs, rhs, dst),
+            8 => tn_gemm::<8>(g, lhs, rhs, dst),
+            _ => unreachable!("chunk is a multiple of 8 up to 64"),
+        }
+    }
+    true
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tn_product` equals the naive `dst += lhs^T rhs` for every supported width (chunks of
+    /// 64 included), row counts that leave a remainder, and strided operands.
+    #[test]
+    fn tn_product_equals_naive() {
+        if !fma_available() {
+            return;
+        }
+        for n in [8usize, 16, 24, 32, 40, 48, 56, 64, 128, 192] {
+            for (rows, k) in [(1usize, 1usize), (7, 5), (16, 33), (13, 64)] {
+                let (lhs_rs, rhs_rs) = (rows + 3, n + 5);
+                let lhs: Vec<f32> = (0..k * lhs_rs).map(|i| (i as f32 * 0.37).sin()).collect();
+                let rhs: Vec<f32> = (0..k * rhs_rs).map(|i| (i as f32 * 0.11).cos()).collect();
+                let start: Vec<f32> = (0..rows * n).map(|i| (i as f32 * 0.05).sin()).collect();
+                let mut dst = start.clone();
+                let g = Tn {
+                    rows,
+                    k,
+                    lhs_rs,
+                    rhs_rs,
+                    dst_rs: n,
+                };
+                assert!(tn_product(g, n, &lhs, &rhs, &mut dst));
+                for r in 0..rows {
+                    for o in 0..n {
+                        let want: f64 = f64::from(start[r * n + o])
+                            + (0..k)
+                                .map(|kk| {
+                                    f64::from(lhs[kk * lhs_rs + r]) * f64::from(rhs[kk * rhs_rs + o])
+                                })
+                                .sum::<f64>();
+                        let got = f64::from(dst[r * n + o]);
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "n {n} rows {rows} k {k} at ({r}, {o}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        let g = Tn {
+            rows: 1,
+            k: 1,
+            lhs_rs: 1,
+            rhs_rs: 12,
+            dst_rs: 12,
+        };
+        assert!(!tn_product(g, 12, &[0.0], &[0.0; 12], &mut [0.0; 12]));
+    }
+}

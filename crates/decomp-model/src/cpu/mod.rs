@@ -30,6 +30,7 @@ use rayon::prelude::*;
 
 mod compile;
 mod conv;
+mod elementwise;
 pub mod grad;
 mod grouped;
 mod kernels;

@@ -32,43 +32,42 @@ pub(super) fn wino_input<S: macerator::Simd>(
     let Wino {
         h, w, cin, th, tw, ..
     } = geo;
-    let _ = zero;
-    let (stage, patch) = tmp.split_at_mut(16 * cin);
-    let patch = &mut patch[..16 * cin];
+    let zero = &zero[..cin];
+    let stage = &mut tmp[..16 * cin];
     let row = 4 * cin;
     for (t, vt) in (t0..t1).zip(v.chunks_exact_mut(16 * cin)) {
         let img = t / (th * tw);
         let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
         // Top-left input pixel of the 4x4 patch is (2 ty - 1, 2 tx - 1).
         let interior = ty > 0 && tx > 0 && 2 * ty + 3 <= h && 2 * tx + 3 <= w;
-        // The patch's four rows, each 4 pixels x cin contiguous.
-        let rows: [&[f32]; 4] = if interior {
+        if interior {
+            // The patch's four rows, each 4 pixels x cin contiguous.
             let at = |r: usize| ((img * h + 2 * ty - 1 + r) * w + 2 * tx - 1) * cin;
-            [
+            // Rows, all four columns at once: stage[a][q] = (B^T d)[a][q].
+            butterfly_in(
                 &x[at(0)..][..row],
                 &x[at(1)..][..row],
                 &x[at(2)..][..row],
                 &x[at(3)..][..row],
-            ]
+                stage,
+            );
         } else {
-            for (k, dst) in patch.chunks_exact_mut(cin).enumerate() {
+            // At an edge, pixel by pixel, outside ones read as zeros (no patch copy).
+            let px = |k: usize| -> &[f32] {
                 let (iy, ix) = (
                     (2 * ty + k / 4).wrapping_sub(1),
                     (2 * tx + k % 4).wrapping_sub(1),
                 );
                 if iy < h && ix < w {
-                    dst.copy_from_slice(&x[((img * h + iy) * w + ix) * cin..][..cin]);
+                    &x[((img * h + iy) * w + ix) * cin..][..cin]
                 } else {
-                    dst.fill(0.0);
+                    zero
                 }
+            };
+            for q in 0..4 {
+                butterfly_in_column(px(q), px(4 + q), px(8 + q), px(12 + q), stage, q);
             }
-            let (p0, rest) = patch.split_at(row);
-            let (p1, rest) = rest.split_at(row);
-            let (p2, p3) = rest.split_at(row);
-            [p0, p1, p2, p3]
-        };
-        // Rows, all four columns at once: stage[a][q] = (B^T d)[a][q].
-        butterfly_in(rows[0], rows[1], rows[2], rows[3], stage);
+        }
         // Columns: v[a * 4 + b] = (B^T d B)[a][b].
         for (sa, out) in stage.chunks_exact(row).zip(vt.chunks_exact_mut(row)) {
             butterfly_in(
@@ -156,6 +155,25 @@ pub(super) fn butterfly_in(d0: &[f32], d1: &[f32], d2: &[f32], d3: &[f32], out: 
     }
 }
 
+/// [`butterfly_in`] for one column `q` of a patch given pixel by pixel: `stage[a][q] = (B^T
+/// d)[a][q]` for the column's four pixels `d0..d3` (`stage` is `[4][4][c]`).
+#[inline(always)]
+fn butterfly_in_column(d0: &[f32], d1: &[f32], d2: &[f32], d3: &[f32], stage: &mut [f32], q: usize) {
+    let c = d0.len();
+    let (d1, d2, d3) = (&d1[..c], &d2[..c], &d3[..c]);
+    let (o0, rest) = stage[q * c..].split_at_mut(4 * c);
+    let (o1, rest) = rest.split_at_mut(4 * c);
+    let (o2, o3) = rest.split_at_mut(4 * c);
+    let (o0, o1, o2, o3) = (&mut o0[..c], &mut o1[..c], &mut o2[..c], &mut o3[..c]);
+    for i in 0..c {
+        let (a, b, cc, d) = (d0[i], d1[i], d2[i], d3[i]);
+        o0[i] = a - cc;
+        o1[i] = b + cc;
+        o2[i] = cc - b;
+        o3[i] = b - d;
+    }
+}
+
 /// One Winograd output butterfly over channel vectors: `o0 = m0 + m1 + m2`,
 /// `o1 = m1 - m2 - m3`, plus `bias` when given.
 #[inline(always)]
@@ -185,4 +203,99 @@ pub(super) fn butterfly_out(
             }
         }
     }
+}
+
+/// Output-gradient transform for the weight gradient of tiles `t0..t1`, position-major:
+/// `m[a * 4 + b][t - t0][co] = (A dy A^T)[a][b]` over channel vectors (so that each
+/// position's product streams contiguous rows), the adjoint of [`wino_output`]'s `A^T m
+/// A` (rows of `A`: `[1, 0], [1, 1], [1, -1], [0, -1]`). `dy` is the channels-last output
+/// gradient (`h x w`, `cout` channels, the same size as the input); outputs beyond an odd
+/// edge count as zero. `tmp` holds at least `10 * cout` values.
+#[allow(clippy::extra_unused_type_parameters)]
+#[macerator::with_simd]
+pub(super) fn wino_grad_output<S: macerator::Simd>(
+    geo: Wino,
+    dy: &[f32],
+    t0: usize,
+    t1: usize,
+    m: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let Wino {
+        h, w, cout, th, tw, ..
+    } = geo;
+    let (zero, rest) = tmp[..10 * cout].split_at_mut(cout);
+    zero.fill(0.0);
+    let zero = &*zero;
+    // stage[i][b]: row i of the tile (2 rows) after the column butterfly (4 vectors).
+    let (s0, s1) = rest.split_at_mut(4 * cout);
+    let xs = (t1 - t0) * cout;
+    for t in t0..t1 {
+        let at = (t - t0) * cout;
+        let img = t / (th * tw);
+        let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
+        let px = |oy: usize, ox: usize| -> &[f32] {
+            if oy < h && ox < w {
+                &dy[((img * h + oy) * w + ox) * cout..][..cout]
+            } else {
+                zero
+            }
+        };
+        let (oy, ox) = (2 * ty, 2 * tx);
+        butterfly_grad(px(oy, ox), px(oy, ox + 1), s0);
+        butterfly_grad(px(oy + 1, ox), px(oy + 1, ox + 1), s1);
+        // Rows: m[a][b] = (A s[.][b])[a], position a * 4 + b at stride `xs`.
+        for b in 0..4 {
+            let (y0, y1) = (&s0[b * cout..][..cout], &s1[b * cout..][..cout]);
+            let (o0, rest) = m[b * xs + at..].split_at_mut(4 * xs);
+            let (o1, rest) = rest.split_at_mut(4 * xs);
+            let (o2, o3) = rest.split_at_mut(4 * xs);
+            for i in 0..cout {
+                let (p, q) = (y0[i], y1[i]);
+                o0[i] = p;
+                o1[i] = p + q;
+                o2[i] = p - q;
+                o3[i] = -q;
+            }
+        }
+    }
+}
+
+/// One output-gradient butterfly over channel vectors: `out` holds four vectors
+/// `[y0, y0 + y1, y0 - y1, -y1]` (`A` times the pair).
+#[inline(always)]
+fn butterfly_grad(y0: &[f32], y1: &[f32], out: &mut [f32]) {
+    let c = y0.len();
+    let y1 = &y1[..c];
+    let (o0, rest) = out[..4 * c].split_at_mut(c);
+    let (o1, rest) = rest.split_at_mut(c);
+    let (o2, o3) = rest.split_at_mut(c);
+    for i in 0..c {
+        let (p, q) = (y0[i], y1[i]);
+        o0[i] = p;
+        o1[i] = p + q;
+        o2[i] = p - q;
+        o3[i] = -q;
+    }
+}
+
+/// The weight gradient `G^T du G` of one `(co, ci)` pair from its 16 Winograd-domain sums
+/// `du[a * 4 + b]` (the adjoint of the forward's `U = G g G^T`), as `[ky * 3 + kx]`.
+pub(super) fn wino_weight_grad(du: &[f32; 16]) -> [f32; 9] {
+    // G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]; rows of G^T are its columns.
+    const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+    // r[a][kx] = sum over b of du[a][b] G[b][kx].
+    let mut r = [[0.0f32; 3]; 4];
+    for (a, ra) in r.iter_mut().enumerate() {
+        for (kx, v) in ra.iter_mut().enumerate() {
+            *v = (0..4).map(|b| du[a * 4 + b] * G[b][kx]).sum();
+        }
+    }
+    let mut g = [0.0f32; 9];
+    for ky in 0..3 {
+        for kx in 0..3 {
+            g[ky * 3 + kx] = (0..4).map(|a| G[a][ky] * r[a][kx]).sum();
+        }
+    }
+    g
 }
