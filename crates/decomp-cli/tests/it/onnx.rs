@@ -157,7 +157,7 @@ fn channel_granularity_refuses_with_the_reason() {
         ("vgg11_bn_w8", "hidden dense layers are not supported"),
         (
             "mobilenet_v2_w025",
-            "grouped convolutions tie input and output channels",
+            "clip (ReLU6) sites are not supported",
         ),
     ] {
         let out = dir.path().join(name);
