@@ -393,7 +393,9 @@ pub(super) fn convert(
                 b.values.insert(name.clone(), v);
             }
         }
-        for name in n.output.iter().skip(b.outputs_of(n)) {
+        // Every mapped op has one modelled output (Dropout's mask, MaxPool's indices and
+        // BatchNorm's training statistics are not): the others must be unread.
+        for name in n.output.iter().skip(1) {
             if b.uses.get(name.as_str()).copied().unwrap_or(0) > 0 {
                 return Err(format!(
                     "{}: its output '{name}' is read, and decomp only models the first output",
@@ -484,14 +486,6 @@ pub(super) fn convert(
 }
 
 impl<'a> Builder<'a> {
-    /// How many outputs of `n` the converted node provides (the rest must be unread).
-    fn outputs_of(&self, n: &NodeProto) -> usize {
-        match n.op_type.as_str() {
-            "Split" => n.output.len(),
-            _ => 1,
-        }
-    }
-
     /// A unique IR node name from `base`.
     fn unique(&mut self, base: &str) -> String {
         let mut name = base.to_string();
