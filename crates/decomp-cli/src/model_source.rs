@@ -88,7 +88,9 @@ fn is_onnx(path: &Path) -> Result<bool> {
     use std::io::Read;
     let mut head = [0u8; 2];
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let n = f.read(&mut head).with_context(|| format!("reading {}", path.display()))?;
+    let n = f
+        .read(&mut head)
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(decomp_model::onnx::looks_like_onnx(path, &head[..n]))
 }
 
@@ -122,9 +124,11 @@ impl OnnxFlags {
             Some(v) => bail!("--input-shape {v:?}: expected C,H,W"),
         };
         Ok(decomp_model::onnx::OnnxOptions {
-            input_norm: self.input_mean.clone().zip(self.input_std.clone()).map(|(mean, std)| {
-                decomp_ir::InputNorm { mean, std }
-            }),
+            input_norm: self
+                .input_mean
+                .clone()
+                .zip(self.input_std.clone())
+                .map(|(mean, std)| decomp_ir::InputNorm { mean, std }),
             class_names: self.class_names.clone(),
             input_shape,
         })

@@ -54,7 +54,9 @@ fn contribution(graph: &Graph, shapes: &[Shape], dead_j: &BitSet, j: NodeId, inp
     let in_shape = &shapes[input];
     let out_shape = &shapes[j];
     match &graph.nodes[j].op {
-        Op::Relu | Op::Clip { .. } | Op::BatchNorm2d { .. } | Op::Flatten | Op::Add => Some(dead_j.clone()),
+        Op::Relu | Op::Clip { .. } | Op::BatchNorm2d { .. } | Op::Flatten | Op::Add => {
+            Some(dead_j.clone())
+        }
         Op::Concat => {
             // Input `input` is one channel range of the output (or several, if it is
             // concatenated more than once: dead only where every copy is dead).

@@ -115,7 +115,10 @@ pub enum Op {
     /// Element-wise `min(max(x, min), max)`; `Clip { min: 0, max: 6 }` is ReLU6 (MobileNet).
     /// A clip with `min == 0` is a rectifier: its input is a mask site like a ReLU's
     /// ([`Op::is_rectifier`]).
-    Clip { min: f32, max: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
     /// Concatenation of two or more inputs along the channel axis: `[c_i, h, w]` maps of one
     /// spatial size, or vectors `[n_i]`, in input order.
     Concat,
@@ -361,7 +364,11 @@ impl Graph {
 /// builders that need each node's shape while they build.
 pub fn node_shape(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
     if !op.arity_ok(ins.len()) {
-        return Err(format!("expects {} inputs, found {}", op.arity(), ins.len()));
+        return Err(format!(
+            "expects {} inputs, found {}",
+            op.arity(),
+            ins.len()
+        ));
     }
     let shape = infer(op, ins)?;
     within_limits(&shape)?;
@@ -533,7 +540,9 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
                         ins
                     ));
                 }
-                channels = channels.checked_add(s[0]).ok_or("channel count overflows")?;
+                channels = channels
+                    .checked_add(s[0])
+                    .ok_or("channel count overflows")?;
             }
             let mut out = first.clone();
             out[0] = channels;

@@ -596,11 +596,7 @@ impl CpuPlan {
         let mut offset = 0;
         for (&i, a) in self.nodes[id].inputs.iter().zip(args) {
             let c = chw(&self.shapes[i])[0];
-            for (src, dst) in a
-                .as_slice()
-                .chunks_exact(c)
-                .zip(out.chunks_exact_mut(co))
-            {
+            for (src, dst) in a.as_slice().chunks_exact(c).zip(out.chunks_exact_mut(co)) {
                 dst[offset..offset + c].copy_from_slice(src);
             }
             offset += c;

@@ -405,21 +405,41 @@ fn forward_active_agrees_with_burn_engine() {
 fn grouped_depthwise_clip_and_concat_agree_with_burn_engine() {
     let t = |shape: Vec<usize>, seed: f32| {
         let n = shape.iter().product::<usize>();
-        TensorData::new(shape, (0..n).map(|i| ((i as f32) * 0.37 + seed).sin() * 0.5).collect())
-            .expect("tensor")
+        TensorData::new(
+            shape,
+            (0..n)
+                .map(|i| ((i as f32) * 0.37 + seed).sin() * 0.5)
+                .collect(),
+        )
+        .expect("tensor")
     };
-    let conv = |o: usize, i: usize, k: usize, s: usize, p: usize, g: usize, seed: f32, bias: bool| Op::Conv2d {
-        weight: t(vec![o, i / g, k, k], seed),
-        bias: bias.then(|| t(vec![o], seed + 1.0)),
-        stride: [s, s],
-        padding: [p, p],
-        groups: g,
-    };
+    let conv =
+        |o: usize, i: usize, k: usize, s: usize, p: usize, g: usize, seed: f32, bias: bool| {
+            Op::Conv2d {
+                weight: t(vec![o, i / g, k, k], seed),
+                bias: bias.then(|| t(vec![o], seed + 1.0)),
+                stride: [s, s],
+                padding: [p, p],
+                groups: g,
+            }
+        };
     let bn = |c: usize, seed: f32| Op::BatchNorm2d {
-        gamma: TensorData::new(vec![c], (0..c).map(|i| 0.8 + (i as f32 + seed).cos().abs()).collect()).expect("t"),
+        gamma: TensorData::new(
+            vec![c],
+            (0..c)
+                .map(|i| 0.8 + (i as f32 + seed).cos().abs())
+                .collect(),
+        )
+        .expect("t"),
         beta: t(vec![c], seed + 2.0),
         running_mean: t(vec![c], seed + 3.0),
-        running_var: TensorData::new(vec![c], (0..c).map(|i| 0.6 + (i as f32 * seed).sin().abs()).collect()).expect("t"),
+        running_var: TensorData::new(
+            vec![c],
+            (0..c)
+                .map(|i| 0.6 + (i as f32 * seed).sin().abs())
+                .collect(),
+        )
+        .expect("t"),
         eps: 1e-5,
     };
     let relu6 = Op::Clip { min: 0.0, max: 6.0 };
@@ -440,15 +460,39 @@ fn grouped_depthwise_clip_and_concat_agree_with_burn_engine() {
     let gx = g.push("g6", conv(12, 12, 3, 1, 1, 3, 0.9, false), vec![add]); // 3 groups of 4 -> 4
     let gp = g.push("gp", Op::GlobalAvgPool, vec![gx]);
     let fl = g.push("fl", Op::Flatten, vec![gp]); // [12]
-    let fc = g.push("fc", Op::Linear { weight: t(vec![6, 12], 1.0), bias: Some(t(vec![6], 1.1)) }, vec![fl]);
-    let clip = g.push("clip", Op::Clip { min: -0.2, max: 0.3 }, vec![fc]);
+    let fc = g.push(
+        "fc",
+        Op::Linear {
+            weight: t(vec![6, 12], 1.0),
+            bias: Some(t(vec![6], 1.1)),
+        },
+        vec![fl],
+    );
+    let clip = g.push(
+        "clip",
+        Op::Clip {
+            min: -0.2,
+            max: 0.3,
+        },
+        vec![fc],
+    );
     let vcat = g.push("vcat", Op::Concat, vec![clip, fl, fc]); // [24]
-    g.push("head", Op::Linear { weight: t(vec![4, 24], 1.2), bias: None }, vec![vcat]);
+    g.push(
+        "head",
+        Op::Linear {
+            weight: t(vec![4, 24], 1.2),
+            bias: None,
+        },
+        vec![vcat],
+    );
     let model = ModelIr {
         meta: ModelMeta {
             arch: "mobile".into(),
             class_names: (0..4).map(|i| format!("c{i}")).collect(),
-            input_norm: InputNorm { mean: vec![0.0; 3], std: vec![1.0; 3] },
+            input_norm: InputNorm {
+                mean: vec![0.0; 3],
+                std: vec![1.0; 3],
+            },
             source: "test".into(),
         },
         graph: g,
@@ -457,24 +501,48 @@ fn grouped_depthwise_clip_and_concat_agree_with_burn_engine() {
     let all: Vec<NodeId> = (0..model.graph.nodes.len()).filter(|&i| i != c1).collect(); // c1 folds into b1
     check_probe(&model, 5, &all, &[], "mobile graph");
     let sites = model.graph.relu_inputs();
-    assert_eq!(sites, vec![b1, b2, cat], "clip at 0 and ReLU inputs; the [-0.2, 0.3] clip is no site");
-    let masks: Vec<NodeMask> = sites.iter().enumerate().map(|(k, &s)| pattern_mask(&cpu, s, k + 2, k)).collect();
+    assert_eq!(
+        sites,
+        vec![b1, b2, cat],
+        "clip at 0 and ReLU inputs; the [-0.2, 0.3] clip is no site"
+    );
+    let masks: Vec<NodeMask> = sites
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| pattern_mask(&cpu, s, k + 2, k))
+        .collect();
     check_probe(&model, 3, &all, &masks, "mobile graph, masked");
     let x = input(6, [3, 13, 11], 0.4);
     let other: Vec<NodeMask> = vec![pattern_mask(&cpu, cat, 1, 1)];
     let modules: Vec<&[NodeMask]> = vec![&[], &masks, &other];
-    let (mc, mb) = (cpu.compile_module_masks(&modules).expect("m"), burn.compile_module_masks(&modules).expect("m"));
-    let got = cpu.forward_modules(x.clone(), &mc, vcat).expect("cpu modules");
-    let want = burn.forward_modules(x.clone(), &mb, vcat).expect("burn modules");
+    let (mc, mb) = (
+        cpu.compile_module_masks(&modules).expect("m"),
+        burn.compile_module_masks(&modules).expect("m"),
+    );
+    let got = cpu
+        .forward_modules(x.clone(), &mc, vcat)
+        .expect("cpu modules");
+    let want = burn
+        .forward_modules(x.clone(), &mb, vcat)
+        .expect("burn modules");
     for (m, (a, b)) in got.iter().zip(&want).enumerate() {
         let d = max_abs_diff(a, b);
         assert!(d < TOL, "module {m}: engines differ by {d}");
     }
-    assert!(max_abs_diff(&got[0], &got[1]) > 1e-3, "masks must change something");
-    let (fa, fb) = (cpu.forward_active(x.clone(), &sites).expect("a"), burn.forward_active(x, &sites).expect("b"));
+    assert!(
+        max_abs_diff(&got[0], &got[1]) > 1e-3,
+        "masks must change something"
+    );
+    let (fa, fb) = (
+        cpu.forward_active(x.clone(), &sites).expect("a"),
+        burn.forward_active(x, &sites).expect("b"),
+    );
     let mut acc = [Vec::new(), Vec::new()];
     for (slot, (e, f)) in acc.iter_mut().zip([(&cpu, &fa), (&burn, &fb)]) {
-        *slot = sites.iter().map(|&s| BitSet::new(e.shapes()[s].iter().product())).collect::<Vec<_>>();
+        *slot = sites
+            .iter()
+            .map(|&s| BitSet::new(e.shapes()[s].iter().product()))
+            .collect::<Vec<_>>();
         e.accumulate(f, None, slot);
     }
     assert_eq!(acc[0], acc[1]);
