@@ -139,7 +139,7 @@ impl CpuPlan {
                                     let src = &x[((img * h + iy) * wi + ix) * c..][..c];
                                     let wr = &w[(ky * kernel[1] + kx) * c..][..c];
                                     for ((d, s), k) in dst.iter_mut().zip(src).zip(wr) {
-                                        *d = s.mul_add(*k, *d);
+                                        *d += s * k;
                                     }
                                 }
                             }
