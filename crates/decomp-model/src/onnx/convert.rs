@@ -498,6 +498,25 @@ impl<'a> Builder<'a> {
         name
     }
 
+    /// Appends an IR node (named uniquely after `name`); `what` names its origin in errors.
+    fn add_node(
+        &mut self,
+        what: &str,
+        name: &str,
+        op: Op,
+        inputs: Vec<NodeId>,
+    ) -> Result<NodeId, String> {
+        let shape = {
+            let ins: Vec<&Shape> = inputs.iter().map(|&i| &self.shapes[i]).collect();
+            node_shape(&op, &ins).map_err(|e| format!("{what}: {e}"))?
+        };
+        let name = self.unique(name);
+        self.graph.push(name, op, inputs);
+        self.shapes.push(shape);
+        Ok(self.graph.nodes.len() - 1)
+    }
+
+    /// [`Self::add_node`] for ONNX node `n`.
     fn push(
         &mut self,
         n: &NodeProto,
@@ -505,14 +524,7 @@ impl<'a> Builder<'a> {
         op: Op,
         inputs: Vec<NodeId>,
     ) -> Result<Val, String> {
-        let shape = {
-            let ins: Vec<&Shape> = inputs.iter().map(|&i| &self.shapes[i]).collect();
-            node_shape(&op, &ins).map_err(|e| format!("{}: {e}", who(n)))?
-        };
-        let name = self.unique(name);
-        self.graph.push(name, op, inputs);
-        self.shapes.push(shape);
-        Ok(Val::Ir(self.graph.nodes.len() - 1))
+        self.add_node(&who(n), name, op, inputs).map(Val::Ir)
     }
 
     /// Name of an IR node made from `n`: its weight initializer without `.weight` (the
@@ -617,35 +629,18 @@ impl<'a> Builder<'a> {
                         who(n)
                     ));
                 }
-                match self.push_named(
-                    &name,
-                    Op::ShortcutA {
-                        stride: stride[0],
-                        pad_before: 0,
-                        pad_after: 0,
-                    },
-                    vec![src],
-                )? {
-                    Val::Ir(id) => Ok(id),
-                    _ => unreachable!("push returns an IR value"),
-                }
+                let op = Op::ShortcutA {
+                    stride: stride[0],
+                    pad_before: 0,
+                    pad_after: 0,
+                };
+                self.add_node(&who(n), &name, op, vec![src])
             }
             Val::Const(_) => Err(format!(
                 "{}: applies a network op to a constant; constant subgraphs are folded only for shape arithmetic",
                 who(n)
             )),
         }
-    }
-
-    fn push_named(&mut self, name: &str, op: Op, inputs: Vec<NodeId>) -> Result<Val, String> {
-        let shape = {
-            let ins: Vec<&Shape> = inputs.iter().map(|&i| &self.shapes[i]).collect();
-            node_shape(&op, &ins).map_err(|e| format!("{name}: {e}"))?
-        };
-        let name = self.unique(name);
-        self.graph.push(name, op, inputs);
-        self.shapes.push(shape);
-        Ok(Val::Ir(self.graph.nodes.len() - 1))
     }
 
     /// The IR node of input `k` (a pending slice is materialized and remembered).
@@ -919,9 +914,7 @@ impl<'a> Builder<'a> {
                     )));
                 }
                 let name = self.node_name(n);
-                let Val::Ir(p) = self.push(n, &name, Op::GlobalAvgPool, vec![x])? else {
-                    unreachable!("push returns an IR value")
-                };
+                let p = self.add_node(&who(n), &name, Op::GlobalAvgPool, vec![x])?;
                 if keep == 0 {
                     one(self.push(n, &format!("{name}.flatten"), Op::Flatten, vec![p])?)
                 } else {
