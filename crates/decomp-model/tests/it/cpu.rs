@@ -172,42 +172,65 @@ fn resnets_agree_with_burn_engine() {
 /// convolution has two readers), max and average pooling with padding, a strided 1x1
 /// convolution, flattening a map wider than 1x1, a residual Add of two BatchNorms, option-A
 /// shortcut with uneven padding, masks on several kinds of node.
+/// Deterministic test values `sin(0.37 i + seed) / 2`.
+fn wave(shape: Vec<usize>, seed: f32) -> TensorData {
+    let n = shape.iter().product::<usize>();
+    TensorData::new(
+        shape,
+        (0..n)
+            .map(|i| ((i as f32) * 0.37 + seed).sin() * 0.5)
+            .collect(),
+    )
+    .expect("tensor")
+}
+
+/// Positive test values (BatchNorm scales and variances).
+fn positive(n: usize, seed: f32) -> TensorData {
+    TensorData::new(
+        vec![n],
+        (0..n)
+            .map(|i| 0.6 + ((i as f32) + seed).cos().abs())
+            .collect(),
+    )
+    .expect("tensor")
+}
+
+/// A `k`x`k` convolution from `i` to `o` channels in `g` groups.
+#[allow(clippy::too_many_arguments)]
+fn conv_op(
+    o: usize,
+    i: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    g: usize,
+    seed: f32,
+    bias: bool,
+) -> Op {
+    Op::Conv2d {
+        weight: wave(vec![o, i / g, k, k], seed),
+        bias: bias.then(|| wave(vec![o], seed + 1.0)),
+        stride: [s, s],
+        padding: [p, p],
+        groups: g,
+    }
+}
+
+fn bn_op(c: usize, seed: f32) -> Op {
+    Op::BatchNorm2d {
+        gamma: positive(c, seed),
+        beta: wave(vec![c], seed + 2.0),
+        running_mean: wave(vec![c], seed + 3.0),
+        running_var: positive(c, seed + 4.0),
+        eps: 1e-5,
+    }
+}
+
 #[test]
 fn odd_graph_agrees_with_burn_engine() {
-    let t = |shape: Vec<usize>, seed: f32| {
-        let n = shape.iter().product::<usize>();
-        TensorData::new(
-            shape,
-            (0..n)
-                .map(|i| ((i as f32) * 0.37 + seed).sin() * 0.5)
-                .collect(),
-        )
-        .expect("tensor")
-    };
-    let pos = |n: usize, seed: f32| {
-        TensorData::new(
-            vec![n],
-            (0..n)
-                .map(|i| 0.6 + ((i as f32) + seed).cos().abs())
-                .collect(),
-        )
-        .expect("tensor")
-    };
-    let conv =
-        |o: usize, i: usize, k: usize, s: usize, p: usize, seed: f32, bias: bool| Op::Conv2d {
-            weight: t(vec![o, i, k, k], seed),
-            bias: bias.then(|| t(vec![o], seed + 1.0)),
-            stride: [s, s],
-            padding: [p, p],
-            groups: 1,
-        };
-    let bn = |c: usize, seed: f32| Op::BatchNorm2d {
-        gamma: pos(c, seed),
-        beta: t(vec![c], seed + 2.0),
-        running_mean: t(vec![c], seed + 3.0),
-        running_var: pos(c, seed + 4.0),
-        eps: 1e-5,
-    };
+    let t = wave;
+    let conv = |o, i, k, s, p, seed, bias| conv_op(o, i, k, s, p, 1, seed, bias);
+    let bn = bn_op;
     let mut g = Graph::new([3, 11, 9]);
     let c1 = g.push("c1", conv(6, 3, 3, 1, 1, 0.1, true), vec![0]); // [6, 11, 9]
     let b1 = g.push("b1", bn(6, 0.2), vec![c1]); // c1 has two readers: not folded
@@ -403,45 +426,7 @@ fn forward_active_agrees_with_burn_engine() {
 /// inputs, one branching pass over several modules, and activity bits.
 #[test]
 fn grouped_depthwise_clip_and_concat_agree_with_burn_engine() {
-    let t = |shape: Vec<usize>, seed: f32| {
-        let n = shape.iter().product::<usize>();
-        TensorData::new(
-            shape,
-            (0..n)
-                .map(|i| ((i as f32) * 0.37 + seed).sin() * 0.5)
-                .collect(),
-        )
-        .expect("tensor")
-    };
-    let conv =
-        |o: usize, i: usize, k: usize, s: usize, p: usize, g: usize, seed: f32, bias: bool| {
-            Op::Conv2d {
-                weight: t(vec![o, i / g, k, k], seed),
-                bias: bias.then(|| t(vec![o], seed + 1.0)),
-                stride: [s, s],
-                padding: [p, p],
-                groups: g,
-            }
-        };
-    let bn = |c: usize, seed: f32| Op::BatchNorm2d {
-        gamma: TensorData::new(
-            vec![c],
-            (0..c)
-                .map(|i| 0.8 + (i as f32 + seed).cos().abs())
-                .collect(),
-        )
-        .expect("t"),
-        beta: t(vec![c], seed + 2.0),
-        running_mean: t(vec![c], seed + 3.0),
-        running_var: TensorData::new(
-            vec![c],
-            (0..c)
-                .map(|i| 0.6 + (i as f32 * seed).sin().abs())
-                .collect(),
-        )
-        .expect("t"),
-        eps: 1e-5,
-    };
+    let (t, conv, bn) = (wave, conv_op, bn_op);
     let relu6 = Op::Clip { min: 0.0, max: 6.0 };
     let mut g = Graph::new([3, 13, 11]);
     let c1 = g.push("c1", conv(12, 3, 3, 1, 1, 1, 0.1, false), vec![0]); // [12, 13, 11]
