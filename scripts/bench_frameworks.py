@@ -53,18 +53,22 @@ def peak_rss_kib():
 # ---------------------------------------------------------------- PyTorch
 
 
-def torch_resnet20(num_classes=10):
-    import torch
+def torch_resnet(depth=20, bn=True, num_classes=10):
+    """CIFAR ResNet-`depth` (option-A shortcuts) as decomp builds it: BatchNorm after every
+    convolution, or (bn=False, the paper's setting) none and a bias in every convolution."""
     import torch.nn as nn
     import torch.nn.functional as F
+
+    def norm(c):
+        return nn.BatchNorm2d(c) if bn else nn.Identity()
 
     class Block(nn.Module):
         def __init__(self, cin, cout, stride):
             super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=not bn)
+            self.bn1 = norm(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=not bn)
+            self.bn2 = norm(cout)
             self.pad = (cout - cin) // 2 if (stride != 1 or cin != cout) else None
             self.stride = stride
 
@@ -80,12 +84,12 @@ def torch_resnet20(num_classes=10):
     class ResNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(16)
+            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=not bn)
+            self.bn1 = norm(16)
             layers, cin = [], 16
             for cout, stride in [(16, 1), (32, 2), (64, 2)]:
                 blocks = []
-                for i in range(3):
+                for i in range((depth - 2) // 6):
                     blocks.append(Block(cin, cout, stride if i == 0 else 1))
                     cin = cout
                 layers.append(nn.Sequential(*blocks))
@@ -101,13 +105,34 @@ def torch_resnet20(num_classes=10):
     return ResNet()
 
 
+def torch_resnet20(num_classes=10):
+    return torch_resnet(20, True, num_classes)
+
+
+def torch_augment(x, adam):
+    """The recipe's augmentation of one batch (NCHW), as decomp's trainer applies it:
+    he2016 (SGD): 4-pixel zero pad + random 32x32 crop + horizontal flip; paper-keras (Adam):
+    random shifts of up to 10% (3 pixels) with edges repeated + horizontal flip."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape
+    p = 3 if adam else 4
+    xp = F.pad(x, (p, p, p, p), mode="replicate" if adam else "constant")
+    oy = torch.randint(0, 2 * p + 1, (n,)).tolist()
+    ox = torch.randint(0, 2 * p + 1, (n,)).tolist()
+    out = torch.stack([xp[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(n)])
+    flip = torch.rand(n) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
 def probe_torch(args):
     import torch
 
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     torch.manual_seed(0)
-    model = torch_resnet20()
+    model = torch_resnet(args.depth, not args.no_bn)
     if args.weights:
         ckpt = torch.load(args.weights, map_location="cpu", weights_only=False)
         state = ckpt.get("state_dict", ckpt)
@@ -129,12 +154,17 @@ def probe_torch(args):
     else:
         model.train()
         y = torch.randint(0, 10, (args.batch,))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        if args.adam:  # paper-keras: Adam with L2 (torch's weight_decay adds wd * w to g)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7,
+                                   weight_decay=1e-4)
+        else:  # he2016
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         loss_fn = torch.nn.CrossEntropyLoss()
 
         def step():
+            xb = torch_augment(x, args.adam) if args.augment else x
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(xb), y)
             loss.backward()
             opt.step()
             loss.item()
@@ -145,17 +175,21 @@ def probe_torch(args):
 # ---------------------------------------------------------------- TensorFlow
 
 
-def tf_resnet20(num_classes=10):
+def tf_resnet(depth=20, bn=True, num_classes=10):
+    """The same ResNet in Keras (NHWC)."""
     import tensorflow as tf
     from tensorflow import keras
     from tensorflow.keras import layers as L
 
+    def norm(t):
+        return L.BatchNormalization()(t) if bn else t
+
     def block(x, cout, stride):
         cin = x.shape[-1]
-        out = L.Conv2D(cout, 3, stride, padding="same", use_bias=False)(x)
-        out = L.ReLU()(L.BatchNormalization()(out))
-        out = L.Conv2D(cout, 3, 1, padding="same", use_bias=False)(out)
-        out = L.BatchNormalization()(out)
+        out = L.Conv2D(cout, 3, stride, padding="same", use_bias=not bn)(x)
+        out = L.ReLU()(norm(out))
+        out = L.Conv2D(cout, 3, 1, padding="same", use_bias=not bn)(out)
+        out = norm(out)
         if stride != 1 or cin != cout:
             pad = (cout - cin) // 2
             sc = L.Lambda(lambda t: tf.pad(t[:, ::stride, ::stride, :], [[0, 0], [0, 0], [0, 0], [pad, pad]]))(x)
@@ -164,13 +198,28 @@ def tf_resnet20(num_classes=10):
         return L.ReLU()(L.Add()([out, sc]))
 
     inp = keras.Input((32, 32, 3))
-    x = L.Conv2D(16, 3, 1, padding="same", use_bias=False)(inp)
-    x = L.ReLU()(L.BatchNormalization()(x))
+    x = L.Conv2D(16, 3, 1, padding="same", use_bias=not bn)(inp)
+    x = L.ReLU()(norm(x))
     for cout, stride in [(16, 1), (32, 2), (64, 2)]:
-        for i in range(3):
+        for i in range((depth - 2) // 6):
             x = block(x, cout, stride if i == 0 else 1)
     x = L.GlobalAveragePooling2D()(x)
     return keras.Model(inp, L.Dense(num_classes)(x))
+
+
+def tf_resnet20(num_classes=10):
+    return tf_resnet(20, True, num_classes)
+
+
+def tf_augment(x, adam):
+    """torch_augment in TensorFlow (NHWC), inside the compiled step."""
+    import tensorflow as tf
+
+    p = 3 if adam else 4
+    xp = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="SYMMETRIC" if adam else "CONSTANT")
+    shape = tf.shape(x)[1:]
+    out = tf.map_fn(lambda im: tf.image.random_crop(im, shape), xp)
+    return tf.image.random_flip_left_right(out)
 
 
 def probe_tf(args):
@@ -179,7 +228,7 @@ def probe_tf(args):
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.random.set_seed(0)
-    model = tf_resnet20()
+    model = tf_resnet(args.depth, not args.no_bn)
     x = tf.random.normal((args.batch, 32, 32, 3))
     if args.mode == "infer":
         fwd = tf.function(lambda t: model(t, training=False), jit_compile=False)
@@ -189,13 +238,18 @@ def probe_tf(args):
 
     else:
         y = tf.random.uniform((args.batch,), 0, 10, dtype=tf.int32)
-        opt = tf.keras.optimizers.SGD(learning_rate=0.1, momentum=0.9, weight_decay=1e-4)
+        if args.adam:
+            opt = tf.keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.9, beta_2=0.999,
+                                           epsilon=1e-7, weight_decay=1e-4)
+        else:
+            opt = tf.keras.optimizers.SGD(learning_rate=0.1, momentum=0.9, weight_decay=1e-4)
         loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
         @tf.function
         def train_step():
+            xb = tf_augment(x, args.adam) if args.augment else x
             with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=True))
+                loss = loss_fn(y, model(xb, training=True))
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables))
             return loss
@@ -237,6 +291,10 @@ def cmd_probe(args):
     out = {
         "framework": {"torch": "pytorch", "tf": "tensorflow"}[args.framework],
         "mode": args.mode,
+        "depth": args.depth,
+        "batch_norm": not args.no_bn,
+        "optimizer": "adam" if args.adam else "sgd",
+        "augment": args.augment,
         "batch": args.batch,
         "iters": args.iters,
         "img_per_s": round(args.batch * len(times) / sum(times), 1),
@@ -280,11 +338,21 @@ def cmd_compare(args):
         probes.append(("decomp cpu engine", "infer", [args.decomp, "--engine", "cpu"] + common + w))
         if not args.skip_burn:
             probes.append(("decomp burn engine", "infer", [args.decomp, "--engine", "burn"] + common + w))
-    if args.decomp_train:
+    frameworks = [fw for fw in args.frameworks.split(",") if fw]
+    if args.train_configs:
+        # One decomp and one probe per framework for each training configuration.
+        for cfg in args.train_configs.split(","):
+            flags, depth, batch = TRAIN_CONFIGS[cfg]
+            run = ["--batch", str(batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
+                   "--depth", str(depth)] + flags
+            if args.decomp_train:
+                probes.append((f"decomp train {cfg}", "train", [args.decomp_train] + run))
+            for fw in frameworks:
+                fwme = [sys.executable, os.path.abspath(__file__), "probe", "--threads", str(args.threads)]
+                probes.append((f"{fw} train {cfg}", "train", fwme + ["--framework", fw, "--mode", "train"] + run))
+    elif args.decomp_train:
         probes.append(("decomp train", "train", [args.decomp_train] + common))
-    for fw in args.frameworks.split(","):
-        if not fw:
-            continue
+    for fw in frameworks if not args.train_configs else []:
         w = ["--weights", args.weights] if (args.weights and fw == "torch") else []
         probes.append((f"{fw} infer", "infer", me + ["--framework", fw, "--mode", "infer"] + w))
         if args.train:
@@ -304,7 +372,12 @@ def cmd_compare(args):
             log(f"round {r + 1}/{args.rounds} {name}: {j['img_per_s']} img/s (load {loads[-1]:.2f})")
     med = {k: statistics.median(v) for k, v in results.items()}
     base = med.get("decomp cpu engine")
-    base_train = med.get("decomp train")
+
+    def base_train(name):
+        # The decomp training probe of the same configuration.
+        cfg = name.split(" train", 1)[1] if " train" in name else ""
+        return med.get("decomp train" + cfg)
+
     summary = {
         "batch": args.batch,
         "threads": args.threads,
@@ -318,7 +391,7 @@ def cmd_compare(args):
                 "img_per_s_median": med[name],
                 "img_per_s_all": results[name],
                 "ratio_decomp_cpu_to_this": round(base / med[name], 3) if base and mode == "infer" else None,
-                "ratio_decomp_train_to_this": round(base_train / med[name], 3) if base_train and mode == "train" else None,
+                "ratio_decomp_train_to_this": round(base_train(name) / med[name], 3) if base_train(name) and mode == "train" else None,
                 "cpu_ms_per_img_median": round(1000 * statistics.median(cpu[name]), 3) if cpu[name] else None,
                 "peak_rss_mib": round(rss[name] / 1024, 1),
             }
@@ -332,6 +405,14 @@ def cmd_compare(args):
         with open(tmp, "w") as f:
             f.write(text + "\n")
         os.replace(tmp, args.out)
+
+
+# Training configurations of issue 14: (probe flags, depth, batch).
+TRAIN_CONFIGS = {
+    "r20-bn-sgd-aug": (["--augment"], 20, 128),
+    "r56-bn-sgd-aug": (["--augment"], 56, 128),
+    "r20-nobn-adam-aug-b32": (["--no-bn", "--adam", "--augment"], 20, 32),
+}
 
 
 def cpu_name():
@@ -359,6 +440,10 @@ def main():
     pr.add_argument("--framework", choices=["torch", "tf"], required=True)
     pr.add_argument("--mode", choices=["infer", "train"], default="infer")
     pr.add_argument("--channels-last", action="store_true", help="PyTorch channels_last layout")
+    pr.add_argument("--depth", type=int, default=20, help="ResNet depth (6n + 2)")
+    pr.add_argument("--no-bn", action="store_true", help="no BatchNorm, biased convolutions")
+    pr.add_argument("--adam", action="store_true", help="paper-keras's Adam instead of he2016's SGD")
+    pr.add_argument("--augment", action="store_true", help="the recipe's augmentation in each step")
     c = sub.choices["compare"]
     c.add_argument("--rounds", type=int, default=3)
     c.add_argument("--decomp", help="path of decomp's `infer` probe binary")
@@ -366,6 +451,8 @@ def main():
     c.add_argument("--skip-burn", action="store_true", help="do not time decomp's burn engine")
     c.add_argument("--frameworks", default="torch,tf", help="comma list of torch, tf (empty: none)")
     c.add_argument("--train", action="store_true", help="also time a training step per framework")
+    c.add_argument("--train-configs", help="comma list of training configurations to compare "
+                   f"(decomp and every framework, each in its own probe): {', '.join(TRAIN_CONFIGS)}")
     c.add_argument("--out", help="write the JSON summary here")
     args = p.parse_args()
     (cmd_probe if args.cmd == "probe" else cmd_compare)(args)

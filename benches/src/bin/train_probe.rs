@@ -4,15 +4,20 @@
 //! times it interleaved with PyTorch and TensorFlow training steps.
 //!
 //! `cargo run -p decomp-benches --bin train_probe -- [--depth 20] [--batch 128] [--iters 5]
-//!  [--warmup 2]`
+//!  [--warmup 2] [--no-bn] [--adam] [--augment]`
 //!
-//! Same recipe as the Python probes: SGD lr 0.1, momentum 0.9, weight decay 1e-4, random
-//! labels, BatchNorm ResNet, 32x32 inputs. Threads: `RAYON_NUM_THREADS`; training engine:
-//! `DECOMP_ENGINE` (on `flex` the CPU engine by default, `burn` for burn autodiff).
+//! Same recipes as the Python probes, on random labels and 32x32 inputs: by default he2016's
+//! optimizer (SGD lr 0.1, momentum 0.9, weight decay 1e-4) on a BatchNorm ResNet; `--adam`
+//! paper-keras's (Adam lr 1e-3, betas 0.9/0.999, eps 1e-7, L2 1e-4); `--no-bn` without
+//! BatchNorm; `--augment` the recipe's augmentation inside the timed step (he2016: 4-pixel
+//! pad + crop and flips; with `--adam`, paper-keras: shifts of 10% and flips). Threads:
+//! `RAYON_NUM_THREADS`; training engine: `DECOMP_ENGINE` (on `flex` the CPU engine by
+//! default, `burn` for burn autodiff).
 
-use decomp_data::Batch;
+use decomp_data::{Augmentation, Batch, DatasetKind};
 use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};
 use decomp_model::{Device, ResNetConfig};
+use rand::SeedableRng;
 
 fn flag(args: &[String], name: &str, default: usize) -> usize {
     args.iter()
@@ -34,42 +39,83 @@ fn main() {
         flag(&args, "--iters", 5),
         flag(&args, "--warmup", 2),
     );
+    let on = |name: &str| args.iter().any(|a| a == name);
+    let (no_bn, adam, augment) = (on("--no-bn"), on("--adam"), on("--augment"));
     let model = ResNetConfig::new(depth, 10)
+        .with_batch_norm(!no_bn)
         .with_seed(7)
         .build()
         .unwrap_or_else(|e| {
             eprintln!("error: {e}");
             std::process::exit(2)
         });
-    let config = TrainConfig {
-        optimizer: OptimizerConfig::Sgd {
+    let (optimizer, lr) = if adam {
+        let adam = OptimizerConfig::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            weight_decay: 1e-4,
+        };
+        (adam, 1e-3)
+    } else {
+        let sgd = OptimizerConfig::Sgd {
             momentum: 0.9,
             dampening: 0.0,
             nesterov: false,
             weight_decay: 1e-4,
+        };
+        (sgd, 0.1)
+    };
+    let augmentation = match (augment, adam) {
+        (false, _) => AugmentConfig::default(),
+        (true, false) => AugmentConfig {
+            pad_crop: 4,
+            shift: 0.0,
+            flip: true,
         },
-        lr: 0.1,
+        (true, true) => AugmentConfig {
+            pad_crop: 0,
+            shift: 0.1,
+            flip: true,
+        },
+    };
+    let config = TrainConfig {
+        optimizer,
+        lr,
         schedule: Schedule::Constant,
         epochs: 1,
         batch_size: batch,
-        augment: AugmentConfig::default(),
+        augment: augmentation,
         seed: 0,
         eval_batch_size: batch,
     };
     let mut trainer = Trainer::new(model, config, "probe".into(), &Device::flex())
         .expect("a valid training configuration");
-    let make = |k: usize| Batch {
-        images: (0..batch * 3 * 32 * 32)
-            .map(|i| ((i + k) as f32 * 0.618).sin())
-            .collect(),
-        labels: (0..batch).map(|i| (i * 7 + k) % 10).collect(),
-        shape: [batch, 3, 32, 32],
+    let norm = DatasetKind::Cifar10.default_normalization();
+    let aug = Augmentation::from(augmentation);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut make = |k: usize| {
+        let mut b = Batch {
+            images: (0..batch * 3 * 32 * 32)
+                .map(|i| ((i + k) as f32 * 0.618).sin())
+                .collect(),
+            labels: (0..batch).map(|i| (i * 7 + k) % 10).collect(),
+            shape: [batch, 3, 32, 32],
+        };
+        aug.apply(&mut b, &norm, &mut rng);
+        b
     };
     for k in 0..warmup {
-        trainer.step(make(k), 0.1).expect("step");
+        trainer.step(make(k), lr).expect("step");
     }
-    // Building the synthetic batch (a few ms) is timed with the step (about 2 s).
-    decomp_benches::time_and_report("train", depth, batch, iters, |k| {
-        trainer.step(make(warmup + k), 0.1).expect("step");
+    // Building the synthetic batch (a few ms) and augmenting it are timed with the step.
+    let engine = format!(
+        "train{}{}{}",
+        if no_bn { "-nobn" } else { "" },
+        if adam { "-adam" } else { "-sgd" },
+        if augment { "-aug" } else { "" }
+    );
+    decomp_benches::time_and_report(&engine, depth, batch, iters, |k| {
+        trainer.step(make(warmup + k), lr).expect("step");
     });
 }

@@ -631,6 +631,14 @@ impl Trainer {
         if train.is_empty() {
             return Err(ModelError::Config("the training split is empty".into()));
         }
+        if self.config.batch_size > train.len() {
+            return Err(ModelError::Config(format!(
+                "batch size {} is larger than the training split ({} images): not one full \
+                 batch per epoch; lower --batch-size or use more training images",
+                self.config.batch_size,
+                train.len()
+            )));
+        }
         let epoch = self.epochs_done;
         let start = Instant::now();
         let cfg = self.config.clone();

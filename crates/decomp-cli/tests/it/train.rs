@@ -115,8 +115,9 @@ fn train_errors_name_the_culprit() {
     let data_s = data.to_str().expect("utf8");
     let out = d.join("run");
     let out_s = out.to_str().expect("utf8");
-    let cases: [(Vec<&str>, &str); 5] = [
+    let cases: [(Vec<&str>, &str); 6] = [
         (vec!["--recipe", "nope"], "no recipe named \"nope\""),
+        (vec!["--batch-size", "1000"], "batch size 1000 is larger than the training split"),
         (vec!["--classes", "0,zebra"], "no class named \"zebra\""),
         (vec!["--val-fraction", "1.5"], "--val-fraction"),
         (vec!["--lr=-1"], "lr"),

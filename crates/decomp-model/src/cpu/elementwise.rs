@@ -48,12 +48,14 @@ pub(super) fn channel_sq_dev<S: macerator::Simd>(x: &[f32], mean: &[f32], sq: &m
 }
 
 /// BatchNorm's backward sums: adds `sum(dy)` into `sd` and `sum(dy (x - mean))` into `sdx`,
-/// per channel.
+/// per channel; with `relu_out`, `dy` counts as zero where that following ReLU's output is
+/// `<= 0` (the ReLU's backward, fused).
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
-pub(super) fn bn_grad_sums<S: macerator::Simd>(
+pub(super) fn bn_grad_sums<'a, S: macerator::Simd>(
     x: &[f32],
     dy: &[f32],
+    relu_out: Option<&'a [f32]>,
     mean: &[f32],
     sd: &mut [f64],
     sdx: &mut [f64],
@@ -61,15 +63,31 @@ pub(super) fn bn_grad_sums<S: macerator::Simd>(
     let c = sd.len();
     let (mean, sdx) = (&mean[..c], &mut sdx[..c]);
     let (mut rd, mut rdx) = (vec![0.0f32; c], vec![0.0f32; c]);
+    let mut start = 0;
     for (xr, dr) in x.chunks(RUN * c).zip(dy.chunks(RUN * c)) {
         rd.fill(0.0);
         rdx.fill(0.0);
-        for (px, dp) in xr.chunks_exact(c).zip(dr.chunks_exact(c)) {
-            for ch in 0..c {
-                rd[ch] += dp[ch];
-                rdx[ch] += dp[ch] * (px[ch] - mean[ch]);
+        match relu_out {
+            None => {
+                for (px, dp) in xr.chunks_exact(c).zip(dr.chunks_exact(c)) {
+                    for ch in 0..c {
+                        rd[ch] += dp[ch];
+                        rdx[ch] += dp[ch] * (px[ch] - mean[ch]);
+                    }
+                }
+            }
+            Some(y) => {
+                let yr = &y[start..start + xr.len()];
+                for ((px, dp), yp) in xr.chunks_exact(c).zip(dr.chunks_exact(c)).zip(yr.chunks_exact(c)) {
+                    for ch in 0..c {
+                        let d = if yp[ch] <= 0.0 { 0.0 } else { dp[ch] };
+                        rd[ch] += d;
+                        rdx[ch] += d * (px[ch] - mean[ch]);
+                    }
+                }
             }
         }
+        start += xr.len();
         for ch in 0..c {
             sd[ch] += f64::from(rd[ch]);
             sdx[ch] += f64::from(rdx[ch]);
@@ -77,28 +95,53 @@ pub(super) fn bn_grad_sums<S: macerator::Simd>(
     }
 }
 
-/// `out = a x + b` per channel (`c = a.len()`), appended to `out`.
+/// `out = a x + b` per channel (`c = a.len()`), or `max(a x + b, 0)` with `relu` (a
+/// following ReLU, fused), appended to `out`.
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
-pub(super) fn affine<S: macerator::Simd>(x: &[f32], a: &[f32], b: &[f32], out: &mut Vec<f32>) {
+pub(super) fn affine<S: macerator::Simd>(x: &[f32], a: &[f32], b: &[f32], relu: bool, out: &mut Vec<f32>) {
     let c = a.len();
     let b = &b[..c];
     out.reserve(x.len());
     for px in x.chunks_exact(c) {
-        out.extend(px.iter().zip(a).zip(b).map(|((&v, &s), &t)| v * s + t));
+        if relu {
+            out.extend(px.iter().zip(a).zip(b).map(|((&v, &s), &t)| (v * s + t).max(0.0)));
+        } else {
+            out.extend(px.iter().zip(a).zip(b).map(|((&v, &s), &t)| v * s + t));
+        }
     }
 }
 
 /// `dy = a dy + k x + b` per channel (`c = a.len()`): BatchNorm's data gradient with its
-/// per-channel coefficients, written over `dy`.
+/// per-channel coefficients, written over `dy`; with `relu_out`, `dy` counts as zero where
+/// that following ReLU's output is `<= 0` (as in [`bn_grad_sums`]).
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
-pub(super) fn affine2<S: macerator::Simd>(dy: &mut [f32], x: &[f32], a: &[f32], k: &[f32], b: &[f32]) {
+pub(super) fn affine2<'a, S: macerator::Simd>(
+    dy: &mut [f32],
+    x: &[f32],
+    relu_out: Option<&'a [f32]>,
+    a: &[f32],
+    k: &[f32],
+    b: &[f32],
+) {
     let c = a.len();
     let (k, b) = (&k[..c], &b[..c]);
-    for (dp, px) in dy.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-        for ch in 0..c {
-            dp[ch] = a[ch] * dp[ch] + k[ch] * px[ch] + b[ch];
+    match relu_out {
+        None => {
+            for (dp, px) in dy.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                for ch in 0..c {
+                    dp[ch] = a[ch] * dp[ch] + k[ch] * px[ch] + b[ch];
+                }
+            }
+        }
+        Some(y) => {
+            for ((dp, px), yp) in dy.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(y.chunks_exact(c)) {
+                for ch in 0..c {
+                    let d = if yp[ch] <= 0.0 { 0.0 } else { dp[ch] };
+                    dp[ch] = a[ch] * d + k[ch] * px[ch] + b[ch];
+                }
+            }
         }
     }
 }

@@ -273,6 +273,7 @@ impl Pass<'_> {
             node.inputs.iter().for_each(|&i| last[i] = last[i].max(id));
         }
         kept[g.output] = true;
+        let fused = fused_relus(g);
         for (id, node) in g.nodes.iter().enumerate() {
             let mut stats = None;
             let out: Tiles = match &node.op {
@@ -312,12 +313,16 @@ impl Pass<'_> {
                         .par_iter()
                         .map(|t| {
                             let mut v = Vec::new();
-                            affine(t, &scale, &shift, &mut v);
+                            affine(t, &scale, &shift, fused[id].is_some(), &mut v);
                             v
                         })
                         .collect();
                     stats = Some((s, var));
                     y
+                }
+                // Its BatchNorm already wrote the rectified values.
+                Op::Relu if fused[node.inputs[0]] == Some(id) => {
+                    std::mem::take(&mut values[node.inputs[0]])
                 }
                 _ => {
                     // Per tile, per input: the tile moved in when this is its last reader.
@@ -378,12 +383,19 @@ impl Pass<'_> {
         grads[out] = Some(dlogits);
         let mut params = Vec::new();
         let needs_grad = |i: NodeId| !matches!(g.nodes[i].op, Op::Input { .. });
+        let fused = fused_relus(g);
         for id in (0..g.nodes.len()).rev() {
             let node = &g.nodes[id];
             let Some(dy) = grads[id].take() else {
                 values[id] = Vec::new();
                 continue;
             };
+            // A ReLU fused with its BatchNorm: the BatchNorm's backward masks by this
+            // node's output (kept until then), so the gradient passes unmasked.
+            if matches!(node.op, Op::Relu) && fused[node.inputs[0]] == Some(id) {
+                grads[node.inputs[0]] = Some(dy);
+                continue;
+            }
             match &node.op {
                 Op::Input { .. } => {}
                 Op::Conv2d { weight, bias, .. } => {
@@ -407,7 +419,11 @@ impl Pass<'_> {
                 Op::BatchNorm2d { gamma, .. } => {
                     let i = node.inputs[0];
                     let s = saved[id].as_ref().expect("batch statistics saved");
-                    let (dx, dgamma, dbeta) = bn_backward(&values[i], dy, s, &gamma.data);
+                    let relu_out = fused[id].map(|r| &values[r]);
+                    let (dx, dgamma, dbeta) = bn_backward(&values[i], dy, relu_out, s, &gamma.data);
+                    if let Some(r) = fused[id] {
+                        values[r] = Vec::new();
+                    }
                     let shape = vec![dgamma.len()];
                     params.extend(weight_and_bias(id, &node.name, shape, dgamma, Some(dbeta)));
                     accumulate(&mut grads[i], dx);
@@ -677,13 +693,18 @@ impl Pass<'_> {
             .collect();
         // Per-tile weight sums: `[16][cout][cin]` (Winograd), `[k][cout]` (`tn_dw`) or
         // `[cout][k]`.
+        // Summed in tile order (the same result whatever the threads), in parallel over
+        // chunks of the sums.
         let mut dwt = vec![0.0f32; if wino_dw { 16 * cout * cin } else { cout * k }];
+        const CHUNK: usize = 4096;
+        dwt.par_chunks_mut(CHUNK).enumerate().for_each(|(i, acc)| {
+            for (_, pw, _) in &parts {
+                add_into(acc, &pw[i * CHUNK..][..acc.len()]);
+            }
+        });
         let mut db = vec![0.0f32; cout];
         let mut dx_tiles = need_dx.then(Vec::new);
-        for (dx, pw, pb) in parts {
-            for (a, b) in dwt.iter_mut().zip(&pw) {
-                *a += b;
-            }
+        for (dx, _, pb) in parts {
             for (a, b) in db.iter_mut().zip(&pb) {
                 *a += b;
             }
@@ -803,6 +824,25 @@ fn weight_and_bias(
     std::iter::once(weight).chain(bias)
 }
 
+/// For each BatchNorm whose only reader is a ReLU, that ReLU: the pair runs as one pass
+/// forward (`max(a x + b, 0)`) and one backward (the mask inside BatchNorm's backward).
+fn fused_relus(g: &decomp_ir::Graph) -> Vec<Option<NodeId>> {
+    let mut readers = vec![Vec::new(); g.nodes.len()];
+    for (id, node) in g.nodes.iter().enumerate() {
+        node.inputs.iter().for_each(|&i| readers[i].push(id));
+    }
+    g.nodes
+        .iter()
+        .enumerate()
+        .map(|(id, node)| match (&node.op, readers[id].as_slice()) {
+            (Op::BatchNorm2d { .. }, &[r]) if matches!(g.nodes[r].op, Op::Relu) && id != g.output => {
+                Some(r)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Adds `g` into a node's gradient (sets it when the node has none yet).
 fn accumulate(slot: &mut Option<Tiles>, g: Tiles) {
     match slot {
@@ -856,17 +896,20 @@ fn reduce(x: &Tiles, c: usize, f: impl Fn(&[f32], &mut [f64]) + Sync) -> Vec<f64
 fn bn_backward(
     x: &Tiles,
     mut dy: Tiles,
+    relu_out: Option<&Tiles>,
     s: &BnSaved,
     gamma: &[f32],
 ) -> (Tiles, Vec<f32>, Vec<f32>) {
     let c = gamma.len();
     let count: usize = x.iter().map(|t| t.len() / c).sum();
+    let mask = |t: usize| relu_out.map(|y| y[t].as_slice());
     let pairs: Vec<(Vec<f64>, Vec<f64>)> = x
         .par_iter()
         .zip(&dy)
-        .map(|(xt, dt)| {
+        .enumerate()
+        .map(|(t, (xt, dt))| {
             let (mut sd, mut sdx) = (vec![0.0f64; c], vec![0.0f64; c]);
-            bn_grad_sums(xt, dt, &s.mean, &mut sd, &mut sdx);
+            bn_grad_sums(xt, dt, mask(t), &s.mean, &mut sd, &mut sdx);
             (sd, sdx)
         })
         .collect();
@@ -894,7 +937,8 @@ fn bn_backward(
     }
     dy.par_iter_mut()
         .zip(x)
-        .for_each(|(dt, xt)| affine2(dt, xt, &scale, &k1, &k0));
+        .enumerate()
+        .for_each(|(t, (dt, xt))| affine2(dt, xt, mask(t), &scale, &k1, &k0));
     (
         dy,
         sdx.iter().map(|&v| v as f32).collect(),
