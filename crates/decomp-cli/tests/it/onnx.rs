@@ -155,10 +155,7 @@ fn channel_granularity_refuses_with_the_reason() {
     cifar_file(&data, 20);
     for (name, reason) in [
         ("vgg11_bn_w8", "hidden dense layers are not supported"),
-        (
-            "mobilenet_v2_w025",
-            "clip (ReLU6) sites are not supported",
-        ),
+        ("mobilenet_v2_w025", "clip (ReLU6) sites are not supported"),
     ] {
         let out = dir.path().join(name);
         let (ok, _, err) = decomp(&[
