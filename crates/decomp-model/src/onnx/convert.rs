@@ -14,7 +14,7 @@ use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
 /// The ops [`Builder::node`] maps, for the refusal message.
 const SUPPORTED: &str = "Conv, BatchNormalization, Relu, Clip, Add, Concat, MaxPool, \
 AveragePool, GlobalAveragePool, ReduceMean (spatial), Flatten, Reshape/Squeeze to a vector, \
-Gemm, MatMul (+ Add), Dropout, Identity, Slice + Pad (option-A shortcut), and constant \
+Gemm, MatMul (+ Add), Dropout, Identity, a final Softmax (left out), Slice + Pad (option-A shortcut), and constant \
 shape arithmetic (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Reshape, Slice, \
 Transpose, Cast, ConstantOfShape, Add, Sub, Mul, Div)";
 
@@ -45,6 +45,10 @@ struct Builder<'a> {
     opset: i64,
     /// The batch size the graph input declares, when fixed.
     batch: Option<i64>,
+    /// Name of the graph output.
+    output: String,
+    /// A final softmax left out (the model then outputs its logits).
+    dropped: Option<String>,
     base: &'a Path,
 }
 
@@ -382,6 +386,8 @@ pub(super) fn convert(
         uses,
         opset,
         batch,
+        output: output.name.clone(),
+        dropped: None,
         base,
     };
     node_shape(&Op::Input { shape: input_shape }, &[])
@@ -405,6 +411,7 @@ pub(super) fn convert(
         }
     }
     let out = b.read_ir(&output.name, "the graph output")?;
+    let dropped = b.dropped.take();
     b.graph.output = out;
     let logits = b.shapes[out].clone();
     let &[k] = logits.as_slice() else {
@@ -473,10 +480,13 @@ pub(super) fn convert(
             class_names,
             input_norm,
             source: format!(
-                "onnx {} ({} {}, opset {opset})",
+                "onnx {} ({} {}, opset {opset}){}",
                 origin.display(),
                 model.producer_name,
-                model.producer_version
+                model.producer_version,
+                dropped.map_or_else(String::new, |op| format!(
+                    "; its final {op} left out: outputs logits"
+                ))
             ),
         },
         graph: b.graph,
@@ -920,6 +930,21 @@ impl<'a> Builder<'a> {
                 } else {
                     one(Val::Ir(p))
                 }
+            }
+            "Softmax" | "LogSoftmax" => {
+                // Only as the graph's last op: decomposition compares logits (margins), and
+                // a softmax over the class axis keeps their order.
+                let x = self.vector(n, 0)?;
+                let last = n.output.first().is_some_and(|o| self.output == *o);
+                let ax = int_attr(n, "axis", if self.opset < 13 { 1 } else { -1 })?;
+                if !last || axis(ax, 2).map_err(e)? != 1 {
+                    return Err(e(format!(
+                        "{} inside the network (or not over the classes) is not supported; as the last op it is dropped",
+                        n.op_type
+                    )));
+                }
+                self.dropped = Some(n.op_type.clone());
+                one(Val::Ir(x))
             }
             "Gemm" => self.gemm(n),
             "MatMul" => self.matmul(n),

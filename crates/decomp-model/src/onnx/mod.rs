@@ -7,8 +7,9 @@
 //! `MaxPool`, `AveragePool` (a window over the whole map becomes global pooling),
 //! `GlobalAveragePool`, `ReduceMean` over the spatial axes, `Flatten` / `Reshape` /
 //! `Squeeze` to a vector, `Gemm` and `MatMul` (+ `Add` of a bias) to `Linear`, `Dropout` and
-//! `Identity` (removed), and the option-A shortcut of CIFAR ResNets (`Slice` every s-th row
-//! and column, then `Pad` channels with zeros) to [`decomp_ir::Op::ShortcutA`]. Any other
+//! `Identity` (removed), a final `Softmax` (left out: the IR model outputs logits), and the
+//! option-A shortcut of CIFAR ResNets (`Slice` every s-th row and column, then `Pad`
+//! channels with zeros) to [`decomp_ir::Op::ShortcutA`]. Any other
 //! op, or an attribute outside what the IR expresses (dilation, asymmetric padding,
 //! `ceil_mode` that changes a size), is refused naming the node and its op type.
 //!

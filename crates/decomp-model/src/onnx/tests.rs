@@ -463,3 +463,33 @@ fn a_node_reading_an_unknown_value_is_refused() {
     let e = error_of(&m);
     assert!(e.contains("node '/Clip' (Clip): reads 'nowhere'"), "{e}");
 }
+
+#[test]
+fn a_final_softmax_is_left_out_and_an_inner_one_refused() {
+    let mut m = every_op();
+    let g = m.graph.as_mut().expect("graph");
+    g.node.last_mut().expect("gemm").output[0] = "z".into();
+    g.node.push(node(
+        "Softmax",
+        "/Softmax",
+        &["z"],
+        &["y"],
+        vec![int("axis", 1)],
+    ));
+    let with = import(&m).expect("final softmax");
+    let plain = import(&every_op()).expect("plain");
+    assert_eq!(with.graph, plain.graph);
+    assert!(
+        with.meta.source.contains("final Softmax left out"),
+        "{}",
+        with.meta.source
+    );
+    let mut m = every_op();
+    let g = m.graph.as_mut().expect("graph");
+    g.node[14] = node("Softmax", "/inner", &["h"], &["h2"], vec![]);
+    let e = error_of(&m);
+    assert!(
+        e.contains("node '/inner' (Softmax): Softmax inside the network"),
+        "{e}"
+    );
+}
