@@ -8,7 +8,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use decomp_model::burn_resnet::ResNet;
-use decomp_model::{Engine, Executor, ResNetConfig, to_vec};
+use decomp_model::{CpuTuning, Engine, Executor, ResNetConfig, to_vec};
 
 const BATCH: usize = 128;
 
@@ -24,7 +24,8 @@ fn resnet20(c: &mut Criterion) {
         .with_seed(7)
         .build()
         .expect("build");
-    let fast = Executor::with_engine(&model, &device, Engine::Cpu).expect("executor");
+    let tuning = CpuTuning::from_vars(|k| std::env::var(k).ok());
+    let fast = Executor::with_tuning(&model, &device, Engine::Cpu, tuning).expect("executor");
     let exec = Executor::with_engine(&model, &device, Engine::Burn).expect("executor");
     let net = ResNet::from_ir(&model, &device).expect("module");
     let x = input(&device);

@@ -5,13 +5,14 @@
 //!  [--batch 128] [--iters 10] [--warmup 2] [--weights FILE.th]`
 //!
 //! `module` is the plain burn `Module` ResNet. Threads: `RAYON_NUM_THREADS` (rayon's global
-//! pool, which both burn `flex` and the CPU plan use). Peak RSS and CPU time come from
+//! pool, which both burn `flex` and the CPU plan use); the CPU plan's tuning: `DECOMP_CPU_*`
+//! (`decomp_model::CpuTuning::from_vars`). Peak RSS and CPU time come from
 //! `/proc/self/status` and `/proc/self/stat` (Linux; reported as null elsewhere).
 
 use burn::tensor::{Device, Tensor, TensorData};
 use decomp_model::burn_resnet::ResNet;
 use decomp_model::import::{akamaster_norm, import_resnet};
-use decomp_model::{Engine, Executor, ResNetConfig, to_vec};
+use decomp_model::{CpuTuning, Engine, Executor, ResNetConfig, to_vec};
 
 struct Args {
     engine: String,
@@ -83,7 +84,8 @@ fn main() {
                 eprintln!("error: {err}");
                 std::process::exit(2)
             });
-            let exec = Executor::with_engine(&model, &device, engine).expect("executor");
+            let tuning = CpuTuning::from_vars(|k| std::env::var(k).ok());
+            let exec = Executor::with_tuning(&model, &device, engine, tuning).expect("executor");
             Box::new(move || drop(to_vec(exec.forward(x.clone()).expect("forward"))))
         }
     };

@@ -16,7 +16,7 @@
 
 use decomp_data::{Augmentation, Batch, DatasetKind};
 use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};
-use decomp_model::{Device, ResNetConfig};
+use decomp_model::{Device, ResNetConfig, Runtime};
 use rand::SeedableRng;
 
 fn flag(args: &[String], name: &str, default: usize) -> usize {
@@ -89,7 +89,12 @@ fn main() {
         seed: 0,
         eval_batch_size: batch,
     };
-    let mut trainer = Trainer::new(model, config, "probe".into(), &Device::flex())
+    let runtime =
+        Runtime::from_vars(Device::flex(), |k| std::env::var(k).ok()).unwrap_or_else(|err| {
+            eprintln!("error: {err}");
+            std::process::exit(2)
+        });
+    let mut trainer = Trainer::with_runtime(model, config, "probe".into(), &runtime)
         .expect("a valid training configuration");
     let norm = DatasetKind::Cifar10.default_normalization();
     let aug = Augmentation::from(augmentation);

@@ -77,7 +77,12 @@ impl EnergyMeter {
             MeterKind::Nvml(nvml) => {
                 let n = nvml.device_count().ok()?;
                 (0..n)
-                    .map(|i| nvml.device_by_index(i).ok()?.total_energy_consumption().ok())
+                    .map(|i| {
+                        nvml.device_by_index(i)
+                            .ok()?
+                            .total_energy_consumption()
+                            .ok()
+                    })
                     .collect()
             }
         }

@@ -23,7 +23,10 @@ static INPUTS: Mutex<Vec<(PathBuf, FileId, bool)>> = Mutex::new(Vec::new());
 
 fn register(path: &Path, tree: bool) {
     if let Some(id) = FileId::of(path) {
-        INPUTS.lock().unwrap_or_else(|e| e.into_inner()).push((path.to_path_buf(), id, tree));
+        INPUTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((path.to_path_buf(), id, tree));
     }
 }
 
@@ -71,7 +74,10 @@ pub fn check_out_dir(dir: &Path, flag: &str) -> Result<()> {
     if let Ok(meta) = std::fs::metadata(dir)
         && !meta.is_dir()
     {
-        bail!("{flag} {}: is a file, expected a folder (it is created when missing)", dir.display());
+        bail!(
+            "{flag} {}: is a file, expected a folder (it is created when missing)",
+            dir.display()
+        );
     }
     let Some(out) = FileId::of_output(dir) else {
         return Ok(());
@@ -117,16 +123,24 @@ pub fn read_text(path: &Path, limit: u64, what: &str) -> Result<String> {
 
 /// [`read_text`] of a file the command also writes (its own run stamp).
 fn read_text_unregistered(path: &Path, limit: u64, what: &str) -> Result<String> {
-    let f = std::fs::File::open(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("reading {what} {}", path.display()))?;
     let mut bytes = Vec::new();
     f.take(limit + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {what} {}", path.display()))?;
     if bytes.len() as u64 > limit {
-        bail!("{what} {}: larger than the limit of {limit} bytes", path.display());
+        bail!(
+            "{what} {}: larger than the limit of {limit} bytes",
+            path.display()
+        );
     }
     String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("{what} {}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "{what} {}: not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
     })
 }
 
@@ -169,7 +183,9 @@ struct RunStamp {
 fn holds_artifacts(dir: &Path) -> Option<PathBuf> {
     let is_artifact = |p: &Path| {
         p.is_file()
-            && (p.extension().is_some_and(|e| e == "mod" || e == "cs" || e == "ccs")
+            && (p
+                .extension()
+                .is_some_and(|e| e == "mod" || e == "cs" || e == "ccs")
                 || p.file_name().is_some_and(|n| n == "summary.json"))
     };
     for e in std::fs::read_dir(dir).ok()?.flatten() {
@@ -178,7 +194,11 @@ fn holds_artifacts(dir: &Path) -> Option<PathBuf> {
             return Some(p);
         }
         if p.is_dir()
-            && let Some(found) = std::fs::read_dir(&p).ok()?.flatten().map(|x| x.path()).find(|x| is_artifact(x))
+            && let Some(found) = std::fs::read_dir(&p)
+                .ok()?
+                .flatten()
+                .map(|x| x.path())
+                .find(|x| is_artifact(x))
         {
             return Some(found);
         }
@@ -231,7 +251,10 @@ pub fn claim_out_dir(dir: &Path, model_hash: &str, config: &str, force: bool) ->
         }
     } else {
         holds_artifacts(dir).map(|p| {
-            format!("holds artifacts ({}) of a run that did not record its model and configuration", p.display())
+            format!(
+                "holds artifacts ({}) of a run that did not record its model and configuration",
+                p.display()
+            )
         })
     };
     if let Some(why) = conflict {
@@ -243,7 +266,8 @@ pub fn claim_out_dir(dir: &Path, model_hash: &str, config: &str, force: bool) ->
         }
         for p in module_files(dir) {
             check_output(&p)?;
-            std::fs::remove_file(&p).with_context(|| format!("--force: removing {}", p.display()))?;
+            std::fs::remove_file(&p)
+                .with_context(|| format!("--force: removing {}", p.display()))?;
         }
     }
     write_atomic(&stamp_path, serde_json::to_string_pretty(&want)?.as_bytes())

@@ -5,25 +5,41 @@ use decomp_data::Split;
 /// A finite `f32` (`nan`, `inf` are refused).
 pub fn finite_f32(s: &str) -> Result<f32, String> {
     let v: f32 = s.trim().parse().map_err(|e| format!("{e}"))?;
-    if v.is_finite() { Ok(v) } else { Err(format!("{s}: expected a finite number")) }
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("{s}: expected a finite number"))
+    }
 }
 
 /// A finite `f64` (`nan`, `inf` are refused).
 pub fn finite_f64(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
-    if v.is_finite() { Ok(v) } else { Err(format!("{s}: expected a finite number")) }
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("{s}: expected a finite number"))
+    }
 }
 
 /// A finite `f64` above 0.
 pub fn positive_f64(s: &str) -> Result<f64, String> {
     let v = finite_f64(s)?;
-    if v > 0.0 { Ok(v) } else { Err(format!("{s}: expected a number above 0")) }
+    if v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s}: expected a number above 0"))
+    }
 }
 
 /// A count of at least 1 (`--limit 0` would evaluate nothing).
 pub fn positive_usize(s: &str) -> Result<usize, String> {
     let v: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
-    if v >= 1 { Ok(v) } else { Err("expected at least 1".into()) }
+    if v >= 1 {
+        Ok(v)
+    } else {
+        Err("expected at least 1".into())
+    }
 }
 
 /// `train` or `test` (`val` = test).
@@ -33,7 +49,12 @@ pub fn split(s: &str) -> Result<Split, String> {
 
 /// Resolves class arguments (names or indices, as `--classes` takes them) against a list of
 /// class names; duplicates are refused. `flag` names the flag in errors.
-pub fn resolve_classes(flag: &str, given: &[String], names: &[String], count: usize) -> anyhow::Result<Vec<usize>> {
+pub fn resolve_classes(
+    flag: &str,
+    given: &[String],
+    names: &[String],
+    count: usize,
+) -> anyhow::Result<Vec<usize>> {
     let mut out: Vec<usize> = Vec::with_capacity(given.len());
     for g in given {
         let g = g.trim();
@@ -45,7 +66,10 @@ pub fn resolve_classes(flag: &str, given: &[String], names: &[String], count: us
         } else if let Some(i) = names.iter().position(|n| n == g) {
             i
         } else {
-            anyhow::bail!("{flag}: no class named {g:?}, expected an index below {count} or one of: {}", names.join(", "));
+            anyhow::bail!(
+                "{flag}: no class named {g:?}, expected an index below {count} or one of: {}",
+                names.join(", ")
+            );
         };
         if out.contains(&c) {
             anyhow::bail!("{flag}: class {g} is listed twice");

@@ -1,17 +1,28 @@
 //! `decomp`: the command-line front of the pipeline. It is the only crate that picks the
-//! device, knows file locations and installs a tracing subscriber; every subcommand is one
-//! stage runnable on the artifacts of the previous one.
+//! device, reads the engine settings of the environment (`args::runtime`), knows file
+//! locations and installs a tracing subscriber; every subcommand is one stage runnable on
+//! the artifacts of the previous one.
+//!
+//! Modules: `args` (flag groups shared by commands), `data` (finding and opening images),
+//! `files` (the output policy), `progress` (bars), `flags` (value parsers); one module per
+//! command or group of commands (`eval`, `decompose` for concern/tangle/decompose,
+//! `compose`, `vote`, `mix`, `train`, `model_source` for import/export/new-model,
+//! `inspect`), each with its element and channel arms where both exist.
 
 #[macro_use]
 mod files;
-mod channel;
+mod args;
+mod compose;
+mod data;
 mod decompose;
 mod energy;
 mod eval;
 mod flags;
+mod inspect;
 mod mix;
 mod model_source;
 mod plot;
+mod progress;
 mod train;
 mod vote;
 
@@ -21,7 +32,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "decomp", version, about = "Decompose trained CNN classifiers into per-class modules and recompose them")]
+#[command(
+    name = "decomp",
+    version,
+    about = "Decompose trained CNN classifiers into per-class modules and recompose them"
+)]
 struct Cli {
     /// Download nothing (also DECOMP_OFFLINE=1): a missing dataset or checkpoint is an error
     /// that says what is missing where.
@@ -29,59 +44,6 @@ struct Cli {
     offline: bool,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Where a model comes from: a decomp IR file, a PyTorch checkpoint, an ONNX model, or a
-/// known name.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ModelArgs {
-    /// Architecture (`resnet20`, `resnet32`, `resnet44`, `resnet56`, ...); checked against
-    /// the checkpoint, detected from it when omitted. Ignored for `.ir` files.
-    #[arg(long)]
-    pub arch: Option<String>,
-    /// Weights: a decomp `.ir` model, a PyTorch checkpoint (`.th`/`.pth` legacy or zip
-    /// `.pt`), an ONNX model (`.onnx`: any CNN of the ops decomp knows), or a known name
-    /// (`akamaster/resnet20`, ...) downloaded into the cache.
-    #[arg(long)]
-    pub weights: String,
-    /// Cache folder for downloaded weights.
-    #[arg(long, env = "DECOMP_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub onnx: model_source::OnnxFlags,
-}
-
-/// Where a dataset comes from.
-#[derive(clap::Args, Clone, Debug)]
-pub struct DataArgs {
-    /// Dataset: cifar10, cifar100, cifar100-coarse, tiny-imagenet, fashion-mnist, mnist.
-    #[arg(long, default_value = "cifar10")]
-    pub dataset: String,
-    /// Folder holding the dataset folder (e.g. the one containing `cifar-10-batches-bin/`),
-    /// or a single file of CIFAR records. Default: $DECOMP_DATA_DIR, else
-    /// `../shared/datasets` when it exists, else the user cache ($DECOMP_CACHE_DIR/datasets,
-    /// default ~/.cache/decomp/datasets). A missing dataset is downloaded there (verified)
-    /// unless --offline.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// The dataset folder itself (e.g. `.../tiny-imagenet-subset20`), overriding
-    /// `--data-dir`'s naming convention.
-    #[arg(long)]
-    pub dataset_path: Option<PathBuf>,
-    /// One file of CIFAR-10/100 binary records (e.g. `train_first4000.bin`); `--split`
-    /// does not apply to it.
-    #[arg(long, conflicts_with = "dataset_path")]
-    pub data_file: Option<PathBuf>,
-    /// Split: train or test (Tiny ImageNet: test = the labelled val split). Default: test for
-    /// `eval` and `compose`, train for `concern`, `tangle` and `decompose`.
-    #[arg(long, value_parser = flags::split)]
-    pub split: Option<decomp_data::Split>,
-    /// Accepted for old scripts: a missing dataset is always downloaded unless --offline.
-    #[arg(long, hide = true)]
-    pub download: bool,
-    /// Use only the first N images (at least 1).
-    #[arg(long, value_parser = flags::positive_usize)]
-    pub limit: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -95,7 +57,7 @@ enum Command {
     /// Concern identification, then tangling identification and modularization.
     Decompose(decompose::DecomposeArgs),
     /// Compose module files (of one or several models) and evaluate them by voting.
-    Compose(decompose::ComposeArgs),
+    Compose(compose::ComposeArgs),
     /// Compose any selection of modules from margins saved by `compose --save-margins`.
     Vote(vote::VoteArgs),
     /// Write one class from each of several datasets as one small CIFAR-format dataset.
@@ -155,23 +117,27 @@ fn run(cli: Cli) -> Result<()> {
         Command::Concern(a) => decompose::concern(a),
         Command::Tangle(a) => decompose::tangle(a),
         Command::Decompose(a) => decompose::decompose(a),
-        Command::Compose(a) => decompose::compose_cmd(a),
+        Command::Compose(a) => compose::run(a),
         Command::Vote(a) => vote::run(a),
         Command::Mix(a) => mix::run(a),
         Command::NewModel(a) => model_source::new_model(a),
         Command::Train(a) => train::run(a),
         Command::Import(a) => model_source::import(a),
         Command::Export(a) => model_source::export(a),
-        Command::FetchData { dataset, folder, data_dir } => {
+        Command::FetchData {
+            dataset,
+            folder,
+            data_dir,
+        } => {
             let kind = decomp_data::DatasetKind::parse(&dataset)?;
             let want = match &folder {
                 Some(name) => decomp_data::DatasetFolder::named(kind, name),
                 None => decomp_data::DatasetFolder::official(kind),
             };
-            let dir = eval::data_root(data_dir.as_deref())?.ensure(&want)?;
+            let dir = data::data_root(data_dir.as_deref())?.ensure(&want)?;
             outln!("{}", dir.display());
             Ok(())
         }
-        Command::Inspect { path } => model_source::inspect(&path),
+        Command::Inspect { path } => inspect::inspect(&path),
     }
 }

@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use crate::files::write_atomic;
 use serde::Deserialize;
 
-use crate::DataArgs;
+use crate::args::DataArgs;
+use crate::files::write_atomic;
 
 #[derive(clap::Args)]
 pub struct MixArgs {
@@ -75,9 +75,14 @@ pub fn run(a: MixArgs) -> Result<()> {
                 download: false,
                 limit: None,
             };
-            let ds = crate::eval::open_raw_dataset(&args)?.subset_classes(&[p.class])?;
+            let ds = crate::data::open_raw_dataset(&args)?.subset_classes(&[p.class])?;
             if ds.is_empty() {
-                bail!("{}: part {label} ({} class {}) has no {split} image", a.spec.display(), p.dataset, p.class);
+                bail!(
+                    "{}: part {label} ({} class {}) has no {split} image",
+                    a.spec.display(),
+                    p.dataset,
+                    p.class
+                );
             }
             let mut ds = ds;
             if ds.image_shape()[0] != 3 {
@@ -98,7 +103,10 @@ pub fn run(a: MixArgs) -> Result<()> {
         eprintln!("{split}: {counts:?} images per part");
         outputs.push((a.out_dir.join(format!("{split}.bin")), bytes));
     }
-    outputs.push((a.out_dir.join("batches.meta.txt"), format!("{}\n", names.join("\n")).into_bytes()));
+    outputs.push((
+        a.out_dir.join("batches.meta.txt"),
+        format!("{}\n", names.join("\n")).into_bytes(),
+    ));
     crate::files::check_out_dir(&a.out_dir, "--out-dir")?;
     for (path, _) in &outputs {
         crate::files::check_output(path)?;

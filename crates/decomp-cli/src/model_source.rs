@@ -1,14 +1,14 @@
-//! Resolving `--weights` into an IR model, and the import/export/inspect commands.
+//! Resolving `--weights` into an IR model, and the import/export/new-model commands.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use decomp_ir::{ModelIr};
-use crate::files::{read_artifact, write_artifact};
+use decomp_ir::ModelIr;
 use decomp_model::import::akamaster_norm;
 use decomp_model::{ResNetConfig, parse_device};
 
-use crate::ModelArgs;
+use crate::args::{ModelArgs, OnnxFlags};
+use crate::files::{read_artifact, write_artifact};
 
 /// Parses `resnetNN` into a CIFAR-10-shaped config.
 pub fn parse_arch(arch: &str, num_classes: usize) -> Result<ResNetConfig> {
@@ -21,8 +21,8 @@ pub fn parse_arch(arch: &str, num_classes: usize) -> Result<ResNetConfig> {
     Ok(cfg)
 }
 
-/// Loads the model `--weights` names: an `.ir` artifact, a PyTorch checkpoint, or a known
-/// pretrained name fetched into the cache.
+/// Loads the model `--weights` names: an `.ir` artifact, an ONNX model, a PyTorch checkpoint,
+/// or a known pretrained name fetched into the cache.
 pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
     let path = resolve_weights(args)?;
     crate::files::input(&path);
@@ -31,14 +31,21 @@ pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
             .with_context(|| format!("importing {}", path.display()));
     }
     if args.onnx.given() {
-        bail!("--input-mean, --input-std, --class-names and --input-shape apply to ONNX models, {} is not one", path.display());
+        bail!(
+            "--input-mean, --input-std, --class-names and --input-shape apply to ONNX models, {} is not one",
+            path.display()
+        );
     }
-    if is_ir(&path)? {
+    if decomp_ir::artifact::has_magic(&path)? {
         let model: ModelIr = read_artifact(&path)?;
         if let Some(arch) = &args.arch
             && &model.meta.arch != arch
         {
-            bail!("{}: model is {}, --arch says {arch}", path.display(), model.meta.arch);
+            bail!(
+                "{}: model is {}, --arch says {arch}",
+                path.display(),
+                model.meta.arch
+            );
         }
         return Ok(model);
     }
@@ -50,16 +57,26 @@ pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
         Some(a) => {
             let mut cfg = parse_arch(a, detected.as_ref().map_or(10, |c| c.num_classes))?;
             if let Some(d) = &detected {
-                cfg = cfg.with_batch_norm(d.batch_norm).with_shortcut(d.shortcut).with_input(d.input);
+                cfg = cfg
+                    .with_batch_norm(d.batch_norm)
+                    .with_shortcut(d.shortcut)
+                    .with_input(d.input);
             }
             Some(cfg)
         }
         None => None,
     };
     // PyTorch state dicts carry no class names; the supported checkpoints are CIFAR-10's.
-    let classes = expected.as_ref().or(detected.as_ref()).map_or(0, |c| c.num_classes);
-    let names = (classes == decomp_data::CIFAR10_CLASSES.len())
-        .then(|| decomp_data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect());
+    let classes = expected
+        .as_ref()
+        .or(detected.as_ref())
+        .map_or(0, |c| c.num_classes);
+    let names = (classes == decomp_data::CIFAR10_CLASSES.len()).then(|| {
+        decomp_data::CIFAR10_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
     sd.to_resnet(&path, expected.as_ref(), akamaster_norm(), names)
         .with_context(|| format!("importing {}", path.display()))
 }
@@ -92,55 +109,6 @@ fn is_onnx(path: &Path) -> Result<bool> {
         .read(&mut head)
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(decomp_model::onnx::looks_like_onnx(path, &head[..n]))
-}
-
-/// What an ONNX model may not say about itself (its metadata can: `class_names`,
-/// `input_mean`, `input_std`); the flags override the metadata.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct OnnxFlags {
-    /// ONNX models: per-channel mean of x / 255 the model was trained with, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = crate::flags::finite_f32, requires = "input_std")]
-    pub input_mean: Option<Vec<f32>>,
-    /// ONNX models: per-channel std of x / 255, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = crate::flags::finite_f32, requires = "input_mean")]
-    pub input_std: Option<Vec<f32>>,
-    /// ONNX models: class names in logit order, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub class_names: Option<Vec<String>>,
-    /// ONNX models with symbolic spatial sizes: the input as C,H,W.
-    #[arg(long, value_delimiter = ',', value_parser = crate::flags::positive_usize)]
-    pub input_shape: Option<Vec<usize>>,
-}
-
-impl OnnxFlags {
-    fn given(&self) -> bool {
-        self.input_mean.is_some() || self.class_names.is_some() || self.input_shape.is_some()
-    }
-
-    fn options(&self) -> Result<decomp_model::onnx::OnnxOptions> {
-        let input_shape = match self.input_shape.as_deref() {
-            None => None,
-            Some(&[c, h, w]) => Some([c, h, w]),
-            Some(v) => bail!("--input-shape {v:?}: expected C,H,W"),
-        };
-        Ok(decomp_model::onnx::OnnxOptions {
-            input_norm: self
-                .input_mean
-                .clone()
-                .zip(self.input_std.clone())
-                .map(|(mean, std)| decomp_ir::InputNorm { mean, std }),
-            class_names: self.class_names.clone(),
-            input_shape,
-        })
-    }
-}
-
-fn is_ir(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut magic = [0u8; 8];
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let n = f.read(&mut magic).with_context(|| format!("reading {}", path.display()))?;
-    Ok(n == 8 && &magic == decomp_ir::artifact::MAGIC)
 }
 
 #[derive(clap::Args)]
@@ -212,15 +180,29 @@ pub struct NewModelArgs {
 
 pub fn new_model(a: NewModelArgs) -> Result<()> {
     if a.classes < 2 {
-        bail!("--classes {}: a classifier needs at least 2 classes", a.classes);
+        bail!(
+            "--classes {}: a classifier needs at least 2 classes",
+            a.classes
+        );
     }
-    let cfg = parse_arch(&a.arch, a.classes)?.with_batch_norm(!a.no_batch_norm).with_seed(a.seed);
+    let cfg = parse_arch(&a.arch, a.classes)?
+        .with_batch_norm(!a.no_batch_norm)
+        .with_seed(a.seed);
     let mut model = cfg.build()?;
     if a.classes == decomp_data::CIFAR10_CLASSES.len() {
-        model.meta.class_names = decomp_data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+        model.meta.class_names = decomp_data::CIFAR10_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     }
     let hash = write_artifact(&a.out, &model)?;
-    outln!("{}: {} untrained (seed {}), sha256 {}", a.out.display(), model.meta.arch, a.seed, decomp_ir::hex_hash(&hash));
+    outln!(
+        "{}: {} untrained (seed {}), sha256 {}",
+        a.out.display(),
+        model.meta.arch,
+        a.seed,
+        decomp_ir::hex_hash(&hash)
+    );
     Ok(())
 }
 
@@ -242,98 +224,9 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let staging = tempfile::tempdir().context("creating a staging folder for the export")?;
     let staged = staging.path().join("model.bpk");
     net.export(&staged)?;
-    let bytes = std::fs::read(&staged).with_context(|| format!("reading the staged export {}", staged.display()))?;
+    let bytes = std::fs::read(&staged)
+        .with_context(|| format!("reading the staged export {}", staged.display()))?;
     crate::files::write_atomic(&a.out, &bytes)?;
     outln!("{}", a.out.display());
-    Ok(())
-}
-
-pub fn inspect(path: &Path) -> Result<()> {
-    use decomp_ir::ArtifactKind as K;
-    let kind = match decomp_ir::artifact::peek_kind(path)? {
-        Some(k) => k,
-        // Not an artifact (or an unknown kind): reading it says which, with the offset.
-        None => {
-            read_artifact::<ModelIr>(path)?;
-            bail!("{}: not an artifact this build can inspect", path.display());
-        }
-    };
-    match kind {
-        K::ChannelModule | K::ChannelConcernSet => {
-            crate::channel::inspect(path)?;
-            return Ok(());
-        }
-        K::Model => return inspect_model(&read_artifact(path)?),
-        K::Module => return inspect_module(&read_artifact(path)?),
-        K::TrainCheckpoint => return inspect_checkpoint(path, &read_artifact(path)?),
-        K::Report => bail!("{}: a report artifact (kind 4); decomp writes reports as JSON, this build has nothing to show of it", path.display()),
-        K::ConcernSet => {}
-    }
-    let set: decomp_ir::ConcernSet = read_artifact(path)?;
-    outln!("concern set of {} ({}) on {}", set.model_path, set.model_hash, set.dataset);
-    outln!("config: {:?}", set.config);
-    outln!("sites: {:?}; {:.1} s", set.sites, set.seconds);
-    for c in &set.classes {
-        let inactive: usize = c.inactive.masks.iter().map(|m| m.zeroed.count_ones()).sum();
-        outln!("class {:3}: {} positives, {inactive} inactive positions", c.class, c.positives.len());
-    }
-    Ok(())
-}
-
-fn inspect_checkpoint(path: &Path, c: &decomp_model::train::TrainCheckpoint) -> Result<()> {
-    outln!("training checkpoint {} of {} ({} classes)", path.display(), c.model.meta.arch, c.model.num_classes());
-    outln!("epochs done: {} of {}", c.epochs_done, c.config.epochs);
-    outln!("config: {:?}", c.config);
-    outln!("data: {}", c.data_id);
-    match &c.best {
-        Some(b) => outln!("best epoch: {} (accuracy {:.4})", b.epoch, b.accuracy),
-        None => outln!("best epoch: none yet"),
-    }
-    for m in &c.history {
-        outln!(
-            "epoch {:3}: loss {:.4} train {:.4} val {} lr {:.3e}",
-            m.epoch,
-            m.train_loss,
-            m.train_acc,
-            m.val_acc.map_or("-".to_string(), |v| format!("{v:.4}")),
-            m.lr
-        );
-    }
-    Ok(())
-}
-
-fn inspect_module(m: &decomp_ir::ModuleIr) -> Result<()> {
-    let shapes = m.model.check()?;
-    outln!("module of class {} ({}) from {} ({})", m.class, m.class_name, m.model_path, m.model_hash);
-    outln!("config: {:?}", m.config);
-    outln!("samples: {:?}", m.counts);
-    outln!("provenance: {}", m.provenance);
-    let f = m.head.weight.shape[1];
-    let removed = (0..f).filter(|&u| m.head.weight.data[u] == 0.0 && m.head.weight.data[f + u] == 0.0).count();
-    outln!("head: {f} inputs from node {}, {removed} removed", m.head.input);
-    for (what, list) in [("mask", &m.masks), ("dead", &m.dead)] {
-        for nm in list.iter() {
-            let n: usize = shapes[nm.node].iter().product();
-            outln!("{what:>4} {:<24} {:>7} of {:>7} positions", m.model.graph.nodes[nm.node].name, nm.zeroed.count_ones(), n);
-        }
-    }
-    let removed: Vec<decomp_ir::NodeMask> = m.masks.iter().chain(&m.dead).cloned().collect();
-    outln!("module size: {:.4}", decomp_ir::analysis::module_size(&m.model.graph, &shapes, &removed));
-    Ok(())
-}
-
-fn inspect_model(model: &ModelIr) -> Result<()> {
-    let shapes = model.check()?;
-    outln!("arch: {}", model.meta.arch);
-    outln!("source: {}", model.meta.source);
-    outln!("classes: {}", model.meta.class_names.join(", "));
-    outln!(
-        "input norm: mean {:?} std {:?}",
-        model.meta.input_norm.mean, model.meta.input_norm.std
-    );
-    outln!("parameters: {}", model.graph.num_params());
-    for (i, (n, s)) in model.graph.nodes.iter().zip(&shapes).enumerate() {
-        outln!("{i:4} {:<24} {:<14} {:?} <- {:?}", n.name, n.op.kind(), s, n.inputs);
-    }
     Ok(())
 }

@@ -14,15 +14,30 @@ pub fn learning_curves(path: &Path, title: &str, epochs: &[EpochMetrics]) -> Res
     {
         let root = SVGBackend::with_string(&mut svg, (960, 380)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        let root = root.titled(title, ("sans-serif", 18)).map_err(|e| anyhow!("{e}"))?;
+        let root = root
+            .titled(title, ("sans-serif", 18))
+            .map_err(|e| anyhow!("{e}"))?;
         let (left, right) = root.split_horizontally(480);
         let x_max = epochs.len().max(1) as f64 + 0.5;
         let series = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
-            epochs.iter().filter_map(|m| f(m).map(|v| (m.epoch as f64, v))).collect()
+            epochs
+                .iter()
+                .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
+                .collect()
         };
-        type Panel<'a, 'b> = (&'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>, &'static str, Vec<(f64, f64)>, Vec<(f64, f64)>);
+        type Panel<'a, 'b> = (
+            &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+            &'static str,
+            Vec<(f64, f64)>,
+            Vec<(f64, f64)>,
+        );
         let panels: [Panel; 2] = [
-            (&left, "loss", series(&|m| Some(m.train_loss)), series(&|m| m.val_loss)),
+            (
+                &left,
+                "loss",
+                series(&|m| Some(m.train_loss)),
+                series(&|m| m.val_loss),
+            ),
             (
                 &right,
                 "top-1 %",
@@ -31,8 +46,14 @@ pub fn learning_curves(path: &Path, title: &str, epochs: &[EpochMetrics]) -> Res
             ),
         ];
         for (area, label, train, val) in panels {
-            let ys = train.iter().chain(&val).map(|p| p.1).filter(|v| v.is_finite());
-            let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+            let ys = train
+                .iter()
+                .chain(&val)
+                .map(|p| p.1)
+                .filter(|v| v.is_finite());
+            let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
             let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
             let pad = ((hi - lo) * 0.08).max(1e-3);
             let mut chart = ChartBuilder::on(area)
@@ -55,9 +76,15 @@ pub fn learning_curves(path: &Path, title: &str, epochs: &[EpochMetrics]) -> Res
                     .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                     .map_err(|e| anyhow!("{e}"))?
                     .label(name)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                    });
                 chart
-                    .draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                    .draw_series(
+                        points
+                            .into_iter()
+                            .map(|p| Circle::new(p, 3, color.filled())),
+                    )
                     .map_err(|e| anyhow!("{e}"))?;
             }
             chart

@@ -18,17 +18,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use decomp_data::{Dataset, DatasetKind, Split};
+use decomp_eval::report::TrainMetrics;
 use decomp_ir::{InputNorm, ModelIr};
-use crate::files::{write_artifact, write_atomic};
-use decomp_model::parse_device;
+use decomp_model::ExecutorSource;
 use decomp_model::train::{
-    AugmentConfig, EpochMetrics, OptimizerConfig, Schedule, TrainCheckpoint, TrainConfig, Trainer,
+    AugmentConfig, OptimizerConfig, Schedule, TrainCheckpoint, TrainConfig, Trainer,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use crate::args::{DataArgs, ModelArgs, runtime};
+use crate::data::{fit_to_model, open_raw_dataset};
 use crate::energy::EnergyMeter;
-use crate::eval::{evaluate, fit_to_model, open_raw_dataset};
-use crate::{DataArgs, ModelArgs};
+use crate::eval::evaluate;
+use crate::files::{write_artifact, write_atomic};
 
 /// The recipes shipped with decomp (`experiments/recipes.toml`), used unless `--recipes`
 /// names another file.
@@ -175,15 +177,26 @@ struct RecipesFile {
 /// Reads recipe `name` from `file` (or the built-in recipes).
 fn load_recipe(file: Option<&Path>, name: &str) -> Result<Recipe> {
     let (text, origin) = match file {
-        Some(p) => (crate::files::read_text(p, RECIPES_SIZE_LIMIT, "recipes")?, p.display().to_string()),
-        None => (BUILTIN_RECIPES.to_string(), "built-in experiments/recipes.toml".to_string()),
+        Some(p) => (
+            crate::files::read_text(p, RECIPES_SIZE_LIMIT, "recipes")?,
+            p.display().to_string(),
+        ),
+        None => (
+            BUILTIN_RECIPES.to_string(),
+            "built-in experiments/recipes.toml".to_string(),
+        ),
     };
     let parsed: RecipesFile =
         toml::from_str(&text).with_context(|| format!("{origin}: not a valid recipes file"))?;
     parsed.recipes.get(name).cloned().with_context(|| {
         format!(
             "{origin}: no recipe named {name:?}, expected one of: {}",
-            parsed.recipes.keys().cloned().collect::<Vec<_>>().join(", ")
+            parsed
+                .recipes
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })
 }
@@ -203,7 +216,10 @@ impl Recipe {
                 epsilon: self.epsilon,
                 weight_decay: self.weight_decay,
             },
-            other => bail!("recipe {}: optimizer {other:?}, expected \"sgd\" or \"adam\"", a.recipe),
+            other => bail!(
+                "recipe {}: optimizer {other:?}, expected \"sgd\" or \"adam\"",
+                a.recipe
+            ),
         };
         let schedule = match self.schedule.as_str() {
             "constant" => Schedule::Constant,
@@ -233,36 +249,10 @@ impl Recipe {
             seed: a.seed,
             eval_batch_size: 256,
         };
-        cfg.validate().with_context(|| format!("recipe {}", a.recipe))?;
+        cfg.validate()
+            .with_context(|| format!("recipe {}", a.recipe))?;
         Ok(cfg)
     }
-}
-
-/// Per-epoch rows and the run summary, as written to `metrics.json`.
-#[derive(Serialize)]
-struct MetricsFile<'a> {
-    recipe: &'a str,
-    config: &'a TrainConfig,
-    model: &'a str,
-    init: Option<&'a str>,
-    dataset: &'a str,
-    classes: &'a [String],
-    train_images: usize,
-    val_images: usize,
-    epochs: &'a [EpochMetrics],
-    best_epoch: Option<usize>,
-    best_val_acc: Option<f64>,
-    /// Sum of the epochs' wall times (over all invocations of a resumed run).
-    wall_s: f64,
-    /// Seconds until the best epoch finished.
-    wall_s_to_best: Option<f64>,
-    energy_j: Option<f64>,
-    energy_source: &'a str,
-    power_w_declared: Option<f64>,
-    test_top1: Option<f64>,
-    test_top5: Option<f64>,
-    test_images: Option<usize>,
-    device: &'a str,
 }
 
 fn data_args(a: &TrainArgs, split: Split) -> DataArgs {
@@ -270,7 +260,11 @@ fn data_args(a: &TrainArgs, split: Split) -> DataArgs {
         dataset: a.dataset.clone(),
         data_dir: a.data_dir.clone(),
         dataset_path: a.dataset_path.clone(),
-        data_file: if split == Split::Train { a.data_file.clone() } else { None },
+        data_file: if split == Split::Train {
+            a.data_file.clone()
+        } else {
+            None
+        },
         split: Some(split),
         download: a.download,
         limit: None,
@@ -283,17 +277,24 @@ fn open_raw(a: &TrainArgs, split: Split) -> Result<Dataset> {
     if a.classes.is_empty() {
         return Ok(ds);
     }
-    let idx = crate::flags::resolve_classes("--classes", &a.classes, ds.class_names(), ds.num_classes())?;
+    let idx =
+        crate::flags::resolve_classes("--classes", &a.classes, ds.class_names(), ds.num_classes())?;
     Ok(ds.subset_classes(&idx)?)
 }
 
 /// The model training starts from: imported weights, or a fresh initialization shaped for
 /// the data `raw` (classes, channels, `--resize`) and normalized with the dataset's
 /// published statistics.
-fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(ModelIr, Option<String>)> {
+fn initial_model(
+    a: &TrainArgs,
+    raw: &Dataset,
+    batch_norm: bool,
+) -> Result<(ModelIr, Option<String>)> {
     if let Some(init) = &a.init {
         if a.resize.is_some() {
-            bail!("--resize applies to training from scratch: with --init the images take the input size of {init}");
+            bail!(
+                "--resize applies to training from scratch: with --init the images take the input size of {init}"
+            );
         }
         let model = crate::model_source::load_model(&ModelArgs {
             arch: a.arch.clone(),
@@ -313,7 +314,12 @@ fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(Mode
         .with_input([c, h, w])
         .with_seed(a.seed)
         .build()
-        .with_context(|| format!("--arch {arch} for {} classes of {c}x{h}x{w} images", names.len()))?;
+        .with_context(|| {
+            format!(
+                "--arch {arch} for {} classes of {c}x{h}x{w} images",
+                names.len()
+            )
+        })?;
     let norm = kind.default_normalization();
     model.meta.input_norm = InputNorm {
         mean: norm.mean.clone(),
@@ -325,21 +331,31 @@ fn initial_model(a: &TrainArgs, raw: &Dataset, batch_norm: bool) -> Result<(Mode
 
 pub fn run(a: TrainArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.val_fraction) {
-        bail!("--val-fraction {}: expected a fraction in [0, 1)", a.val_fraction);
+        bail!(
+            "--val-fraction {}: expected a fraction in [0, 1)",
+            a.val_fraction
+        );
     }
     let recipe = load_recipe(a.recipes.as_deref(), &a.recipe)?;
     let config = recipe.config(&a)?;
-    let device = parse_device(&a.device)?;
+    let rt = runtime(&a.device)?;
     let ckpt_path = a.out_dir.join("last.ckpt");
 
     let raw = open_raw(&a, Split::Train)?;
     let (init, init_name) = initial_model(&a, &raw, recipe.batch_norm)?;
     // After every input is registered: the run folder is no input and lies in none.
     crate::files::check_out_dir(&a.out_dir, "--out-dir")?;
-    for name in ["best.ir", "last.ckpt", "metrics.json", "metrics.csv", "curves.svg"] {
+    for name in [
+        "best.ir",
+        "last.ckpt",
+        "metrics.json",
+        "metrics.csv",
+        "curves.svg",
+    ] {
         crate::files::check_output(&a.out_dir.join(name))?;
     }
-    std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating --out-dir {}", a.out_dir.display()))?;
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("creating --out-dir {}", a.out_dir.display()))?;
     let arch = init.meta.arch.clone();
     let all = fit_to_model(raw, &init)?;
     let all = match a.train_limit {
@@ -372,10 +388,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut trainer = if a.resume {
         // The run's own state: read and rewritten in place by design (not an input).
         let ckpt: TrainCheckpoint = decomp_ir::read_artifact(&ckpt_path).with_context(|| {
-            format!("--resume: reading the checkpoint {} (run without --resume to start)", ckpt_path.display())
+            format!(
+                "--resume: reading the checkpoint {} (run without --resume to start)",
+                ckpt_path.display()
+            )
         })?;
-        tracing::info!(epochs_done = ckpt.epochs_done, "resuming from {}", ckpt_path.display());
-        Trainer::resume(ckpt, &config, &data_id, &device)?
+        tracing::info!(
+            epochs_done = ckpt.epochs_done,
+            "resuming from {}",
+            ckpt_path.display()
+        );
+        Trainer::resume_with_runtime(ckpt, &config, &data_id, &rt)?
     } else {
         if ckpt_path.exists() {
             bail!(
@@ -383,7 +406,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 ckpt_path.display()
             );
         }
-        Trainer::new(init, config.clone(), data_id, &device)?
+        Trainer::with_runtime(init, config.clone(), data_id, &rt)?
     };
     tracing::info!(
         train = train.len(),
@@ -406,9 +429,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut this_call = 0;
     while !trainer.finished() && a.max_epochs_now.is_none_or(|m| this_call < m) {
         let epoch = trainer.epochs_done() + 1;
-        let bar = crate::decompose::bar(train.len() as u64, format!("epoch {epoch}/{}", config.epochs));
+        let bar = crate::progress::bar(
+            train.len() as u64,
+            format!("epoch {epoch}/{}", config.epochs),
+        );
         let reading = meter.start();
-        let outcome = trainer.run_epoch(&train, &val, &mut |done, _| bar.set_position(done as u64))?;
+        let outcome =
+            trainer.run_epoch(&train, &val, &mut |done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
         trainer.set_last_energy(meter.joules_since(&reading));
         // The checkpoint's model is the current model: written as best.ir first when it
@@ -424,7 +451,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "epoch {epoch}: loss {:.4} train {:.2}% val {} lr {:.3e} {:.0} img/s {:.0} s",
             m.train_loss,
             100.0 * m.train_acc,
-            m.val_acc.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v)),
+            m.val_acc
+                .map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v)),
             m.lr,
             m.images_per_s,
             m.wall_s
@@ -434,9 +462,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let test = if a.eval_test && trainer.finished() {
         let best: ModelIr = decomp_ir::read_artifact(&a.out_dir.join("best.ir"))?;
         let test = fit_to_model(open_raw(&a, Split::Test)?, &best)?;
-        let exec = decomp_model::Executor::new(&best, &device)?;
+        let exec = rt.executor(&best)?;
         let report = evaluate(&exec, &test, best.num_classes(), 256)?;
-        outln!("test top-1 {:.2}% top-5 {:.2}% on {} images", report.top1, report.top5, report.n);
+        outln!(
+            "test top-1 {:.2}% top-5 {:.2}% on {} images",
+            report.top1,
+            report.top5,
+            report.n
+        );
         Some(report)
     } else {
         None
@@ -456,35 +489,45 @@ struct RunInfo<'a> {
     energy_source: &'static str,
 }
 
-fn write_metrics(a: &TrainArgs, t: &Trainer, run: &RunInfo, test: Option<&decomp_eval::EvalReport>) -> Result<()> {
+fn write_metrics(
+    a: &TrainArgs,
+    t: &Trainer,
+    run: &RunInfo,
+    test: Option<&decomp_eval::EvalReport>,
+) -> Result<()> {
     let h = t.history();
     let best = t.best();
     let energy: Option<f64> = h.iter().map(|m| m.energy_j).sum();
     let model = &run.arch;
-    let file = MetricsFile {
-        recipe: &a.recipe,
+    let file = TrainMetrics {
+        recipe: a.recipe.clone(),
         config: t.config(),
-        model,
-        init: run.init,
-        dataset: &a.dataset,
-        classes: run.classes,
+        model: model.clone(),
+        init: run.init.map(str::to_string),
+        dataset: a.dataset.clone(),
+        classes: run.classes.to_vec(),
         train_images: run.train_images,
         val_images: run.val_images,
-        epochs: h,
+        epochs: h.to_vec(),
         best_epoch: best.map(|b| b.epoch),
         best_val_acc: best.map(|b| b.accuracy),
         wall_s: h.iter().map(|m| m.wall_s).sum(),
         wall_s_to_best: best.map(|b| h.iter().take(b.epoch).map(|m| m.wall_s).sum()),
         energy_j: energy,
-        energy_source: run.energy_source,
+        energy_source: run.energy_source.to_string(),
         power_w_declared: a.declared_power_w,
         test_top1: test.map(|r| r.top1),
         test_top5: test.map(|r| r.top5),
         test_images: test.map(|r| r.n),
-        device: &a.device,
+        device: a.device.clone(),
     };
-    write_atomic(&a.out_dir.join("metrics.json"), serde_json::to_string_pretty(&file)?.as_bytes())?;
-    let mut csv = String::from("epoch,lr,train_loss,train_acc,val_loss,val_acc,wall_s,images_per_s,energy_j\n");
+    write_atomic(
+        &a.out_dir.join("metrics.json"),
+        serde_json::to_string_pretty(&file)?.as_bytes(),
+    )?;
+    let mut csv = String::from(
+        "epoch,lr,train_loss,train_acc,val_loss,val_acc,wall_s,images_per_s,energy_j\n",
+    );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
     for m in h {
         csv.push_str(&format!(
@@ -501,5 +544,9 @@ fn write_metrics(a: &TrainArgs, t: &Trainer, run: &RunInfo, test: Option<&decomp
         ));
     }
     write_atomic(&a.out_dir.join("metrics.csv"), csv.as_bytes())?;
-    crate::plot::learning_curves(&a.out_dir.join("curves.svg"), &format!("{model} {} ({})", a.recipe, a.dataset), h)
+    crate::plot::learning_curves(
+        &a.out_dir.join("curves.svg"),
+        &format!("{model} {} ({})", a.recipe, a.dataset),
+        h,
+    )
 }

@@ -9,102 +9,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use decomp_compose::{ComposedRun, label_rank};
-use decomp_eval::{Accumulator, EvalReport};
-use decomp_ir::{Top5Ranking};
-use crate::files::{write_atomic};
-use serde::{Deserialize, Serialize};
+use decomp_compose::label_rank;
+use decomp_eval::Accumulator;
+use decomp_eval::report::{MARGINS_FORMAT, Margins, VoteReport};
 
-use crate::DataArgs;
+use crate::files::write_atomic;
 
-pub const MARGINS_FORMAT: &str = "decomp-margins/1";
 /// Largest margins file `vote` reads: 1 GiB (10,000 images x 100 modules is about 10 MB).
 pub const MARGINS_SIZE_LIMIT: u64 = 1 << 30;
-
-/// What `decomp compose --save-margins` writes.
-#[derive(Serialize, Deserialize)]
-pub struct Margins {
-    pub format: String,
-    /// The image set (dataset, split, classes, limit): margin files of one vote must agree.
-    pub images: String,
-    /// Class names of the labels (label `i` = the class of module `i`).
-    pub class_names: Vec<String>,
-    pub modules: Vec<MarginModule>,
-    pub labels: Vec<usize>,
-    /// `[images][modules]`: `z_mine - z_other` of each module on each image.
-    pub margins: Vec<Vec<f32>>,
-    pub model_top1: Option<f64>,
-    pub model_top5: Option<f64>,
-    pub model_per_class: Option<Vec<f64>>,
-    pub seconds: f64,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct MarginModule {
-    pub path: String,
-    pub class: usize,
-    pub class_name: String,
-    pub model_hash: String,
-}
-
-impl MarginModule {
-    pub fn new(path: &Path, class: usize, class_name: &str, model_hash: &str) -> Self {
-        Self {
-            path: path.display().to_string(),
-            class,
-            class_name: class_name.to_string(),
-            model_hash: model_hash.to_string(),
-        }
-    }
-}
-
-/// Writes the margins file of `compose --save-margins` (element and channel modules alike):
-/// `run`'s labels and margins over `images` (see [`image_set`]), one `modules` entry per
-/// column, and the source model's accuracy on the same images when it ran.
-pub fn save_margins(
-    path: &Path,
-    images: String,
-    class_names: &[String],
-    modules: Vec<MarginModule>,
-    run: &ComposedRun,
-    model: Option<&EvalReport>,
-    seconds: f64,
-) -> Result<()> {
-    let m = Margins {
-        format: MARGINS_FORMAT.into(),
-        images,
-        class_names: class_names.to_vec(),
-        modules,
-        labels: run.labels.clone(),
-        margins: run.margins.clone(),
-        model_top1: model.map(|m| m.top1),
-        model_top5: model.map(|m| m.top5),
-        model_per_class: model.map(|m| m.per_class.clone()),
-        seconds,
-    };
-    write_atomic(path, serde_json::to_string(&m)?.as_bytes())?;
-    Ok(())
-}
-
-/// A stable description of the images `compose` ran on.
-pub fn image_set(data: &DataArgs, classes: &[usize]) -> String {
-    let split = data.split.unwrap_or(decomp_data::Split::Test);
-    let source = match (&data.data_file, &data.dataset_path) {
-        (Some(f), _) => format!("file {}", f.display()),
-        (None, Some(p)) => format!("folder {} split {}", p.display(), split),
-        (None, None) => match &data.data_dir {
-            Some(d) => format!("dir {} split {}", d.display(), split),
-            None => format!("default data folder split {split}"),
-        },
-    };
-    let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
-    format!(
-        "{} {source} classes {} limit {:?}",
-        data.dataset,
-        classes.join(","),
-        data.limit
-    )
-}
 
 #[derive(clap::Args)]
 pub struct VoteArgs {
@@ -167,20 +79,6 @@ fn check_finite(path: &Path, m: &Margins) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct VoteOutput {
-    pick: Vec<String>,
-    /// Class name of each entry (from its first part's file).
-    classes: Vec<String>,
-    /// Source module of each entry's first part.
-    modules: Vec<String>,
-    n: usize,
-    top1: f64,
-    top5: f64,
-    per_class: Vec<f64>,
-    per_class_n: Vec<usize>,
-}
-
 pub fn run(a: VoteArgs) -> Result<()> {
     for p in &a.margins {
         crate::files::input(p);
@@ -225,11 +123,7 @@ pub fn run(a: VoteArgs) -> Result<()> {
             );
         }
     }
-    let ranking = match a.top5_ranking.as_str() {
-        "voters-first" => Top5Ranking::VotersFirst,
-        "confidence" => Top5Ranking::Confidence,
-        s => bail!("--top5-ranking {s:?}: expected voters-first or confidence"),
-    };
+    let ranking = crate::args::top5_ranking(&a.top5_ranking)?;
     let entries: Vec<Vec<(usize, usize)>> = a
         .pick
         .iter()
@@ -280,7 +174,7 @@ pub fn run(a: VoteArgs) -> Result<()> {
         bail!("no image of the image set has a label the picked modules stand for");
     }
     let r = acc.finish();
-    let out = VoteOutput {
+    let out = VoteReport {
         pick: a.pick.clone(),
         classes: entries
             .iter()

@@ -13,10 +13,10 @@ use decomp_data::Dataset;
 use decomp_ir::analysis::{Cost, cost};
 use decomp_ir::channel::{ChannelGroup, ChannelPlan, extract};
 use decomp_ir::{BinaryHead, ChannelModule, ModelIr, Op, TensorData, Top5Ranking};
-use decomp_model::{Device, Executor, to_vec};
+use decomp_model::{Executor, ExecutorSource, to_vec};
 use serde::Serialize;
 
-use crate::{ComposeError, ComposedRun, label_rank, non_finite_margin, vote};
+use crate::{ComposeError, ComposedRun, non_finite_margin};
 
 /// A composed evaluation of channel modules, with wall-clock time per module.
 #[derive(Clone, Debug, Serialize)]
@@ -35,7 +35,7 @@ pub struct ChannelRun {
 pub fn compose_channel(
     modules: &[ChannelModule],
     data: &Dataset,
-    device: &Device,
+    runtime: &dyn ExecutorSource,
     batch_size: usize,
     ranking: Top5Ranking,
     reference: Option<&ModelIr>,
@@ -52,9 +52,9 @@ pub fn compose_channel(
     }
     let execs: Vec<Executor> = modules
         .iter()
-        .map(|m| Executor::new(&m.module, device))
+        .map(|m| runtime.executor(&m.module))
         .collect::<Result<_, _>>()?;
-    let model = reference.map(|m| Executor::new(m, device)).transpose()?;
+    let model = reference.map(|m| runtime.executor(m)).transpose()?;
     let mut run = ComposedRun {
         model_rank: model.as_ref().map(|_| Vec::new()),
         ..Default::default()
@@ -95,13 +95,7 @@ pub fn compose_channel(
                 );
             }
         }
-        for (i, row) in margins.into_iter().enumerate() {
-            let label = b.labels[i];
-            run.predicted.push(vote(&row));
-            run.label_rank.push(label_rank(&row, label, ranking));
-            run.labels.push(label);
-            run.margins.push(row);
-        }
+        run.push_batch(&b.labels, margins, ranking);
         progress(n);
     }
     Ok(ChannelRun {

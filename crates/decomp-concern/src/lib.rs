@@ -6,13 +6,19 @@
 //! statistics are reduced batch by batch ([`Executor::forward_active`]: to one bit per
 //! position while each image tile is computed on the CPU engine), never stored per image.
 //! [`identify_channels`] records per-channel activation statistics instead (channel-level
-//! decomposition).
+//! decomposition). A [`ConcernRun`] runs either over the chosen classes and returns the
+//! stage's artifact value ([`ConcernRun::concern_set`], [`ConcernRun::channel_concern_set`]).
 
 mod channel;
 
+use std::time::Instant;
+
 pub use channel::{ClassStats, identify_channels};
 use decomp_data::Dataset;
-use decomp_ir::{BitSet, ClassConcern, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op, PositiveFilter, SiteMasks};
+use decomp_ir::{
+    BitSet, ClassConcern, ConcernSet, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op,
+    PositiveFilter, SiteMasks,
+};
 use decomp_model::{Executor, Probe, to_vec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -35,6 +41,19 @@ pub enum ConcernError {
     },
     #[error("dataset has {dataset} classes, the model {model}")]
     Classes { dataset: usize, model: usize },
+    #[error(
+        "--granularity channel records statistics at ReLU inputs only (--mask-site relu-input)"
+    )]
+    ChannelSite,
+}
+
+/// Where a concern set's model and images come from, as its artifact records them.
+#[derive(Clone, Copy, Debug)]
+pub struct SetOrigin<'a> {
+    /// The model as the user named it (`--weights`).
+    pub model_path: &'a str,
+    /// The dataset's name.
+    pub dataset: &'a str,
 }
 
 /// The nodes where masks are recorded and applied for `site`.
@@ -58,7 +77,8 @@ pub fn mask_sites(model: &ModelIr, site: MaskSite) -> Vec<NodeId> {
 /// Deterministic order of the images of `class`, derived from the config seed.
 pub fn class_order(data: &Dataset, class: usize, seed: u64, salt: u64) -> Vec<usize> {
     let mut idx = data.indices_of_class(class);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (class as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt);
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (class as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt);
     idx.shuffle(&mut rng);
     idx
 }
@@ -95,10 +115,25 @@ pub(crate) fn positives_pass(
     sink: &mut dyn FnMut(&[decomp_model::Tensor<2>], &[usize]),
 ) -> Result<Vec<usize>, ConcernError> {
     let mut forward = |x| {
-        let fwd = exec.forward_probe(x, &Probe { capture: sites, masks: None })?;
+        let fwd = exec.forward_probe(
+            x,
+            &Probe {
+                capture: sites,
+                masks: None,
+            },
+        )?;
         Ok((to_vec(fwd.logits), fwd.captured))
     };
-    positives_loop(exec, train, cfg, class, batch_size, progress, &mut forward, &mut |c: &Vec<_>, rows| sink(c, rows))
+    positives_loop(
+        exec,
+        train,
+        cfg,
+        class,
+        batch_size,
+        progress,
+        &mut forward,
+        &mut |c: &Vec<_>, rows| sink(c, rows),
+    )
 }
 
 /// The loop of [`positives_pass`] over any forward pass returning `(logits, per-batch
@@ -133,7 +168,9 @@ fn positives_loop<T>(
                 match cfg.positive_filter {
                     PositiveFilter::All => true,
                     PositiveFilter::Correct => argmax(row) == class,
-                    PositiveFilter::Confident(t) => argmax(row) == class && softmax_prob(row, class) > t,
+                    PositiveFilter::Confident(t) => {
+                        argmax(row) == class && softmax_prob(row, class) > t
+                    }
                 }
             })
             .take(want - positives.len())
@@ -143,7 +180,11 @@ fn positives_loop<T>(
         progress(class, n);
     }
     if positives.is_empty() {
-        return Err(ConcernError::NoPositives { class, available: order.len(), filter: cfg.positive_filter });
+        return Err(ConcernError::NoPositives {
+            class,
+            available: order.len(),
+            filter: cfg.positive_filter,
+        });
     }
     Ok(positives)
 }
@@ -159,41 +200,347 @@ pub fn identify(
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<NodeId>, Vec<ClassConcern>), ConcernError> {
-    let k = model.num_classes();
-    if train.num_classes() != k {
-        return Err(ConcernError::Classes { dataset: train.num_classes(), model: k });
-    }
     let sites = mask_sites(model, cfg.mask_site);
     let shapes = exec.shapes();
-    let mut out = Vec::with_capacity(classes.len());
-    for &class in classes {
-        if class >= k {
-            return Err(ConcernError::Class { class, classes: k });
-        }
+    let out = each_class(model, train, classes, |class| {
         let span = tracing::info_span!("concern", class);
         let _enter = span.enter();
-        let mut active: Vec<BitSet> = sites.iter().map(|&s| BitSet::new(shapes[s].iter().product())).collect();
+        let mut active: Vec<BitSet> = sites
+            .iter()
+            .map(|&s| BitSet::new(shapes[s].iter().product()))
+            .collect();
         // Activity reduced to bits while each image tile is computed (CPU engine), not
         // captured as values.
         let mut forward = |x| {
             let mut fwd = exec.forward_active(x, &sites)?;
             Ok((std::mem::take(&mut fwd.logits), fwd))
         };
-        let positives = positives_loop(exec, train, cfg, class, batch_size, progress, &mut forward, &mut |fwd, rows| {
-            exec.accumulate(fwd, Some(rows), &mut active)
-        })?;
+        let positives = positives_loop(
+            exec,
+            train,
+            cfg,
+            class,
+            batch_size,
+            progress,
+            &mut forward,
+            &mut |fwd, rows| exec.accumulate(fwd, Some(rows), &mut active),
+        )?;
         tracing::debug!(positives = positives.len(), "concern identified");
-        out.push(ClassConcern {
+        Ok(ClassConcern {
             class,
             inactive: SiteMasks {
                 masks: sites
                     .iter()
                     .zip(&active)
-                    .map(|(&node, a)| NodeMask { node, zeroed: a.complement() })
+                    .map(|(&node, a)| NodeMask {
+                        node,
+                        zeroed: a.complement(),
+                    })
                     .collect(),
             },
             positives,
+        })
+    })?;
+    Ok((sites, out))
+}
+
+/// Checks that `train` has `model`'s classes, then runs `per_class` on each of `classes`
+/// in order, refusing a class the model does not have when its turn comes.
+pub(crate) fn each_class<T>(
+    model: &ModelIr,
+    train: &Dataset,
+    classes: &[usize],
+    mut per_class: impl FnMut(usize) -> Result<T, ConcernError>,
+) -> Result<Vec<T>, ConcernError> {
+    let k = model.num_classes();
+    if train.num_classes() != k {
+        return Err(ConcernError::Classes {
+            dataset: train.num_classes(),
+            model: k,
         });
     }
-    Ok((sites, out))
+    classes
+        .iter()
+        .map(|&class| {
+            if class >= k {
+                Err(ConcernError::Class { class, classes: k })
+            } else {
+                per_class(class)
+            }
+        })
+        .collect()
+}
+
+/// One concern identification: the model and its executor, the training images, the
+/// method's configuration, the classes to identify and the images per forward pass.
+#[derive(Clone, Copy)]
+pub struct ConcernRun<'a> {
+    pub exec: &'a Executor,
+    pub model: &'a ModelIr,
+    pub train: &'a Dataset,
+    pub cfg: &'a DecompConfig,
+    pub classes: &'a [usize],
+    pub batch_size: usize,
+}
+
+impl ConcernRun<'_> {
+    /// Concern identification ([`identify`]) as the concern-set artifact of the stage: the
+    /// model's hash, `origin`, the configuration and the seconds it took.
+    /// `progress(class, images)` is called after every batch.
+    pub fn concern_set(
+        &self,
+        origin: SetOrigin<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<ConcernSet, ConcernError> {
+        let start = Instant::now();
+        let (sites, concerns) = identify(
+            self.exec,
+            self.model,
+            self.train,
+            self.cfg,
+            self.classes,
+            self.batch_size,
+            progress,
+        )?;
+        Ok(ConcernSet {
+            model_hash: self.model.content_hash(),
+            model_path: origin.model_path.to_string(),
+            dataset: origin.dataset.to_string(),
+            config: self.cfg.clone(),
+            sites,
+            classes: concerns,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use decomp_data::Dataset;
+    use decomp_ir::{BitSet, DecompConfig, MaskSite, ModelIr, PositiveFilter};
+    use decomp_model::{Device, Executor, Probe, ResNetConfig, to_vec};
+
+    use super::*;
+
+    /// An untrained 3-class ResNet-8 on 3x8x8 images, and 8 synthetic images per class.
+    fn setup() -> (ModelIr, Dataset, Executor) {
+        let model = ResNetConfig::new(8, 3)
+            .with_input([3, 8, 8])
+            .with_seed(3)
+            .build()
+            .expect("model");
+        let data = Dataset::synthetic(3, 8, [3, 8, 8], 5);
+        let exec = Executor::new(&model, &Device::flex()).expect("executor");
+        (model, data, exec)
+    }
+
+    fn cfg(positives: usize) -> DecompConfig {
+        DecompConfig {
+            positives_per_class: positives,
+            positive_filter: PositiveFilter::All,
+            ..DecompConfig::default()
+        }
+    }
+
+    /// Per site, the positions `> 0` for any of `images` (indices into `data`), from values
+    /// captured by a plain forward pass: the reduction `identify` does on activity bits.
+    fn active(exec: &Executor, data: &Dataset, sites: &[NodeId], images: &[usize]) -> Vec<BitSet> {
+        let b = data
+            .select(images)
+            .expect("select")
+            .batch(0..images.len())
+            .expect("batch");
+        let out = exec
+            .forward_probe(
+                exec.input_tensor(b.images, images.len()).expect("input"),
+                &Probe {
+                    capture: sites,
+                    masks: None,
+                },
+            )
+            .expect("forward");
+        out.captured
+            .into_iter()
+            .map(|t| {
+                let v = to_vec(t);
+                let per = v.len() / images.len();
+                let mut a = BitSet::new(per);
+                for (i, &x) in v.iter().enumerate() {
+                    if x > 0.0 {
+                        a.set(i % per, true);
+                    }
+                }
+                a
+            })
+            .collect()
+    }
+
+    /// A position is inactive exactly when it is `<= 0` for every positive, and the positives
+    /// are `positives_per_class` images of the class in the seeded order.
+    #[test]
+    fn inactive_positions_are_those_no_positive_activates() {
+        let (model, data, exec) = setup();
+        let (sites, concerns) =
+            identify(&exec, &model, &data, &cfg(5), &[0, 2], 2, &mut |_, _| {}).expect("identify");
+        assert_eq!(sites, mask_sites(&model, MaskSite::ReluInput));
+        assert_eq!(
+            concerns.iter().map(|c| c.class).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        for c in &concerns {
+            assert_eq!(c.positives, class_order(&data, c.class, 0, 0)[..5].to_vec());
+            assert!(c.positives.iter().all(|&i| data.label(i) == c.class));
+            let want = active(&exec, &data, &sites, &c.positives);
+            for (m, a) in c.inactive.masks.iter().zip(&want) {
+                assert_eq!(
+                    m.zeroed,
+                    a.complement(),
+                    "class {} node {}",
+                    c.class,
+                    m.node
+                );
+            }
+            let zeroed: usize = c.inactive.masks.iter().map(|m| m.zeroed.count_ones()).sum();
+            let total: usize = c.inactive.masks.iter().map(|m| m.zeroed.len()).sum();
+            assert!(
+                zeroed > 0 && zeroed < total,
+                "masks neither empty nor full: {zeroed} of {total}"
+            );
+        }
+    }
+
+    /// More positives only ever activate more positions; `min(N, available)` are used.
+    #[test]
+    fn more_positives_mask_less() {
+        let (model, data, exec) = setup();
+        let one = identify(&exec, &model, &data, &cfg(1), &[1], 8, &mut |_, _| {})
+            .expect("one")
+            .1;
+        let all = identify(&exec, &model, &data, &cfg(100), &[1], 8, &mut |_, _| {})
+            .expect("all")
+            .1;
+        assert_eq!((one[0].positives.len(), all[0].positives.len()), (1, 8));
+        for (a, b) in one[0].inactive.masks.iter().zip(&all[0].inactive.masks) {
+            let mut both = a.zeroed.clone();
+            both.intersect_with(&b.zeroed);
+            assert_eq!(
+                both, b.zeroed,
+                "node {}: the 8-image mask lies inside the 1-image mask",
+                a.node
+            );
+        }
+        assert!(
+            one[0]
+                .inactive
+                .masks
+                .iter()
+                .zip(&all[0].inactive.masks)
+                .any(|(a, b)| a.zeroed != b.zeroed)
+        );
+    }
+
+    #[test]
+    fn conv_output_sites_are_the_batchnorms_after_convolutions() {
+        let (model, ..) = setup();
+        let g = &model.graph;
+        let sites = mask_sites(&model, MaskSite::ConvOutput);
+        let convs = g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Conv2d { .. }))
+            .count();
+        assert_eq!(sites.len(), convs);
+        assert!(
+            sites
+                .iter()
+                .all(|&s| matches!(g.nodes[s].op, Op::BatchNorm2d { .. }))
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        let (model, data, exec) = setup();
+        let err =
+            identify(&exec, &model, &data, &cfg(2), &[3], 8, &mut |_, _| {}).expect_err("class 3");
+        assert!(
+            matches!(
+                err,
+                ConcernError::Class {
+                    class: 3,
+                    classes: 3
+                }
+            ),
+            "{err}"
+        );
+        let two = data.subset_classes(&[0, 1]).expect("subset");
+        let err =
+            identify(&exec, &model, &two, &cfg(2), &[0], 8, &mut |_, _| {}).expect_err("2 classes");
+        assert!(
+            matches!(
+                err,
+                ConcernError::Classes {
+                    dataset: 2,
+                    model: 3
+                }
+            ),
+            "{err}"
+        );
+        let conv = DecompConfig {
+            mask_site: MaskSite::ConvOutput,
+            ..cfg(2)
+        };
+        let origin = SetOrigin {
+            model_path: "m",
+            dataset: "d",
+        };
+        let run = ConcernRun {
+            exec: &exec,
+            model: &model,
+            train: &data,
+            cfg: &conv,
+            classes: &[0],
+            batch_size: 8,
+        };
+        let err = run
+            .channel_concern_set(origin, &mut |_, _| {})
+            .expect_err("site");
+        assert!(matches!(err, ConcernError::ChannelSite), "{err}");
+    }
+
+    /// The artifact values carry the model's hash, the origin and the configuration, and the
+    /// channel set's per-class statistics cover the same positives as element level.
+    #[test]
+    fn concern_sets_record_their_origin() {
+        let (model, data, exec) = setup();
+        let origin = SetOrigin {
+            model_path: "m.ir",
+            dataset: "synthetic",
+        };
+        let cfg = cfg(3);
+        let run = ConcernRun {
+            exec: &exec,
+            model: &model,
+            train: &data,
+            cfg: &cfg,
+            classes: &[1],
+            batch_size: 8,
+        };
+        let set = run.concern_set(origin, &mut |_, _| {}).expect("set");
+        assert_eq!(
+            (set.model_hash.as_str(), set.model_path.as_str()),
+            (model.content_hash().as_str(), "m.ir")
+        );
+        assert_eq!(
+            (set.dataset.as_str(), set.config.positives_per_class),
+            ("synthetic", 3)
+        );
+        let ch = run
+            .channel_concern_set(origin, &mut |_, _| {})
+            .expect("channel");
+        assert_eq!(ch.sites, set.sites);
+        assert_eq!(ch.classes[0].positives, set.classes[0].positives);
+        assert_eq!(ch.classes[0].concerned.images, 3);
+        assert!(ch.classes[0].unconcerned.is_none());
+        assert_eq!(ch.tangle_seconds, 0.0);
+    }
 }

@@ -288,7 +288,9 @@ pub(crate) fn load_file(
         }
         names
     } else {
-        (0..num_classes).map(crate::placeholder_class_name).collect()
+        (0..num_classes)
+            .map(crate::placeholder_class_name)
+            .collect()
     };
     let description = format!("{kind} records from {}", file.display());
     Ok((

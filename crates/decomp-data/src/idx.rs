@@ -97,7 +97,13 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(bytes);
     }
-    crate::read::read_to_limit(MultiGzDecoder::new(bytes.as_slice()), path, crate::read::MAX_DATA_FILE, "gunzip", bytes.len() * 4)
+    crate::read::read_to_limit(
+        MultiGzDecoder::new(bytes.as_slice()),
+        path,
+        crate::read::MAX_DATA_FILE,
+        "gunzip",
+        bytes.len() * 4,
+    )
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {

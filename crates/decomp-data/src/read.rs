@@ -24,7 +24,13 @@ pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, DataError
 
 /// Everything `reader` yields (the bytes of `path`, read or decompressed: `action` names
 /// which in errors), refused once it passes `limit` bytes.
-pub(crate) fn read_to_limit(reader: impl Read, path: &Path, limit: u64, action: &'static str, capacity: usize) -> Result<Vec<u8>, DataError> {
+pub(crate) fn read_to_limit(
+    reader: impl Read,
+    path: &Path,
+    limit: u64,
+    action: &'static str,
+    capacity: usize,
+) -> Result<Vec<u8>, DataError> {
     let mut bytes = Vec::with_capacity(capacity);
     reader
         .take(limit + 1)
@@ -48,7 +54,10 @@ pub(crate) fn read_text(path: &Path) -> Result<String, DataError> {
             path,
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                format!(
+                    "not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
             ),
         )
     })

@@ -89,7 +89,11 @@ fn read_wnids(path: &Path) -> Result<Vec<String>, DataError> {
 
 /// The first name `words.txt` gives each wnid; the wnid itself when absent.
 fn class_names(words: &Path, wnids: &[String]) -> Result<Vec<String>, DataError> {
-    let text = if words.exists() { crate::read::read_text(words)? } else { String::new() };
+    let text = if words.exists() {
+        crate::read::read_text(words)?
+    } else {
+        String::new()
+    };
     let wanted: HashSet<&str> = wnids.iter().map(String::as_str).collect();
     let mut first_names: HashMap<&str, &str> = HashMap::new();
     for line in text.lines() {
@@ -189,7 +193,9 @@ fn val_items(
             return Err(DataError::Parse {
                 path: annotations,
                 line,
-                expected: "a plain image file name inside val/images (no folder, no absolute path, no ..)".to_string(),
+                expected:
+                    "a plain image file name inside val/images (no folder, no absolute path, no ..)"
+                        .to_string(),
                 found: file.to_string(),
             });
         }

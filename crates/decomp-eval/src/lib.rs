@@ -1,9 +1,12 @@
-//! Metrics and reports (stage crate): top-k accuracy and per-class accuracy from logits.
+//! Metrics and reports (leaf library, no tensor code): top-k accuracy and per-class
+//! accuracy from logits or ranks, and the typed JSON reports of every stage ([`report`]).
 //!
-//! [`Accumulator`] takes batches of scores and labels and produces an [`EvalReport`].
-//! Ranking ties are broken by class index (lower first), like an argmax that returns the
-//! first maximum, so results do not depend on sort stability. NaN and infinite scores are
-//! errors ([`EvalError::NonFinite`]), never ranks.
+//! [`Accumulator`] takes batches of scores and labels (or ranks) and produces an
+//! [`EvalReport`]. Ranking ties are broken by class index (lower first), like an argmax that
+//! returns the first maximum, so results do not depend on sort stability. NaN and infinite
+//! scores are errors ([`EvalError::NonFinite`]), never ranks.
+
+pub mod report;
 
 use serde::{Deserialize, Serialize};
 
@@ -147,7 +150,11 @@ impl Accumulator {
     /// Adds one image given the rank of its true label in some ranking (0 = predicted).
     pub fn add_rank(&mut self, label: usize, rank: usize) -> Result<(), EvalError> {
         if label >= self.classes {
-            return Err(EvalError::Label { label, index: self.n, classes: self.classes });
+            return Err(EvalError::Label {
+                label,
+                index: self.n,
+                classes: self.classes,
+            });
         }
         self.n += 1;
         self.class_n[label] += 1;
@@ -167,7 +174,13 @@ impl Accumulator {
     }
 
     pub fn finish(&self) -> EvalReport {
-        let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        let pct = |a: usize, b: usize| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
         EvalReport {
             top1: pct(self.top1, self.n),
             top5: pct(self.top5, self.n),
@@ -191,7 +204,11 @@ mod tests {
         let mut a = Accumulator::new(classes);
         a.add(scores, labels).expect("valid batch");
         let r = a.finish();
-        assert_eq!((r.top1, r.top5), (top1, top5), "scores {scores:?} labels {labels:?}");
+        assert_eq!(
+            (r.top1, r.top5),
+            (top1, top5),
+            "scores {scores:?} labels {labels:?}"
+        );
     }
 
     #[test]
@@ -227,9 +244,18 @@ mod tests {
         let mut a = Accumulator::new(2).for_node("linear");
         a.add(&[1., 0.], &[0]).expect("finite");
         for (scores, message) in [
-            ([0., f32::NAN, 1., 0.], "image 1: score 1 of node linear is NaN"),
-            ([0., 1., f32::INFINITY, 0.], "image 2: score 0 of node linear is inf"),
-            ([0., 1., 1., f32::NEG_INFINITY], "image 2: score 1 of node linear is -inf"),
+            (
+                [0., f32::NAN, 1., 0.],
+                "image 1: score 1 of node linear is NaN",
+            ),
+            (
+                [0., 1., f32::INFINITY, 0.],
+                "image 2: score 0 of node linear is inf",
+            ),
+            (
+                [0., 1., 1., f32::NEG_INFINITY],
+                "image 2: score 1 of node linear is -inf",
+            ),
         ] {
             let err = a.add(&scores, &[1, 0]).expect_err("non-finite").to_string();
             assert!(err.starts_with(message), "{err}");

@@ -16,7 +16,12 @@ fn numel(s: &Shape) -> usize {
 /// windows when every window containing it is dead, and, with `through_conv`, through a
 /// convolution when every output position whose receptive field contains it is dead. A
 /// node is only marked where all of its consumers agree.
-pub fn propagate_dead(graph: &Graph, shapes: &[Shape], seeds: &[NodeMask], through_conv: bool) -> Vec<BitSet> {
+pub fn propagate_dead(
+    graph: &Graph,
+    shapes: &[Shape],
+    seeds: &[NodeMask],
+    through_conv: bool,
+) -> Vec<BitSet> {
     let n = graph.nodes.len();
     let mut dead: Vec<BitSet> = shapes.iter().map(|s| BitSet::new(numel(s))).collect();
     for s in seeds {
@@ -50,7 +55,14 @@ pub fn propagate_dead(graph: &Graph, shapes: &[Shape], seeds: &[NodeMask], throu
 
 /// Positions of `input`'s output that are dead as seen by consumer `j`, or `None` when the
 /// op gives no information.
-fn contribution(graph: &Graph, shapes: &[Shape], dead_j: &BitSet, j: NodeId, input: NodeId, through_conv: bool) -> Option<BitSet> {
+fn contribution(
+    graph: &Graph,
+    shapes: &[Shape],
+    dead_j: &BitSet,
+    j: NodeId,
+    input: NodeId,
+    through_conv: bool,
+) -> Option<BitSet> {
     let in_shape = &shapes[input];
     let out_shape = &shapes[j];
     match &graph.nodes[j].op {
@@ -91,18 +103,49 @@ fn contribution(graph: &Graph, shapes: &[Shape], dead_j: &BitSet, j: NodeId, inp
             }
             Some(b)
         }
-        Op::MaxPool2d { kernel, stride, padding } | Op::AvgPool2d { kernel, stride, padding } => {
-            Some(window_dead(in_shape, out_shape, dead_j, *kernel, *stride, *padding, |c_in| vec![c_in]))
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            padding,
         }
-        Op::Conv2d { weight, stride, padding, groups, .. } if through_conv => {
+        | Op::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+        } => Some(window_dead(
+            in_shape,
+            out_shape,
+            dead_j,
+            *kernel,
+            *stride,
+            *padding,
+            |c_in| vec![c_in],
+        )),
+        Op::Conv2d {
+            weight,
+            stride,
+            padding,
+            groups,
+            ..
+        } if through_conv => {
             let (kh, kw) = (weight.shape[2], weight.shape[3]);
             let (cin_g, cout_g) = (in_shape[0] / groups, out_shape[0] / groups);
-            Some(window_dead(in_shape, out_shape, dead_j, [kh, kw], *stride, *padding, |c_in| {
-                let g = c_in / cin_g;
-                (g * cout_g..(g + 1) * cout_g).collect()
-            }))
+            Some(window_dead(
+                in_shape,
+                out_shape,
+                dead_j,
+                [kh, kw],
+                *stride,
+                *padding,
+                |c_in| {
+                    let g = c_in / cin_g;
+                    (g * cout_g..(g + 1) * cout_g).collect()
+                },
+            ))
         }
-        Op::ShortcutA { stride, pad_before, .. } => {
+        Op::ShortcutA {
+            stride, pad_before, ..
+        } => {
             let [c, h, w] = [in_shape[0], in_shape[1], in_shape[2]];
             let [_, oh, ow] = [out_shape[0], out_shape[1], out_shape[2]];
             let mut b = BitSet::new(numel(in_shape));
@@ -148,17 +191,23 @@ fn window_dead(
             })
             .collect()
     };
-    let rows: Vec<Vec<usize>> = (0..h).map(|y| cover(y, kernel[0], stride[0], padding[0], oh)).collect();
-    let cols: Vec<Vec<usize>> = (0..w).map(|x| cover(x, kernel[1], stride[1], padding[1], ow)).collect();
+    let rows: Vec<Vec<usize>> = (0..h)
+        .map(|y| cover(y, kernel[0], stride[0], padding[0], oh))
+        .collect();
+    let cols: Vec<Vec<usize>> = (0..w)
+        .map(|x| cover(x, kernel[1], stride[1], padding[1], ow))
+        .collect();
     let mut b = BitSet::new(numel(in_shape));
     for ci in 0..c {
         let outs = out_channels(ci);
         for (y, row_cover) in rows.iter().enumerate() {
             for (x, col_cover) in cols.iter().enumerate() {
                 let all_dead = outs.iter().all(|&co| {
-                    row_cover
-                        .iter()
-                        .all(|&oy| col_cover.iter().all(|&ox| dead_out.get((co * oh + oy) * ow + ox)))
+                    row_cover.iter().all(|&oy| {
+                        col_cover
+                            .iter()
+                            .all(|&ox| dead_out.get((co * oh + oy) * ow + ox))
+                    })
                 });
                 if all_dead {
                     b.set((ci * h + y) * w + x, true);
@@ -191,7 +240,10 @@ pub fn active_sets(graph: &Graph, shapes: &[Shape], masks: &[NodeMask]) -> Vec<(
     let zeroed_at = |node: NodeId| -> BitSet {
         let len = numel(&shapes[node]);
         let mut b = BitSet::new(len);
-        for m in masks.iter().filter(|m| m.node == node && m.zeroed.len() == len) {
+        for m in masks
+            .iter()
+            .filter(|m| m.node == node && m.zeroed.len() == len)
+        {
             b.union_with(&m.zeroed);
         }
         b
@@ -216,7 +268,11 @@ pub fn module_size(graph: &Graph, shapes: &[Shape], masks: &[NodeMask]) -> f64 {
     let sets = active_sets(graph, shapes, masks);
     let total: usize = sets.iter().map(|(_, b)| b.len()).sum();
     let active: usize = sets.iter().map(|(_, b)| b.count_ones()).sum();
-    if total == 0 { 1.0 } else { active as f64 / total as f64 }
+    if total == 0 {
+        1.0
+    } else {
+        active as f64 / total as f64
+    }
 }
 
 /// Jaccard index of two modules' active layer positions (modules of the same graph).
@@ -230,7 +286,11 @@ pub fn overlap(a: &[(NodeId, BitSet)], b: &[(NodeId, BitSet)]) -> f64 {
         inter += i.count_ones();
         union += u.count_ones();
     }
-    if union == 0 { 1.0 } else { inter as f64 / union as f64 }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
 }
 
 /// Size and compute of a graph, per image (batch of one).
@@ -268,7 +328,11 @@ pub fn cost(graph: &Graph, shapes: &[Shape]) -> Cost {
                 c.macs += m;
                 c.flops += 2 * m + if bias.is_some() { out } else { 0 };
             }
-            Op::BatchNorm2d { running_mean, running_var, .. } => {
+            Op::BatchNorm2d {
+                running_mean,
+                running_var,
+                ..
+            } => {
                 c.constants += (running_mean.numel() + running_var.numel()) as u64;
                 c.flops += 2 * out;
             }

@@ -15,7 +15,6 @@
 //! destination folder renamed over the destination (regular files only, symlinks followed),
 //! so a reader never sees a partial artifact.
 
-use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
@@ -24,6 +23,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::error::IrError;
+pub use crate::kind::ArtifactKind;
 
 /// First bytes of every artifact.
 pub const MAGIC: &[u8; 8] = b"DECOMPIR";
@@ -39,51 +39,6 @@ pub const HEADER_LEN: usize = 52;
 pub const DEFAULT_SIZE_LIMIT: u64 = 2 << 30;
 /// Hard ceiling bincode enforces while decoding (bytes claimed by containers).
 const DECODE_LIMIT: usize = 4 << 30;
-
-/// What an artifact holds; stored in the header so a stage never misreads another's file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ArtifactKind {
-    Model = 1,
-    Module = 2,
-    ConcernSet = 3,
-    Report = 4,
-    /// A training run's resumable state (model, optimizer, epoch, history).
-    TrainCheckpoint = 5,
-    /// Per-channel activation statistics of every class (channel-level concern
-    /// identification).
-    ChannelConcernSet = 6,
-    /// A physically small module: its own graph with the kept channels only.
-    ChannelModule = 7,
-}
-
-impl ArtifactKind {
-    fn from_u16(v: u16) -> Option<Self> {
-        Some(match v {
-            1 => Self::Model,
-            2 => Self::Module,
-            3 => Self::ConcernSet,
-            4 => Self::Report,
-            5 => Self::TrainCheckpoint,
-            6 => Self::ChannelConcernSet,
-            7 => Self::ChannelModule,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for ArtifactKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Model => "model",
-            Self::Module => "module",
-            Self::ConcernSet => "concern-set",
-            Self::Report => "report",
-            Self::TrainCheckpoint => "train-checkpoint",
-            Self::ChannelConcernSet => "channel-concern-set",
-            Self::ChannelModule => "channel-module",
-        })
-    }
-}
 
 /// A value that can be stored as an artifact file.
 pub trait Artifact: Serialize + DeserializeOwned {
@@ -238,16 +193,89 @@ pub fn hex_hash(hash: &[u8; 32]) -> String {
     hex::encode(hash)
 }
 
+/// Up to the first `N` bytes of `path` (fewer when the file is shorter).
+fn head<const N: usize>(path: &Path) -> Result<Vec<u8>, IrError> {
+    let io = |source| IrError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::with_capacity(N);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(N as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    Ok(bytes)
+}
+
+/// Whether `path` starts with the artifact magic: an artifact of any kind or version (or a
+/// damaged one, which reading then describes), as opposed to some other file format.
+pub fn has_magic(path: &Path) -> Result<bool, IrError> {
+    Ok(head::<8>(path)?.as_slice() == MAGIC)
+}
+
 /// The kind recorded in an artifact file's header, read from its first 12 bytes alone;
 /// `None` when the file is not an artifact (too short, other magic, unknown kind).
 pub fn peek_kind(path: &Path) -> Result<Option<ArtifactKind>, IrError> {
-    let mut head = [0u8; 12];
-    let mut f = std::fs::File::open(path).map_err(|source| IrError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if f.read_exact(&mut head).is_err() || &head[..8] != MAGIC {
+    let head = head::<12>(path)?;
+    if head.len() < 12 || &head[..8] != MAGIC {
         return Ok(None);
     }
-    Ok(ArtifactKind::from_u16(u16::from_le_bytes([head[10], head[11]])))
+    Ok(ArtifactKind::from_u16(u16::from_le_bytes([
+        head[10], head[11],
+    ])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind a header can name is peeked as itself (4 and 5 included); an unknown kind,
+    /// a short file and another format are `None`, and only the magic makes an artifact.
+    #[test]
+    fn peek_kind_reads_every_kind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).expect("write");
+            p
+        };
+        let header = |kind: u16| {
+            let mut h = MAGIC.to_vec();
+            h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            h.extend_from_slice(&kind.to_le_bytes());
+            h
+        };
+        let kinds = [
+            ArtifactKind::Model,
+            ArtifactKind::Module,
+            ArtifactKind::ConcernSet,
+            ArtifactKind::Report,
+            ArtifactKind::TrainCheckpoint,
+            ArtifactKind::ChannelConcernSet,
+            ArtifactKind::ChannelModule,
+        ];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            assert_eq!(kind as u16, i as u16 + 1);
+            let p = file(&format!("k{i}"), &header(kind as u16));
+            assert_eq!(peek_kind(&p).expect("peek"), Some(kind), "{kind}");
+            assert!(has_magic(&p).expect("magic"));
+        }
+        let unknown = file("unknown", &header(99));
+        assert_eq!(peek_kind(&unknown).expect("peek"), None);
+        assert!(
+            has_magic(&unknown).expect("magic"),
+            "an unknown kind is still an artifact"
+        );
+        let short = file("short", &header(1)[..11]);
+        assert_eq!(peek_kind(&short).expect("peek"), None);
+        let pickle = file("model.th", b"\x80\x02PK not an artifact");
+        assert_eq!(peek_kind(&pickle).expect("peek"), None);
+        assert!(!has_magic(&pickle).expect("magic"));
+        assert!(!has_magic(&file("empty", b"")).expect("magic"));
+        assert!(
+            peek_kind(&dir.path().join("missing")).is_err(),
+            "a missing file is an error"
+        );
+    }
 }

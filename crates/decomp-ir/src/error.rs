@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::artifact::ArtifactKind;
+use crate::kind::ArtifactKind;
 
 /// Everything that can go wrong building, validating, writing or reading IR values.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,10 @@ pub enum IrError {
         source: std::io::Error,
     },
     #[error("{path}: not a decomp artifact (expected magic {expected:?} at offset 0)")]
-    BadMagic { path: PathBuf, expected: &'static str },
+    BadMagic {
+        path: PathBuf,
+        expected: &'static str,
+    },
     #[error(
         "{path}: artifact format version {found}, this build reads versions {min}..={max} of this kind (rebuild the file with this build)"
     )]
@@ -39,7 +42,11 @@ pub enum IrError {
     #[error("{path}: {msg}")]
     Corrupt { path: PathBuf, msg: String },
     #[error("{path}: file is {size} bytes, over the limit of {limit} bytes")]
-    TooLarge { path: PathBuf, size: u64, limit: u64 },
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     /// An output path the output policy refuses (`crate::output`).
     #[error("{path}: {msg}")]
     Output { path: PathBuf, msg: String },

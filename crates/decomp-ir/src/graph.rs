@@ -26,7 +26,10 @@ impl TensorData {
     /// A tensor filled with zeros.
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Self { shape, data: vec![0.0; n] }
+        Self {
+            shape,
+            data: vec![0.0; n],
+        }
     }
 
     /// Number of elements the shape describes (saturating: an overflowing shape can never
@@ -52,7 +55,9 @@ impl TensorData {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// The graph input, `[channels, height, width]`.
-    Input { shape: [usize; 3] },
+    Input {
+        shape: [usize; 3],
+    },
     /// 2-D convolution; `weight` is `[out, in / groups, kh, kw]` (PyTorch layout).
     Conv2d {
         weight: TensorData,
@@ -102,7 +107,9 @@ pub enum Op {
     /// Adds a fixed `[c, h, w]` map to its input. Channel extraction uses it to fold the
     /// exact contribution of removed input channels held at a constant into the next layer
     /// (through a zero-padded convolution a constant channel gives a position-dependent map).
-    BiasMap { bias: TensorData },
+    BiasMap {
+        bias: TensorData,
+    },
     /// Channel gather of a channel-pruned option-A shortcut: keep every `stride`-th row and
     /// column, then output channel `o` is input channel `sources[o]`, or the constant
     /// `fill[o]` where `sources[o]` is `None`. [`Op::ShortcutA`] is the special case of
@@ -410,7 +417,10 @@ fn check_tensor(t: &TensorData, what: &str, expected: &[usize]) -> Result<(), St
         ));
     }
     if t.shape != expected {
-        return Err(format!("{what}: expected shape {expected:?}, found {:?}", t.shape));
+        return Err(format!(
+            "{what}: expected shape {expected:?}, found {:?}",
+            t.shape
+        ));
     }
     finite(&t.data, what)
 }
@@ -418,7 +428,10 @@ fn check_tensor(t: &TensorData, what: &str, expected: &[usize]) -> Result<(), St
 /// Refuses NaN and infinite values, naming the first one.
 pub(crate) fn finite(values: &[f32], what: &str) -> Result<(), String> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(format!("{what}: value {i} is {}, expected a finite number", values[i])),
+        Some(i) => Err(format!(
+            "{what}: value {i} is {}, expected a finite number",
+            values[i]
+        )),
         None => Ok(()),
     }
 }
@@ -434,7 +447,9 @@ fn windowed(
 ) -> Result<[usize; 2], String> {
     for (what, v) in [("kernel", kernel), ("stride", stride), ("padding", padding)] {
         if v[0].max(v[1]) > MAX_SPATIAL {
-            return Err(format!("{what} {v:?} is larger than {MAX_SPATIAL} (limits::MAX_SPATIAL)"));
+            return Err(format!(
+                "{what} {v:?} is larger than {MAX_SPATIAL} (limits::MAX_SPATIAL)"
+            ));
         }
     }
     let padded = [h + 2 * padding[0], w + 2 * padding[1]];
@@ -468,7 +483,9 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
     Ok(match op {
         Op::Input { shape } => {
             if shape.contains(&0) || checked_product(shape).is_none() {
-                return Err(format!("input shape {shape:?} has a zero or overflowing dimension"));
+                return Err(format!(
+                    "input shape {shape:?} has a zero or overflowing dimension"
+                ));
             }
             shape.to_vec()
         }
@@ -484,7 +501,9 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
                 return Err(format!("weight must be 4-D, found {:?}", weight.shape));
             };
             if *groups == 0 || c % groups != 0 || o % groups != 0 {
-                return Err(format!("groups {groups} must divide in {c} and out {o} channels"));
+                return Err(format!(
+                    "groups {groups} must divide in {c} and out {o} channels"
+                ));
             }
             check_tensor(weight, "weight", &[o, c / groups, kh, kw])?;
             debug_assert_eq!(ci, c / groups);

@@ -24,6 +24,7 @@ pub mod channel;
 mod channel_module;
 mod error;
 mod graph;
+mod kind;
 pub mod limits;
 mod mask;
 mod model;
@@ -35,8 +36,8 @@ pub use artifact::{
     read_artifact_limited, write_artifact, write_atomic,
 };
 pub use channel_module::{
-    ActivationRate, ChannelConcernSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels, Compensation,
-    SiteChannelStats, UnconcernedStats,
+    ActivationRate, ChannelConcernSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels,
+    Compensation, SiteChannelStats, UnconcernedStats,
 };
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Op, Shape, TensorData, checked_product, node_shape};

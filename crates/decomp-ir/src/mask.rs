@@ -49,7 +49,11 @@ impl BitSet {
 
     /// Whether bit `i` is set; out-of-range bits read as clear.
     pub fn get(&self, i: usize) -> bool {
-        i < self.len && self.words.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+        i < self.len
+            && self
+                .words
+                .get(i / 64)
+                .is_some_and(|w| w >> (i % 64) & 1 == 1)
     }
 
     /// Sets bit `i` to `v`. Panics when `i >= len` (a programming error, not user data).
@@ -99,7 +103,12 @@ impl BitSet {
 
     /// Whether every set bit of `self` is set in `other`.
     pub fn is_subset(&self, other: &BitSet) -> bool {
-        self.len == other.len && self.words.iter().zip(&other.words).all(|(a, b)| a & !b == 0)
+        self.len == other.len
+            && self
+                .words
+                .iter()
+                .zip(&other.words)
+                .all(|(a, b)| a & !b == 0)
     }
 
     /// Iterates over the indices of set bits in increasing order.

@@ -145,14 +145,22 @@ impl ConcernSet {
         let k = model.num_classes();
         for (i, c) in self.classes.iter().enumerate() {
             if c.class >= k {
-                return Err(format!("class {} is beyond the model's {k} classes", c.class));
+                return Err(format!(
+                    "class {} is beyond the model's {k} classes",
+                    c.class
+                ));
             }
             if self.classes[..i].iter().any(|o| o.class == c.class) {
                 return Err(format!("class {} is listed twice", c.class));
             }
             for m in &c.inactive.masks {
                 let Some(shape) = shapes.get(m.node) else {
-                    return Err(format!("class {}: mask for node {} beyond the model's {} nodes", c.class, m.node, shapes.len()));
+                    return Err(format!(
+                        "class {}: mask for node {} beyond the model's {} nodes",
+                        c.class,
+                        m.node,
+                        shapes.len()
+                    ));
                 };
                 let n: usize = shape.iter().product();
                 if m.zeroed.len() != n {
@@ -245,7 +253,10 @@ impl Artifact for ModuleIr {
             }
         }
         let Some(shape) = shapes.get(self.head.input) else {
-            return Err(format!("head input node {} beyond the graph", self.head.input));
+            return Err(format!(
+                "head input node {} beyond the graph",
+                self.head.input
+            ));
         };
         let f: usize = shape.iter().product();
         if self.head.weight.shape != [2, f] || self.head.weight.data.len() != 2 * f {
@@ -255,7 +266,10 @@ impl Artifact for ModuleIr {
             ));
         }
         if self.head.bias.shape != [2] || self.head.bias.data.len() != 2 {
-            return Err(format!("head bias has shape {:?}, expected [2]", self.head.bias.shape));
+            return Err(format!(
+                "head bias has shape {:?}, expected [2]",
+                self.head.bias.shape
+            ));
         }
         crate::graph::finite(&self.head.weight.data, "head weight")?;
         crate::graph::finite(&self.head.bias.data, "head bias")?;

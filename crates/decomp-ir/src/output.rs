@@ -66,7 +66,12 @@ pub fn resolve_output(path: &Path) -> Result<PathBuf, IrError> {
         let meta = match std::fs::symlink_metadata(&current) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(current),
-            Err(source) => return Err(IrError::Io { path: current, source }),
+            Err(source) => {
+                return Err(IrError::Io {
+                    path: current,
+                    source,
+                });
+            }
         };
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&current).map_err(|source| IrError::Io {
@@ -208,7 +213,9 @@ impl FileId {
         #[cfg(unix)]
         let dev_ino = {
             use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(&canonical).ok().map(|m| (m.dev(), m.ino()))
+            std::fs::metadata(&canonical)
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
         };
         #[cfg(not(unix))]
         let dev_ino = None;
@@ -233,7 +240,9 @@ impl FileId {
             }
         }
         let canonical = match (norm.parent(), norm.file_name()) {
-            (Some(dir), Some(name)) => std::fs::canonicalize(dir).map_or(norm.clone(), |d| d.join(name)),
+            (Some(dir), Some(name)) => {
+                std::fs::canonicalize(dir).map_or(norm.clone(), |d| d.join(name))
+            }
             _ => norm,
         };
         Some(FileId {

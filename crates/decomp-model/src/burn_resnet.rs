@@ -197,7 +197,9 @@ impl ResNet {
         // the ones the optimizer produces (a strided view would change the matmul's
         // summation order, and a resumed run would drift from an uninterrupted one).
         let (o, i) = (weight.shape[0], weight.shape[1]);
-        let transposed: Vec<f32> = (0..i * o).map(|k| weight.data[(k % o) * i + k / o]).collect();
+        let transposed: Vec<f32> = (0..i * o)
+            .map(|k| weight.data[(k % o) * i + k / o])
+            .collect();
         linear.weight = param(
             "linear.weight",
             Tensor::from_data(BurnData::new(transposed, [i, o]), device),
@@ -261,7 +263,9 @@ impl ResNet {
         }
         let node = w.node("linear")?;
         let Op::Linear { weight, bias } = node else {
-            return Err(ModelError::Config("node linear is not a linear layer".into()));
+            return Err(ModelError::Config(
+                "node linear is not a linear layer".into(),
+            ));
         };
         let lw = self.linear.weight.val().transpose();
         let [o, i] = lw.dims();
@@ -290,11 +294,10 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn node(&mut self, name: &str) -> Result<&mut Op, ModelError> {
-        let i = self
-            .model
-            .graph
-            .find(name)
-            .ok_or_else(|| ModelError::Config(format!("no node named {name} in the IR model")))?;
+        let i =
+            self.model.graph.find(name).ok_or_else(|| {
+                ModelError::Config(format!("no node named {name} in the IR model"))
+            })?;
         Ok(&mut self.model.graph.nodes[i].op)
     }
 
@@ -319,7 +322,9 @@ impl Writer<'_> {
             ..
         } = self.node(name)?
         else {
-            return Err(ModelError::Config(format!("node {name} is not a batch norm")));
+            return Err(ModelError::Config(format!(
+                "node {name} is not a batch norm"
+            )));
         };
         *gamma = host(bn.gamma.val());
         *beta = host(bn.beta.val());

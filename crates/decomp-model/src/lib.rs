@@ -10,12 +10,17 @@
 //!   benchmarked against, and the route to burn's own record format (`.bpk`).
 //! - [`train`] trains ResNets (SGD/Adam, schedules, augmentation) from scratch or from
 //!   imported weights, with checkpoints that resume bit for bit, on the CPU engine on `flex`
-//!   and with burn autodiff elsewhere or on request ([`Engine`], `DECOMP_ENGINE`).
+//!   and with burn autodiff elsewhere or on request ([`Engine`]).
 //! - [`GradEngine`] computes a batch's loss and every parameter gradient on the CPU plan's
 //!   own kernels (training-mode BatchNorm included), and [`CpuOptimizer`] applies SGD/Adam
 //!   steps with burn's arithmetic: [`train`]'s path on `flex`, checked against burn
 //!   autodiff.
-//! - [`parse_device`] turns `cpu` / `cuda:N` / `wgpu` into a device.
+//! - [`parse_device`] turns `cpu` / `cuda:N` / `wgpu` into a device; a [`Runtime`] adds the
+//!   engine choice and CPU tuning the binary read from `DECOMP_ENGINE` / `DECOMP_CPU_*`
+//!   (this crate reads no environment), and stages build executors from it
+//!   ([`ExecutorSource`]).
+//! - [`DeviceMatrix`] / [`unfold`]: the device products and im2col the stage crates'
+//!   closed-form fits need, so that burn stays in this crate.
 
 pub mod burn_resnet;
 mod channel_stats;
@@ -24,20 +29,24 @@ mod device;
 mod error;
 mod executor;
 pub mod import;
+mod linalg;
 pub mod onnx;
 pub mod resnet;
+mod runtime;
 pub mod train;
 
 pub use burn::tensor::{Device, Tensor, TensorData as BurnTensorData};
-pub use decomp_ir::ModelIr;
 pub use channel_stats::ChannelAccumulator;
-pub use device::{available_devices, parse_device};
-pub use error::ModelError;
 pub use cpu::CpuTuning;
 pub use cpu::grad::{GradEngine, ParamGrad, StepGradients};
 pub use cpu::optim::CpuOptimizer;
+pub use decomp_ir::ModelIr;
+pub use device::{available_devices, parse_device};
+pub use error::ModelError;
 pub use executor::{
     ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe,
     accumulate_active, check_finite, to_vec,
 };
+pub use linalg::{DeviceMatrix, unfold};
 pub use resnet::{ResNetConfig, Shortcut};
+pub use runtime::{ExecutorSource, Runtime};

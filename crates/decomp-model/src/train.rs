@@ -10,11 +10,12 @@
 //!   model, optimizer state, epochs done, metrics history, best epoch so far), and
 //!   [`Trainer::resume`] continues from one.
 //!
-//! Two training engines compute the steps, chosen as the [`Executor`]'s engine is
-//! ([`Engine`], `DECOMP_ENGINE`): on the `flex` (CPU) device [`Engine::Auto`] trains on the
-//! CPU engine's kernels ([`GradEngine`] and [`CpuOptimizer`]) when it can differentiate the
-//! model, burn autodiff otherwise; `DECOMP_ENGINE=burn` forces burn autodiff (the path on
-//! GPUs and the reference), `cpu` the CPU engine. Both run the same batches, augmentation,
+//! Two training engines compute the steps, chosen as the [`Executor`](crate::Executor)'s engine is
+//! ([`Engine`], from the [`Runtime`] the binary built from `DECOMP_ENGINE`): on the `flex`
+//! (CPU) device [`Engine::Auto`] trains on the CPU engine's kernels ([`GradEngine`] and
+//! [`CpuOptimizer`]) when it can differentiate the model, burn autodiff otherwise;
+//! [`Engine::Burn`] forces burn autodiff (the path on GPUs and the reference),
+//! [`Engine::Cpu`] the CPU engine. Both run the same batches, augmentation,
 //! learning rate per step, validation and checkpoints; a checkpoint's `optimizer` bytes are
 //! the engine's own state (burn's record, or [`CpuOptimizer::to_bytes`], told apart by its
 //! magic), so a run resumes on the engine that wrote it: under [`Engine::Auto`] that engine
@@ -45,8 +46,8 @@ use tracing::debug;
 
 use crate::ModelError;
 use crate::burn_resnet::ResNet;
-use crate::executor::{Engine, Executor, check_finite, to_vec};
-use crate::{CpuOptimizer, GradEngine};
+use crate::executor::{Engine, check_finite, to_vec};
+use crate::{CpuOptimizer, CpuTuning, ExecutorSource, GradEngine, Runtime};
 
 /// The optimizer and its hyper-parameters (the learning rate is [`TrainConfig::lr`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -195,7 +196,9 @@ impl TrainConfig {
                     finite_in("schedule.factors", f, 0.0, 1e6)?;
                 }
             }
-            Schedule::Cosine { min_factor } => finite_in("schedule.min_factor", *min_factor, 0.0, 1.0)?,
+            Schedule::Cosine { min_factor } => {
+                finite_in("schedule.min_factor", *min_factor, 0.0, 1.0)?
+            }
             Schedule::Constant => {}
         }
         if !(0.0..1.0).contains(&self.augment.shift) {
@@ -268,27 +271,8 @@ impl TrainConfig {
     }
 }
 
-/// What one epoch measured.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based epoch number.
-    pub epoch: usize,
-    /// Learning rate at the start of the epoch.
-    pub lr: f64,
-    /// Mean cross-entropy over the epoch's (augmented) training batches.
-    pub train_loss: f64,
-    /// Top-1 accuracy on the augmented training batches, as seen while training.
-    pub train_acc: f64,
-    /// Cross-entropy and top-1 on the validation split (`None` without one).
-    pub val_loss: Option<f64>,
-    pub val_acc: Option<f64>,
-    /// Wall time of the epoch (training + validation), seconds.
-    pub wall_s: f64,
-    /// Training images per second (training steps only).
-    pub images_per_s: f64,
-    /// Measured energy of the epoch in joules, filled in by the caller when a meter exists.
-    pub energy_j: Option<f64>,
-}
+/// What one epoch measured (a row of the run's `metrics.json`, typed with the reports).
+pub use decomp_eval::report::EpochMetrics;
 
 /// The best epoch so far by validation accuracy (by training accuracy without validation).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -362,7 +346,8 @@ pub struct Trainer {
     /// The model as IR: names, shapes and metadata; parameters are written back on export
     /// (burn engine only).
     template: ModelIr,
-    device: Device,
+    /// The plain device and the engine configuration (validation runs an executor of it).
+    runtime: Runtime,
     backend: Backend,
     epochs_done: usize,
     history: Vec<EpochMetrics>,
@@ -394,9 +379,10 @@ fn cpu_engine(
     model: &ModelIr,
     device: &Device,
     engine: Engine,
+    tuning: CpuTuning,
 ) -> Result<Option<GradEngine>, ModelError> {
     let is_flex = *device == Device::flex();
-    match engine {
+    let engine = match engine {
         Engine::Burn => Ok(None),
         Engine::Auto if !is_flex => Ok(None),
         Engine::Auto => Ok(GradEngine::new(model.clone()).ok()),
@@ -404,7 +390,8 @@ fn cpu_engine(
             "the cpu training engine runs on the flex device only, not {device:?}"
         ))),
         Engine::Cpu => GradEngine::new(model.clone()).map(Some),
-    }
+    }?;
+    Ok(engine.map(|g| g.with_tuning(tuning)))
 }
 
 /// Why a model neither training engine takes cannot be trained: burn autodiff builds CIFAR
@@ -420,14 +407,14 @@ fn untrainable(model: &ModelIr, burn: ModelError) -> ModelError {
     ))
 }
 
-/// The name `DECOMP_ENGINE` gives an engine that wrote optimizer state (for errors).
+/// The name (`DECOMP_ENGINE` value) of an engine that wrote optimizer state (for errors).
 fn engine_name(cpu: bool) -> &'static str {
     if cpu { "cpu" } else { "burn" }
 }
 
 impl Trainer {
     /// A new run starting from `init` (random initialization or imported weights) on the
-    /// training engine [`Engine::from_env`] picks (see the module docs). `device` is the
+    /// training engine [`Engine::Auto`] picks (see the module docs). `device` is the
     /// plain device; burn autodiff trains on its autodiff version.
     pub fn new(
         init: ModelIr,
@@ -435,7 +422,7 @@ impl Trainer {
         data_id: String,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        Self::with_engine(init, config, data_id, device, Engine::from_env()?)
+        Self::with_engine(init, config, data_id, device, Engine::Auto)
     }
 
     /// Like [`Trainer::new`] with an explicit training engine.
@@ -446,8 +433,31 @@ impl Trainer {
         device: &Device,
         engine: Engine,
     ) -> Result<Self, ModelError> {
+        Self::start(init, config, data_id, Runtime::new(device.clone()), engine)
+    }
+
+    /// Like [`Trainer::new`] with the engine and CPU tuning of `runtime` (training and
+    /// validation).
+    pub fn with_runtime(
+        init: ModelIr,
+        config: TrainConfig,
+        data_id: String,
+        runtime: &Runtime,
+    ) -> Result<Self, ModelError> {
+        Self::start(init, config, data_id, runtime.clone(), runtime.engine)
+    }
+
+    /// A new run training on `engine`, validating with executors of `runtime`.
+    fn start(
+        init: ModelIr,
+        config: TrainConfig,
+        data_id: String,
+        runtime: Runtime,
+        engine: Engine,
+    ) -> Result<Self, ModelError> {
         config.validate()?;
-        let backend = match cpu_engine(&init, device, engine)? {
+        let device = &runtime.device;
+        let backend = match cpu_engine(&init, device, engine, runtime.tuning)? {
             Some(engine) => Backend::Cpu {
                 engine: Some(engine),
                 optim: CpuOptimizer::new(config.optimizer.clone()),
@@ -464,7 +474,7 @@ impl Trainer {
             config,
             data_id,
             template: init,
-            device: device.clone(),
+            runtime,
             backend,
             epochs_done: 0,
             history: Vec::new(),
@@ -474,18 +484,18 @@ impl Trainer {
 
     /// Continues the run a checkpoint was taken from. `config` and `data_id` must be the
     /// ones it was taken with, except `epochs`, which may grow (train longer). The training
-    /// engine is [`Engine::from_env`]'s, which must be the one that wrote the checkpoint
-    /// (under [`Engine::Auto`], it is).
+    /// engine is [`Engine::Auto`]'s choice, the one that wrote the checkpoint.
     pub fn resume(
         checkpoint: TrainCheckpoint,
         config: &TrainConfig,
         data_id: &str,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        Self::resume_with_engine(checkpoint, config, data_id, device, Engine::from_env()?)
+        Self::resume_with_engine(checkpoint, config, data_id, device, Engine::Auto)
     }
 
-    /// Like [`Trainer::resume`] with an explicit training engine.
+    /// Like [`Trainer::resume`] with an explicit training engine, which must be the one that
+    /// wrote the checkpoint.
     pub fn resume_with_engine(
         checkpoint: TrainCheckpoint,
         config: &TrainConfig,
@@ -493,6 +503,35 @@ impl Trainer {
         device: &Device,
         engine: Engine,
     ) -> Result<Self, ModelError> {
+        Self::restart(
+            checkpoint,
+            config,
+            data_id,
+            Runtime::new(device.clone()),
+            engine,
+        )
+    }
+
+    /// Like [`Trainer::resume`] with the engine and CPU tuning of `runtime`; its engine must
+    /// be the one that wrote the checkpoint (under [`Engine::Auto`], it is).
+    pub fn resume_with_runtime(
+        checkpoint: TrainCheckpoint,
+        config: &TrainConfig,
+        data_id: &str,
+        runtime: &Runtime,
+    ) -> Result<Self, ModelError> {
+        Self::restart(checkpoint, config, data_id, runtime.clone(), runtime.engine)
+    }
+
+    /// A resumed run training on `engine`, validating with executors of `runtime`.
+    fn restart(
+        checkpoint: TrainCheckpoint,
+        config: &TrainConfig,
+        data_id: &str,
+        runtime: Runtime,
+        engine: Engine,
+    ) -> Result<Self, ModelError> {
+        let device = &runtime.device;
         config.validate()?;
         let same = TrainConfig {
             epochs: checkpoint.config.epochs,
@@ -524,7 +563,7 @@ impl Trainer {
                 engine_name(written_cpu)
             )));
         }
-        let backend = match cpu_engine(&checkpoint.model, device, engine)? {
+        let backend = match cpu_engine(&checkpoint.model, device, engine, runtime.tuning)? {
             Some(engine) => Backend::Cpu {
                 engine: Some(engine),
                 optim: CpuOptimizer::from_bytes(config.optimizer.clone(), &checkpoint.optimizer)?,
@@ -546,7 +585,7 @@ impl Trainer {
             config: config.clone(),
             data_id: checkpoint.data_id,
             template: checkpoint.model,
-            device: device.clone(),
+            runtime,
             backend,
             epochs_done: checkpoint.epochs_done,
             history: checkpoint.history,
@@ -719,7 +758,7 @@ impl Trainer {
             }
             Backend::Burn { model, optim } => (model.take().ok_or_else(lost)?, optim),
         };
-        let ad = self.device.clone().autodiff();
+        let ad = self.runtime.device.clone().autodiff();
         let n = batch.labels.len();
         let x = Tensor::<4>::from_data(BurnData::new(batch.images, batch.shape), &ad);
         let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
@@ -763,7 +802,7 @@ impl Trainer {
     /// [`ModelError::NonFinite`] naming the image of `data` and the output node.
     pub fn evaluate(&self, data: &Dataset) -> Result<(f64, f64), ModelError> {
         let ir = self.model_ir()?;
-        let exec = Executor::new(&ir, &self.device)?;
+        let exec = self.runtime.executor(&ir)?;
         let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for batch in data.batches(self.config.eval_batch_size) {
             let batch = batch?;

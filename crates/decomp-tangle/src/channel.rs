@@ -2,17 +2,19 @@
 //! unconcerned sample ([`channel_untangle`]), the thresholds ([`channel_plan`]) and the
 //! physically small module ([`build_channel_module`]).
 
+use std::time::Instant;
+
 use decomp_data::Dataset;
 use decomp_ir::channel::{ChannelGroup, ChannelPlan, channel_spaces, extract};
 use decomp_ir::{
-    BitSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels, Compensation, DecompConfig,
-    ModelIr, NodeId, SampleCounts, analysis,
+    BitSet, ChannelConcernSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels,
+    Compensation, DecompConfig, ModelIr, NodeId, SampleCounts, UnconcernedStats, analysis,
 };
-use decomp_model::{ChannelAccumulator, Device, Executor, Probe};
+use decomp_model::{ChannelAccumulator, Executor, ExecutorSource, Probe};
 
 use crate::fit::{FitJob, budget_plan, fit_head, reconstruct};
 
-use crate::{ModuleOrigin, TangleError, binary_head};
+use crate::{ModuleOrigin, TangleError, binary_head, unconcerned_sample};
 
 /// Channel statistics at `sites` of the images `unconcerned` (indices into `train`).
 pub fn channel_untangle(
@@ -39,6 +41,35 @@ pub fn channel_untangle(
         progress(n);
     }
     Ok(acc.finish())
+}
+
+/// Fills in the unconcerned statistics of every class of `set` that lacks them: one
+/// [`channel_untangle`] pass over each such class's seeded unconcerned sample of `train`
+/// ([`unconcerned_sample`] with the set's seed), its seconds added to `set.tangle_seconds`.
+/// `progress(class, images)` is called after every batch.
+pub fn channel_untangle_set(
+    exec: &Executor,
+    train: &Dataset,
+    set: &mut ChannelConcernSet,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), TangleError> {
+    let start = Instant::now();
+    let seed = set.config.seed;
+    for c in set.classes.iter_mut().filter(|c| c.unconcerned.is_none()) {
+        let class = c.class;
+        let (images, per_class) = unconcerned_sample(train, class, c.positives.len(), seed);
+        let stats = channel_untangle(exec, train, &set.sites, &images, batch_size, &mut |n| {
+            progress(class, n)
+        })?;
+        c.unconcerned = Some(UnconcernedStats {
+            images,
+            per_class,
+            stats,
+        });
+    }
+    set.tangle_seconds += start.elapsed().as_secs_f64();
+    Ok(())
 }
 
 /// The channels a module keeps: per site, a channel is kept when its concerned rate is
@@ -122,10 +153,11 @@ pub fn channel_plan(
 }
 
 /// The training data budget selection and reconstruction read (the split the concern
-/// statistics came from), and where to run them.
+/// statistics came from), and where to run them: a [`decomp_model::Runtime`], or a plain
+/// device with the default engine configuration.
 pub struct FitData<'a> {
     pub train: &'a Dataset,
-    pub device: &'a Device,
+    pub device: &'a dyn ExecutorSource,
     pub batch_size: usize,
 }
 

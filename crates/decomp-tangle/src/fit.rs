@@ -19,12 +19,10 @@
 //!   `min(prediction, 0)`. Closed form, label-free, no gradient steps; the head is the
 //!   model's.
 
-use burn::tensor::module::unfold4d;
-use burn::tensor::ops::UnfoldOptions;
 use decomp_data::Dataset;
 use decomp_ir::channel::{ChannelPlan, ChannelSpaces, channel_spaces, reference};
 use decomp_ir::{BinaryHead, ModelIr, NodeId, Op, Shape, TensorData};
-use decomp_model::{Device, Engine, Executor, Probe, Tensor, to_vec};
+use decomp_model::{DeviceMatrix, ExecutorSource, Probe, to_vec, unfold};
 use nalgebra::{DMatrix, DVector};
 
 use crate::TangleError;
@@ -93,7 +91,7 @@ pub struct FitJob<'a> {
     pub class: usize,
     pub sample: &'a Dataset,
     pub batch_size: usize,
-    pub device: &'a Device,
+    pub device: &'a dyn ExecutorSource,
 }
 
 /// Node of `graph` named `name`.
@@ -117,7 +115,7 @@ fn importance(job: &FitJob<'_>, plan: &ChannelPlan) -> Result<Vec<Vec<f64>>, Tan
         device,
     } = *job;
     let (refm, masks) = reference(model, head, class, plan)?;
-    let exec = Executor::with_engine(&refm, &device.clone().autodiff(), Engine::Burn)?;
+    let exec = device.gradient_executor(&refm)?;
     let compiled = exec.compile_masks(&masks)?;
     // The ReLU after each site, in the reference graph (a fill bias map may sit between).
     let mut gated: Vec<(NodeId, &[f32])> = Vec::new();
@@ -316,7 +314,7 @@ pub fn reconstruct(
     let lists = plan
         .kept_lists(&spaces)
         .map_err(|e| TangleError::Masks(format!("channel plan: {e}")))?;
-    let original = Executor::new(model, device)?;
+    let original = device.executor(model)?;
     let targets = targets(model);
     // Positions used per target, and the model's own site values there, computed once:
     // per batch, per target `[images, channels, positions]`.
@@ -383,7 +381,7 @@ pub fn reconstruct(
         let pos = &positions[ti];
         let f = cin * kh * kw + 1;
         let (refm, masks) = reference(&cur, head, class, plan)?;
-        let exec = Executor::new(&refm, device)?;
+        let exec = device.executor(&refm)?;
         let compiled = exec.compile_masks(&masks)?;
         let conv_ref = by_name(&refm.graph, &model.graph.nodes[t.conv].name)?;
         let mut capture = vec![refm.graph.nodes[conv_ref].inputs[0]];
@@ -394,7 +392,7 @@ pub fn reconstruct(
         let mut rhs = DMatrix::<f64>::zeros(f, ko.len());
         let mut rows_seen = 0usize;
         // Per batch for the ReLU-aware passes: rows, targets and bounds.
-        let mut kept_rows: Vec<(Tensor<2>, Vec<f32>, Vec<f32>)> = Vec::new();
+        let mut kept_rows: Vec<(DeviceMatrix, Vec<f32>, Vec<f32>)> = Vec::new();
         for (bi, batch) in sample.batches(batch_size.max(1)).enumerate() {
             let b = batch?;
             let nb = b.labels.len();
@@ -408,12 +406,8 @@ pub fn reconstruct(
             )?;
             let mut it = out.captured.into_iter();
             let xin = it.next().expect("captured input");
-            let cols = unfold4d(
-                xin.reshape([nb, si[0], si[1], si[2]]),
-                [kh, kw],
-                UnfoldOptions::new(*stride, *padding, [1, 1]),
-            ); // [nb, cin * kh * kw, hw]
-            let cols = to_vec(cols);
+            // [nb, cin * kh * kw, hw]
+            let cols = unfold(xin, [nb, si[0], si[1], si[2]], [kh, kw], *stride, *padding);
             let mut u = rows_of(&cols, nb, f - 1, hw, &(0..f - 1).collect::<Vec<_>>(), pos);
             let np = pos.len();
             // The model's pre-activation at the site, minus the pruned network's shortcut.
@@ -456,17 +450,13 @@ pub fn reconstruct(
                 ub.push(1.0);
             }
             u = ub;
-            let um = Tensor::<2>::from_data(
-                decomp_model::BurnTensorData::new(u, [rows, f]),
-                original.device(),
-            );
-            let ut = um.clone().transpose();
-            let g = to_vec(ut.matmul(um.clone()));
+            let um = DeviceMatrix::new(u, rows, f, original.device());
+            let g = um.gram();
             // Row-major host data into column-major nalgebra storage (G is symmetric).
             for (i, v) in g.iter().enumerate() {
                 gram[(i / f, i % f)] += f64::from(*v);
             }
-            add_rhs(&mut rhs, &um, &target, original.device());
+            add_rhs(&mut rhs, &um, &target);
             if passes > 1 {
                 kept_rows.push((um, target, bound));
             }
@@ -497,20 +487,16 @@ pub fn reconstruct(
                 .flat_map(|i| (0..ko.len()).map(move |j| (i, j)))
                 .map(|(i, j)| sol[(i, j)] as f32)
                 .collect();
-            let wt = Tensor::<2>::from_data(
-                decomp_model::BurnTensorData::new(w, [f, ko.len()]),
-                original.device(),
-            );
             let mut relaxed = DMatrix::<f64>::zeros(f, ko.len());
             for (um, target, bound) in &kept_rows {
-                let pred = to_vec(um.clone().matmul(wt.clone()));
+                let pred = um.mul(&w, ko.len());
                 let t: Vec<f32> = target
                     .iter()
                     .zip(bound)
                     .zip(&pred)
                     .map(|((&t, &b), &p)| if b.is_finite() { p.min(b) } else { t })
                     .collect();
-                add_rhs(&mut relaxed, um, &t, original.device());
+                add_rhs(&mut relaxed, um, &t);
             }
             sol = chol.solve(&relaxed);
         }
@@ -520,13 +506,9 @@ pub fn reconstruct(
 }
 
 /// `rhs += u^T t` for rows `u` (`[rows, f]`) and targets `t` (`[rows, ko]`, row-major).
-fn add_rhs(rhs: &mut DMatrix<f64>, u: &Tensor<2>, t: &[f32], device: &Device) {
-    let (rows, ko) = (u.dims()[0], rhs.ncols());
-    let tm = Tensor::<2>::from_data(
-        decomp_model::BurnTensorData::new(t.to_vec(), [rows, ko]),
-        device,
-    );
-    let r = to_vec(u.clone().transpose().matmul(tm));
+fn add_rhs(rhs: &mut DMatrix<f64>, u: &DeviceMatrix, t: &[f32]) {
+    let ko = rhs.ncols();
+    let r = u.t_mul(t, ko);
     // Row-major host data into column-major nalgebra storage.
     for (i, v) in r.iter().enumerate() {
         rhs[(i / ko, i % ko)] += f64::from(*v);
@@ -602,8 +584,8 @@ pub fn fit_head(job: &FitJob<'_>, module: &mut ModelIr) -> Result<(), TangleErro
         device,
         ..
     } = *job;
-    let original = Executor::new(model, device)?;
-    let exec = Executor::new(module, device)?;
+    let original = device.executor(model)?;
+    let exec = device.executor(module)?;
     let out = module.graph.output;
     let feat = module.graph.nodes[out].inputs[0];
     let f = module.check()?[feat].iter().product::<usize>() + 1;

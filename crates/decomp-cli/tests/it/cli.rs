@@ -7,7 +7,9 @@ use crate::support::{cifar_file, decomp};
 
 /// An untrained 10-class ResNet-8 written as `dir/m.ir`.
 fn model_file(dir: &Path) -> std::path::PathBuf {
-    let model = decomp_model::ResNetConfig::new(8, 10).build().expect("build");
+    let model = decomp_model::ResNetConfig::new(8, 10)
+        .build()
+        .expect("build");
     let path = dir.join("m.ir");
     decomp_ir::write_artifact(&path, &model).expect("write model");
     path
@@ -20,7 +22,16 @@ fn eval_json_and_pipeline_on_generated_files() {
     let data = dir.path().join("records.bin");
     cifar_file(&data, 30);
     let m = mpath.to_str().expect("utf8");
-    let (ok, stdout, stderr) = decomp(&["eval", "--weights", m, "--dataset", "cifar10", "--data-dir", data.to_str().expect("utf8"), "--json"]);
+    let (ok, stdout, stderr) = decomp(&[
+        "eval",
+        "--weights",
+        m,
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--json",
+    ]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(v["n"], 30);
@@ -37,17 +48,40 @@ fn errors_name_the_culprit() {
     let empty = dir.path().to_str().expect("utf8");
     let mpath = model_file(dir.path());
     // Missing dataset, downloads off: expected files, the official URL, how to download.
-    let (ok, _, err) = decomp(&["eval", "--offline", "--weights", mpath.to_str().expect("utf8"), "--data-dir", empty, "--split", "test"]);
+    let (ok, _, err) = decomp(&[
+        "eval",
+        "--offline",
+        "--weights",
+        mpath.to_str().expect("utf8"),
+        "--data-dir",
+        empty,
+        "--split",
+        "test",
+    ]);
     assert!(!ok);
-    assert!(err.contains("test_batch.bin") && err.contains("cs.toronto.edu") && err.contains("run without them to download"), "{err}");
+    assert!(
+        err.contains("test_batch.bin")
+            && err.contains("cs.toronto.edu")
+            && err.contains("run without them to download"),
+        "{err}"
+    );
     // Unknown weights name.
     let (ok, _, err) = decomp(&["eval", "--weights", "nope/resnet7", "--data-dir", empty]);
     assert!(!ok);
-    assert!(err.contains("nope/resnet7") && err.contains("akamaster/resnet20"), "{err}");
+    assert!(
+        err.contains("nope/resnet7") && err.contains("akamaster/resnet20"),
+        "{err}"
+    );
     // A truncated record file.
     let bad = dir.path().join("bad.bin");
     std::fs::write(&bad, vec![1u8; 3073 + 100]).expect("write");
-    let (ok, _, err) = decomp(&["eval", "--weights", mpath.to_str().expect("utf8"), "--data-file", bad.to_str().expect("utf8")]);
+    let (ok, _, err) = decomp(&[
+        "eval",
+        "--weights",
+        mpath.to_str().expect("utf8"),
+        "--data-file",
+        bad.to_str().expect("utf8"),
+    ]);
     assert!(!ok);
     assert!(err.contains("bad.bin"), "{err}");
 }
@@ -58,13 +92,22 @@ fn errors_name_the_culprit() {
 fn stages_run_alone_on_previous_artifacts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let model = decomp_model::ResNetConfig::new(8, 10).build().expect("build");
+    let model = decomp_model::ResNetConfig::new(8, 10)
+        .build()
+        .expect("build");
     let m = d.join("m.ir");
     decomp_ir::write_artifact(&m, &model).expect("write model");
     let data = d.join("records.bin");
     cifar_file(&data, 40);
     let s = |p: &Path| p.to_str().expect("utf8").to_string();
-    let common = ["--weights", &s(&m), "--data-file", &s(&data), "--batch-size", "8"];
+    let common = [
+        "--weights",
+        &s(&m),
+        "--data-file",
+        &s(&data),
+        "--batch-size",
+        "8",
+    ];
     let cfg = ["--positives", "3", "--positive-filter", "all"];
 
     let cs = d.join("c.cs");
@@ -76,7 +119,13 @@ fn stages_run_alone_on_previous_artifacts() {
     assert!(ok, "{err}");
 
     let staged = d.join("staged");
-    let mut args = vec!["tangle", "--concern", cs.to_str().expect("utf8"), "--variants", "mc-bln,ci-ti-mc"];
+    let mut args = vec![
+        "tangle",
+        "--concern",
+        cs.to_str().expect("utf8"),
+        "--variants",
+        "mc-bln,ci-ti-mc",
+    ];
     args.extend(common);
     args.extend(["--out-dir", staged.to_str().expect("utf8")]);
     let (ok, _, err) = decomp(&args);
@@ -91,12 +140,20 @@ fn stages_run_alone_on_previous_artifacts() {
     assert!(ok, "{err}");
     for c in 0..10 {
         let name = format!("mc-bln/module_{c:03}.mod");
-        let a: decomp_ir::ModuleIr = decomp_ir::read_artifact(&staged.join(&name)).expect("staged module");
-        let b: decomp_ir::ModuleIr = decomp_ir::read_artifact(&one_go.join(&name)).expect("one-go module");
-        assert_eq!((a.masks, a.head, a.counts), (b.masks, b.head, b.counts), "class {c}");
+        let a: decomp_ir::ModuleIr =
+            decomp_ir::read_artifact(&staged.join(&name)).expect("staged module");
+        let b: decomp_ir::ModuleIr =
+            decomp_ir::read_artifact(&one_go.join(&name)).expect("one-go module");
+        assert_eq!(
+            (a.masks, a.head, a.counts),
+            (b.masks, b.head, b.counts),
+            "class {c}"
+        );
     }
 
-    let mods: Vec<String> = (0..10).map(|c| s(&staged.join(format!("mc-bln/module_{c:03}.mod")))).collect();
+    let mods: Vec<String> = (0..10)
+        .map(|c| s(&staged.join(format!("mc-bln/module_{c:03}.mod"))))
+        .collect();
     let mut args: Vec<&str> = vec!["compose"];
     args.extend(mods.iter().map(String::as_str));
     let data_s = s(&data);
@@ -106,15 +163,33 @@ fn stages_run_alone_on_previous_artifacts() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(v["n"], 40);
     assert_eq!(v["variant"], "mc-bln");
-    for key in ["composed_top1", "composed_top5", "model_top1", "mean_module_size"] {
+    for key in [
+        "composed_top1",
+        "composed_top5",
+        "model_top1",
+        "mean_module_size",
+    ] {
         assert!(v[key].is_number(), "{key} missing: {v}");
     }
 
     // A concern set does not go with another model.
-    let other = decomp_model::ResNetConfig::new(8, 10).with_seed(1).build().expect("build");
+    let other = decomp_model::ResNetConfig::new(8, 10)
+        .with_seed(1)
+        .build()
+        .expect("build");
     let m2 = d.join("m2.ir");
     decomp_ir::write_artifact(&m2, &other).expect("write");
-    let (ok, _, err) = decomp(&["tangle", "--concern", &s(&cs), "--weights", &s(&m2), "--data-file", &s(&data), "--out-dir", &s(&d.join("x"))]);
+    let (ok, _, err) = decomp(&[
+        "tangle",
+        "--concern",
+        &s(&cs),
+        "--weights",
+        &s(&m2),
+        "--data-file",
+        &s(&data),
+        "--out-dir",
+        &s(&d.join("x")),
+    ]);
     assert!(!ok);
     assert!(err.contains("concern set was computed for model"), "{err}");
 }
@@ -134,7 +209,11 @@ fn fresh_machine(dir: &Path, mirror: &str, args: &[&str]) -> (bool, String, Stri
         .env("RUST_LOG", "warn")
         .output()
         .expect("run decomp");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -145,13 +224,25 @@ fn offline_errors_without_touching_the_network() {
     let mirror = format!("http://{}", listener.local_addr().expect("addr"));
     let mpath = model_file(dir.path());
     let m = mpath.to_str().expect("utf8");
-    for args in [vec!["--offline", "eval", "--weights", m], vec!["eval", "--weights", m, "--offline"]] {
+    for args in [
+        vec!["--offline", "eval", "--weights", m],
+        vec!["eval", "--weights", m, "--offline"],
+    ] {
         let (ok, _, err) = fresh_machine(dir.path(), &mirror, &args);
         assert!(!ok);
-        for part in ["cifar10 train and test split not found", "cifar-10-batches-bin", "cs.toronto.edu", "--data-dir", "downloads are off"] {
+        for part in [
+            "cifar10 train and test split not found",
+            "cifar-10-batches-bin",
+            "cs.toronto.edu",
+            "--data-dir",
+            "downloads are off",
+        ] {
             assert!(err.contains(part), "lacks {part:?}: {err}");
         }
-        assert!(err.contains(&dir.path().join("cache/datasets").display().to_string()), "names where it would download: {err}");
+        assert!(
+            err.contains(&dir.path().join("cache/datasets").display().to_string()),
+            "names where it would download: {err}"
+        );
     }
     // DECOMP_OFFLINE=1 does the same, for weights too
     let out = Command::new(env!("CARGO_BIN_EXE_decomp"))
@@ -162,10 +253,22 @@ fn offline_errors_without_touching_the_network() {
         .output()
         .expect("run decomp");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("resnet20-12fca82f.th") && err.contains("downloads are off"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("resnet20-12fca82f.th")
+            && err.contains("downloads are off"),
+        "{err}"
+    );
     // not one connection was made
-    assert_eq!(listener.accept().map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::WouldBlock));
-    assert!(!dir.path().join("cache/datasets/cifar-10-batches-bin").exists());
+    assert_eq!(
+        listener.accept().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::WouldBlock)
+    );
+    assert!(
+        !dir.path()
+            .join("cache/datasets/cifar-10-batches-bin")
+            .exists()
+    );
 }
 
 #[test]
@@ -177,9 +280,24 @@ fn a_folder_named_with_dataset_path_gets_no_download_advice() {
     let (ok, _, err) = fresh_machine(
         dir.path(),
         "http://127.0.0.1:9",
-        &["eval", "--weights", mpath.to_str().expect("utf8"), "--dataset-path", mine.to_str().expect("utf8"), "--download"],
+        &[
+            "eval",
+            "--weights",
+            mpath.to_str().expect("utf8"),
+            "--dataset-path",
+            mine.to_str().expect("utf8"),
+            "--download",
+        ],
     );
     assert!(!ok);
-    assert!(err.contains("my-cifar") && err.contains("test_batch.bin"), "{err}");
-    assert!(!err.contains("--download") && !err.contains("downloads are off") && !err.contains("cannot download"), "{err}");
+    assert!(
+        err.contains("my-cifar") && err.contains("test_batch.bin"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("--download")
+            && !err.contains("downloads are off")
+            && !err.contains("cannot download"),
+        "{err}"
+    );
 }

@@ -14,8 +14,14 @@ use crate::support::{cifar_file, decomp, decomp_sh, s};
 
 /// A small untrained CIFAR-10-shaped ResNet-8 with the CIFAR-10 class names.
 fn model_file(dir: &Path, name: &str, seed: u64) -> PathBuf {
-    let mut m = decomp_model::ResNetConfig::new(8, 10).with_seed(seed).build().expect("build");
-    m.meta.class_names = decomp_data::CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect();
+    let mut m = decomp_model::ResNetConfig::new(8, 10)
+        .with_seed(seed)
+        .build()
+        .expect("build");
+    m.meta.class_names = decomp_data::CIFAR10_CLASSES
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     let p = dir.join(name);
     write_artifact(&p, &m).expect("write model");
     p
@@ -31,9 +37,15 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             if t.is_dir() {
                 stack.push(e.path());
             } else if t.is_file() {
-                out.push((e.path().strip_prefix(dir).expect("inside").to_path_buf(), std::fs::read(e.path()).expect("read")));
+                out.push((
+                    e.path().strip_prefix(dir).expect("inside").to_path_buf(),
+                    std::fs::read(e.path()).expect("read"),
+                ));
             } else {
-                out.push((e.path().strip_prefix(dir).expect("inside").to_path_buf(), Vec::new()));
+                out.push((
+                    e.path().strip_prefix(dir).expect("inside").to_path_buf(),
+                    Vec::new(),
+                ));
             }
         }
     }
@@ -44,7 +56,10 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 /// Asserts a refused run: non-zero exit, every `needles` in stderr, no panic.
 fn refused(r: (bool, String, String), needles: &[&str]) -> String {
     let (ok, _, err) = r;
-    assert!(!ok, "expected a refusal mentioning {needles:?}, the command succeeded: {err}");
+    assert!(
+        !ok,
+        "expected a refusal mentioning {needles:?}, the command succeeded: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     for n in needles {
         assert!(err.contains(n), "expected {n:?} in: {err}");
@@ -59,18 +74,30 @@ fn ok(r: (bool, String, String)) -> String {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn mkfifo(path: &Path) -> bool {
-    Command::new("mkfifo").arg(path).status().is_ok_and(|s| s.success())
+    Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A character device (`/dev/null` is 1 3, `/dev/zero` 1 5) made in `dir`, when this test
 /// may make one (root with CAP_MKNOD).
 fn char_device(dir: &Path, name: &str, minor: &str) -> Option<PathBuf> {
     let p = dir.join(name);
-    (is_root() && Command::new("mknod").arg(&p).args(["c", "1", minor]).status().is_ok_and(|s| s.success())).then_some(p)
+    (is_root()
+        && Command::new("mknod")
+            .arg(&p)
+            .args(["c", "1", minor])
+            .status()
+            .is_ok_and(|s| s.success()))
+    .then_some(p)
 }
 
 /// A CIFAR-10 dataset folder (`<dir>/cifar-10-batches-bin`) with `per_file` records in each
@@ -88,7 +115,11 @@ fn cifar_dir(dir: &Path, per_file: usize, test: usize) -> PathBuf {
         bytes.extend((0..3072).map(|p| ((p * 11 + i * 7) % 256) as u8));
     }
     std::fs::write(folder.join("test_batch.bin"), bytes).expect("write test batch");
-    std::fs::write(folder.join("batches.meta.txt"), decomp_data::CIFAR10_CLASSES.join("\n")).expect("meta");
+    std::fs::write(
+        folder.join("batches.meta.txt"),
+        decomp_data::CIFAR10_CLASSES.join("\n"),
+    )
+    .expect("meta");
     dir.to_path_buf()
 }
 
@@ -116,30 +147,63 @@ fn special_files_are_never_replaced() {
     let fifo = d.join("fifo");
     assert!(mkfifo(&fifo), "mkfifo");
     refused(new_model(&fifo), &["fifo", "is a FIFO", "regular files"]);
-    assert!(std::fs::symlink_metadata(&fifo).expect("fifo").file_type().is_fifo());
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .expect("fifo")
+            .file_type()
+            .is_fifo()
+    );
     // A folder.
     std::fs::create_dir(d.join("folder")).expect("mkdir");
     refused(new_model(&d.join("folder")), &["is a folder"]);
     assert!(d.join("folder").is_dir());
     // A symlink to a FIFO.
     std::os::unix::fs::symlink(&fifo, d.join("to-fifo")).expect("symlink");
-    refused(new_model(&d.join("to-fifo")), &["to-fifo", "is a FIFO", "the symlink leads to"]);
+    refused(
+        new_model(&d.join("to-fifo")),
+        &["to-fifo", "is a FIFO", "the symlink leads to"],
+    );
     // A character device (as root, as CI and containers run): the issue's /dev/null case.
     match char_device(d, "null", "3") {
         Some(null) => {
             refused(new_model(&null), &["is a character device"]);
-            assert!(std::fs::symlink_metadata(&null).expect("null").file_type().is_char_device());
+            assert!(
+                std::fs::symlink_metadata(&null)
+                    .expect("null")
+                    .file_type()
+                    .is_char_device()
+            );
             // Also as another command's --out and as --save-margins.
             let m = model_file(d, "m.ir", 0);
             let data = d.join("r.bin");
             cifar_file(&data, 20);
-            refused(decomp(&["concern", "--weights", s(&m), "--data-file", s(&data), "--out", s(&null)]), &["character device"]);
-            assert!(std::fs::symlink_metadata(&null).expect("null").file_type().is_char_device());
+            refused(
+                decomp(&[
+                    "concern",
+                    "--weights",
+                    s(&m),
+                    "--data-file",
+                    s(&data),
+                    "--out",
+                    s(&null),
+                ]),
+                &["character device"],
+            );
+            assert!(
+                std::fs::symlink_metadata(&null)
+                    .expect("null")
+                    .file_type()
+                    .is_char_device()
+            );
         }
         None => eprintln!("skipping the character-device case: not root, mknod needs CAP_MKNOD"),
     }
     // Nothing but the special files and the model is left (no temp file).
-    let names: Vec<String> = std::fs::read_dir(d).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(d)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
 }
 
@@ -150,26 +214,57 @@ fn symlinks_are_written_through_and_modes_follow_the_umask() {
     // A symlink as --out: the file it names is replaced, the link stays a link.
     std::fs::write(d.join("target.ir"), b"old").expect("write");
     std::os::unix::fs::symlink("target.ir", d.join("link.ir")).expect("symlink");
-    ok(decomp(&["new-model", "--arch", "resnet8", "--out", s(&d.join("link.ir"))]));
-    assert!(std::fs::symlink_metadata(d.join("link.ir")).expect("link").file_type().is_symlink());
-    let m: ModelIr = read_artifact(&d.join("target.ir")).expect("the link's target holds the model");
+    ok(decomp(&[
+        "new-model",
+        "--arch",
+        "resnet8",
+        "--out",
+        s(&d.join("link.ir")),
+    ]));
+    assert!(
+        std::fs::symlink_metadata(d.join("link.ir"))
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+    let m: ModelIr =
+        read_artifact(&d.join("target.ir")).expect("the link's target holds the model");
     assert_eq!(m.meta.arch, "resnet8");
     // A dangling symlink: its target is created.
     std::os::unix::fs::symlink("sub/new.ir", d.join("dangling.ir")).expect("symlink");
-    ok(decomp(&["new-model", "--arch", "resnet8", "--out", s(&d.join("dangling.ir"))]));
+    ok(decomp(&[
+        "new-model",
+        "--arch",
+        "resnet8",
+        "--out",
+        s(&d.join("dangling.ir")),
+    ]));
     assert!(d.join("sub/new.ir").is_file());
     // New files get 0o666 & !umask.
     for (umask, mode) in [("022", 0o644), ("077", 0o600), ("002", 0o664)] {
         let p = d.join(format!("u{umask}.ir"));
-        ok(decomp_sh(&format!("umask {umask}"), &["new-model", "--arch", "resnet8", "--out", s(&p)]));
-        assert_eq!(std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777, mode, "umask {umask}");
+        ok(decomp_sh(
+            &format!("umask {umask}"),
+            &["new-model", "--arch", "resnet8", "--out", s(&p)],
+        ));
+        assert_eq!(
+            std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+            mode,
+            "umask {umask}"
+        );
     }
     // A replaced file keeps its mode.
     let p = d.join("kept.ir");
     std::fs::write(&p, b"x").expect("write");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-    ok(decomp_sh("umask 077", &["new-model", "--arch", "resnet8", "--out", s(&p)]));
-    assert_eq!(std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o640);
+    ok(decomp_sh(
+        "umask 077",
+        &["new-model", "--arch", "resnet8", "--out", s(&p)],
+    ));
+    assert_eq!(
+        std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+        0o640
+    );
 }
 
 #[test]
@@ -184,7 +279,13 @@ fn stale_temp_files_of_a_killed_write_are_removed_by_the_next_write() {
     for p in [&dead, &live, &other] {
         std::fs::write(p, vec![7u8; 4096]).expect("write");
     }
-    ok(decomp(&["new-model", "--arch", "resnet8", "--out", s(&d.join("m.ir"))]));
+    ok(decomp(&[
+        "new-model",
+        "--arch",
+        "resnet8",
+        "--out",
+        s(&d.join("m.ir")),
+    ]));
     assert!(!dead.exists(), "the dead process's temp file is removed");
     assert!(live.exists(), "a running process's temp file is left alone");
     assert!(other.exists(), "another target's temp file is left alone");
@@ -198,20 +299,86 @@ fn an_output_that_is_an_input_is_refused() {
     let data = d.join("r.bin");
     cifar_file(&data, 40);
     let common = |v: &mut Vec<String>| {
-        v.extend(["--data-file", s(&data), "--batch-size", "8", "--positives", "3", "--positive-filter", "all"].map(String::from))
+        v.extend(
+            [
+                "--data-file",
+                s(&data),
+                "--batch-size",
+                "8",
+                "--positives",
+                "3",
+                "--positive-filter",
+                "all",
+            ]
+            .map(String::from),
+        )
     };
     // Modules to compose.
-    let mut a: Vec<String> = ["decompose", "--weights", s(&m), "--classes", "0,1", "--out-dir", s(&d.join("run"))].map(String::from).to_vec();
+    let mut a: Vec<String> = [
+        "decompose",
+        "--weights",
+        s(&m),
+        "--classes",
+        "0,1",
+        "--out-dir",
+        s(&d.join("run")),
+    ]
+    .map(String::from)
+    .to_vec();
     common(&mut a);
     ok(decomp(&a.iter().map(String::as_str).collect::<Vec<_>>()));
     let ma = d.join("run/mc-bln/module_000.mod");
     let mb = d.join("run/mc-bln/module_001.mod");
     let before = snapshot(d);
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["concern", "--weights", s(&m), "--data-file", s(&data), "--out", s(&m)], "m.ir"),
-        (vec!["compose", s(&ma), s(&mb), "--data-file", s(&data), "--out", s(&ma)], "module_000.mod"),
-        (vec!["compose", s(&ma), s(&mb), "--data-file", s(&data), "--save-margins", s(&mb)], "module_001.mod"),
-        (vec!["compose", s(&ma), s(&mb), "--data-file", s(&data), "--out", s(&data)], "r.bin"),
+        (
+            vec![
+                "concern",
+                "--weights",
+                s(&m),
+                "--data-file",
+                s(&data),
+                "--out",
+                s(&m),
+            ],
+            "m.ir",
+        ),
+        (
+            vec![
+                "compose",
+                s(&ma),
+                s(&mb),
+                "--data-file",
+                s(&data),
+                "--out",
+                s(&ma),
+            ],
+            "module_000.mod",
+        ),
+        (
+            vec![
+                "compose",
+                s(&ma),
+                s(&mb),
+                "--data-file",
+                s(&data),
+                "--save-margins",
+                s(&mb),
+            ],
+            "module_001.mod",
+        ),
+        (
+            vec![
+                "compose",
+                s(&ma),
+                s(&mb),
+                "--data-file",
+                s(&data),
+                "--out",
+                s(&data),
+            ],
+            "r.bin",
+        ),
         (vec!["import", "--weights", s(&m), "--out", s(&m)], "m.ir"),
         (vec!["export", "--weights", s(&m), "--out", s(&m)], "m.ir"),
     ];
@@ -224,7 +391,10 @@ fn an_output_that_is_an_input_is_refused() {
     std::fs::hard_link(&m, d.join("hard.ir")).expect("hard link");
     let before = snapshot(d);
     for out in [d.join("alias.ir"), d.join("hard.ir"), d.join("run/../m.ir")] {
-        refused(decomp(&["import", "--weights", s(&m), "--out", s(&out)]), &["is also an input of this command"]);
+        refused(
+            decomp(&["import", "--weights", s(&m), "--out", s(&out)]),
+            &["is also an input of this command"],
+        );
         assert_eq!(snapshot(d), before);
     }
     // An output inside an input dataset folder.
@@ -232,38 +402,84 @@ fn an_output_that_is_an_input_is_refused() {
     let target = cd.join("cifar-10-batches-bin/test_batch.bin");
     let before = snapshot(&cd);
     refused(
-        decomp(&["compose", s(&ma), s(&mb), "--data-dir", s(&cd), "--classes", "0,1", "--out", s(&target)]),
+        decomp(&[
+            "compose",
+            s(&ma),
+            s(&mb),
+            "--data-dir",
+            s(&cd),
+            "--classes",
+            "0,1",
+            "--out",
+            s(&target),
+        ]),
         &["test_batch.bin", "an input folder of this command"],
     );
     refused(
-        decomp(&["compose", s(&ma), s(&mb), "--data-dir", s(&cd), "--classes", "0,1", "--out", s(&cd.join("cifar-10-batches-bin/new.json"))]),
+        decomp(&[
+            "compose",
+            s(&ma),
+            s(&mb),
+            "--data-dir",
+            s(&cd),
+            "--classes",
+            "0,1",
+            "--out",
+            s(&cd.join("cifar-10-batches-bin/new.json")),
+        ]),
         &["an input folder of this command"],
     );
     refused(
-        decomp(&["decompose", "--weights", s(&m), "--data-dir", s(&cd), "--out-dir", s(&cd.join("cifar-10-batches-bin/run"))]),
+        decomp(&[
+            "decompose",
+            "--weights",
+            s(&m),
+            "--data-dir",
+            s(&cd),
+            "--out-dir",
+            s(&cd.join("cifar-10-batches-bin/run")),
+        ]),
         &["--out-dir", "an input folder of this command"],
     );
     assert_eq!(snapshot(&cd), before);
     // --out and --save-margins naming one file.
     refused(
-        decomp(&["compose", s(&ma), s(&mb), "--data-file", s(&data), "--out", s(&d.join("x.json")), "--save-margins", s(&d.join("x.json"))]),
+        decomp(&[
+            "compose",
+            s(&ma),
+            s(&mb),
+            "--data-file",
+            s(&data),
+            "--out",
+            s(&d.join("x.json")),
+            "--save-margins",
+            s(&d.join("x.json")),
+        ]),
         &["--out and --save-margins name the same file"],
     );
 }
 
 #[test]
 fn real_checkpoint_import_refuses_to_overwrite_itself() {
-    let shared = std::env::var_os("DECOMP_SHARED_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../../../shared"));
+    let shared = std::env::var_os("DECOMP_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../../../shared"));
     let src = shared.join("models/cifar10/resnet20-12fca82f.th");
     if !src.is_file() {
-        eprintln!("skipping: {} not found (set DECOMP_SHARED_DIR)", src.display());
+        eprintln!(
+            "skipping: {} not found (set DECOMP_SHARED_DIR)",
+            src.display()
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let th = dir.path().join("x.th");
     std::fs::copy(&src, &th).expect("copy to a temp folder");
     let before = std::fs::read(&th).expect("read");
-    refused(decomp(&["import", "--weights", s(&th), "--out", s(&th)]), &["x.th", "is also an input of this command"]);
+    refused(
+        decomp(&["import", "--weights", s(&th), "--out", s(&th)]),
+        &["x.th", "is also an input of this command"],
+    );
     assert_eq!(std::fs::read(&th).expect("read"), before);
 }
 
@@ -277,8 +493,25 @@ fn reused_out_dir_never_mixes_runs() {
     cifar_file(&data, 40);
     let out = d.join("run");
     let run = |m: &Path, classes: &str, extra: &[&str]| {
-        let mut a = vec!["decompose", "--weights", s(m), "--data-file", s(&data), "--batch-size", "8", "--positives", "3"];
-        a.extend(["--positive-filter", "all", "--classes", classes, "--out-dir", s(&out)]);
+        let mut a = vec![
+            "decompose",
+            "--weights",
+            s(m),
+            "--data-file",
+            s(&data),
+            "--batch-size",
+            "8",
+            "--positives",
+            "3",
+        ];
+        a.extend([
+            "--positive-filter",
+            "all",
+            "--classes",
+            classes,
+            "--out-dir",
+            s(&out),
+        ]);
         a.extend(extra);
         decomp(&a)
     };
@@ -286,17 +519,32 @@ fn reused_out_dir_never_mixes_runs() {
     // The same model and configuration again (a rerun, other classes): allowed.
     ok(run(&m0, "3", &[]));
     let mods = |dir: &Path| {
-        let mut v: Vec<String> = std::fs::read_dir(dir.join("mc-bln")).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("mc-bln"))
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     };
-    assert_eq!(mods(&out), ["module_000.mod", "module_001.mod", "module_002.mod", "module_003.mod"]);
+    assert_eq!(
+        mods(&out),
+        [
+            "module_000.mod",
+            "module_001.mod",
+            "module_002.mod",
+            "module_003.mod"
+        ]
+    );
     let before = snapshot(&out);
     // Another model: refused, nothing changed.
     refused(run(&m1, "0", &[]), &["--out-dir", "another run", "--force"]);
     assert_eq!(snapshot(&out), before);
     // Another configuration of the same model: refused.
-    refused(run(&m0, "0", &["--bln-delta", "0.25"]), &["another run", "--force"]);
+    refused(
+        run(&m0, "0", &["--bln-delta", "0.25"]),
+        &["another run", "--force"],
+    );
     assert_eq!(snapshot(&out), before);
     // --force: the earlier modules are removed, so a glob sees this run's only.
     ok(run(&m1, "0", &["--force"]));
@@ -304,9 +552,23 @@ fn reused_out_dir_never_mixes_runs() {
     // A folder of artifacts from a run that recorded nothing (an earlier build).
     let legacy = d.join("legacy");
     std::fs::create_dir_all(legacy.join("mc-bln")).expect("mkdir");
-    std::fs::copy(out.join("mc-bln/module_000.mod"), legacy.join("mc-bln/module_007.mod")).expect("copy");
+    std::fs::copy(
+        out.join("mc-bln/module_000.mod"),
+        legacy.join("mc-bln/module_007.mod"),
+    )
+    .expect("copy");
     let before = snapshot(&legacy);
-    let mut a = vec!["decompose", "--weights", s(&m0), "--data-file", s(&data), "--positives", "3", "--out-dir", s(&legacy)];
+    let mut a = vec![
+        "decompose",
+        "--weights",
+        s(&m0),
+        "--data-file",
+        s(&data),
+        "--positives",
+        "3",
+        "--out-dir",
+        s(&legacy),
+    ];
     a.extend(["--classes", "0"]);
     refused(decomp(&a), &["did not record its model", "--force"]);
     assert_eq!(snapshot(&legacy), before);
@@ -314,11 +576,29 @@ fn reused_out_dir_never_mixes_runs() {
     let f = d.join("afile");
     std::fs::write(&f, b"keep").expect("write");
     refused(
-        decomp(&["decompose", "--weights", s(&m0), "--data-file", s(&data), "--out-dir", s(&f)]),
+        decomp(&[
+            "decompose",
+            "--weights",
+            s(&m0),
+            "--data-file",
+            s(&data),
+            "--out-dir",
+            s(&f),
+        ]),
         &["afile", "is a file, expected a folder"],
     );
     refused(
-        decomp(&["train", "--arch", "resnet8", "--data-file", s(&data), "--epochs", "1", "--out-dir", s(&f)]),
+        decomp(&[
+            "train",
+            "--arch",
+            "resnet8",
+            "--data-file",
+            s(&data),
+            "--epochs",
+            "1",
+            "--out-dir",
+            s(&f),
+        ]),
         &["afile", "is a file, expected a folder"],
     );
     assert_eq!(std::fs::read(&f).expect("read"), b"keep");
@@ -333,9 +613,21 @@ fn flags_are_honoured_or_refused() {
     let data = d.join("r.bin");
     cifar_file(&data, 40);
     let base = |cmd: &'static str| -> Vec<String> {
-        [cmd, "--weights", s(&m), "--data-dir", s(&cd), "--batch-size", "8", "--positives", "1000", "--positive-filter", "all"]
-            .map(String::from)
-            .to_vec()
+        [
+            cmd,
+            "--weights",
+            s(&m),
+            "--data-dir",
+            s(&cd),
+            "--batch-size",
+            "8",
+            "--positives",
+            "1000",
+            "--positive-filter",
+            "all",
+        ]
+        .map(String::from)
+        .to_vec()
     };
     let run = |mut a: Vec<String>, extra: &[&str]| {
         a.extend(extra.iter().map(|x| x.to_string()));
@@ -349,68 +641,256 @@ fn flags_are_honoured_or_refused() {
     let cs = d.join("c.cs");
     // (Training files hold labels 0..3; the test file 3 images of each class.)
     let four = ["--classes", "0,1,2,3"];
-    ok(run(base("concern"), &[&four[..], &["--limit", "7", "--out", s(&cs)]].concat()));
-    assert_eq!(positives(&cs), 7, "--limit 7: every image is a positive of its class");
-    ok(run(base("concern"), &[&four[..], &["--out", s(&cs)]].concat()));
+    ok(run(
+        base("concern"),
+        &[&four[..], &["--limit", "7", "--out", s(&cs)]].concat(),
+    ));
+    assert_eq!(
+        positives(&cs),
+        7,
+        "--limit 7: every image is a positive of its class"
+    );
+    ok(run(
+        base("concern"),
+        &[&four[..], &["--out", s(&cs)]].concat(),
+    ));
     assert_eq!(positives(&cs), 20, "the train split: 5 files of 4 records");
-    ok(run(base("concern"), &[&four[..], &["--split", "test", "--out", s(&cs)]].concat()));
-    assert_eq!(positives(&cs), 12, "--split test: 3 test records of each of the 4 classes");
-    refused(run(base("concern"), &["--split", "bogus", "--out", s(&cs)]), &["--split", "bogus"]);
+    ok(run(
+        base("concern"),
+        &[&four[..], &["--split", "test", "--out", s(&cs)]].concat(),
+    ));
+    assert_eq!(
+        positives(&cs),
+        12,
+        "--split test: 3 test records of each of the 4 classes"
+    );
+    refused(
+        run(base("concern"), &["--split", "bogus", "--out", s(&cs)]),
+        &["--split", "bogus"],
+    );
     // --limit on decompose.
-    ok(run(base("decompose"), &["--limit", "5", "--classes", "0", "--out-dir", s(&d.join("lim"))]));
-    assert_eq!(positives(&d.join("lim/concern.cs")), 2, "class 0 among the first 5 images: records 0 and 4");
+    ok(run(
+        base("decompose"),
+        &[
+            "--limit",
+            "5",
+            "--classes",
+            "0",
+            "--out-dir",
+            s(&d.join("lim")),
+        ],
+    ));
+    assert_eq!(
+        positives(&d.join("lim/concern.cs")),
+        2,
+        "class 0 among the first 5 images: records 0 and 4"
+    );
     // tangle --classes builds only those classes.
-    ok(run(base("concern"), &[&four[..], &["--out", s(&cs)]].concat()));
-    let mut a = vec!["tangle", "--weights", s(&m), "--data-dir", s(&cd), "--concern", s(&cs)];
+    ok(run(
+        base("concern"),
+        &[&four[..], &["--out", s(&cs)]].concat(),
+    ));
+    let mut a = vec![
+        "tangle",
+        "--weights",
+        s(&m),
+        "--data-dir",
+        s(&cd),
+        "--concern",
+        s(&cs),
+    ];
     let tc = d.join("tc");
     a.extend(["--classes", "1,airplane", "--out-dir", s(&tc)]);
     ok(decomp(&a));
-    let mut built: Vec<String> = std::fs::read_dir(d.join("tc/mc-bln")).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut built: Vec<String> = std::fs::read_dir(d.join("tc/mc-bln"))
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     built.sort();
     assert_eq!(built, ["module_000.mod", "module_001.mod"]);
     // Class names wherever classes are taken; unknown names and duplicates refused.
-    ok(run(base("concern"), &["--classes", "cat,dog", "--split", "test", "--out", s(&cs)]));
+    ok(run(
+        base("concern"),
+        &["--classes", "cat,dog", "--split", "test", "--out", s(&cs)],
+    ));
     let set: ConcernSet = read_artifact(&cs).expect("concern set");
-    assert_eq!(set.classes.iter().map(|c| c.class).collect::<Vec<_>>(), [3, 5]);
-    refused(run(base("decompose"), &["--classes", "kat", "--out-dir", s(&d.join("x"))]), &["--classes", "no class named \"kat\"", "cat"]);
-    refused(run(base("decompose"), &["--classes", "3,3", "--out-dir", s(&d.join("x"))]), &["--classes", "listed twice"]);
-    refused(run(base("decompose"), &["--classes", "3,cat", "--out-dir", s(&d.join("x"))]), &["--classes", "listed twice"]);
-    refused(run(base("decompose"), &["--variants", "mc-bln,mc-bln", "--out-dir", s(&d.join("x"))]), &["--variants", "listed twice"]);
+    assert_eq!(
+        set.classes.iter().map(|c| c.class).collect::<Vec<_>>(),
+        [3, 5]
+    );
+    refused(
+        run(
+            base("decompose"),
+            &["--classes", "kat", "--out-dir", s(&d.join("x"))],
+        ),
+        &["--classes", "no class named \"kat\"", "cat"],
+    );
+    refused(
+        run(
+            base("decompose"),
+            &["--classes", "3,3", "--out-dir", s(&d.join("x"))],
+        ),
+        &["--classes", "listed twice"],
+    );
+    refused(
+        run(
+            base("decompose"),
+            &["--classes", "3,cat", "--out-dir", s(&d.join("x"))],
+        ),
+        &["--classes", "listed twice"],
+    );
+    refused(
+        run(
+            base("decompose"),
+            &["--variants", "mc-bln,mc-bln", "--out-dir", s(&d.join("x"))],
+        ),
+        &["--variants", "listed twice"],
+    );
     assert!(!d.join("x").exists(), "refused before anything was written");
     // Float flags: NaN and inf refused by the parser, with the flag named.
     let t_out = d.join("t");
     for bad in ["nan", "inf", "NaN", "infinity"] {
-        refused(run(base("concern"), &["--bln-delta", bad, "--out", s(&cs)]), &["--bln-delta"]);
-        refused(run(base("concern"), &["--granularity", "channel", "--tau", bad, "--out", s(&cs)]), &["--tau"]);
-        let t = ["train", "--arch", "resnet8", "--data-file", s(&data), "--epochs", "1", "--out-dir", s(&t_out)];
+        refused(
+            run(base("concern"), &["--bln-delta", bad, "--out", s(&cs)]),
+            &["--bln-delta"],
+        );
+        refused(
+            run(
+                base("concern"),
+                &["--granularity", "channel", "--tau", bad, "--out", s(&cs)],
+            ),
+            &["--tau"],
+        );
+        let t = [
+            "train",
+            "--arch",
+            "resnet8",
+            "--data-file",
+            s(&data),
+            "--epochs",
+            "1",
+            "--out-dir",
+            s(&t_out),
+        ];
         refused(decomp(&[&t[..], &["--lr", bad]].concat()), &["--lr"]);
-        refused(decomp(&[&t[..], &["--val-fraction", bad]].concat()), &["--val-fraction"]);
-        refused(decomp(&[&t[..], &["--declared-power-w", bad]].concat()), &["--declared-power-w"]);
+        refused(
+            decomp(&[&t[..], &["--val-fraction", bad]].concat()),
+            &["--val-fraction"],
+        );
+        refused(
+            decomp(&[&t[..], &["--declared-power-w", bad]].concat()),
+            &["--declared-power-w"],
+        );
     }
-    refused(run(base("concern"), &["--bln-delta=-0.5", "--out", s(&cs)]), &["--bln-delta"]);
+    refused(
+        run(base("concern"), &["--bln-delta=-0.5", "--out", s(&cs)]),
+        &["--bln-delta"],
+    );
     // --limit 0 and --batch-size 0 do nothing: refused.
-    refused(decomp(&["eval", "--weights", s(&m), "--data-file", s(&data), "--limit", "0"]), &["--limit"]);
-    refused(decomp(&["eval", "--weights", s(&m), "--data-file", s(&data), "--batch-size", "0"]), &["--batch-size"]);
-    refused(run(base("concern"), &["--batch-size", "0", "--out", s(&cs)]), &["--batch-size"]);
+    refused(
+        decomp(&[
+            "eval",
+            "--weights",
+            s(&m),
+            "--data-file",
+            s(&data),
+            "--limit",
+            "0",
+        ]),
+        &["--limit"],
+    );
+    refused(
+        decomp(&[
+            "eval",
+            "--weights",
+            s(&m),
+            "--data-file",
+            s(&data),
+            "--batch-size",
+            "0",
+        ]),
+        &["--batch-size"],
+    );
+    refused(
+        run(base("concern"), &["--batch-size", "0", "--out", s(&cs)]),
+        &["--batch-size"],
+    );
     // Two sources of images at once.
     refused(
-        decomp(&["eval", "--weights", s(&m), "--data-file", s(&data), "--dataset-path", s(&cd)]),
+        decomp(&[
+            "eval",
+            "--weights",
+            s(&m),
+            "--data-file",
+            s(&data),
+            "--dataset-path",
+            s(&cd),
+        ]),
         &["--data-file", "--dataset-path"],
     );
     // Channel-level flags on an element-level run, and --reference-model on element modules.
-    refused(run(base("decompose"), &["--budget", "0.4", "--reconstruct", "--out-dir", s(&d.join("x"))]), &["--budget, --reconstruct", "--granularity channel"]);
-    ok(run(base("decompose"), &[&four[..], &["--out-dir", s(&d.join("el"))]].concat()));
-    let (m0, m1) = (d.join("el/mc-bln/module_000.mod"), d.join("el/mc-bln/module_001.mod"));
     refused(
-        decomp(&["compose", s(&m0), s(&m1), "--data-dir", s(&cd), "--reference-model", s(&m)]),
+        run(
+            base("decompose"),
+            &[
+                "--budget",
+                "0.4",
+                "--reconstruct",
+                "--out-dir",
+                s(&d.join("x")),
+            ],
+        ),
+        &["--budget, --reconstruct", "--granularity channel"],
+    );
+    ok(run(
+        base("decompose"),
+        &[&four[..], &["--out-dir", s(&d.join("el"))]].concat(),
+    ));
+    let (m0, m1) = (
+        d.join("el/mc-bln/module_000.mod"),
+        d.join("el/mc-bln/module_001.mod"),
+    );
+    refused(
+        decomp(&[
+            "compose",
+            s(&m0),
+            s(&m1),
+            "--data-dir",
+            s(&cd),
+            "--reference-model",
+            s(&m),
+        ]),
         &["--reference-model applies to channel modules"],
     );
     // train: --resize and a different --arch with --init (they were ignored).
-    let t = ["train", "--init", s(&m), "--data-file", s(&data), "--epochs", "1", "--out-dir", s(&t_out)];
-    refused(decomp(&[&t[..], &["--resize", "16"]].concat()), &["--resize applies to training from scratch"]);
-    refused(decomp(&[&t[..], &["--arch", "resnet20"]].concat()), &["model is resnet8, --arch says resnet20"]);
-    refused(decomp(&[&t[..], &["--max-epochs-now", "0"]].concat()), &["--max-epochs-now"]);
-    assert!(!d.join("x").exists() && !t_out.exists(), "refused before anything was written");
+    let t = [
+        "train",
+        "--init",
+        s(&m),
+        "--data-file",
+        s(&data),
+        "--epochs",
+        "1",
+        "--out-dir",
+        s(&t_out),
+    ];
+    refused(
+        decomp(&[&t[..], &["--resize", "16"]].concat()),
+        &["--resize applies to training from scratch"],
+    );
+    refused(
+        decomp(&[&t[..], &["--arch", "resnet20"]].concat()),
+        &["model is resnet8, --arch says resnet20"],
+    );
+    refused(
+        decomp(&[&t[..], &["--max-epochs-now", "0"]].concat()),
+        &["--max-epochs-now"],
+    );
+    assert!(
+        !d.join("x").exists() && !t_out.exists(),
+        "refused before anything was written"
+    );
 }
 
 #[test]
@@ -423,48 +903,137 @@ fn empty_inputs_and_mismatches_are_errors() {
     // An empty split: no "0 images, top-1 0.00%".
     let empty = tiny_dir(d, "");
     refused(
-        decomp(&["eval", "--weights", s(&m), "--dataset", "tiny-imagenet", "--dataset-path", s(&empty)]),
+        decomp(&[
+            "eval",
+            "--weights",
+            s(&m),
+            "--dataset",
+            "tiny-imagenet",
+            "--dataset-path",
+            s(&empty),
+        ]),
         &["no images"],
     );
     // A concern set naming a class the model lacks (a crafted file whose model hash is
     // right), and one with no class: refused, no module written.
     let cs = d.join("c.cs");
-    ok(decomp(&["concern", "--weights", s(&m), "--data-file", s(&data), "--positives", "2", "--positive-filter", "all", "--classes", "0,1", "--out", s(&cs)]));
+    ok(decomp(&[
+        "concern",
+        "--weights",
+        s(&m),
+        "--data-file",
+        s(&data),
+        "--positives",
+        "2",
+        "--positive-filter",
+        "all",
+        "--classes",
+        "0,1",
+        "--out",
+        s(&cs),
+    ]));
     let mut set: ConcernSet = read_artifact(&cs).expect("read");
     set.classes[1].class = 99;
     let bad = d.join("bad.cs");
     write_artifact(&bad, &set).expect("write");
     refused(
-        decomp(&["tangle", "--weights", s(&m), "--data-file", s(&data), "--concern", s(&bad), "--out-dir", s(&d.join("t1"))]),
+        decomp(&[
+            "tangle",
+            "--weights",
+            s(&m),
+            "--data-file",
+            s(&data),
+            "--concern",
+            s(&bad),
+            "--out-dir",
+            s(&d.join("t1")),
+        ]),
         &["bad.cs", "class 99 is beyond the model's 10 classes"],
     );
     assert!(!d.join("t1").exists());
     set.classes.clear();
     write_artifact(&bad, &set).expect("write");
     refused(
-        decomp(&["tangle", "--weights", s(&m), "--data-file", s(&data), "--concern", s(&bad), "--out-dir", s(&d.join("t2"))]),
+        decomp(&[
+            "tangle",
+            "--weights",
+            s(&m),
+            "--data-file",
+            s(&data),
+            "--concern",
+            s(&bad),
+            "--out-dir",
+            s(&d.join("t2")),
+        ]),
         &["bad.cs", "holds no class"],
     );
     assert!(!d.join("t2").exists());
     // tangle --classes naming a class the set lacks.
     refused(
-        decomp(&["tangle", "--weights", s(&m), "--data-file", s(&data), "--concern", s(&cs), "--classes", "5", "--out-dir", s(&d.join("t3"))]),
+        decomp(&[
+            "tangle",
+            "--weights",
+            s(&m),
+            "--data-file",
+            s(&data),
+            "--concern",
+            s(&cs),
+            "--classes",
+            "5",
+            "--out-dir",
+            s(&d.join("t3")),
+        ]),
         &["--classes 5", "has no class 5"],
     );
     // CIFAR modules on Tiny ImageNet images: refused as eval refuses them.
-    ok(decomp(&["tangle", "--weights", s(&m), "--data-file", s(&data), "--concern", s(&cs), "--out-dir", s(&d.join("t"))]));
-    let tiny = tiny_dir(&d.join("ti"), "val_0.JPEG\tn01\t0\t0\t1\t1\nval_1.JPEG\tn02\t0\t0\t1\t1\n");
-    let (ma, mb) = (d.join("t/mc-bln/module_000.mod"), d.join("t/mc-bln/module_001.mod"));
+    ok(decomp(&[
+        "tangle",
+        "--weights",
+        s(&m),
+        "--data-file",
+        s(&data),
+        "--concern",
+        s(&cs),
+        "--out-dir",
+        s(&d.join("t")),
+    ]));
+    let tiny = tiny_dir(
+        &d.join("ti"),
+        "val_0.JPEG\tn01\t0\t0\t1\t1\nval_1.JPEG\tn02\t0\t0\t1\t1\n",
+    );
+    let (ma, mb) = (
+        d.join("t/mc-bln/module_000.mod"),
+        d.join("t/mc-bln/module_001.mod"),
+    );
     refused(
-        decomp(&["compose", s(&ma), s(&mb), "--dataset", "tiny-imagenet", "--dataset-path", s(&tiny)]),
+        decomp(&[
+            "compose",
+            s(&ma),
+            s(&mb),
+            "--dataset",
+            "tiny-imagenet",
+            "--dataset-path",
+            s(&tiny),
+        ]),
         &["module_000.mod", "airplane", "gorilla", "--classes"],
     );
     // A Tiny ImageNet annotation line naming a file outside the dataset folder.
     std::fs::write(d.join("ti/secret.JPEG"), b"outside").expect("write");
     for line in ["../../secret.JPEG", "/etc/passwd", "sub/val_0.JPEG"] {
-        let t = tiny_dir(&d.join(format!("bad{}", line.len())), &format!("{line}\tn01\t0\t0\t1\t1\n"));
+        let t = tiny_dir(
+            &d.join(format!("bad{}", line.len())),
+            &format!("{line}\tn01\t0\t0\t1\t1\n"),
+        );
         refused(
-            decomp(&["eval", "--weights", s(&m), "--dataset", "tiny-imagenet", "--dataset-path", s(&t)]),
+            decomp(&[
+                "eval",
+                "--weights",
+                s(&m),
+                "--dataset",
+                "tiny-imagenet",
+                "--dataset-path",
+                s(&t),
+            ]),
             &["val_annotations.txt:1", "plain image file name", line],
         );
     }
@@ -478,13 +1047,33 @@ fn empty_inputs_and_mismatches_are_errors() {
             p
         }
     };
-    refused(decomp(&["mix", "--spec", s(&zero), "--out-dir", s(&d.join("mix"))]), &["mix spec", "larger than the limit"]);
     refused(
-        decomp(&["train", "--arch", "resnet8", "--data-file", s(&data), "--recipes", s(&zero), "--out-dir", s(&d.join("tr"))]),
+        decomp(&["mix", "--spec", s(&zero), "--out-dir", s(&d.join("mix"))]),
+        &["mix spec", "larger than the limit"],
+    );
+    refused(
+        decomp(&[
+            "train",
+            "--arch",
+            "resnet8",
+            "--data-file",
+            s(&data),
+            "--recipes",
+            s(&zero),
+            "--out-dir",
+            s(&d.join("tr")),
+        ]),
         &["recipes", "larger than the limit"],
     );
-    if std::fs::metadata(&zero).expect("zero").file_type().is_char_device() {
-        refused(decomp(&["vote", "--margins", s(&zero), "--pick", "0:0"]), &["margins file", "larger than the limit"]);
+    if std::fs::metadata(&zero)
+        .expect("zero")
+        .file_type()
+        .is_char_device()
+    {
+        refused(
+            decomp(&["vote", "--margins", s(&zero), "--pick", "0:0"]),
+            &["margins file", "larger than the limit"],
+        );
     }
 }
 
@@ -507,14 +1096,37 @@ fn inspect_names_every_kind_and_survives_a_closed_pipe() {
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
     // A training checkpoint is shown as one, not "expected concern-set".
     let data = d.join("r.bin");
     cifar_file(&data, 40);
     let run = d.join("train");
-    ok(decomp(&["train", "--arch", "resnet8", "--data-file", s(&data), "--classes", "0,1", "--epochs", "1", "--batch-size", "4", "--out-dir", s(&run)]));
+    ok(decomp(&[
+        "train",
+        "--arch",
+        "resnet8",
+        "--data-file",
+        s(&data),
+        "--classes",
+        "0,1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out-dir",
+        s(&run),
+    ]));
     let out = ok(decomp(&["inspect", s(&run.join("last.ckpt"))]));
-    assert!(out.contains("training checkpoint") && out.contains("epochs done: 1 of 1"), "{out}");
+    assert!(
+        out.contains("training checkpoint") && out.contains("epochs done: 1 of 1"),
+        "{out}"
+    );
     // Not an artifact at all.
-    refused(decomp(&["inspect", s(&data)]), &["r.bin", "not a decomp artifact"]);
+    refused(
+        decomp(&["inspect", s(&data)]),
+        &["r.bin", "not a decomp artifact"],
+    );
 }

@@ -5,7 +5,11 @@ use std::process::{Command, Output};
 
 /// Runs `decomp` with `args`; (success, stdout, stderr).
 pub fn decomp(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_decomp")).args(args).env("RUST_LOG", "warn").output().expect("run decomp");
+    let out = Command::new(env!("CARGO_BIN_EXE_decomp"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run decomp");
     split(out)
 }
 
@@ -23,7 +27,11 @@ pub fn decomp_sh(prelude: &str, args: &[&str]) -> (bool, String, String) {
 }
 
 fn split(out: Output) -> (bool, String, String) {
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Writes `n` CIFAR-10 records (label i % 10, pixels from i).

@@ -24,14 +24,36 @@ pub(crate) fn two_class_records(path: &Path, n: usize) {
 
 fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--arch", "resnet8", "--data-file", data, "--classes", "0,1", "--recipe", "he2016", "--epochs", "3",
-        "--batch-size", "16", "--seed", "3", "--out-dir", out,
+        "train",
+        "--arch",
+        "resnet8",
+        "--data-file",
+        data,
+        "--classes",
+        "0,1",
+        "--recipe",
+        "he2016",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "--out-dir",
+        out,
     ]
 }
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_decomp")).args(args).env("RUST_LOG", "warn").output().expect("run decomp");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_decomp"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run decomp");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// metrics.json without the wall-clock fields.
@@ -74,14 +96,24 @@ fn killed_run_resumes_to_the_same_result() {
         .expect("spawn");
     let start = Instant::now();
     while !killed.join("last.ckpt").exists() {
-        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s");
-        assert!(child.try_wait().expect("poll").is_none(), "the run ended before its first checkpoint");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "the run ended before its first checkpoint"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().expect("kill");
     child.wait().expect("reap");
-    let ckpt: decomp_model::train::TrainCheckpoint = decomp_ir::read_artifact(&killed.join("last.ckpt")).expect("checkpoint");
-    assert!(ckpt.epochs_done < 3, "killed after the run finished; the test needs a longer epoch");
+    let ckpt: decomp_model::train::TrainCheckpoint =
+        decomp_ir::read_artifact(&killed.join("last.ckpt")).expect("checkpoint");
+    assert!(
+        ckpt.epochs_done < 3,
+        "killed after the run finished; the test needs a longer epoch"
+    );
 
     // Without --resume the run directory is not overwritten.
     let (ok, err) = run(&train_args(&data_s, &killed_s));
@@ -101,8 +133,10 @@ fn killed_run_resumes_to_the_same_result() {
         assert!(killed.join(f).is_file(), "{f}");
     }
     // The trained model learned the (easy) task.
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(straight.join("metrics.json")).expect("read")).expect("json");
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(straight.join("metrics.json")).expect("read"),
+    )
+    .expect("json");
     assert!(v["best_val_acc"].as_f64().expect("best") > 0.9, "{v}");
 }
 
@@ -117,14 +151,27 @@ fn train_errors_name_the_culprit() {
     let out_s = out.to_str().expect("utf8");
     let cases: [(Vec<&str>, &str); 6] = [
         (vec!["--recipe", "nope"], "no recipe named \"nope\""),
-        (vec!["--batch-size", "1000"], "batch size 1000 is larger than the training split"),
+        (
+            vec!["--batch-size", "1000"],
+            "batch size 1000 is larger than the training split",
+        ),
         (vec!["--classes", "0,zebra"], "no class named \"zebra\""),
         (vec!["--val-fraction", "1.5"], "--val-fraction"),
         (vec!["--lr=-1"], "lr"),
         (vec!["--resume"], "last.ckpt"),
     ];
     for (extra, needle) in cases {
-        let mut args = vec!["train", "--arch", "resnet8", "--data-file", data_s, "--epochs", "1", "--out-dir", out_s];
+        let mut args = vec![
+            "train",
+            "--arch",
+            "resnet8",
+            "--data-file",
+            data_s,
+            "--epochs",
+            "1",
+            "--out-dir",
+            out_s,
+        ];
         args.extend(extra);
         let (ok, err) = run(&args);
         assert!(!ok && err.contains(needle), "{needle}: {err}");
@@ -132,11 +179,37 @@ fn train_errors_name_the_culprit() {
     // A bad recipes file names itself.
     let recipes = d.join("r.toml");
     std::fs::write(&recipes, "[recipes.x]\noptimizer = \"sgd\"\n").expect("write");
-    let (ok, err) = run(&["train", "--data-file", data_s, "--recipes", recipes.to_str().expect("utf8"), "--recipe", "x", "--out-dir", out_s]);
+    let (ok, err) = run(&[
+        "train",
+        "--data-file",
+        data_s,
+        "--recipes",
+        recipes.to_str().expect("utf8"),
+        "--recipe",
+        "x",
+        "--out-dir",
+        out_s,
+    ]);
     assert!(!ok && err.contains("r.toml"), "{err}");
     // --init with another class count.
     let m = d.join("m.ir");
-    decomp_ir::write_artifact(&m, &decomp_model::ResNetConfig::new(8, 10).build().expect("build")).expect("write");
-    let (ok, err) = run(&["train", "--init", m.to_str().expect("utf8"), "--data-file", data_s, "--classes", "0,1", "--out-dir", out_s]);
+    decomp_ir::write_artifact(
+        &m,
+        &decomp_model::ResNetConfig::new(8, 10)
+            .build()
+            .expect("build"),
+    )
+    .expect("write");
+    let (ok, err) = run(&[
+        "train",
+        "--init",
+        m.to_str().expect("utf8"),
+        "--data-file",
+        data_s,
+        "--classes",
+        "0,1",
+        "--out-dir",
+        out_s,
+    ]);
     assert!(!ok && err.contains("predicts 10 classes"), "{err}");
 }

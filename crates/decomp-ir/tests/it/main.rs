@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use decomp_ir::{
-    Artifact, ArtifactKind, BitSet, Graph, InputNorm, IrError, ModelIr, ModelMeta, Op,
-    TensorData, decode_artifact, encode_artifact, read_artifact, read_artifact_limited,
-    write_artifact,
+    Artifact, ArtifactKind, BitSet, Graph, InputNorm, IrError, ModelIr, ModelMeta, Op, TensorData,
+    decode_artifact, encode_artifact, read_artifact, read_artifact_limited, write_artifact,
 };
 use proptest::prelude::*;
+
+mod channel;
 
 fn t(shape: &[usize], seed: f32) -> TensorData {
     let n = shape.iter().product();
@@ -23,32 +24,87 @@ fn tiny_model() -> ModelIr {
     let mut g = Graph::new([3, 8, 8]);
     let c1 = g.push(
         "conv1",
-        Op::Conv2d { weight: t(&[4, 3, 3, 3], 1.0), bias: Some(t(&[4], 2.0)), stride: [1, 1], padding: [1, 1], groups: 1 },
+        Op::Conv2d {
+            weight: t(&[4, 3, 3, 3], 1.0),
+            bias: Some(t(&[4], 2.0)),
+            stride: [1, 1],
+            padding: [1, 1],
+            groups: 1,
+        },
         vec![0],
     );
     let bn = g.push(
         "bn1",
-        Op::BatchNorm2d { gamma: t(&[4], 3.0), beta: t(&[4], 4.0), running_mean: t(&[4], 5.0), running_var: TensorData { shape: vec![4], data: vec![1.0, 2.0, 0.5, 1.5] }, eps: 1e-5 },
+        Op::BatchNorm2d {
+            gamma: t(&[4], 3.0),
+            beta: t(&[4], 4.0),
+            running_mean: t(&[4], 5.0),
+            running_var: TensorData {
+                shape: vec![4],
+                data: vec![1.0, 2.0, 0.5, 1.5],
+            },
+            eps: 1e-5,
+        },
         vec![c1],
     );
     let r = g.push("relu", Op::Relu, vec![bn]);
-    let mp = g.push("pool", Op::MaxPool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }, vec![r]);
-    let sc = g.push("short", Op::ShortcutA { stride: 1, pad_before: 2, pad_after: 2 }, vec![mp]);
+    let mp = g.push(
+        "pool",
+        Op::MaxPool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+        },
+        vec![r],
+    );
+    let sc = g.push(
+        "short",
+        Op::ShortcutA {
+            stride: 1,
+            pad_before: 2,
+            pad_after: 2,
+        },
+        vec![mp],
+    );
     let c2 = g.push(
         "conv2",
-        Op::Conv2d { weight: t(&[8, 2, 3, 3], 6.0), bias: None, stride: [1, 1], padding: [1, 1], groups: 2 },
+        Op::Conv2d {
+            weight: t(&[8, 2, 3, 3], 6.0),
+            bias: None,
+            stride: [1, 1],
+            padding: [1, 1],
+            groups: 2,
+        },
         vec![mp],
     );
     let add = g.push("add", Op::Add, vec![c2, sc]);
-    let ap = g.push("avg", Op::AvgPool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }, vec![add]);
+    let ap = g.push(
+        "avg",
+        Op::AvgPool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+        },
+        vec![add],
+    );
     let gp = g.push("gap", Op::GlobalAvgPool, vec![ap]);
     let f = g.push("flatten", Op::Flatten, vec![gp]);
-    g.push("linear", Op::Linear { weight: t(&[3, 8], 7.0), bias: Some(t(&[3], 8.0)) }, vec![f]);
+    g.push(
+        "linear",
+        Op::Linear {
+            weight: t(&[3, 8], 7.0),
+            bias: Some(t(&[3], 8.0)),
+        },
+        vec![f],
+    );
     ModelIr {
         meta: ModelMeta {
             arch: "tiny".into(),
             class_names: vec!["a".into(), "b".into(), "c".into()],
-            input_norm: InputNorm { mean: vec![0.5; 3], std: vec![0.25; 3] },
+            input_norm: InputNorm {
+                mean: vec![0.5; 3],
+                std: vec![0.25; 3],
+            },
             source: "tests".into(),
         },
         graph: g,
@@ -66,7 +122,10 @@ fn shapes_are_inferred() {
     assert_eq!(by_name("avg"), vec![8, 2, 2]);
     assert_eq!(by_name("gap"), vec![8, 1, 1]);
     assert_eq!(by_name("linear"), vec![3]);
-    assert_eq!(m.graph.relu_inputs(), vec![m.graph.find("bn1").expect("bn1")]);
+    assert_eq!(
+        m.graph.relu_inputs(),
+        vec![m.graph.find("bn1").expect("bn1")]
+    );
 }
 
 /// Each case: a mutation of the tiny model and a fragment the error must contain.
@@ -74,36 +133,194 @@ fn shapes_are_inferred() {
 fn bad_shapes_name_the_op() {
     type Mutate = fn(&mut ModelIr);
     let cases: &[(Mutate, &str)] = &[
-        (|m| m.graph.nodes[1].op = Op::Conv2d { weight: t(&[4, 5, 3, 3], 0.0), bias: None, stride: [1, 1], padding: [1, 1], groups: 1 }, "node 1 (conv1, conv2d): weight: expected shape [4, 3, 3, 3]"),
-        (|m| if let Op::BatchNorm2d { gamma, .. } = &mut m.graph.nodes[2].op { gamma.data.pop(); }, "node 2 (bn1, batchnorm2d): gamma: shape [4] needs 4 values, found 3"),
-        (|m| m.graph.nodes[7].inputs = vec![6, 4], "node 7 (add, add): input shapes differ"),
-        (|m| m.graph.nodes[3].inputs = vec![5], "does not come before it"),
-        (|m| m.graph.nodes[11].op = Op::Linear { weight: t(&[3, 9], 0.0), bias: None }, "node 11 (linear, linear): weight: expected shape [3, 8]"),
-        (|m| m.graph.nodes[4].op = Op::MaxPool2d { kernel: [0, 2], stride: [2, 2], padding: [0, 0] }, "kernel and stride must be non-zero"),
-        (|m| m.graph.nodes[6].op = Op::Conv2d { weight: t(&[8, 2, 3, 3], 0.0), bias: None, stride: [1, 1], padding: [1, 1], groups: 3 }, "groups 3 must divide"),
-        (|m| m.meta.class_names.push("d".into()), "expected [4] (one logit per class name)"),
-        (|m| m.meta.input_norm.std = vec![1.0, 0.0, 1.0], "finite positive stds"),
-        (|m| m.graph.nodes[4].name = "relu".into(), "duplicate node name"),
+        (
+            |m| {
+                m.graph.nodes[1].op = Op::Conv2d {
+                    weight: t(&[4, 5, 3, 3], 0.0),
+                    bias: None,
+                    stride: [1, 1],
+                    padding: [1, 1],
+                    groups: 1,
+                }
+            },
+            "node 1 (conv1, conv2d): weight: expected shape [4, 3, 3, 3]",
+        ),
+        (
+            |m| {
+                if let Op::BatchNorm2d { gamma, .. } = &mut m.graph.nodes[2].op {
+                    gamma.data.pop();
+                }
+            },
+            "node 2 (bn1, batchnorm2d): gamma: shape [4] needs 4 values, found 3",
+        ),
+        (
+            |m| m.graph.nodes[7].inputs = vec![6, 4],
+            "node 7 (add, add): input shapes differ",
+        ),
+        (
+            |m| m.graph.nodes[3].inputs = vec![5],
+            "does not come before it",
+        ),
+        (
+            |m| {
+                m.graph.nodes[11].op = Op::Linear {
+                    weight: t(&[3, 9], 0.0),
+                    bias: None,
+                }
+            },
+            "node 11 (linear, linear): weight: expected shape [3, 8]",
+        ),
+        (
+            |m| {
+                m.graph.nodes[4].op = Op::MaxPool2d {
+                    kernel: [0, 2],
+                    stride: [2, 2],
+                    padding: [0, 0],
+                }
+            },
+            "kernel and stride must be non-zero",
+        ),
+        (
+            |m| {
+                m.graph.nodes[6].op = Op::Conv2d {
+                    weight: t(&[8, 2, 3, 3], 0.0),
+                    bias: None,
+                    stride: [1, 1],
+                    padding: [1, 1],
+                    groups: 3,
+                }
+            },
+            "groups 3 must divide",
+        ),
+        (
+            |m| m.meta.class_names.push("d".into()),
+            "expected [4] (one logit per class name)",
+        ),
+        (
+            |m| m.meta.input_norm.std = vec![1.0, 0.0, 1.0],
+            "finite positive stds",
+        ),
+        (
+            |m| m.graph.nodes[4].name = "relu".into(),
+            "duplicate node name",
+        ),
         // Issue 19: non-finite numbers and sizes over the limits name the node.
-        (|m| if let Op::Linear { bias: Some(b), .. } = &mut m.graph.nodes[11].op { b.data[2] = f32::NAN; }, "node 11 (linear, linear): bias: value 2 is NaN, expected a finite number"),
-        (|m| if let Op::Conv2d { weight, .. } = &mut m.graph.nodes[6].op { weight.data[0] = f32::INFINITY; }, "node 6 (conv2, conv2d): weight: value 0 is inf"),
-        (|m| if let Op::BatchNorm2d { running_mean, .. } = &mut m.graph.nodes[2].op { running_mean.data[1] = f32::NEG_INFINITY; }, "node 2 (bn1, batchnorm2d): running_mean: value 1 is -inf"),
-        (|m| if let Op::BatchNorm2d { running_var, .. } = &mut m.graph.nodes[2].op { running_var.data[3] = f32::INFINITY; }, "running_var: value 3 is inf"),
-        (|m| if let Op::BatchNorm2d { running_var, .. } = &mut m.graph.nodes[2].op { running_var.data[3] = -1.0; }, "running_var: value 3 is -1, expected a variance"),
-        (|m| if let Op::BatchNorm2d { eps, .. } = &mut m.graph.nodes[2].op { *eps = f64::INFINITY; }, "node 2 (bn1, batchnorm2d): eps is inf, expected a finite positive number"),
-        (|m| m.meta.input_norm.mean = vec![0.0, f32::NAN, 0.0], "finite means"),
-        (|m| m.graph.nodes[0].op = Op::Input { shape: [3, 5000, 5000] }, "node 0 (input, input): output shape [3, 5000, 5000] holds more than 67108864 values per image (limits::MAX_NODE_VALUES)"),
-        (|m| m.graph.nodes[0].op = Op::Input { shape: [3, 8, 5000] }, "larger than 4096 pixels on a side (limits::MAX_SPATIAL)"),
-        (|m| if let Op::Conv2d { padding, .. } = &mut m.graph.nodes[1].op { *padding = [usize::MAX, 1]; }, "node 1 (conv1, conv2d): padding [18446744073709551615, 1] is larger than 4096 (limits::MAX_SPATIAL)"),
-        (|m| if let Op::Conv2d { padding, .. } = &mut m.graph.nodes[1].op { *padding = [4000, 4000]; }, "node 1 (conv1, conv2d): the zero-padded input [3, 8008, 8008]"),
-        (|m| m.graph.nodes[4].op = Op::MaxPool2d { kernel: [2, 2], stride: [1 << 20, 2], padding: [0, 0] }, "stride [1048576, 2] is larger than 4096"),
-        (|m| m.graph.nodes[5].op = Op::ShortcutA { stride: 1, pad_before: 1 << 30, pad_after: 2 }, "node 5 (short, shortcut_a): output shape [1073741830, 4, 4] holds more than"),
+        (
+            |m| {
+                if let Op::Linear { bias: Some(b), .. } = &mut m.graph.nodes[11].op {
+                    b.data[2] = f32::NAN;
+                }
+            },
+            "node 11 (linear, linear): bias: value 2 is NaN, expected a finite number",
+        ),
+        (
+            |m| {
+                if let Op::Conv2d { weight, .. } = &mut m.graph.nodes[6].op {
+                    weight.data[0] = f32::INFINITY;
+                }
+            },
+            "node 6 (conv2, conv2d): weight: value 0 is inf",
+        ),
+        (
+            |m| {
+                if let Op::BatchNorm2d { running_mean, .. } = &mut m.graph.nodes[2].op {
+                    running_mean.data[1] = f32::NEG_INFINITY;
+                }
+            },
+            "node 2 (bn1, batchnorm2d): running_mean: value 1 is -inf",
+        ),
+        (
+            |m| {
+                if let Op::BatchNorm2d { running_var, .. } = &mut m.graph.nodes[2].op {
+                    running_var.data[3] = f32::INFINITY;
+                }
+            },
+            "running_var: value 3 is inf",
+        ),
+        (
+            |m| {
+                if let Op::BatchNorm2d { running_var, .. } = &mut m.graph.nodes[2].op {
+                    running_var.data[3] = -1.0;
+                }
+            },
+            "running_var: value 3 is -1, expected a variance",
+        ),
+        (
+            |m| {
+                if let Op::BatchNorm2d { eps, .. } = &mut m.graph.nodes[2].op {
+                    *eps = f64::INFINITY;
+                }
+            },
+            "node 2 (bn1, batchnorm2d): eps is inf, expected a finite positive number",
+        ),
+        (
+            |m| m.meta.input_norm.mean = vec![0.0, f32::NAN, 0.0],
+            "finite means",
+        ),
+        (
+            |m| {
+                m.graph.nodes[0].op = Op::Input {
+                    shape: [3, 5000, 5000],
+                }
+            },
+            "node 0 (input, input): output shape [3, 5000, 5000] holds more than 67108864 values per image (limits::MAX_NODE_VALUES)",
+        ),
+        (
+            |m| {
+                m.graph.nodes[0].op = Op::Input {
+                    shape: [3, 8, 5000],
+                }
+            },
+            "larger than 4096 pixels on a side (limits::MAX_SPATIAL)",
+        ),
+        (
+            |m| {
+                if let Op::Conv2d { padding, .. } = &mut m.graph.nodes[1].op {
+                    *padding = [usize::MAX, 1];
+                }
+            },
+            "node 1 (conv1, conv2d): padding [18446744073709551615, 1] is larger than 4096 (limits::MAX_SPATIAL)",
+        ),
+        (
+            |m| {
+                if let Op::Conv2d { padding, .. } = &mut m.graph.nodes[1].op {
+                    *padding = [4000, 4000];
+                }
+            },
+            "node 1 (conv1, conv2d): the zero-padded input [3, 8008, 8008]",
+        ),
+        (
+            |m| {
+                m.graph.nodes[4].op = Op::MaxPool2d {
+                    kernel: [2, 2],
+                    stride: [1 << 20, 2],
+                    padding: [0, 0],
+                }
+            },
+            "stride [1048576, 2] is larger than 4096",
+        ),
+        (
+            |m| {
+                m.graph.nodes[5].op = Op::ShortcutA {
+                    stride: 1,
+                    pad_before: 1 << 30,
+                    pad_after: 2,
+                }
+            },
+            "node 5 (short, shortcut_a): output shape [1073741830, 4, 4] holds more than",
+        ),
     ];
     for (i, (mutate, expected)) in cases.iter().enumerate() {
         let mut m = tiny_model();
         mutate(&mut m);
-        let err = m.check().expect_err(&format!("case {i} must fail")).to_string();
-        assert!(err.contains(expected), "case {i}: {err:?} lacks {expected:?}");
+        let err = m
+            .check()
+            .expect_err(&format!("case {i} must fail"))
+            .to_string();
+        assert!(
+            err.contains(expected),
+            "case {i}: {err:?} lacks {expected:?}"
+        );
     }
 }
 
@@ -118,7 +335,9 @@ fn round_trip_through_a_file() {
     let (_, hash2) = encode_artifact(&m).expect("encode");
     assert_eq!(hash, hash2);
     // Only the artifact is left in the folder: no temporary files.
-    let names: Vec<_> = std::fs::read_dir(path.parent().expect("parent")).expect("ls").collect();
+    let names: Vec<_> = std::fs::read_dir(path.parent().expect("parent"))
+        .expect("ls")
+        .collect();
     assert_eq!(names.len(), 1);
 }
 
@@ -128,7 +347,10 @@ fn content_hash_ignores_provenance() {
     let mut b = tiny_model();
     b.meta.source = "another/path/to/the/same/weights.th".into();
     assert_eq!(a.content_hash(), b.content_hash());
-    if let Op::Linear { bias: Some(bias), .. } = &mut b.graph.nodes[11].op {
+    if let Op::Linear {
+        bias: Some(bias), ..
+    } = &mut b.graph.nodes[11].op
+    {
         bias.data[0] += 1.0;
     }
     assert_ne!(a.content_hash(), b.content_hash());
@@ -147,8 +369,13 @@ fn size_limit_and_kind_are_enforced() {
     impl Artifact for Other {
         const KIND: ArtifactKind = ArtifactKind::Report;
     }
-    let err = read_artifact::<Other>(&path).expect_err("wrong kind").to_string();
-    assert!(err.contains("artifact kind is model, expected report"), "{err}");
+    let err = read_artifact::<Other>(&path)
+        .expect_err("wrong kind")
+        .to_string();
+    assert!(
+        err.contains("artifact kind is model, expected report"),
+        "{err}"
+    );
 }
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model.ir");
@@ -166,7 +393,11 @@ fn golden_file_is_stable() {
     }
     let golden = std::fs::read(GOLDEN).expect("golden file is committed");
     assert_eq!(&golden[..8], b"DECOMPIR");
-    assert_eq!(u16::from_le_bytes([golden[8], golden[9]]), 2, "format version");
+    assert_eq!(
+        u16::from_le_bytes([golden[8], golden[9]]),
+        2,
+        "format version"
+    );
     assert_eq!(bytes, golden, "encoding of the tiny model changed");
     let m: ModelIr = decode_artifact(&golden, Path::new(GOLDEN)).expect("decode golden");
     assert_eq!(m, tiny_model());
@@ -191,7 +422,9 @@ fn header_errors_say_what_is_wrong() {
     let (bytes, _) = encode_artifact(&tiny_model()).expect("encode");
     let p = Path::new("x.ir");
     let check = |b: &[u8], frag: &str| {
-        let e = decode_artifact::<ModelIr>(b, p).expect_err(frag).to_string();
+        let e = decode_artifact::<ModelIr>(b, p)
+            .expect_err(frag)
+            .to_string();
         assert!(e.contains(frag), "{e:?} lacks {frag:?}");
     };
     check(b"PK\x03\x04", "not a decomp artifact");

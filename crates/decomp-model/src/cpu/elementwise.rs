@@ -50,7 +50,8 @@ pub(super) fn channel_sq_dev<S: macerator::Simd>(x: &[f32], mean: &[f32], sq: &m
 /// BatchNorm's backward sums: adds `sum(dy)` into `sd` and `sum(dy (x - mean))` into `sdx`,
 /// per channel; with `relu_out`, `dy` counts as zero where that following ReLU's output is
 /// `<= 0` (the ReLU's backward, fused).
-#[allow(clippy::extra_unused_type_parameters)]
+// macerator's `with_simd` needs the lifetime named.
+#[allow(clippy::extra_unused_type_parameters, clippy::needless_lifetimes)]
 #[macerator::with_simd]
 pub(super) fn bn_grad_sums<'a, S: macerator::Simd>(
     x: &[f32],
@@ -115,7 +116,8 @@ pub(super) fn affine<S: macerator::Simd>(x: &[f32], a: &[f32], b: &[f32], relu: 
 /// `dy = a dy + k x + b` per channel (`c = a.len()`): BatchNorm's data gradient with its
 /// per-channel coefficients, written over `dy`; with `relu_out`, `dy` counts as zero where
 /// that following ReLU's output is `<= 0` (as in [`bn_grad_sums`]).
-#[allow(clippy::extra_unused_type_parameters)]
+// macerator's `with_simd` needs the lifetime named.
+#[allow(clippy::extra_unused_type_parameters, clippy::needless_lifetimes)]
 #[macerator::with_simd]
 pub(super) fn affine2<'a, S: macerator::Simd>(
     dy: &mut [f32],

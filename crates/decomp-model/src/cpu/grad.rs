@@ -116,7 +116,7 @@ impl GradEngine {
         Ok(Self {
             model,
             shapes,
-            tuning: CpuTuning::from_env(),
+            tuning: CpuTuning::default(),
             bn_momentum: 0.1,
         })
     }
@@ -590,13 +590,13 @@ impl Pass<'_> {
             && self.tuning.winograd
             && self.tuning.small_kernels
             && fma_available()
-            && cin % 8 == 0
-            && (cin <= 64 || cin % 64 == 0);
+            && cin.is_multiple_of(8)
+            && (cin <= 64 || cin.is_multiple_of(64));
         // The im2col weight gradient as `[k][cout]` through `tn_product` (see below).
         let tn_dw = self.tuning.small_kernels
             && fma_available()
-            && cout % 8 == 0
-            && (cout <= 64 || cout % 64 == 0);
+            && cout.is_multiple_of(8)
+            && (cout <= 64 || cout.is_multiple_of(64));
         let pointwise = c.kernel == [1, 1] && c.stride == [1, 1] && c.pad == [0, 0];
         let [ho, wo] = c.out_hw;
         let block = (self.tuning.block / k).max(1);

@@ -224,7 +224,7 @@ pub(super) fn tn_gemm<S: macerator::Simd, const C: usize>(
 /// and `n` is a multiple of 8 up to 64 or of 64 (columns in chunks of 64); `false` (nothing
 /// done) otherwise.
 pub(super) fn tn_product(g: Tn, n: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) -> bool {
-    if !fma_available() || n == 0 || n % 8 != 0 || (n > 64 && n % 64 != 0) {
+    if !fma_available() || n == 0 || !n.is_multiple_of(8) || (n > 64 && !n.is_multiple_of(64)) {
         return false;
     }
     let chunk = n.min(64);

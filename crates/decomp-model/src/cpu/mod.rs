@@ -72,12 +72,13 @@ impl Default for CpuTuning {
 }
 
 impl CpuTuning {
-    /// Defaults, overridden by `DECOMP_CPU_TILE` / `DECOMP_CPU_BLOCK` when set to a positive
-    /// number (for tuning experiments).
-    pub fn from_env() -> Self {
+    /// Defaults, overridden by the variables `DECOMP_CPU_TILE` / `DECOMP_CPU_BLOCK` when set
+    /// to a positive number and `DECOMP_CPU_WINOGRAD` / `DECOMP_CPU_SMALL_KERNELS` (`0` is
+    /// off), for tuning experiments. `var` looks a variable up: the binary passes the
+    /// environment, this crate never reads it.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         let get = |name: &str, default: usize| {
-            std::env::var(name)
-                .ok()
+            var(name)
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|&v| v > 0)
                 .unwrap_or(default)
@@ -86,8 +87,8 @@ impl CpuTuning {
         Self {
             tile: get("DECOMP_CPU_TILE", d.tile),
             block: get("DECOMP_CPU_BLOCK", d.block),
-            winograd: std::env::var("DECOMP_CPU_WINOGRAD").map_or(d.winograd, |v| v != "0"),
-            small_kernels: std::env::var("DECOMP_CPU_SMALL_KERNELS")
+            winograd: var("DECOMP_CPU_WINOGRAD").map_or(d.winograd, |v| v != "0"),
+            small_kernels: var("DECOMP_CPU_SMALL_KERNELS")
                 .map_or(d.small_kernels, |v| v != "0"),
         }
     }

@@ -24,10 +24,12 @@ pub use branch::ModuleMasks;
 use ops::{ExecOp, Value};
 
 /// Which implementation an [`Executor`] runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
     /// The CPU plan ([`Engine::Cpu`]) on the `flex` device when it supports the graph,
-    /// otherwise burn ops ([`Engine::Burn`]). `DECOMP_ENGINE=burn` (or `cpu`) overrides it.
+    /// otherwise burn ops ([`Engine::Burn`]). The binary's `DECOMP_ENGINE=burn` (or `cpu`)
+    /// picks another ([`crate::Runtime`]).
+    #[default]
     Auto,
     /// burn tensor ops on the executor's device: every device; the reference.
     Burn,
@@ -35,16 +37,6 @@ pub enum Engine {
     /// channels-last, im2col + GEMM, parallel over image tiles. Equal to `Burn` within
     /// float rounding.
     Cpu,
-}
-
-impl Engine {
-    /// `DECOMP_ENGINE` (`burn`, `cpu` or `auto`), else [`Engine::Auto`].
-    pub fn from_env() -> Result<Self, ModelError> {
-        match std::env::var("DECOMP_ENGINE") {
-            Ok(v) => v.parse(),
-            Err(_) => Ok(Engine::Auto),
-        }
-    }
 }
 
 impl std::str::FromStr for Engine {
@@ -107,9 +99,10 @@ pub(super) fn upload<const D: usize>(t: &TensorData, device: &Device) -> Tensor<
 
 impl Executor {
     /// Validates `model` and uploads its parameters to `device`; the engine is
-    /// [`Engine::from_env`] (by default the CPU plan on `flex`, burn ops elsewhere).
+    /// [`Engine::Auto`] (the CPU plan on `flex`, burn ops elsewhere) with the default
+    /// [`CpuTuning`]. A configured [`crate::Runtime`] builds it with its own settings.
     pub fn new(model: &ModelIr, device: &Device) -> Result<Self, ModelError> {
-        Self::with_engine(model, device, Engine::from_env()?)
+        Self::with_engine(model, device, Engine::Auto)
     }
 
     /// Like [`Executor::new`] with an explicit engine. [`Engine::Cpu`] needs the `flex`
@@ -119,25 +112,33 @@ impl Executor {
         device: &Device,
         engine: Engine,
     ) -> Result<Self, ModelError> {
+        Self::with_tuning(model, device, engine, CpuTuning::default())
+    }
+
+    /// Like [`Executor::with_engine`], the CPU plan compiled with `tuning`.
+    pub fn with_tuning(
+        model: &ModelIr,
+        device: &Device,
+        engine: Engine,
+        tuning: CpuTuning,
+    ) -> Result<Self, ModelError> {
         let shapes = model.check()?;
         let is_flex = *device == Device::flex();
         let cpu = match engine {
             Engine::Burn => None,
             Engine::Auto if !is_flex => None,
-            Engine::Auto => CpuPlan::new(model, &shapes, CpuTuning::from_env()),
+            Engine::Auto => CpuPlan::new(model, &shapes, tuning),
             Engine::Cpu if !is_flex => {
                 return Err(ModelError::Config(format!(
                     "the cpu engine runs on the flex device only, not {device:?}"
                 )));
             }
-            Engine::Cpu => Some(
-                CpuPlan::new(model, &shapes, CpuTuning::from_env()).ok_or_else(|| {
-                    ModelError::Config(
-                        "the cpu engine does not support this graph (an op added after the plan)"
-                            .into(),
-                    )
-                })?,
-            ),
+            Engine::Cpu => Some(CpuPlan::new(model, &shapes, tuning).ok_or_else(|| {
+                ModelError::Config(
+                    "the cpu engine does not support this graph (an op added after the plan)"
+                        .into(),
+                )
+            })?),
         };
         let graph = &model.graph;
         let mut ops = Vec::with_capacity(graph.nodes.len());

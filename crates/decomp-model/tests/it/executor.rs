@@ -218,7 +218,10 @@ fn gate_gradients_are_the_margin_sensitivity() {
     };
     for b in 0..3 {
         for k in 0..c {
-            let m: f32 = act[(b * c + k) * hw..(b * c + k + 1) * hw].iter().sum::<f32>() / hw as f32;
+            let m: f32 = act[(b * c + k) * hw..(b * c + k + 1) * hw]
+                .iter()
+                .sum::<f32>()
+                / hw as f32;
             let want = (weight.data[k] - weight.data[c + k]) * (m - mean[k]);
             let got = grads[0][b * c + k];
             assert!(
