@@ -1268,7 +1268,7 @@ impl<'a> Builder<'a> {
         let finite = |v: Option<f32>| v.filter(|v| v.is_finite());
         let op = match (finite(min), finite(max)) {
             (None, None) => return Ok(vec![Val::Ir(x)]),
-            (Some(lo), None) if lo == 0.0 => Op::Relu,
+            (Some(0.0), None) => Op::Relu,
             (lo, hi) => Op::Clip {
                 min: lo.unwrap_or(f32::MIN),
                 max: hi.unwrap_or(f32::MAX),

@@ -397,7 +397,7 @@ pub(super) fn resolve_shape(
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} to {target:?}"));
         }
         out[i] = total / known;
