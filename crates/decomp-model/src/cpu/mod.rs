@@ -88,8 +88,7 @@ impl CpuTuning {
             tile: get("DECOMP_CPU_TILE", d.tile),
             block: get("DECOMP_CPU_BLOCK", d.block),
             winograd: var("DECOMP_CPU_WINOGRAD").map_or(d.winograd, |v| v != "0"),
-            small_kernels: var("DECOMP_CPU_SMALL_KERNELS")
-                .map_or(d.small_kernels, |v| v != "0"),
+            small_kernels: var("DECOMP_CPU_SMALL_KERNELS").map_or(d.small_kernels, |v| v != "0"),
         }
     }
 }

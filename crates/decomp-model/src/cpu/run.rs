@@ -376,7 +376,13 @@ impl CpuPlan {
     }
 
     /// Applies node `id`'s op to `n` images of argument values in storage order.
-    pub(super) fn apply(&self, id: NodeId, args: Vec<Arg<'_>>, n: usize, scratch: &mut Vec<f32>) -> Vec<f32> {
+    pub(super) fn apply(
+        &self,
+        id: NodeId,
+        args: Vec<Arg<'_>>,
+        n: usize,
+        scratch: &mut Vec<f32>,
+    ) -> Vec<f32> {
         if let POp::Concat = self.nodes[id].op {
             return self.concat(id, &args, n);
         }
