@@ -13,7 +13,8 @@ use decomp_model::{Runtime, parse_device};
 
 use crate::flags;
 
-/// Where a model comes from: a decomp IR file, a PyTorch checkpoint, or a known name.
+/// Where a model comes from: a decomp IR file, a PyTorch checkpoint, an ONNX model, or a
+/// known name.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Architecture (`resnet20`, `resnet32`, `resnet44`, `resnet56`, ...); checked against
@@ -21,12 +22,58 @@ pub struct ModelArgs {
     #[arg(long)]
     pub arch: Option<String>,
     /// Weights: a decomp `.ir` model, a PyTorch checkpoint (`.th`/`.pth` legacy or zip
-    /// `.pt`), or a known name (`akamaster/resnet20`, ...) downloaded into the cache.
+    /// `.pt`), an ONNX model (`.onnx`: any CNN of the ops decomp knows), or a known name
+    /// (`akamaster/resnet20`, ...) downloaded into the cache.
     #[arg(long)]
     pub weights: String,
     /// Cache folder for downloaded weights.
     #[arg(long, env = "DECOMP_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub onnx: OnnxFlags,
+}
+
+/// What an ONNX model may not say about itself (its metadata can: `class_names`,
+/// `input_mean`, `input_std`); the flags override the metadata.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct OnnxFlags {
+    /// ONNX models: per-channel mean of x / 255 the model was trained with, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = crate::flags::finite_f32, requires = "input_std")]
+    pub input_mean: Option<Vec<f32>>,
+    /// ONNX models: per-channel std of x / 255, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = crate::flags::finite_f32, requires = "input_mean")]
+    pub input_std: Option<Vec<f32>>,
+    /// ONNX models: class names in logit order, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub class_names: Option<Vec<String>>,
+    /// ONNX models with symbolic spatial sizes: the input as C,H,W.
+    #[arg(long, value_delimiter = ',', value_parser = crate::flags::positive_usize)]
+    pub input_shape: Option<Vec<usize>>,
+}
+
+impl OnnxFlags {
+    /// Whether any ONNX flag was given.
+    pub fn given(&self) -> bool {
+        self.input_mean.is_some() || self.class_names.is_some() || self.input_shape.is_some()
+    }
+
+    /// The import options these flags ask for.
+    pub fn options(&self) -> anyhow::Result<decomp_model::onnx::OnnxOptions> {
+        let input_shape = match self.input_shape.as_deref() {
+            None => None,
+            Some(&[c, h, w]) => Some([c, h, w]),
+            Some(v) => anyhow::bail!("--input-shape {v:?}: expected C,H,W"),
+        };
+        Ok(decomp_model::onnx::OnnxOptions {
+            input_norm: self
+                .input_mean
+                .clone()
+                .zip(self.input_std.clone())
+                .map(|(mean, std)| decomp_ir::InputNorm { mean, std }),
+            class_names: self.class_names.clone(),
+            input_shape,
+        })
+    }
 }
 
 /// Where a dataset comes from.

@@ -115,6 +115,7 @@ impl Modules {
                     arch: None,
                     weights: w.clone(),
                     cache_dir: None,
+                    onnx: Default::default(),
                 })?;
                 let h = m.content_hash();
                 if let Some((p, _)) = a

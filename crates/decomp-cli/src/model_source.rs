@@ -1,13 +1,13 @@
 //! Resolving `--weights` into an IR model, and the import/export/new-model commands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use decomp_ir::ModelIr;
 use decomp_model::import::akamaster_norm;
 use decomp_model::{ResNetConfig, parse_device};
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, OnnxFlags};
 use crate::files::{read_artifact, write_artifact};
 
 /// Parses `resnetNN` into a CIFAR-10-shaped config.
@@ -21,11 +21,21 @@ pub fn parse_arch(arch: &str, num_classes: usize) -> Result<ResNetConfig> {
     Ok(cfg)
 }
 
-/// Loads the model `--weights` names: an `.ir` artifact, a PyTorch checkpoint, or a known
-/// pretrained name fetched into the cache.
+/// Loads the model `--weights` names: an `.ir` artifact, an ONNX model, a PyTorch checkpoint,
+/// or a known pretrained name fetched into the cache.
 pub fn load_model(args: &ModelArgs) -> Result<ModelIr> {
     let path = resolve_weights(args)?;
     crate::files::input(&path);
+    if is_onnx(&path)? {
+        return decomp_model::onnx::import_onnx(&path, &args.onnx.options()?)
+            .with_context(|| format!("importing {}", path.display()));
+    }
+    if args.onnx.given() {
+        bail!(
+            "--input-mean, --input-std, --class-names and --input-shape apply to ONNX models, {} is not one",
+            path.display()
+        );
+    }
     if decomp_ir::artifact::has_magic(&path)? {
         let model: ModelIr = read_artifact(&path)?;
         if let Some(arch) = &args.arch
@@ -90,17 +100,52 @@ fn resolve_weights(args: &ModelArgs) -> Result<PathBuf> {
     )
 }
 
+/// An ONNX model: a `.onnx` file, or a protobuf that starts like one.
+fn is_onnx(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = f
+        .read(&mut head)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(decomp_model::onnx::looks_like_onnx(path, &head[..n]))
+}
+
 #[derive(clap::Args)]
 pub struct ImportArgs {
+    /// Architecture of a PyTorch checkpoint (see `--weights`); ignored for ONNX models.
+    #[arg(long)]
+    arch: Option<String>,
+    /// The model: a PyTorch checkpoint, an ONNX model, an `.ir` file or a known name.
+    #[arg(long, required_unless_present = "onnx", conflicts_with = "onnx")]
+    weights: Option<String>,
+    /// An ONNX model (same as `--weights model.onnx`).
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+    /// Cache folder for downloaded weights.
+    #[arg(long, env = "DECOMP_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
     #[command(flatten)]
-    model: ModelArgs,
+    onnx_flags: OnnxFlags,
     /// Output `.ir` file.
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn import(a: ImportArgs) -> Result<()> {
-    let model = load_model(&a.model)?;
+    let model = match &a.onnx {
+        Some(p) => {
+            crate::files::input(p);
+            decomp_model::onnx::import_onnx(p, &a.onnx_flags.options()?)
+                .with_context(|| format!("importing {}", p.display()))?
+        }
+        None => load_model(&ModelArgs {
+            arch: a.arch.clone(),
+            weights: a.weights.clone().unwrap_or_default(),
+            cache_dir: a.cache_dir.clone(),
+            onnx: a.onnx_flags.clone(),
+        })?,
+    };
     crate::files::check_output(&a.out)?;
     let hash = write_artifact(&a.out, &model)?;
     outln!(

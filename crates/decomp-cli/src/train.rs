@@ -300,6 +300,7 @@ fn initial_model(
             arch: a.arch.clone(),
             weights: init.clone(),
             cache_dir: a.cache_dir.clone(),
+            onnx: Default::default(),
         })?;
         return Ok((model, Some(init.clone())));
     }

@@ -10,8 +10,9 @@ fn numel(s: &Shape) -> usize {
 
 /// Output positions that are dead for every consumer of each node, given dead positions
 /// (`seeds`) at some nodes. A position is dead when zeroing it cannot change the graph's
-/// output through any path: through ReLU, BatchNorm and Flatten one-to-one, through
-/// global average pooling from its channel, through an Add to both inputs, through pooling
+/// output through any path: through ReLU, clip, BatchNorm and Flatten one-to-one, through
+/// global average pooling from its channel, through an Add to both inputs, through a Concat
+/// to the input that holds the channel, through pooling
 /// windows when every window containing it is dead, and, with `through_conv`, through a
 /// convolution when every output position whose receptive field contains it is dead. A
 /// node is only marked where all of its consumers agree.
@@ -65,7 +66,33 @@ fn contribution(
     let in_shape = &shapes[input];
     let out_shape = &shapes[j];
     match &graph.nodes[j].op {
-        Op::Relu | Op::BatchNorm2d { .. } | Op::Flatten | Op::Add => Some(dead_j.clone()),
+        Op::Relu | Op::Clip { .. } | Op::BatchNorm2d { .. } | Op::Flatten | Op::Add => {
+            Some(dead_j.clone())
+        }
+        Op::Concat => {
+            // Input `input` is one channel range of the output (or several, if it is
+            // concatenated more than once: dead only where every copy is dead).
+            let len = numel(in_shape);
+            let mut agreed: Option<BitSet> = None;
+            let mut offset = 0usize;
+            for &k in &graph.nodes[j].inputs {
+                let n = numel(&shapes[k]);
+                if k == input {
+                    let mut b = BitSet::new(len);
+                    for p in 0..len {
+                        if dead_j.get(offset + p) {
+                            b.set(p, true);
+                        }
+                    }
+                    match &mut agreed {
+                        None => agreed = Some(b),
+                        Some(a) => a.intersect_with(&b),
+                    }
+                }
+                offset += n;
+            }
+            agreed
+        }
         Op::GlobalAvgPool => {
             let hw = in_shape[1] * in_shape[2];
             let mut b = BitSet::new(numel(in_shape));
@@ -278,7 +305,7 @@ pub struct Cost {
     /// Multiply-accumulates of convolutions and linear layers.
     pub macs: u64,
     /// Floating-point operations: 2 per multiply-accumulate, plus 1 per output element of
-    /// each element-wise op (conv/linear bias, ReLU, Add, bias map, shortcut/gather copy), 2 for
+    /// each element-wise op (conv/linear bias, ReLU, clip, Add, bias map, shortcut/gather/concat copy), 2 for
     /// BatchNorm (scale and shift), and one per window element of pooling.
     pub flops: u64,
 }
@@ -309,7 +336,12 @@ pub fn cost(graph: &Graph, shapes: &[Shape]) -> Cost {
                 c.constants += (running_mean.numel() + running_var.numel()) as u64;
                 c.flops += 2 * out;
             }
-            Op::Relu | Op::Add | Op::ShortcutA { .. } | Op::ChannelGather { .. } => c.flops += out,
+            Op::Relu
+            | Op::Clip { .. }
+            | Op::Add
+            | Op::Concat
+            | Op::ShortcutA { .. }
+            | Op::ChannelGather { .. } => c.flops += out,
             Op::BiasMap { bias } => {
                 c.constants += bias.numel() as u64;
                 c.flops += out;

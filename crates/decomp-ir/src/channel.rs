@@ -124,6 +124,20 @@ pub fn channel_spaces(graph: &Graph, shapes: &[Shape]) -> Result<ChannelSpaces, 
                     ));
                 }
             }
+            Op::Clip { .. } => {
+                return Err(unsupported(
+                    graph,
+                    id,
+                    "clip (ReLU6) sites are not supported: a removed channel is held at a constant after a ReLU, and the clip's upper bound is not modelled",
+                ));
+            }
+            Op::Concat => {
+                return Err(unsupported(
+                    graph,
+                    id,
+                    "a concatenation places several channel spaces side by side, and a channel space here is one index range pruned as a whole",
+                ));
+            }
         }
     }
     let sites = graph.relu_inputs();

@@ -119,6 +119,16 @@ pub enum Op {
         sources: Vec<Option<usize>>,
         fill: Vec<f32>,
     },
+    /// Element-wise `min(max(x, min), max)`; `Clip { min: 0, max: 6 }` is ReLU6 (MobileNet).
+    /// A clip with `min == 0` is a rectifier: its input is a mask site like a ReLU's
+    /// ([`Op::is_rectifier`]).
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    /// Concatenation of two or more inputs along the channel axis: `[c_i, h, w]` maps of one
+    /// spatial size, or vectors `[n_i]`, in input order.
+    Concat,
 }
 
 impl Op {
@@ -138,14 +148,38 @@ impl Op {
             Op::ShortcutA { .. } => "shortcut_a",
             Op::BiasMap { .. } => "bias_map",
             Op::ChannelGather { .. } => "channel_gather",
+            Op::Clip { .. } => "clip",
+            Op::Concat => "concat",
         }
     }
 
-    fn arity(&self) -> usize {
+    /// Whether `n` inputs suit the op.
+    fn arity_ok(&self, n: usize) -> bool {
         match self {
-            Op::Input { .. } => 0,
-            Op::Add => 2,
-            _ => 1,
+            Op::Input { .. } => n == 0,
+            Op::Add => n == 2,
+            Op::Concat => n >= 2,
+            _ => n == 1,
+        }
+    }
+
+    fn arity(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "0",
+            Op::Add => "2",
+            Op::Concat => "2 or more",
+            _ => "1",
+        }
+    }
+
+    /// A ReLU, or a clip whose lower bound is 0 (ReLU6): it outputs 0 exactly where its
+    /// input is `<= 0`, so zeroing an input position that is `<= 0` changes nothing, which is
+    /// what makes the rectifier's input a mask site (METHOD.md 2.1).
+    pub fn is_rectifier(&self) -> bool {
+        match self {
+            Op::Relu => true,
+            Op::Clip { min, max } => *min == 0.0 && *max > 0.0,
+            _ => false,
         }
     }
 
@@ -253,12 +287,13 @@ impl Graph {
             .collect()
     }
 
-    /// Ids of the nodes whose output enters a ReLU: the sites of concern identification.
+    /// Ids of the nodes whose output enters a rectifier (a ReLU, or a ReLU6 clip:
+    /// [`Op::is_rectifier`]): the sites of concern identification.
     pub fn relu_inputs(&self) -> Vec<NodeId> {
         let mut sites: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|n| matches!(n.op, Op::Relu))
+            .filter(|n| n.op.is_rectifier())
             .filter_map(|n| n.inputs.first().copied())
             .collect();
         sites.sort_unstable();
@@ -291,7 +326,7 @@ impl Graph {
             if matches!(node.op, Op::Input { .. }) != (id == 0) {
                 return Err(bad("the input must be node 0 and only node 0".into()));
             }
-            if node.inputs.len() != node.op.arity() {
+            if !node.op.arity_ok(node.inputs.len()) {
                 return Err(bad(format!(
                     "expects {} inputs, found {}",
                     node.op.arity(),
@@ -329,6 +364,22 @@ impl Graph {
         }
         Ok(shapes)
     }
+}
+
+/// Output shape of `op` applied to inputs of shapes `ins`, checked as [`Graph::validate`]
+/// checks a node (arity, tensor shapes and values, sizes within [`crate::limits`]); for
+/// builders that need each node's shape while they build.
+pub fn node_shape(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
+    if !op.arity_ok(ins.len()) {
+        return Err(format!(
+            "expects {} inputs, found {}",
+            op.arity(),
+            ins.len()
+        ));
+    }
+    let shape = infer(op, ins)?;
+    within_limits(&shape)?;
+    Ok(shape)
 }
 
 /// Values a node's output holds per image, checked against [`MAX_NODE_VALUES`] and (for
@@ -490,6 +541,32 @@ fn infer(op: &Op, ins: &[&Shape]) -> Result<Shape, String> {
             ins[0].clone()
         }
         Op::Relu => ins[0].clone(),
+        Op::Clip { min, max } => {
+            if !min.is_finite() || !max.is_finite() || min >= max {
+                return Err(format!(
+                    "bounds [{min}, {max}]: expected finite numbers with min < max"
+                ));
+            }
+            ins[0].clone()
+        }
+        Op::Concat => {
+            let first = ins[0];
+            let mut channels = 0usize;
+            for s in ins {
+                if !matches!(s.len(), 1 | 3) || s.len() != first.len() || s[1..] != first[1..] {
+                    return Err(format!(
+                        "inputs must be [c, h, w] maps of one spatial size or vectors, found {:?}",
+                        ins
+                    ));
+                }
+                channels = channels
+                    .checked_add(s[0])
+                    .ok_or("channel count overflows")?;
+            }
+            let mut out = first.clone();
+            out[0] = channels;
+            out
+        }
         Op::Add => {
             if ins[0] != ins[1] {
                 return Err(format!("input shapes differ: {:?} vs {:?}", ins[0], ins[1]));

@@ -40,7 +40,7 @@ pub use channel_module::{
     Compensation, SiteChannelStats, UnconcernedStats,
 };
 pub use error::IrError;
-pub use graph::{Graph, Node, NodeId, Op, Shape, TensorData, checked_product};
+pub use graph::{Graph, Node, NodeId, Op, Shape, TensorData, checked_product, node_shape};
 pub use mask::{BitSet, NodeMask};
 pub use model::{InputNorm, ModelIr, ModelMeta};
 pub use module::{

@@ -45,6 +45,8 @@ pub enum ModelError {
     },
     #[error("training: {0}")]
     Train(String),
+    #[error("{path}: ONNX import: {msg}")]
+    Onnx { path: PathBuf, msg: String },
     #[error("{path}: cannot export: {msg}")]
     Export { path: PathBuf, msg: String },
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`ResNetConfig`] builds CIFAR ResNets (20/32/44/56, with or without BatchNorm,
 //!   option-A or option-B shortcuts, any class count, 32x32 or 64x64 input) as [`ModelIr`].
-//! - [`import`] reads PyTorch checkpoints (legacy pickle and zip) into IR.
+//! - [`import`] reads PyTorch checkpoints (legacy pickle and zip) into IR; [`onnx`] reads
+//!   ONNX models of any CNN whose ops the IR has (VGG, MobileNetV2, ResNets, ...).
 //! - [`Executor`] runs any valid IR graph on a burn [`Device`], batched, and can capture
 //!   node outputs (pre-activations for concern identification) and apply node masks.
 //! - [`burn_resnet`] is a plain burn `Module` ResNet: the baseline the executor is
@@ -29,6 +30,7 @@ mod error;
 mod executor;
 pub mod import;
 mod linalg;
+pub mod onnx;
 pub mod resnet;
 mod runtime;
 pub mod train;

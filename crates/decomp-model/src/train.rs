@@ -394,6 +394,19 @@ fn cpu_engine(
     Ok(engine.map(|g| g.with_tuning(tuning)))
 }
 
+/// Why a model neither training engine takes cannot be trained: burn autodiff builds CIFAR
+/// ResNets only, and the CPU engine differentiates a fixed set of ops (an imported VGG or
+/// MobileNet decomposes and composes, but does not train).
+fn untrainable(model: &ModelIr, burn: ModelError) -> ModelError {
+    let cpu = GradEngine::new(model.clone())
+        .err()
+        .map_or_else(String::new, |e| format!("; CPU training engine: {e}"));
+    ModelError::Train(format!(
+        "{} cannot be trained: burn-autodiff training builds CIFAR ResNets only ({burn}){cpu}",
+        model.meta.arch
+    ))
+}
+
 /// The name (`DECOMP_ENGINE` value) of an engine that wrote optimizer state (for errors).
 fn engine_name(cpu: bool) -> &'static str {
     if cpu { "cpu" } else { "burn" }
@@ -450,7 +463,10 @@ impl Trainer {
                 optim: CpuOptimizer::new(config.optimizer.clone()),
             },
             None => Backend::Burn {
-                model: Some(ResNet::from_ir(&init, &device.clone().autodiff())?),
+                model: Some(
+                    ResNet::from_ir(&init, &device.clone().autodiff())
+                        .map_err(|e| untrainable(&init, e))?,
+                ),
                 optim: config.optimizer(),
             },
         };
@@ -553,10 +569,10 @@ impl Trainer {
                 optim: CpuOptimizer::from_bytes(config.optimizer.clone(), &checkpoint.optimizer)?,
             },
             None => Backend::Burn {
-                model: Some(ResNet::from_ir(
-                    &checkpoint.model,
-                    &device.clone().autodiff(),
-                )?),
+                model: Some(
+                    ResNet::from_ir(&checkpoint.model, &device.clone().autodiff())
+                        .map_err(|e| untrainable(&checkpoint.model, e))?,
+                ),
                 optim: config
                     .optimizer()
                     .from_bytes(Bytes::from_bytes_vec(checkpoint.optimizer))

@@ -66,7 +66,9 @@ fn plan_flops(model: &ModelIr, shapes: &[Shape], spaces: &ChannelSpaces, kept: &
             }
             Op::BatchNorm2d { .. } => (2 * out) as f64,
             Op::Relu
+            | Op::Clip { .. }
             | Op::Add
+            | Op::Concat
             | Op::ShortcutA { .. }
             | Op::ChannelGather { .. }
             | Op::BiasMap { .. } => out as f64,

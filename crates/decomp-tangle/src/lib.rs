@@ -268,11 +268,17 @@ pub fn modularize(
     let dead = dead
         .into_iter()
         .enumerate()
-        // ReLU / pooling / flatten outputs follow from their inputs; the input is not a layer.
+        // ReLU / clip / concat / pooling / flatten outputs follow from their inputs; the
+        // input is not a layer.
         .filter(|(id, _)| {
             !matches!(
                 g.nodes[*id].op,
-                Op::Input { .. } | Op::Relu | Op::GlobalAvgPool | Op::Flatten
+                Op::Input { .. }
+                    | Op::Relu
+                    | Op::Clip { .. }
+                    | Op::Concat
+                    | Op::GlobalAvgPool
+                    | Op::Flatten
             )
         })
         .map(|(node, mut zeroed)| {

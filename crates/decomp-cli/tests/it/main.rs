@@ -4,6 +4,7 @@ mod channel;
 mod cli;
 mod hardening;
 mod numerics;
+mod onnx;
 mod pipeline;
 mod reuse;
 mod support;

@@ -5,7 +5,7 @@ use super::*;
 
 impl CpuPlan {
     /// Compiles `model` (already validated, with node output shapes `shapes`); `None` when it
-    /// uses something this plan does not run (grouped convolutions, ops added later).
+    /// uses something this plan does not run (ops added later).
     pub(crate) fn new(model: &ModelIr, shapes: &[Shape], tuning: CpuTuning) -> Option<Self> {
         Self::compile(model, shapes, tuning, true)
     }
@@ -40,6 +40,14 @@ impl CpuPlan {
             let pnode = match &node.op {
                 Op::Input { .. } => PNode {
                     op: POp::Input,
+                    inputs,
+                },
+                Op::Conv2d { groups, .. } if *groups > 1 => PNode {
+                    op: POp::Grouped(grouped::Grouped::new(
+                        &node.op,
+                        &shapes[inputs[0]],
+                        &shapes[id],
+                    )?),
                     inputs,
                 },
                 Op::Conv2d { .. } if fold_into.contains_key(&id) => PNode {
@@ -174,6 +182,17 @@ impl CpuPlan {
                         sources: sources.clone(),
                         fill: fill.clone(),
                     },
+                    inputs,
+                },
+                Op::Clip { min, max } => PNode {
+                    op: POp::Clip {
+                        min: *min,
+                        max: *max,
+                    },
+                    inputs,
+                },
+                Op::Concat => PNode {
+                    op: POp::Concat,
                     inputs,
                 },
                 // Ops this plan does not know run on the reference path.

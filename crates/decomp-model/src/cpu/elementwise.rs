@@ -79,7 +79,11 @@ pub(super) fn bn_grad_sums<'a, S: macerator::Simd>(
             }
             Some(y) => {
                 let yr = &y[start..start + xr.len()];
-                for ((px, dp), yp) in xr.chunks_exact(c).zip(dr.chunks_exact(c)).zip(yr.chunks_exact(c)) {
+                for ((px, dp), yp) in xr
+                    .chunks_exact(c)
+                    .zip(dr.chunks_exact(c))
+                    .zip(yr.chunks_exact(c))
+                {
                     for ch in 0..c {
                         let d = if yp[ch] <= 0.0 { 0.0 } else { dp[ch] };
                         rd[ch] += d;
@@ -100,13 +104,24 @@ pub(super) fn bn_grad_sums<'a, S: macerator::Simd>(
 /// following ReLU, fused), appended to `out`.
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
-pub(super) fn affine<S: macerator::Simd>(x: &[f32], a: &[f32], b: &[f32], relu: bool, out: &mut Vec<f32>) {
+pub(super) fn affine<S: macerator::Simd>(
+    x: &[f32],
+    a: &[f32],
+    b: &[f32],
+    relu: bool,
+    out: &mut Vec<f32>,
+) {
     let c = a.len();
     let b = &b[..c];
     out.reserve(x.len());
     for px in x.chunks_exact(c) {
         if relu {
-            out.extend(px.iter().zip(a).zip(b).map(|((&v, &s), &t)| (v * s + t).max(0.0)));
+            out.extend(
+                px.iter()
+                    .zip(a)
+                    .zip(b)
+                    .map(|((&v, &s), &t)| (v * s + t).max(0.0)),
+            );
         } else {
             out.extend(px.iter().zip(a).zip(b).map(|((&v, &s), &t)| v * s + t));
         }
@@ -138,7 +153,11 @@ pub(super) fn affine2<'a, S: macerator::Simd>(
             }
         }
         Some(y) => {
-            for ((dp, px), yp) in dy.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(y.chunks_exact(c)) {
+            for ((dp, px), yp) in dy
+                .chunks_exact_mut(c)
+                .zip(x.chunks_exact(c))
+                .zip(y.chunks_exact(c))
+            {
                 for ch in 0..c {
                     let d = if yp[ch] <= 0.0 { 0.0 } else { dp[ch] };
                     dp[ch] = a[ch] * d + k[ch] * px[ch] + b[ch];

@@ -716,8 +716,7 @@ impl Pass<'_> {
         if wino_dw {
             for co in 0..cout {
                 for ci in 0..cin {
-                    let du: [f32; 16] =
-                        std::array::from_fn(|xi| dwt[(xi * cout + co) * cin + ci]);
+                    let du: [f32; 16] = std::array::from_fn(|xi| dwt[(xi * cout + co) * cin + ci]);
                     dw[(co * cin + ci) * 9..][..9].copy_from_slice(&wino_weight_grad(&du));
                 }
             }
@@ -835,7 +834,9 @@ fn fused_relus(g: &decomp_ir::Graph) -> Vec<Option<NodeId>> {
         .iter()
         .enumerate()
         .map(|(id, node)| match (&node.op, readers[id].as_slice()) {
-            (Op::BatchNorm2d { .. }, &[r]) if matches!(g.nodes[r].op, Op::Relu) && id != g.output => {
+            (Op::BatchNorm2d { .. }, &[r])
+                if matches!(g.nodes[r].op, Op::Relu) && id != g.output =>
+            {
                 Some(r)
             }
             _ => None,

@@ -43,7 +43,13 @@ pub(super) fn fma_available() -> bool {
 /// accumulators are separate variables so they stay in vector registers while the input
 /// channels stream through (`mul_add` is one FMA in the SIMD-dispatched instantiation). This
 /// beats the general `gemm` call here, where `cin` is only 16 to 64 and each call is small.
-pub(super) fn wino_gemm_simd<const C: usize>(cin: usize, rows: usize, v: &[f32], u: &[f32], m: &mut [f32]) {
+pub(super) fn wino_gemm_simd<const C: usize>(
+    cin: usize,
+    rows: usize,
+    v: &[f32],
+    u: &[f32],
+    m: &mut [f32],
+) {
     for xi in 0..16 {
         let g = Small {
             rows,
@@ -190,8 +196,12 @@ pub(super) fn tn_gemm<S: macerator::Simd, const C: usize>(
     };
     let mut r0 = 0;
     while r0 + 4 <= rows {
-        let (mut a0, mut a1, mut a2, mut a3) =
-            (load(dst, r0), load(dst, r0 + 1), load(dst, r0 + 2), load(dst, r0 + 3));
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            load(dst, r0),
+            load(dst, r0 + 1),
+            load(dst, r0 + 2),
+            load(dst, r0 + 3),
+        );
         for kk in 0..k {
             let w: &[f32; C] = rhs[kk * rhs_rs..][..C].try_into().expect("C columns");
             let x: &[f32; 4] = lhs[kk * lhs_rs + r0..][..4].try_into().expect("4 rows");
@@ -245,7 +255,6 @@ pub(super) fn tn_product(g: Tn, n: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f
     true
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,7 +286,8 @@ mod tests {
                         let want: f64 = f64::from(start[r * n + o])
                             + (0..k)
                                 .map(|kk| {
-                                    f64::from(lhs[kk * lhs_rs + r]) * f64::from(rhs[kk * rhs_rs + o])
+                                    f64::from(lhs[kk * lhs_rs + r])
+                                        * f64::from(rhs[kk * rhs_rs + o])
                                 })
                                 .sum::<f64>();
                         let got = f64::from(dst[r * n + o]);

@@ -16,7 +16,8 @@
 //! folding, weight layout), `run` executes it (tiles, probes, module branches, every op but
 //! convolutions), `conv` runs convolutions (Winograd or im2col + product), `winograd` holds
 //! the F(2x2, 3x3) transforms, `kernels` the register-blocked products, `layout` the
-//! conversions between channel-first and channels-last positions. Training: `grad`
+//! conversions between channel-first and channels-last positions, `grouped` the grouped and
+//! depthwise convolutions. Training: `grad`
 //! (`GradEngine`: training-mode forward and backward on an unfolded plan, the loss and
 //! every parameter's gradient) and `optim` (`CpuOptimizer`: SGD and Adam with burn's
 //! arithmetic).
@@ -31,6 +32,7 @@ mod compile;
 mod conv;
 mod elementwise;
 pub mod grad;
+mod grouped;
 mod kernels;
 mod layout;
 pub mod optim;
@@ -86,8 +88,7 @@ impl CpuTuning {
             tile: get("DECOMP_CPU_TILE", d.tile),
             block: get("DECOMP_CPU_BLOCK", d.block),
             winograd: var("DECOMP_CPU_WINOGRAD").map_or(d.winograd, |v| v != "0"),
-            small_kernels: var("DECOMP_CPU_SMALL_KERNELS")
-                .map_or(d.small_kernels, |v| v != "0"),
+            small_kernels: var("DECOMP_CPU_SMALL_KERNELS").map_or(d.small_kernels, |v| v != "0"),
         }
     }
 }
@@ -155,6 +156,15 @@ enum POp {
         sources: Vec<Option<usize>>,
         fill: Vec<f32>,
     },
+    /// `min(max(x, min), max)` (ReLU6).
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    /// Channel concatenation: per pixel, the inputs' channel vectors one after another.
+    Concat,
+    /// A grouped convolution (`grouped.rs`): depthwise stencil or one product per group.
+    Grouped(grouped::Grouped),
 }
 
 struct PNode {

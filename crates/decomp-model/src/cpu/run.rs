@@ -307,27 +307,36 @@ impl CpuPlan {
                         }
                     }
                     ins => {
-                        // Two-input op: one output per pair of input branches sharing a module.
-                        let a = values[ins[0]].as_ref().expect("inputs computed before use");
-                        let b = values[ins[1]].as_ref().expect("inputs computed before use");
-                        let mut out = Vec::new();
-                        for (sa, va) in a {
-                            for (sb, vb) in b {
-                                let set = sa & sb;
-                                if set != 0 {
-                                    out.push((
-                                        set,
-                                        self.apply(
-                                            id,
-                                            vec![Arg::Borrowed(va), Arg::Borrowed(vb)],
-                                            1,
-                                            &mut scratch,
-                                        ),
-                                    ));
+                        // Multi-input op: one output per combination of input branches (one
+                        // of each input) sharing a module.
+                        let inputs: Vec<&Branches> = ins
+                            .iter()
+                            .map(|&i| values[i].as_ref().expect("inputs computed before use"))
+                            .collect();
+                        let mut combos: Vec<(u64, Vec<&[f32]>)> = inputs[0]
+                            .iter()
+                            .map(|(set, v)| (*set, vec![v.as_slice()]))
+                            .collect();
+                        for branches in &inputs[1..] {
+                            let mut next = Vec::new();
+                            for (set, vs) in &combos {
+                                for (sb, vb) in branches.iter() {
+                                    if set & sb != 0 {
+                                        let mut vs = vs.clone();
+                                        vs.push(vb.as_slice());
+                                        next.push((set & sb, vs));
+                                    }
                                 }
                             }
+                            combos = next;
                         }
-                        out
+                        combos
+                            .into_iter()
+                            .map(|(set, vs)| {
+                                let args = vs.into_iter().map(Arg::Borrowed).collect();
+                                (set, self.apply(id, args, 1, &mut scratch))
+                            })
+                            .collect()
                     }
                 },
             };
@@ -367,7 +376,16 @@ impl CpuPlan {
     }
 
     /// Applies node `id`'s op to `n` images of argument values in storage order.
-    pub(super) fn apply(&self, id: NodeId, args: Vec<Arg<'_>>, n: usize, scratch: &mut Vec<f32>) -> Vec<f32> {
+    pub(super) fn apply(
+        &self,
+        id: NodeId,
+        args: Vec<Arg<'_>>,
+        n: usize,
+        scratch: &mut Vec<f32>,
+    ) -> Vec<f32> {
+        if let POp::Concat = self.nodes[id].op {
+            return self.concat(id, &args, n);
+        }
         let mut args = args.into_iter();
         let mut arg = || args.next().expect("arity checked by validation");
         let in_shape = |k: usize| &self.shapes[self.nodes[id].inputs[k]];
@@ -396,6 +414,15 @@ impl CpuPlan {
                 }
                 v
             }
+            POp::Clip { min, max } => {
+                let mut v = arg().into_owned();
+                for x in &mut v {
+                    *x = x.clamp(*min, *max);
+                }
+                v
+            }
+            POp::Concat => unreachable!("concatenation is applied above"),
+            POp::Grouped(g) => self.grouped(g, arg().as_slice(), n, scratch),
             POp::Add => {
                 let (a, b) = (arg(), arg());
                 let (mut acc, other) = match (a, b) {
@@ -562,5 +589,24 @@ impl CpuPlan {
                 out
             }
         }
+    }
+}
+
+impl CpuPlan {
+    /// Channel concatenation of `n` images in storage order: per pixel, each input's
+    /// channel vector in input order.
+    fn concat(&self, id: NodeId, args: &[Arg<'_>], n: usize) -> Vec<f32> {
+        let [co, h, w] = chw(&self.shapes[id]);
+        let pixels = n * h * w;
+        let mut out = vec![0.0f32; pixels * co];
+        let mut offset = 0;
+        for (&i, a) in self.nodes[id].inputs.iter().zip(args) {
+            let c = chw(&self.shapes[i])[0];
+            for (src, dst) in a.as_slice().chunks_exact(c).zip(out.chunks_exact_mut(co)) {
+                dst[offset..offset + c].copy_from_slice(src);
+            }
+            offset += c;
+        }
+        out
     }
 }

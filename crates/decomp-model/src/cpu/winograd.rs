@@ -158,7 +158,14 @@ pub(super) fn butterfly_in(d0: &[f32], d1: &[f32], d2: &[f32], d3: &[f32], out: 
 /// [`butterfly_in`] for one column `q` of a patch given pixel by pixel: `stage[a][q] = (B^T
 /// d)[a][q]` for the column's four pixels `d0..d3` (`stage` is `[4][4][c]`).
 #[inline(always)]
-fn butterfly_in_column(d0: &[f32], d1: &[f32], d2: &[f32], d3: &[f32], stage: &mut [f32], q: usize) {
+fn butterfly_in_column(
+    d0: &[f32],
+    d1: &[f32],
+    d2: &[f32],
+    d3: &[f32],
+    stage: &mut [f32],
+    q: usize,
+) {
     let c = d0.len();
     let (d1, d2, d3) = (&d1[..c], &d2[..c], &d3[..c]);
     let (o0, rest) = stage[q * c..].split_at_mut(4 * c);
@@ -283,7 +290,12 @@ fn butterfly_grad(y0: &[f32], y1: &[f32], out: &mut [f32]) {
 /// `du[a * 4 + b]` (the adjoint of the forward's `U = G g G^T`), as `[ky * 3 + kx]`.
 pub(super) fn wino_weight_grad(du: &[f32; 16]) -> [f32; 9] {
     // G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]; rows of G^T are its columns.
-    const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+    const G: [[f32; 3]; 4] = [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ];
     // r[a][kx] = sum over b of du[a][b] G[b][kx].
     let mut r = [[0.0f32; 3]; 4];
     for (a, ra) in r.iter_mut().enumerate() {

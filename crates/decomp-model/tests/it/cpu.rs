@@ -172,42 +172,65 @@ fn resnets_agree_with_burn_engine() {
 /// convolution has two readers), max and average pooling with padding, a strided 1x1
 /// convolution, flattening a map wider than 1x1, a residual Add of two BatchNorms, option-A
 /// shortcut with uneven padding, masks on several kinds of node.
+/// Deterministic test values `sin(0.37 i + seed) / 2`.
+fn wave(shape: Vec<usize>, seed: f32) -> TensorData {
+    let n = shape.iter().product::<usize>();
+    TensorData::new(
+        shape,
+        (0..n)
+            .map(|i| ((i as f32) * 0.37 + seed).sin() * 0.5)
+            .collect(),
+    )
+    .expect("tensor")
+}
+
+/// Positive test values (BatchNorm scales and variances).
+fn positive(n: usize, seed: f32) -> TensorData {
+    TensorData::new(
+        vec![n],
+        (0..n)
+            .map(|i| 0.6 + ((i as f32) + seed).cos().abs())
+            .collect(),
+    )
+    .expect("tensor")
+}
+
+/// A `k`x`k` convolution from `i` to `o` channels in `g` groups.
+#[allow(clippy::too_many_arguments)]
+fn conv_op(
+    o: usize,
+    i: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    g: usize,
+    seed: f32,
+    bias: bool,
+) -> Op {
+    Op::Conv2d {
+        weight: wave(vec![o, i / g, k, k], seed),
+        bias: bias.then(|| wave(vec![o], seed + 1.0)),
+        stride: [s, s],
+        padding: [p, p],
+        groups: g,
+    }
+}
+
+fn bn_op(c: usize, seed: f32) -> Op {
+    Op::BatchNorm2d {
+        gamma: positive(c, seed),
+        beta: wave(vec![c], seed + 2.0),
+        running_mean: wave(vec![c], seed + 3.0),
+        running_var: positive(c, seed + 4.0),
+        eps: 1e-5,
+    }
+}
+
 #[test]
 fn odd_graph_agrees_with_burn_engine() {
-    let t = |shape: Vec<usize>, seed: f32| {
-        let n = shape.iter().product::<usize>();
-        TensorData::new(
-            shape,
-            (0..n)
-                .map(|i| ((i as f32) * 0.37 + seed).sin() * 0.5)
-                .collect(),
-        )
-        .expect("tensor")
-    };
-    let pos = |n: usize, seed: f32| {
-        TensorData::new(
-            vec![n],
-            (0..n)
-                .map(|i| 0.6 + ((i as f32) + seed).cos().abs())
-                .collect(),
-        )
-        .expect("tensor")
-    };
-    let conv =
-        |o: usize, i: usize, k: usize, s: usize, p: usize, seed: f32, bias: bool| Op::Conv2d {
-            weight: t(vec![o, i, k, k], seed),
-            bias: bias.then(|| t(vec![o], seed + 1.0)),
-            stride: [s, s],
-            padding: [p, p],
-            groups: 1,
-        };
-    let bn = |c: usize, seed: f32| Op::BatchNorm2d {
-        gamma: pos(c, seed),
-        beta: t(vec![c], seed + 2.0),
-        running_mean: t(vec![c], seed + 3.0),
-        running_var: pos(c, seed + 4.0),
-        eps: 1e-5,
-    };
+    let t = wave;
+    let conv = |o, i, k, s, p, seed, bias| conv_op(o, i, k, s, p, 1, seed, bias);
+    let bn = bn_op;
     let mut g = Graph::new([3, 11, 9]);
     let c1 = g.push("c1", conv(6, 3, 3, 1, 1, 0.1, true), vec![0]); // [6, 11, 9]
     let b1 = g.push("b1", bn(6, 0.2), vec![c1]); // c1 has two readers: not folded
@@ -398,24 +421,116 @@ fn forward_active_agrees_with_burn_engine() {
     }
 }
 
+/// The ops of issue 20 (grouped and depthwise convolutions, ReLU6 clips, channel and vector
+/// concatenations) on both engines: logits, captures of every node, masks at the clip
+/// inputs, one branching pass over several modules, and activity bits.
 #[test]
-fn cpu_engine_is_refused_where_it_cannot_run() {
-    let mut model = ResNetConfig::new(8, 4).build().expect("build");
-    if let Some(Op::Conv2d { groups, weight, .. }) = model.graph.nodes.iter_mut().map(|n| &mut n.op).find(|op| {
-        matches!(op, Op::Conv2d { weight, .. } if weight.shape[0] == 16 && weight.shape[1] == 16)
-    }) {
-        *groups = 2;
-        weight.shape[1] = 8;
-        weight.data.truncate(weight.data.len() / 2);
+fn grouped_depthwise_clip_and_concat_agree_with_burn_engine() {
+    let (t, conv, bn) = (wave, conv_op, bn_op);
+    let relu6 = Op::Clip { min: 0.0, max: 6.0 };
+    let mut g = Graph::new([3, 13, 11]);
+    let c1 = g.push("c1", conv(12, 3, 3, 1, 1, 1, 0.1, false), vec![0]); // [12, 13, 11]
+    let b1 = g.push("b1", bn(12, 0.2), vec![c1]);
+    let r1 = g.push("r1", relu6.clone(), vec![b1]);
+    let dw = g.push("dw", conv(12, 12, 3, 2, 1, 12, 0.3, false), vec![r1]); // depthwise, stride 2: [12, 7, 6]
+    let b2 = g.push("b2", bn(12, 0.4), vec![dw]);
+    let r2 = g.push("r2", relu6.clone(), vec![b2]);
+    let gc = g.push("gc", conv(8, 12, 1, 1, 0, 4, 0.5, true), vec![r2]); // 4 groups of 3 -> 2: [8, 7, 6]
+    let dwb = g.push("dwb", conv(12, 12, 5, 1, 2, 12, 0.6, true), vec![r2]); // depthwise 5x5 with bias
+    let cat = g.push("cat", Op::Concat, vec![gc, dwb, r2]); // [32, 7, 6]
+    let r3 = g.push("r3", Op::Relu, vec![cat]);
+    let proj = g.push("proj", conv(12, 32, 1, 1, 0, 1, 0.7, false), vec![r3]); // linear projection
+    let b3 = g.push("b3", bn(12, 0.8), vec![proj]);
+    let add = g.push("add", Op::Add, vec![b3, r2]);
+    let gx = g.push("g6", conv(12, 12, 3, 1, 1, 3, 0.9, false), vec![add]); // 3 groups of 4 -> 4
+    let gp = g.push("gp", Op::GlobalAvgPool, vec![gx]);
+    let fl = g.push("fl", Op::Flatten, vec![gp]); // [12]
+    let fc = g.push(
+        "fc",
+        Op::Linear {
+            weight: t(vec![6, 12], 1.0),
+            bias: Some(t(vec![6], 1.1)),
+        },
+        vec![fl],
+    );
+    let clip = g.push(
+        "clip",
+        Op::Clip {
+            min: -0.2,
+            max: 0.3,
+        },
+        vec![fc],
+    );
+    let vcat = g.push("vcat", Op::Concat, vec![clip, fl, fc]); // [24]
+    g.push(
+        "head",
+        Op::Linear {
+            weight: t(vec![4, 24], 1.2),
+            bias: None,
+        },
+        vec![vcat],
+    );
+    let model = ModelIr {
+        meta: ModelMeta {
+            arch: "mobile".into(),
+            class_names: (0..4).map(|i| format!("c{i}")).collect(),
+            input_norm: InputNorm {
+                mean: vec![0.0; 3],
+                std: vec![1.0; 3],
+            },
+            source: "test".into(),
+        },
+        graph: g,
+    };
+    let (cpu, burn) = engines(&model);
+    let all: Vec<NodeId> = (0..model.graph.nodes.len()).filter(|&i| i != c1).collect(); // c1 folds into b1
+    check_probe(&model, 5, &all, &[], "mobile graph");
+    let sites = model.graph.relu_inputs();
+    assert_eq!(
+        sites,
+        vec![b1, b2, cat],
+        "clip at 0 and ReLU inputs; the [-0.2, 0.3] clip is no site"
+    );
+    let masks: Vec<NodeMask> = sites
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| pattern_mask(&cpu, s, k + 2, k))
+        .collect();
+    check_probe(&model, 3, &all, &masks, "mobile graph, masked");
+    let x = input(6, [3, 13, 11], 0.4);
+    let other: Vec<NodeMask> = vec![pattern_mask(&cpu, cat, 1, 1)];
+    let modules: Vec<&[NodeMask]> = vec![&[], &masks, &other];
+    let (mc, mb) = (
+        cpu.compile_module_masks(&modules).expect("m"),
+        burn.compile_module_masks(&modules).expect("m"),
+    );
+    let got = cpu
+        .forward_modules(x.clone(), &mc, vcat)
+        .expect("cpu modules");
+    let want = burn
+        .forward_modules(x.clone(), &mb, vcat)
+        .expect("burn modules");
+    for (m, (a, b)) in got.iter().zip(&want).enumerate() {
+        let d = max_abs_diff(a, b);
+        assert!(d < TOL, "module {m}: engines differ by {d}");
     }
-    let device = Device::flex();
-    let err = Executor::with_engine(&model, &device, Engine::Cpu)
-        .err()
-        .expect("grouped conv");
-    assert!(err.to_string().contains("cpu engine"), "{err}");
-    // Auto falls back to burn ops for the same graph.
-    let exec = Executor::with_engine(&model, &device, Engine::Auto).expect("auto");
-    assert_eq!(exec.engine(), Engine::Burn);
+    assert!(
+        max_abs_diff(&got[0], &got[1]) > 1e-3,
+        "masks must change something"
+    );
+    let (fa, fb) = (
+        cpu.forward_active(x.clone(), &sites).expect("a"),
+        burn.forward_active(x, &sites).expect("b"),
+    );
+    let mut acc = [Vec::new(), Vec::new()];
+    for (slot, (e, f)) in acc.iter_mut().zip([(&cpu, &fa), (&burn, &fb)]) {
+        *slot = sites
+            .iter()
+            .map(|&s| BitSet::new(e.shapes()[s].iter().product()))
+            .collect::<Vec<_>>();
+        e.accumulate(f, None, slot);
+    }
+    assert_eq!(acc[0], acc[1]);
 }
 
 /// The pretrained ResNet-20: the CPU plan equals the burn reference within 1e-4 on real

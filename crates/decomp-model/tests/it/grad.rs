@@ -439,7 +439,10 @@ fn check_optimizer(
             let d = (f64::from(x) - f64::from(y)).abs();
             if flags.is_some_and(|f| f[i]) {
                 loose += 1;
-                assert!(d <= lr, "{label}: {name}[{i}] moved {d:.2e} from burn's, beyond lr");
+                assert!(
+                    d <= lr,
+                    "{label}: {name}[{i}] moved {d:.2e} from burn's, beyond lr"
+                );
                 continue;
             }
             if d > worst {
@@ -488,8 +491,26 @@ fn optimizer_steps_equal_burn() {
     // burn's 3.18e-4 with Winograd weight gradients).
     let default = CpuTuning::default();
     let adam = keras_adam();
-    check_optimizer("no-bn resnet20 adam", &no_bn, &batch, adam, 1e-3, 1, default, Some(1e-6));
-    check_optimizer("no-bn resnet20 sgd", &no_bn, &batch, he2016_sgd(), 0.01, 2, default, None);
+    check_optimizer(
+        "no-bn resnet20 adam",
+        &no_bn,
+        &batch,
+        adam,
+        1e-3,
+        1,
+        default,
+        Some(1e-6),
+    );
+    check_optimizer(
+        "no-bn resnet20 sgd",
+        &no_bn,
+        &batch,
+        he2016_sgd(),
+        0.01,
+        2,
+        default,
+        None,
+    );
     let bn = ResNetConfig::new(8, 5)
         .with_shortcut(Shortcut::B)
         .with_seed(4)

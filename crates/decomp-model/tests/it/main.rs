@@ -3,6 +3,7 @@
 mod cpu;
 mod executor;
 mod grad;
+mod onnx;
 mod real;
 mod torch_zip;
 mod train;
