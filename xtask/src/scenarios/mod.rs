@@ -12,6 +12,7 @@ mod co2e;
 mod eval;
 mod format;
 mod frontier;
+mod paper;
 mod table1;
 mod table2;
 mod table3;

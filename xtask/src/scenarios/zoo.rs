@@ -18,7 +18,7 @@ use decomp_eval::report::{ModelEval, TrainMetrics};
 
 use super::Run;
 use super::format::fixed2;
-use super::table1::PAPER_TABLE1;
+use super::paper::PAPER_TABLE1;
 use super::units::PlannedEpochs;
 use crate::engine::{read, write_report};
 use crate::manifest::{Manifest, ZooSpec};
