@@ -101,6 +101,10 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    // The one place xtask's downloads read the environment (DECOMP_OFFLINE, DECOMP_MIRROR).
+    decomp_data::fetch::configure(decomp_data::fetch::FetchSettings::from_vars(|k| {
+        std::env::var_os(k)
+    }));
     match Cli::parse().cmd {
         Cmd::RunExperiment {
             name,
@@ -120,16 +124,18 @@ fn main() -> Result<()> {
             runs,
             slurm,
         } => {
+            let env = |k: &str| std::env::var_os(k);
             if offline {
                 decomp_data::fetch::set_offline();
             }
-            let data = DataRoot::resolve(data_dir.as_deref(), &engine::root());
+            let data = DataRoot::resolve_from(data_dir.as_deref(), &engine::root(), env);
             let models_dir = models_dir.unwrap_or_else(|| {
-                let d = decomp_data::locate::shared_dir(&engine::root()).join("models/cifar10");
+                let d = decomp_data::locate::shared_dir_from(&engine::root(), env)
+                    .join("models/cifar10");
                 if d.is_dir() {
                     d
                 } else {
-                    decomp_data::fetch::default_cache_dir()
+                    decomp_data::fetch::cache_dir_from(env)
                 }
             });
             // Everything the experiment reads is fetched first: a missing dataset fails here,
@@ -231,7 +237,10 @@ fn fetch_needs(name: &str, data: &DataRoot, models_dir: &Path) -> Result<Vec<Pat
                 models_dir.join(file)
             }
             None if decomp_data::fetch::pretrained(&w).is_some() => {
-                decomp_data::fetch::fetch_weights(&w, &decomp_data::fetch::default_cache_dir())?
+                decomp_data::fetch::fetch_weights(
+                    &w,
+                    &decomp_data::fetch::cache_dir_from(|k| std::env::var_os(k)),
+                )?
             }
             None => PathBuf::from(w),
         };

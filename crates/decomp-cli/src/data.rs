@@ -49,7 +49,7 @@ pub fn data_file(args: &DataArgs) -> Option<&PathBuf> {
 /// working directory when present, else the user cache.
 pub fn data_root(flag: Option<&Path>) -> Result<DataRoot> {
     let cwd = std::env::current_dir().context("reading the working directory")?;
-    Ok(DataRoot::resolve(flag, &cwd))
+    Ok(DataRoot::resolve_from(flag, &cwd, |k| std::env::var_os(k)))
 }
 
 /// Registers the files and folders `args` reads as inputs of the command (`crate::files`),

@@ -109,6 +109,10 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // The one place the CLI's downloads read the environment (DECOMP_OFFLINE, DECOMP_MIRROR).
+    decomp_data::fetch::configure(decomp_data::fetch::FetchSettings::from_vars(|k| {
+        std::env::var_os(k)
+    }));
     if cli.offline {
         decomp_data::fetch::set_offline();
     }

@@ -90,7 +90,7 @@ fn resolve_weights(args: &ModelArgs) -> Result<PathBuf> {
         let cache = args
             .cache_dir
             .clone()
-            .unwrap_or_else(decomp_data::fetch::default_cache_dir);
+            .unwrap_or_else(|| decomp_data::fetch::cache_dir_from(|k| std::env::var_os(k)));
         return Ok(decomp_data::fetch::fetch_weights(&args.weights, &cache)?);
     }
     bail!(

@@ -38,36 +38,64 @@ pub const MIRROR_ENV: &str = "DECOMP_MIRROR";
 /// `false` (the tools' `--offline`).
 pub const OFFLINE_ENV: &str = "DECOMP_OFFLINE";
 
-/// Whether `DECOMP_OFFLINE` asks for no downloads.
-pub fn offline_from_env() -> bool {
-    std::env::var(OFFLINE_ENV).is_ok_and(|v| {
-        !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "" | "0" | "false" | "no"
-        )
-    })
+/// How downloads behave in this process. The library reads no environment: the programs
+/// (the CLI, xtask) build this from their flags and [`FetchSettings::from_vars`] and hand it
+/// over with [`configure`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchSettings {
+    /// Download nothing: a missing file is an error saying what is missing where.
+    pub offline: bool,
+    /// A mirror of the official hosts: `https://host/path` is fetched from `mirror/host/path`.
+    pub mirror: Option<String>,
 }
 
-static OFFLINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+impl FetchSettings {
+    /// From variable lookups (the programs pass `std::env::var_os`): [`OFFLINE_ENV`] set to
+    /// anything but empty, `0`, `false` or `no` turns downloads off; a non-empty
+    /// [`MIRROR_ENV`] names the mirror.
+    pub fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Self {
+        let text = |k: &str| var(k).map(|v| v.to_string_lossy().trim().to_string());
+        FetchSettings {
+            offline: text(OFFLINE_ENV).is_some_and(|v| {
+                !matches!(v.to_ascii_lowercase().as_str(), "" | "0" | "false" | "no")
+            }),
+            mirror: text(MIRROR_ENV).filter(|m| !m.is_empty()),
+        }
+    }
+}
+
+static SETTINGS: std::sync::RwLock<FetchSettings> = std::sync::RwLock::new(FetchSettings {
+    offline: false,
+    mirror: None,
+});
+
+fn settings() -> FetchSettings {
+    SETTINGS.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Sets how downloads behave for the rest of the process (see [`FetchSettings`]).
+pub fn configure(s: FetchSettings) {
+    *SETTINGS.write().unwrap_or_else(|e| e.into_inner()) = s;
+}
 
 /// Turns downloads off for the rest of the process (the tools' `--offline`).
 pub fn set_offline() {
-    OFFLINE.store(true, std::sync::atomic::Ordering::SeqCst);
+    SETTINGS.write().unwrap_or_else(|e| e.into_inner()).offline = true;
 }
 
-/// Whether downloads are off: [`set_offline`] was called or `DECOMP_OFFLINE` is set.
+/// Whether downloads are off ([`configure`], [`set_offline`]).
 pub fn is_offline() -> bool {
-    OFFLINE.load(std::sync::atomic::Ordering::SeqCst) || offline_from_env()
+    settings().offline
 }
 
-/// `url` as fetched: under `$DECOMP_MIRROR` when that is set (see [`MIRROR_ENV`]).
+/// `url` as fetched: under the configured mirror when there is one (see [`FetchSettings`]).
 pub fn effective_url(url: &str) -> String {
-    match std::env::var(MIRROR_ENV) {
-        Ok(m) if !m.trim().is_empty() => {
+    match settings().mirror {
+        Some(m) => {
             let rest = url.split_once("://").map_or(url, |(_, r)| r);
-            format!("{}/{rest}", m.trim().trim_end_matches('/'))
+            format!("{}/{rest}", m.trim_end_matches('/'))
         }
-        _ => url.to_string(),
+        None => url.to_string(),
     }
 }
 
@@ -737,12 +765,9 @@ pub fn fetch_weights(name: &str, cache_dir: &Path) -> Result<PathBuf, DataError>
 }
 
 /// `$DECOMP_CACHE_DIR`, else `$XDG_CACHE_HOME/decomp`, else `~/.cache/decomp` (else
-/// `decomp-cache` in the temporary folder when there is no home).
-pub fn default_cache_dir() -> PathBuf {
-    cache_dir_from(|k| std::env::var_os(k))
-}
-
-pub(crate) fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+/// `decomp-cache` in the temporary folder when there is no home), from variable lookups (the
+/// programs pass `std::env::var_os`).
+pub fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
     let non_empty = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(dir) = non_empty(CACHE_DIR_ENV) {
         dir

@@ -20,12 +20,8 @@ use crate::{DATA_DIR_ENV, DataError, DatasetKind};
 pub const SHARED_DIR_ENV: &str = "DECOMP_SHARED_DIR";
 
 /// `$DECOMP_SHARED_DIR`, else `base/../shared`: the read-only folder of datasets and models
-/// beside a checkout.
-pub fn shared_dir(base: &Path) -> PathBuf {
-    shared_dir_from(base, |k| std::env::var_os(k))
-}
-
-fn shared_dir_from(base: &Path, var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+/// beside a checkout, from variable lookups (the programs pass `std::env::var_os`).
+pub fn shared_dir_from(base: &Path, var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
     var(SHARED_DIR_ENV)
         .filter(|v| !v.is_empty())
         .map_or_else(|| base.join("..").join("shared"), PathBuf::from)
@@ -112,12 +108,6 @@ pub enum Source {
 }
 
 impl DataRoot {
-    /// The data folder from `flag` and the environment; `base` is the folder beside which
-    /// `../shared` is looked for (the workspace root, or the working directory).
-    pub fn resolve(flag: Option<&Path>, base: &Path) -> DataRoot {
-        Self::resolve_from(flag, base, |k| std::env::var_os(k))
-    }
-
     /// The folder `dir` itself, read from and downloaded into (tests, a folder named outright).
     pub fn at(dir: &Path) -> DataRoot {
         DataRoot {
@@ -128,7 +118,9 @@ impl DataRoot {
         }
     }
 
-    /// [`DataRoot::resolve`] with the environment given as a function.
+    /// The data folder from `flag` and variable lookups (the programs pass
+    /// `std::env::var_os`): `flag`, else `$DECOMP_DATA_DIR`, else `../shared/datasets` beside
+    /// `base` (the workspace root, or the working directory) when it exists, else the cache.
     pub fn resolve_from(
         flag: Option<&Path>,
         base: &Path,
