@@ -20,7 +20,7 @@ use super::Run;
 use super::format::{s, strings};
 use crate::engine::{Kind, read};
 use crate::manifest::FrontierPoint;
-use decomp_eval::report::ChannelComposeReport;
+use decomp_eval::report::{ChannelComposeReport, ChannelModuleReport};
 
 /// Test images per evaluation when `--limit` is not given (CPU time: 2 cores shared).
 const DEFAULT_LIMIT: usize = 2000;
@@ -289,7 +289,7 @@ pub fn frontier(r: &Run) -> Result<()> {
                 "union_flops": v.union_flops,
                 "model_flops": v.model_cost.flops,
                 "compose_seconds": v.seconds,
-                "per_module": v.per_module,
+                "per_module": in_run_folder(v.per_module),
                 "whole_split": whole,
                 "run": pdir.display().to_string(),
             }));
@@ -616,4 +616,19 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
     crate::engine::write_atomic(path, &svg)
+}
+
+/// The modules of a row as its report keeps them: each `path` relative to the row's `run`
+/// folder (the tangle unit the modules were listed from), so that the committed report holds
+/// no path of this machine.
+fn in_run_folder(modules: Vec<ChannelModuleReport>) -> Vec<ChannelModuleReport> {
+    modules
+        .into_iter()
+        .map(|mut m| {
+            if let Some(name) = Path::new(&m.path).file_name() {
+                m.path = name.to_string_lossy().into_owned();
+            }
+            m
+        })
+        .collect()
 }

@@ -316,3 +316,42 @@ fn sharded_runs_merge_into_the_unsharded_report() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no finished artifact"));
 }
+
+/// Committed reports hold no absolute path of the machine that wrote them: every JSON string
+/// under results/ that names a path is relative (to the repository or to its run folder).
+#[test]
+fn committed_results_hold_no_absolute_paths() {
+    fn strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    fn walk(dir: &Path, bad: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("results folder") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(&p, bad);
+            } else if p.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&p).expect("read");
+                let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+                let mut all = Vec::new();
+                strings(&v, &mut all);
+                bad.extend(
+                    all.into_iter()
+                        .filter(|s| s.len() > 1 && Path::new(s).is_absolute())
+                        .map(|s| format!("{}: {s}", p.display())),
+                );
+            }
+        }
+    }
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
+    let mut bad = Vec::new();
+    walk(&results, &mut bad);
+    assert!(
+        bad.is_empty(),
+        "absolute paths in committed results: {bad:#?}"
+    );
+}
