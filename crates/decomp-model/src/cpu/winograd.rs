@@ -249,34 +249,27 @@ pub(super) fn wino_grad_output<S: macerator::Simd>(
             }
         };
         let (oy, ox) = (2 * ty, 2 * tx);
-        butterfly_grad(px(oy, ox), px(oy, ox + 1), s0);
-        butterfly_grad(px(oy + 1, ox), px(oy + 1, ox + 1), s1);
+        // Columns: s[i][b] = (A dy_i)[b] for the tile's two rows i.
+        butterfly_grad(px(oy, ox), px(oy, ox + 1), s0, cout);
+        butterfly_grad(px(oy + 1, ox), px(oy + 1, ox + 1), s1, cout);
         // Rows: m[a][b] = (A s[.][b])[a], position a * 4 + b at stride `xs`.
         for b in 0..4 {
             let (y0, y1) = (&s0[b * cout..][..cout], &s1[b * cout..][..cout]);
-            let (o0, rest) = m[b * xs + at..].split_at_mut(4 * xs);
-            let (o1, rest) = rest.split_at_mut(4 * xs);
-            let (o2, o3) = rest.split_at_mut(4 * xs);
-            for i in 0..cout {
-                let (p, q) = (y0[i], y1[i]);
-                o0[i] = p;
-                o1[i] = p + q;
-                o2[i] = p - q;
-                o3[i] = -q;
-            }
+            butterfly_grad(y0, y1, &mut m[b * xs + at..], 4 * xs);
         }
     }
 }
 
 /// One output-gradient butterfly over channel vectors: `out` holds four vectors
-/// `[y0, y0 + y1, y0 - y1, -y1]` (`A` times the pair).
+/// `[y0, y0 + y1, y0 - y1, -y1]` (`A` times the pair), `stride` values apart.
 #[inline(always)]
-fn butterfly_grad(y0: &[f32], y1: &[f32], out: &mut [f32]) {
+fn butterfly_grad(y0: &[f32], y1: &[f32], out: &mut [f32], stride: usize) {
     let c = y0.len();
     let y1 = &y1[..c];
-    let (o0, rest) = out[..4 * c].split_at_mut(c);
-    let (o1, rest) = rest.split_at_mut(c);
-    let (o2, o3) = rest.split_at_mut(c);
+    let (o0, rest) = out.split_at_mut(stride);
+    let (o1, rest) = rest.split_at_mut(stride);
+    let (o2, o3) = rest.split_at_mut(stride);
+    let (o0, o1, o2, o3) = (&mut o0[..c], &mut o1[..c], &mut o2[..c], &mut o3[..c]);
     for i in 0..c {
         let (p, q) = (y0[i], y1[i]);
         o0[i] = p;
