@@ -114,7 +114,9 @@ def main():
 
     if args.limit:
         x_tr, y_tr = x_tr[: args.limit], y_tr[: args.limit]
-    config = {k: v for k, v in vars(args).items() if k not in ("max_epochs_now", "out")}
+    # Threads change the timing only (the recipe, and so the resumed run, stay the same): each
+    # epoch records its own thread count instead.
+    config = {k: v for k, v in vars(args).items() if k not in ("max_epochs_now", "out", "threads")}
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "last.pt")
     torch.manual_seed(args.seed)
@@ -123,6 +125,7 @@ def main():
     state = {"epochs": [], "best": None, "rng": np.random.default_rng(args.seed + 1).bit_generator.state}
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False)
+        ck["config"].pop("threads", None)
         if ck["config"] != config:
             raise SystemExit(f"{ckpt_path}: written with {ck['config']}, this run asks {config}")
         model.load_state_dict(ck["model"])
@@ -158,7 +161,8 @@ def main():
         wall = time.perf_counter() - t0
         val_loss, val_acc = evaluate(model, torch, x_val, y_val)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": right / seen,
-               "val_loss": val_loss, "val_acc": val_acc, "wall_s": wall, "images_per_s": seen / wall}
+               "val_loss": val_loss, "val_acc": val_acc, "wall_s": wall, "images_per_s": seen / wall,
+               "threads": args.threads}
         state["epochs"].append(row)
         print(json.dumps(row), flush=True)
         if state["best"] is None or val_acc > state["best"]["val_acc"]:
@@ -172,7 +176,7 @@ def main():
         os.replace(tmp, ckpt_path)
         done_now += 1
     summary = {"recipe": "he2016", "epochs": args.epochs, "epochs_done": len(state["epochs"]),
-               "seed": args.seed, "threads": args.threads, "torch": torch.__version__,
+               "seed": args.seed, "torch": torch.__version__,
                "train_images": int(len(y_tr)), "val_images": int(len(y_val)),
                "best": state["best"], "total_wall_s": sum(r["wall_s"] for r in state["epochs"]),
                "epochs_log": state["epochs"]}

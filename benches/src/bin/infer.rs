@@ -9,6 +9,10 @@
 //! (`decomp_model::CpuTuning::from_vars`). Peak RSS and CPU time come from
 //! `/proc/self/status` and `/proc/self/stat` (Linux; reported as null elsewhere).
 
+/// The allocator `decomp` runs with (mimalloc), so the probe times what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use decomp_model::burn_resnet::ResNet;
 use decomp_model::import::{akamaster_norm, import_resnet};

@@ -14,6 +14,10 @@
 //! `RAYON_NUM_THREADS`; training engine: `DECOMP_ENGINE` (on `flex` the CPU engine by
 //! default, `burn` for burn autodiff).
 
+/// The allocator `decomp` runs with (mimalloc), so the probe times what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use decomp_data::{Augmentation, Batch, DatasetKind};
 use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};
 use decomp_model::{Device, ResNetConfig, Runtime};

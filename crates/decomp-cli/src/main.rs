@@ -9,6 +9,11 @@
 //! `compose`, `vote`, `mix`, `train`, `model_source` for import/export/new-model,
 //! `inspect`), each with its element and channel arms where both exist.
 
+/// mimalloc keeps freed pages for the next training step instead of returning them to the
+/// kernel (see the workspace's Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[macro_use]
 mod files;
 mod args;
