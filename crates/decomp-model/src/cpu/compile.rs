@@ -34,10 +34,11 @@ impl CpuPlan {
         }
         let folded_conv: HashMap<NodeId, NodeId> =
             fold_into.iter().map(|(&c, &b)| (b, c)).collect();
-        let mut nodes = Vec::with_capacity(g.nodes.len());
-        for (id, node) in g.nodes.iter().enumerate() {
+        // Nodes compile independently (the training engine compiles every step): in parallel.
+        let compile_node = |id: NodeId| -> Option<PNode> {
+            let node = &g.nodes[id];
             let inputs = node.inputs.clone();
-            let pnode = match &node.op {
+            Some(match &node.op {
                 Op::Input { .. } => PNode {
                     op: POp::Input,
                     inputs,
@@ -198,9 +199,12 @@ impl CpuPlan {
                 // Ops this plan does not know run on the reference path.
                 #[allow(unreachable_patterns)]
                 _ => return None,
-            };
-            nodes.push(pnode);
-        }
+            })
+        };
+        let nodes: Vec<PNode> = (0..g.nodes.len())
+            .into_par_iter()
+            .map(compile_node)
+            .collect::<Option<_>>()?;
         let mut last_use: Vec<usize> = (0..nodes.len()).collect();
         for (id, n) in nodes.iter().enumerate() {
             for &i in &n.inputs {
@@ -335,28 +339,28 @@ pub(super) fn conv(
         b[co] = bias.as_ref().map_or(0.0, |b| b.data[co]) * s + t;
     }
     let wino = (kh == 3 && kw == 3 && *stride == [1, 1] && *padding == [1, 1]).then(|| {
-        // U = G g G^T per (ci, co), G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]].
-        let g = [
-            [1.0f64, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
-        ];
+        // U = G g G^T per (ci, co), G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
+        // in f64 (the halves are exact, so this equals the sum of G's products).
+        let g_rows = |k: [f64; 3]| -> [f64; 4] {
+            [
+                k[0],
+                0.5 * (k[0] + k[1] + k[2]),
+                0.5 * (k[0] - k[1] + k[2]),
+                k[2],
+            ]
+        };
         let mut u = vec![0.0f32; 16 * cin * cp];
         for ci in 0..cin {
             for co in 0..cout {
                 let s = bn.map_or(1.0, |(s, _)| s[co]) as f64;
-                let k =
-                    |y: usize, x: usize| weight.data[((co * cin + ci) * 3 + y) * 3 + x] as f64 * s;
+                let k = &weight.data[(co * cin + ci) * 9..][..9];
+                // Columns of `G g` (4x3), then each row of it times `G^T`.
+                let cols: [[f64; 4]; 3] =
+                    std::array::from_fn(|x| g_rows([0, 1, 2].map(|y| k[y * 3 + x] as f64)));
                 for a in 0..4 {
-                    for b in 0..4 {
-                        let mut v = 0.0;
-                        for y in 0..3 {
-                            for x in 0..3 {
-                                v += g[a][y] * k(y, x) * g[b][x];
-                            }
-                        }
-                        u[((a * 4 + b) * cin + ci) * cp + co] = v as f32;
+                    let row = g_rows([cols[0][a], cols[1][a], cols[2][a]]);
+                    for (b, v) in row.iter().enumerate() {
+                        u[((a * 4 + b) * cin + ci) * cp + co] = (v * s) as f32;
                     }
                 }
             }

@@ -384,6 +384,22 @@ impl Pass<'_> {
         let mut params = Vec::new();
         let needs_grad = |i: NodeId| !matches!(g.nodes[i].op, Op::Input { .. });
         let fused = fused_relus(g);
+        // The data gradient of a 3x3 stride-1 padding-1 convolution is the same convolution
+        // of `dy` with the kernel flipped and in/out swapped: run as Winograd, compiled for
+        // every such convolution at once.
+        let flipped: Vec<Option<Conv>> = (0..g.nodes.len())
+            .into_par_iter()
+            .map(|id| match (&g.nodes[id].op, &self.plan.nodes[id].op) {
+                (Op::Conv2d { weight, .. }, POp::Conv(c))
+                    if c.wino.is_some()
+                        && self.tuning.winograd
+                        && needs_grad(g.nodes[id].inputs[0]) =>
+                {
+                    Some(flipped_conv(c, weight))
+                }
+                _ => None,
+            })
+            .collect();
         for id in (0..g.nodes.len()).rev() {
             let node = &g.nodes[id];
             let Some(dy) = grads[id].take() else {
@@ -403,7 +419,14 @@ impl Pass<'_> {
                     let POp::Conv(c) = &self.plan.nodes[id].op else {
                         unreachable!("an unfolded plan keeps every convolution")
                     };
-                    let (dx, dw, db) = self.conv_backward(c, weight, &values[i], dy, needs_grad(i));
+                    let (dx, dw, db) = self.conv_backward(
+                        c,
+                        flipped[id].as_ref(),
+                        weight,
+                        &values[i],
+                        dy,
+                        needs_grad(i),
+                    );
                     let db = bias.is_some().then_some(db);
                     params.extend(weight_and_bias(
                         id,
@@ -536,6 +559,7 @@ impl Pass<'_> {
     fn conv_backward(
         &self,
         c: &Conv,
+        flipped: Option<&Conv>,
         weight: &TensorData,
         x: &Tiles,
         dy: Tiles,
@@ -544,46 +568,23 @@ impl Pass<'_> {
         let [kh, kw] = c.kernel;
         let (cin, cout) = (c.cin, c.cout);
         let k = kh * kw * cin;
-        // `wt[co][(ky * kw + kx) * cin + ci]`: the product's weights transposed.
-        let mut wt = vec![0.0f32; cout * k];
-        for co in 0..cout {
-            for ci in 0..cin {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        wt[co * k + (ky * kw + kx) * cin + ci] =
-                            weight.data[((co * cin + ci) * kh + ky) * kw + kx];
-                    }
-                }
-            }
-        }
-        // The data gradient of a 3x3 stride-1 padding-1 convolution is the same convolution
-        // of `dy` with the kernel flipped and in/out swapped: run it as Winograd.
-        let flipped = (need_dx && c.wino.is_some() && self.tuning.winograd).then(|| {
-            let mut w = vec![0.0f32; cin * cout * 9];
+        let flipped = flipped.filter(|_| need_dx);
+        // `wt[co][(ky * kw + kx) * cin + ci]`: the product's weights transposed, for the
+        // im2col data gradient.
+        let mut wt = Vec::new();
+        if need_dx && flipped.is_none() {
+            wt = vec![0.0f32; cout * k];
             for co in 0..cout {
                 for ci in 0..cin {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            w[((ci * cout + co) * 3 + 2 - ky) * 3 + 2 - kx] =
-                                weight.data[((co * cin + ci) * 3 + ky) * 3 + kx];
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            wt[co * k + (ky * kw + kx) * cin + ci] =
+                                weight.data[((co * cin + ci) * kh + ky) * kw + kx];
                         }
                     }
                 }
             }
-            let op = Op::Conv2d {
-                weight: TensorData {
-                    shape: vec![cin, cout, 3, 3],
-                    data: w,
-                },
-                bias: None,
-                stride: [1, 1],
-                padding: [1, 1],
-                groups: 1,
-            };
-            let [h, w] = c.in_hw;
-            compile::conv(&op, &vec![cout, h, w], &vec![cin, h, w], None)
-                .expect("a flipped 3x3 convolution compiles")
-        });
+        }
         // The weight gradient of a Winograd convolution in the Winograd domain too: sums of
         // transformed output gradients times transformed inputs, then `G^T du G`.
         let wino_dw = c.wino.is_some()
@@ -613,7 +614,7 @@ impl Pass<'_> {
                 }
                 if wino_dw {
                     let du = self.wino_weight_sums(c, x, d, n, scratch);
-                    let dx = flipped.as_ref().map(|f| {
+                    let dx = flipped.map(|f| {
                         let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
                         self.plan.winograd(f, u, d, n, scratch)
                     });
@@ -684,7 +685,7 @@ impl Pass<'_> {
                         }
                     }
                 }
-                if let Some(f) = &flipped {
+                if let Some(f) = flipped {
                     let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
                     dx = Some(self.plan.winograd(f, u, d, n, scratch));
                 }
@@ -714,12 +715,12 @@ impl Pass<'_> {
         }
         let mut dw = vec![0.0f32; cout * k];
         if wino_dw {
-            for co in 0..cout {
-                for ci in 0..cin {
+            dw.par_chunks_mut(cin * 9).enumerate().for_each(|(co, dw)| {
+                for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
                     let du: [f32; 16] = std::array::from_fn(|xi| dwt[(xi * cout + co) * cin + ci]);
-                    dw[(co * cin + ci) * 9..][..9].copy_from_slice(&wino_weight_grad(&du));
+                    dw.copy_from_slice(&wino_weight_grad(&du));
                 }
-            }
+            });
             return (dx_tiles, dw, db);
         }
         for co in 0..cout {
@@ -797,6 +798,36 @@ impl Pass<'_> {
         }
         du
     }
+}
+
+/// Convolution `c` (3x3, stride 1, padding 1, IR weights `weight`) with its kernel flipped
+/// and its input and output channels swapped: its data gradient as a forward convolution.
+fn flipped_conv(c: &Conv, weight: &TensorData) -> Conv {
+    let (cin, cout) = (c.cin, c.cout);
+    let mut w = vec![0.0f32; cin * cout * 9];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    w[((ci * cout + co) * 3 + 2 - ky) * 3 + 2 - kx] =
+                        weight.data[((co * cin + ci) * 3 + ky) * 3 + kx];
+                }
+            }
+        }
+    }
+    let op = Op::Conv2d {
+        weight: TensorData {
+            shape: vec![cin, cout, 3, 3],
+            data: w,
+        },
+        bias: None,
+        stride: [1, 1],
+        padding: [1, 1],
+        groups: 1,
+    };
+    let [h, w] = c.in_hw;
+    compile::conv(&op, &vec![cout, h, w], &vec![cin, h, w], None)
+        .expect("a flipped 3x3 convolution compiles")
 }
 
 /// The gradients of node `id`'s weight (of `shape`) and bias (when it has one).
