@@ -38,7 +38,7 @@ pub mod train;
 pub use burn::tensor::{Device, Tensor, TensorData as BurnTensorData};
 pub use channel_stats::ChannelAccumulator;
 pub use cpu::CpuTuning;
-pub use cpu::grad::{GradEngine, ParamGrad, StepGradients};
+pub use cpu::grad::{GradEngine, ParamGrad, StepGradients, Target};
 pub use cpu::optim::CpuOptimizer;
 pub use decomp_ir::ModelIr;
 pub use device::{available_devices, parse_device};

@@ -2,8 +2,12 @@
 //! and the gradient of every parameter, without burn.
 //!
 //! [`GradEngine`] holds a model as IR (its parameters and BatchNorm running statistics are
-//! the state) and computes, per batch, the mean softmax cross-entropy and every parameter's
-//! gradient in IR layout ([`StepGradients`]). Each step compiles an unfolded plan
+//! the state) and computes, per batch, the loss towards a [`Target`] (softmax cross-entropy
+//! of labels, or the squared error of a two-logit margin, which distils a source model's
+//! margin into a channel module) and every parameter's gradient in IR layout
+//! ([`StepGradients`]). Channel modules' own ops (`ChannelGather` shortcuts, `BiasMap`
+//! constants) are differentiated too, and BatchNorms can be frozen (running statistics,
+//! as when fine-tuning part of a trained model). Each step compiles an unfolded plan
 //! (`CpuPlan::unfolded`: every BatchNorm its own node) from the current parameters and runs
 //! it tile by tile (a few images per rayon task, as inference does):
 //! - forward: convolutions, ReLU, Add, shortcuts, pooling and the head through the plan's own
@@ -48,9 +52,11 @@ pub struct ParamGrad {
 /// What one training-mode pass over a batch computed.
 #[derive(Clone, Debug)]
 pub struct StepGradients {
-    /// Mean softmax cross-entropy over the batch.
+    /// The batch's mean loss: softmax cross-entropy for labels, squared margin error for
+    /// margins ([`Target`]).
     pub loss: f64,
-    /// Images whose largest logit is their label (before any update).
+    /// Images whose largest logit is their label, or whose margin has the sign of its target
+    /// (before any update).
     pub correct: usize,
     /// Every parameter's gradient, in node order (weight before bias).
     pub params: Vec<ParamGrad>,
@@ -64,6 +70,29 @@ pub struct GradEngine {
     /// Weight of the batch statistics in the running-statistics update
     /// (`running = (1 - m) running + m batch`); burn's `BatchNormConfig` default.
     pub bn_momentum: f64,
+    /// BatchNorms normalize with their running statistics (inference mode, as when
+    /// fine-tuning part of a trained model), which stay as they are; `gamma` and `beta` still
+    /// train.
+    frozen_batch_norm: bool,
+}
+
+/// What a batch is trained towards.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// One class label per image: mean softmax cross-entropy.
+    Labels(&'a [usize]),
+    /// One margin per image for a two-logit output: mean squared error of `z_0 - z_1`
+    /// against it (distillation of a source model's margin into a module).
+    Margins(&'a [f32]),
+}
+
+impl Target<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Target::Labels(l) => l.len(),
+            Target::Margins(m) => m.len(),
+        }
+    }
 }
 
 /// A BatchNorm's batch statistics, kept for its backward pass.
@@ -94,6 +123,8 @@ impl GradEngine {
                 | Op::Add
                 | Op::ShortcutA { .. }
                 | Op::GlobalAvgPool
+                | Op::BiasMap { .. }
+                | Op::ChannelGather { .. }
                 | Op::Linear { .. } => true,
                 Op::Conv2d { groups, .. } => *groups == 1,
                 Op::Flatten => chw(&shapes[node.inputs[0]])[1..] == [1, 1],
@@ -118,7 +149,16 @@ impl GradEngine {
             shapes,
             tuning: CpuTuning::default(),
             bn_momentum: 0.1,
+            frozen_batch_norm: false,
         })
+    }
+
+    /// BatchNorms in inference mode ([`GradEngine`]'s `frozen_batch_norm`): for training a
+    /// module carved out of a trained model, whose BatchNorms (and the constants folded after
+    /// them) belong to the model's statistics.
+    pub fn with_frozen_batch_norm(mut self, frozen: bool) -> Self {
+        self.frozen_batch_norm = frozen;
+        self
     }
 
     pub fn with_tuning(mut self, tuning: CpuTuning) -> Self {
@@ -152,20 +192,46 @@ impl GradEngine {
         images: &[f32],
         labels: &[usize],
     ) -> Result<StepGradients, ModelError> {
-        let n = labels.len();
+        self.gradients_for(images, Target::Labels(labels))
+    }
+
+    /// [`Self::gradients`] towards any [`Target`].
+    pub fn gradients_for(
+        &mut self,
+        images: &[f32],
+        target: Target<'_>,
+    ) -> Result<StepGradients, ModelError> {
+        let n = target.len();
         let in_shape = self.shapes[0].clone();
         let per = numel(&in_shape);
         if n == 0 || images.len() != n * per {
             return Err(ModelError::Train(format!(
-                "{} image values for {n} labels, expected {per} per image ({in_shape:?})",
+                "{} image values for {n} targets, expected {per} per image ({in_shape:?})",
                 images.len()
             )));
         }
         let classes = self.shapes[self.model.graph.output][0];
-        if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
-            return Err(ModelError::Train(format!(
-                "label {bad} out of range for {classes} classes"
-            )));
+        match target {
+            Target::Labels(labels) => {
+                if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
+                    return Err(ModelError::Train(format!(
+                        "label {bad} out of range for {classes} classes"
+                    )));
+                }
+            }
+            Target::Margins(m) => {
+                if classes != 2 {
+                    return Err(ModelError::Train(format!(
+                        "margin targets need two logits, the model has {classes}"
+                    )));
+                }
+                if let Some(i) = m.iter().position(|v| !v.is_finite()) {
+                    return Err(ModelError::Train(format!(
+                        "margin target of image {i} is {}",
+                        m[i]
+                    )));
+                }
+            }
         }
         let plan = CpuPlan::unfolded(&self.model, &self.shapes, self.tuning).ok_or_else(|| {
             ModelError::Config("the CPU plan cannot compile this model unfolded".into())
@@ -178,6 +244,7 @@ impl GradEngine {
             shapes: &self.shapes,
             sizes: &sizes,
             tuning: self.tuning,
+            frozen_batch_norm: self.frozen_batch_norm,
         };
         let (values, saved) = pass.forward(images, per);
         let out = self.model.graph.output;
@@ -193,7 +260,10 @@ impl GradEngine {
             )?;
             first += k;
         }
-        let (loss, correct, dlogits) = cross_entropy(&values[out], &sizes, labels, classes);
+        let (loss, correct, dlogits) = match target {
+            Target::Labels(labels) => cross_entropy(&values[out], &sizes, labels, classes),
+            Target::Margins(m) => margin_error(&values[out], m),
+        };
         let (saved, vars): (Vec<_>, Vec<_>) = saved
             .into_iter()
             .map(|s| s.map_or((None, None), |(s, v)| (Some(s), Some(v))))
@@ -202,6 +272,9 @@ impl GradEngine {
         // Running statistics, as burn updates them: `running * (1 - m) + batch * m` in f32.
         let m = self.bn_momentum;
         for (id, (s, var)) in saved.iter().zip(&vars).enumerate() {
+            if self.frozen_batch_norm {
+                break;
+            }
             let (Some(s), Some(var)) = (s, var) else {
                 continue;
             };
@@ -234,6 +307,7 @@ struct Pass<'a> {
     shapes: &'a [Shape],
     sizes: &'a [usize],
     tuning: CpuTuning,
+    frozen_batch_norm: bool,
 }
 
 impl Pass<'_> {
@@ -292,10 +366,27 @@ impl Pass<'_> {
                     })
                     .collect(),
                 Op::BatchNorm2d {
-                    gamma, beta, eps, ..
+                    gamma,
+                    beta,
+                    eps,
+                    running_mean,
+                    running_var,
                 } => {
                     let x = &values[node.inputs[0]];
-                    let (s, var) = bn_stats(x, gamma.numel(), *eps);
+                    let (s, var) = if self.frozen_batch_norm {
+                        let inv_std = running_var
+                            .data
+                            .iter()
+                            .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+                            .collect();
+                        let saved = BnSaved {
+                            mean: running_mean.data.clone(),
+                            inv_std,
+                        };
+                        (saved, running_var.data.clone())
+                    } else {
+                        bn_stats(x, gamma.numel(), *eps)
+                    };
                     let scale: Vec<f32> = gamma
                         .data
                         .iter()
@@ -443,7 +534,14 @@ impl Pass<'_> {
                     let i = node.inputs[0];
                     let s = saved[id].as_ref().expect("batch statistics saved");
                     let relu_out = fused[id].map(|r| &values[r]);
-                    let (dx, dgamma, dbeta) = bn_backward(&values[i], dy, relu_out, s, &gamma.data);
+                    let (dx, dgamma, dbeta) = bn_backward(
+                        &values[i],
+                        dy,
+                        relu_out,
+                        s,
+                        &gamma.data,
+                        self.frozen_batch_norm,
+                    );
                     if let Some(r) = fused[id] {
                         values[r] = Vec::new();
                     }
@@ -502,6 +600,39 @@ impl Pass<'_> {
                                 let g: Vec<f32> = img.iter().map(|v| v / hw as f32).collect();
                                 for _ in 0..hw {
                                     dx.extend_from_slice(&g);
+                                }
+                            }
+                            dx
+                        })
+                        .collect();
+                    accumulate(&mut grads[i], dx);
+                }
+                // A constant added: the gradient passes.
+                Op::BiasMap { .. } => accumulate(&mut grads[node.inputs[0]], dy),
+                Op::ChannelGather {
+                    stride, sources, ..
+                } => {
+                    let i = node.inputs[0];
+                    let [c, h, w] = chw(&self.shapes[i]);
+                    let [co, ho, wo] = chw(&self.shapes[id]);
+                    let dx = dy
+                        .par_iter()
+                        .zip(self.sizes)
+                        .map(|(d, &k)| {
+                            let mut dx = vec![0.0f32; k * h * w * c];
+                            for img in 0..k {
+                                for oy in 0..ho {
+                                    for ox in 0..wo {
+                                        let src = &d[((img * ho + oy) * wo + ox) * co..][..co];
+                                        let dst = &mut dx
+                                            [((img * h + oy * stride) * w + ox * stride) * c..]
+                                            [..c];
+                                        for (&g, s) in src.iter().zip(sources) {
+                                            if let Some(s) = *s {
+                                                dst[s] += g;
+                                            }
+                                        }
+                                    }
                                 }
                             }
                             dx
@@ -924,13 +1055,15 @@ fn reduce(x: &Tiles, c: usize, f: impl Fn(&[f32], &mut [f64]) + Sync) -> Vec<f64
 
 /// BatchNorm's training-mode backward: `dx = gamma inv_std (dy - mean(dy) - xhat
 /// mean(dy xhat))`, `dgamma = sum(dy xhat)`, `dbeta = sum(dy)`, with `xhat = (x - mean)
-/// inv_std` recomputed from the input. `dy` is overwritten by `dx`.
+/// inv_std` recomputed from the input; `frozen` (statistics that are constants): `dx = gamma
+/// inv_std dy`. `dy` is overwritten by `dx`.
 fn bn_backward(
     x: &Tiles,
     mut dy: Tiles,
     relu_out: Option<&Tiles>,
     s: &BnSaved,
     gamma: &[f32],
+    frozen: bool,
 ) -> (Tiles, Vec<f32>, Vec<f32>) {
     let c = gamma.len();
     let count: usize = x.iter().map(|t| t.len() / c).sum();
@@ -964,8 +1097,10 @@ fn bn_backward(
         let inv = f64::from(s.inv_std[ch]);
         let sc = f64::from(gamma[ch]) * inv;
         scale[ch] = sc as f32;
-        k1[ch] = (-sc * inv * mdx) as f32;
-        k0[ch] = (sc * (f64::from(s.mean[ch]) * inv * mdx - md)) as f32;
+        if !frozen {
+            k1[ch] = (-sc * inv * mdx) as f32;
+            k0[ch] = (sc * (f64::from(s.mean[ch]) * inv * mdx - md)) as f32;
+        }
     }
     dy.par_iter_mut()
         .zip(x)
@@ -1013,5 +1148,32 @@ fn cross_entropy(
         }
         grads.push(g);
     }
+    (loss / n as f64, correct, grads)
+}
+
+/// Mean squared error of per-tile two-logit margins `z_0 - z_1` against `targets` (one per
+/// image, in tile order), images whose margin has the target's sign, and the logits'
+/// gradient (`+-2 (margin - target) / n`).
+fn margin_error(logits: &Tiles, targets: &[f32]) -> (f64, usize, Tiles) {
+    let n = targets.len();
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    let mut img = 0;
+    let grads = logits
+        .iter()
+        .map(|t| {
+            let mut g = vec![0.0f32; t.len()];
+            for (z, gz) in t.chunks_exact(2).zip(g.chunks_exact_mut(2)) {
+                let (m, want) = (f64::from(z[0] - z[1]), f64::from(targets[img]));
+                img += 1;
+                let e = m - want;
+                loss += e * e;
+                correct += usize::from((m > 0.0) == (want > 0.0));
+                let d = (2.0 * e / n as f64) as f32;
+                gz[0] = d;
+                gz[1] = -d;
+            }
+            g
+        })
+        .collect();
     (loss / n as f64, correct, grads)
 }

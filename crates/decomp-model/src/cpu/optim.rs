@@ -251,7 +251,18 @@ impl super::grad::GradEngine {
         labels: &[usize],
         lr: f64,
     ) -> Result<(f64, usize), ModelError> {
-        let grads = self.gradients(images, labels)?;
+        self.step_for(optimizer, images, super::grad::Target::Labels(labels), lr)
+    }
+
+    /// [`Self::step`] towards any [`super::grad::Target`].
+    pub fn step_for(
+        &mut self,
+        optimizer: &mut CpuOptimizer,
+        images: &[f32],
+        target: super::grad::Target<'_>,
+        lr: f64,
+    ) -> Result<(f64, usize), ModelError> {
+        let grads = self.gradients_for(images, target)?;
         // The loss is summed in f64; one an f32 cannot hold (as burn's f32 loss could not)
         // has diverged too.
         let loss = grads.loss as f32;

@@ -669,3 +669,147 @@ fn optimizer_arithmetic_equals_burn() {
         assert!(worst <= 1e-6, "{label}: {at}");
     }
 }
+
+/// The parameter value `index` of gradient `name` (`<node>.weight` / `<node>.bias`) of node
+/// `node`, mutable.
+fn param_value<'a>(model: &'a mut ModelIr, node: usize, name: &str, index: usize) -> &'a mut f32 {
+    let weight = name.ends_with(".weight");
+    let t = match &mut model.graph.nodes[node].op {
+        Op::Conv2d {
+            weight: w, bias, ..
+        }
+        | Op::Linear { weight: w, bias } => {
+            if weight {
+                w
+            } else {
+                bias.as_mut().expect("a bias")
+            }
+        }
+        Op::BatchNorm2d { gamma, beta, .. } => {
+            if weight {
+                gamma
+            } else {
+                beta
+            }
+        }
+        op => panic!("{name}: no parameter in a {}", op.kind()),
+    };
+    &mut t.data[index]
+}
+
+/// A channel module of a small BatchNorm ResNet (some channels removed with fill values:
+/// `ChannelGather` shortcuts and `BiasMap` constants), trained towards margins with frozen
+/// BatchNorms: every parameter tensor's gradient at a few entries equals the central
+/// difference of the loss, the running statistics stay, and labels are refused.
+#[test]
+fn channel_module_margin_gradients_equal_finite_differences() {
+    use decomp_ir::channel::{ChannelPlan, channel_spaces, extract};
+    use decomp_ir::{BinaryHead, TensorData};
+    use decomp_model::Target;
+
+    let mut model = ResNetConfig::new(8, 4).with_seed(5).build().expect("build");
+    // Running statistics that are not the identity, so frozen BatchNorms matter.
+    for (i, node) in model.graph.nodes.iter_mut().enumerate() {
+        if let Op::BatchNorm2d {
+            running_mean,
+            running_var,
+            ..
+        } = &mut node.op
+        {
+            for (j, (m, v)) in running_mean
+                .data
+                .iter_mut()
+                .zip(running_var.data.iter_mut())
+                .enumerate()
+            {
+                let s = ((i * 31 + j * 7) as f32 * 0.37).sin();
+                *m = 0.2 * s;
+                *v = 0.6 + 0.5 * s.abs();
+            }
+        }
+    }
+    let shapes = model.check().expect("valid");
+    let spaces = channel_spaces(&model.graph, &shapes).expect("spaces");
+    let mut plan = ChannelPlan::keep_all(&spaces);
+    for (gi, g) in plan.groups.iter_mut().enumerate() {
+        for c in 0..g.kept.len() {
+            if (c + gi) % 3 == 1 {
+                g.kept.set(c, false);
+            }
+        }
+        for (si, f) in g.fill.iter_mut().enumerate() {
+            for (c, v) in f.iter_mut().enumerate() {
+                *v = 0.05 * ((c + si) % 4) as f32;
+            }
+        }
+    }
+    let out = model.graph.output;
+    let Op::Linear { weight, bias } = &model.graph.nodes[out].op else {
+        panic!("a linear head")
+    };
+    let f = weight.shape[1];
+    let mut w = weight.data[f..2 * f].to_vec();
+    w.extend(weight.data[2 * f..3 * f].iter());
+    let head = BinaryHead {
+        input: model.graph.nodes[out].inputs[0],
+        weight: TensorData {
+            shape: vec![2, f],
+            data: w,
+        },
+        bias: TensorData {
+            shape: vec![2],
+            data: bias.as_ref().expect("bias").data[1..3].to_vec(),
+        },
+    };
+    let module = extract(&model, &head, 1, &plan).expect("extract");
+    let kinds: Vec<&str> = module.graph.nodes.iter().map(|n| n.op.kind()).collect();
+    assert!(
+        kinds.contains(&"channel_gather") && kinds.contains(&"bias_map"),
+        "{kinds:?}"
+    );
+
+    let batch = synthetic([3, 32, 32], 4, 6);
+    let targets: Vec<f32> = (0..6).map(|i| (i as f32 * 1.3).sin() * 2.0).collect();
+    let target = Target::Margins(&targets);
+    let mut engine = GradEngine::new(module.clone())
+        .expect("differentiable")
+        .with_frozen_batch_norm(true);
+    let grads = engine
+        .gradients_for(&batch.images, target)
+        .expect("gradients");
+    assert_eq!(
+        engine.model(),
+        &module,
+        "frozen BatchNorms keep their statistics"
+    );
+    let mut checked = 0;
+    for p in &grads.params {
+        let len = p.grad.data.len();
+        for index in [0, len / 2, len - 1] {
+            let at = |delta: f32, e: &mut GradEngine| {
+                let v = param_value(e.model_mut(), p.node, &p.name, index);
+                let old = *v;
+                *v = old + delta;
+                let l = e.gradients_for(&batch.images, target).expect("loss").loss;
+                *param_value(e.model_mut(), p.node, &p.name, index) = old;
+                l
+            };
+            let h = 1e-3;
+            let numeric = (at(h, &mut engine) - at(-h, &mut engine)) / (2.0 * f64::from(h));
+            let analytic = f64::from(p.grad.data[index]);
+            assert!(
+                (numeric - analytic).abs() <= 2e-2 * numeric.abs().max(analytic.abs()) + 2e-3,
+                "{}[{index}]: analytic {analytic}, central difference {numeric}",
+                p.name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3 * 10, "{checked} entries checked");
+    assert!(
+        engine
+            .gradients_for(&batch.images, Target::Labels(&batch.labels))
+            .is_err(),
+        "labels 0..4 on a two-logit module"
+    );
+}
