@@ -170,9 +170,22 @@ pub struct FrontierPoint {
     /// Least-squares fit of the binary head (training; reported as such).
     #[serde(default)]
     pub fit_head: bool,
+    /// Module training (issue 17): `decomp tangle --train` with its budget (epochs of the
+    /// model's training cost for all modules together) and learning rate; `None` keeps the
+    /// CLI defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<PointTraining>,
     /// Also composed on the whole test split.
     #[serde(default)]
     pub whole_split: bool,
+}
+
+/// A frontier point's module training (`decomp tangle --train` flags).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PointTraining {
+    pub budget: Option<f64>,
+    pub lr: Option<f64>,
 }
 
 fn two() -> f32 {

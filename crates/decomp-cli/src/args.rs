@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use decomp_ir::{
     ActivationRate, BlnRule, ChannelConfig, Compensation, DecompConfig, MaskSite, ModelIr,
-    PositiveFilter, Top5Ranking, Variant,
+    ModuleTrainConfig, PositiveFilter, Top5Ranking, Variant,
 };
 use decomp_model::{Runtime, parse_device};
 
@@ -309,6 +309,25 @@ pub struct ChannelArgs {
     /// `--budget` and `--reconstruct` look at.
     #[arg(long, default_value_t = 512)]
     pub fit_images: usize,
+    /// Channel level, TRAINING (issue 17): after selection and reconstruction, train every
+    /// weight of each module (Adam, frozen BatchNorms, cosine decay) so that its margin
+    /// reproduces the model's on the training images (distillation; no labels).
+    #[arg(long)]
+    pub train: bool,
+    /// With `--train`: the budget of all the model's modules together, in epochs of the
+    /// model's own training cost (each module gets `1/classes` of it, spent as images at
+    /// three times its FLOPs, after its share of the model's forward passes for the targets).
+    #[arg(long, default_value_t = 2.0, value_parser = flags::finite_f64)]
+    pub train_budget: f64,
+    /// With `--train`: Adam's starting learning rate (cosine decay to 0).
+    #[arg(long, default_value_t = 1e-3, value_parser = flags::finite_f64)]
+    pub train_lr: f64,
+    /// With `--train`: images per step.
+    #[arg(long, default_value_t = 64)]
+    pub train_batch: usize,
+    /// With `--train`: training images held out to measure each module before and after.
+    #[arg(long, default_value_t = 2000)]
+    pub train_validation: usize,
 }
 
 impl ChannelArgs {
@@ -326,6 +345,7 @@ impl ChannelArgs {
                     ("--relu-passes", self.relu_passes != 3),
                     ("--fit-head", self.fit_head),
                     ("--fit-images", self.fit_images != 512),
+                    ("--train", self.train),
                 ]
                 .into_iter()
                 .filter_map(|(flag, given)| given.then_some(flag))
@@ -369,6 +389,37 @@ impl ChannelArgs {
         if !(1..=16).contains(&self.relu_passes) {
             bail!("--relu-passes {}: expected 1 to 16", self.relu_passes);
         }
+        let d = ModuleTrainConfig::default();
+        let train_flags = [
+            ("--train-budget", self.train_budget != d.budget_epochs),
+            ("--train-lr", self.train_lr != d.lr),
+            ("--train-batch", self.train_batch != d.batch_size),
+            (
+                "--train-validation",
+                self.train_validation != d.validation_images,
+            ),
+        ];
+        if !self.train
+            && let Some((flag, _)) = train_flags.iter().find(|(_, given)| *given)
+        {
+            bail!("{flag} applies with --train only");
+        }
+        if self.train_budget <= 0.0 {
+            bail!("--train-budget {}: expected epochs > 0", self.train_budget);
+        }
+        if self.train_lr <= 0.0 {
+            bail!("--train-lr {}: expected a learning rate > 0", self.train_lr);
+        }
+        if self.train_batch == 0 {
+            bail!("--train-batch 0: expected at least 1 image per step");
+        }
+        let train = self.train.then(|| ModuleTrainConfig {
+            budget_epochs: self.train_budget,
+            lr: self.train_lr,
+            batch_size: self.train_batch,
+            validation_images: self.train_validation,
+            seed: 0,
+        });
         Ok(Some(ChannelConfig {
             tau: self.tau,
             tau_neg: self.tau_neg,
@@ -379,6 +430,7 @@ impl ChannelArgs {
             relu_passes: self.relu_passes,
             fit_head: self.fit_head,
             fit_images: self.fit_images,
+            train,
         }))
     }
 }

@@ -292,9 +292,39 @@ fn channel_modules(
     let mut modules = Vec::new();
     let (mut fp, mut pp) = (Vec::new(), Vec::new());
     let mut model_cost = Cost::default();
+    // Module training's targets: the model's logits on the training images, once for all
+    // modules.
+    let teacher = match (&ccfg.train, fit) {
+        (None, _) => None,
+        (Some(_), None) => bail!("module training needs the training images"),
+        (Some(_), Some(f)) => {
+            tracing::info!(images = f.train.len(), "model logits for module training");
+            Some(decomp_tangle::ModelLogits::compute(
+                model,
+                f.train,
+                f.device,
+                f.batch_size,
+            )?)
+        }
+    };
+    let meter = crate::energy::EnergyMeter::for_device("cpu");
     for c in &set.classes {
-        let m = decomp_tangle::build_channel_module(model, c, &cfg, ccfg, &origin, fit)
+        let mut m = decomp_tangle::build_channel_module(model, c, &cfg, ccfg, &origin, fit)
             .with_context(|| format!("class {}", c.class))?;
+        if let (Some(tc), Some(teacher), Some(f)) = (&ccfg.train, &teacher, fit) {
+            let reading = meter.start();
+            decomp_tangle::train_channel_module(&mut m, teacher, f.train, tc)?;
+            if let Some(t) = m.training.as_mut() {
+                t.energy_j = meter.joules_since(&reading);
+                tracing::info!(
+                    class = c.class,
+                    images = t.images,
+                    seconds = t.seconds,
+                    validation = ?t.validation,
+                    "module trained"
+                );
+            }
+        }
         let path = out_dir.join(format!("module_{:03}.mod", c.class));
         write_artifact(&path, &m)?;
         fp.push(percent(m.cost.flops, m.model_cost.flops));
@@ -459,7 +489,8 @@ fn tangle_channel(a: &TangleArgs, model: &ModelIr, ccfg: &ChannelConfig) -> Resu
         &stamp_config(&set.config, Some(ccfg)),
         a.run.force,
     )?;
-    let needs_data = ccfg.budget.is_some() || ccfg.reconstruct || ccfg.fit_head;
+    let needs_data =
+        ccfg.budget.is_some() || ccfg.reconstruct || ccfg.fit_head || ccfg.train.is_some();
     let missing = set.classes.iter().any(|c| c.unconcerned.is_none());
     let train = if missing || needs_data {
         Some(training_data(&a.data, model)?)

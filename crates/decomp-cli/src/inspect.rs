@@ -153,6 +153,32 @@ fn channel_module(path: &Path, m: &ChannelModule) -> Result<()> {
     outln!("channel: {:?}", m.channel);
     outln!("samples: {:?}", m.counts);
     outln!("provenance: {}", m.provenance);
+    if let Some(t) = &m.training {
+        outln!(
+            "trained: {} images ({:.2} epochs), {:.3e} FLOPs = {:.3} epochs of the model's training, {:.1} s{}",
+            t.images,
+            t.epochs,
+            t.flops,
+            t.model_epochs,
+            t.seconds,
+            t.energy_j.map_or(String::new(), |j| format!(", {j:.0} J"))
+        );
+        outln!(
+            "  training loss (first / last tenth of the steps): {:.4} -> {:.4}",
+            t.train_loss[0],
+            t.train_loss[1]
+        );
+        if let Some(v) = &t.validation {
+            outln!(
+                "  held-out ({} images): margin error {:.4} -> {:.4}, sign agreement {:.2}% -> {:.2}%",
+                v.images,
+                v.error[0],
+                v.error[1],
+                100.0 * v.agreement[0],
+                100.0 * v.agreement[1]
+            );
+        }
+    }
     let (kept, total) = m.plan.kept_channels();
     outln!("channels kept: {kept} of {total}");
     for g in &m.plan.groups {

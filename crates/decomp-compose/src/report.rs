@@ -74,6 +74,7 @@ pub fn channel_compose_report(
                 time_ratio: run.model_seconds.map(|t| s / t),
                 kept_channels: kept,
                 total_channels: total,
+                training: m.training.clone(),
             }
         })
         .collect();

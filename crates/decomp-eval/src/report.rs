@@ -122,6 +122,9 @@ pub struct ChannelModuleReport {
     pub time_ratio: Option<f64>,
     pub kept_channels: usize,
     pub total_channels: usize,
+    /// The module's training record, where it was trained (issue 17).
+    #[serde(default)]
+    pub training: Option<decomp_ir::ModuleTraining>,
 }
 
 /// `decomp compose` of channel modules.

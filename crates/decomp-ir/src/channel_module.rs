@@ -104,6 +104,84 @@ pub struct ChannelConfig {
     /// Images of the module's sample (half concerned, half unconcerned) used by budget
     /// selection and reconstruction.
     pub fit_images: usize,
+    /// **Training** of the module's weights after selection and reconstruction (issue 17):
+    /// distillation of the model's margin on the training images ([`ModuleTrainConfig`]).
+    /// `None`: no gradient steps.
+    pub train: Option<ModuleTrainConfig>,
+}
+
+/// Module training: every weight of the extracted module (convolutions, BatchNorm `gamma`
+/// and `beta` with the running statistics frozen, the binary head) moves by Adam so that
+/// the module's margin `mine - other` reproduces the model's own binary margin
+/// `z_c - mean of the other logits` (the margin composition votes on) on the training
+/// images, as mean squared error. No labels: the module learns the model's decision,
+/// mistakes included, which is what keeps the composition at the model's accuracy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModuleTrainConfig {
+    /// The budget of all the model's modules together, in epochs of the model's own
+    /// training cost (`3 x model FLOPs` per training image): each module gets `budget x
+    /// training images x 3 x model FLOPs / classes`, minus its share of the model's forward
+    /// passes that give the targets, as images of `3 x its own FLOPs`. Default 2.
+    pub budget_epochs: f64,
+    /// Adam's learning rate at the start; it decays to 0 along a cosine. Default 1e-3.
+    pub lr: f64,
+    /// Images per step. Default 64.
+    pub batch_size: usize,
+    /// Training images held out of the steps to measure the module before and after
+    /// training (margin error and agreement with the model's decision). Default 2,000.
+    pub validation_images: usize,
+    /// Seed of the hold-out split and the image order.
+    pub seed: u64,
+}
+
+impl Default for ModuleTrainConfig {
+    fn default() -> Self {
+        Self {
+            budget_epochs: 2.0,
+            lr: 1e-3,
+            batch_size: 64,
+            validation_images: 2000,
+            seed: 0,
+        }
+    }
+}
+
+/// A module measured on training images held out of its training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModuleValidation {
+    pub images: usize,
+    /// Mean squared error of the module's margin against the model's, before and after.
+    pub error: [f64; 2],
+    /// Fraction of images whose module margin has the sign of the model's, before and after.
+    pub agreement: [f64; 2],
+}
+
+/// What a module's training spent and achieved, recorded in the module file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModuleTraining {
+    /// Training images seen (steps x batch size, the last batch possibly short).
+    pub images: usize,
+    /// `images` over the training images used (the split minus the hold-out).
+    pub epochs: f64,
+    /// Multiply-accumulates spent: `3 x module FLOPs x images` (forward, data and weight
+    /// gradients) plus this module's share (`1 / classes`) of the model's forward passes
+    /// over the training images that gave the targets.
+    pub flops: f64,
+    /// The same in epochs of the model's own training cost (`flops / (3 x model FLOPs x
+    /// training images)`).
+    pub model_epochs: f64,
+    /// Wall-clock seconds of the steps and the hold-out measurements (the targets' share
+    /// included; `flops` counts the steps and the targets only).
+    pub seconds: f64,
+    /// Joules over `seconds` where the machine's energy counters were read (set by the
+    /// program that trained), else `None`.
+    pub energy_j: Option<f64>,
+    /// The module on the held-out training images before and after training (`None`
+    /// without a hold-out).
+    pub validation: Option<ModuleValidation>,
+    /// Mean training loss of the first and the last 10% of the steps.
+    pub train_loss: [f64; 2],
+    pub config: ModuleTrainConfig,
 }
 
 impl Default for ChannelConfig {
@@ -118,6 +196,7 @@ impl Default for ChannelConfig {
             relu_passes: 3,
             fit_head: false,
             fit_images: 512,
+            train: None,
         }
     }
 }
@@ -291,12 +370,15 @@ pub struct ChannelModule {
     pub cost: Cost,
     pub model_cost: Cost,
     pub provenance: String,
+    /// Module training's record, when [`ChannelConfig::train`] was set.
+    pub training: Option<ModuleTraining>,
 }
 
 impl Artifact for ChannelModule {
     const KIND: ArtifactKind = ArtifactKind::ChannelModule;
-    /// Version 2 added `ChannelConfig::relu_passes`; older channel modules are rebuilt.
-    const MIN_VERSION: u16 = 2;
+    /// Version 2 added `ChannelConfig::relu_passes`, version 3 module training
+    /// (`ChannelConfig::train`, `ChannelModule::training`); older channel modules are rebuilt.
+    const MIN_VERSION: u16 = 3;
     fn validate(&self) -> Result<(), String> {
         let shapes = self.module.check().map_err(|e| e.to_string())?;
         if self.module.num_classes() != 2 {

@@ -37,7 +37,8 @@ pub use artifact::{
 };
 pub use channel_module::{
     ActivationRate, ChannelConcernSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels,
-    Compensation, SiteChannelStats, UnconcernedStats,
+    Compensation, ModuleTrainConfig, ModuleTraining, ModuleValidation, SiteChannelStats,
+    UnconcernedStats,
 };
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Op, Shape, TensorData, checked_product, node_shape};

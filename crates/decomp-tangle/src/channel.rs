@@ -271,5 +271,6 @@ pub fn build_channel_module(
             unconcerned_per_class: concern.unconcerned.as_ref().map_or(0, |u| u.per_class),
         },
         provenance: origin.provenance.clone(),
+        training: None,
     })
 }

@@ -14,6 +14,7 @@
 
 mod channel;
 mod fit;
+mod train;
 
 pub use channel::{
     FitData, build_channel_module, channel_plan, channel_untangle, channel_untangle_set,
@@ -28,6 +29,7 @@ use decomp_model::Executor;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+pub use train::{ModelLogits, train_channel_module};
 
 /// Errors of tangling identification and modularization.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub enum TangleError {
     NoHead(String),
     #[error("concern masks do not fit the model: {0}")]
     Masks(String),
+    #[error("module training of class {class}: {reason}")]
+    Train { class: usize, reason: String },
 }
 
 /// Unconcerned images for `class` (indices into `train`): `max(1, positives / (K - 1))`

@@ -188,6 +188,15 @@ pub fn frontier(r: &Run) -> Result<()> {
                         if pt.fit_head {
                             a.push("--fit-head".into());
                         }
+                        if let Some(t) = &pt.train {
+                            a.push("--train".into());
+                            if let Some(b) = t.budget {
+                                a.extend(strings(&["--train-budget", &b.to_string()]));
+                            }
+                            if let Some(lr) = t.lr {
+                                a.extend(strings(&["--train-lr", &lr.to_string()]));
+                            }
+                        }
                         a.extend(strings(&["--out-dir", &s(work)]));
                         a.extend(model_args.clone());
                         r.eng.decomp(&a).map(drop)

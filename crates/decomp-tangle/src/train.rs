@@ -1,0 +1,213 @@
+//! Module training (issue 17): after selection and reconstruction, a channel module's weights
+//! are trained to reproduce the model's binary margin for its class on the training images
+//! ([`decomp_ir::ModuleTrainConfig`]), on the CPU training engine with frozen BatchNorms.
+//!
+//! The targets are linear in the model's logits (`z_c - mean of the other logits`), so one
+//! forward pass of the model over the training images ([`ModelLogits`]) serves every module
+//! of the model; each module is charged `1 / classes` of it.
+
+use std::time::Instant;
+
+use decomp_data::Dataset;
+use decomp_ir::{
+    ChannelModule, ModelIr, ModuleTrainConfig, ModuleTraining, ModuleValidation, analysis,
+};
+use decomp_model::train::OptimizerConfig;
+use decomp_model::{CpuOptimizer, ExecutorSource, GradEngine, Target, to_vec};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::TangleError;
+
+/// The model's logits on every image of a training split, in split order, and what they
+/// cost.
+#[derive(Clone, Debug)]
+pub struct ModelLogits {
+    /// `[images][classes]`, row-major.
+    pub logits: Vec<f32>,
+    pub classes: usize,
+    /// Wall-clock seconds of the forward passes.
+    pub seconds: f64,
+    /// Multiply-accumulates of the forward passes (`images x model FLOPs`).
+    pub flops: f64,
+}
+
+impl ModelLogits {
+    /// Runs `model` over `train` in batches of `batch_size` on `device`.
+    pub fn compute(
+        model: &ModelIr,
+        train: &Dataset,
+        device: &dyn ExecutorSource,
+        batch_size: usize,
+    ) -> Result<Self, TangleError> {
+        let start = Instant::now();
+        let exec = device.executor(model)?;
+        let classes = model.num_classes();
+        let mut logits = Vec::with_capacity(train.len() * classes);
+        for batch in train.batches(batch_size.max(1)) {
+            let b = batch?;
+            let n = b.labels.len();
+            let first = logits.len() / classes;
+            let z = to_vec(exec.forward(exec.input_tensor(b.images, n)?)?);
+            exec.check_logits(&z, first)?;
+            logits.extend(z);
+        }
+        let shapes = model.check()?;
+        let flops = analysis::cost(&model.graph, &shapes).macs as f64 * train.len() as f64;
+        Ok(Self {
+            logits,
+            classes,
+            seconds: start.elapsed().as_secs_f64(),
+            flops,
+        })
+    }
+
+    /// Image `i`'s binary margin for `class`: `z_class - mean of the other logits` (what
+    /// the binary head of [`crate::binary_head`] computes, and composition votes on).
+    pub fn margin(&self, i: usize, class: usize) -> f32 {
+        let z = &self.logits[i * self.classes..(i + 1) * self.classes];
+        let others: f64 = z.iter().map(|&v| f64::from(v)).sum::<f64>() - f64::from(z[class]);
+        (f64::from(z[class]) - others / (self.classes - 1) as f64) as f32
+    }
+}
+
+/// Trains `module` (of its class, extracted from the model whose logits on `train` are
+/// `teacher`) per `cfg`, and records what it spent in `module.training`.
+///
+/// A seeded hold-out of `cfg.validation_images` training images measures the module before
+/// and after; the rest are the training images, visited in a seeded order, one pass after
+/// another until the budget's images are spent, with Adam (no weight decay) at a learning
+/// rate that decays along a cosine from `cfg.lr` to 0.
+pub fn train_channel_module(
+    module: &mut ChannelModule,
+    teacher: &ModelLogits,
+    train: &Dataset,
+    cfg: &ModuleTrainConfig,
+) -> Result<(), TangleError> {
+    let start = Instant::now();
+    let class = module.class;
+    let classes = teacher.classes;
+    let fail = |reason: String| TangleError::Train { class, reason };
+    if train.len() * classes != teacher.logits.len() || classes < 2 {
+        return Err(fail(format!(
+            "{} model logits for {} training images of {classes} classes",
+            teacher.logits.len(),
+            train.len()
+        )));
+    }
+    if !(cfg.budget_epochs.is_finite() && cfg.budget_epochs > 0.0)
+        || !(cfg.lr.is_finite() && cfg.lr > 0.0)
+        || cfg.batch_size == 0
+    {
+        return Err(fail(format!(
+            "needs a positive budget, learning rate and batch size (budget {} epochs, lr {}, \
+             batch {})",
+            cfg.budget_epochs, cfg.lr, cfg.batch_size
+        )));
+    }
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    order.shuffle(&mut rng);
+    let held = cfg.validation_images.min(train.len() / 5);
+    let (val_idx, train_idx) = order.split_at(held);
+    let (val_idx, mut train_idx) = (val_idx.to_vec(), train_idx.to_vec());
+    if train_idx.is_empty() {
+        return Err(fail("no training images".into()));
+    }
+    // The budget: all modules together get `budget x 3 x model FLOPs` per training image; a
+    // module's share, minus its share of the targets' forward passes, buys images at `3 x
+    // module FLOPs` each.
+    let (module_flops, model_flops) = (module.cost.macs as f64, module.model_cost.macs as f64);
+    let n_train = train.len() as f64;
+    let share = cfg.budget_epochs * 3.0 * model_flops * n_train / classes as f64;
+    let target_share = teacher.flops / classes as f64;
+    let images = ((share - target_share) / (3.0 * module_flops)).floor();
+    if images < cfg.batch_size as f64 {
+        return Err(fail(format!(
+            "a budget of {} epochs leaves {images} images after the targets' forward passes \
+             (fewer than one batch of {})",
+            cfg.budget_epochs, cfg.batch_size
+        )));
+    }
+    let images = images as usize;
+    let steps = images.div_ceil(cfg.batch_size);
+
+    let val = train.select(&val_idx)?;
+    let val_targets: Vec<f32> = val_idx.iter().map(|&i| teacher.margin(i, class)).collect();
+    let mut engine = GradEngine::new(module.module.clone())?.with_frozen_batch_norm(true);
+    let before = validate(&mut engine, &val, &val_targets, cfg.batch_size)?;
+    let mut optimizer = CpuOptimizer::new(OptimizerConfig::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: 1e-8,
+        weight_decay: 0.0,
+    });
+    let mut losses = Vec::with_capacity(steps);
+    let mut at = 0;
+    for step in 0..steps {
+        if at == train_idx.len() {
+            train_idx.shuffle(&mut rng);
+            at = 0;
+        }
+        let take = cfg
+            .batch_size
+            .min(images - step * cfg.batch_size)
+            .min(train_idx.len() - at);
+        let idx = &train_idx[at..at + take];
+        at += take;
+        let batch = train.select(idx)?.batch(0..take)?;
+        let targets: Vec<f32> = idx.iter().map(|&i| teacher.margin(i, class)).collect();
+        let progress = step as f64 / steps as f64;
+        let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        let (loss, _) = engine
+            .step_for(&mut optimizer, &batch.images, Target::Margins(&targets), lr)
+            .map_err(|e| fail(format!("step {step} of {steps}: {e}")))?;
+        losses.push(loss);
+    }
+    let after = validate(&mut engine, &val, &val_targets, cfg.batch_size)?;
+    let tenth = (steps / 10).max(1);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let seen = images;
+    module.module = engine.into_model();
+    module.training = Some(ModuleTraining {
+        images: seen,
+        epochs: seen as f64 / train_idx.len() as f64,
+        flops: 3.0 * module_flops * seen as f64 + target_share,
+        model_epochs: (3.0 * module_flops * seen as f64 + target_share)
+            / (3.0 * model_flops * n_train),
+        seconds: start.elapsed().as_secs_f64() + teacher.seconds / classes as f64,
+        energy_j: None,
+        validation: before.zip(after).map(|(b, a)| ModuleValidation {
+            images: val_idx.len(),
+            error: [b.0, a.0],
+            agreement: [b.1, a.1],
+        }),
+        train_loss: [mean(&losses[..tenth]), mean(&losses[steps - tenth..])],
+        config: cfg.clone(),
+    });
+    Ok(())
+}
+
+/// Mean squared margin error and sign agreement of the engine's model on `val` (targets in
+/// `val`'s order), without changing it (frozen BatchNorms, no step); `None` without images.
+fn validate(
+    engine: &mut GradEngine,
+    val: &Dataset,
+    targets: &[f32],
+    batch_size: usize,
+) -> Result<Option<(f64, f64)>, TangleError> {
+    if val.is_empty() {
+        return Ok(None);
+    }
+    let (mut err, mut agree, mut first) = (0.0, 0usize, 0);
+    for batch in val.batches(batch_size) {
+        let b = batch?;
+        let n = b.labels.len();
+        let g = engine.gradients_for(&b.images, Target::Margins(&targets[first..first + n]))?;
+        err += g.loss * n as f64;
+        agree += g.correct;
+        first += n;
+    }
+    Ok(Some((err / first as f64, agree as f64 / first as f64)))
+}
