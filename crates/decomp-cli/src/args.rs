@@ -413,7 +413,7 @@ impl ChannelArgs {
         if self.train_batch == 0 {
             bail!("--train-batch 0: expected at least 1 image per step");
         }
-        let train = self.train.then(|| ModuleTrainConfig {
+        let train = self.train.then_some(ModuleTrainConfig {
             budget_epochs: self.train_budget,
             lr: self.train_lr,
             batch_size: self.train_batch,

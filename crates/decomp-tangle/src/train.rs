@@ -96,10 +96,8 @@ pub fn train_channel_module(
             train.len()
         )));
     }
-    if !(cfg.budget_epochs.is_finite() && cfg.budget_epochs > 0.0)
-        || !(cfg.lr.is_finite() && cfg.lr > 0.0)
-        || cfg.batch_size == 0
-    {
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !positive(cfg.budget_epochs) || !positive(cfg.lr) || cfg.batch_size == 0 {
         return Err(fail(format!(
             "needs a positive budget, learning rate and batch size (budget {} epochs, lr {}, \
              batch {})",

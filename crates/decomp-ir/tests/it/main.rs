@@ -405,7 +405,11 @@ fn golden_file_is_stable() {
     assert_eq!(m, tiny_model());
     for (version, path) in [(1u16, GOLDEN_V1), (2, GOLDEN_V2)] {
         let old = std::fs::read(path).expect("older golden files are committed");
-        assert_eq!(u16::from_le_bytes([old[8], old[9]]), version, "format version");
+        assert_eq!(
+            u16::from_le_bytes([old[8], old[9]]),
+            version,
+            "format version"
+        );
         let m: ModelIr = decode_artifact(&old, Path::new(path)).expect("decode an older version");
         assert_eq!(m, tiny_model());
         // An older channel module (its payload changed in versions 2 and 3) is refused by
