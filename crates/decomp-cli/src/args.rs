@@ -320,7 +320,7 @@ pub struct ChannelArgs {
     #[arg(long, default_value_t = 2.0, value_parser = flags::finite_f64)]
     pub train_budget: f64,
     /// With `--train`: Adam's starting learning rate (cosine decay to 0).
-    #[arg(long, default_value_t = 1e-3, value_parser = flags::finite_f64)]
+    #[arg(long, default_value_t = 3e-4, value_parser = flags::finite_f64)]
     pub train_lr: f64,
     /// With `--train`: images per step.
     #[arg(long, default_value_t = 64)]

@@ -123,7 +123,9 @@ pub struct ModuleTrainConfig {
     /// training images x 3 x model FLOPs / classes`, minus its share of the model's forward
     /// passes that give the targets, as images of `3 x its own FLOPs`. Default 2.
     pub budget_epochs: f64,
-    /// Adam's learning rate at the start; it decays to 0 along a cosine. Default 1e-3.
+    /// Adam's learning rate at the start; it decays to 0 along a cosine. Default 3e-4 (on
+    /// held-out training images of a ResNet-20 module at 20% of the FLOPs, 1e-4 / 3e-4 / 1e-3
+    /// / 3e-3 left margin errors of 14.0 / 12.8 / 20.4 / 25.7, from 29.1 untrained).
     pub lr: f64,
     /// Images per step. Default 64.
     pub batch_size: usize,
@@ -138,7 +140,7 @@ impl Default for ModuleTrainConfig {
     fn default() -> Self {
         Self {
             budget_epochs: 2.0,
-            lr: 1e-3,
+            lr: 3e-4,
             batch_size: 64,
             validation_images: 2000,
             seed: 0,
