@@ -66,9 +66,18 @@ fn round2(v: &Value) -> String {
 /// Lowest change drawn; points below it sit on the bottom edge as open circles.
 const Y_FLOOR: f64 = -30.0;
 
-/// The `rec.` column of row `r`: reconstruction, its passes, and the head fit (training).
+/// The `rec.` column of row `r`: reconstruction, its passes, the head fit and module
+/// training (both training).
 fn rec_label(r: &Value) -> String {
-    match (
+    let trained = if r["train"].is_null() {
+        String::new()
+    } else {
+        format!(
+            " + **module training ({:.2} model epochs)**",
+            f(&r["train"]["model_epochs"])
+        )
+    };
+    let base = match (
         r["reconstruct"].as_bool(),
         r["relu_passes"].as_u64().unwrap_or(1),
         r["fit_head"].as_bool(),
@@ -87,7 +96,8 @@ fn rec_label(r: &Value) -> String {
             }
         ),
         _ => "no".into(),
-    }
+    };
+    base + &trained
 }
 
 pub fn frontier(r: &Run) -> Result<()> {
@@ -274,6 +284,30 @@ pub fn frontier(r: &Run) -> Result<()> {
                     continue;
                 }
             };
+            // Module training's totals over the point's modules (issue 17).
+            let trained: Vec<_> = v
+                .per_module
+                .iter()
+                .filter_map(|m| m.training.as_ref())
+                .collect();
+            let train = match (&pt.train, trained.len() == v.per_module.len()) {
+                (None, _) => Value::Null,
+                (Some(_), false) => bail!(
+                    "frontier point {unit_name}: asked for training, but not every module records it"
+                ),
+                (Some(_), true) => json!({
+                    "budget": trained[0].config.budget_epochs,
+                    "lr": trained[0].config.lr,
+                    "model_epochs": trained.iter().map(|t| t.model_epochs).sum::<f64>(),
+                    "flops": trained.iter().map(|t| t.flops).sum::<f64>(),
+                    "seconds": trained.iter().map(|t| t.seconds).sum::<f64>(),
+                    "energy_j": trained
+                        .iter()
+                        .map(|t| t.energy_j)
+                        .sum::<Option<f64>>(),
+                    "images_per_module": trained.iter().map(|t| t.images).sum::<usize>() / trained.len(),
+                }),
+            };
             rows.push(json!({
                 "model": arch,
                 "tau": pt.tau,
@@ -284,6 +318,7 @@ pub fn frontier(r: &Run) -> Result<()> {
                 "reconstruct": pt.reconstruct,
                 "relu_passes": if pt.reconstruct { Some(pt.relu_passes) } else { None },
                 "fit_head": pt.fit_head,
+                "train": train,
                 "n": v.accuracy.n,
                 "model_top1": v.accuracy.model_top1,
                 "composed_top1": v.accuracy.composed_top1,
@@ -336,18 +371,22 @@ pub fn frontier(r: &Run) -> Result<()> {
          binary head is the model's, unchanged); `N passes (ReLU-aware)`: after the first solve, each further pass\n\
          replaces the target by `min(prediction, 0)` where the model's pre-activation is <= 0 (its ReLU outputs 0\n\
          for any such value) and solves again. `head fit (training)`: on top of that the module's binary head\n\
-         is fitted (ridge least squares, same images) so that its margin reproduces the model's; the only rows of\n\
-         this table with any training (issue item 5, reported separately).\n\
+         is fitted (ridge least squares, same images) so that its margin reproduces the model's (issue 6 item 5,\n\
+         training, reported separately), and `module training` rows train every weight (see below).\n\
          FLOPs / parameters / bytes / time are per module relative to the full model (time: forward passes\n\
          over the test images, measured interleaved with the full model in the same run).\n\n\
-         | model | n | rate | tau / budget | tau_neg | comp. | rec. | model top-1 | composed top-1 | Δ top-1 | top-5 | mean FLOPs % | mean params % | mean bytes | model bytes | time ratio | union / separate FLOPs |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         `10 modules / model`: the FLOPs of composing all modules (one pass each) over one forward of the model.\n\
+         `module training`: every module's weights trained after reconstruction by distilling the model's margin\n\
+         (issue 17; `decomp tangle --train`), its cost in epochs of the model's own training (3 x model FLOPs per\n\
+         training image), summed over the 10 modules; the pretrained models trained 200 epochs (akamaster's recipe).\n\n\
+         | model | n | rate | tau / budget | tau_neg | comp. | rec. | model top-1 | composed top-1 | Δ top-1 | top-5 | mean FLOPs % | mean params % | mean bytes | model bytes | time ratio | union / separate FLOPs | 10 modules / model |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let d = f(&r["composed_top1"]) - f(&r["model_top1"]);
         let uf = f(&r["union_flops"]) / f(&r["separate_flops"]);
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:+.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:+.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
             r["model"].as_str().unwrap_or(""),
             r["n"],
             r["rate"].as_str().unwrap_or(""),
@@ -373,6 +412,7 @@ pub fn frontier(r: &Run) -> Result<()> {
             f(&r["model_bytes"]),
             f(&r["mean_time_ratio"]),
             uf,
+            f(&r["separate_flops"]) / f(&r["model_flops"]),
         ));
         csv.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{},{:.4},{},{},{},{},{},{},{},{},{}\n",
@@ -487,6 +527,7 @@ macro_rules! marker {
             0 => Circle::new($at, 5, $c.filled()).into_dyn(),
             1 => Cross::new($at, 6, $c.stroke_width(3)).into_dyn(),
             3 => TriangleMarker::new($at, 7, $c.filled()).into_dyn(),
+            4 => TriangleMarker::new($at, 8, $c.stroke_width(2)).into_dyn(),
             _ => Circle::new($at, 6, $c.stroke_width(2)).into_dyn(),
         }
     };
@@ -495,8 +536,11 @@ macro_rules! marker {
 fn plot(path: &Path, rows: &[Value]) -> Result<()> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (860, 520)).into_drawing_area();
+        // The legend has its own panel right of the chart, so it never covers a point.
+        let root = SVGBackend::with_string(&mut svg, (1200, 540)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let (root, panel) = root.split_horizontally(800);
+        let mut legend: Vec<(String, usize, RGBColor)> = Vec::new();
         let ys: Vec<f64> = rows
             .iter()
             .map(|r| f(&r["composed_top1"]) - f(&r["model_top1"]))
@@ -527,12 +571,13 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             .map_err(|e| anyhow!("{e}"))?;
         let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
         // Kinds: 0 rate thresholds, 1 importance budget (+ least squares), 2 with head fit,
-        // 3 budget + ReLU-aware least squares.
+        // 3 budget + ReLU-aware least squares, 4 those modules trained (issue 17).
         let kind = |r: &Value| match (
             r["budget"].is_null(),
             r["fit_head"].as_bool(),
             r["relu_passes"].as_u64().unwrap_or(1) > 1,
         ) {
+            _ if !r["train"].is_null() => 4,
             (true, _, _) => 0,
             (false, Some(true), _) => 2,
             (false, _, true) => 3,
@@ -547,6 +592,8 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             ("resnet56", 3),
             ("resnet20", 2),
             ("resnet56", 2),
+            ("resnet20", 4),
+            ("resnet56", 4),
         ]
         .into_iter()
         .enumerate()
@@ -572,6 +619,7 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
                 "importance budget + least squares",
                 "budget + least squares + head fit (TRAINING)",
                 "importance budget + ReLU-aware least squares",
+                "the same + module training (TRAINING)",
             ][k];
             chart
                 .draw_series(pts.iter().filter(|p| p.1 >= Y_FLOOR).map(
@@ -579,13 +627,17 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
                         marker!(k, c, (x, y))
                     },
                 ))
-                .map_err(|e| anyhow!("{e}"))?
-                .label(format!("{arch}: {what} (this work, measured)"))
-                .legend(
-                    move |(x, y)| -> DynElement<'static, SVGBackend, (i32, i32)> {
-                        marker!(k, c, (x, y))
-                    },
-                );
+                .map_err(|e| anyhow!("{e}"))?;
+            if k == 4 {
+                // The trained curve: joined in FLOPs order.
+                chart
+                    .draw_series(LineSeries::new(
+                        pts.iter().copied().filter(|p| p.1 >= Y_FLOOR),
+                        c.stroke_width(1),
+                    ))
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+            legend.push((format!("{arch}: {what}"), k, c));
             chart
                 .draw_series(
                     pts.iter()
@@ -611,18 +663,48 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
                     7,
                     gray.filled(),
                 )))
-                .map_err(|e| anyhow!("{e}"))?
-                .label(*label)
-                .legend(move |(x, y)| TriangleMarker::new((x, y), 6, gray.filled()));
+                .map_err(|e| anyhow!("{e}"))?;
+            legend.push((label.to_string(), 5, gray));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
+        // Measured here (colour = model) above, published (gray triangles) below.
+        let mut y = 40;
+        panel
+            .draw(&Text::new(
+                "this work, measured:",
+                (8, y - 24),
+                ("sans-serif", 14).into_font(),
+            ))
             .map_err(|e| anyhow!("{e}"))?;
+        for (i, (label, k, c)) in legend.iter().enumerate() {
+            if *k == 5 && (i == 0 || legend[i - 1].1 != 5) {
+                y += 14;
+                panel
+                    .draw(&Text::new(
+                        "published, other models (not reproduced):",
+                        (8, y - 4),
+                        ("sans-serif", 14).into_font(),
+                    ))
+                    .map_err(|e| anyhow!("{e}"))?;
+                y += 20;
+            }
+            let at = (18, y);
+            if *k == 5 {
+                panel.draw(&TriangleMarker::new(at, 6, c.filled()))
+            } else {
+                panel.draw(&marker!(*k, *c, at))
+            }
+            .map_err(|e| anyhow!("{e}"))?;
+            panel
+                .draw(&Text::new(
+                    label.as_str(),
+                    (32, y - 7),
+                    ("sans-serif", 12).into_font(),
+                ))
+                .map_err(|e| anyhow!("{e}"))?;
+            y += 20;
+        }
         root.present().map_err(|e| anyhow!("{e}"))?;
+        panel.present().map_err(|e| anyhow!("{e}"))?;
     }
     crate::engine::write_atomic(path, &svg)
 }
