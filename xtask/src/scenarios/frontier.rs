@@ -502,7 +502,7 @@ fn point_name(pt: &FrontierPoint) -> String {
     }
     match pt.budget {
         Some(b) => format!(
-            "budget{b}-{}{}{}{}",
+            "budget{b}-{}{}{}{}{}",
             pt.compensation,
             if pt.reconstruct { "-reconstruct" } else { "" },
             if pt.reconstruct && pt.relu_passes > 1 {
@@ -510,7 +510,8 @@ fn point_name(pt: &FrontierPoint) -> String {
             } else {
                 String::new()
             },
-            if pt.fit_head { "-fithead" } else { "" }
+            if pt.fit_head { "-fithead" } else { "" },
+            if pt.train.is_some() { "-trained" } else { "" }
         ),
         None => format!(
             "{}-tau{}-neg{}-{}",
