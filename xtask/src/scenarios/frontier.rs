@@ -668,24 +668,17 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             legend.push((label.to_string(), 5, gray));
         }
         // Measured here (colour = model) above, published (gray triangles) below.
+        let text = |t: &str, at: (i32, i32), size: u32| {
+            panel
+                .draw(&Text::new(t, at, ("sans-serif", size).into_font()))
+                .map_err(|e| anyhow!("{e}"))
+        };
         let mut y = 40;
-        panel
-            .draw(&Text::new(
-                "this work, measured:",
-                (8, y - 24),
-                ("sans-serif", 14).into_font(),
-            ))
-            .map_err(|e| anyhow!("{e}"))?;
+        text("this work, measured:", (8, y - 24), 14)?;
         for (i, (label, k, c)) in legend.iter().enumerate() {
             if *k == 5 && (i == 0 || legend[i - 1].1 != 5) {
                 y += 14;
-                panel
-                    .draw(&Text::new(
-                        "published, other models (not reproduced):",
-                        (8, y - 4),
-                        ("sans-serif", 14).into_font(),
-                    ))
-                    .map_err(|e| anyhow!("{e}"))?;
+                text("published, other models (not reproduced):", (8, y - 4), 14)?;
                 y += 20;
             }
             let at = (18, y);
@@ -695,13 +688,7 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
                 panel.draw(&marker!(*k, *c, at))
             }
             .map_err(|e| anyhow!("{e}"))?;
-            panel
-                .draw(&Text::new(
-                    label.as_str(),
-                    (32, y - 7),
-                    ("sans-serif", 12).into_font(),
-                ))
-                .map_err(|e| anyhow!("{e}"))?;
+            text(label, (32, y - 7), 12)?;
             y += 20;
         }
         root.present().map_err(|e| anyhow!("{e}"))?;

@@ -566,26 +566,10 @@ impl Pass<'_> {
                     stride, pad_before, ..
                 } => {
                     let i = node.inputs[0];
-                    let [c, h, w] = chw(&self.shapes[i]);
-                    let [co, ho, wo] = chw(&self.shapes[id]);
-                    let dx = dy
-                        .par_iter()
-                        .zip(self.sizes)
-                        .map(|(d, &k)| {
-                            let mut dx = vec![0.0f32; k * h * w * c];
-                            for img in 0..k {
-                                for oy in 0..ho {
-                                    for ox in 0..wo {
-                                        let src = &d
-                                            [((img * ho + oy) * wo + ox) * co + pad_before..][..c];
-                                        dx[((img * h + oy * stride) * w + ox * stride) * c..][..c]
-                                            .copy_from_slice(src);
-                                    }
-                                }
-                            }
-                            dx
-                        })
-                        .collect();
+                    let c = self.shapes[i][0];
+                    let dx = self.strided_scatter(i, id, &dy, *stride, |src, dst| {
+                        dst.copy_from_slice(&src[*pad_before..][..c]);
+                    });
                     accumulate(&mut grads[i], dx);
                 }
                 Op::GlobalAvgPool => {
@@ -613,31 +597,13 @@ impl Pass<'_> {
                     stride, sources, ..
                 } => {
                     let i = node.inputs[0];
-                    let [c, h, w] = chw(&self.shapes[i]);
-                    let [co, ho, wo] = chw(&self.shapes[id]);
-                    let dx = dy
-                        .par_iter()
-                        .zip(self.sizes)
-                        .map(|(d, &k)| {
-                            let mut dx = vec![0.0f32; k * h * w * c];
-                            for img in 0..k {
-                                for oy in 0..ho {
-                                    for ox in 0..wo {
-                                        let src = &d[((img * ho + oy) * wo + ox) * co..][..co];
-                                        let dst = &mut dx
-                                            [((img * h + oy * stride) * w + ox * stride) * c..]
-                                            [..c];
-                                        for (&g, s) in src.iter().zip(sources) {
-                                            if let Some(s) = *s {
-                                                dst[s] += g;
-                                            }
-                                        }
-                                    }
-                                }
+                    let dx = self.strided_scatter(i, id, &dy, *stride, |src, dst| {
+                        for (&g, s) in src.iter().zip(sources) {
+                            if let Some(s) = *s {
+                                dst[s] += g;
                             }
-                            dx
-                        })
-                        .collect();
+                        }
+                    });
                     accumulate(&mut grads[i], dx);
                 }
                 // A flatten of `[c, 1, 1]`: the same values (checked in `new`).
@@ -683,6 +649,37 @@ impl Pass<'_> {
         // Node order, weight before bias: the order the nodes hold them.
         params.sort_by_key(|p| (p.node, !p.name.ends_with(".weight")));
         params
+    }
+
+    /// The data gradient of a subsampling node `id` (every `stride`-th row and column of
+    /// input `i`, channels mapped per pixel: option-A shortcuts, channel gathers): zeros,
+    /// with `scatter(dy pixel, dx pixel)` at every kept input pixel.
+    fn strided_scatter(
+        &self,
+        i: NodeId,
+        id: NodeId,
+        dy: &Tiles,
+        stride: usize,
+        scatter: impl Fn(&[f32], &mut [f32]) + Sync,
+    ) -> Tiles {
+        let [c, h, w] = chw(&self.shapes[i]);
+        let [co, ho, wo] = chw(&self.shapes[id]);
+        dy.par_iter()
+            .zip(self.sizes)
+            .map(|(d, &k)| {
+                let mut dx = vec![0.0f32; k * h * w * c];
+                for img in 0..k {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let src = &d[((img * ho + oy) * wo + ox) * co..][..co];
+                            let at = ((img * h + oy * stride) * w + ox * stride) * c;
+                            scatter(src, &mut dx[at..][..c]);
+                        }
+                    }
+                }
+                dx
+            })
+            .collect()
     }
 
     /// Data gradient (when `need_dx`), weight gradient in IR layout and bias gradient of
