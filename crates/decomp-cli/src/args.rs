@@ -328,6 +328,11 @@ pub struct ChannelArgs {
     /// With `--train`: training images held out to measure each module before and after.
     #[arg(long, default_value_t = 2000)]
     pub train_validation: usize,
+    /// With `--train`: composition-aware distillation. Where the model's margin for the
+    /// module's class is more than this many logits below the image's largest margin (the
+    /// class cannot win), the module's margin only has to stay below that line.
+    #[arg(long, value_parser = flags::finite_f32)]
+    pub train_competitive: Option<f32>,
 }
 
 impl ChannelArgs {
@@ -398,6 +403,7 @@ impl ChannelArgs {
                 "--train-validation",
                 self.train_validation != d.validation_images,
             ),
+            ("--train-competitive", self.train_competitive.is_some()),
         ];
         if !self.train
             && let Some((flag, _)) = train_flags.iter().find(|(_, given)| *given)
@@ -410,6 +416,11 @@ impl ChannelArgs {
         if self.train_lr <= 0.0 {
             bail!("--train-lr {}: expected a learning rate > 0", self.train_lr);
         }
+        if let Some(d) = self.train_competitive
+            && d <= 0.0
+        {
+            bail!("--train-competitive {d}: expected logits > 0");
+        }
         if self.train_batch == 0 {
             bail!("--train-batch 0: expected at least 1 image per step");
         }
@@ -419,6 +430,7 @@ impl ChannelArgs {
             batch_size: self.train_batch,
             validation_images: self.train_validation,
             seed: 0,
+            competitive: self.train_competitive,
         });
         Ok(Some(ChannelConfig {
             tau: self.tau,

@@ -134,6 +134,11 @@ pub struct ModuleTrainConfig {
     pub validation_images: usize,
     /// Seed of the hold-out split and the image order.
     pub seed: u64,
+    /// Composition-aware distillation: an image whose model margin for the module's class
+    /// is more than this many logits below its largest margin over all classes (the class
+    /// cannot win there) only asks the module's margin to stay below that line, instead of
+    /// fitting it; `None` fits every margin.
+    pub competitive: Option<f32>,
 }
 
 impl Default for ModuleTrainConfig {
@@ -144,6 +149,7 @@ impl Default for ModuleTrainConfig {
             batch_size: 64,
             validation_images: 2000,
             seed: 0,
+            competitive: None,
         }
     }
 }

@@ -63,6 +63,13 @@ impl ModelLogits {
         })
     }
 
+    /// Image `i`'s largest binary margin over all classes.
+    pub fn top_margin(&self, i: usize) -> f32 {
+        (0..self.classes)
+            .map(|c| self.margin(i, c))
+            .fold(f32::NEG_INFINITY, f32::max)
+    }
+
     /// Image `i`'s binary margin for `class`: `z_class - mean of the other logits` (what
     /// the binary head of [`crate::binary_head`] computes, and composition votes on).
     pub fn margin(&self, i: usize, class: usize) -> f32 {
@@ -132,9 +139,21 @@ pub fn train_channel_module(
     let steps = images.div_ceil(cfg.batch_size);
 
     let val = train.select(&val_idx)?;
-    let val_targets: Vec<f32> = val_idx.iter().map(|&i| teacher.margin(i, class)).collect();
+    let targets_of = |idx: &[usize]| -> (Vec<f32>, Option<Vec<f32>>) {
+        let t = idx.iter().map(|&i| teacher.margin(i, class)).collect();
+        let floors = cfg
+            .competitive
+            .map(|d| idx.iter().map(|&i| teacher.top_margin(i) - d).collect());
+        (t, floors)
+    };
+    let (val_targets, val_floors) = targets_of(&val_idx);
     let mut engine = GradEngine::new(module.module.clone())?.with_frozen_batch_norm(true);
-    let before = validate(&mut engine, &val, &val_targets, cfg.batch_size)?;
+    let before = validate(
+        &mut engine,
+        &val,
+        (&val_targets, val_floors.as_deref()),
+        cfg.batch_size,
+    )?;
     let mut optimizer = CpuOptimizer::new(OptimizerConfig::Adam {
         beta1: 0.9,
         beta2: 0.999,
@@ -155,15 +174,28 @@ pub fn train_channel_module(
         let idx = &train_idx[at..at + take];
         at += take;
         let batch = train.select(idx)?.batch(0..take)?;
-        let targets: Vec<f32> = idx.iter().map(|&i| teacher.margin(i, class)).collect();
+        let (targets, floors) = targets_of(idx);
         let progress = step as f64 / steps as f64;
         let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
         let (loss, _) = engine
-            .step_for(&mut optimizer, &batch.images, Target::Margins(&targets), lr)
+            .step_for(
+                &mut optimizer,
+                &batch.images,
+                Target::Margins {
+                    targets: &targets,
+                    floors: floors.as_deref(),
+                },
+                lr,
+            )
             .map_err(|e| fail(format!("step {step} of {steps}: {e}")))?;
         losses.push(loss);
     }
-    let after = validate(&mut engine, &val, &val_targets, cfg.batch_size)?;
+    let after = validate(
+        &mut engine,
+        &val,
+        (&val_targets, val_floors.as_deref()),
+        cfg.batch_size,
+    )?;
     let tenth = (steps / 10).max(1);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let seen = images;
@@ -187,12 +219,13 @@ pub fn train_channel_module(
     Ok(())
 }
 
-/// Mean squared margin error and sign agreement of the engine's model on `val` (targets in
-/// `val`'s order), without changing it (frozen BatchNorms, no step); `None` without images.
+/// The training loss and sign agreement of the engine's model on `val` (targets and floors
+/// in `val`'s order), without changing it (frozen BatchNorms, no step); `None` without
+/// images.
 fn validate(
     engine: &mut GradEngine,
     val: &Dataset,
-    targets: &[f32],
+    (targets, floors): (&[f32], Option<&[f32]>),
     batch_size: usize,
 ) -> Result<Option<(f64, f64)>, TangleError> {
     if val.is_empty() {
@@ -202,7 +235,13 @@ fn validate(
     for batch in val.batches(batch_size) {
         let b = batch?;
         let n = b.labels.len();
-        let g = engine.gradients_for(&b.images, Target::Margins(&targets[first..first + n]))?;
+        let g = engine.gradients_for(
+            &b.images,
+            Target::Margins {
+                targets: &targets[first..first + n],
+                floors: floors.map(|f| &f[first..first + n]),
+            },
+        )?;
         err += g.loss * n as f64;
         agree += g.correct;
         first += n;

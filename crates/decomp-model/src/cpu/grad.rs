@@ -82,15 +82,21 @@ pub enum Target<'a> {
     /// One class label per image: mean softmax cross-entropy.
     Labels(&'a [usize]),
     /// One margin per image for a two-logit output: mean squared error of `z_0 - z_1`
-    /// against it (distillation of a source model's margin into a module).
-    Margins(&'a [f32]),
+    /// against it (distillation of a source model's margin into a module). With `floors`,
+    /// an image whose target is below its floor only asks the margin to stay at or below
+    /// the floor (error `max(0, margin - floor)`): where the target does not matter beyond
+    /// being low, it is not fitted.
+    Margins {
+        targets: &'a [f32],
+        floors: Option<&'a [f32]>,
+    },
 }
 
 impl Target<'_> {
     fn len(&self) -> usize {
         match self {
             Target::Labels(l) => l.len(),
-            Target::Margins(m) => m.len(),
+            Target::Margins { targets, .. } => targets.len(),
         }
     }
 }
@@ -219,7 +225,13 @@ impl GradEngine {
                     )));
                 }
             }
-            Target::Margins(m) => {
+            Target::Margins { targets: m, floors } => {
+                if floors.is_some_and(|f| f.len() != m.len() || f.iter().any(|v| !v.is_finite())) {
+                    return Err(ModelError::Train(format!(
+                        "margin floors: one finite value per image ({} targets) expected",
+                        m.len()
+                    )));
+                }
                 if classes != 2 {
                     return Err(ModelError::Train(format!(
                         "margin targets need two logits, the model has {classes}"
@@ -262,7 +274,7 @@ impl GradEngine {
         }
         let (loss, correct, dlogits) = match target {
             Target::Labels(labels) => cross_entropy(&values[out], &sizes, labels, classes),
-            Target::Margins(m) => margin_error(&values[out], m),
+            Target::Margins { targets, floors } => margin_error(&values[out], targets, floors),
         };
         let (saved, vars): (Vec<_>, Vec<_>) = saved
             .into_iter()
@@ -1149,9 +1161,10 @@ fn cross_entropy(
 }
 
 /// Mean squared error of per-tile two-logit margins `z_0 - z_1` against `targets` (one per
-/// image, in tile order), images whose margin has the target's sign, and the logits'
-/// gradient (`+-2 (margin - target) / n`).
-fn margin_error(logits: &Tiles, targets: &[f32]) -> (f64, usize, Tiles) {
+/// image, in tile order; below a floor, one-sided against the floor: see
+/// [`Target::Margins`]), images whose margin has the target's sign, and the logits'
+/// gradient (`+-2 error / n`).
+fn margin_error(logits: &Tiles, targets: &[f32], floors: Option<&[f32]>) -> (f64, usize, Tiles) {
     let n = targets.len();
     let (mut loss, mut correct) = (0.0f64, 0usize);
     let mut img = 0;
@@ -1161,8 +1174,11 @@ fn margin_error(logits: &Tiles, targets: &[f32]) -> (f64, usize, Tiles) {
             let mut g = vec![0.0f32; t.len()];
             for (z, gz) in t.chunks_exact(2).zip(g.chunks_exact_mut(2)) {
                 let (m, want) = (f64::from(z[0] - z[1]), f64::from(targets[img]));
+                let e = match floors.map(|f| f64::from(f[img])) {
+                    Some(floor) if want < floor => (m - floor).max(0.0),
+                    _ => m - want,
+                };
                 img += 1;
-                let e = m - want;
                 loss += e * e;
                 correct += usize::from((m > 0.0) == (want > 0.0));
                 let d = (2.0 * e / n as f64) as f32;

@@ -698,9 +698,10 @@ fn param_value<'a>(model: &'a mut ModelIr, node: usize, name: &str, index: usize
 }
 
 /// A channel module of a small BatchNorm ResNet (some channels removed with fill values:
-/// `ChannelGather` shortcuts and `BiasMap` constants), trained towards margins with frozen
-/// BatchNorms: every parameter tensor's gradient at a few entries equals the central
-/// difference of the loss, the running statistics stay, and labels are refused.
+/// `ChannelGather` shortcuts and `BiasMap` constants), trained towards margins (plain and
+/// with floors) with frozen BatchNorms: every parameter tensor's gradient at a few entries
+/// equals the central difference of the loss, the running statistics stay, and labels are
+/// refused.
 #[test]
 fn channel_module_margin_gradients_equal_finite_differences() {
     use decomp_ir::channel::{ChannelPlan, channel_spaces, extract};
@@ -770,42 +771,55 @@ fn channel_module_margin_gradients_equal_finite_differences() {
 
     let batch = synthetic([3, 32, 32], 4, 6);
     let targets: Vec<f32> = (0..6).map(|i| (i as f32 * 1.3).sin() * 2.0).collect();
-    let target = Target::Margins(&targets);
-    let mut engine = GradEngine::new(module.clone())
-        .expect("differentiable")
-        .with_frozen_batch_norm(true);
-    let grads = engine
-        .gradients_for(&batch.images, target)
-        .expect("gradients");
-    assert_eq!(
-        engine.model(),
-        &module,
-        "frozen BatchNorms keep their statistics"
-    );
+    // Even images: the target under its floor (one-sided error), odd ones above it.
+    let floors: Vec<f32> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| if i % 2 == 0 { t + 0.5 } else { t - 1.0 })
+        .collect();
     let mut checked = 0;
-    for p in &grads.params {
-        let len = p.grad.data.len();
-        for index in [0, len / 2, len - 1] {
-            let at = |delta: f32, e: &mut GradEngine| {
-                let v = param_value(e.model_mut(), p.node, &p.name, index);
-                let old = *v;
-                *v = old + delta;
-                let l = e.gradients_for(&batch.images, target).expect("loss").loss;
-                *param_value(e.model_mut(), p.node, &p.name, index) = old;
-                l
-            };
-            let h = 1e-3;
-            let numeric = (at(h, &mut engine) - at(-h, &mut engine)) / (2.0 * f64::from(h));
-            let analytic = f64::from(p.grad.data[index]);
-            assert!(
-                (numeric - analytic).abs() <= 2e-2 * numeric.abs().max(analytic.abs()) + 2e-3,
-                "{}[{index}]: analytic {analytic}, central difference {numeric}",
-                p.name
-            );
-            checked += 1;
+    for floors in [None, Some(&floors[..])] {
+        let target = Target::Margins {
+            targets: &targets,
+            floors,
+        };
+        let mut engine = GradEngine::new(module.clone())
+            .expect("differentiable")
+            .with_frozen_batch_norm(true);
+        let grads = engine
+            .gradients_for(&batch.images, target)
+            .expect("gradients");
+        assert_eq!(
+            engine.model(),
+            &module,
+            "frozen BatchNorms keep their statistics"
+        );
+        for p in &grads.params {
+            let len = p.grad.data.len();
+            for index in [0, len / 2, len - 1] {
+                let at = |delta: f32, e: &mut GradEngine| {
+                    let v = param_value(e.model_mut(), p.node, &p.name, index);
+                    let old = *v;
+                    *v = old + delta;
+                    let l = e.gradients_for(&batch.images, target).expect("loss").loss;
+                    *param_value(e.model_mut(), p.node, &p.name, index) = old;
+                    l
+                };
+                let h = 1e-3;
+                let numeric = (at(h, &mut engine) - at(-h, &mut engine)) / (2.0 * f64::from(h));
+                let analytic = f64::from(p.grad.data[index]);
+                assert!(
+                    (numeric - analytic).abs() <= 2e-2 * numeric.abs().max(analytic.abs()) + 2e-3,
+                    "{}[{index}] (floors {}): analytic {analytic}, central difference {numeric}",
+                    p.name,
+                    floors.is_some()
+                );
+                checked += 1;
+            }
         }
     }
-    assert!(checked >= 3 * 10, "{checked} entries checked");
+    assert!(checked >= 2 * 3 * 10, "{checked} entries checked");
+    let mut engine = GradEngine::new(module).expect("differentiable");
     assert!(
         engine
             .gradients_for(&batch.images, Target::Labels(&batch.labels))
