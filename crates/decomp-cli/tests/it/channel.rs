@@ -380,6 +380,102 @@ fn budget_selection_and_reconstruction() {
     assert!(none.to_string().contains("training images"), "{none}");
 }
 
+/// Module training on a budget-selected module: it spends what the budget allows, the
+/// held-out margin error falls, the BatchNorm statistics stay, the record says what was
+/// spent, and a budget too small for one batch is refused by class.
+#[test]
+fn module_training_distils_the_margin() {
+    let m = model(8, 9);
+    let data = Dataset::synthetic(4, 60, [3, 12, 12], 4);
+    let ch = class_channels(&m, &data, 48);
+    let origin = decomp_tangle::ModuleOrigin {
+        model_hash: "h",
+        model_path: "p",
+        provenance: "test".into(),
+    };
+    let device = Device::flex();
+    let fit = decomp_tangle::FitData {
+        train: &data,
+        device: &device,
+        batch_size: 8,
+    };
+    // Removed channels at zero (no compensation): a module far from the model's margins.
+    let ccfg = ChannelConfig {
+        budget: Some(0.3),
+        compensation: decomp_ir::Compensation::Off,
+        fit_images: 96,
+        ..ChannelConfig::default()
+    };
+    let built = decomp_tangle::build_channel_module(
+        &m,
+        &ch,
+        &DecompConfig::default(),
+        &ccfg,
+        &origin,
+        Some(&fit),
+    )
+    .expect("module");
+    let teacher = decomp_tangle::ModelLogits::compute(&m, &data, &device, 8).expect("logits");
+    assert_eq!(teacher.logits.len(), data.len() * 4);
+    let tc = decomp_ir::ModuleTrainConfig {
+        budget_epochs: 40.0,
+        lr: 1e-3,
+        batch_size: 16,
+        validation_images: 48,
+        ..Default::default()
+    };
+    let mut trained = built.clone();
+    decomp_tangle::train_channel_module(&mut trained, &teacher, &data, &tc).expect("train");
+    let t = trained.training.as_ref().expect("training record");
+    let v = t.validation.as_ref().expect("held-out images");
+    assert_eq!(v.images, 48);
+    assert!(
+        v.error[1] < 0.5 * v.error[0],
+        "held-out margin error {} -> {}",
+        v.error[0],
+        v.error[1]
+    );
+    // The budget: 40 epochs x 3 x model FLOPs x 240 images / 4 classes, minus a quarter of
+    // the targets' forward passes, at 3 x module FLOPs per image.
+    let (mf, mm) = (built.cost.macs as f64, built.model_cost.macs as f64);
+    let want = ((40.0 * 3.0 * mm * 240.0 / 4.0 - mm * 240.0 / 4.0) / (3.0 * mf)).floor();
+    assert_eq!(t.images as f64, want);
+    // A quarter of the 40-epoch budget, short of the part of an image the floor dropped.
+    let spent = (3.0 * mf * want + mm * 240.0 / 4.0) / (3.0 * mm * 240.0);
+    assert!((t.model_epochs - spent).abs() < 1e-9, "{}", t.model_epochs);
+    assert!(
+        t.model_epochs <= 10.0 && t.model_epochs > 9.99,
+        "{}",
+        t.model_epochs
+    );
+    assert_ne!(trained.module, built.module, "weights moved");
+    let stats = |g: &ModelIr| -> Vec<Vec<f32>> {
+        g.graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                decomp_ir::Op::BatchNorm2d { running_mean, .. } => Some(running_mean.data.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        stats(&trained.module),
+        stats(&built.module),
+        "BatchNorms stay frozen"
+    );
+    let tiny = decomp_ir::ModuleTrainConfig {
+        budget_epochs: 1e-6,
+        ..tc
+    };
+    let err = decomp_tangle::train_channel_module(&mut built.clone(), &teacher, &data, &tiny)
+        .expect_err("a budget of no images");
+    assert!(
+        err.to_string().contains("module training of class 2"),
+        "{err}"
+    );
+}
+
 fn module_file(dir: &Path) -> (std::path::PathBuf, ChannelModule) {
     let m = model(8, 9);
     let data = Dataset::synthetic(4, 10, [3, 12, 12], 4);
