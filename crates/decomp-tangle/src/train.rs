@@ -148,12 +148,15 @@ pub fn train_channel_module(
     };
     let (val_targets, val_floors) = targets_of(&val_idx);
     let mut engine = GradEngine::new(module.module.clone())?.with_frozen_batch_norm(true);
-    let before = validate(
-        &mut engine,
-        &val,
-        (&val_targets, val_floors.as_deref()),
-        cfg.batch_size,
-    )?;
+    let measure = |engine: &mut GradEngine| {
+        validate(
+            engine,
+            &val,
+            (&val_targets, val_floors.as_deref()),
+            cfg.batch_size,
+        )
+    };
+    let before = measure(&mut engine)?;
     let mut optimizer = CpuOptimizer::new(OptimizerConfig::Adam {
         beta1: 0.9,
         beta2: 0.999,
@@ -190,12 +193,7 @@ pub fn train_channel_module(
             .map_err(|e| fail(format!("step {step} of {steps}: {e}")))?;
         losses.push(loss);
     }
-    let after = validate(
-        &mut engine,
-        &val,
-        (&val_targets, val_floors.as_deref()),
-        cfg.batch_size,
-    )?;
+    let after = measure(&mut engine)?;
     let tenth = (steps / 10).max(1);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let seen = images;

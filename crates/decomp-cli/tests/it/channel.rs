@@ -268,6 +268,15 @@ fn class_channels(m: &ModelIr, data: &Dataset, positives: usize) -> decomp_ir::C
     }
 }
 
+/// The origin of the modules these tests build.
+fn test_origin() -> decomp_tangle::ModuleOrigin<'static> {
+    decomp_tangle::ModuleOrigin {
+        model_hash: "h",
+        model_path: "p",
+        provenance: "test".into(),
+    }
+}
+
 /// Budget selection keeps the module within its FLOPs budget (the bias maps of removed
 /// inputs aside) and reconstruction, on the same channels, brings the module's margins
 /// closer to the model's own on the module's sample. Both refuse to run without data.
@@ -279,11 +288,7 @@ fn budget_selection_and_reconstruction() {
     let data = Dataset::synthetic(4, 60, [3, 12, 12], 4);
     let ch = class_channels(&m, &data, 48);
     let cfg = DecompConfig::default();
-    let origin = decomp_tangle::ModuleOrigin {
-        model_hash: "h",
-        model_path: "p",
-        provenance: "test".into(),
-    };
+    let origin = test_origin();
     let device = Device::flex();
     let fit = decomp_tangle::FitData {
         train: &data,
@@ -388,11 +393,7 @@ fn module_training_distils_the_margin() {
     let m = model(8, 9);
     let data = Dataset::synthetic(4, 60, [3, 12, 12], 4);
     let ch = class_channels(&m, &data, 48);
-    let origin = decomp_tangle::ModuleOrigin {
-        model_hash: "h",
-        model_path: "p",
-        provenance: "test".into(),
-    };
+    let origin = test_origin();
     let device = Device::flex();
     let fit = decomp_tangle::FitData {
         train: &data,
@@ -490,11 +491,7 @@ fn module_file(dir: &Path) -> (std::path::PathBuf, ChannelModule) {
         tau_neg: 0.5,
         ..ChannelConfig::default()
     };
-    let origin = decomp_tangle::ModuleOrigin {
-        model_hash: "h",
-        model_path: "p",
-        provenance: "test".into(),
-    };
+    let origin = test_origin();
     let module =
         decomp_tangle::build_channel_module(&m, &ch, &cfg, &ccfg, &origin, None).expect("module");
     let path = dir.join("module_002.mod");
