@@ -88,7 +88,9 @@ enum Cmd {
         limit: Option<usize>,
         /// Training units run at most N epochs in this process, then pause (their run folder
         /// `runs/store/train/<unit>.partial` keeps the progress and a later run continues it);
-        /// reports that need a paused unit are not written until it is finished.
+        /// reports that need a paused unit are not written until it is finished (the zoo's
+        /// lists it as in progress). 0 trains nothing: `run-experiment zoo --epochs-now 0`
+        /// writes the zoo report of what is finished.
         #[arg(long)]
         epochs_now: Option<usize>,
         /// Where intermediate artifacts go (modules, concern sets); finished artifacts are

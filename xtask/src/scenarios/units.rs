@@ -207,8 +207,11 @@ impl Run<'_> {
                 if work.join("last.ckpt").is_file() {
                     a.push("--resume".into());
                 }
-                if let Some(n) = self.eng.epochs_now {
-                    a.extend(["--max-epochs-now".into(), n.to_string()]);
+                match self.eng.epochs_now {
+                    // `--epochs-now 0`: train nothing; the report lists what is finished.
+                    Some(0) => return Ok(Progress::Paused),
+                    Some(n) => a.extend(["--max-epochs-now".into(), n.to_string()]),
+                    None => {}
                 }
                 self.eng.decomp(&a)?;
                 if !train_finished(work)? {
