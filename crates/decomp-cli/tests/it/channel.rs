@@ -268,6 +268,15 @@ fn class_channels(m: &ModelIr, data: &Dataset, positives: usize) -> decomp_ir::C
     }
 }
 
+/// Budget selection's and reconstruction's data: `data` on `device`, batches of 8.
+fn fit_data<'a>(data: &'a Dataset, device: &'a Device) -> decomp_tangle::FitData<'a> {
+    decomp_tangle::FitData {
+        train: data,
+        device,
+        batch_size: 8,
+    }
+}
+
 /// The origin of the modules these tests build.
 fn test_origin() -> decomp_tangle::ModuleOrigin<'static> {
     decomp_tangle::ModuleOrigin {
@@ -290,11 +299,7 @@ fn budget_selection_and_reconstruction() {
     let cfg = DecompConfig::default();
     let origin = test_origin();
     let device = Device::flex();
-    let fit = decomp_tangle::FitData {
-        train: &data,
-        device: &device,
-        batch_size: 8,
-    };
+    let fit = fit_data(&data, &device);
     let budget = ChannelConfig {
         budget: Some(0.5),
         fit_images: 96,
@@ -395,11 +400,7 @@ fn module_training_distils_the_margin() {
     let ch = class_channels(&m, &data, 48);
     let origin = test_origin();
     let device = Device::flex();
-    let fit = decomp_tangle::FitData {
-        train: &data,
-        device: &device,
-        batch_size: 8,
-    };
+    let fit = fit_data(&data, &device);
     // Removed channels at zero (no compensation): a module far from the model's margins.
     let ccfg = ChannelConfig {
         budget: Some(0.3),
