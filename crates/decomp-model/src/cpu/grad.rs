@@ -281,12 +281,11 @@ impl GradEngine {
             .map(|s| s.map_or((None, None), |(s, v)| (Some(s), Some(v))))
             .unzip();
         let params = pass.backward(values, &saved, out, dlogits);
-        // Running statistics, as burn updates them: `running * (1 - m) + batch * m` in f32.
+        // Running statistics, as burn updates them: `running * (1 - m) + batch * m` in f32
+        // (frozen BatchNorms keep theirs).
         let m = self.bn_momentum;
-        for (id, (s, var)) in saved.iter().zip(&vars).enumerate() {
-            if self.frozen_batch_norm {
-                break;
-            }
+        let moving = !self.frozen_batch_norm;
+        for (id, (s, var)) in saved.iter().zip(&vars).enumerate().filter(|_| moving) {
             let (Some(s), Some(var)) = (s, var) else {
                 continue;
             };
@@ -694,7 +693,8 @@ impl Pass<'_> {
             .collect()
     }
 
-    /// Data gradient (when `need_dx`), weight gradient in IR layout and bias gradient of
+    /// Data gradient (when `need_dx`; through `flipped`, the Winograd data-gradient kernel,
+    /// where one was compiled), weight gradient in IR layout and bias gradient of
     /// convolution `c` (IR weights `weight`) at input `x` given output gradient `dy`.
     fn conv_backward(
         &self,
@@ -708,7 +708,6 @@ impl Pass<'_> {
         let [kh, kw] = c.kernel;
         let (cin, cout) = (c.cin, c.cout);
         let k = kh * kw * cin;
-        let flipped = flipped.filter(|_| need_dx);
         // `wt[co][(ky * kw + kx) * cin + ci]`: the product's weights transposed, for the
         // im2col data gradient.
         let mut wt = Vec::new();
