@@ -319,8 +319,8 @@ pub struct ChannelArgs {
     /// three times its FLOPs, after its share of the model's forward passes for the targets).
     #[arg(long, default_value_t = 2.0, value_parser = flags::finite_f64)]
     pub train_budget: f64,
-    /// With `--train`: Adam's starting learning rate (cosine decay to 0).
-    #[arg(long, default_value_t = 3e-4, value_parser = flags::finite_f64)]
+    /// With `--train`: Adam's largest learning rate (after the warmup; cosine decay to 0).
+    #[arg(long, default_value_t = 1e-3, value_parser = flags::finite_f64)]
     pub train_lr: f64,
     /// With `--train`: images per step.
     #[arg(long, default_value_t = 64)]
@@ -333,6 +333,10 @@ pub struct ChannelArgs {
     /// class cannot win), the module's margin only has to stay below that line.
     #[arg(long, value_parser = flags::finite_f32)]
     pub train_competitive: Option<f32>,
+    /// With `--train`: the fraction of the steps over which the learning rate rises
+    /// linearly to `--train-lr` before its cosine decay.
+    #[arg(long, default_value_t = 0.1, value_parser = flags::finite_f64)]
+    pub train_warmup: f64,
 }
 
 impl ChannelArgs {
@@ -404,6 +408,7 @@ impl ChannelArgs {
                 self.train_validation != d.validation_images,
             ),
             ("--train-competitive", self.train_competitive.is_some()),
+            ("--train-warmup", self.train_warmup != d.warmup),
         ];
         if !self.train
             && let Some((flag, _)) = train_flags.iter().find(|(_, given)| *given)
@@ -421,6 +426,12 @@ impl ChannelArgs {
         {
             bail!("--train-competitive {d}: expected logits > 0");
         }
+        if !(0.0..=1.0).contains(&self.train_warmup) {
+            bail!(
+                "--train-warmup {}: expected a fraction of the steps in [0, 1]",
+                self.train_warmup
+            );
+        }
         if self.train_batch == 0 {
             bail!("--train-batch 0: expected at least 1 image per step");
         }
@@ -431,6 +442,7 @@ impl ChannelArgs {
             validation_images: self.train_validation,
             seed: 0,
             competitive: self.train_competitive,
+            warmup: self.train_warmup,
         });
         Ok(Some(ChannelConfig {
             tau: self.tau,

@@ -29,9 +29,10 @@ pub use crate::kind::ArtifactKind;
 pub const MAGIC: &[u8; 8] = b"DECOMPIR";
 /// Format version written by this build. Version 2: channel modules record
 /// `ChannelConfig::relu_passes`; version 3: channel modules record module training
-/// (`ChannelConfig::train`, `ChannelModule::training`). Older channel-module payloads are
-/// not read; every other kind's payload is unchanged from version 1.
-pub const FORMAT_VERSION: u16 = 3;
+/// (`ChannelConfig::train`, `ChannelModule::training`); version 4: module training's
+/// learning-rate warmup (`ModuleTrainConfig::warmup`). Older channel-module payloads are not
+/// read; every other kind's payload is unchanged from version 1.
+pub const FORMAT_VERSION: u16 = 4;
 /// Oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Header size in bytes.

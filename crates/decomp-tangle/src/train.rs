@@ -85,7 +85,8 @@ impl ModelLogits {
 /// A seeded hold-out of `cfg.validation_images` training images measures the module before
 /// and after; the rest are the training images, visited in a seeded order, one pass after
 /// another until the budget's images are spent, with Adam (no weight decay) at a learning
-/// rate that decays along a cosine from `cfg.lr` to 0.
+/// rate that rises linearly over the first `cfg.warmup` of the steps and decays along a
+/// cosine from `cfg.lr` to 0.
 pub fn train_channel_module(
     module: &mut ChannelModule,
     teacher: &ModelLogits,
@@ -104,6 +105,12 @@ pub fn train_channel_module(
         )));
     }
     let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !(0.0..=1.0).contains(&cfg.warmup) {
+        return Err(fail(format!(
+            "warmup {}: expected a fraction of the steps in [0, 1]",
+            cfg.warmup
+        )));
+    }
     if !positive(cfg.budget_epochs) || !positive(cfg.lr) || cfg.batch_size == 0 {
         return Err(fail(format!(
             "needs a positive budget, learning rate and batch size (budget {} epochs, lr {}, \
@@ -179,7 +186,12 @@ pub fn train_channel_module(
         let batch = train.select(idx)?.batch(0..take)?;
         let (targets, floors) = targets_of(idx);
         let progress = step as f64 / steps as f64;
-        let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        let ramp = if cfg.warmup > 0.0 {
+            ((step + 1) as f64 / (cfg.warmup * steps as f64)).min(1.0)
+        } else {
+            1.0
+        };
+        let lr = ramp * cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
         let (loss, _) = engine
             .step_for(
                 &mut optimizer,

@@ -843,6 +843,23 @@ fn flags_are_honoured_or_refused() {
         ),
         &["--budget, --reconstruct", "--granularity channel"],
     );
+    // Module training's flags: only with --train, and a warmup is a fraction of the steps.
+    let x = d.join("x");
+    let channel = ["--granularity", "channel", "--out-dir", s(&x)];
+    refused(
+        run(
+            base("decompose"),
+            &[&channel[..], &["--train-warmup", "0.2"]].concat(),
+        ),
+        &["--train-warmup applies with --train only"],
+    );
+    refused(
+        run(
+            base("decompose"),
+            &[&channel[..], &["--train", "--train-warmup", "1.5"]].concat(),
+        ),
+        &["--train-warmup 1.5", "[0, 1]"],
+    );
     ok(run(
         base("decompose"),
         &[&four[..], &["--out-dir", s(&d.join("el"))]].concat(),

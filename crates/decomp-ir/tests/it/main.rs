@@ -379,14 +379,15 @@ fn size_limit_and_kind_are_enforced() {
 }
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model.ir");
-/// The same model written by format versions 1 and 2 (models did not change in versions 2
-/// and 3).
+/// The same model written by format versions 1, 2 and 3 (models did not change in versions
+/// 2 to 4).
 const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model_v1.ir");
 const GOLDEN_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model_v2.ir");
+const GOLDEN_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model_v3.ir");
 
-/// The bytes of format version 3 are frozen: if this fails, the encoding changed and
+/// The bytes of format version 4 are frozen: if this fails, the encoding changed and
 /// FORMAT_VERSION must be bumped (with a reader for the old version). Regenerate with
-/// `DECOMP_UPDATE_GOLDEN=1 cargo test -p decomp-ir`. Version-1 and -2 model files still read.
+/// `DECOMP_UPDATE_GOLDEN=1 cargo test -p decomp-ir`. Version-1 to -3 model files still read.
 #[test]
 fn golden_file_is_stable() {
     let (bytes, _) = encode_artifact(&tiny_model()).expect("encode");
@@ -397,13 +398,13 @@ fn golden_file_is_stable() {
     assert_eq!(&golden[..8], b"DECOMPIR");
     assert_eq!(
         u16::from_le_bytes([golden[8], golden[9]]),
-        3,
+        4,
         "format version"
     );
     assert_eq!(bytes, golden, "encoding of the tiny model changed");
     let m: ModelIr = decode_artifact(&golden, Path::new(GOLDEN)).expect("decode golden");
     assert_eq!(m, tiny_model());
-    for (version, path) in [(1u16, GOLDEN_V1), (2, GOLDEN_V2)] {
+    for (version, path) in [(1u16, GOLDEN_V1), (2, GOLDEN_V2), (3, GOLDEN_V3)] {
         let old = std::fs::read(path).expect("older golden files are committed");
         assert_eq!(
             u16::from_le_bytes([old[8], old[9]]),
@@ -412,8 +413,8 @@ fn golden_file_is_stable() {
         );
         let m: ModelIr = decode_artifact(&old, Path::new(path)).expect("decode an older version");
         assert_eq!(m, tiny_model());
-        // An older channel module (its payload changed in versions 2 and 3) is refused by
-        // name.
+        // An older channel module (its payload changed in versions 2, 3 and 4) is refused
+        // by name.
         let mut cm = old.clone();
         cm[10..12].copy_from_slice(&(ArtifactKind::ChannelModule as u16).to_le_bytes());
         let e = decode_artifact::<decomp_ir::ChannelModule>(&cm, Path::new("old.mod"))
@@ -421,7 +422,7 @@ fn golden_file_is_stable() {
             .to_string();
         assert!(
             e.contains(&format!(
-                "old.mod: artifact format version {version}, this build reads versions 3..=3"
+                "old.mod: artifact format version {version}, this build reads versions 4..=4"
             )),
             "{e}"
         );
