@@ -511,7 +511,13 @@ fn point_name(pt: &FrontierPoint) -> String {
                 String::new()
             },
             if pt.fit_head { "-fithead" } else { "" },
-            if pt.train.is_some() { "-trained" } else { "" }
+            match &pt.train {
+                None => String::new(),
+                Some(t) => match t.budget {
+                    Some(e) => format!("-trained{e}ep"),
+                    None => "-trained".into(),
+                },
+            }
         ),
         None => format!(
             "{}-tau{}-neg{}-{}",
