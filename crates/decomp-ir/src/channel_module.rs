@@ -142,8 +142,9 @@ pub struct ModuleTrainConfig {
     /// cannot win there) only asks the module's margin to stay below that line, instead of
     /// fitting it; `None` fits every margin.
     pub competitive: Option<f32>,
-    /// The learning rate rises linearly from `lr / steps` to `lr` over this fraction of the
-    /// steps, then decays along the cosine (format version 4). Without it, Adam's first
+    /// The learning rate rises linearly to `lr` over this fraction of the steps (step `s`
+    /// of the warmup runs at `(s + 1) / (warmup x steps)` of the cosine's rate), then
+    /// follows the cosine (format version 4). Without it, Adam's first
     /// steps (every weight moves by about the learning rate) undo part of the
     /// reconstruction, and a larger learning rate diverges from it.
     pub warmup: f64,

@@ -63,11 +63,12 @@ impl ModelLogits {
         })
     }
 
-    /// Image `i`'s largest binary margin over all classes.
+    /// Image `i`'s largest binary margin over all classes: the margin of its largest logit
+    /// (a margin is `(K z_c - sum of the logits) / (K - 1)`, increasing in `z_c`).
     pub fn top_margin(&self, i: usize) -> f32 {
-        (0..self.classes)
-            .map(|c| self.margin(i, c))
-            .fold(f32::NEG_INFINITY, f32::max)
+        let z = &self.logits[i * self.classes..(i + 1) * self.classes];
+        let top = (1..z.len()).fold(0, |best, c| if z[c] > z[best] { c } else { best });
+        self.margin(i, top)
     }
 
     /// Image `i`'s binary margin for `class`: `z_class - mean of the other logits` (what
@@ -257,4 +258,27 @@ fn validate(
         first += n;
     }
     Ok(Some((err / first as f64, agree as f64 / first as f64)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelLogits;
+
+    #[test]
+    fn top_margin_is_the_largest_class_margin() {
+        let logits = vec![0.5, -1.0, 2.0, 1.5, 3.0, 3.0, -2.0, 0.0];
+        let t = ModelLogits {
+            logits,
+            classes: 4,
+            seconds: 0.0,
+            flops: 0.0,
+        };
+        for i in 0..2 {
+            let max = (0..4)
+                .map(|c| t.margin(i, c))
+                .fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(t.top_margin(i), max, "image {i}");
+        }
+        assert_eq!(t.top_margin(0), t.margin(0, 2));
+    }
 }
