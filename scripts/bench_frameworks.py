@@ -20,6 +20,13 @@ Two subcommands:
             bench_frameworks.py compare --rounds 3 --decomp target/debug/infer \\
                 --weights ../shared/models/cifar10/resnet20-12fca82f.th --train
 
+Models a user brings as ONNX (issue 20): `compare --onnx model.onnx --arch vgg11_bn|mobilenet_v2
+--frameworks torch,ort` times decomp's engines on the imported model, onnxruntime on the file, and
+PyTorch on the same architecture built by scripts/export_onnx.py (random weights; pass the width
+flags the model was exported with). Needs torchvision and onnxruntime:
+            bench_frameworks.py compare --decomp target/debug/infer --skip-burn \
+                --onnx models/onnx/vgg11_bn.onnx --arch vgg11_bn --frameworks torch,ort
+
 Threads: every probe gets --threads (default 2) through its own API (torch.set_num_threads,
 tf intra-op threads) and the usual environment variables (RAYON_NUM_THREADS, OMP_NUM_THREADS).
 Training is SGD (lr 0.1, momentum 0.9, weight decay 1e-4) with cross-entropy on random
@@ -132,7 +139,20 @@ def probe_torch(args):
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     torch.manual_seed(0)
-    model = torch_resnet(args.depth, not args.no_bn)
+    if args.arch != "resnet":
+        # An ONNX model's architecture as scripts/export_onnx.py builds it (random weights:
+        # throughput does not depend on the values).
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import export_onnx
+
+        if args.arch == "vgg11_bn":
+            model = export_onnx.vgg11_bn_32(args.classes, args.hidden, args.width_div)
+        else:
+            model = export_onnx.mobilenet_v2_32(args.classes, args.width_mult)
+        if args.mode != "infer":
+            raise SystemExit(f"--arch {args.arch}: only --mode infer is timed")
+    else:
+        model = torch_resnet(args.depth, not args.no_bn)
     if args.weights:
         ckpt = torch.load(args.weights, map_location="cpu", weights_only=False)
         state = ckpt.get("state_dict", ckpt)
@@ -169,7 +189,36 @@ def probe_torch(args):
             opt.step()
             loss.item()
 
-    return time_steps(step, args), {"version": torch.__version__, "threads": torch.get_num_threads()}
+    params = sum(p.numel() for p in model.parameters())
+    return time_steps(step, args), {"version": torch.__version__, "threads": torch.get_num_threads(),
+                                    "arch": args.arch, "parameters": params}
+
+
+# ---------------------------------------------------------------- onnxruntime
+
+
+def probe_ort(args):
+    """An ONNX model in onnxruntime (inference only)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if not args.onnx:
+        raise SystemExit("--framework ort needs --onnx FILE")
+    if args.mode != "infer":
+        raise SystemExit("--framework ort: only --mode infer is timed")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(args.onnx, opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [args.batch] + [d if isinstance(d, int) else 32 for d in inp.shape[1:]]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+    def step():
+        sess.run(None, {inp.name: x})
+
+    return time_steps(step, args), {"version": ort.__version__, "threads": args.threads,
+                                    "onnx": os.path.basename(args.onnx)}
 
 
 # ---------------------------------------------------------------- TensorFlow
@@ -286,10 +335,10 @@ def time_steps(step, args):
 
 def cmd_probe(args):
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    times, info = (probe_torch if args.framework == "torch" else probe_tf)(args)
+    times, info = {"torch": probe_torch, "tf": probe_tf, "ort": probe_ort}[args.framework](args)
     median = statistics.median(times)
     out = {
-        "framework": {"torch": "pytorch", "tf": "tensorflow"}[args.framework],
+        "framework": {"torch": "pytorch", "tf": "tensorflow", "ort": "onnxruntime"}[args.framework],
         "mode": args.mode,
         "depth": args.depth,
         "batch_norm": not args.no_bn,
@@ -333,8 +382,13 @@ def cmd_compare(args):
           "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup)]
     common = ["--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup)]
     probes = []
+    model = args.onnx or args.weights
+    if args.onnx and not args.arch:
+        raise SystemExit("--onnx needs --arch (the PyTorch builder of the same model)")
+    if args.onnx and "tf" in args.frameworks.split(","):
+        raise SystemExit("--onnx: TensorFlow has no builder of these models; use --frameworks torch,ort")
     if args.decomp:
-        w = ["--weights", args.weights] if args.weights else []
+        w = ["--weights", model] if model else []
         probes.append(("decomp cpu engine", "infer", [args.decomp, "--engine", "cpu"] + common + w))
         if not args.skip_burn:
             probes.append(("decomp burn engine", "infer", [args.decomp, "--engine", "burn"] + common + w))
@@ -354,6 +408,10 @@ def cmd_compare(args):
         probes.append(("decomp train", "train", [args.decomp_train] + common))
     for fw in frameworks if not args.train_configs else []:
         w = ["--weights", args.weights] if (args.weights and fw == "torch") else []
+        if args.onnx:
+            w = (["--onnx", args.onnx] if fw == "ort" else
+                 ["--arch", args.arch, "--classes", str(args.classes), "--hidden", str(args.hidden),
+                  "--width-div", str(args.width_div), "--width-mult", str(args.width_mult)])
         probes.append((f"{fw} infer", "infer", me + ["--framework", fw, "--mode", "infer"] + w))
         if args.train:
             probes.append((f"{fw} train", "train", me + ["--framework", fw, "--mode", "train"]))
@@ -379,6 +437,7 @@ def cmd_compare(args):
         return med.get("decomp train" + cfg)
 
     summary = {
+        "model": os.path.basename(args.onnx) if args.onnx else "resnet",
         "batch": args.batch,
         "threads": args.threads,
         "rounds": args.rounds,
@@ -437,7 +496,14 @@ def main():
         s.add_argument("--warmup", type=int, default=3)
         s.add_argument("--weights", help="akamaster ResNet-20 .th checkpoint (PyTorch and decomp)")
     pr = sub.choices["probe"]
-    pr.add_argument("--framework", choices=["torch", "tf"], required=True)
+    pr.add_argument("--framework", choices=["torch", "tf", "ort"], required=True)
+    pr.add_argument("--onnx", help="the ONNX model onnxruntime (--framework ort) runs")
+    pr.add_argument("--arch", choices=["resnet", "vgg11_bn", "mobilenet_v2"], default="resnet",
+                    help="PyTorch: the ResNet above, or an export_onnx.py model (inference)")
+    pr.add_argument("--classes", type=int, default=10)
+    pr.add_argument("--hidden", type=int, default=512, help="export_onnx.py's VGG classifier width")
+    pr.add_argument("--width-div", type=int, default=1, help="export_onnx.py's VGG width divisor")
+    pr.add_argument("--width-mult", type=float, default=1.0, help="MobileNetV2 width_mult")
     pr.add_argument("--mode", choices=["infer", "train"], default="infer")
     pr.add_argument("--channels-last", action="store_true", help="PyTorch channels_last layout")
     pr.add_argument("--depth", type=int, default=20, help="ResNet depth (6n + 2)")
@@ -453,6 +519,13 @@ def main():
     c.add_argument("--train", action="store_true", help="also time a training step per framework")
     c.add_argument("--train-configs", help="comma list of training configurations to compare "
                    f"(decomp and every framework, each in its own probe): {', '.join(TRAIN_CONFIGS)}")
+    c.add_argument("--onnx", help="time this ONNX model instead of ResNet-20: decomp's engines "
+                   "(--weights FILE.onnx), onnxruntime (framework ort) and PyTorch's build of --arch")
+    c.add_argument("--arch", choices=["vgg11_bn", "mobilenet_v2"], help="with --onnx: the PyTorch builder")
+    c.add_argument("--classes", type=int, default=10)
+    c.add_argument("--hidden", type=int, default=512, help="with --arch vgg11_bn: classifier width")
+    c.add_argument("--width-div", type=int, default=1, help="with --arch vgg11_bn: width divisor")
+    c.add_argument("--width-mult", type=float, default=1.0, help="with --arch mobilenet_v2")
     c.add_argument("--out", help="write the JSON summary here")
     args = p.parse_args()
     (cmd_probe if args.cmd == "probe" else cmd_compare)(args)

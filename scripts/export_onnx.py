@@ -247,12 +247,17 @@ def cmd_train(a):
         for s in range(0, len(order), a.batch):
             idx = order[s:s + a.batch]
             xb = xn[idx].copy()
-            # Augmentation: random horizontal flip and 4-pixel shifts (zero padded).
-            flip = rng.random(len(idx)) < 0.5
+            # Augmentation: random horizontal flip and a 4-pixel shift (zero padded), both
+            # drawn per image.
+            n = len(idx)
+            flip = rng.random(n) < 0.5
             xb[flip] = xb[flip, :, :, ::-1]
             pad = np.pad(xb, ((0, 0), (0, 0), (4, 4), (4, 4)))
-            dy, dx = rng.integers(0, 9, 2)
-            xb = np.ascontiguousarray(pad[:, :, dy:dy + 32, dx:dx + 32])
+            dy, dx = rng.integers(0, 9, n), rng.integers(0, 9, n)
+            rows = (dy[:, None] + np.arange(32))[:, None, :, None]
+            cols = (dx[:, None] + np.arange(32))[:, None, None, :]
+            xb = np.ascontiguousarray(
+                pad[np.arange(n)[:, None, None, None], np.arange(3)[None, :, None, None], rows, cols])
             xb, yb = torch.from_numpy(xb), torch.from_numpy(y[idx])
             out = model(xb)
             loss = loss_fn(out, yb)
@@ -267,8 +272,19 @@ def cmd_train(a):
         print("epoch %d: loss %.4f train %.4f test(first %d) %.4f (%.0f s)" % (
             epoch + 1, loss_sum / total, correct / total, min(a.eval_limit, len(yt)), acc,
             time.time() - start), flush=True)
+    wall = time.time() - start
+    acc = evaluate(model, xtn, yt)
+    print("test top-1 %.4f on all %d test images, %.0f s of training" % (acc, len(yt), wall))
     export(model, a.out, names, CIFAR_NORM)
     torch.save(model.state_dict(), a.out + ".pt")
+    summary = {"arch": a.arch, "classes": names, "parameters": params,
+               "train_images": len(x), "epochs": a.epochs, "batch": a.batch, "lr": a.lr,
+               "hidden": a.hidden, "width_div": a.width_div, "width_mult": a.width_mult,
+               "seed": a.seed, "threads": a.threads, "train_seconds": round(wall, 1),
+               "test_images": len(yt), "test_top1": float(acc), "torch": torch.__version__,
+               "sha256": hashlib.sha256(open(a.out, "rb").read()).hexdigest()}
+    with open(a.out + ".train.json", "w") as f:
+        json.dump(summary, f, indent=1)
 
 
 def evaluate(model, xn, y, batch=500):

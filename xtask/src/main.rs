@@ -244,7 +244,7 @@ fn fetch_needs(name: &str, data: &DataRoot, models_dir: &Path) -> Result<Vec<Pat
                     &decomp_data::fetch::cache_dir_from(|k| std::env::var_os(k)),
                 )?
             }
-            None => PathBuf::from(w),
+            None => engine::root().join(w),
         };
         fetched.push(file);
     }

@@ -2,7 +2,8 @@
 //!
 //! A manifest names a *scenario* (the chain of stages, in `scenarios.rs`) and every setting
 //! that scenario reads; unknown fields are errors, so a typo cannot silently fall back to a
-//! default. Paths in `weights` may start with `models:` (the `--models-dir` folder); dataset
+//! default. Paths in `weights` may start with `models:` (the `--models-dir` folder), others
+//! are relative to the workspace root (models committed under `models/`); dataset
 //! folders are relative to the data folder. [`Manifest::needs`] lists the datasets and
 //! weights a manifest (with its members) reads, so they can be fetched before a run.
 
@@ -231,7 +232,8 @@ fn flat_tolerance() -> f64 {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// `.th`/`.pt`/`.ir` path (`models:` prefix = `--models-dir`) or a known name.
+    /// `.th`/`.pt`/`.ir`/`.onnx` path (`models:` prefix = `--models-dir`; else relative to
+    /// the workspace root) or a known name.
     pub weights: Option<String>,
     pub arch: Option<String>,
     /// Train this model instead (on all classes of `data`).

@@ -2,8 +2,10 @@
 //! line: the probe `scripts/bench_frameworks.py` runs interleaved with PyTorch and TensorFlow.
 //!
 //! `cargo run -p decomp-benches --bin infer -- [--engine cpu|burn|module] [--depth 20]
-//!  [--batch 128] [--iters 10] [--warmup 2] [--weights FILE.th]`
+//!  [--batch 128] [--iters 10] [--warmup 2] [--weights FILE.th|FILE.onnx]`
 //!
+//! `--weights` takes an akamaster ResNet checkpoint or any ONNX model `decomp import --onnx`
+//! reads (its own input size; `module`, the burn ResNet, needs a ResNet).
 //! `module` is the plain burn `Module` ResNet. Threads: `RAYON_NUM_THREADS` (rayon's global
 //! pool, which both burn `flex` and the CPU plan use); the CPU plan's tuning: `DECOMP_CPU_*`
 //! (`decomp_model::CpuTuning::from_vars`). Peak RSS and CPU time come from
@@ -62,25 +64,40 @@ fn main() {
         }
     };
     let model = match &args.weights {
-        Some(w) => match import_resnet(std::path::Path::new(w), None, akamaster_norm(), None) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("error: importing {w}: {e}");
-                std::process::exit(1);
+        Some(w) => {
+            let path = std::path::Path::new(w);
+            let imported = if decomp_model::onnx::looks_like_onnx(path, &[]) {
+                decomp_model::onnx::import_onnx(path, &Default::default())
+            } else {
+                import_resnet(path, None, akamaster_norm(), None)
+            };
+            match imported {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: importing {w}: {e}");
+                    std::process::exit(1);
+                }
             }
-        },
+        }
         None => ResNetConfig::new(args.depth, 10)
             .with_seed(7)
             .build()
             .expect("a valid ResNet depth"),
     };
     let device = Device::flex();
-    let n = args.batch * 3 * 32 * 32;
+    let [c, h, w] = model.graph.input_shape().unwrap_or_else(|e| {
+        eprintln!("error: the model's input: {e}");
+        std::process::exit(1)
+    });
+    let n = args.batch * c * h * w;
     let data: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.618).sin()).collect();
-    let x = Tensor::<4>::from_data(TensorData::new(data, [args.batch, 3, 32, 32]), &device);
+    let x = Tensor::<4>::from_data(TensorData::new(data, [args.batch, c, h, w]), &device);
     let run: Box<dyn Fn()> = match args.engine.as_str() {
         "module" => {
-            let net = ResNet::from_ir(&model, &device).expect("module");
+            let net = ResNet::from_ir(&model, &device).unwrap_or_else(|e| {
+                eprintln!("error: the burn ResNet module: {e}");
+                std::process::exit(1)
+            });
             Box::new(move || drop(to_vec(net.forward(x.clone()))))
         }
         e => {

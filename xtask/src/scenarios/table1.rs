@@ -186,16 +186,24 @@ pub fn table1(r: &Run) -> Result<()> {
     report(r, &spec, &js, &untrained)
 }
 
-/// The models of the table: `[models.*]` (pretrained, imported), then the zoo's trained
-/// runs; and the zoo runs without weights yet.
+/// The models of the table: `[models.*]` (pretrained checkpoints and ONNX models, imported),
+/// then the zoo's trained runs; and the zoo runs without weights yet.
 fn entries(r: &Run, spec: &Table1Spec) -> Result<(Vec<Entry>, Vec<String>)> {
     let mut out = Vec::new();
     for role in r.m.models.keys() {
         let Some(model) = r.model(role)? else {
             continue;
         };
-        let ds = &r.m.data[&r.m.models[role].data];
-        out.push(entry(role, "pretrained", model, &ds.dataset)?);
+        let spec = &r.m.models[role];
+        let ds = &r.m.data[&spec.data];
+        // An ONNX model a user brings (issue 20), or a pretrained checkpoint.
+        let onnx = spec.weights.as_ref().is_some_and(|w| {
+            std::path::Path::new(w)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+        });
+        let source = if onnx { "onnx" } else { "pretrained" };
+        out.push(entry(role, source, model, &ds.dataset)?);
     }
     let mut untrained = Vec::new();
     if let Some(zoo_name) = &spec.zoo {

@@ -59,9 +59,10 @@ impl Run<'_> {
             let p = dir.join(rest);
             return Ok((s(&p), json!(self.eng.file_hash(&p)?)));
         }
-        let p = Path::new(w);
+        // A relative path names a file of the workspace (a model committed under models/).
+        let p = self.env.root.join(w);
         if p.is_file() {
-            return Ok((w.to_string(), json!(self.eng.file_hash(p)?)));
+            return Ok((s(&p), json!(self.eng.file_hash(&p)?)));
         }
         // A known pretrained name: its checksum is fixed by decomp.
         Ok((w.to_string(), json!(w)))
