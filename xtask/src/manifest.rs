@@ -54,6 +54,10 @@ pub struct Manifest {
     /// `zoo`: where trained weights go and when a run counts as converged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zoo: Option<ZooSpec>,
+    /// Paired bootstrap of the scenario reports' differences (Table 2's MA - TMA); Table 1
+    /// keeps its own in `[table1]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
     /// The validity gate (issue 16): a model or trained baseline within
     /// [`crate::gate::CHANCE_MARGIN`] points of chance on its own test images, or one that
     /// predicts one class for every image, fails the experiment. Off only for tests on
@@ -123,6 +127,25 @@ fn both_sites() -> Vec<String> {
 }
 fn default_resamples() -> usize {
     2000
+}
+
+/// Paired bootstrap settings: resamples of the test images and the generator's seed.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapSpec {
+    #[serde(default = "default_resamples")]
+    pub resamples: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for BootstrapSpec {
+    fn default() -> Self {
+        Self {
+            resamples: default_resamples(),
+            seed: 0,
+        }
+    }
 }
 
 /// A Table 1 row set with further decomposition flags (`--bln-delta 0.1`).
@@ -501,4 +524,82 @@ pub fn known(root: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every committed manifest parses (unknown fields are errors), names only recipes
+    /// that exist, and the full-scale Table 2 manifests hold the paper's setting.
+    #[test]
+    fn committed_manifests_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let recipes: toml::Table = toml::from_str(
+            &std::fs::read_to_string(root.join("experiments/recipes.toml")).expect("recipes"),
+        )
+        .expect("recipes.toml parses");
+        let recipes = recipes["recipes"].as_table().expect("[recipes.*]");
+        let names = known(&root);
+        for want in ["table2", "table2-c10", "table2-ti64"] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+        for n in names.iter().filter(|n| *n != "recipes") {
+            let (_, m) = Manifest::load(&root, n).unwrap_or_else(|e| panic!("{n}: {e:#}"));
+            Manifest::needs(&root, n).unwrap_or_else(|e| panic!("{n}: {e:#}"));
+            let trains = m
+                .tma
+                .iter()
+                .chain(m.models.values().filter_map(|s| s.train.as_ref()));
+            for t in trains {
+                assert!(recipes.contains_key(&t.recipe), "{n}: recipe {}", t.recipe);
+            }
+        }
+        let load = |n: &str| Manifest::load(&root, n).expect(n).1;
+        for (n, dataset, arch, weights, recipe, epochs) in [
+            (
+                "table2-c10",
+                "cifar10",
+                "resnet56",
+                "models:resnet56-4bfd9763.th",
+                "he2016",
+                40,
+            ),
+            (
+                "table2-ti64",
+                "tiny-imagenet",
+                "resnet20",
+                "models/zoo/ti64-r20.ir",
+                "paper-keras",
+                60,
+            ),
+        ] {
+            let m = load(n);
+            assert_eq!(m.scenario, "intra-reuse", "{n}");
+            assert_eq!(m.data["main"].dataset, dataset, "{n}");
+            let base = &m.models["base"];
+            assert_eq!(base.weights.as_deref(), Some(weights), "{n}");
+            assert_eq!(base.arch.as_deref(), Some(arch), "{n}");
+            if !weights.starts_with("models:") {
+                assert!(root.join(weights).is_file(), "{n}: {weights} is committed");
+            }
+            assert_eq!(
+                (m.select.classes, m.select.fixed.as_ref()),
+                (4, None),
+                "{n}"
+            );
+            let t = m.tma.as_ref().expect("a TMA");
+            assert_eq!((t.arch.as_str(), t.recipe.as_str()), (arch, recipe), "{n}");
+            assert_eq!(t.epochs, Some(epochs), "{n}");
+            assert_eq!(
+                (t.train_limit, t.val_fraction),
+                (None, Some(0.1)),
+                "{n}: all images"
+            );
+            assert!(m.validity_gate, "{n}");
+        }
+        // The default experiment's cut-down Table 2 stays cut down (it must fit ~15 minutes).
+        let t = load("table2").tma.expect("a TMA");
+        assert_eq!((t.epochs, t.train_limit), (Some(6), Some(4000)));
+    }
 }

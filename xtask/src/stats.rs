@@ -1,7 +1,8 @@
 //! Paired bootstrap intervals over test images (issue 15/16: a 95% interval for each
-//! composed-minus-model difference).
+//! composed-minus-model difference, and for a mean of such differences over pairs).
 
 use anyhow::{Result, bail};
+use decomp_eval::report::PerImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -22,31 +23,93 @@ pub struct Interval {
 /// the R differences (1-based). Pairs stay together, so what both get right or wrong adds
 /// no noise.
 pub fn paired_bootstrap(a: &[bool], b: &[bool], resamples: usize, seed: u64) -> Result<Interval> {
-    if a.len() != b.len() {
-        bail!(
-            "paired bootstrap: {} outcomes against {}, expected the same images",
-            a.len(),
-            b.len()
-        );
+    mean_paired_bootstrap(&[(a, b)], resamples, seed)
+}
+
+/// [`paired_bootstrap`] of the mean over several comparisons, each on its own images
+/// (Table 2's pairs of classes): the statistic is the mean over comparisons of
+/// `mean(b) - mean(a)`, and each resample redraws every comparison's images within that
+/// comparison (as many as it has, with replacement) before averaging. With one comparison
+/// it is [`paired_bootstrap`], draw for draw.
+pub fn mean_paired_bootstrap(
+    comparisons: &[(&[bool], &[bool])],
+    resamples: usize,
+    seed: u64,
+) -> Result<Interval> {
+    if comparisons.is_empty() {
+        bail!("paired bootstrap: no comparisons");
     }
-    if a.is_empty() {
-        bail!("paired bootstrap: no images");
+    for (k, (a, b)) in comparisons.iter().enumerate() {
+        if a.len() != b.len() {
+            bail!(
+                "paired bootstrap: comparison {k}: {} outcomes against {}, expected the same images",
+                a.len(),
+                b.len()
+            );
+        }
+        if a.is_empty() {
+            bail!("paired bootstrap: comparison {k}: no images");
+        }
     }
     if resamples < 40 {
         bail!("paired bootstrap: {resamples} resamples, expected at least 40 for a 95% interval");
     }
-    let d: Vec<i8> = a.iter().zip(b).map(|(&x, &y)| y as i8 - x as i8).collect();
-    let n = d.len();
-    let points = |sum: i64| 100.0 * sum as f64 / n as f64;
-    let diff = points(d.iter().map(|&x| x as i64).sum());
+    let d: Vec<Vec<i8>> = comparisons
+        .iter()
+        .map(|(a, b)| a.iter().zip(*b).map(|(&x, &y)| y as i8 - x as i8).collect())
+        .collect();
+    let points = |sum: i64, n: usize| 100.0 * sum as f64 / n as f64;
+    let mean =
+        |per: &mut dyn FnMut(&[i8]) -> f64| d.iter().map(|x| per(x)).sum::<f64>() / d.len() as f64;
+    let diff = mean(&mut |x: &[i8]| points(x.iter().map(|&v| v as i64).sum(), x.len()));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut stats: Vec<f64> = (0..resamples)
-        .map(|_| points((0..n).map(|_| d[rng.random_range(0..n)] as i64).sum()))
+        .map(|_| {
+            mean(&mut |x: &[i8]| {
+                let n = x.len();
+                points((0..n).map(|_| x[rng.random_range(0..n)] as i64).sum(), n)
+            })
+        })
         .collect();
     stats.sort_by(f64::total_cmp);
     let lo = stats[((0.025 * resamples as f64).floor() as usize).max(1) - 1];
     let hi = stats[((0.975 * resamples as f64).ceil() as usize).min(resamples) - 1];
     Ok(Interval { diff, lo, hi })
+}
+
+/// Per-image top-1 outcomes of two evaluations that must cover the same images in the same
+/// order (`a_what` / `b_what` name them in the error): the counts and every image's label
+/// must agree.
+pub fn paired_hits(
+    a: &PerImage,
+    a_what: &str,
+    b: &PerImage,
+    b_what: &str,
+) -> Result<(Vec<bool>, Vec<bool>)> {
+    for (p, what) in [(a, a_what), (b, b_what)] {
+        if p.labels.len() != p.rank.len() {
+            bail!(
+                "{what}: {} labels but {} ranks, expected one of each per image",
+                p.labels.len(),
+                p.rank.len()
+            );
+        }
+    }
+    if a.labels.len() != b.labels.len() {
+        bail!(
+            "{a_what} has {} images, {b_what} {}: a paired comparison needs the same images in the same order",
+            a.labels.len(),
+            b.labels.len()
+        );
+    }
+    if let Some(i) = (0..a.labels.len()).find(|&i| a.labels[i] != b.labels[i]) {
+        bail!(
+            "image {i}: label {} in {a_what}, {} in {b_what}: a paired comparison needs the same images in the same order",
+            a.labels[i],
+            b.labels[i]
+        );
+    }
+    Ok((a.top1_hits(), b.top1_hits()))
 }
 
 #[cfg(test)]
@@ -88,5 +151,68 @@ mod tests {
         assert_eq!(paired_bootstrap(&a, &b, 2000, 3).expect("ci"), i);
         assert!(paired_bootstrap(&a, &b[1..], 2000, 3).is_err());
         assert!(paired_bootstrap(&[], &[], 2000, 3).is_err());
+    }
+
+    #[test]
+    fn mean_over_comparisons_resamples_within_each() {
+        // One comparison: the same draws as paired_bootstrap.
+        let a: Vec<bool> = (0..200).map(|i| i % 3 != 0).collect();
+        let b: Vec<bool> = (0..200).map(|i| i % 4 != 0).collect();
+        assert_eq!(
+            mean_paired_bootstrap(&[(&a, &b)], 500, 9).expect("ci"),
+            paired_bootstrap(&a, &b, 500, 9).expect("ci")
+        );
+        // Two comparisons with fixed deltas: +100 on 10 images and 0 on 1,000 images. The
+        // mean of the deltas is +50 in every resample whatever the image counts (pooling the
+        // images instead would give 100 * 10 / 1010 = +0.99).
+        let (z10, o10, z1000) = (vec![false; 10], vec![true; 10], vec![false; 1000]);
+        let i = mean_paired_bootstrap(&[(&z10, &o10), (&z1000, &z1000)], 400, 1).expect("ci");
+        assert_eq!((i.diff, i.lo, i.hi), (50.0, 50.0, 50.0));
+        // Two noisy comparisons of 1,000 images, each gaining on half of them (delta 50,
+        // standard error 1.58 points each): the mean's standard error is 1.58 / sqrt(2) =
+        // 1.12, so the interval is about 50 -/+ 2.2 points, narrower than one comparison's
+        // -/+ 3.1.
+        let zero = vec![false; 1000];
+        let half: Vec<bool> = (0..1000).map(|i| i % 2 == 0).collect();
+        let i = mean_paired_bootstrap(&[(&zero, &half), (&zero, &half)], 4000, 7).expect("ci");
+        assert_eq!(i.diff, 50.0);
+        assert!((47.3..48.3).contains(&i.lo), "{i:?}");
+        assert!((51.7..52.7).contains(&i.hi), "{i:?}");
+        // A mismatched or empty comparison is an error naming it.
+        let e = mean_paired_bootstrap(&[(&zero, &half), (&zero, &half[1..])], 400, 1)
+            .expect_err("mismatch")
+            .to_string();
+        assert!(e.contains("comparison 1"), "{e}");
+        assert!(mean_paired_bootstrap(&[], 400, 1).is_err());
+    }
+
+    #[test]
+    fn paired_hits_need_the_same_images_in_order() {
+        let p = |labels: &[usize], rank: &[usize]| PerImage {
+            labels: labels.to_vec(),
+            rank: rank.to_vec(),
+        };
+        let (a, b) = paired_hits(
+            &p(&[0, 1, 1], &[0, 1, 0]),
+            "A",
+            &p(&[0, 1, 1], &[1, 0, 0]),
+            "B",
+        )
+        .expect("same images");
+        assert_eq!((a, b), (vec![true, false, true], vec![false, true, true]));
+        let e = paired_hits(&p(&[0, 1], &[0, 0]), "A", &p(&[0, 1, 1], &[0, 0, 0]), "B")
+            .expect_err("count")
+            .to_string();
+        assert!(e.contains("A has 2 images, B 3"), "{e}");
+        let e = paired_hits(
+            &p(&[0, 1, 0], &[0, 0, 0]),
+            "A",
+            &p(&[0, 0, 1], &[0, 0, 0]),
+            "B",
+        )
+        .expect_err("order")
+        .to_string();
+        assert!(e.starts_with("image 1: label 1 in A, 0 in B"), "{e}");
+        assert!(paired_hits(&p(&[0], &[]), "A", &p(&[0], &[0]), "B").is_err());
     }
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use decomp_data::{Dataset, Split};
-use decomp_eval::report::ModelEval;
+use decomp_eval::report::{ModelEval, PerImage};
 use decomp_eval::{Accumulator, EvalReport};
 use decomp_model::{Executor, ExecutorSource, to_vec};
 
@@ -17,9 +17,18 @@ pub struct EvalArgs {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
+    /// Evaluate on these classes only (names or indices, comma-separated), relabelled
+    /// 0..k-1 in the order given: the test images of a model trained with `decomp train
+    /// --classes`. `--limit` counts images before this selection, as in `compose`.
+    #[arg(long, value_delimiter = ',')]
+    classes: Vec<String>,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write every image's label and label rank (`per_image` in the JSON, in image
+    /// order), for paired comparisons with another evaluation of the same images.
+    #[arg(long, requires = "json")]
+    per_image: bool,
     /// Images per forward pass.
     #[arg(long, default_value_t = 128, value_parser = crate::flags::positive_usize)]
     batch_size: usize,
@@ -28,18 +37,23 @@ pub struct EvalArgs {
     device: String,
 }
 
-/// Runs `model` over `ds` and accumulates accuracy, with a progress bar on stderr.
+/// Runs `model` over `ds` and accumulates accuracy, with a progress bar on stderr; with
+/// `per_image`, also every image's label and label rank.
 pub fn evaluate(
     exec: &Executor,
     ds: &Dataset,
     classes: usize,
     batch_size: usize,
-) -> Result<EvalReport> {
+    per_image: bool,
+) -> Result<(EvalReport, Option<PerImage>)> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     let bar = crate::progress::images_bar(ds.len() as u64, "eval");
     let mut acc = Accumulator::new(classes).for_node(exec.output_name());
+    if per_image {
+        acc = acc.keep_images();
+    }
     for batch in ds.batches(batch_size) {
         let batch = batch?;
         let n = batch.labels.len();
@@ -49,12 +63,29 @@ pub fn evaluate(
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
-    Ok(acc.finish())
+    Ok((acc.finish(), acc.per_image().cloned()))
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let model = crate::model_source::load_model(&a.model)?;
-    let ds = open_dataset(&a.data, &model)?;
+    let mut ds = open_dataset(&a.data, &model)?;
+    if !a.classes.is_empty() {
+        let idx = crate::flags::resolve_classes(
+            "--classes",
+            &a.classes,
+            ds.class_names(),
+            ds.num_classes(),
+        )?;
+        ds = ds.subset_classes(&idx)?;
+        if ds.is_empty() {
+            bail!(
+                "{}: no image of --classes {} in the {} split",
+                crate::data::describe_source(&a.data),
+                a.classes.join(","),
+                a.data.split.unwrap_or(Split::Test)
+            );
+        }
+    }
     let classes = model.num_classes();
     if ds.num_classes() > classes {
         bail!(
@@ -65,7 +96,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let exec = runtime(&a.device)?.executor(&model)?;
     let start = Instant::now();
-    let report = evaluate(&exec, &ds, classes, a.batch_size)
+    let (report, per_image) = evaluate(&exec, &ds, classes, a.batch_size, a.per_image)
         .with_context(|| format!("evaluating {} on {}", model.meta.arch, a.data.dataset))?;
     let seconds = start.elapsed().as_secs_f64();
     let out = ModelEval {
@@ -86,6 +117,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         class_names: model.meta.class_names.clone(),
         seconds,
         images_per_second: report.n as f64 / seconds.max(1e-9),
+        per_image,
     };
     if a.json {
         outln!("{}", serde_json::to_string(&out)?);

@@ -38,6 +38,10 @@ pub struct VoteArgs {
     /// Also write the JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write every voted image's label (the entry it stands for) and label rank
+    /// (`per_image` in the JSON, in the margin files' image order), for paired comparisons.
+    #[arg(long)]
+    per_image: bool,
 }
 
 /// One composed entry: the (file, column) parts whose smallest margin it uses.
@@ -159,6 +163,9 @@ pub fn run(a: VoteArgs) -> Result<()> {
         }
     }
     let mut acc = Accumulator::new(entries.len());
+    if a.per_image {
+        acc = acc.keep_images();
+    }
     let mut row = vec![0.0f32; entries.len()];
     for (i, &l) in labels.iter().enumerate() {
         let Some(target) = entry_of[l] else { continue };
@@ -195,6 +202,7 @@ pub fn run(a: VoteArgs) -> Result<()> {
         top5: r.top5,
         per_class: r.per_class,
         per_class_n: r.per_class_n,
+        per_image: acc.per_image().cloned(),
     };
     let text = serde_json::to_string(&out)?;
     if let Some(p) = &a.out {

@@ -84,6 +84,8 @@ pub struct Accumulator {
     class_n: Vec<usize>,
     /// Name of the node the scores come from, for errors.
     node: String,
+    /// Every image's label and label rank, when asked for ([`Accumulator::keep_images`]).
+    images: Option<report::PerImage>,
 }
 
 impl Accumulator {
@@ -96,6 +98,36 @@ impl Accumulator {
             class_correct: vec![0; classes],
             class_n: vec![0; classes],
             node: "output".into(),
+            images: None,
+        }
+    }
+
+    /// Also keeps every image's label and label rank, in the order added
+    /// ([`Accumulator::per_image`]).
+    pub fn keep_images(mut self) -> Self {
+        self.images = Some(report::PerImage::default());
+        self
+    }
+
+    /// The labels and ranks kept since [`Accumulator::keep_images`] (`None` without it).
+    pub fn per_image(&self) -> Option<&report::PerImage> {
+        self.images.as_ref()
+    }
+
+    /// Counts one image whose label is in range.
+    fn count_image(&mut self, label: usize, rank: usize) {
+        self.n += 1;
+        self.class_n[label] += 1;
+        if rank == 0 {
+            self.top1 += 1;
+            self.class_correct[label] += 1;
+        }
+        if rank < self.classes.min(5) {
+            self.top5 += 1;
+        }
+        if let Some(p) = &mut self.images {
+            p.labels.push(label);
+            p.rank.push(rank);
         }
     }
 
@@ -124,7 +156,6 @@ impl Accumulator {
                 value: scores[i],
             });
         }
-        let k = self.classes.min(5);
         for (i, (row, &label)) in scores.chunks_exact(self.classes).zip(labels).enumerate() {
             if label >= self.classes {
                 return Err(EvalError::Label {
@@ -133,16 +164,7 @@ impl Accumulator {
                     classes: self.classes,
                 });
             }
-            let r = rank_of(row, label);
-            self.n += 1;
-            self.class_n[label] += 1;
-            if r == 0 {
-                self.top1 += 1;
-                self.class_correct[label] += 1;
-            }
-            if r < k {
-                self.top5 += 1;
-            }
+            self.count_image(label, rank_of(row, label));
         }
         Ok(())
     }
@@ -156,15 +178,7 @@ impl Accumulator {
                 classes: self.classes,
             });
         }
-        self.n += 1;
-        self.class_n[label] += 1;
-        if rank == 0 {
-            self.top1 += 1;
-            self.class_correct[label] += 1;
-        }
-        if rank < self.classes.min(5) {
-            self.top5 += 1;
-        }
+        self.count_image(label, rank);
         Ok(())
     }
 
@@ -219,6 +233,18 @@ mod tests {
         check(&s, &[1], 6, 0.0, 0.0);
         check(&s, &[2], 6, 0.0, 100.0);
         check(&[s, s].concat(), &[0, 1], 6, 50.0, 50.0);
+    }
+
+    #[test]
+    fn kept_images_are_labels_and_ranks_in_order() {
+        let mut a = Accumulator::new(3).keep_images();
+        a.add(&[3., 2., 1., 0., 5., 4.], &[2, 1]).expect("valid");
+        a.add_rank(0, 1).expect("valid");
+        let p = a.per_image().expect("kept");
+        assert_eq!(p.labels, vec![2, 1, 0]);
+        assert_eq!(p.rank, vec![2, 0, 1]);
+        assert_eq!(p.top1_hits(), vec![false, true, false]);
+        assert!(Accumulator::new(3).per_image().is_none());
     }
 
     #[test]

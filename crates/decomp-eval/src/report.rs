@@ -52,6 +52,25 @@ pub struct ModelEval {
     pub class_names: Vec<String>,
     pub seconds: f64,
     pub images_per_second: f64,
+    /// Every image's label and label rank (`decomp eval --per-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_image: Option<PerImage>,
+}
+
+/// Per image, in the order the images were evaluated: its label and the rank of its label
+/// (0 = top-1), so two evaluations of the same images can be compared image by image
+/// (paired statistics). Written by `decomp eval --per-image` and `decomp vote --per-image`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PerImage {
+    pub labels: Vec<usize>,
+    pub rank: Vec<usize>,
+}
+
+impl PerImage {
+    /// Whether each image's label ranked first.
+    pub fn top1_hits(&self) -> Vec<bool> {
+        self.rank.iter().map(|&r| r == 0).collect()
+    }
 }
 
 /// Accuracy of a composition on its images, and of the modules' source model on the same
@@ -238,6 +257,10 @@ pub struct VoteReport {
     pub top5: f64,
     pub per_class: Vec<f64>,
     pub per_class_n: Vec<usize>,
+    /// Every voted image's label (the entry it stands for) and label rank, in the margin
+    /// files' image order (`decomp vote --per-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_image: Option<PerImage>,
 }
 
 /// `summary.json` of element-level `decomp tangle` / `decompose`.

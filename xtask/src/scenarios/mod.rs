@@ -43,11 +43,12 @@ pub fn run_manifest(eng: &Engine, env: &Env, name: &str) -> Result<()> {
         return Ok(());
     }
     let stages: Vec<&'static str> = match m.scenario.as_str() {
+        // `eval` after `train`: it also evaluates each TMA on its pair's test images.
         "intra-reuse" => vec![
             "import",
-            "eval",
             "decompose",
             "train",
+            "eval",
             "margins",
             "vote",
             "report",

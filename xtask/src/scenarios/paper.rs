@@ -13,3 +13,53 @@ pub const PAPER_TABLE1: [(&str, &str, f64, f64, f64, f64, f64); 9] = [
     ("TinyImageNet", "resnet32", 31.8, 58.6, 31.5, 58.0, 0.72),
     ("TinyImageNet", "resnet56", 32.1, 58.7, 31.0, 57.8, 0.71),
 ];
+
+/// The paper's Table 2 (intra-dataset reuse, 6 pairs of 4 classes per dataset, METHOD.md
+/// section 7): one row per dataset.
+pub struct PaperTable2 {
+    /// The paper's name of the dataset.
+    pub dataset: &'static str,
+    /// decomp's dataset names whose rows this row stands beside (`tiny-imagenet`: the
+    /// 20-class subset stands in for the paper's 200 classes).
+    pub ours: &'static [&'static str],
+    /// The architecture of the reused modules and of the TMA.
+    pub arch: &'static str,
+    /// Mean MA - TMA over the 6 pairs, in points.
+    pub delta: f64,
+    /// Per pair, (MA, TMA) top-1 %, where the paper's text gives them.
+    pub pairs: &'static [(f64, f64)],
+}
+
+pub const PAPER_TABLE2: [PaperTable2; 3] = [
+    PaperTable2 {
+        dataset: "CIFAR-10",
+        ours: &["cifar10"],
+        arch: "resnet56",
+        delta: 6.6,
+        pairs: &[
+            (98.8, 95.4),
+            (91.4, 84.7),
+            (96.6, 91.9),
+            (99.3, 93.2),
+            (99.3, 92.2),
+            (92.9, 81.2),
+        ],
+    },
+    PaperTable2 {
+        dataset: "CIFAR-100",
+        ours: &["cifar100"],
+        arch: "resnet20",
+        delta: -0.67,
+        pairs: &[],
+    },
+    PaperTable2 {
+        dataset: "ImageNet-200",
+        ours: &["tiny-imagenet"],
+        arch: "resnet20",
+        delta: 1.5,
+        pairs: &[],
+    },
+];
+
+/// The paper's mean MA - TMA over its three datasets.
+pub const PAPER_TABLE2_MEAN: f64 = 2.5;

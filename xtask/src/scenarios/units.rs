@@ -135,8 +135,37 @@ impl Run<'_> {
         ir: &Path,
         data: &Data,
     ) -> Result<Option<ModelEval>> {
-        let key =
+        self.eval_unit(name, index, ir, data, None)
+    }
+
+    /// [`Run::eval_model`] on the test images of `classes` only (relabelled in that order:
+    /// a model trained on them), with every image's label and rank (`per_image`), in the
+    /// order `decomp vote` sees them.
+    pub(super) fn eval_classes(
+        &self,
+        name: &str,
+        index: usize,
+        ir: &Path,
+        data: &Data,
+        classes: &[usize],
+    ) -> Result<Option<ModelEval>> {
+        self.eval_unit(name, index, ir, data, Some(classes))
+    }
+
+    fn eval_unit(
+        &self,
+        name: &str,
+        index: usize,
+        ir: &Path,
+        data: &Data,
+        classes: Option<&[usize]>,
+    ) -> Result<Option<ModelEval>> {
+        let mut key =
             json!({ "model": self.eng.file_hash(ir)?, "data": data.key, "limit": self.env.limit });
+        if let Some(c) = classes {
+            key["classes"] = json!(c);
+            key["per_image"] = json!(true);
+        }
         let dir = self
             .eng
             .unit("eval", Kind::PerUnit, index, name, &key, |work| {
@@ -149,6 +178,9 @@ impl Run<'_> {
                     "--device",
                     &self.eng.device,
                 ]));
+                if let Some(c) = classes {
+                    a.extend(["--classes".into(), join(c), "--per-image".into()]);
+                }
                 if let Some(n) = self.env.limit {
                     a.extend(["--limit".into(), n.to_string()]);
                 }
@@ -454,17 +486,42 @@ impl Run<'_> {
         Ok(dir.map(|d| d.join("margins.json")))
     }
 
+    /// `decomp vote` of the modules `pick` from the margin files (a merge unit).
     pub(super) fn vote(
         &self,
         name: &str,
         margins: &[PathBuf],
         pick: &[String],
     ) -> Result<Option<VoteReport>> {
+        self.vote_unit(name, margins, pick, false)
+    }
+
+    /// [`Run::vote`] with every voted image's label and rank (`per_image`), for paired
+    /// intervals against another evaluation of the same images.
+    pub(super) fn vote_per_image(
+        &self,
+        name: &str,
+        margins: &[PathBuf],
+        pick: &[String],
+    ) -> Result<Option<VoteReport>> {
+        self.vote_unit(name, margins, pick, true)
+    }
+
+    fn vote_unit(
+        &self,
+        name: &str,
+        margins: &[PathBuf],
+        pick: &[String],
+        per_image: bool,
+    ) -> Result<Option<VoteReport>> {
         let hashes = margins
             .iter()
             .map(|p| self.eng.file_hash(p))
             .collect::<Result<Vec<_>>>()?;
-        let key = json!({ "margins": hashes, "pick": pick });
+        let mut key = json!({ "margins": hashes, "pick": pick });
+        if per_image {
+            key["per_image"] = json!(true);
+        }
         let dir = self.eng.unit("vote", Kind::Merge, 0, name, &key, |work| {
             let mut a = vec!["vote".to_string()];
             for m in margins {
@@ -476,6 +533,9 @@ impl Run<'_> {
                 "--out".into(),
                 s(&work.join("vote.json")),
             ]);
+            if per_image {
+                a.push("--per-image".into());
+            }
             self.eng.decomp(&a).map(drop)
         })?;
         dir.map(|d| read(&d.join("vote.json"))).transpose()

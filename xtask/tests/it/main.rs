@@ -293,6 +293,26 @@ fn sharded_runs_merge_into_the_unsharded_report() {
             .count();
         assert!(decomposed >= 3, "{decomposed}");
         run_ok(xtask(d, "sharded", "sharded-results", &[&manifest]));
+        if name == "reuse" {
+            // Table 2 carries each pair's MA - TMA with its paired bootstrap interval, and
+            // the mean's.
+            let v: serde_json::Value =
+                serde_json::from_str(&read(d.join("one-results/reuse/reuse.json"))).expect("json");
+            let pairs = v["pairs"].as_array().expect("pairs");
+            assert_eq!(pairs.len(), 3);
+            let ci = |x: &serde_json::Value| -> [f64; 3] {
+                ["diff", "lo", "hi"].map(|k| x[k].as_f64().unwrap_or_else(|| panic!("{k}: {x}")))
+            };
+            for p in pairs.iter().chain([&v["mean"]]) {
+                let [diff, lo, hi] = ci(&p["delta_ci"]);
+                assert!(
+                    (diff - p["delta"].as_f64().expect("delta")).abs() < 1e-9,
+                    "{p}"
+                );
+                assert!(lo <= diff && diff <= hi, "{p}");
+            }
+            assert!(read(d.join("one-results/reuse/report.md")).contains("MA − TMA [95% CI]"));
+        }
         for f in ["report.md".to_string(), format!("{name}.csv")] {
             assert_eq!(
                 read(d.join(format!("sharded-results/{name}/{f}"))),
