@@ -114,10 +114,13 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
     if let Some(t) = &r.m.tma {
         let _ = writeln!(
             md,
-            "TMA: `{}` trained on the pair's training images with recipe `{}`, {} epochs{}{}{}, seed {}; best-validation checkpoint, evaluated by `decomp eval` on the same test images as the pair's modules, in the same order.\n",
+            "TMA: `{}` trained on the pair's training images with recipe `{}`, {}{}{}{}, seed {}; best-validation checkpoint, evaluated by `decomp eval` on the same test images as the pair's modules, in the same order.\n",
             t.arch,
             t.recipe,
-            t.epochs.map_or("recipe default".into(), |e| e.to_string()),
+            t.epochs.map_or("recipe default epochs".into(), |e| format!(
+                "{e} epoch{}",
+                if e == 1 { "" } else { "s" }
+            )),
             t.train_limit
                 .map_or(String::new(), |n| format!(", first {n} training images")),
             t.val_fraction.map_or(String::new(), |f| format!(
@@ -368,7 +371,11 @@ fn paper_section(r: &Run, dataset: &str, arch: &str, ours: Option<&Interval>) ->
         let epochs = t
             .epochs
             .map_or(format!("the `{}` recipe's default epochs", t.recipe), |e| {
-                format!("{e} epochs of `{}`", t.recipe)
+                format!(
+                    "{e} epoch{} of `{}`",
+                    if e == 1 { "" } else { "s" },
+                    t.recipe
+                )
             });
         let images = t
             .train_limit
@@ -376,7 +383,7 @@ fn paper_section(r: &Run, dataset: &str, arch: &str, ours: Option<&Interval>) ->
                 format!("the first {n} of the pair's training images")
             });
         differs.push(format!(
-            "our TMA trains {epochs} on {images}, the paper's (likely) 200 epochs"
+            "our TMA trains {epochs} on {images}, the paper's models 200 epochs (METHOD.md section 6)"
         ));
     }
     if dataset == "cifar10" {
