@@ -326,6 +326,37 @@ pub struct SelectSpec {
     /// Explicit classes instead of a seeded draw.
     pub fixed: Option<Vec<usize>>,
     pub second_fixed: Option<Vec<usize>>,
+    /// `inter-replace`: which (main class, second class) cases it runs.
+    #[serde(default, skip_serializing_if = "Cases::is_zip")]
+    pub cases: Cases,
+}
+
+/// The cases of `inter-replace` (Table 5): main class x replaced by second class t.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Cases {
+    /// The i-th class of each selection (as many cases as the shorter selection).
+    #[default]
+    Zip,
+    /// Every combination: the paper's 4 x 4 = 16.
+    Cross,
+}
+
+impl Cases {
+    fn is_zip(&self) -> bool {
+        *self == Cases::Zip
+    }
+
+    /// The cases as (index into the main selection, index into the second selection), in
+    /// row order (main class first).
+    pub fn of(self, main: usize, second: usize) -> Vec<(usize, usize)> {
+        match self {
+            Cases::Zip => (0..main.min(second)).map(|i| (i, i)).collect(),
+            Cases::Cross => (0..main)
+                .flat_map(|i| (0..second).map(move |j| (i, j)))
+                .collect(),
+        }
+    }
 }
 
 impl Default for SelectSpec {
@@ -336,6 +367,7 @@ impl Default for SelectSpec {
             seed: 0,
             fixed: None,
             second_fixed: None,
+            cases: Cases::Zip,
         }
     }
 }
@@ -531,7 +563,7 @@ mod tests {
     use super::*;
 
     /// Every committed manifest parses (unknown fields are errors), names only recipes
-    /// that exist, and the full-scale Table 2 manifests hold the paper's setting.
+    /// that exist, and the full-scale Table 2, 3 and 5 manifests hold the paper's setting.
     #[test]
     fn committed_manifests_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -541,7 +573,13 @@ mod tests {
         .expect("recipes.toml parses");
         let recipes = recipes["recipes"].as_table().expect("[recipes.*]");
         let names = known(&root);
-        for want in ["table2", "table2-c10", "table2-ti64"] {
+        for want in [
+            "table2",
+            "table2-c10",
+            "table2-ti64",
+            "table3-full",
+            "table5-full",
+        ] {
             assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
         }
         for n in names.iter().filter(|n| *n != "recipes") {
@@ -598,8 +636,77 @@ mod tests {
             );
             assert!(m.validity_gate, "{n}");
         }
+        // The full-scale Tables 3 and 5: the pretrained ResNet-56 x the zoo's ResNet-20 at
+        // 32x32, 4 x 4 classes (Table 5: every combination, 16 cases), converged baselines.
+        for (n, scenario, epochs) in [
+            ("table3-full", "inter-reuse", 60),
+            ("table5-full", "inter-replace", 30),
+        ] {
+            let m = load(n);
+            assert_eq!(m.scenario, scenario, "{n}");
+            assert_eq!(m.data["main"].dataset, "cifar10", "{n}");
+            assert_eq!(m.data["second"].dataset, "tiny-imagenet", "{n}");
+            let base = &m.models["base"];
+            assert_eq!(
+                base.weights.as_deref(),
+                Some("models:resnet56-4bfd9763.th"),
+                "{n}"
+            );
+            assert_eq!(base.arch.as_deref(), Some("resnet56"), "{n}");
+            let second = &m.models["second"];
+            let w = second.weights.as_deref().expect("a given second model");
+            assert_eq!(w, "models/zoo/ti32-r20.ir", "{n}");
+            assert!(root.join(w).is_file(), "{n}: {w} is committed");
+            assert!(second.train.is_none() && second.data == "second", "{n}");
+            let s = &m.select;
+            assert_eq!(
+                (s.classes, s.second_classes, s.fixed.as_ref()),
+                (4, 4, None),
+                "{n}"
+            );
+            // Table 3 pairs every class with every class; Table 5 runs `cases`.
+            let rows = if scenario == "inter-reuse" {
+                s.classes * s.second_classes
+            } else {
+                s.cases.of(s.classes, s.second_classes).len()
+            };
+            assert_eq!(rows, 16, "{n}: the paper's 16 pairs / cases");
+            let t = m.tma.as_ref().expect("a TMA / M");
+            assert_eq!(
+                (t.arch.as_str(), t.epochs),
+                ("resnet20", Some(epochs)),
+                "{n}"
+            );
+            assert_eq!(
+                (t.train_limit, t.val_fraction),
+                (None, Some(0.1)),
+                "{n}: all images"
+            );
+            assert!(m.validity_gate && m.bootstrap.is_some(), "{n}");
+        }
+        // The committed cut-down Tables 3 and 5 keep their setting (reference runs).
+        for n in ["table3", "table5"] {
+            let m = load(n);
+            assert_eq!(m.select.cases, Cases::Zip, "{n}");
+            assert!(m.models["second"].train.is_some(), "{n}");
+        }
         // The default experiment's cut-down Table 2 stays cut down (it must fit ~15 minutes).
         let t = load("table2").tma.expect("a TMA");
         assert_eq!((t.epochs, t.train_limit), (Some(6), Some(4000)));
+    }
+
+    #[test]
+    fn cases_zip_or_cross() {
+        assert_eq!(Cases::Zip.of(2, 3), vec![(0, 0), (1, 1)]);
+        assert_eq!(
+            Cases::Cross.of(2, 3),
+            vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+        );
+        let s: SelectSpec = toml::from_str("cases = \"cross\"").expect("parses");
+        assert_eq!(s.cases, Cases::Cross);
+        assert!(toml::from_str::<SelectSpec>("cases = \"all\"").is_err());
+        // The default is not written, so older reports' manifest.json stay the same.
+        let j = serde_json::to_value(SelectSpec::default()).expect("json");
+        assert!(j.get("cases").is_none(), "{j}");
     }
 }

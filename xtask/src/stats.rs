@@ -1,7 +1,7 @@
 //! Paired bootstrap intervals over test images (issue 15/16: a 95% interval for each
 //! composed-minus-model difference, and for a mean of such differences over pairs).
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use decomp_eval::report::PerImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -77,14 +77,15 @@ pub fn mean_paired_bootstrap(
     Ok(Interval { diff, lo, hi })
 }
 
-/// Per-image top-1 outcomes of two evaluations that must cover the same images in the same
-/// order (`a_what` / `b_what` name them in the error): the counts and every image's label
-/// must agree.
+/// Per-image top-`k` outcomes (label rank below `k`; `k` = 1: top-1) of two evaluations
+/// that must cover the same images in the same order (`a_what` / `b_what` name them in the
+/// error): the counts and every image's label must agree.
 pub fn paired_hits(
     a: &PerImage,
     a_what: &str,
     b: &PerImage,
     b_what: &str,
+    k: usize,
 ) -> Result<(Vec<bool>, Vec<bool>)> {
     for (p, what) in [(a, a_what), (b, b_what)] {
         if p.labels.len() != p.rank.len() {
@@ -109,7 +110,79 @@ pub fn paired_hits(
             b.labels[i]
         );
     }
-    Ok((a.top1_hits(), b.top1_hits()))
+    let hits = |p: &PerImage| p.rank.iter().map(|&r| r < k).collect();
+    Ok((hits(a), hits(b)))
+}
+
+/// One side of a paired comparison: an evaluation (named for errors), its per-image ranks
+/// (`None`: an artifact of a decomp without `--per-image`) and the top-k accuracy it
+/// reported.
+pub struct Side<'a> {
+    pub what: String,
+    pub per_image: Option<&'a PerImage>,
+    pub reported: f64,
+}
+
+/// [`paired_hits`] of two reported evaluations, each checked against its own report: the
+/// top-`k` accuracy its per-image ranks give must be the one it reported.
+pub fn checked_hits<'a>(k: usize, a: &Side<'a>, b: &Side<'a>) -> Result<(Vec<bool>, Vec<bool>)> {
+    let rerun = "(a unit of an older decomp without per-image ranks: remove its folder and rerun)";
+    let ranks = |s: &Side<'a>| -> Result<&'a PerImage> {
+        s.per_image
+            .with_context(|| format!("{} has no per-image ranks {rerun}", s.what))
+    };
+    let (ha, hb) = paired_hits(ranks(a)?, &a.what, ranks(b)?, &b.what, k)?;
+    for (s, hits) in [(a, &ha), (b, &hb)] {
+        let got = 100.0 * hits.iter().filter(|&&h| h).count() as f64 / hits.len().max(1) as f64;
+        if (got - s.reported).abs() > 1e-6 {
+            bail!(
+                "{}: top-{k} from its per-image ranks is {got}, its report says {}",
+                s.what,
+                s.reported
+            );
+        }
+    }
+    Ok((ha, hb))
+}
+
+/// The paired differences of a table's rows (pairs, cases), each on its own images, kept
+/// for the interval of their mean.
+#[derive(Default)]
+pub struct Paired {
+    rows: Vec<(Vec<bool>, Vec<bool>)>,
+}
+
+impl Paired {
+    /// `b - a` in top-`k` points of one row's two evaluations of the same images (checked
+    /// by [`checked_hits`]), with its [`paired_bootstrap`] interval; kept for
+    /// [`Paired::mean`].
+    pub fn add(
+        &mut self,
+        k: usize,
+        a: &Side,
+        b: &Side,
+        resamples: usize,
+        seed: u64,
+    ) -> Result<Interval> {
+        let (ha, hb) = checked_hits(k, a, b)?;
+        let ci = paired_bootstrap(&ha, &hb, resamples, seed)?;
+        self.rows.push((ha, hb));
+        Ok(ci)
+    }
+
+    /// The [`mean_paired_bootstrap`] interval of the rows added, when all `rows` of the
+    /// table have one (a row without both evaluations has no difference, so no mean).
+    pub fn mean(&self, rows: usize, resamples: usize, seed: u64) -> Result<Option<Interval>> {
+        if self.rows.is_empty() || self.rows.len() != rows {
+            return Ok(None);
+        }
+        let cmp: Vec<(&[bool], &[bool])> = self
+            .rows
+            .iter()
+            .map(|(a, b)| (a.as_slice(), b.as_slice()))
+            .collect();
+        mean_paired_bootstrap(&cmp, resamples, seed).map(Some)
+    }
 }
 
 #[cfg(test)]
@@ -197,22 +270,84 @@ mod tests {
             "A",
             &p(&[0, 1, 1], &[1, 0, 0]),
             "B",
+            1,
         )
         .expect("same images");
         assert_eq!((a, b), (vec![true, false, true], vec![false, true, true]));
-        let e = paired_hits(&p(&[0, 1], &[0, 0]), "A", &p(&[0, 1, 1], &[0, 0, 0]), "B")
-            .expect_err("count")
-            .to_string();
+        let e = paired_hits(
+            &p(&[0, 1], &[0, 0]),
+            "A",
+            &p(&[0, 1, 1], &[0, 0, 0]),
+            "B",
+            1,
+        )
+        .expect_err("count")
+        .to_string();
         assert!(e.contains("A has 2 images, B 3"), "{e}");
         let e = paired_hits(
             &p(&[0, 1, 0], &[0, 0, 0]),
             "A",
             &p(&[0, 0, 1], &[0, 0, 0]),
             "B",
+            1,
         )
         .expect_err("order")
         .to_string();
         assert!(e.starts_with("image 1: label 1 in A, 0 in B"), "{e}");
-        assert!(paired_hits(&p(&[0], &[]), "A", &p(&[0], &[0]), "B").is_err());
+        assert!(paired_hits(&p(&[0], &[]), "A", &p(&[0], &[0]), "B", 1).is_err());
+        // Top-5: a rank below 5.
+        let (a, b) = paired_hits(
+            &p(&[0, 1, 2], &[4, 5, 0]),
+            "A",
+            &p(&[0, 1, 2], &[9, 1, 5]),
+            "B",
+            5,
+        )
+        .expect("same images");
+        assert_eq!((a, b), (vec![true, false, true], vec![false, true, false]));
+    }
+
+    #[test]
+    fn checked_hits_agree_with_the_reported_accuracy() {
+        let pa = PerImage {
+            labels: vec![0, 1, 1, 0],
+            rank: vec![0, 1, 6, 0],
+        };
+        let pb = PerImage {
+            labels: vec![0, 1, 1, 0],
+            rank: vec![1, 0, 0, 0],
+        };
+        fn side<'a>(what: &str, p: Option<&'a PerImage>, reported: f64) -> Side<'a> {
+            Side {
+                what: what.into(),
+                per_image: p,
+                reported,
+            }
+        }
+        let (pa, pb) = (&pa, &pb);
+        let (a, b) =
+            checked_hits(1, &side("A", Some(pa), 50.0), &side("B", Some(pb), 75.0)).expect("agree");
+        assert_eq!(
+            (a, b),
+            (
+                vec![true, false, false, true],
+                vec![false, true, true, true]
+            )
+        );
+        let (a, _) = checked_hits(5, &side("A", Some(pa), 75.0), &side("B", Some(pb), 100.0))
+            .expect("agree");
+        assert_eq!(a, vec![true, true, false, true]);
+        // A report that its ranks contradict, and ranks that are missing, are errors.
+        let e = checked_hits(1, &side("A", Some(pa), 50.0), &side("B", Some(pb), 50.0))
+            .expect_err("B reported 50")
+            .to_string();
+        assert!(
+            e.starts_with("B: top-1 from its per-image ranks is 75"),
+            "{e}"
+        );
+        let e = checked_hits(1, &side("A", None, 50.0), &side("B", Some(pb), 75.0))
+            .expect_err("no ranks")
+            .to_string();
+        assert!(e.starts_with("A has no per-image ranks"), "{e}");
     }
 }

@@ -33,3 +33,12 @@ pub(crate) fn signed(x: f64) -> String {
         "-".into()
     }
 }
+
+/// `+1.23 [+0.50, +2.00]`: a difference with its 95% interval, or the difference alone
+/// without one.
+pub(crate) fn with_interval(d: f64, ci: Option<&crate::stats::Interval>) -> String {
+    match ci {
+        Some(c) => format!("{} [{}, {}]", signed(d), signed(c.lo), signed(c.hi)),
+        None => signed(d),
+    }
+}

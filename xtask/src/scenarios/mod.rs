@@ -55,11 +55,12 @@ pub fn run_manifest(eng: &Engine, env: &Env, name: &str) -> Result<()> {
         ],
         "intra-replace" | "motivating" => vec!["import", "decompose", "margins", "vote", "report"],
         "co2e" => vec!["import", "decompose", "train", "margins", "vote", "report"],
+        // `eval` after `train`: it also evaluates each TMA / M on its test images.
         "inter-reuse" | "inter-replace" => vec![
             "import",
-            "eval",
             "mix",
             "train",
+            "eval",
             "decompose",
             "relearn",
             "margins",
@@ -383,9 +384,36 @@ fn pairs(classes: &[usize]) -> Vec<(usize, usize)> {
     v
 }
 
-/// The second dataset's model, trained on the selected classes of that dataset (written as
-/// a mix), and the selection.
-fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
+/// The second dataset's model of an inter-dataset scenario, with the classes drawn from that
+/// dataset.
+struct Second {
+    model: Model,
+    /// The classes drawn from the second dataset (its own indices).
+    picked: Vec<usize>,
+    /// The model's own class index of each drawn class: the class itself for a given model
+    /// of the whole dataset, its position for a model trained here on the drawn classes.
+    model_class: Vec<usize>,
+    origin: SecondOrigin,
+}
+
+enum SecondOrigin {
+    /// Trained here on the drawn classes (a mix of them): its run folder and settings.
+    Trained {
+        dir: PathBuf,
+        spec: crate::manifest::TrainSpec,
+    },
+    /// Given weights (`[models.second] weights`, e.g. a zoo model of all the dataset's
+    /// classes): its evaluation on the dataset's test split.
+    Given {
+        weights: String,
+        test: Option<ModelEval>,
+    },
+}
+
+/// The second dataset's model: `[models.second]` with `weights` (a model of the whole
+/// second dataset at the main dataset's input size, e.g. `models/zoo/ti32-r20.ir`) or with
+/// `train` (trained here on the drawn classes only, written as a mix).
+fn second_model(r: &Run) -> Result<Option<Second>> {
     let second = r.spec_data("second")?;
     let spec =
         r.m.data
@@ -398,6 +426,39 @@ fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
             r.m.select.seed.wrapping_add(1),
         )
     });
+    if let Some(&c) = picked.iter().find(|&&c| c >= second.num_classes) {
+        bail!(
+            "[select] second_fixed: class {c} of {}, which has {} classes",
+            spec.dataset,
+            second.num_classes
+        );
+    }
+    let m =
+        r.m.models
+            .get("second")
+            .context("manifest has no [models.second]")?;
+    if let Some(weights) = &m.weights {
+        if m.data != "second" {
+            bail!(
+                "[models.second] data = {:?}: a given second model classifies the second dataset, expected data = \"second\"",
+                m.data
+            );
+        }
+        let Some(mut model) = r.model("second")? else {
+            return Ok(None);
+        };
+        model.arch = format!("{}-{}", model.arch, spec.dataset);
+        let test = r.eval_model(&format!("{}-test", model.arch), 1, &model.ir, &model.data)?;
+        return Ok(Some(Second {
+            model,
+            model_class: picked.clone(),
+            picked,
+            origin: SecondOrigin::Given {
+                weights: weights.clone(),
+                test,
+            },
+        }));
+    }
     let parts: Vec<Value> = picked
         .iter()
         .map(|&c| part(r, "second", c))
@@ -405,14 +466,9 @@ fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
     let Some(set) = r.mix("second-set", Kind::Shared, 0, &parts)? else {
         return Ok(None);
     };
-    let m =
-        r.m.models
-            .get("second")
-            .context("manifest has no [models.second]")?;
-    let t = m
-        .train
-        .as_ref()
-        .context("[models.second] needs `train` (the second dataset's model is trained here)")?;
+    let t = m.train.as_ref().context(
+        "[models.second] needs `weights` (a model of the second dataset) or `train` (trained here on the drawn classes)",
+    )?;
     let Some(dir) = r.train("second-model", 0, &set, None, t)? else {
         return Ok(None);
     };
@@ -420,31 +476,85 @@ fn second_model(r: &Run) -> Result<Option<(Model, Vec<usize>, Data)>> {
     let model = Model {
         hash: r.eng.file_hash(&ir)?,
         ir,
-        data: set.clone(),
+        data: set,
         arch: format!("{}-{}", t.arch, spec.dataset),
     };
-    Ok(Some((model, picked, set)))
+    Ok(Some(Second {
+        model,
+        model_class: (0..picked.len()).collect(),
+        picked,
+        origin: SecondOrigin::Trained {
+            dir,
+            spec: t.clone(),
+        },
+    }))
+}
+
+impl Second {
+    /// The module of drawn class `j` (one decomposition unit, unit index `index`).
+    fn module(&self, r: &Run, j: usize, index: usize) -> Result<Option<PathBuf>> {
+        r.module(&self.model, self.model_class[j], index)
+    }
+
+    /// Its test top-1 (%): a trained model on the drawn classes' test images, a given one
+    /// on its dataset's test split.
+    fn test_top1(&self) -> Result<f64> {
+        match &self.origin {
+            SecondOrigin::Trained { dir, .. } => Run::test_top1(dir),
+            SecondOrigin::Given { test, .. } => Ok(test.as_ref().map_or(f64::NAN, |t| t.top1)),
+        }
+    }
+
+    /// The sentence of the reports that says what the model is.
+    fn describe(&self, dataset: &str) -> Result<String> {
+        Ok(match &self.origin {
+            SecondOrigin::Trained { dir, spec: t } => {
+                let metrics: TrainMetrics = crate::engine::read(&dir.join("metrics.json"))?;
+                format!(
+                    "Its model is a `{}` trained here on the {} selected classes only (recipe `{}`, {} epochs{}), best \
+                     validation epoch {}, **{:.2}%** top-1 on those classes' test images.",
+                    t.arch,
+                    self.picked.len(),
+                    t.recipe,
+                    t.epochs.map_or("recipe".into(), |e| e.to_string()),
+                    t.train_limit
+                        .map_or(String::new(), |n| format!(", {n} images")),
+                    json!(metrics.best_epoch),
+                    self.test_top1()?
+                )
+            }
+            SecondOrigin::Given { weights, .. } => format!(
+                "Its model is `{weights}` (`{}`, given, not trained by this experiment), a model of all {} classes of \
+                 {dataset}: **{:.2}%** top-1 on their test images at its input size (the validity gate's test); the \
+                 modules of the drawn classes are decomposed on its training images at that size.",
+                self.model.arch,
+                self.model.data.num_classes,
+                self.test_top1()?
+            ),
+        })
+    }
 }
 
 /// The validity gate on the two models of an inter-dataset scenario: the base model on its
-/// own test split, the second dataset's model on its classes' test images.
+/// own test split, the second dataset's model on its own test images (a trained one: its
+/// classes' test images).
 fn gate_inter_models(
     r: &Run,
     base: &Model,
     base_test: Option<&ModelEval>,
-    second: &Model,
-    classes: usize,
+    second: &Second,
 ) -> Result<()> {
     r.gate_model_test("the base model", base, base_test)?;
-    let dir = second
-        .ir
-        .parent()
-        .context("the second model's run folder")?;
-    r.gate_trained(
-        &format!("the second dataset's model ({})", second.ir.display()),
-        dir,
-        classes,
-    )
+    match &second.origin {
+        SecondOrigin::Trained { dir, .. } => r.gate_trained(
+            &format!("the second dataset's model ({})", second.model.ir.display()),
+            dir,
+            second.picked.len(),
+        ),
+        SecondOrigin::Given { test, .. } => {
+            r.gate_model_test("the second dataset's model", &second.model, test.as_ref())
+        }
+    }
 }
 
 /// A part of a mix: one class of the main dataset.

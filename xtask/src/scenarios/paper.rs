@@ -1,4 +1,7 @@
-//! The paper's published numbers that more than one scenario prints.
+//! The paper's published numbers the scenario reports print beside ours, and how a report
+//! says whether our difference goes the paper's way.
+
+use crate::stats::Interval;
 
 /// The paper's Table 1 (MC-BLN, its models without BatchNorm, the original test sets):
 /// dataset, model, model top-1, top-5, modules top-1, top-5, JI (METHOD.md section 7).
@@ -63,3 +66,113 @@ pub const PAPER_TABLE2: [PaperTable2; 3] = [
 
 /// The paper's mean MA - TMA over its three datasets.
 pub const PAPER_TABLE2_MEAN: f64 = 2.5;
+
+/// The paper's Table 3 (inter-dataset reuse, 16 pairs of a CIFAR-10 and a CIFAR-100 class,
+/// METHOD.md section 7): mean top-1 % over the pairs, and the differences it reports.
+pub struct PaperTable3 {
+    pub tma: f64,
+    pub ma: f64,
+    pub mma: f64,
+    /// TMA - MA (without continuous learning), points.
+    pub tma_minus_ma: f64,
+    /// TMA - MMA (with continuous learning), points.
+    pub tma_minus_mma: f64,
+}
+
+pub const PAPER_TABLE3: PaperTable3 = PaperTable3 {
+    tma: 97.42,
+    ma: 84.71,
+    mma: 89.79,
+    tma_minus_ma: 12.7,
+    tma_minus_mma: 7.6,
+};
+
+/// The paper's Table 5 (inter-dataset replace, 16 cases, METHOD.md section 7): the composed
+/// modules D minus the model M trained on the new task, mean top-1 and top-5 points.
+pub const PAPER_TABLE5_D_MINUS_M: (f64, f64) = (2.55, -7.06);
+
+/// How a report names the two sides of a difference `pos - neg` when it compares its
+/// direction with the paper's.
+pub struct Direction<'a> {
+    /// `pos` ahead of `neg` beyond doubt ("the modules beat the TMA").
+    pub pos_wins: &'a str,
+    /// `neg` ahead of `pos` beyond doubt ("the TMA beats the modules").
+    pub neg_wins: &'a str,
+    /// The paper's sign, positive ("the modules ahead") and negative ("the TMA ahead").
+    pub pos_ahead: &'a str,
+    pub neg_ahead: &'a str,
+}
+
+/// Whether our difference (its 95% interval `ci`) agrees with the direction of the paper's
+/// `paper` (same sign convention): decided only when the interval excludes 0.
+pub fn verdict(ci: &Interval, paper: f64, d: &Direction) -> String {
+    let paper_sign = if paper > 0.0 {
+        d.pos_ahead
+    } else {
+        d.neg_ahead
+    };
+    if ci.lo > 0.0 {
+        if paper > 0.0 {
+            format!("{}, the paper's direction", d.pos_wins)
+        } else {
+            format!(
+                "{}, against the paper's direction ({paper_sign})",
+                d.pos_wins
+            )
+        }
+    } else if ci.hi < 0.0 {
+        if paper < 0.0 {
+            format!("{}, the paper's direction", d.neg_wins)
+        } else {
+            format!(
+                "{}, against the paper's direction ({paper_sign})",
+                d.neg_wins
+            )
+        }
+    } else {
+        format!(
+            "the interval includes 0, so these images do not settle the direction (the paper: {paper_sign})"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_needs_the_interval_to_exclude_zero() {
+        let d = Direction {
+            pos_wins: "P wins",
+            neg_wins: "N wins",
+            pos_ahead: "P ahead",
+            neg_ahead: "N ahead",
+        };
+        let ci = |lo, hi| Interval {
+            diff: (lo + hi) / 2.0,
+            lo,
+            hi,
+        };
+        assert_eq!(
+            verdict(&ci(1.0, 3.0), 12.7, &d),
+            "P wins, the paper's direction"
+        );
+        assert_eq!(
+            verdict(&ci(1.0, 3.0), -7.06, &d),
+            "P wins, against the paper's direction (N ahead)"
+        );
+        assert_eq!(
+            verdict(&ci(-3.0, -1.0), -7.06, &d),
+            "N wins, the paper's direction"
+        );
+        assert_eq!(
+            verdict(&ci(-3.0, -1.0), 2.55, &d),
+            "N wins, against the paper's direction (P ahead)"
+        );
+        assert!(verdict(&ci(-1.0, 1.0), 2.55, &d).starts_with("the interval includes 0"));
+        // The paper's numbers as METHOD.md section 7 quotes them.
+        assert!((PAPER_TABLE3.tma - PAPER_TABLE3.ma - PAPER_TABLE3.tma_minus_ma).abs() < 0.05);
+        assert!((PAPER_TABLE3.tma - PAPER_TABLE3.mma - PAPER_TABLE3.tma_minus_mma).abs() < 0.05);
+        assert_eq!(PAPER_TABLE5_D_MINUS_M, (2.55, -7.06));
+    }
+}

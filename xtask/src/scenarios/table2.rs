@@ -2,17 +2,17 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use decomp_eval::report::{ComposeReport, ModelEval, TrainMetrics, VoteReport};
+use decomp_eval::report::{ComposeReport, TrainMetrics, VoteReport};
 
-use super::format::{fixed2, signed};
-use super::paper::{PAPER_TABLE2, PAPER_TABLE2_MEAN};
+use super::format::{fixed2, signed, with_interval};
+use super::paper::{Direction, PAPER_TABLE2, PAPER_TABLE2_MEAN, verdict};
 use super::{Run, join, pairs, seeded_choice};
 use crate::engine::read;
 use crate::plot;
-use crate::stats::{Interval, mean_paired_bootstrap, paired_bootstrap, paired_hits};
+use crate::stats::{Interval, Paired, Side};
 
 /// Table 2: intra-dataset reuse.
 pub fn intra_reuse(r: &Run) -> Result<()> {
@@ -139,7 +139,7 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
     let mut rows = Vec::new();
     let mut cats = Vec::new();
     let (mut ma_s, mut tma_s) = (Vec::new(), Vec::new());
-    let mut paired = Vec::new();
+    let mut paired = Paired::default();
     for (k, &(a, b)) in ps.iter().enumerate() {
         let v = votes[k].as_ref().context("vote missing")?;
         let label = format!("{}/{}", class_names[a], class_names[b]);
@@ -153,14 +153,21 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
                     )
                 })?;
                 let m: TrainMetrics = read(&dir.join("metrics.json"))?;
-                let hits = pair_hits(&label, v, test, dir)?;
-                let ci = paired_bootstrap(
-                    &hits.0,
-                    &hits.1,
+                let ci = paired.add(
+                    1,
+                    &Side {
+                        what: format!("the TMA test evaluation of {label} ({})", dir.display()),
+                        per_image: test.per_image.as_ref(),
+                        reported: test.top1,
+                    },
+                    &Side {
+                        what: format!("the vote of {label}'s modules"),
+                        per_image: v.per_image.as_ref(),
+                        reported: v.top1,
+                    },
                     bs.resamples,
                     bs.seed.wrapping_add(k as u64),
                 )?;
-                paired.push(hits);
                 (test.top1, Some(ci), json!(m.best_epoch), m.epochs.len())
             }
             None => (f64::NAN, None, Value::Null, 0),
@@ -203,15 +210,7 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
     let mean_ma = ma_s.iter().sum::<f64>() / n;
     let mean_tma = tma_s.iter().sum::<f64>() / n;
     // The mean's interval needs every pair's TMA; without a TMA there is no delta at all.
-    let mean_ci = if paired.len() == ps.len() && !paired.is_empty() {
-        let cmp: Vec<(&[bool], &[bool])> = paired
-            .iter()
-            .map(|(a, b)| (a.as_slice(), b.as_slice()))
-            .collect();
-        Some(mean_paired_bootstrap(&cmp, bs.resamples, bs.seed)?)
-    } else {
-        None
-    };
+    let mean_ci = paired.mean(ps.len(), bs.resamples, bs.seed)?;
     let mean_d = mean_ma - mean_tma;
     let _ = writeln!(
         md,
@@ -268,46 +267,6 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
         &csv,
     )?;
     Ok(())
-}
-
-/// The pair's per-image top-1 outcomes, (TMA, composed modules), on the same images in the
-/// same order (checked), each agreeing with its own reported top-1.
-fn pair_hits(
-    label: &str,
-    vote: &VoteReport,
-    test: &ModelEval,
-    dir: &std::path::Path,
-) -> Result<(Vec<bool>, Vec<bool>)> {
-    let what_tma = format!("the TMA test evaluation of {label} ({})", dir.display());
-    let what_vote = format!("the vote of {label}'s modules");
-    let rerun = "(a unit of an older decomp: rerun with --from eval)";
-    let t = test
-        .per_image
-        .as_ref()
-        .with_context(|| format!("{what_tma} has no per-image ranks {rerun}"))?;
-    let v = vote
-        .per_image
-        .as_ref()
-        .with_context(|| format!("{what_vote} has no per-image ranks {rerun}"))?;
-    let (t_hits, v_hits) = paired_hits(t, &what_tma, v, &what_vote)?;
-    for (what, hits, top1) in [
-        (&what_tma, &t_hits, test.top1),
-        (&what_vote, &v_hits, vote.top1),
-    ] {
-        let got = 100.0 * hits.iter().filter(|&&h| h).count() as f64 / hits.len().max(1) as f64;
-        if (got - top1).abs() > 1e-6 {
-            bail!("{what}: top-1 from its per-image ranks is {got}, its report says {top1}");
-        }
-    }
-    Ok((t_hits, v_hits))
-}
-
-/// `+1.23 [+0.50, +2.00]`, or the difference alone without an interval.
-fn with_interval(d: f64, ci: Option<&Interval>) -> String {
-    match ci {
-        Some(c) => format!("{} [{}, {}]", signed(d), signed(c.lo), signed(c.hi)),
-        None => signed(d),
-    }
 }
 
 /// The paper's Table 2 number for this manifest's dataset (decomp's name `dataset`), labelled
@@ -399,28 +358,16 @@ fn paper_section(r: &Run, dataset: &str, arch: &str, ours: Option<&Interval>) ->
         differs.join("; ")
     );
     if let Some(c) = ours {
-        let paper_sign = if p.delta > 0.0 {
-            "the modules ahead"
-        } else {
-            "the TMA ahead"
-        };
-        let verdict = if c.lo > 0.0 {
-            if p.delta > 0.0 {
-                "the modules beat the TMA, the paper's direction".to_string()
-            } else {
-                format!("the modules beat the TMA, against the paper's direction ({paper_sign})")
-            }
-        } else if c.hi < 0.0 {
-            if p.delta < 0.0 {
-                "the TMA beats the modules, the paper's direction".to_string()
-            } else {
-                format!("the TMA beats the modules, against the paper's direction ({paper_sign})")
-            }
-        } else {
-            format!(
-                "the interval includes 0, so these images do not settle the direction (the paper: {paper_sign})"
-            )
-        };
+        let verdict = verdict(
+            c,
+            p.delta,
+            &Direction {
+                pos_wins: "the modules beat the TMA",
+                neg_wins: "the TMA beats the modules",
+                pos_ahead: "the modules ahead",
+                neg_ahead: "the TMA ahead",
+            },
+        );
         let _ = writeln!(
             md,
             "Ours: mean MA − TMA {} [{}, {}] against the paper's {:+}: {verdict}.",

@@ -135,12 +135,24 @@ impl Run<'_> {
         ir: &Path,
         data: &Data,
     ) -> Result<Option<ModelEval>> {
-        self.eval_unit(name, index, ir, data, None)
+        self.eval_unit(name, index, ir, data, None, false)
     }
 
-    /// [`Run::eval_model`] on the test images of `classes` only (relabelled in that order:
-    /// a model trained on them), with every image's label and rank (`per_image`), in the
-    /// order `decomp vote` sees them.
+    /// [`Run::eval_model`] with every image's label and rank (`per_image`), on the images
+    /// and in the order `decomp compose` of the same data sees them (the same limit), for
+    /// paired intervals against a vote of modules.
+    pub(super) fn eval_per_image(
+        &self,
+        name: &str,
+        index: usize,
+        ir: &Path,
+        data: &Data,
+    ) -> Result<Option<ModelEval>> {
+        self.eval_unit(name, index, ir, data, None, true)
+    }
+
+    /// [`Run::eval_per_image`] on the test images of `classes` only (relabelled in that
+    /// order: a model trained on them).
     pub(super) fn eval_classes(
         &self,
         name: &str,
@@ -149,7 +161,7 @@ impl Run<'_> {
         data: &Data,
         classes: &[usize],
     ) -> Result<Option<ModelEval>> {
-        self.eval_unit(name, index, ir, data, Some(classes))
+        self.eval_unit(name, index, ir, data, Some(classes), true)
     }
 
     fn eval_unit(
@@ -159,11 +171,19 @@ impl Run<'_> {
         ir: &Path,
         data: &Data,
         classes: Option<&[usize]>,
+        per_image: bool,
     ) -> Result<Option<ModelEval>> {
-        let mut key =
-            json!({ "model": self.eng.file_hash(ir)?, "data": data.key, "limit": self.env.limit });
+        // Per-image ranks are compared with the margins' images: the same limit.
+        let limit = if per_image {
+            self.limit()
+        } else {
+            self.env.limit
+        };
+        let mut key = json!({ "model": self.eng.file_hash(ir)?, "data": data.key, "limit": limit });
         if let Some(c) = classes {
             key["classes"] = json!(c);
+        }
+        if per_image {
             key["per_image"] = json!(true);
         }
         let dir = self
@@ -179,9 +199,12 @@ impl Run<'_> {
                     &self.eng.device,
                 ]));
                 if let Some(c) = classes {
-                    a.extend(["--classes".into(), join(c), "--per-image".into()]);
+                    a.extend(["--classes".into(), join(c)]);
                 }
-                if let Some(n) = self.env.limit {
+                if per_image {
+                    a.push("--per-image".into());
+                }
+                if let Some(n) = limit {
                     a.extend(["--limit".into(), n.to_string()]);
                 }
                 let out = self.eng.decomp(&a)?;

@@ -346,3 +346,96 @@ fn frontier_runs_its_points_as_units() {
         String::from_utf8_lossy(&out.stderr).contains("the first point must be tau = tau_neg = 0")
     );
 }
+
+/// Tables 3 and 5 with a given second model (the zoo's case): every pair of the 2 x 2
+/// classes (Table 5: `cases = "cross"`, all 4 combinations), each difference with its paired
+/// bootstrap interval, the mean's, and the paper's numbers beside them.
+#[test]
+fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path();
+    let m = fixture(d);
+    let (weak, strong) = (d.join("weak.ir"), d.join("strong.ir"));
+    let manifest = |scenario: &str, extra: &str| {
+        format!(
+            "scenario = \"{scenario}\"\ntitle = \"tiny {scenario}\"\nvalidity_gate = false\n\
+             [data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
+             [data.second]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
+             [models.base]\nweights = \"{}\"\n\
+             [models.second]\ndata = \"second\"\nweights = \"{}\"\narch = \"resnet8\"\n\
+             [decompose]\npositives = 4\nargs = [\"--positive-filter\", \"all\", \"--batch-size\", \"16\"]\n\
+             [select]\nclasses = 2\nsecond_classes = 2\nseed = 3\n{extra}\
+             [tma]\narch = \"resnet8\"\nepochs = 1\nbatch_size = 16\nval_fraction = 0.25\n\
+             [bootstrap]\nresamples = 200\n",
+            weak.display(),
+            strong.display()
+        )
+    };
+    let ci = |x: &Value, k: &str| -> [f64; 3] {
+        ["diff", "lo", "hi"].map(|f| x[k][f].as_f64().unwrap_or_else(|| panic!("{k}.{f}: {x}")))
+    };
+    let check = |x: &Value, diff: &str| {
+        let [d, lo, hi] = ci(x, &format!("{diff}_ci"));
+        let want = x[diff].as_f64().expect("difference");
+        assert!((d - want).abs() < 1e-9, "{diff}: {x}");
+        assert!(lo <= d && d <= hi, "{diff}: {x}");
+    };
+
+    let reuse = m.join("inter-reuse.toml");
+    std::fs::write(&reuse, manifest("inter-reuse", "")).expect("write");
+    run_ok(xtask(d, "runs", "results", &[&reuse.display().to_string()]));
+    let v = json(&d.join("results/inter-reuse/inter-reuse.json"));
+    let pairs = v["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 4, "2 x 2 pairs");
+    for p in pairs.iter().chain([&v["mean"]]) {
+        check(p, "tma_minus_ma");
+        check(p, "tma_minus_mma");
+    }
+    let md = read(d.join("results/inter-reuse/report.md"));
+    for want in [
+        "TMA − MA [95% CI]",
+        "TMA − MMA [95% CI]",
+        "TMA − MA = **12.7** points",
+        "Ours: mean TMA − MA",
+        "(`resnet8-cifar10`, given, not trained by this experiment)",
+    ] {
+        assert!(md.contains(want), "{want}: {md}");
+    }
+    // The given second model's modules are of its own classes (the drawn ones), decomposed
+    // once each.
+    let second = v["second_classes"].as_array().expect("second classes");
+    for c in second {
+        let name = format!("resnet8-cifar10-class{:03}-", c.as_u64().expect("class"));
+        let n = std::fs::read_dir(d.join("runs/store/decompose"))
+            .expect("decompose units")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&name))
+            .count();
+        assert_eq!(n, 1, "{name}");
+    }
+
+    let replace = m.join("inter-replace.toml");
+    std::fs::write(&replace, manifest("inter-replace", "cases = \"cross\"\n")).expect("write");
+    run_ok(xtask(
+        d,
+        "runs",
+        "results",
+        &[&replace.display().to_string()],
+    ));
+    let v = json(&d.join("results/inter-replace/inter-replace.json"));
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 4, "every combination of 2 x 2");
+    for r in rows.iter().chain([&v["mean"]]) {
+        check(r, "d_minus_m_top1");
+        check(r, "d_minus_m_top5");
+    }
+    let md = read(d.join("results/inter-replace/report.md"));
+    for want in [
+        "D − M top-1 [95% CI]",
+        "D − M top-5 [95% CI]",
+        "**+2.55 top-1, -7.06 top-5**",
+        "Ours: mean D − M top-5",
+    ] {
+        assert!(md.contains(want), "{want}: {md}");
+    }
+}
