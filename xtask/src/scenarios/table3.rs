@@ -148,9 +148,12 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     let spec2 = &r.m.data["second"];
     let tma_text = r.m.tma.as_ref().map_or("not trained".into(), |x| {
         format!(
-            "recipe `{}`, {} epochs{}{}, seed {}; best-validation checkpoint",
+            "recipe `{}`, {}{}{}, seed {}; best-validation checkpoint",
             x.recipe,
-            x.epochs.map_or("recipe".into(), |e| e.to_string()),
+            x.epochs.map_or("the recipe's epochs".into(), |e| format!(
+                "{e} epoch{}",
+                if e == 1 { "" } else { "s" }
+            )),
             x.train_limit
                 .map_or(", all of the pair's training images".into(), |n| format!(
                     ", {n} images"
