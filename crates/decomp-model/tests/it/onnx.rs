@@ -1,6 +1,7 @@
 //! ONNX import of models no one here wrote (`scripts/export_onnx.py`): the committed
-//! fixtures in `tests/fixtures/onnx` (sha256 in `SHA256SUMS`) against onnxruntime's logits,
-//! and the ResNet-20 export against the `.th` import of the same checkpoint.
+//! fixtures in `tests/fixtures/onnx` and the trained models in the workspace's `models/onnx`
+//! (sha256 in each folder's `SHA256SUMS`) against onnxruntime's logits, and the ResNet-20
+//! export against the `.th` import of the same checkpoint.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::shared_dir;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/onnx");
+/// The trained VGG-11-BN and MobileNetV2 that Table 1 decomposes (`models/onnx/README.md`).
+const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/onnx");
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(FIXTURES).join(name)
@@ -27,17 +30,25 @@ fn sha256(path: &Path) -> String {
         .collect()
 }
 
-/// Every committed fixture matches its line in `SHA256SUMS`.
+/// Every committed fixture and trained model matches its line in its folder's `SHA256SUMS`.
 #[test]
 fn fixtures_match_their_checksums() {
-    let sums = std::fs::read_to_string(fixture("SHA256SUMS")).expect("SHA256SUMS");
-    let mut n = 0;
-    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
-        let (hash, name) = line.split_once("  ").expect("'<sha256>  <file>' lines");
-        assert_eq!(sha256(&fixture(name)), hash, "{name}");
-        n += 1;
+    for (dir, at_least) in [(FIXTURES, 4), (MODELS, 2)] {
+        let dir = Path::new(dir);
+        let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).expect("SHA256SUMS");
+        let mut n = 0;
+        for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+            let (hash, name) = line.split_once("  ").expect("'<sha256>  <file>' lines");
+            assert_eq!(
+                sha256(&dir.join(name)),
+                hash,
+                "{}",
+                dir.join(name).display()
+            );
+            n += 1;
+        }
+        assert!(n >= at_least, "{}: {n} files listed", dir.display());
     }
-    assert!(n >= 4, "{n} fixtures listed");
 }
 
 /// The ResNet-20 checkpoint exported to ONNX imports as the same graph as the `.th`
@@ -128,12 +139,21 @@ fn test_images(shared: &Path, model: &ModelIr, n: usize) -> Vec<f32> {
 #[test]
 fn onnx_models_match_onnxruntime_logits() {
     let Some(shared) = shared_dir() else { return };
-    for name in ["resnet20", "vgg11_bn_w8", "mobilenet_v2_w025", "ops"] {
-        let reference = fixture(&format!("{name}.logits.json"));
+    let models = [
+        (FIXTURES, "resnet20"),
+        (FIXTURES, "vgg11_bn_w8"),
+        (FIXTURES, "mobilenet_v2_w025"),
+        (FIXTURES, "ops"),
+        (MODELS, "vgg11_bn"),
+        (MODELS, "mobilenet_v2_w05"),
+    ];
+    for (dir, name) in models {
+        let dir = Path::new(dir);
+        let reference = dir.join(format!("{name}.logits.json"));
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&reference).expect("reference"))
                 .expect("json");
-        let path = fixture(&format!("{name}.onnx"));
+        let path = dir.join(format!("{name}.onnx"));
         assert_eq!(
             v["model_sha256"].as_str(),
             Some(sha256(&path).as_str()),
