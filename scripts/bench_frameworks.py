@@ -143,12 +143,12 @@ def probe_torch(args):
         # An ONNX model's architecture as scripts/export_onnx.py builds it (random weights:
         # throughput does not depend on the values).
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import export_onnx
+        import torchvision_cifar
 
         if args.arch == "vgg11_bn":
-            model = export_onnx.vgg11_bn_32(args.classes, args.hidden, args.width_div)
+            model = torchvision_cifar.vgg11_bn_32(args.classes, args.hidden, args.width_div)
         else:
-            model = export_onnx.mobilenet_v2_32(args.classes, args.width_mult)
+            model = torchvision_cifar.mobilenet_v2_32(args.classes, args.width_mult)
         if args.mode != "infer":
             raise SystemExit(f"--arch {args.arch}: only --mode infer is timed")
     else:

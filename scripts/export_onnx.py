@@ -87,43 +87,6 @@ def normalize(x_u8, norm):
 
 # ------------------------------------------------------------------ models --
 
-def vgg11_bn_32(num_classes, hidden, width_div):
-    import torch.nn as nn
-    import torchvision
-    from torchvision.models.vgg import cfgs, make_layers
-
-    if width_div == 1:
-        model = torchvision.models.vgg11_bn(num_classes=num_classes)
-    else:
-        cfg = [v if v == "M" else v // width_div for v in cfgs["A"]]
-        model = torchvision.models.vgg.VGG(make_layers(cfg, batch_norm=True), num_classes=num_classes)
-    last = [v for v in cfgs["A"] if v != "M"][-1] // width_div
-    model.avgpool = nn.Identity()
-    model.classifier = nn.Sequential(
-        nn.Linear(last, hidden), nn.ReLU(True), nn.Dropout(0.5),
-        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(0.5),
-        nn.Linear(hidden, num_classes))
-    return model
-
-
-def mobilenet_v2_32(num_classes, width_mult):
-    import torchvision
-
-    setting = [
-        [1, 16, 1, 1],
-        [6, 24, 2, 1],  # torchvision: stride 2
-        [6, 32, 3, 2],
-        [6, 64, 4, 2],
-        [6, 96, 3, 1],
-        [6, 160, 3, 2],
-        [6, 320, 1, 1],
-    ]
-    model = torchvision.models.mobilenet_v2(
-        num_classes=num_classes, width_mult=width_mult, inverted_residual_setting=setting)
-    model.features[0][0].stride = (1, 1)  # torchvision: stride 2
-    return model
-
-
 # ------------------------------------------------------------------ export --
 
 def export(model, path, classes, norm, input_shape=(3, 32, 32)):
@@ -223,6 +186,9 @@ def cmd_train(a):
     classes = [int(c) for c in a.classes.split(",")] if a.classes else list(range(10))
     names = [CIFAR10[c] for c in classes]
     k = len(classes)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torchvision_cifar import mobilenet_v2_32, vgg11_bn_32
+
     if a.arch == "vgg11_bn":
         model = vgg11_bn_32(k, a.hidden, a.width_div)
     else:

@@ -42,3 +42,23 @@ pub(crate) fn with_interval(d: f64, ci: Option<&crate::stats::Interval>) -> Stri
         None => signed(d),
     }
 }
+
+/// `1 epoch`, `40 epochs`, or `default` when a training spec names none.
+pub(crate) fn epochs(e: Option<usize>, default: &str) -> String {
+    e.map_or(default.into(), |e| {
+        format!("{e} epoch{}", if e == 1 { "" } else { "s" })
+    })
+}
+
+/// What differs between a baseline's training (`who`: TMA, M) and the paper's: its epochs,
+/// recipe and images against the paper's 200 epochs.
+pub(crate) fn schedule_vs_paper(who: &str, t: &crate::manifest::TrainSpec) -> String {
+    format!(
+        "our {who} trains {} of `{}`{}, the paper's models 200 epochs (METHOD.md section 6)",
+        epochs(t.epochs, "the recipe's default epochs"),
+        t.recipe,
+        t.train_limit.map_or(String::new(), |n| format!(
+            " on the first {n} training images"
+        )),
+    )
+}

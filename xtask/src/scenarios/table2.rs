@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use decomp_eval::report::{ComposeReport, TrainMetrics, VoteReport};
 
-use super::format::{fixed2, signed, with_interval};
+use super::format::{epochs, fixed2, signed, with_interval};
 use super::paper::{Direction, PAPER_TABLE2, PAPER_TABLE2_MEAN, verdict};
 use super::{Run, join, pairs, seeded_choice};
 use crate::engine::read;
@@ -117,10 +117,7 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
             "TMA: `{}` trained on the pair's training images with recipe `{}`, {}{}{}{}, seed {}; best-validation checkpoint, evaluated by `decomp eval` on the same test images as the pair's modules, in the same order.\n",
             t.arch,
             t.recipe,
-            t.epochs.map_or("recipe default epochs".into(), |e| format!(
-                "{e} epoch{}",
-                if e == 1 { "" } else { "s" }
-            )),
+            epochs(t.epochs, "recipe default epochs"),
             t.train_limit
                 .map_or(String::new(), |n| format!(", first {n} training images")),
             t.val_fraction.map_or(String::new(), |f| format!(

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 
-use super::format::{fixed2, with_interval};
+use super::format::{epochs, fixed2, schedule_vs_paper, with_interval};
 use super::paper::{Direction, PAPER_TABLE3, verdict};
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
@@ -150,10 +150,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         format!(
             "recipe `{}`, {}{}{}, seed {}; best-validation checkpoint",
             x.recipe,
-            x.epochs.map_or("the recipe's epochs".into(), |e| format!(
-                "{e} epoch{}",
-                if e == 1 { "" } else { "s" }
-            )),
+            epochs(x.epochs, "the recipe's epochs"),
             x.train_limit
                 .map_or(", all of the pair's training images".into(), |n| format!(
                     ", {n} images"
@@ -371,18 +368,7 @@ fn paper_section(
         differs.push(format!("{pairs} pairs instead of 16"));
     }
     if let Some(t) = &r.m.tma {
-        differs.push(format!(
-            "our TMA trains {} of `{}`{}, the paper's models 200 epochs (METHOD.md section 6)",
-            t.epochs
-                .map_or("the recipe's default epochs".into(), |e| format!(
-                    "{e} epoch{}",
-                    if e == 1 { "" } else { "s" }
-                )),
-            t.recipe,
-            t.train_limit.map_or(String::new(), |n| format!(
-                " on the first {n} training images"
-            )),
-        ));
+        differs.push(schedule_vs_paper("TMA", t));
     }
     let _ = writeln!(
         md,
