@@ -16,6 +16,13 @@ pub struct Interval {
     pub hi: f64,
 }
 
+impl Interval {
+    /// `(lo, hi)` of an interval that may be missing (NaN then), for csv columns.
+    pub fn bounds(ci: Option<Interval>) -> (f64, f64) {
+        ci.map_or((f64::NAN, f64::NAN), |c| (c.lo, c.hi))
+    }
+}
+
 /// The 95% paired bootstrap interval of `mean(b) - mean(a)` (in percentage points) for
 /// per-image outcomes `a` and `b` of the same images (1 = correct): `resamples` times, draw
 /// as many images as there are with replacement (ChaCha8 seeded by `seed`), compute the

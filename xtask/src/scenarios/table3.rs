@@ -255,8 +255,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
             second_class(v_mma),
             fixed2(tma_second)
         );
-        let lo_hi = |ci: Option<Interval>| ci.map_or((f64::NAN, f64::NAN), |c| (c.lo, c.hi));
-        let ((l1, h1), (l2, h2)) = (lo_hi(ci_ma), lo_hi(ci_mma));
+        let ((l1, h1), (l2, h2)) = (Interval::bounds(ci_ma), Interval::bounds(ci_mma));
         let _ = writeln!(
             csv,
             "{c},{t},{},{},{},{ma},{mma},{tma_top1},{d1},{l1},{h1},{d2},{l2},{h2},{},{},{tma_second}",
@@ -293,8 +292,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         with_interval(m_tma - m_ma, ci_ma.as_ref()),
         with_interval(m_tma - m_mma, ci_mma.as_ref()),
     );
-    let lo_hi = |ci: Option<Interval>| ci.map_or((f64::NAN, f64::NAN), |c| (c.lo, c.hi));
-    let ((l1, h1), (l2, h2)) = (lo_hi(ci_ma), lo_hi(ci_mma));
+    let ((l1, h1), (l2, h2)) = (Interval::bounds(ci_ma), Interval::bounds(ci_mma));
     let _ = writeln!(
         csv,
         "mean,,,,,{m_ma},{m_mma},{m_tma},{},{l1},{h1},{},{l2},{h2},,,",

@@ -229,8 +229,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             with_interval(d5, ci5.as_ref()),
             new_class.unwrap_or(f64::NAN)
         );
-        let lo_hi = |ci: Option<Interval>| ci.map_or((f64::NAN, f64::NAN), |c| (c.lo, c.hi));
-        let ((l1, h1), (l5, h5)) = (lo_hi(ci1), lo_hi(ci5));
+        let ((l1, h1), (l5, h5)) = (Interval::bounds(ci1), Interval::bounds(ci5));
         let _ = writeln!(
             csv,
             "{x},{},,{},{},{},{},{m1},{m5},{d1},{l1},{h1},{d5},{l5},{h5},{}",
@@ -268,8 +267,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
         with_interval(md1 - mm1, ci1.as_ref()),
         with_interval(md5 - mm5, ci5.as_ref()),
     );
-    let lo_hi = |ci: Option<Interval>| ci.map_or((f64::NAN, f64::NAN), |c| (c.lo, c.hi));
-    let ((l1, h1), (l5, h5)) = (lo_hi(ci1), lo_hi(ci5));
+    let ((l1, h1), (l5, h5)) = (Interval::bounds(ci1), Interval::bounds(ci5));
     let _ = writeln!(
         csv,
         "mean,,,,,{md1},{md5},{mm1},{mm5},{},{l1},{h1},{},{l5},{h5},",
