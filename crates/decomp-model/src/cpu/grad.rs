@@ -112,7 +112,7 @@ type Tiles = Vec<Vec<f32>>;
 
 /// One tile's share of a convolution's gradients: data gradient (when needed), weight
 /// gradient `[cout][kh * kw * cin]`, bias gradient.
-type TileConvGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
+type TileConvGrads = (Option<Vec<f32>>, Vec<f32>);
 
 impl GradEngine {
     /// Checks that every node is one this engine differentiates (convolutions without
@@ -528,8 +528,8 @@ impl Pass<'_> {
                         &values[i],
                         dy,
                         needs_grad(i),
+                        bias.is_some(),
                     );
-                    let db = bias.is_some().then_some(db);
                     params.extend(weight_and_bias(
                         id,
                         &node.name,
@@ -704,7 +704,8 @@ impl Pass<'_> {
         x: &Tiles,
         dy: Tiles,
         need_dx: bool,
-    ) -> (Option<Tiles>, Vec<f32>, Vec<f32>) {
+        need_db: bool,
+    ) -> (Option<Tiles>, Vec<f32>, Option<Vec<f32>>) {
         let [kh, kw] = c.kernel;
         let (cin, cout) = (c.cin, c.cout);
         let k = kh * kw * cin;
@@ -738,6 +739,12 @@ impl Pass<'_> {
             && cout.is_multiple_of(8)
             && (cout <= 64 || cout.is_multiple_of(64));
         let pointwise = c.kernel == [1, 1] && c.stride == [1, 1] && c.pad == [0, 0];
+        // The bias gradient only where the convolution has a bias (not before a BatchNorm):
+        // per-channel sums of the output gradient.
+        let db = need_db.then(|| {
+            let sum = reduce(&dy, cout, channel_sum);
+            sum.iter().map(|&v| v as f32).collect()
+        });
         let [ho, wo] = c.out_hw;
         let block = (self.tuning.block / k).max(1);
         let parts: Vec<TileConvGrads> = (0..dy.len())
@@ -745,19 +752,13 @@ impl Pass<'_> {
             .map_init(Vec::new, |scratch, t| {
                 let (x, d, n) = (&x[t], &dy[t], self.sizes[t]);
                 let rows = n * ho * wo;
-                let mut db = vec![0.0f32; cout];
-                for px in d.chunks_exact(cout) {
-                    for (b, v) in db.iter_mut().zip(px) {
-                        *b += v;
-                    }
-                }
                 if wino_dw {
                     let du = self.wino_weight_sums(c, x, d, n, scratch);
                     let dx = flipped.map(|f| {
                         let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
                         self.plan.winograd(f, u, d, n, scratch)
                     });
-                    return (dx, du, db);
+                    return (dx, du);
                 }
                 let mut dwt = vec![0.0f32; cout * k];
                 let mut dyt = Vec::new();
@@ -828,7 +829,7 @@ impl Pass<'_> {
                     let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
                     dx = Some(self.plan.winograd(f, u, d, n, scratch));
                 }
-                (dx, dwt, db)
+                (dx, dwt)
             })
             .collect();
         // Per-tile weight sums: `[16][cout][cin]` (Winograd), `[k][cout]` (`tn_dw`) or
@@ -838,16 +839,12 @@ impl Pass<'_> {
         let mut dwt = vec![0.0f32; if wino_dw { 16 * cout * cin } else { cout * k }];
         const CHUNK: usize = 4096;
         dwt.par_chunks_mut(CHUNK).enumerate().for_each(|(i, acc)| {
-            for (_, pw, _) in &parts {
+            for (_, pw) in &parts {
                 add_into(acc, &pw[i * CHUNK..][..acc.len()]);
             }
         });
-        let mut db = vec![0.0f32; cout];
         let mut dx_tiles = need_dx.then(Vec::new);
-        for (dx, _, pb) in parts {
-            for (a, b) in db.iter_mut().zip(&pb) {
-                *a += b;
-            }
+        for (dx, _) in parts {
             if let (Some(tiles), Some(dx)) = (dx_tiles.as_mut(), dx) {
                 tiles.push(dx);
             }
