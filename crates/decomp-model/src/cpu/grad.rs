@@ -111,7 +111,7 @@ struct BnSaved {
 type Tiles = Vec<Vec<f32>>;
 
 /// One tile's share of a convolution's gradients: data gradient (when needed), weight
-/// gradient `[cout][kh * kw * cin]`, bias gradient.
+/// gradient sums (see `conv_backward`).
 type TileConvGrads = (Option<Vec<f32>>, Vec<f32>);
 
 impl GradEngine {
@@ -521,14 +521,19 @@ impl Pass<'_> {
                     let POp::Conv(c) = &self.plan.nodes[id].op else {
                         unreachable!("an unfolded plan keeps every convolution")
                     };
-                    let (dx, dw, db) = self.conv_backward(
+                    // The bias gradient only where the convolution has a bias (not before a
+                    // BatchNorm): per-channel sums of the output gradient.
+                    let db = bias.is_some().then(|| {
+                        let sum = reduce(&dy, c.cout, channel_sum);
+                        sum.iter().map(|&v| v as f32).collect()
+                    });
+                    let (dx, dw) = self.conv_backward(
                         c,
                         flipped[id].as_ref(),
                         weight,
                         &values[i],
                         dy,
                         needs_grad(i),
-                        bias.is_some(),
                     );
                     params.extend(weight_and_bias(
                         id,
@@ -694,8 +699,9 @@ impl Pass<'_> {
     }
 
     /// Data gradient (when `need_dx`; through `flipped`, the Winograd data-gradient kernel,
-    /// where one was compiled), weight gradient in IR layout and bias gradient of
-    /// convolution `c` (IR weights `weight`) at input `x` given output gradient `dy`.
+    /// where one was compiled) and weight gradient in IR layout of convolution `c` (IR
+    /// weights `weight`) at input `x` given output gradient `dy` (the bias gradient is the
+    /// caller's: a per-channel sum of `dy`).
     fn conv_backward(
         &self,
         c: &Conv,
@@ -704,8 +710,7 @@ impl Pass<'_> {
         x: &Tiles,
         dy: Tiles,
         need_dx: bool,
-        need_db: bool,
-    ) -> (Option<Tiles>, Vec<f32>, Option<Vec<f32>>) {
+    ) -> (Option<Tiles>, Vec<f32>) {
         let [kh, kw] = c.kernel;
         let (cin, cout) = (c.cin, c.cout);
         let k = kh * kw * cin;
@@ -739,12 +744,6 @@ impl Pass<'_> {
             && cout.is_multiple_of(8)
             && (cout <= 64 || cout.is_multiple_of(64));
         let pointwise = c.kernel == [1, 1] && c.stride == [1, 1] && c.pad == [0, 0];
-        // The bias gradient only where the convolution has a bias (not before a BatchNorm):
-        // per-channel sums of the output gradient.
-        let db = need_db.then(|| {
-            let sum = reduce(&dy, cout, channel_sum);
-            sum.iter().map(|&v| v as f32).collect()
-        });
         let [ho, wo] = c.out_hw;
         let block = (self.tuning.block / k).max(1);
         let parts: Vec<TileConvGrads> = (0..dy.len())
@@ -857,7 +856,7 @@ impl Pass<'_> {
                     dw.copy_from_slice(&wino_weight_grad(&du));
                 }
             });
-            return (dx_tiles, dw, db);
+            return (dx_tiles, dw);
         }
         for co in 0..cout {
             for ci in 0..cin {
@@ -873,7 +872,7 @@ impl Pass<'_> {
                 }
             }
         }
-        (dx_tiles, dw, db)
+        (dx_tiles, dw)
     }
 }
 
