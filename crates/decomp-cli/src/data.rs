@@ -115,11 +115,37 @@ pub fn open_dataset(args: &DataArgs, model: &ModelIr) -> Result<Dataset> {
 }
 
 /// The images the decomposition stages look at: `--split` (default train), the first
-/// `--limit` of them.
+/// `--limit` of them, of `model`'s own classes ([`model_classes`]).
 pub fn training_data(data: &DataArgs, model: &ModelIr) -> Result<Dataset> {
     let mut d = data.clone();
     d.split = Some(d.split.unwrap_or(Split::Train));
-    open_dataset(&d, model)
+    model_classes(open_dataset(&d, model)?, model)
+}
+
+/// The images of the classes `model` predicts, relabelled in its order, when it predicts
+/// fewer classes than `ds` has and names each of them as `ds` does (a model trained with
+/// `decomp train --classes`, such as a scenario's 2-class baseline): decomposing or
+/// evaluating it on its whole dataset then sees its own classes only. Otherwise `ds`
+/// unchanged.
+pub fn model_classes(ds: Dataset, model: &ModelIr) -> Result<Dataset> {
+    let names = &model.meta.class_names;
+    if names.is_empty() || names.len() >= ds.num_classes() {
+        return Ok(ds);
+    }
+    let found: Option<Vec<usize>> = names
+        .iter()
+        .map(|n| ds.class_names().iter().position(|d| d == n))
+        .collect();
+    let Some(classes) = found else {
+        return Ok(ds);
+    };
+    tracing::info!(
+        "the model predicts {} of the dataset's {} classes ({}): using their images only",
+        names.len(),
+        ds.num_classes(),
+        names.join(", ")
+    );
+    Ok(ds.subset_classes(&classes)?)
 }
 
 /// Extra unconcerned images for continuous learning (`tangle --extra-unconcerned`): a file
@@ -243,14 +269,15 @@ fn module_classes(
 }
 
 /// A stable description of the images `compose` ran on (margin files of one vote must
-/// agree on it).
+/// agree on it): paths canonical, so `../shared/x` and `/work/shared/x` are one set.
 pub fn image_set(data: &DataArgs, classes: &[usize]) -> String {
     let split = data.split.unwrap_or(Split::Test);
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let source = match (&data.data_file, &data.dataset_path) {
-        (Some(f), _) => format!("file {}", f.display()),
-        (None, Some(p)) => format!("folder {} split {}", p.display(), split),
+        (Some(f), _) => format!("file {}", canon(f).display()),
+        (None, Some(p)) => format!("folder {} split {}", canon(p).display(), split),
         (None, None) => match &data.data_dir {
-            Some(d) => format!("dir {} split {}", d.display(), split),
+            Some(d) => format!("dir {} split {}", canon(d).display(), split),
             None => format!("default data folder split {split}"),
         },
     };
@@ -261,4 +288,43 @@ pub fn image_set(data: &DataArgs, classes: &[usize]) -> String {
         classes.join(","),
         data.limit
     )
+}
+
+/// An [`image_set`] description with its paths' `.` and `name/..` steps resolved, so
+/// margin files written before paths were canonical compare equal to newer ones.
+pub fn same_image_set(a: &str, b: &str) -> bool {
+    fn lexical(s: &str) -> String {
+        let mut parts: Vec<&str> = Vec::new();
+        for seg in s.split('/') {
+            match seg {
+                "." => {}
+                ".." if parts.last().is_some_and(|p| !p.is_empty() && *p != "..") => {
+                    parts.pop();
+                }
+                _ => parts.push(seg),
+            }
+        }
+        parts.join("/")
+    }
+    a == b || lexical(a) == lexical(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_sets_compare_by_resolved_paths() {
+        let a = "cifar10 dir /work/main/../shared/datasets split test classes 0,1 limit None";
+        let b = "cifar10 dir /work/shared/datasets split test classes 0,1 limit None";
+        assert!(same_image_set(a, b));
+        assert!(same_image_set(
+            "x dir /a/./b split test classes 0 limit None",
+            "x dir /a/b split test classes 0 limit None"
+        ));
+        // Another folder, another split, other classes: other images.
+        assert!(!same_image_set(a, &b.replace("/shared/", "/other/")));
+        assert!(!same_image_set(a, &b.replace("split test", "split train")));
+        assert!(!same_image_set(a, &b.replace("classes 0,1", "classes 0,2")));
+    }
 }

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use decomp_data::{Dataset, Split};
-use decomp_eval::report::{ModelEval, PerImage};
-use decomp_eval::{Accumulator, EvalReport};
+use decomp_eval::report::ModelEval;
+use decomp_eval::{Accumulator, most_confused};
 use decomp_model::{Executor, ExecutorSource, to_vec};
 
 use crate::args::{DataArgs, ModelArgs, runtime};
@@ -19,7 +19,9 @@ pub struct EvalArgs {
     data: DataArgs,
     /// Evaluate on these classes only (names or indices, comma-separated), relabelled
     /// 0..k-1 in the order given: the test images of a model trained with `decomp train
-    /// --classes`. `--limit` counts images before this selection, as in `compose`.
+    /// --classes`. `--limit` counts images before this selection, as in `compose`. Without
+    /// it, a model whose class names are some of the dataset's (one trained with `--classes`)
+    /// is evaluated on the images of its classes.
     #[arg(long, value_delimiter = ',')]
     classes: Vec<String>,
     /// Print one JSON object on stdout instead of a table.
@@ -37,15 +39,15 @@ pub struct EvalArgs {
     device: String,
 }
 
-/// Runs `model` over `ds` and accumulates accuracy, with a progress bar on stderr; with
-/// `per_image`, also every image's label and label rank.
+/// Runs `model` over `ds` and accumulates accuracy and the confusion matrix, with a
+/// progress bar on stderr; with `per_image`, also every image's label and label rank.
 pub fn evaluate(
     exec: &Executor,
     ds: &Dataset,
     classes: usize,
     batch_size: usize,
     per_image: bool,
-) -> Result<(EvalReport, Option<PerImage>)> {
+) -> Result<Accumulator> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -63,13 +65,16 @@ pub fn evaluate(
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
-    Ok((acc.finish(), acc.per_image().cloned()))
+    Ok(acc)
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let model = crate::model_source::load_model(&a.model)?;
     let mut ds = open_dataset(&a.data, &model)?;
-    if !a.classes.is_empty() {
+    if a.classes.is_empty() {
+        // A model of some of the dataset's classes: their images.
+        ds = crate::data::model_classes(ds, &model)?;
+    } else {
         let idx = crate::flags::resolve_classes(
             "--classes",
             &a.classes,
@@ -96,8 +101,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let exec = runtime(&a.device)?.executor(&model)?;
     let start = Instant::now();
-    let (report, per_image) = evaluate(&exec, &ds, classes, a.batch_size, a.per_image)
+    let acc = evaluate(&exec, &ds, classes, a.batch_size, a.per_image)
         .with_context(|| format!("evaluating {} on {}", model.meta.arch, a.data.dataset))?;
+    let report = acc.finish();
     let seconds = start.elapsed().as_secs_f64();
     let out = ModelEval {
         model: model.meta.arch.clone(),
@@ -117,7 +123,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         class_names: model.meta.class_names.clone(),
         seconds,
         images_per_second: report.n as f64 / seconds.max(1e-9),
-        per_image,
+        per_image: acc.per_image().cloned(),
+        confusion: acc.confusion(),
     };
     if a.json {
         outln!("{}", serde_json::to_string(&out)?);
@@ -133,14 +140,31 @@ pub fn run(a: EvalArgs) -> Result<()> {
         out.images_per_second
     );
     outln!("top-1 {:.2}%  top-5 {:.2}%", out.top1, out.top5);
-    outln!("{:<16} {:>7} {:>8}", "class", "images", "top-1 %");
-    for ((name, n), acc) in out
+    outln!(
+        "{:<16} {:>7} {:>8}  {}",
+        "class",
+        "images",
+        "top-1 %",
+        "most often predicted instead (images)"
+    );
+    for (c, ((name, n), acc)) in out
         .class_names
         .iter()
         .zip(&out.per_class_n)
         .zip(&out.per_class)
+        .enumerate()
     {
-        outln!("{name:<16} {n:>7} {acc:>8.2}");
+        let confused = out
+            .confusion
+            .as_ref()
+            .and_then(|m| most_confused(&m[c], c))
+            .map_or(String::new(), |(p, k)| {
+                format!(
+                    "{} ({k})",
+                    out.class_names.get(p).map_or("?", |s| s.as_str())
+                )
+            });
+        outln!("{name:<16} {n:>7} {acc:>8.2}  {confused}");
     }
     Ok(())
 }

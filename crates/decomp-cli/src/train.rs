@@ -463,7 +463,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let best: ModelIr = decomp_ir::read_artifact(&a.out_dir.join("best.ir"))?;
         let test = fit_to_model(open_raw(&a, Split::Test)?, &best)?;
         let exec = rt.executor(&best)?;
-        let (report, _) = evaluate(&exec, &test, best.num_classes(), 256, false)?;
+        let report = evaluate(&exec, &test, best.num_classes(), 256, false)?.finish();
         outln!(
             "test top-1 {:.2}% top-5 {:.2}% on {} images",
             report.top1,

@@ -117,7 +117,8 @@ pub fn run(a: VoteArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     for (p, m) in a.margins.iter().zip(&files).skip(1) {
-        if m.images != files[0].images || m.labels != files[0].labels {
+        if !crate::data::same_image_set(&m.images, &files[0].images) || m.labels != files[0].labels
+        {
             bail!(
                 "{} covers other images ({}) than {} ({})",
                 p.display(),

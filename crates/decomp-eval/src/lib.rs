@@ -73,6 +73,19 @@ pub fn argmax(scores: &[f32]) -> usize {
     best
 }
 
+/// The class most often predicted for images of class `c` other than `c` itself, with its
+/// count, from `c`'s row of a confusion matrix; `None` when every image of `c` is right.
+/// Ties go to the lower class index.
+pub fn most_confused(row: &[usize], c: usize) -> Option<(usize, usize)> {
+    row.iter()
+        .enumerate()
+        .filter(|&(p, &k)| p != c && k > 0)
+        .fold(None, |best: Option<(usize, usize)>, (p, &k)| match best {
+            Some((_, bk)) if bk >= k => best,
+            _ => Some((p, k)),
+        })
+}
+
 /// Streams batches of `[batch, classes]` scores into accuracy counts.
 #[derive(Clone, Debug)]
 pub struct Accumulator {
@@ -86,6 +99,11 @@ pub struct Accumulator {
     node: String,
     /// Every image's label and label rank, when asked for ([`Accumulator::keep_images`]).
     images: Option<report::PerImage>,
+    /// `[label][predicted]` image counts of the images added with scores
+    /// ([`Accumulator::add`]; [`Accumulator::add_rank`] knows no prediction).
+    confusion: Vec<usize>,
+    /// Images added by rank only.
+    ranked_only: usize,
 }
 
 impl Accumulator {
@@ -99,6 +117,8 @@ impl Accumulator {
             class_n: vec![0; classes],
             node: "output".into(),
             images: None,
+            confusion: vec![0; classes * classes],
+            ranked_only: 0,
         }
     }
 
@@ -165,6 +185,7 @@ impl Accumulator {
                 });
             }
             self.count_image(label, rank_of(row, label));
+            self.confusion[label * self.classes + argmax(row)] += 1;
         }
         Ok(())
     }
@@ -179,7 +200,19 @@ impl Accumulator {
             });
         }
         self.count_image(label, rank);
+        self.ranked_only += 1;
         Ok(())
+    }
+
+    /// The confusion matrix, `[label][predicted]` image counts (the prediction is the
+    /// highest score, the first on ties); `None` when some image was added by rank only.
+    pub fn confusion(&self) -> Option<Vec<Vec<usize>>> {
+        (self.ranked_only == 0).then(|| {
+            self.confusion
+                .chunks(self.classes.max(1))
+                .map(<[usize]>::to_vec)
+                .collect()
+        })
     }
 
     /// Images seen so far.
@@ -223,6 +256,28 @@ mod tests {
             (top1, top5),
             "scores {scores:?} labels {labels:?}"
         );
+    }
+
+    #[test]
+    fn confusion_counts_predictions_and_finds_the_main_confusion() {
+        // 3 classes; label 0 predicted 0, 2, 2; label 1 predicted 1.
+        let scores = [
+            3.0, 1.0, 0.0, //
+            0.0, 1.0, 2.0, //
+            1.0, 0.0, 5.0, //
+            0.0, 4.0, 1.0,
+        ];
+        let mut a = Accumulator::new(3);
+        a.add(&scores, &[0, 0, 0, 1]).expect("valid batch");
+        let m = a.confusion().expect("scores give predictions");
+        assert_eq!(m, vec![vec![1, 0, 2], vec![0, 1, 0], vec![0, 0, 0]]);
+        assert_eq!(most_confused(&m[0], 0), Some((2, 2)));
+        assert_eq!(most_confused(&m[1], 1), None);
+        // Ties go to the lower class.
+        assert_eq!(most_confused(&[0, 3, 3], 0), Some((1, 3)));
+        // A rank carries no prediction: no confusion matrix.
+        a.add_rank(2, 1).expect("label in range");
+        assert_eq!(a.confusion(), None);
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ModelEval {
     /// Every image's label and label rank (`decomp eval --per-image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_image: Option<PerImage>,
+    /// `[label][predicted]` image counts (absent in files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<Vec<Vec<usize>>>,
 }
 
 /// Per image, in the order the images were evaluated: its label and the rank of its label
