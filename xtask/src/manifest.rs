@@ -54,6 +54,9 @@ pub struct Manifest {
     /// `zoo`: where trained weights go and when a run counts as converged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zoo: Option<ZooSpec>,
+    /// `motivating` (Table 6): the classes to fix and option 2's 2-class models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub motivating: Option<MotivatingSpec>,
     /// Paired bootstrap of the scenario reports' differences (Table 2's MA - TMA); Table 1
     /// keeps its own in `[table1]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +79,34 @@ fn is_true(b: &bool) -> bool {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// Table 6's settings: which classes of the recipient (`[models.weak]`) are fixed, and
+/// option 2 (a module from a 2-class model).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MotivatingSpec {
+    /// The classes to fix: names or indices of the recipient's classes, or `weakest` (the
+    /// class its composed modules handle worst).
+    #[serde(default = "weakest")]
+    pub classes: Vec<String>,
+    /// Option 2: for each class fixed, a model of this spec trained on that class and the
+    /// class the recipient's composed modules most often predict for its images; its module
+    /// of the fixed class replaces the recipient's. Absent: option 2 does not run.
+    pub pair: Option<TrainSpec>,
+}
+
+impl Default for MotivatingSpec {
+    fn default() -> Self {
+        Self {
+            classes: weakest(),
+            pair: None,
+        }
+    }
+}
+
+fn weakest() -> Vec<String> {
+    vec!["weakest".into()]
 }
 
 /// One image set of the `eval` scenario: a dataset role's split, or a file of records in

@@ -70,7 +70,7 @@ pub fn mean_paired_bootstrap(
         |per: &mut dyn FnMut(&[i8]) -> f64| d.iter().map(|x| per(x)).sum::<f64>() / d.len() as f64;
     let diff = mean(&mut |x: &[i8]| points(x.iter().map(|&v| v as i64).sum(), x.len()));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut stats: Vec<f64> = (0..resamples)
+    let stats: Vec<f64> = (0..resamples)
         .map(|_| {
             mean(&mut |x: &[i8]| {
                 let n = x.len();
@@ -78,10 +78,17 @@ pub fn mean_paired_bootstrap(
             })
         })
         .collect();
+    Ok(quantiles(diff, stats))
+}
+
+/// The interval of `diff` from its resampled values: the `floor(0.025 R)`-th and
+/// `ceil(0.975 R)`-th smallest of the R values (1-based).
+fn quantiles(diff: f64, mut stats: Vec<f64>) -> Interval {
+    let resamples = stats.len();
     stats.sort_by(f64::total_cmp);
     let lo = stats[((0.025 * resamples as f64).floor() as usize).max(1) - 1];
     let hi = stats[((0.975 * resamples as f64).ceil() as usize).min(resamples) - 1];
-    Ok(Interval { diff, lo, hi })
+    Interval { diff, lo, hi }
 }
 
 /// Per-image top-`k` outcomes (label rank below `k`; `k` = 1: top-1) of two evaluations
@@ -190,11 +197,101 @@ impl Paired {
             .collect();
         mean_paired_bootstrap(&cmp, resamples, seed).map(Some)
     }
+
+    /// The 95% interval of the mean of the rows' differences when every row is on the same
+    /// images (Table 4's replacements, Table 6's options): each resample draws one set of
+    /// images for all rows, so the rows' correlation through shared images stays in the
+    /// interval. `None` as in [`Paired::mean`].
+    pub fn mean_shared(
+        &self,
+        rows: usize,
+        resamples: usize,
+        seed: u64,
+    ) -> Result<Option<Interval>> {
+        if self.rows.is_empty() || self.rows.len() != rows {
+            return Ok(None);
+        }
+        let n = self.rows[0].0.len();
+        if let Some(i) = self.rows.iter().position(|(a, _)| a.len() != n) {
+            bail!(
+                "paired bootstrap: row {i} has {} images, row 0 {n}: a shared-image mean needs the same images in every row",
+                self.rows[i].0.len()
+            );
+        }
+        if n == 0 {
+            bail!("paired bootstrap: no images");
+        }
+        if resamples < 40 {
+            bail!(
+                "paired bootstrap: {resamples} resamples, expected at least 40 for a 95% interval"
+            );
+        }
+        // Per image: the sum over rows of (b - a).
+        let d: Vec<i64> = (0..n)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|(a, b)| b[i] as i64 - a[i] as i64)
+                    .sum()
+            })
+            .collect();
+        let points = |sum: i64| 100.0 * sum as f64 / (n * rows) as f64;
+        let diff = points(d.iter().sum());
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let stats = (0..resamples)
+            .map(|_| points((0..n).map(|_| d[rng.random_range(0..n)]).sum()))
+            .collect();
+        Ok(Some(quantiles(diff, stats)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_image_means_keep_the_rows_correlation() {
+        // `a` right on 300 of 400 images; `gain` also on 50 more, `lose` wrong on 50 of them.
+        let a: Vec<bool> = (0..400).map(|i| i % 4 != 0).collect();
+        let gain: Vec<bool> = (0..400).map(|i| i % 4 != 0 || i % 8 == 0).collect();
+        let lose: Vec<bool> = (0..400).map(|i| i % 4 != 0 && i % 8 != 1).collect();
+        let rows = |bs: &[&Vec<bool>]| {
+            let mut p = Paired::default();
+            for b in bs {
+                p.rows.push((a.clone(), (*b).clone()));
+            }
+            p
+        };
+        // The same change twice: the shared mean is that change, with its own interval;
+        // resampling each row on its own would narrow it by about sqrt(2).
+        let one = paired_bootstrap(&a, &gain, 2000, 5).expect("ci");
+        let twice = rows(&[&gain, &gain]);
+        let shared = twice
+            .mean_shared(2, 2000, 5)
+            .expect("ci")
+            .expect("all rows");
+        let apart = twice.mean(2, 2000, 5).expect("ci").expect("all rows");
+        assert_eq!(
+            (shared.diff, shared.lo, shared.hi),
+            (one.diff, one.lo, one.hi)
+        );
+        assert!(
+            apart.hi - apart.lo < 0.8 * (shared.hi - shared.lo),
+            "{apart:?} {shared:?}"
+        );
+        // +12.5 and -12.5 points: a mean of 0, inside its interval.
+        let m = rows(&[&gain, &lose])
+            .mean_shared(2, 500, 1)
+            .expect("ci")
+            .expect("all rows");
+        assert_eq!(m.diff, 0.0);
+        assert!(m.lo < 0.0 && m.hi > 0.0, "{m:?}");
+        // Rows on different images are refused; a missing row gives no interval.
+        let mut bad = rows(&[&gain]);
+        bad.rows.push((vec![true; 3], vec![true; 3]));
+        assert!(bad.mean_shared(2, 100, 1).is_err());
+        assert_eq!(rows(&[&gain]).mean_shared(2, 100, 1).expect("ok"), None);
+    }
 
     #[test]
     fn intervals_of_known_data() {

@@ -53,7 +53,17 @@ pub fn run_manifest(eng: &Engine, env: &Env, name: &str) -> Result<()> {
             "vote",
             "report",
         ],
-        "intra-replace" | "motivating" => vec!["import", "decompose", "margins", "vote", "report"],
+        "intra-replace" => vec!["import", "decompose", "margins", "vote", "report"],
+        // `eval` on the recipient's training images picks the classes; `train`: option 2's models.
+        "motivating" => vec![
+            "import",
+            "eval",
+            "train",
+            "decompose",
+            "margins",
+            "vote",
+            "report",
+        ],
         "co2e" => vec!["import", "decompose", "train", "margins", "vote", "report"],
         // `eval` after `train`: it also evaluates each TMA / M on its test images.
         "inter-reuse" | "inter-replace" => vec![

@@ -8,18 +8,24 @@ use serde_json::json;
 
 use decomp_eval::report::{ComposeReport, VoteReport};
 
-use super::format::{fixed2, opt2};
+use super::format::{fixed2, opt2, with_interval};
 use super::{Model, Run};
 use crate::engine::read;
 use crate::plot;
+use crate::stats::{Interval, Paired, Side};
 
-/// What Tables 4 and 6 share: every module of a weaker and a stronger model, their margins
-/// on the full test split, and the two models' own compositions.
+/// What Tables 4 and 6 share: every module of a recipient model (manifest role `weak`, the
+/// paper's weaker model) and a donor (`strong`), their margins on the full test split, and
+/// the two models' own compositions.
 pub(super) struct Replace {
     pub weak: Model,
     pub strong: Model,
-    /// The margin files of the weaker and the stronger model (vote file 0 and 1).
+    /// The margin files of the recipient and the donor (vote file 0 and 1).
     pub files: Vec<PathBuf>,
+    /// The recipient's module files, class by class.
+    pub modules_w: Vec<PathBuf>,
+    /// The recipient's composed modules, with every image's rank (the paired intervals'
+    /// reference).
     pub base_w: VoteReport,
     pub base_s: VoteReport,
     pub cw: ComposeReport,
@@ -56,7 +62,10 @@ pub(super) fn setup(r: &Run) -> Result<Option<Replace>> {
         return Ok(None);
     };
     let files = vec![mw.clone(), ms.clone()];
-    let base_w = r.vote("weak-all", &files, &all(0, k))?.context("vote")?;
+    let modules_w = wm;
+    let base_w = r
+        .vote_per_image("weak-all", &files, &all(0, k))?
+        .context("vote")?;
     let base_s = r.vote("strong-all", &files, &all(1, k))?.context("vote")?;
     let cw: ComposeReport = read(&mw.with_file_name("compose.json"))?;
     let cs: ComposeReport = read(&ms.with_file_name("compose.json"))?;
@@ -65,6 +74,7 @@ pub(super) fn setup(r: &Run) -> Result<Option<Replace>> {
         weak,
         strong,
         files,
+        modules_w,
         base_w,
         base_s,
         cw,
@@ -73,18 +83,28 @@ pub(super) fn setup(r: &Run) -> Result<Option<Replace>> {
     }))
 }
 
+/// A vote as one side of a paired top-`k` comparison (`k` 1 or 5).
+pub(super) fn side(what: String, v: &VoteReport, top_k: usize) -> Side<'_> {
+    Side {
+        what,
+        per_image: v.per_image.as_ref(),
+        reported: if top_k == 1 { v.top1 } else { v.top5 },
+    }
+}
+
 /// Every module of margin file `f` (classes `0..k`), as `decomp vote --pick` entries.
 pub(super) fn all(f: usize, k: usize) -> Vec<String> {
     (0..k).map(|c| format!("{f}:{c}")).collect()
 }
 
-/// Table 4: intra-dataset replace, module of class x of the weaker model replaced by the
-/// stronger model's, x = 0..k-1.
+/// Table 4: intra-dataset replace, module of class x of the recipient replaced by the
+/// donor's, x = 0..k-1, each change with its paired bootstrap interval.
 pub fn intra_replace(r: &Run) -> Result<()> {
     let Some(Replace {
         weak,
         strong,
         files,
+        modules_w: _,
         base_w,
         base_s,
         cw,
@@ -101,24 +121,35 @@ pub fn intra_replace(r: &Run) -> Result<()> {
         let mut pick = all(0);
         pick[x] = format!("1:{x}");
         replaced.push(
-            r.vote(&format!("replace-{x}"), &files, &pick)?
+            r.vote_per_image(&format!("replace-{x}"), &files, &pick)?
                 .context("vote")?,
         );
     }
     if !r.reporting()? {
         return Ok(());
     }
-    r.gate_compose(&format!("the weaker model {}", weak.arch), &cw, k)?;
-    r.gate_compose(&format!("the stronger model {}", strong.arch), &cs, k)?;
+    r.gate_compose(&format!("the recipient model {}", weak.arch), &cw, k)?;
+    r.gate_compose(&format!("the donor model {}", strong.arch), &cs, k)?;
+    let bs = r.m.bootstrap.unwrap_or_default();
     let mut md = String::new();
     r.header(&mut md);
     let _ = writeln!(
         md,
-        "Weaker model: `{}`; stronger model: `{}`. Each row composes all {k} modules of the weaker model with the module of \
-         class x taken from the stronger model, evaluated on the full test split ({} images).\n",
-        weak.arch, strong.arch, base_w.n
+        "Recipient: `{}`; donor: `{}`. Each row composes all {k} modules of the recipient with the module of class x \
+         taken from the donor, evaluated on the full test split ({} images). Here the donor's composed modules score \
+         {:.2}% top-1 against the recipient's {:.2}%: the donor is the {} model.\n",
+        weak.arch,
+        strong.arch,
+        base_w.n,
+        base_s.top1,
+        base_w.top1,
+        if base_s.top1 > base_w.top1 {
+            "stronger"
+        } else {
+            "weaker"
+        }
     );
-    md.push_str("| composition | top-1 % | top-5 % | Δ top-1 vs weaker composed | class x accuracy % (weaker → replaced) |\n|---|---|---|---|---|\n");
+    md.push_str("| composition | top-1 % | top-5 % | Δ top-1 vs recipient composed [95% interval] | Δ top-5 [95% interval] | class x accuracy % (recipient → replaced) |\n|---|---|---|---|---|---|\n");
     for (name, kind, top1, top5) in [
         (
             &weak.arch,
@@ -142,40 +173,88 @@ pub fn intra_replace(r: &Run) -> Result<()> {
     ] {
         let _ = writeln!(
             md,
-            "| {name} {kind} | {} | {} | | |",
+            "| {name} {kind} | {} | {} | | | |",
             opt2(top1),
             opt2(top5)
         );
     }
-    let mut csv = String::from("x,class,top1,top5,delta_top1,class_acc_before,class_acc_after\n");
+    let mut csv = String::from(
+        "x,class,top1,top5,delta_top1,delta_top1_lo,delta_top1_hi,delta_top5,delta_top5_lo,delta_top5_hi,class_acc_before,class_acc_after\n",
+    );
     let mut rows = Vec::new();
-    let mut sum = 0.0;
+    let (mut sum1, mut sum5) = (0.0, 0.0);
+    let (mut p1, mut p5) = (Paired::default(), Paired::default());
     for (x, v) in replaced.iter().enumerate() {
-        let d = v.top1 - base_w.top1;
-        sum += d;
+        let (d1, d5) = (v.top1 - base_w.top1, v.top5 - base_w.top5);
+        sum1 += d1;
+        sum5 += d5;
+        let seed = bs.seed.wrapping_add(x as u64);
+        let mut ci = [None, None];
+        for (slot, (top_k, paired)) in ci.iter_mut().zip([(1, &mut p1), (5, &mut p5)]) {
+            *slot = Some(paired.add(
+                top_k,
+                &side(
+                    format!("the vote of {}'s modules", weak.arch),
+                    &base_w,
+                    top_k,
+                ),
+                &side(format!("the vote with class {x} replaced"), v, top_k),
+                bs.resamples,
+                seed,
+            )?);
+        }
         let before = base_w.per_class[x];
         let after = v.per_class[x];
         let _ = writeln!(
             md,
-            "| replace {x} ({}) | {} | {} | {d:+.2} | {before:.1} → {after:.1} |",
+            "| replace {x} ({}) | {} | {} | {} | {} | {before:.1} → {after:.1} |",
             class_names[x],
             fixed2(v.top1),
-            fixed2(v.top5)
+            fixed2(v.top5),
+            with_interval(d1, ci[0].as_ref()),
+            with_interval(d5, ci[1].as_ref()),
         );
+        let ((l1, h1), (l5, h5)) = (Interval::bounds(ci[0]), Interval::bounds(ci[1]));
         let _ = writeln!(
             csv,
-            "{x},{},{},{},{d},{before},{after}",
+            "{x},{},{},{},{d1},{l1},{h1},{d5},{l5},{h5},{before},{after}",
             class_names[x],
             json!(v.top1),
             json!(v.top5)
         );
-        rows.push(json!({"x": x, "class": class_names[x], "vote": v, "delta_top1": d}));
+        // The per-image outcomes stay in the vote units; the report keeps the summary.
+        let summary = VoteReport {
+            per_image: None,
+            ..v.clone()
+        };
+        rows.push(
+            json!({"x": x, "class": class_names[x], "vote": summary, "delta_top1": d1,
+            "delta_top1_ci": ci[0], "delta_top5": d5, "delta_top5_ci": ci[1]}),
+        );
     }
+    let (m1, m5) = (sum1 / k as f64, sum5 / k as f64);
+    let (ci1, ci5) = (
+        p1.mean_shared(k, bs.resamples, bs.seed)?,
+        p5.mean_shared(k, bs.resamples, bs.seed)?,
+    );
+    let (better1, better5) = (
+        replaced.iter().filter(|v| v.top1 >= base_w.top1).count(),
+        replaced.iter().filter(|v| v.top5 >= base_w.top5).count(),
+    );
     let _ = writeln!(
         md,
-        "\nMean Δ top-1 over x: {:+.2} points.\n",
-        sum / k as f64
+        "\nMean change over x: **{} top-1**, {} top-5 (points); at or above the recipient's composition in {better1} \
+         of {k} cases (top-1), {better5} of {k} (top-5).\n\n95% intervals: paired bootstrap over the test images ({} \
+         resamples, seed {} + x); the mean's interval draws one resample of the test images for all {k} rows (they \
+         share the images) and averages their differences (seed {}).\n",
+        with_interval(m1, ci1.as_ref()),
+        with_interval(m5, ci5.as_ref()),
+        bs.resamples,
+        bs.seed,
+        bs.seed
     );
+    let ((l1, h1), (l5, h5)) = (Interval::bounds(ci1), Interval::bounds(ci5));
+    let _ = writeln!(csv, "mean,,,,{m1},{l1},{h1},{m5},{l5},{h5},,");
     md.push_str(
         "## The paper's numbers\n\nTable 4 of the paper replaces modules of its ResNet-32 by its ResNet-20's on CIFAR-10 \
          (its models without BatchNorm, original test set): the ResNet-32's composed modules score 78.6% top-1, the ten \
@@ -188,7 +267,7 @@ pub fn intra_replace(r: &Run) -> Result<()> {
     let replaced_x: Vec<f64> = (0..k).map(|x| replaced[x].per_class[x]).collect();
     plot::bars(
         &r.out_dir().join("per_class.svg"),
-        "Per-class top-1: weaker modules, stronger modules, class x replaced",
+        "Per-class top-1: recipient modules, donor modules, class x replaced",
         "top-1 %",
         &class_names,
         &[
@@ -205,6 +284,12 @@ pub fn intra_replace(r: &Run) -> Result<()> {
         &class_names,
         &[(&weak.arch, size(&cw)), (&strong.arch, size(&cs))],
     )?;
-    r.finish(&md, &json!({"weak": base_w, "strong": base_s, "weak_compose": cw, "strong_compose": cs, "replace": rows}), &csv)?;
+    let base_w = VoteReport {
+        per_image: None,
+        ..base_w
+    };
+    r.finish(&md, &json!({"weak": base_w, "strong": base_s, "weak_compose": cw, "strong_compose": cs, "replace": rows,
+        "mean_delta_top1": m1, "mean_delta_top1_ci": ci1, "mean_delta_top5": m5, "mean_delta_top5_ci": ci5,
+        "bootstrap": bs}), &csv)?;
     Ok(())
 }

@@ -121,9 +121,23 @@ impl Run<'_> {
         }))
     }
 
-    /// The key of a [`Run::train`] unit.
-    pub(super) fn train_key(&self, data: &Data, classes: Option<&[usize]>, t: &TrainSpec) -> Value {
-        json!({ "data": data.key, "classes": classes, "train": t })
+    /// The key of a [`Run::train`] unit; with `--init FILE` among the flags, also the
+    /// starting weights' hash (a retrained file is another run).
+    pub(super) fn train_key(
+        &self,
+        data: &Data,
+        classes: Option<&[usize]>,
+        t: &TrainSpec,
+    ) -> Result<Value> {
+        let mut key = json!({ "data": data.key, "classes": classes, "train": t });
+        let init = t.args.iter().position(|a| a == "--init");
+        if let Some(w) = init.and_then(|i| t.args.get(i + 1)) {
+            let p = self.env.root.join(w);
+            if p.is_file() {
+                key["init"] = json!(self.eng.file_hash(&p)?);
+            }
+        }
+        Ok(key)
     }
 
     /// `decomp eval --json` of the model `ir` on the test split of `data` (a per-unit
@@ -135,7 +149,19 @@ impl Run<'_> {
         ir: &Path,
         data: &Data,
     ) -> Result<Option<ModelEval>> {
-        self.eval_unit(name, index, ir, data, None, false)
+        self.eval_unit(name, index, ir, data, None, false, "test")
+    }
+
+    /// [`Run::eval_model`] on the training split of `data` (per-class accuracy and the
+    /// confusion matrix there: settings chosen on training images, never on test images).
+    pub(super) fn eval_train(
+        &self,
+        name: &str,
+        index: usize,
+        ir: &Path,
+        data: &Data,
+    ) -> Result<Option<ModelEval>> {
+        self.eval_unit(name, index, ir, data, None, false, "train")
     }
 
     /// [`Run::eval_model`] with every image's label and rank (`per_image`), on the images
@@ -148,7 +174,7 @@ impl Run<'_> {
         ir: &Path,
         data: &Data,
     ) -> Result<Option<ModelEval>> {
-        self.eval_unit(name, index, ir, data, None, true)
+        self.eval_unit(name, index, ir, data, None, true, "test")
     }
 
     /// [`Run::eval_per_image`] on the test images of `classes` only (relabelled in that
@@ -161,9 +187,10 @@ impl Run<'_> {
         data: &Data,
         classes: &[usize],
     ) -> Result<Option<ModelEval>> {
-        self.eval_unit(name, index, ir, data, Some(classes), true)
+        self.eval_unit(name, index, ir, data, Some(classes), true, "test")
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn eval_unit(
         &self,
         name: &str,
@@ -172,6 +199,7 @@ impl Run<'_> {
         data: &Data,
         classes: Option<&[usize]>,
         per_image: bool,
+        split: &str,
     ) -> Result<Option<ModelEval>> {
         // Per-image ranks are compared with the margins' images: the same limit.
         let limit = if per_image {
@@ -186,14 +214,21 @@ impl Run<'_> {
         if per_image {
             key["per_image"] = json!(true);
         }
+        if split != "test" {
+            key["split"] = json!(split);
+        }
         let dir = self
             .eng
             .unit("eval", Kind::PerUnit, index, name, &key, |work| {
                 let mut a = strings(&["eval", "--weights", &s(ir)]);
-                a.extend(data.test().args);
+                if split == "test" {
+                    a.extend(data.test().args);
+                } else {
+                    a.extend(data.args.iter().cloned());
+                }
                 a.extend(strings(&[
                     "--split",
-                    "test",
+                    split,
                     "--json",
                     "--device",
                     &self.eng.device,
@@ -222,7 +257,7 @@ impl Run<'_> {
         classes: Option<&[usize]>,
         t: &TrainSpec,
     ) -> Result<Option<PathBuf>> {
-        let key = self.train_key(data, classes, t);
+        let key = self.train_key(data, classes, t)?;
         self.eng
             .resumable_unit("train", Kind::PerUnit, index, name, &key, |work| {
                 let mut a = vec!["train".to_string()];
@@ -409,9 +444,24 @@ impl Run<'_> {
         class: usize,
         index: usize,
     ) -> Result<Option<PathBuf>> {
+        self.module_named(
+            model,
+            class,
+            index,
+            &format!("{}-class{class:03}", model.arch),
+        )
+    }
+
+    /// [`Run::module`] under the unit name `name` (a model other than a manifest role's).
+    pub(super) fn module_named(
+        &self,
+        model: &Model,
+        class: usize,
+        index: usize,
+        name: &str,
+    ) -> Result<Option<PathBuf>> {
         let d = &self.m.decompose;
-        let name = format!("{}-class{class:03}", model.arch);
-        let dir = self.decompose_class(model, class, index, d, &name)?;
+        let dir = self.decompose_class(model, class, index, d, name)?;
         Ok(dir.map(|dir| dir.join(&d.variant).join(format!("module_{class:03}.mod"))))
     }
 

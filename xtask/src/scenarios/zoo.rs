@@ -128,7 +128,7 @@ pub fn zoo(r: &Run) -> Result<()> {
         };
         let partial = r
             .eng
-            .partial_dir("train", name, &r.train_key(&data, None, &t));
+            .partial_dir("train", name, &r.train_key(&data, None, &t)?);
         let folder = done
             .clone()
             .or_else(|| partial.join("metrics.json").is_file().then_some(partial));

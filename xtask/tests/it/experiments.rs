@@ -276,7 +276,7 @@ fn validity_gate_fails_the_experiment_on_an_untrained_model() {
     let d = t.path();
     let m = fixture(d);
     // The fixture's models are untrained: with the gate on (the default), Table 4 fails
-    // naming the weaker model instead of writing a report.
+    // naming the recipient model instead of writing a report.
     let text = read(m.join("replace.toml")).replace("validity_gate = false\n", "");
     let manifest = m.join("gated.toml");
     std::fs::write(&manifest, text).expect("write");
@@ -286,7 +286,7 @@ fn validity_gate_fails_the_experiment_on_an_untrained_model() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("validity gate: the weaker model"),
+        stderr.contains("validity gate: the recipient model"),
         "{stderr}"
     );
     assert!(!d.join("results/gated/report.md").exists());
@@ -438,4 +438,90 @@ fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
     ] {
         assert!(md.contains(want), "{want}: {md}");
     }
+}
+
+/// Tables 4 and 6 carry paired intervals for every change; Table 6 fixes each class of
+/// `[motivating] classes` by all four options, option 2 with a 2-class model trained on the
+/// class and the one the recipient most often predicts for its training images.
+#[test]
+fn replace_scenarios_carry_intervals_and_table6_runs_all_four_options() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path();
+    let m = fixture(d);
+    let ci_holds = |x: &Value, diff: &str| {
+        let c = &x[format!("{diff}_ci")];
+        let [lo, hi] = ["lo", "hi"].map(|f| c[f].as_f64().unwrap_or_else(|| panic!("{diff}: {x}")));
+        let v = x[diff].as_f64().expect("difference");
+        assert!(
+            (c["diff"].as_f64().expect("diff") - v).abs() < 1e-9,
+            "{diff}: {x}"
+        );
+        assert!(lo <= v && v <= hi, "{diff}: {x}");
+    };
+    let replace = m.join("replace.toml").display().to_string();
+    run_ok(xtask(d, "runs", "results", &[&replace]));
+    let v = json(&d.join("results/replace/replace.json"));
+    let rows = v["replace"].as_array().expect("rows");
+    assert_eq!(rows.len(), 10);
+    for r in rows.iter().chain([&v]) {
+        let key = if r.get("x").is_some() {
+            "delta_top1"
+        } else {
+            "mean_delta_top1"
+        };
+        ci_holds(r, key);
+    }
+
+    let text = read(m.join("replace.toml")).replace("intra-replace", "motivating")
+        + "[motivating]\nclasses = [\"weakest\", \"bird\"]\n\
+           pair = { arch = \"resnet8\", epochs = 1, batch_size = 16, train_limit = 24, val_fraction = 0.25 }\n\
+           [bootstrap]\nresamples = 200\n";
+    let manifest = m.join("motivating.toml");
+    std::fs::write(&manifest, text).expect("write");
+    run_ok(xtask(
+        d,
+        "runs",
+        "results",
+        &[&manifest.display().to_string()],
+    ));
+    let v = json(&d.join("results/motivating/motivating.json"));
+    let classes = v["classes"].as_array().expect("classes");
+    assert!(!classes.is_empty() && classes.len() <= 2, "{v}");
+    assert!(classes.iter().any(|c| c["class_name"] == "bird"), "{v}");
+    let rows = v["rows"].as_array().expect("rows");
+    for c in classes {
+        let options: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["class"] == c["class"])
+            .map(|r| r["option"].as_str().expect("option"))
+            .collect();
+        let want: &[&str] = if c["partner"].is_null() {
+            assert!(c["no_pair"].is_string(), "{c}");
+            &["replace", "remove", "reverify"]
+        } else {
+            assert_ne!(c["partner"], c["class"]);
+            &["replace", "pair", "remove", "reverify"]
+        };
+        assert_eq!(options, want, "{c}");
+    }
+    for r in rows.iter().filter(|r| r["option"] != "remove") {
+        ci_holds(r, "delta_top1");
+        ci_holds(r, "delta_top5");
+    }
+    let md = read(d.join("results/motivating/report.md"));
+    assert!(
+        md.contains("chosen on the recipient's training images"),
+        "{md}"
+    );
+    // Option 2's models were trained and decomposed as units of their own.
+    let units = |stage: &str, prefix: &str| {
+        std::fs::read_dir(d.join("runs/store").join(stage))
+            .expect("units")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .count()
+    };
+    let pairs = classes.iter().filter(|c| !c["partner"].is_null()).count();
+    assert_eq!(units("train", "pair-"), pairs);
+    assert_eq!(units("decompose", "pair-"), pairs);
 }
