@@ -458,7 +458,7 @@ fn second_model(r: &Run) -> Result<Option<Second>> {
             return Ok(None);
         };
         model.arch = format!("{}-{}", model.arch, spec.dataset);
-        let test = r.eval_model(&format!("{}-test", model.arch), 1, &model.ir, &model.data)?;
+        let test = r.model_test(&model, 1)?;
         return Ok(Some(Second {
             model,
             model_class: picked.clone(),

@@ -9,6 +9,7 @@ use decomp_eval::report::{ComposeReport, TrainMetrics, VoteReport};
 
 use super::format::{epochs, fixed2, signed, with_interval};
 use super::paper::{Direction, PAPER_TABLE2, PAPER_TABLE2_MEAN, verdict};
+use super::units::Ask;
 use super::{Run, join, pairs, seeded_choice};
 use crate::engine::read;
 use crate::plot;
@@ -20,7 +21,7 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
         return Ok(());
     };
     let data = base.data.clone();
-    let base_test = r.eval_model(&format!("{}-test", base.arch), 0, &base.ir, &base.data)?;
+    let base_test = r.model_test(&base, 0)?;
     let classes =
         r.m.select.fixed.clone().unwrap_or_else(|| {
             seeded_choice(data.num_classes, r.m.select.classes, r.m.select.seed)
@@ -39,12 +40,16 @@ pub fn intra_reuse(r: &Run) -> Result<()> {
         let got = match &r.m.tma {
             Some(t) => match r.train(&format!("tma-{ca}-{cb}"), j, &data, Some(&pc), t)? {
                 Some(dir) => {
-                    let test = r.eval_classes(
+                    let test = r.eval(
                         &format!("tma-{ca}-{cb}-test"),
                         j,
                         &dir.join("best.ir"),
                         &data,
-                        &pc,
+                        Ask {
+                            classes: Some(&pc),
+                            per_image: true,
+                            ..Ask::default()
+                        },
                     )?;
                     Some((dir, test))
                 }

@@ -10,6 +10,7 @@ use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 
 use super::format::{epochs, fixed2, schedule_vs_paper, with_interval};
 use super::paper::{Direction, PAPER_TABLE3, verdict};
+use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
 use crate::plot;
@@ -35,7 +36,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         return Ok(());
     };
     let picked = second.picked.clone();
-    let base_test = r.eval_model(&format!("{}-test", base.arch), 0, &base.ir, &base.data)?;
+    let base_test = r.model_test(&base, 0)?;
     let classes = r.m.select.fixed.clone().unwrap_or_else(|| {
         seeded_choice(base.data.num_classes, r.m.select.classes, r.m.select.seed)
     });
@@ -62,11 +63,15 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
                     // The TMA on the pair's test images, image by image (the images the
                     // votes of the pair's modules see, in the same order).
                     Some(dir) => {
-                        let test = r.eval_per_image(
+                        let test = r.eval(
                             &format!("tma-{c}-{t}-test"),
                             idx,
                             &dir.join("best.ir"),
                             &pair,
+                            Ask {
+                                per_image: true,
+                                ..Ask::default()
+                            },
                         )?;
                         Some((dir, test))
                     }

@@ -10,6 +10,7 @@ use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 
 use super::format::{epochs, fixed2, schedule_vs_paper, with_interval};
 use super::paper::{Direction, PAPER_TABLE5_D_MINUS_M, verdict};
+use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
 use crate::manifest::Cases;
@@ -38,7 +39,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
         return Ok(());
     };
     let picked = second.picked.clone();
-    let base_test = r.eval_model(&format!("{}-test", base.arch), 0, &base.ir, &base.data)?;
+    let base_test = r.model_test(&base, 0)?;
     let k = base.data.num_classes;
     let classes =
         r.m.select
@@ -78,11 +79,15 @@ pub fn inter_replace(r: &Run) -> Result<()> {
                 // M on the task's test images, image by image (the images the vote of D
                 // sees, in the same order).
                 Some(dir) => {
-                    let test = r.eval_per_image(
+                    let test = r.eval(
                         &format!("task-{x}-with-{t}-test"),
                         i,
                         &dir.join("best.ir"),
                         &task,
+                        Ask {
+                            per_image: true,
+                            ..Ask::default()
+                        },
                     )?;
                     Some((dir, test))
                 }

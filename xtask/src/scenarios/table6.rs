@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::format::{fixed2, opt2, signed, with_interval};
 use super::table4::{Replace, setup, side};
+use super::units::Ask;
 use super::{Model, Run};
 use crate::manifest::{MotivatingSpec, TrainSpec};
 use crate::stats::{Interval, Paired};
@@ -51,11 +52,15 @@ pub fn motivating(r: &Run) -> Result<()> {
     let k = c.class_names.len();
     // Per-class training accuracy and confusions of the recipient model: the weakest class
     // and each option-2 partner come from training images, never from test images.
-    let Some(train_eval) = r.eval_train(
+    let Some(train_eval) = r.eval(
         &format!("{}-train", c.weak.arch),
         0,
         &c.weak.ir,
         &c.weak.data,
+        Ask {
+            train_split: true,
+            ..Ask::default()
+        },
     )?
     else {
         return Ok(());

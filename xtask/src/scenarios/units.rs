@@ -12,6 +12,21 @@ use crate::engine::{Kind, Progress, read, write_atomic};
 use crate::manifest::{DataSpec, DecomposeSpec, ModelSpec, TrainSpec};
 use decomp_eval::report::{ModelEval, TrainMetrics, VoteReport};
 
+/// What a [`Run::eval`] unit evaluates: by default the test split, every class, without
+/// per-image ranks.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Ask<'a> {
+    /// The test images of these classes only, relabelled in that order (a model trained on
+    /// them).
+    pub classes: Option<&'a [usize]>,
+    /// Every image's label and rank, on the images and in the order `decomp compose` of the
+    /// same data sees them (the same limit), for paired intervals against a vote.
+    pub per_image: bool,
+    /// The training split instead (per-class accuracy and confusions there: settings chosen
+    /// on training images, never on test images).
+    pub train_split: bool,
+}
+
 impl Run<'_> {
     pub(super) fn spec_data(&self, role: &str) -> Result<Data> {
         let spec = self
@@ -140,67 +155,28 @@ impl Run<'_> {
         Ok(key)
     }
 
-    /// `decomp eval --json` of the model `ir` on the test split of `data` (a per-unit
-    /// stage `eval`): the parsed output.
-    pub(super) fn eval_model(
-        &self,
-        name: &str,
-        index: usize,
-        ir: &Path,
-        data: &Data,
-    ) -> Result<Option<ModelEval>> {
-        self.eval_unit(name, index, ir, data, None, false, "test")
+    /// A model's own evaluation on its data's test split (unit `<arch>-test`).
+    pub(super) fn model_test(&self, m: &Model, index: usize) -> Result<Option<ModelEval>> {
+        let name = format!("{}-test", m.arch);
+        self.eval(&name, index, &m.ir, &m.data, Ask::default())
     }
 
-    /// [`Run::eval_model`] on the training split of `data` (per-class accuracy and the
-    /// confusion matrix there: settings chosen on training images, never on test images).
-    pub(super) fn eval_train(
+    /// `decomp eval --json` of the model `ir` on `data` as `ask` says (a per-unit stage
+    /// `eval`): the parsed output.
+    pub(super) fn eval(
         &self,
         name: &str,
         index: usize,
         ir: &Path,
         data: &Data,
+        ask: Ask,
     ) -> Result<Option<ModelEval>> {
-        self.eval_unit(name, index, ir, data, None, false, "train")
-    }
-
-    /// [`Run::eval_model`] with every image's label and rank (`per_image`), on the images
-    /// and in the order `decomp compose` of the same data sees them (the same limit), for
-    /// paired intervals against a vote of modules.
-    pub(super) fn eval_per_image(
-        &self,
-        name: &str,
-        index: usize,
-        ir: &Path,
-        data: &Data,
-    ) -> Result<Option<ModelEval>> {
-        self.eval_unit(name, index, ir, data, None, true, "test")
-    }
-
-    /// [`Run::eval_per_image`] on the test images of `classes` only (relabelled in that
-    /// order: a model trained on them).
-    pub(super) fn eval_classes(
-        &self,
-        name: &str,
-        index: usize,
-        ir: &Path,
-        data: &Data,
-        classes: &[usize],
-    ) -> Result<Option<ModelEval>> {
-        self.eval_unit(name, index, ir, data, Some(classes), true, "test")
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn eval_unit(
-        &self,
-        name: &str,
-        index: usize,
-        ir: &Path,
-        data: &Data,
-        classes: Option<&[usize]>,
-        per_image: bool,
-        split: &str,
-    ) -> Result<Option<ModelEval>> {
+        let Ask {
+            classes,
+            per_image,
+            train_split,
+        } = ask;
+        let split = if train_split { "train" } else { "test" };
         // Per-image ranks are compared with the margins' images: the same limit.
         let limit = if per_image {
             self.limit()

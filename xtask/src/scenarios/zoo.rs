@@ -19,7 +19,7 @@ use decomp_eval::report::{ModelEval, TrainMetrics};
 use super::Run;
 use super::format::fixed2;
 use super::paper::PAPER_TABLE1;
-use super::units::PlannedEpochs;
+use super::units::{Ask, PlannedEpochs};
 use crate::engine::{read, write_report};
 use crate::manifest::{Manifest, ZooSpec};
 
@@ -123,7 +123,13 @@ pub fn zoo(r: &Run) -> Result<()> {
         let data = r.spec_data(&spec.data)?;
         let done = r.train(name, i, &data, None, &t)?;
         let eval = match &done {
-            Some(d) => r.eval_model(&format!("{name}-test"), n + i, &d.join("best.ir"), &data)?,
+            Some(d) => r.eval(
+                &format!("{name}-test"),
+                n + i,
+                &d.join("best.ir"),
+                &data,
+                Ask::default(),
+            )?,
             None => None,
         };
         let partial = r
