@@ -80,7 +80,8 @@ pub fn run_manifest(eng: &Engine, env: &Env, name: &str) -> Result<()> {
         "eval" => vec!["eval", "report"],
         "table1" => vec!["import", "decompose", "margins", "report"],
         "frontier" => vec!["import", "concern", "tangle", "compose", "report"],
-        "zoo" => vec!["train", "eval", "report"],
+        // `check`: each published model's reproduction check for CI.
+        "zoo" => vec!["train", "eval", "check", "report"],
         other => bail!(
             "{name}: unknown scenario {other:?}; known: suite, intra-reuse, inter-reuse, intra-replace, inter-replace, motivating, co2e, eval, table1, frontier, zoo"
         ),

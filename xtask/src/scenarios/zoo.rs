@@ -13,14 +13,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use serde_json::json;
 
-use decomp_eval::report::{ModelEval, TrainMetrics};
+use decomp_eval::report::{ComposeReport, ModelEval, TrainMetrics};
 
-use super::Run;
-use super::format::fixed2;
+use super::format::{fixed2, s, strings};
 use super::paper::PAPER_TABLE1;
 use super::units::{Ask, PlannedEpochs};
-use crate::engine::{read, write_report};
+use super::{Data, Run};
+use crate::engine::{Kind, read, write_report};
 use crate::manifest::{Manifest, ZooSpec};
 
 /// The zoo's weights folder: `weights_dir` relative to the workspace root unless absolute.
@@ -71,6 +72,97 @@ pub fn convergence(val: &[f64], flat_window: f64, tolerance: f64) -> Option<Conv
     })
 }
 
+/// The reproduction check committed beside each published model (`<run>.check.json`):
+/// its first classes decomposed with few positives and composed on the first test images,
+/// small enough for CI (`decomp-cli`'s `zoo_models_reproduce_their_committed_check`).
+const CHECK_CLASSES: [usize; 3] = [0, 1, 2];
+const CHECK_VARIANT: &str = "mc-bln";
+const CHECK_POSITIVES: usize = 64;
+const CHECK_LIMIT: usize = 2000;
+
+/// What `<run>.check.json` records: the settings (data relative to the data folder) and
+/// the composed accuracy the experiment measured.
+#[derive(Serialize)]
+struct ZooCheck {
+    model: String,
+    sha256: String,
+    dataset: String,
+    /// The dataset's folder under the data folder, when not the official one.
+    dataset_path: Option<String>,
+    classes: Vec<usize>,
+    variant: String,
+    positives: usize,
+    /// Further `decomp decompose` flags (the manifest's `[decompose] args`).
+    args: Vec<String>,
+    /// Test images counted before the class selection (`decomp compose --limit`).
+    limit: usize,
+    images: usize,
+    composed_top1: f64,
+    composed_top5: f64,
+}
+
+/// The check's unit: `decomp decompose` of [`CHECK_CLASSES`] of the model `ir` on its
+/// training images (with the manifest's `[decompose] args`), then `decomp compose` of the modules on the first [`CHECK_LIMIT`] test
+/// images (`compose.json` in the unit folder).
+fn check_unit(
+    r: &Run,
+    name: &str,
+    index: usize,
+    ir: &Path,
+    data: &Data,
+) -> Result<Option<PathBuf>> {
+    let classes = CHECK_CLASSES.map(|c| c.to_string()).join(",");
+    let extra = &r.m.decompose.args;
+    let mut key = json!({ "model": r.eng.file_hash(ir)?, "data": data.key, "classes": CHECK_CLASSES,
+        "variant": CHECK_VARIANT, "positives": CHECK_POSITIVES, "limit": CHECK_LIMIT });
+    if !extra.is_empty() {
+        key["args"] = json!(extra);
+    }
+    r.eng.unit(
+        "check",
+        Kind::PerUnit,
+        index,
+        &format!("{name}-check"),
+        &key,
+        |work| {
+            let mut a = strings(&["decompose", "--weights", &s(ir)]);
+            a.extend(data.args.iter().cloned());
+            a.extend(strings(&[
+                "--classes",
+                &classes,
+                "--variants",
+                CHECK_VARIANT,
+                "--positives",
+                &CHECK_POSITIVES.to_string(),
+                "--device",
+                &r.eng.device,
+                "--out-dir",
+                &s(&work.join("modules")),
+            ]));
+            a.extend(extra.iter().cloned());
+            r.eng.decomp(&a)?;
+            let mut a = vec!["compose".to_string()];
+            a.extend(
+                CHECK_CLASSES
+                    .iter()
+                    .map(|c| s(&work.join(format!("modules/{CHECK_VARIANT}/module_{c:03}.mod")))),
+            );
+            a.extend(data.test().args);
+            a.extend(strings(&[
+                "--split",
+                "test",
+                "--limit",
+                &CHECK_LIMIT.to_string(),
+                "--device",
+                &r.eng.device,
+                "--out",
+                &s(&work.join("compose.json")),
+            ]));
+            r.eng.decomp(&a).map(drop)
+        },
+    )
+}
+
 /// A training run's `metrics.json`, with the planned number of epochs of its configuration.
 type Metrics = TrainMetrics<PlannedEpochs>;
 
@@ -85,6 +177,8 @@ struct Entry {
     eval: Option<ModelEval>,
     /// `metrics.json` of the finished run, or of the run in progress.
     metrics: Option<Metrics>,
+    /// The reproduction check's unit folder ([`check_unit`]).
+    check: Option<PathBuf>,
     /// The run folder the metrics come from.
     folder: Option<PathBuf>,
 }
@@ -132,6 +226,10 @@ pub fn zoo(r: &Run) -> Result<()> {
             )?,
             None => None,
         };
+        let check = match &done {
+            Some(d) => check_unit(r, name, 2 * n + i, &d.join("best.ir"), &data)?,
+            None => None,
+        };
         let partial = r
             .eng
             .partial_dir("train", name, &r.train_key(&data, None, &t)?);
@@ -151,6 +249,7 @@ pub fn zoo(r: &Run) -> Result<()> {
             eval,
             metrics,
             folder,
+            check,
         });
     }
     let reporting = r.eng.sel.shard.is_none()
@@ -206,6 +305,30 @@ pub fn zoo(r: &Run) -> Result<()> {
             }
             let hex = r.eng.file_hash(&dest)?;
             sums.push(format!("{hex}  {}.ir", e.name));
+            let check = e
+                .check
+                .as_ref()
+                .with_context(|| format!("zoo run {}: its check unit is missing", e.name))?;
+            let c: ComposeReport = read(&check.join("compose.json"))?;
+            let ds = &r.m.data[&r.m.models[&e.name].data];
+            let record = ZooCheck {
+                model: format!("{}.ir", e.name),
+                sha256: hex.clone(),
+                dataset: ds.dataset.clone(),
+                dataset_path: ds.path.clone(),
+                classes: CHECK_CLASSES.to_vec(),
+                variant: CHECK_VARIANT.into(),
+                positives: CHECK_POSITIVES,
+                args: r.m.decompose.args.clone(),
+                limit: CHECK_LIMIT,
+                images: c.accuracy.n,
+                composed_top1: c.accuracy.composed_top1,
+                composed_top5: c.accuracy.composed_top5,
+            };
+            crate::engine::write_atomic(
+                &weights.join(format!("{}.check.json", e.name)),
+                &(serde_json::to_string_pretty(&record)? + "\n"),
+            )?;
             sha = Some(hex);
             test = Some(t);
         }

@@ -25,6 +25,7 @@ fn zoo_manifest(d: &Path, name: &str, weights: &Path) -> String {
         format!(
             "scenario = \"zoo\"\ntitle = \"tiny zoo\"\nvalidity_gate = false\n\
              [data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
+             [decompose]\nargs = [\"--positive-filter\", \"all\", \"--batch-size\", \"16\"]\n\
              [zoo]\nweights_dir = \"{}\"\n[models.r8-a]\n{}[models.r8-b]\n{}",
             weights.display(),
             run(0),
@@ -64,6 +65,12 @@ fn zoo_runs_pause_resume_shard_and_publish_checked_weights() {
             sums.contains(&format!("{}  {run}.ir", sha256(&ir))),
             "{sums}"
         );
+        // Beside it, the reproduction check CI runs: the same model, a composed accuracy.
+        let check = json(&weights.join(format!("{run}.check.json")));
+        assert_eq!(check["sha256"].as_str(), Some(sha256(&ir).as_str()));
+        let top1 = check["composed_top1"].as_f64().expect("composed top-1");
+        assert!((0.0..=100.0).contains(&top1), "{check}");
+        assert!(check["images"].as_u64().expect("images") > 0, "{check}");
     }
     let rows = json(&d.join("results/zoo/zoo.json"));
     for r in rows.as_array().expect("rows") {

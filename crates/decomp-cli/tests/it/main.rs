@@ -9,3 +9,4 @@ mod pipeline;
 mod reuse;
 mod support;
 mod train;
+mod zoo;
