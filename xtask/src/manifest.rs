@@ -467,6 +467,11 @@ pub struct Co2eSpec {
     /// Epochs of the "fixed epochs" from-scratch baseline (paper: 200).
     #[serde(default = "default_epochs")]
     pub scratch_epochs: usize,
+    /// The `metrics.json` of a finished training run of the base model (a zoo run under
+    /// `results/zoo/`, relative to the workspace): its training is measured instead of a
+    /// short `[tma]` run extrapolated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_metrics: Option<String>,
 }
 
 impl Default for Co2eSpec {
@@ -479,6 +484,7 @@ impl Default for Co2eSpec {
             pue: default_pue(),
             lbs_per_kwh: default_lbs(),
             scratch_epochs: default_epochs(),
+            training_metrics: None,
         }
     }
 }
