@@ -9,6 +9,7 @@ use serde_json::json;
 use decomp_eval::report::{ComposeReport, VoteReport};
 
 use super::format::{fixed2, opt2, with_interval};
+use super::paper::{Direction, PAPER_TABLE4_C10_MEAN, verdict};
 use super::{Model, Run};
 use crate::engine::read;
 use crate::plot;
@@ -260,9 +261,30 @@ pub fn intra_replace(r: &Run) -> Result<()> {
          (its models without BatchNorm, original test set): the ResNet-32's composed modules score 78.6% top-1, the ten \
          replacements 79.2-80.9%, a mean change of **+1.4 points** (its ResNet-32 model: 85.3%); over its three datasets \
          the mean change is +0.79 top-1 / +1.00 top-5, at or above the prior composition in 24 of 30 cases (METHOD.md \
-         section 7). The abstract's \"0.5%\" is an aggregate over all replacement scenarios, not this table's result.\n\n\
-         ![per-class accuracy](per_class.svg)\n\n![module size](module_size.svg)\n",
+         section 7). The abstract's \"0.5%\" is an aggregate over all replacement scenarios, not this table's result.\n\n",
     );
+    if let Some(c) = ci1 {
+        let d = Direction {
+            pos_wins: "replacing a module raises the composition",
+            neg_wins: "replacing a module lowers the composition",
+            pos_ahead: "replacement ahead",
+            neg_ahead: "the recipient's composition ahead",
+        };
+        let _ = writeln!(
+            md,
+            "Ours: mean change {} against the paper's {PAPER_TABLE4_C10_MEAN:+} (CIFAR-10): {}. Its donor is the stronger \
+             model; here the donor's composed modules are {} than the recipient's ({:+.2} points).\n",
+            with_interval(c.diff, Some(&c)),
+            verdict(&c, PAPER_TABLE4_C10_MEAN, &d),
+            if base_s.top1 > base_w.top1 {
+                "stronger"
+            } else {
+                "weaker"
+            },
+            base_s.top1 - base_w.top1
+        );
+    }
+    md.push_str("![per-class accuracy](per_class.svg)\n\n![module size](module_size.svg)\n");
     let per = |v: &VoteReport| v.per_class[..k].to_vec();
     let replaced_x: Vec<f64> = (0..k).map(|x| replaced[x].per_class[x]).collect();
     plot::bars(
