@@ -213,3 +213,68 @@ fn train_errors_name_the_culprit() {
     ]);
     assert!(!ok && err.contains("predicts 10 classes"), "{err}");
 }
+
+/// A model trained on some of a dataset's classes is evaluated on their images (by its class
+/// names), with its confusion matrix, without `--classes`: the images of other classes are
+/// left out instead of being refused ("the model predicts 2 classes").
+#[test]
+fn a_subset_model_evaluates_on_its_own_classes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // Labels 3 and 5 told apart by their pixels, plus 10 records of class 7 (a file without
+    // class names: its classes are `class_<label>`).
+    let two = d.join("two.bin");
+    two_class_records(&two, 60);
+    let mut bytes = std::fs::read(&two).expect("read");
+    for rec in bytes.chunks_exact_mut(3073) {
+        rec[0] = if rec[0] == 0 { 3 } else { 5 };
+    }
+    let mut horse = bytes[..3073].to_vec();
+    horse[0] = 7;
+    for _ in 0..10 {
+        bytes.extend_from_slice(&horse);
+    }
+    let data = d.join("data.bin");
+    std::fs::write(&data, &bytes).expect("write");
+    let out = d.join("run");
+    let mut args = train_args(data.to_str().expect("utf-8"), out.to_str().expect("utf-8"));
+    let at = args.iter().position(|a| *a == "0,1").expect("--classes");
+    args[at] = "3,5";
+    let at = args.iter().position(|a| *a == "3").expect("--epochs 3");
+    args[at] = "1";
+    let (ok, err) = run(&args);
+    assert!(ok, "{err}");
+    let best = out.join("best.ir");
+    let res = Command::new(env!("CARGO_BIN_EXE_decomp"))
+        .args([
+            "eval",
+            "--weights",
+            best.to_str().expect("utf-8"),
+            "--data-file",
+        ])
+        .arg(&data)
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run decomp");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&res.stdout).expect("json");
+    assert_eq!(v["n"], 60, "{v}");
+    assert_eq!(
+        v["class_names"],
+        serde_json::json!(["class_3", "class_5"]),
+        "{v}"
+    );
+    let m = v["confusion"].as_array().expect("confusion matrix");
+    assert_eq!(m.len(), 2, "{v}");
+    let total: u64 = m
+        .iter()
+        .flat_map(|r| r.as_array().expect("row"))
+        .map(|x| x.as_u64().expect("count"))
+        .sum();
+    assert_eq!(total, 60, "{v}");
+}
