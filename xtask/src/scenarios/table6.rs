@@ -10,6 +10,7 @@ use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 use serde_json::{Value, json};
 
 use super::format::{fixed2, opt2, signed, with_interval};
+use super::paper::{Direction, PAPER_TABLE6_VS_COMPOSED, verdict};
 use super::table4::{Replace, setup, side};
 use super::units::Ask;
 use super::{Model, Run};
@@ -389,6 +390,19 @@ fn report(
             format!("4. re-verify by {}", strong.arch),
             Some(&f.reverify),
         ));
+        let paper = |option: &str| {
+            PAPER_TABLE6_VS_COMPOSED
+                .iter()
+                .find(|p| p.0 == option)
+                .map_or(f64::NAN, |p| p.1)
+        };
+        let d = Direction {
+            pos_wins: "the option raises top-1",
+            neg_wins: "the option lowers top-1",
+            pos_ahead: "a gain",
+            neg_ahead: "a loss",
+        };
+        let mut verdicts = Vec::new();
         for (option, label, v) in rows {
             let Some(v) = v else {
                 // Removing a class: its images can no longer be classified correctly.
@@ -408,6 +422,11 @@ fn report(
                 );
                 js.push(json!({"class": w, "class_name": names[w], "option": "remove", "top1": remove_all,
                     "delta_top1": remove_all - base_w.top1, "class_acc": 0.0, "others_acc": f.remove.top1}));
+                verdicts.push(format!(
+                    "{label}: {} (no interval: another image set) against the paper's {:+.1}",
+                    signed(remove_all - base_w.top1),
+                    paper(option)
+                ));
                 continue;
             };
             let seed = bs.seed.wrapping_add(row_i);
@@ -431,6 +450,14 @@ fn report(
                 )?);
             }
             let (d1, d5) = (v.top1 - base_w.top1, v.top5 - base_w.top5);
+            if let Some(c) = &ci[0] {
+                verdicts.push(format!(
+                    "{label}: {} against the paper's {:+.1}: {}",
+                    with_interval(d1, Some(c)),
+                    paper(option),
+                    verdict(c, paper(option), &d)
+                ));
+            }
             let _ = writeln!(
                 md,
                 "| {label} | {} | {} | {} | {} | {:.2} | {:.2} |",
@@ -467,6 +494,15 @@ fn report(
             opt2(cs.accuracy.model_top1),
             opt2(cs.accuracy.model_top5),
             model_class(cs, w)
+        );
+        let _ = writeln!(
+            md,
+            "Ours against the paper (top-1 change against the composed modules):\n\n{}\n",
+            verdicts
+                .iter()
+                .map(|v| format!("* {v}."))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     md.push_str(
