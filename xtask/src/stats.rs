@@ -58,9 +58,7 @@ pub fn mean_paired_bootstrap(
             bail!("paired bootstrap: comparison {k}: no images");
         }
     }
-    if resamples < 40 {
-        bail!("paired bootstrap: {resamples} resamples, expected at least 40 for a 95% interval");
-    }
+    check_resamples(resamples)?;
     let d: Vec<Vec<i8>> = comparisons
         .iter()
         .map(|(a, b)| a.iter().zip(*b).map(|(&x, &y)| y as i8 - x as i8).collect())
@@ -79,6 +77,14 @@ pub fn mean_paired_bootstrap(
         })
         .collect();
     Ok(quantiles(diff, stats))
+}
+
+/// At least 40 resamples, so that both 2.5% tails hold a resampled value.
+fn check_resamples(resamples: usize) -> Result<()> {
+    if resamples < 40 {
+        bail!("paired bootstrap: {resamples} resamples, expected at least 40 for a 95% interval");
+    }
+    Ok(())
 }
 
 /// The interval of `diff` from its resampled values: the `floor(0.025 R)`-th and
@@ -221,11 +227,7 @@ impl Paired {
         if n == 0 {
             bail!("paired bootstrap: no images");
         }
-        if resamples < 40 {
-            bail!(
-                "paired bootstrap: {resamples} resamples, expected at least 40 for a 95% interval"
-            );
-        }
+        check_resamples(resamples)?;
         // Per image: the sum over rows of (b - a).
         let d: Vec<i64> = (0..n)
             .map(|i| {

@@ -1,6 +1,7 @@
 //! The paper's published numbers the scenario reports print beside ours, and how a report
 //! says whether our difference goes the paper's way.
 
+use super::format::with_interval;
 use crate::stats::Interval;
 
 /// The paper's Table 1 (MC-BLN, its models without BatchNorm, the original test sets):
@@ -115,6 +116,19 @@ pub struct Direction<'a> {
     /// The paper's sign, positive ("the modules ahead") and negative ("the TMA ahead").
     pub pos_ahead: &'a str,
     pub neg_ahead: &'a str,
+}
+
+/// `+0.56 [+0.27, +0.84] against the paper's +1.2: <verdict>`: our difference with its
+/// interval beside the paper's number (at least one decimal) and [`verdict`] on their
+/// directions, the sentence every scenario report ends with.
+pub fn against_paper(ci: &Interval, paper: f64, d: &Direction) -> String {
+    let p = format!("{paper:+}");
+    let p = if p.contains('.') { p } else { format!("{p}.0") };
+    format!(
+        "{} against the paper's {p}: {}",
+        with_interval(ci.diff, Some(ci)),
+        verdict(ci, paper, d)
+    )
 }
 
 /// Whether our difference (its 95% interval `ci`) agrees with the direction of the paper's

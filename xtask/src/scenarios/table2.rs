@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use decomp_eval::report::{ComposeReport, TrainMetrics, VoteReport};
 
-use super::format::{epochs, fixed2, signed, with_interval};
-use super::paper::{Direction, PAPER_TABLE2, PAPER_TABLE2_MEAN, verdict};
+use super::format::{epochs, fixed2, with_interval};
+use super::paper::{Direction, PAPER_TABLE2, PAPER_TABLE2_MEAN, against_paper};
 use super::units::Ask;
 use super::{Run, join, pairs, seeded_choice};
 use crate::engine::read;
@@ -360,24 +360,13 @@ fn paper_section(r: &Run, dataset: &str, arch: &str, ours: Option<&Interval>) ->
         differs.join("; ")
     );
     if let Some(c) = ours {
-        let verdict = verdict(
-            c,
-            p.delta,
-            &Direction {
-                pos_wins: "the modules beat the TMA",
-                neg_wins: "the TMA beats the modules",
-                pos_ahead: "the modules ahead",
-                neg_ahead: "the TMA ahead",
-            },
-        );
-        let _ = writeln!(
-            md,
-            "Ours: mean MA − TMA {} [{}, {}] against the paper's {:+}: {verdict}.",
-            signed(c.diff),
-            signed(c.lo),
-            signed(c.hi),
-            p.delta
-        );
+        let d = Direction {
+            pos_wins: "the modules beat the TMA",
+            neg_wins: "the TMA beats the modules",
+            pos_ahead: "the modules ahead",
+            neg_ahead: "the TMA ahead",
+        };
+        let _ = writeln!(md, "Ours: mean MA − TMA {}.", against_paper(c, p.delta, &d));
     }
     md
 }

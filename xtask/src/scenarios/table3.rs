@@ -9,7 +9,7 @@ use serde_json::json;
 use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 
 use super::format::{epochs, fixed2, schedule_vs_paper, with_interval};
-use super::paper::{Direction, PAPER_TABLE3, verdict};
+use super::paper::{Direction, PAPER_TABLE3, against_paper};
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
@@ -389,12 +389,7 @@ fn paper_section(
         ("TMA − MMA", ci_mma, p.tma_minus_mma),
     ] {
         if let Some(c) = ci {
-            let _ = writeln!(
-                md,
-                "Ours: mean {what} {} against the paper's {paper:+}: {}.\n",
-                with_interval(c.diff, Some(&c)),
-                verdict(&c, paper, &d)
-            );
+            let _ = writeln!(md, "Ours: mean {what} {}.\n", against_paper(&c, paper, &d));
         }
     }
     md

@@ -9,7 +9,7 @@ use serde_json::json;
 use decomp_eval::report::{ComposeReport, VoteReport};
 
 use super::format::{fixed2, opt2, with_interval};
-use super::paper::{Direction, PAPER_TABLE4_C10_MEAN, verdict};
+use super::paper::{Direction, PAPER_TABLE4_C10_MEAN, against_paper};
 use super::{Model, Run};
 use crate::engine::read;
 use crate::plot;
@@ -272,10 +272,9 @@ pub fn intra_replace(r: &Run) -> Result<()> {
         };
         let _ = writeln!(
             md,
-            "Ours: mean change {} against the paper's {PAPER_TABLE4_C10_MEAN:+} (CIFAR-10): {}. Its donor is the stronger \
-             model; here the donor's composed modules are {} than the recipient's ({:+.2} points).\n",
-            with_interval(c.diff, Some(&c)),
-            verdict(&c, PAPER_TABLE4_C10_MEAN, &d),
+            "Ours: mean change {}. The paper's number is its CIFAR-10 mean, with the stronger model as donor; here \
+             the donor's composed modules are {} than the recipient's ({:+.2} points).\n",
+            against_paper(&c, PAPER_TABLE4_C10_MEAN, &d),
             if base_s.top1 > base_w.top1 {
                 "stronger"
             } else {

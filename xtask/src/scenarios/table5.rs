@@ -9,7 +9,7 @@ use serde_json::json;
 use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 
 use super::format::{epochs, fixed2, schedule_vs_paper, with_interval};
-use super::paper::{Direction, PAPER_TABLE5_D_MINUS_M, verdict};
+use super::paper::{Direction, PAPER_TABLE5_D_MINUS_M, against_paper};
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
@@ -345,9 +345,8 @@ fn paper_section(
         if let Some(c) = ci {
             let _ = writeln!(
                 md,
-                "Ours: mean D − M {what} {} against the paper's {paper:+}: {}.\n",
-                with_interval(c.diff, Some(&c)),
-                verdict(&c, paper, &d)
+                "Ours: mean D − M {what} {}.\n",
+                against_paper(&c, paper, &d)
             );
         }
     }

@@ -10,7 +10,7 @@ use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 use serde_json::{Value, json};
 
 use super::format::{fixed2, opt2, signed, with_interval};
-use super::paper::{Direction, PAPER_TABLE6_VS_COMPOSED, verdict};
+use super::paper::{Direction, PAPER_TABLE6_VS_COMPOSED, against_paper};
 use super::table4::{Replace, setup, side};
 use super::units::Ask;
 use super::{Model, Run};
@@ -281,8 +281,25 @@ fn report(
         }
         hit / n
     };
-    let model_class =
-        |c: &ComposeReport, w: usize| c.model_per_class.as_ref().map_or(f64::NAN, |p| p[w]);
+    // The reference rows of class `w`'s table: a model's own accuracy, and its composed
+    // modules' (top-1 and top-5 on all test images, on class `w`, on the other classes).
+    let model_row = |who: &str, tag: &str, c: &ComposeReport, w: usize| {
+        format!(
+            "| {who} model{tag} | {} | | {} | | {:.2} | |",
+            opt2(c.accuracy.model_top1),
+            opt2(c.accuracy.model_top5),
+            c.model_per_class.as_ref().map_or(f64::NAN, |p| p[w])
+        )
+    };
+    let modules_row = |who: &str, tag: &str, v: &VoteReport, w: usize| {
+        format!(
+            "| {who} modules{tag} | {} | | {} | | {:.2} | {:.2} |",
+            fixed2(v.top1),
+            fixed2(v.top5),
+            v.per_class[w],
+            others(v, w)
+        )
+    };
     let mut md = String::new();
     r.header(&mut md);
     let _ = writeln!(
@@ -351,23 +368,8 @@ fn report(
         md.push_str(
             "| composition | top-1 % (all test images) | Δ top-1 [95% interval] | top-5 % | Δ top-5 [95% interval] | class accuracy % | other classes accuracy % |\n|---|---|---|---|---|---|---|\n",
         );
-        let _ = writeln!(
-            md,
-            "| {} model | {} | | {} | | {:.2} | |",
-            weak.arch,
-            opt2(cw.accuracy.model_top1),
-            opt2(cw.accuracy.model_top5),
-            model_class(cw, w)
-        );
-        let _ = writeln!(
-            md,
-            "| {} modules | {} | | {} | | {:.2} | {:.2} |",
-            weak.arch,
-            fixed2(base_w.top1),
-            fixed2(base_w.top5),
-            base_w.per_class[w],
-            others(base_w, w)
-        );
+        let _ = writeln!(md, "{}", model_row(&weak.arch, "", cw, w));
+        let _ = writeln!(md, "{}", modules_row(&weak.arch, "", base_w, w));
         // Options in the paper's order; `None`: removal (another image set, no interval).
         let mut rows: Vec<(&str, String, Option<&VoteReport>)> = vec![(
             "replace",
@@ -451,12 +453,7 @@ fn report(
             }
             let (d1, d5) = (v.top1 - base_w.top1, v.top5 - base_w.top5);
             if let Some(c) = &ci[0] {
-                verdicts.push(format!(
-                    "{label}: {} against the paper's {:+.1}: {}",
-                    with_interval(d1, Some(c)),
-                    paper(option),
-                    verdict(c, paper(option), &d)
-                ));
+                verdicts.push(format!("{label}: {}", against_paper(c, paper(option), &d)));
             }
             let _ = writeln!(
                 md,
@@ -482,19 +479,8 @@ fn report(
                 "delta_top1": d1, "delta_top1_ci": ci[0], "delta_top5": d5, "delta_top5_ci": ci[1],
                 "class_acc": v.per_class[w], "others_acc": others(v, w)}));
         }
-        let _ = writeln!(
-            md,
-            "| {} modules (donor) | {} | | {} | | {:.2} | {:.2} |\n| {} model (donor) | {} | | {} | | {:.2} | |\n",
-            strong.arch,
-            fixed2(base_s.top1),
-            fixed2(base_s.top5),
-            base_s.per_class[w],
-            others(base_s, w),
-            strong.arch,
-            opt2(cs.accuracy.model_top1),
-            opt2(cs.accuracy.model_top5),
-            model_class(cs, w)
-        );
+        let _ = writeln!(md, "{}", modules_row(&strong.arch, " (donor)", base_s, w));
+        let _ = writeln!(md, "{}\n", model_row(&strong.arch, " (donor)", cs, w));
         let _ = writeln!(
             md,
             "Ours against the paper (top-1 change against the composed modules):\n\n{}\n",
