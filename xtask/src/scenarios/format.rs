@@ -62,3 +62,27 @@ pub(crate) fn schedule_vs_paper(who: &str, t: &crate::manifest::TrainSpec) -> St
         )),
     )
 }
+
+/// The "Compare the differences, not the absolute accuracies: ..." paragraph of the
+/// inter-dataset reports (Tables 3 and 5): how our setting differs from the paper's, `first`
+/// (the data and modules), the count of `rows` when not the paper's 16 (`unit`: pairs,
+/// cases), and the baseline `who`'s schedule.
+pub(crate) fn differences_note(
+    first: String,
+    rows: usize,
+    unit: &str,
+    who: &str,
+    t: Option<&crate::manifest::TrainSpec>,
+) -> String {
+    let mut differs = vec![first];
+    if rows != 16 {
+        differs.push(format!("{rows} {unit} instead of 16"));
+    }
+    if let Some(t) = t {
+        differs.push(schedule_vs_paper(who, t));
+    }
+    format!(
+        "Compare the differences, not the absolute accuracies: {}.\n\n",
+        differs.join("; ")
+    )
+}

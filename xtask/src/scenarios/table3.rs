@@ -8,7 +8,7 @@ use serde_json::json;
 
 use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 
-use super::format::{epochs, fixed2, schedule_vs_paper, with_interval};
+use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE3, against_paper};
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
@@ -364,20 +364,15 @@ fn paper_section(
          section 7; the paper's text says 12.06 / 4.4, which do not match its table).\n\n",
         p.tma, p.ma, p.mma, p.tma_minus_ma, p.tma_minus_mma
     );
-    let mut differs = vec![format!(
+    md.push_str(&differences_note(
+        format!(
         "our second dataset is Tiny ImageNet-20 at 32x32 instead of CIFAR-100, and our CIFAR-10 modules are `{arch}`'s"
-    )];
-    if pairs != 16 {
-        differs.push(format!("{pairs} pairs instead of 16"));
-    }
-    if let Some(t) = &r.m.tma {
-        differs.push(schedule_vs_paper("TMA", t));
-    }
-    let _ = writeln!(
-        md,
-        "Compare the differences, not the absolute accuracies: {}.\n",
-        differs.join("; ")
-    );
+    ),
+        pairs,
+        "pairs",
+        "TMA",
+        r.m.tma.as_ref(),
+    ));
     let d = Direction {
         pos_wins: "the TMA beats the composed modules",
         neg_wins: "the composed modules beat the TMA",

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 
-use super::format::{epochs, fixed2, schedule_vs_paper, with_interval};
+use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE5_D_MINUS_M, against_paper};
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
@@ -321,20 +321,15 @@ fn paper_section(
          **{p1:+} top-1, {p5:+} top-5** on average (METHOD.md section 7). The abstract's \"0.5%\" is an aggregate over \
          all replacement scenarios, not this table's result.\n\n"
     );
-    let mut differs = vec![format!(
+    md.push_str(&differences_note(
+        format!(
         "our new class comes from Tiny ImageNet-20 at 32x32 instead of CIFAR-100, and our CIFAR-10 modules are `{arch}`'s"
-    )];
-    if cases != 16 {
-        differs.push(format!("{cases} cases instead of 16"));
-    }
-    if let Some(t) = &r.m.tma {
-        differs.push(schedule_vs_paper("M", t));
-    }
-    let _ = writeln!(
-        md,
-        "Compare the differences, not the absolute accuracies: {}.\n",
-        differs.join("; ")
-    );
+    ),
+        cases,
+        "cases",
+        "M",
+        r.m.tma.as_ref(),
+    ));
     let d = Direction {
         pos_wins: "the composed modules D beat the trained model M",
         neg_wins: "the trained model M beats the composed modules D",
