@@ -25,7 +25,7 @@ impl CpuPlan {
         let tb = (self.tuning.block / (16 * cin.max(cp))).clamp(1, tiles);
         scratch.resize(tb * 16 * (cin + cp), 0.0);
         let (v, m) = scratch.split_at_mut(tb * 16 * cin);
-        let zero = vec![0.0f32; cin];
+        let zero = vec![0.0f32; 4 * cin];
         let mut tmp = vec![0.0f32; 32 * cin.max(cp)];
         let geo = Wino {
             h,

@@ -905,7 +905,7 @@ impl Pass<'_> {
         let tb = (self.tuning.block / (16 * (cin + cout))).clamp(1, tiles);
         scratch.resize(tb * 16 * (cin + cout), 0.0);
         let (v, m) = scratch.split_at_mut(tb * 16 * cin);
-        let zero = vec![0.0f32; cin];
+        let zero = vec![0.0f32; 4 * cin];
         let mut tmp = vec![0.0f32; 32 * cin.max(cout)];
         let mut du = vec![0.0f32; 16 * cout * cin];
         for t0 in (0..tiles).step_by(tb) {

@@ -17,7 +17,8 @@ pub(super) struct Wino {
 /// Input transform of tiles `t0..t1`: `v[t - t0][a * 4 + b][ci] = (B^T d B)[a][b]` over
 /// channel vectors, with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
 /// Compiled per SIMD level and dispatched at run time (macerator), so the channel loops
-/// vectorize with the widest instructions the CPU has.
+/// vectorize with the widest instructions the CPU has. `zero` holds at least `4 * cin`
+/// zeros.
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
 pub(super) fn wino_input<S: macerator::Simd>(
@@ -32,40 +33,38 @@ pub(super) fn wino_input<S: macerator::Simd>(
     let Wino {
         h, w, cin, th, tw, ..
     } = geo;
-    let zero = &zero[..cin];
     let stage = &mut tmp[..16 * cin];
     let row = 4 * cin;
+    let zero = &zero[..row];
     for (t, vt) in (t0..t1).zip(v.chunks_exact_mut(16 * cin)) {
         let img = t / (th * tw);
         let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
-        // Top-left input pixel of the 4x4 patch is (2 ty - 1, 2 tx - 1).
-        let interior = ty > 0 && tx > 0 && 2 * ty + 3 <= h && 2 * tx + 3 <= w;
-        if interior {
-            // The patch's four rows, each 4 pixels x cin contiguous.
-            let at = |r: usize| ((img * h + 2 * ty - 1 + r) * w + 2 * tx - 1) * cin;
-            // Rows, all four columns at once: stage[a][q] = (B^T d)[a][q].
-            butterfly_in(
-                &x[at(0)..][..row],
-                &x[at(1)..][..row],
-                &x[at(2)..][..row],
-                &x[at(3)..][..row],
-                stage,
-            );
-        } else {
-            // At an edge, pixel by pixel, outside ones read as zeros (no patch copy).
-            let px = |k: usize| -> &[f32] {
-                let (iy, ix) = (
-                    (2 * ty + k / 4).wrapping_sub(1),
-                    (2 * tx + k % 4).wrapping_sub(1),
-                );
-                if iy < h && ix < w {
-                    &x[((img * h + iy) * w + ix) * cin..][..cin]
+        // Top-left input pixel of the 4x4 patch is (2 ty - 1, 2 tx - 1); a patch row outside
+        // the image reads as zeros.
+        let iy = |r: usize| (2 * ty + r).wrapping_sub(1);
+        if tx > 0 && 2 * tx + 3 <= w {
+            // The patch's four rows, each 4 pixels x cin contiguous: all four columns at
+            // once, stage[a][q] = (B^T d)[a][q].
+            let line = |r: usize| -> &[f32] {
+                if iy(r) < h {
+                    &x[((img * h + iy(r)) * w + 2 * tx - 1) * cin..][..row]
                 } else {
                     zero
                 }
             };
+            butterfly_in(line(0), line(1), line(2), line(3), stage);
+        } else {
+            // At the left or right edge, pixel by pixel (no patch copy).
             for q in 0..4 {
-                butterfly_in_column(px(q), px(4 + q), px(8 + q), px(12 + q), stage, q);
+                let ix = (2 * tx + q).wrapping_sub(1);
+                let px = |r: usize| -> &[f32] {
+                    if iy(r) < h && ix < w {
+                        &x[((img * h + iy(r)) * w + ix) * cin..][..cin]
+                    } else {
+                        &zero[..cin]
+                    }
+                };
+                butterfly_in_column(px(0), px(1), px(2), px(3), stage, q);
             }
         }
         // Columns: v[a * 4 + b] = (B^T d B)[a][b].
@@ -241,17 +240,24 @@ pub(super) fn wino_grad_output<S: macerator::Simd>(
         let at = (t - t0) * cout;
         let img = t / (th * tw);
         let (ty, tx) = ((t % (th * tw)) / tw, t % tw);
-        let px = |oy: usize, ox: usize| -> &[f32] {
-            if oy < h && ox < w {
-                &dy[((img * h + oy) * w + ox) * cout..][..cout]
+        let (oy, ox) = (2 * ty, 2 * tx);
+        // The tile's two output pixels in row `oy` (zeros beyond the edge).
+        let pair = |oy: usize| -> (&[f32], &[f32]) {
+            if oy >= h {
+                return (zero, zero);
+            }
+            let at = ((img * h + oy) * w + ox) * cout;
+            if ox + 1 < w {
+                dy[at..][..2 * cout].split_at(cout)
             } else {
-                zero
+                (&dy[at..][..cout], zero)
             }
         };
-        let (oy, ox) = (2 * ty, 2 * tx);
         // Columns: s[i][b] = (A dy_i)[b] for the tile's two rows i.
-        butterfly_grad(px(oy, ox), px(oy, ox + 1), s0, cout);
-        butterfly_grad(px(oy + 1, ox), px(oy + 1, ox + 1), s1, cout);
+        let (p, q) = pair(oy);
+        butterfly_grad(p, q, s0, cout);
+        let (p, q) = pair(oy + 1);
+        butterfly_grad(p, q, s1, cout);
         // Rows: m[a][b] = (A s[.][b])[a], position a * 4 + b at stride `xs`.
         for b in 0..4 {
             let (y0, y1) = (&s0[b * cout..][..cout], &s1[b * cout..][..cout]);
@@ -303,4 +309,131 @@ pub(super) fn wino_weight_grad(du: &[f32; 16]) -> [f32; 9] {
         }
     }
     g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reproducible value in [-1, 1).
+    fn val(i: usize) -> f32 {
+        ((i.wrapping_mul(2_654_435_761) % 1000) as f32) / 500.0 - 1.0
+    }
+
+    /// Sizes with interior tiles, edge tiles on every side and odd edges.
+    const SIZES: [(usize, usize); 7] = [(1, 1), (2, 3), (3, 3), (4, 4), (5, 7), (8, 8), (9, 6)];
+
+    fn geo(h: usize, w: usize, cin: usize, cout: usize) -> Wino {
+        Wino {
+            h,
+            w,
+            cin,
+            cout,
+            cp: cout,
+            th: h.div_ceil(2),
+            tw: w.div_ceil(2),
+        }
+    }
+
+    /// The input transform, per-position products with `G g G^T` and the output transform
+    /// equal the direct 3x3 stride-1 padding-1 convolution (channels-last, two images).
+    #[test]
+    fn transforms_equal_direct_convolution() {
+        let (n, cin, cout) = (2, 5, 3);
+        for (h, w) in SIZES {
+            let g = geo(h, w, cin, cout);
+            let tiles = n * g.th * g.tw;
+            let x: Vec<f32> = (0..n * h * w * cin).map(val).collect();
+            let k: Vec<f32> = (0..cout * cin * 9).map(|i| val(i + 7919)).collect();
+            let mut v = vec![0.0f32; tiles * 16 * cin];
+            let mut tmp = vec![0.0f32; 32 * cin.max(cout)];
+            wino_input(g, &x, 0, tiles, &mut v, &mut tmp, &vec![0.0; 4 * cin]);
+            // U = G g G^T per (co, ci), G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]].
+            let gm = [
+                [1.0, 0.0, 0.0],
+                [0.5, 0.5, 0.5],
+                [0.5, -0.5, 0.5],
+                [0.0, 0.0, 1.0],
+            ];
+            let u = |co: usize, ci: usize, a: usize, b: usize| -> f32 {
+                let kk = &k[(co * cin + ci) * 9..];
+                (0..3)
+                    .flat_map(|ky| (0..3).map(move |kx| (ky, kx)))
+                    .map(|(ky, kx)| gm[a][ky] * kk[ky * 3 + kx] * gm[b][kx])
+                    .sum()
+            };
+            let mut m = vec![0.0f32; tiles * 16 * cout];
+            for t in 0..tiles {
+                for xi in 0..16 {
+                    for co in 0..cout {
+                        m[(t * 16 + xi) * cout + co] = (0..cin)
+                            .map(|ci| v[(t * 16 + xi) * cin + ci] * u(co, ci, xi / 4, xi % 4))
+                            .sum();
+                    }
+                }
+            }
+            let mut y = vec![0.0f32; n * h * w * cout];
+            wino_output(g, &m, 0, tiles, &mut y, &mut tmp, &vec![0.0; cout]);
+            for img in 0..n {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        for co in 0..cout {
+                            let mut want = 0.0f64;
+                            for (ky, kx, ci) in
+                                (0..9).flat_map(|p| (0..cin).map(move |c| (p / 3, p % 3, c)))
+                            {
+                                let (iy, ix) =
+                                    ((oy + ky).wrapping_sub(1), (ox + kx).wrapping_sub(1));
+                                if iy < h && ix < w {
+                                    want += f64::from(x[((img * h + iy) * w + ix) * cin + ci])
+                                        * f64::from(k[((co * cin + ci) * 3 + ky) * 3 + kx]);
+                                }
+                            }
+                            let got = y[((img * h + oy) * w + ox) * cout + co];
+                            assert!(
+                                (f64::from(got) - want).abs() < 1e-5,
+                                "{h}x{w} image {img} ({oy}, {ox}) channel {co}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The output-gradient transform is the adjoint of the output transform: `<A^T m A, dy>
+    /// = <m, A dy A^T>` (its position-major layout), at every size.
+    #[test]
+    fn grad_output_is_the_output_transforms_adjoint() {
+        let (n, cout) = (2, 3);
+        for (h, w) in SIZES {
+            let g = geo(h, w, 1, cout);
+            let tiles = n * g.th * g.tw;
+            let m: Vec<f32> = (0..tiles * 16 * cout).map(val).collect();
+            let dy: Vec<f32> = (0..n * h * w * cout).map(|i| val(i + 104_729)).collect();
+            let mut tmp = vec![0.0f32; 32 * cout];
+            let mut y = vec![0.0f32; n * h * w * cout];
+            wino_output(g, &m, 0, tiles, &mut y, &mut tmp, &vec![0.0; cout]);
+            let mut a = vec![0.0f32; 16 * tiles * cout];
+            wino_grad_output(g, &dy, 0, tiles, &mut a, &mut tmp);
+            let lhs: f64 = y
+                .iter()
+                .zip(&dy)
+                .map(|(p, q)| f64::from(*p) * f64::from(*q))
+                .sum();
+            let mut rhs = 0.0f64;
+            for t in 0..tiles {
+                for xi in 0..16 {
+                    for co in 0..cout {
+                        rhs += f64::from(m[(t * 16 + xi) * cout + co])
+                            * f64::from(a[(xi * tiles + t) * cout + co]);
+                    }
+                }
+            }
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{h}x{w}: {lhs} vs {rhs}"
+            );
+        }
+    }
 }
