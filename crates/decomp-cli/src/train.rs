@@ -45,9 +45,15 @@ pub struct TrainArgs {
     #[arg(long)]
     arch: Option<String>,
     /// Start from these weights instead (fine-tuning): an `.ir` model, a PyTorch checkpoint
-    /// or a known name (`akamaster/resnet20`). Its class count must match the data's.
+    /// or a known name (`akamaster/resnet20`). Its class count must match the data's, unless
+    /// `--new-head`.
     #[arg(long)]
     init: Option<String>,
+    /// With `--init`: replace its classifier by a freshly initialized one (seeded by `--seed`)
+    /// for the training data's classes and fine-tune everything from there (transfer to other
+    /// classes, e.g. a 2-class model from a 10-class one).
+    #[arg(long, requires = "init")]
+    new_head: bool,
     /// Cache folder for downloaded weights.
     #[arg(long, env = "DECOMP_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -302,6 +308,12 @@ fn initial_model(
             cache_dir: a.cache_dir.clone(),
             onnx: Default::default(),
         })?;
+        if a.new_head {
+            let model =
+                decomp_model::resnet::with_new_head(&model, raw.class_names().to_vec(), a.seed)
+                    .with_context(|| format!("--new-head on --init {init}"))?;
+            return Ok((model, Some(format!("{init} (new head)"))));
+        }
         return Ok((model, Some(init.clone())));
     }
     let kind = DatasetKind::parse(&a.dataset)?;
@@ -364,7 +376,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     if init.num_classes() != all.num_classes() {
         bail!(
-            "the model predicts {} classes, the training data has {} ({}): pick matching --classes or another --init",
+            "the model predicts {} classes, the training data has {} ({}): pick matching --classes, another --init, or --new-head",
             init.num_classes(),
             all.num_classes(),
             all.class_names().join(", ")

@@ -240,22 +240,8 @@ impl ResNetConfig {
         }
         x = b.graph.push("avgpool", Op::GlobalAvgPool, vec![x]);
         x = b.graph.push("flatten", Op::Flatten, vec![x]);
-        let weight = b.he(vec![self.num_classes, 64], 64);
-        let bound = 1.0 / 8.0;
-        let bias = (0..self.num_classes)
-            .map(|_| b.rng.random_range(-bound..bound))
-            .collect();
-        b.graph.push(
-            "linear",
-            Op::Linear {
-                weight,
-                bias: Some(TensorData {
-                    shape: vec![self.num_classes],
-                    data: bias,
-                }),
-            },
-            vec![x],
-        );
+        let head = fresh_head(&mut b.rng, self.num_classes, 64);
+        b.graph.push("linear", head, vec![x]);
         let model = ModelIr {
             meta: ModelMeta {
                 arch: format!("resnet{}", self.depth),
@@ -287,12 +273,7 @@ struct Builder {
 impl Builder {
     /// He-normal weights (`std = sqrt(2 / fan_in)`).
     fn he(&mut self, shape: Vec<usize>, fan_in: usize) -> TensorData {
-        let std = (2.0 / fan_in as f64).sqrt();
-        let n = shape.iter().product();
-        let data = (0..n)
-            .map(|_| (standard_normal(&mut self.rng) * std) as f32)
-            .collect();
-        TensorData { shape, data }
+        he(&mut self.rng, shape, fan_in)
     }
 
     fn conv_bn(
@@ -361,9 +342,116 @@ fn standard_normal(rng: &mut impl Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
+/// He-normal values of `shape` for `fan_in` inputs per output.
+fn he(rng: &mut ChaCha8Rng, shape: Vec<usize>, fan_in: usize) -> TensorData {
+    let std = (2.0 / fan_in as f64).sqrt();
+    let n = shape.iter().product();
+    let data = (0..n)
+        .map(|_| (standard_normal(rng) * std) as f32)
+        .collect();
+    TensorData { shape, data }
+}
+
+/// A freshly initialized classifier from `features` inputs to `classes` outputs: He-normal
+/// weights, biases uniform in +-1/sqrt(features) (PyTorch's default for a linear layer's bias).
+fn fresh_head(rng: &mut ChaCha8Rng, classes: usize, features: usize) -> Op {
+    let weight = he(rng, vec![classes, features], features);
+    let bound = 1.0 / (features as f32).sqrt();
+    let bias = (0..classes)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    Op::Linear {
+        weight,
+        bias: Some(TensorData {
+            shape: vec![classes],
+            data: bias,
+        }),
+    }
+}
+
+/// `model` with its classifier (the output node, a linear layer) replaced by a freshly
+/// initialized one for `class_names` (seeded by `seed`), every other weight kept: the start
+/// of a transfer to another set of classes (`decomp train --init M --new-head`).
+pub fn with_new_head(
+    model: &ModelIr,
+    class_names: Vec<String>,
+    seed: u64,
+) -> Result<ModelIr, ModelError> {
+    let mut out = model.clone();
+    let id = out.graph.output;
+    let node = &mut out.graph.nodes[id];
+    let Op::Linear { weight, .. } = &node.op else {
+        return Err(ModelError::Config(format!(
+            "a new head replaces a linear output layer; the output node `{}` is {}",
+            node.name,
+            node.op.kind()
+        )));
+    };
+    let features = weight.shape.get(1).copied().unwrap_or(0);
+    if features == 0 || class_names.len() < 2 {
+        return Err(ModelError::Config(format!(
+            "a new head needs a linear output layer with inputs and at least 2 classes (`{}`: \
+             {features} inputs, {} classes)",
+            node.name,
+            class_names.len()
+        )));
+    }
+    node.op = fresh_head(
+        &mut ChaCha8Rng::seed_from_u64(seed),
+        class_names.len(),
+        features,
+    );
+    out.meta.source = format!(
+        "{}; new head for {} classes (seed {seed})",
+        out.meta.source,
+        class_names.len()
+    );
+    out.meta.class_names = class_names;
+    out.check()?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new head has the new classes' shape and names, seeded values, and leaves every
+    /// other node as it was; a model whose output is no linear layer is refused by name.
+    #[test]
+    fn new_head_replaces_only_the_classifier() {
+        let model = ResNetConfig::new(8, 10).build().expect("build");
+        let names = vec!["bird".to_string(), "deer".to_string()];
+        let a = with_new_head(&model, names.clone(), 3).expect("new head");
+        assert_eq!(a.num_classes(), 2);
+        assert_eq!(a.meta.class_names, names);
+        let out = a.graph.output;
+        let Op::Linear { weight, bias } = &a.graph.nodes[out].op else {
+            panic!("linear head")
+        };
+        assert_eq!(weight.shape, [2, 64]);
+        assert_eq!(bias.as_ref().map(|b| b.shape.clone()), Some(vec![2]));
+        for (i, (x, y)) in a.graph.nodes.iter().zip(&model.graph.nodes).enumerate() {
+            if i != out {
+                assert_eq!(x, y, "node {i}");
+            }
+        }
+        assert_eq!(
+            with_new_head(&model, names.clone(), 3)
+                .expect("again")
+                .graph,
+            a.graph
+        );
+        assert_ne!(
+            with_new_head(&model, names.clone(), 4).expect("seed").graph,
+            a.graph
+        );
+        let mut relu_out = model.clone();
+        relu_out.graph.output = relu_out.graph.output - 1;
+        let err = with_new_head(&relu_out, names, 3)
+            .expect_err("not linear")
+            .to_string();
+        assert!(err.contains("linear output layer"), "{err}");
+    }
 
     #[test]
     fn stored_values_match_the_built_graph() {

@@ -50,6 +50,31 @@ pub(crate) fn epochs(e: Option<usize>, default: &str) -> String {
     })
 }
 
+/// A training spec in words: "`resnet20`, recipe `finetune`, 2 epochs" plus the images it is
+/// limited to and the weights it starts from (`--init`, with a new head when `--new-head`).
+pub(crate) fn training(t: &crate::manifest::TrainSpec) -> String {
+    let init = t.args.iter().position(|a| a == "--init");
+    let from = init
+        .and_then(|i| t.args.get(i + 1))
+        .map_or(String::new(), |w| {
+            let head = if t.args.iter().any(|a| a == "--new-head") {
+                " with a freshly initialized head for its classes"
+            } else {
+                ""
+            };
+            format!(", fine-tuned from `{w}`{head}")
+        });
+    format!(
+        "`{}`, recipe `{}`, {}{}{from}",
+        t.arch,
+        t.recipe,
+        epochs(t.epochs, "the recipe's default epochs"),
+        t.train_limit.map_or(String::new(), |n| format!(
+            " on the first {n} training images"
+        )),
+    )
+}
+
 /// What differs between a baseline's training (`who`: TMA, M) and the paper's: its epochs,
 /// recipe and images against the paper's 200 epochs.
 pub(crate) fn schedule_vs_paper(who: &str, t: &crate::manifest::TrainSpec) -> String {

@@ -327,12 +327,7 @@ fn report(
         base_s.top5,
         spec.pair.as_ref().map_or(
             "not run: no `[motivating] pair` in the manifest".to_string(),
-            |t| format!(
-                "`{}`, recipe `{}`, {}",
-                t.arch,
-                t.recipe,
-                super::format::epochs(t.epochs, "the recipe's default epochs")
-            )
+            super::format::training
         ),
         k - 1,
         train.n,

@@ -145,14 +145,29 @@ impl Run<'_> {
         t: &TrainSpec,
     ) -> Result<Value> {
         let mut key = json!({ "data": data.key, "classes": classes, "train": t });
-        let init = t.args.iter().position(|a| a == "--init");
-        if let Some(w) = init.and_then(|i| t.args.get(i + 1)) {
-            let p = self.env.root.join(w);
-            if p.is_file() {
-                key["init"] = json!(self.eng.file_hash(&p)?);
-            }
+        if let (_, Some(hash)) = self.init_args(t)? {
+            key["init"] = hash;
         }
         Ok(key)
+    }
+
+    /// The extra flags of a [`Run::train`] unit: `t.args` with the weights after `--init`
+    /// resolved when they name the models folder (`models:FILE`), and the hash of those
+    /// weights when they are a file (a workspace path or `models:`).
+    fn init_args(&self, t: &TrainSpec) -> Result<(Vec<String>, Option<Value>)> {
+        let mut args = t.args.clone();
+        let Some(i) = args.iter().position(|a| a == "--init") else {
+            return Ok((args, None));
+        };
+        let Some(w) = args.get(i + 1).cloned() else {
+            return Ok((args, None));
+        };
+        let (path, hash) = self.resolve_weights(&w)?;
+        let is_file = Path::new(&path).is_file();
+        if w.starts_with("models:") {
+            args[i + 1] = path;
+        }
+        Ok((args, is_file.then_some(hash)))
     }
 
     /// A model's own evaluation on its data's test split (unit `<arch>-test`).
@@ -234,6 +249,7 @@ impl Run<'_> {
         t: &TrainSpec,
     ) -> Result<Option<PathBuf>> {
         let key = self.train_key(data, classes, t)?;
+        let (extra, _) = self.init_args(t)?;
         self.eng
             .resumable_unit("train", Kind::PerUnit, index, name, &key, |work| {
                 let mut a = vec!["train".to_string()];
@@ -266,7 +282,7 @@ impl Run<'_> {
                 if t.no_batch_norm {
                     a.push("--no-batch-norm".into());
                 }
-                a.extend(t.args.iter().cloned());
+                a.extend(extra.iter().cloned());
                 if data.test_file.is_none() {
                     a.push("--eval-test".into());
                 }

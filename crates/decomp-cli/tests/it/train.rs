@@ -211,7 +211,43 @@ fn train_errors_name_the_culprit() {
         "--out-dir",
         out_s,
     ]);
-    assert!(!ok && err.contains("predicts 10 classes"), "{err}");
+    assert!(
+        !ok && err.contains("predicts 10 classes") && err.contains("--new-head"),
+        "{err}"
+    );
+    // With --new-head the classifier is replaced for the data's two classes (the rest
+    // starts from m's weights).
+    let new = d.join("new-head");
+    let (ok, err) = run(&[
+        "train",
+        "--init",
+        m.to_str().expect("utf8"),
+        "--new-head",
+        "--data-file",
+        data_s,
+        "--classes",
+        "0,1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out-dir",
+        new.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    let best: decomp_ir::ModelIr = decomp_ir::read_artifact(&new.join("best.ir")).expect("best");
+    assert_eq!(best.num_classes(), 2);
+    assert_eq!(best.meta.class_names, ["class_0", "class_1"]);
+    // --new-head needs --init.
+    let (ok, err) = run(&[
+        "train",
+        "--new-head",
+        "--data-file",
+        data_s,
+        "--out-dir",
+        out_s,
+    ]);
+    assert!(!ok && err.contains("--init"), "{err}");
 }
 
 /// A model trained on some of a dataset's classes is evaluated on their images (by its class
