@@ -24,6 +24,72 @@ struct PairFix {
     /// Training unit folder of the 2-class model.
     dir: PathBuf,
     vote: VoteReport,
+    /// Median margins of the 2-class model's module and of the recipient's module of the
+    /// class, against the strongest other module (why option 2 moves the class).
+    scale: MarginScale,
+}
+
+/// Medians of the margins of the module voting for class `w`: on `w`'s test images
+/// (`own`), the strongest other module's there (`rival`), and on the other images
+/// (`elsewhere`).
+#[derive(Clone, Copy, Debug)]
+struct MarginMedians {
+    own: f64,
+    rival: f64,
+    elsewhere: f64,
+}
+
+/// [`MarginMedians`] of the 2-class model's module (`pair`) and the recipient's
+/// (`recipient`) for the same class.
+#[derive(Clone, Copy, Debug)]
+struct MarginScale {
+    pair: MarginMedians,
+    recipient: MarginMedians,
+}
+
+/// A `decomp compose --save-margins` file: the test images' labels and every module's
+/// margin per image.
+#[derive(serde::Deserialize)]
+struct MarginFile {
+    labels: Vec<usize>,
+    margins: Vec<Vec<f32>>,
+}
+
+/// [`MarginMedians`] of the module in column `w` of the margin file `path`.
+fn margin_medians(path: &std::path::Path, w: usize) -> Result<MarginMedians> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: MarginFile =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+        }
+    };
+    let (mut own, mut rival, mut elsewhere) = (Vec::new(), Vec::new(), Vec::new());
+    for (row, &label) in f.margins.iter().zip(&f.labels) {
+        let m = f64::from(
+            *row.get(w)
+                .context("margin file: fewer modules than classes")?,
+        );
+        if label == w {
+            own.push(m);
+            let best = (0..row.len())
+                .filter(|&x| x != w)
+                .map(|x| f64::from(row[x]));
+            rival.push(best.fold(f64::NEG_INFINITY, f64::max));
+        } else {
+            elsewhere.push(m);
+        }
+    }
+    Ok(MarginMedians {
+        own: median(own),
+        rival: median(rival),
+        elsewhere: median(elsewhere),
+    })
 }
 
 /// The four options for one fixed class `w`.
@@ -241,12 +307,21 @@ fn pair_fix(
     };
     let pick: Vec<String> = (0..k).map(|x| format!("0:{x}")).collect();
     let vote = r
-        .vote_per_image(&format!("motivating-pair-{w}-{u}"), &[margins], &pick)?
+        .vote_per_image(
+            &format!("motivating-pair-{w}-{u}"),
+            std::slice::from_ref(&margins),
+            &pick,
+        )?
         .context("vote")?;
+    let scale = MarginScale {
+        pair: margin_medians(&margins, w)?,
+        recipient: margin_medians(&c.files[0], w)?,
+    };
     Ok(Some(PairFix {
         partner: u,
         dir,
         vote,
+        scale,
     }))
 }
 
@@ -351,10 +426,19 @@ fn report(
             match (&f.pair, &f.no_pair) {
                 (Some(p), _) => format!(
                     " Option 2's model ({} vs {}, the class the recipient most often predicts for its training images) \
-                     scores {:.2}% on its own 2-class test images.",
+                     scores {:.2}% on its own 2-class test images. On the {} test images of {} its module's margin \
+                     has a median of {:.2} (the recipient's module: {:.2}), against {:.2} for the strongest other \
+                     module; on the other classes' images {:.2} (the recipient's: {:.2}).",
                     names[w],
                     names[p.partner],
-                    Run::test_top1(&p.dir)?
+                    Run::test_top1(&p.dir)?,
+                    base_w.per_class_n[w],
+                    names[w],
+                    p.scale.pair.own,
+                    p.scale.recipient.own,
+                    p.scale.recipient.rival,
+                    p.scale.pair.elsewhere,
+                    p.scale.recipient.elsewhere,
                 ),
                 (None, Some(why)) => format!(" Option 2 did not run: {why}."),
                 (None, None) => String::new(),
