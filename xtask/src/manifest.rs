@@ -94,6 +94,11 @@ pub struct MotivatingSpec {
     /// class the recipient's composed modules most often predict for its images; its module
     /// of the fixed class replaces the recipient's. Absent: option 2 does not run.
     pub pair: Option<TrainSpec>,
+    /// With `pair`: also vote option 2's module with its margins scaled to the recipient's
+    /// module's (the ratio of their medians on the class's training images), a row of ours
+    /// beside the paper's four options.
+    #[serde(default)]
+    pub scale_pair: bool,
 }
 
 impl Default for MotivatingSpec {
@@ -101,6 +106,7 @@ impl Default for MotivatingSpec {
         Self {
             classes: weakest(),
             pair: None,
+            scale_pair: false,
         }
     }
 }

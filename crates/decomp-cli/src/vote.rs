@@ -25,8 +25,10 @@ pub struct VoteArgs {
     margins: Vec<PathBuf>,
     /// The composed modules, in order, comma-separated: `F:I` is module `I` of margin file
     /// `F` (0-based, in `--margins` order) and stands for that file's label `I`;
-    /// `F:I&G:J` votes "mine" only when both do (the smaller margin: a re-verified module).
-    /// Images whose label no entry stands for are left out.
+    /// `F:I&G:J` votes "mine" only when both do (the smaller margin: a re-verified module);
+    /// `F:I*S` scales that module's margins by `S > 0` (a module from another model whose
+    /// margins sit on another scale, the factor chosen on training images). Images whose
+    /// label no entry stands for are left out.
     #[arg(long, value_delimiter = ',', required = true)]
     pick: Vec<String>,
     /// Top-5 ranking: `voters-first` or `confidence`.
@@ -44,10 +46,32 @@ pub struct VoteArgs {
     per_image: bool,
 }
 
-/// One composed entry: the (file, column) parts whose smallest margin it uses.
-fn parse_entry(s: &str, files: usize) -> Result<Vec<(usize, usize)>> {
+/// One part of a composed entry: module `column` of margin file `file`, its margins times
+/// `scale`.
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    file: usize,
+    column: usize,
+    scale: f32,
+}
+
+/// One composed entry: the parts whose smallest (scaled) margin it uses.
+fn parse_entry(s: &str, files: usize) -> Result<Vec<Part>> {
     s.split('&')
         .map(|part| {
+            let (part, scale) = match part.split_once('*') {
+                Some((p, f)) => {
+                    let v: f32 = f
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("--pick {s:?}: scale {f:?} is not a number"))?;
+                    if !(v.is_finite() && v > 0.0) {
+                        bail!("--pick {s:?}: scale {f:?}: expected a finite number > 0");
+                    }
+                    (p, v)
+                }
+                None => (part, 1.0),
+            };
             let (f, i) = part
                 .split_once(':')
                 .with_context(|| format!("--pick {s:?}: expected FILE:MODULE, e.g. 0:3"))?;
@@ -62,7 +86,11 @@ fn parse_entry(s: &str, files: usize) -> Result<Vec<(usize, usize)>> {
             if f >= files {
                 bail!("--pick {s:?}: file index {f}, but {files} --margins files are given");
             }
-            Ok((f, i))
+            Ok(Part {
+                file: f,
+                column: i,
+                scale,
+            })
         })
         .collect()
 }
@@ -129,13 +157,16 @@ pub fn run(a: VoteArgs) -> Result<()> {
         }
     }
     let ranking = crate::args::top5_ranking(&a.top5_ranking)?;
-    let entries: Vec<Vec<(usize, usize)>> = a
+    let entries: Vec<Vec<Part>> = a
         .pick
         .iter()
         .map(|s| parse_entry(s, files.len()))
         .collect::<Result<_>>()?;
     for (s, e) in a.pick.iter().zip(&entries) {
-        for &(f, i) in e {
+        for &Part {
+            file: f, column: i, ..
+        } in e
+        {
             if i >= files[f].modules.len() {
                 bail!(
                     "--pick {s:?}: {} has {} modules",
@@ -153,7 +184,7 @@ pub fn run(a: VoteArgs) -> Result<()> {
         .max(labels.iter().max().map_or(0, |&l| l + 1));
     let mut entry_of = vec![None; num_labels];
     for (k, e) in entries.iter().enumerate() {
-        let l = e[0].1;
+        let l = e[0].column;
         match entry_of.get_mut(l) {
             Some(slot @ None) => *slot = Some(k),
             Some(Some(_)) => bail!("--pick: two entries stand for label {l}"),
@@ -170,11 +201,16 @@ pub fn run(a: VoteArgs) -> Result<()> {
     let mut row = vec![0.0f32; entries.len()];
     for (i, &l) in labels.iter().enumerate() {
         let Some(target) = entry_of[l] else { continue };
-        for (slot, e) in row.iter_mut().zip(&entries) {
+        for ((slot, e), s) in row.iter_mut().zip(&entries).zip(&a.pick) {
             *slot = e
                 .iter()
-                .map(|&(f, c)| files[f].margins[i][c])
+                .map(|p| files[p.file].margins[i][p.column] * p.scale)
                 .fold(f32::INFINITY, f32::min);
+            if !slot.is_finite() {
+                bail!(
+                    "--pick {s:?}: image {i}: the scaled margin is {slot}, expected a finite number"
+                );
+            }
         }
         acc.add_rank(target, label_rank(&row, target, ranking))?;
     }
@@ -187,16 +223,16 @@ pub fn run(a: VoteArgs) -> Result<()> {
         classes: entries
             .iter()
             .map(|e| {
-                files[e[0].0]
+                files[e[0].file]
                     .class_names
-                    .get(e[0].1)
+                    .get(e[0].column)
                     .cloned()
                     .unwrap_or_default()
             })
             .collect(),
         modules: entries
             .iter()
-            .map(|e| files[e[0].0].modules[e[0].1].path.clone())
+            .map(|e| files[e[0].file].modules[e[0].column].path.clone())
             .collect(),
         n: r.n,
         top1: r.top1,

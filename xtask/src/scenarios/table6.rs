@@ -27,6 +27,9 @@ struct PairFix {
     /// Median margins of the 2-class model's module and of the recipient's module of the
     /// class, against the strongest other module (why option 2 moves the class).
     scale: MarginScale,
+    /// With `scale_pair`: the factor that matches the 2-class module's median margin on the
+    /// class's training images to the recipient module's, and the vote with it; or why not.
+    scaled: Option<Result<(f64, VoteReport), String>>,
 }
 
 /// Medians of the margins of the module voting for class `w`: on `w`'s test images
@@ -257,7 +260,7 @@ fn fix(
                 c.class_names[w]
             )),
         ),
-        (Some(t), Some((u, _))) => match pair_fix(r, c, t, w, u, index)? {
+        (Some(t), Some((u, _))) => match pair_fix(r, c, t, spec.scale_pair, w, u, index)? {
             Some(p) => (Some(p), None),
             None => return Ok(None),
         },
@@ -279,6 +282,7 @@ fn pair_fix(
     r: &Run,
     c: &Replace,
     t: &TrainSpec,
+    scale_pair: bool,
     w: usize,
     u: usize,
     index: usize,
@@ -317,11 +321,55 @@ fn pair_fix(
         pair: margin_medians(&margins, w)?,
         recipient: margin_medians(&c.files[0], w)?,
     };
+    let scaled = if scale_pair {
+        // The factor from the training images of the class (never the test images): the
+        // recipient's module and the 2-class one, each composed there with the others.
+        let recipient = r.train_margins(
+            &format!("{}-all-train", c.weak.arch),
+            &c.modules_w,
+            &c.weak.data,
+            &classes,
+        )?;
+        let pair = r.train_margins(
+            &format!("{name}-all-train"),
+            &modules,
+            &c.weak.data,
+            &classes,
+        )?;
+        let (Some(recipient), Some(pair)) = (recipient, pair) else {
+            return Ok(None);
+        };
+        let (want, have) = (
+            margin_medians(&recipient, w)?.own,
+            margin_medians(&pair, w)?.own,
+        );
+        Some(if want > 0.0 && have > 0.0 {
+            let factor = want / have;
+            let mut pick = pick.clone();
+            pick[w] = format!("0:{w}*{factor:.6}");
+            let v = r
+                .vote_per_image(
+                    &format!("motivating-pair-scaled-{w}-{u}"),
+                    std::slice::from_ref(&margins),
+                    &pick,
+                )?
+                .context("vote")?;
+            Ok((factor, v))
+        } else {
+            Err(format!(
+                "the median margins on the class's training images are not both positive (recipient {want:.2}, \
+                 2-class module {have:.2})"
+            ))
+        })
+    } else {
+        None
+    };
     Ok(Some(PairFix {
         partner: u,
         dir,
         vote,
         scale,
+        scaled,
     }))
 }
 
@@ -424,22 +472,30 @@ fn report(
             f.why,
             train.per_class[w],
             match (&f.pair, &f.no_pair) {
-                (Some(p), _) => format!(
-                    " Option 2's model ({} vs {}, the class the recipient most often predicts for its training images) \
+                (Some(p), _) =>
+                    format!(
+                        " Option 2's model ({} vs {}, the class the recipient most often predicts for its training images) \
                      scores {:.2}% on its own 2-class test images. On the {} test images of {} its module's margin \
                      has a median of {:.2} (the recipient's module: {:.2}), against {:.2} for the strongest other \
                      module; on the other classes' images {:.2} (the recipient's: {:.2}).",
-                    names[w],
-                    names[p.partner],
-                    Run::test_top1(&p.dir)?,
-                    base_w.per_class_n[w],
-                    names[w],
-                    p.scale.pair.own,
-                    p.scale.recipient.own,
-                    p.scale.recipient.rival,
-                    p.scale.pair.elsewhere,
-                    p.scale.recipient.elsewhere,
-                ),
+                        names[w],
+                        names[p.partner],
+                        Run::test_top1(&p.dir)?,
+                        base_w.per_class_n[w],
+                        names[w],
+                        p.scale.pair.own,
+                        p.scale.recipient.own,
+                        p.scale.recipient.rival,
+                        p.scale.pair.elsewhere,
+                        p.scale.recipient.elsewhere,
+                    ) + &match &p.scaled {
+                        Some(Ok((factor, _))) => format!(
+                            " Row 2b (ours, not the paper's) scales the 2-class module's margins by {factor:.2}, the ratio of \
+                         the two modules' median margins on the class's training images."
+                        ),
+                        Some(Err(why)) => format!(" Row 2b (ours) did not run: {why}."),
+                        None => String::new(),
+                    },
                 (None, Some(why)) => format!(" Option 2 did not run: {why}."),
                 (None, None) => String::new(),
             },
@@ -464,6 +520,15 @@ fn report(
                 ),
                 Some(&p.vote),
             ));
+            if let Some(Ok((factor, v))) = &p.scaled {
+                rows.push((
+                    "pair-scaled",
+                    format!(
+                        "2b. the same, its margins x {factor:.2} (ours: medians matched on training images)"
+                    ),
+                    Some(v),
+                ));
+            }
         }
         rows.push(("remove", "3. remove".into(), None));
         rows.push((
@@ -532,7 +597,15 @@ fn report(
             }
             let (d1, d5) = (v.top1 - base_w.top1, v.top5 - base_w.top5);
             if let Some(c) = &ci[0] {
-                verdicts.push(format!("{label}: {}", against_paper(c, paper(option), &d)));
+                let p = paper(option);
+                verdicts.push(if p.is_nan() {
+                    format!(
+                        "{label}: {} (the paper has no such option)",
+                        with_interval(d1, Some(c))
+                    )
+                } else {
+                    format!("{label}: {}", against_paper(c, p, &d))
+                });
             }
             let _ = writeln!(
                 md,

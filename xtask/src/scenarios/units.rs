@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::format::{s, strings};
@@ -510,6 +510,47 @@ impl Run<'_> {
             .collect::<Result<Vec<_>>>()?;
         let key = json!({ "modules": hashes, "data": data.key, "classes": classes, "limit": self.limit() });
         self.margins_unit(name, modules, data, classes, Kind::Merge, 0, &key)
+    }
+
+    /// [`Run::margins`] on the training images of `classes` (every one, whatever `--limit`;
+    /// for choices made on training data, never on test images).
+    pub(super) fn train_margins(
+        &self,
+        name: &str,
+        modules: &[PathBuf],
+        data: &Data,
+        classes: &[usize],
+    ) -> Result<Option<PathBuf>> {
+        if data.test_file.is_some() {
+            bail!("{name}: margins on the training split of a mixed test file are not supported");
+        }
+        let hashes = modules
+            .iter()
+            .map(|p| self.eng.file_hash(p))
+            .collect::<Result<Vec<_>>>()?;
+        let key =
+            json!({ "modules": hashes, "data": data.key, "classes": classes, "split": "train" });
+        let dir = self
+            .eng
+            .unit("margins", Kind::Merge, 0, name, &key, |work| {
+                let mut a = vec!["compose".to_string()];
+                a.extend(modules.iter().map(|p| s(p)));
+                a.extend(data.args.iter().cloned());
+                a.extend(strings(&[
+                    "--split",
+                    "train",
+                    "--classes",
+                    &join(classes),
+                    "--device",
+                    &self.eng.device,
+                    "--save-margins",
+                    &s(&work.join("margins.json")),
+                    "--out",
+                    &s(&work.join("compose.json")),
+                ]));
+                self.eng.decomp(&a).map(drop)
+            })?;
+        Ok(dir.map(|d| d.join("margins.json")))
     }
 
     /// [`Run::margins`] as a unit of `kind` with its own key (which must cover the modules,

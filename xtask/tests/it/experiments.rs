@@ -482,6 +482,7 @@ fn replace_scenarios_carry_intervals_and_table6_runs_all_four_options() {
     let text = read(m.join("replace.toml")).replace("intra-replace", "motivating")
         + "[motivating]\nclasses = [\"weakest\", \"bird\"]\n\
            pair = { arch = \"resnet8\", epochs = 1, batch_size = 16, train_limit = 24, val_fraction = 0.25 }\n\
+           scale_pair = true\n\
            [bootstrap]\nresamples = 200\n";
     let manifest = m.join("motivating.toml");
     std::fs::write(&manifest, text).expect("write");
@@ -496,6 +497,7 @@ fn replace_scenarios_carry_intervals_and_table6_runs_all_four_options() {
     assert!(!classes.is_empty() && classes.len() <= 2, "{v}");
     assert!(classes.iter().any(|c| c["class_name"] == "bird"), "{v}");
     let rows = v["rows"].as_array().expect("rows");
+    let md = read(d.join("results/motivating/report.md"));
     for c in classes {
         let options: Vec<&str> = rows
             .iter()
@@ -505,8 +507,13 @@ fn replace_scenarios_carry_intervals_and_table6_runs_all_four_options() {
         let want: &[&str] = if c["partner"].is_null() {
             assert!(c["no_pair"].is_string(), "{c}");
             &["replace", "remove", "reverify"]
+        } else if options.contains(&"pair-scaled") {
+            // The scaled 2-class module (scale_pair), when both medians are positive.
+            assert!(md.contains("Row 2b (ours, not the paper's) scales"), "{md}");
+            &["replace", "pair", "pair-scaled", "remove", "reverify"]
         } else {
             assert_ne!(c["partner"], c["class"]);
+            assert!(md.contains("Row 2b (ours) did not run"), "{md}");
             &["replace", "pair", "remove", "reverify"]
         };
         assert_eq!(options, want, "{c}");
@@ -515,7 +522,6 @@ fn replace_scenarios_carry_intervals_and_table6_runs_all_four_options() {
         ci_holds(r, "delta_top1");
         ci_holds(r, "delta_top5");
     }
-    let md = read(d.join("results/motivating/report.md"));
     assert!(
         md.contains("chosen on the recipient's training images"),
         "{md}"
@@ -531,4 +537,12 @@ fn replace_scenarios_carry_intervals_and_table6_runs_all_four_options() {
     let pairs = classes.iter().filter(|c| !c["partner"].is_null()).count();
     assert_eq!(units("train", "pair-"), pairs);
     assert_eq!(units("decompose", "pair-"), pairs);
+    // scale_pair: the factors come from margins on the training split, one unit per 2-class
+    // set and one for the recipient's.
+    let train_margins = std::fs::read_dir(d.join("runs/store/margins"))
+        .expect("units")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("-all-train-"))
+        .count();
+    assert_eq!(train_margins, pairs + usize::from(pairs > 0));
 }

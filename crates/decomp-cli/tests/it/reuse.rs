@@ -130,13 +130,53 @@ fn vote_on_saved_margins_equals_compose_on_the_subset() {
             pair["composed_per_class"].clone()
         )
     );
+    // A scaled module: margins set here so that module 2 loses every image at its own
+    // scale (1 against 2 or 2.5) and wins every image at three times it (3 against 2 or 2.5).
+    let mut saved = json(&std::fs::read_to_string(&margins).expect("margins"));
+    let labels: Vec<u64> = saved["labels"]
+        .as_array()
+        .expect("labels")
+        .iter()
+        .map(|l| l.as_u64().expect("label"))
+        .collect();
+    for (row, l) in saved["margins"]
+        .as_array_mut()
+        .expect("margins")
+        .iter_mut()
+        .zip(&labels)
+    {
+        row[2] = serde_json::json!(1.0);
+        row[7] = serde_json::json!(if *l == 2 { 2.0 } else { 2.5 });
+    }
+    let crafted = d.join("crafted.json");
+    std::fs::write(&crafted, saved.to_string()).expect("write");
+    let per_class = |pick: &str| {
+        let v = json(&decomp(&[
+            "vote",
+            "--margins",
+            s(&crafted),
+            "--pick",
+            pick,
+            "--json",
+        ]));
+        v["per_class"].clone()
+    };
+    assert_eq!(per_class("0:2,0:7"), serde_json::json!([0.0, 100.0]));
+    assert_eq!(per_class("0:2*3,0:7"), serde_json::json!([100.0, 0.0]));
     // Bad picks name the problem.
-    let out = Command::new(env!("CARGO_BIN_EXE_decomp"))
-        .args(["vote", "--margins", s(&margins), "--pick", "0:2,1:7"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("file index 1"));
+    for (pick, needle) in [
+        ("0:2,1:7", "file index 1"),
+        ("0:2*0,0:7", "expected a finite number > 0"),
+        ("0:2*x,0:7", "scale \"x\" is not a number"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_decomp"))
+            .args(["vote", "--margins", s(&margins), "--pick", pick])
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{pick}: {err}");
+    }
 }
 
 #[test]
