@@ -481,16 +481,23 @@ fn replace_scenarios_carry_intervals_and_table6_runs_all_four_options() {
 
     let text = read(m.join("replace.toml")).replace("intra-replace", "motivating")
         + "[motivating]\nclasses = [\"weakest\", \"bird\"]\n\
-           pair = { arch = \"resnet8\", epochs = 1, batch_size = 16, train_limit = 24, val_fraction = 0.25 }\n\
+           pair = { arch = \"resnet8\", epochs = 1, batch_size = 16, train_limit = 24, val_fraction = 0.25, \
+           args = [\"--init\", \"models:weak.ir\", \"--new-head\"] }\n\
            scale_pair = true\n\
            [bootstrap]\nresamples = 200\n";
     let manifest = m.join("motivating.toml");
     std::fs::write(&manifest, text).expect("write");
+    // The 2-class models start from the recipient (`models:` resolves in --models-dir) with
+    // a new 2-class head.
     run_ok(xtask(
         d,
         "runs",
         "results",
-        &[&manifest.display().to_string()],
+        &[
+            &manifest.display().to_string(),
+            "--models-dir",
+            &d.display().to_string(),
+        ],
     ));
     let v = json(&d.join("results/motivating/motivating.json"));
     let classes = v["classes"].as_array().expect("classes");
@@ -522,6 +529,10 @@ fn replace_scenarios_carry_intervals_and_table6_runs_all_four_options() {
         ci_holds(r, "delta_top1");
         ci_holds(r, "delta_top5");
     }
+    assert!(
+        md.contains("fine-tuned from `models:weak.ir` with a freshly initialized head"),
+        "{md}"
+    );
     assert!(
         md.contains("chosen on the recipient's training images"),
         "{md}"
