@@ -115,10 +115,15 @@ struct Fix {
 /// with `[motivating] pair`), removed (option 3), or re-verified by the donor's (option 4).
 /// Classes and option 2's partners are chosen on the recipient's training images.
 pub fn motivating(r: &Run) -> Result<()> {
+    let spec = r.m.motivating.clone().unwrap_or_default();
+    if spec.scale_pair && spec.pair.is_none() {
+        anyhow::bail!(
+            "[motivating] scale_pair scales option 2's module: it needs `pair` (the 2-class model's training)"
+        );
+    }
     let Some(c) = setup(r)? else {
         return Ok(());
     };
-    let spec = r.m.motivating.clone().unwrap_or_default();
     let k = c.class_names.len();
     // Per-class training accuracy and confusions of the recipient model: the weakest class
     // and each option-2 partner come from training images, never from test images.

@@ -556,4 +556,20 @@ fn replace_scenarios_carry_intervals_and_table6_runs_all_four_options() {
         .filter(|e| e.file_name().to_string_lossy().contains("-all-train-"))
         .count();
     assert_eq!(train_margins, pairs + usize::from(pairs > 0));
+    // scale_pair without a 2-class model to scale is refused by name.
+    let lone = m.join("lone.toml");
+    std::fs::write(
+        &lone,
+        read(m.join("replace.toml")).replace("intra-replace", "motivating")
+            + "[motivating]\nscale_pair = true\n",
+    )
+    .expect("write");
+    let out = xtask(d, "runs", "results", &[&lone.display().to_string()])
+        .output()
+        .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("scale_pair") && stderr.contains("needs `pair`"),
+        "{stderr}"
+    );
 }
