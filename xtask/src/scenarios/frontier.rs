@@ -229,11 +229,7 @@ pub fn frontier(r: &Run) -> Result<()> {
                            idx: usize,
                            limit: Option<usize>|
              -> Result<Option<ChannelComposeReport>> {
-                let hashes = modules
-                    .iter()
-                    .map(|p| r.eng.file_hash(p))
-                    .collect::<Result<Vec<_>>>()?;
-                let key = json!({ "modules": hashes, "data": data.key, "reference": wkey, "limit": limit });
+                let key = json!({ "modules": r.hashes(&modules)?, "data": data.key, "reference": wkey, "limit": limit });
                 let dir = r.eng.unit(
                     "compose",
                     Kind::PerUnit,

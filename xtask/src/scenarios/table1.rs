@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::format::signed;
 use super::paper::PAPER_TABLE1;
+use super::units::Split;
 use super::{Model, Run};
 use crate::engine::{Kind, read, unit_wall_s};
 use crate::manifest::{DecomposeSpec, Manifest, Table1Spec};
@@ -113,10 +114,7 @@ pub fn table1(r: &Run) -> Result<()> {
                     .enumerate()
                     .map(|(c, u)| u.join(v).join(format!("module_{c:03}.mod")))
                     .collect();
-                let hashes = modules
-                    .iter()
-                    .map(|p| r.eng.file_hash(p))
-                    .collect::<Result<Vec<_>>>()?;
+                let hashes = r.hashes(&modules)?;
                 // `ranks`: the margins file must carry per-image ranks (older ones do not).
                 let key = json!({ "modules": hashes, "data": e.model.data.key, "classes": classes, "limit": r.limit(), "ranks": true });
                 let name = format!("{}-{}-{v}", e.label, set.label.replace(' ', ""));
@@ -128,6 +126,7 @@ pub fn table1(r: &Run) -> Result<()> {
                     Kind::PerUnit,
                     idx,
                     &key,
+                    Split::Test,
                 )?
                 else {
                     complete = false;

@@ -12,6 +12,22 @@ use crate::engine::{Kind, Progress, read, write_atomic};
 use crate::manifest::{DataSpec, DecomposeSpec, ModelSpec, TrainSpec};
 use decomp_eval::report::{ModelEval, TrainMetrics, VoteReport};
 
+/// The split a margins unit composes on.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Split {
+    Test,
+    Train,
+}
+
+impl Split {
+    fn name(self) -> &'static str {
+        match self {
+            Split::Test => "test",
+            Split::Train => "train",
+        }
+    }
+}
+
 /// What a [`Run::eval`] unit evaluates: by default the test split, every class, without
 /// per-image ranks.
 #[derive(Clone, Copy, Default)]
@@ -504,12 +520,17 @@ impl Run<'_> {
         data: &Data,
         classes: &[usize],
     ) -> Result<Option<PathBuf>> {
-        let hashes = modules
-            .iter()
-            .map(|p| self.eng.file_hash(p))
-            .collect::<Result<Vec<_>>>()?;
-        let key = json!({ "modules": hashes, "data": data.key, "classes": classes, "limit": self.limit() });
-        self.margins_unit(name, modules, data, classes, Kind::Merge, 0, &key)
+        let key = json!({ "modules": self.hashes(modules)?, "data": data.key, "classes": classes, "limit": self.limit() });
+        self.margins_unit(
+            name,
+            modules,
+            data,
+            classes,
+            Kind::Merge,
+            0,
+            &key,
+            Split::Test,
+        )
     }
 
     /// [`Run::margins`] on the training images of `classes` (every one, whatever `--limit`;
@@ -524,33 +545,22 @@ impl Run<'_> {
         if data.test_file.is_some() {
             bail!("{name}: margins on the training split of a mixed test file are not supported");
         }
-        let hashes = modules
-            .iter()
-            .map(|p| self.eng.file_hash(p))
-            .collect::<Result<Vec<_>>>()?;
-        let key =
-            json!({ "modules": hashes, "data": data.key, "classes": classes, "split": "train" });
-        let dir = self
-            .eng
-            .unit("margins", Kind::Merge, 0, name, &key, |work| {
-                let mut a = vec!["compose".to_string()];
-                a.extend(modules.iter().map(|p| s(p)));
-                a.extend(data.args.iter().cloned());
-                a.extend(strings(&[
-                    "--split",
-                    "train",
-                    "--classes",
-                    &join(classes),
-                    "--device",
-                    &self.eng.device,
-                    "--save-margins",
-                    &s(&work.join("margins.json")),
-                    "--out",
-                    &s(&work.join("compose.json")),
-                ]));
-                self.eng.decomp(&a).map(drop)
-            })?;
-        Ok(dir.map(|d| d.join("margins.json")))
+        let key = json!({ "modules": self.hashes(modules)?, "data": data.key, "classes": classes, "split": "train" });
+        self.margins_unit(
+            name,
+            modules,
+            data,
+            classes,
+            Kind::Merge,
+            0,
+            &key,
+            Split::Train,
+        )
+    }
+
+    /// The content hashes of `files`, in order.
+    pub(super) fn hashes(&self, files: &[PathBuf]) -> Result<Vec<String>> {
+        files.iter().map(|p| self.eng.file_hash(p)).collect()
     }
 
     /// [`Run::margins`] as a unit of `kind` with its own key (which must cover the modules,
@@ -565,20 +575,24 @@ impl Run<'_> {
         kind: Kind,
         index: usize,
         key: &Value,
+        split: Split,
     ) -> Result<Option<PathBuf>> {
         let dir = self.eng.unit("margins", kind, index, name, key, |work| {
             let mut a = vec!["compose".to_string()];
             a.extend(modules.iter().map(|p| s(p)));
-            a.extend(data.test().args);
+            match split {
+                Split::Test => a.extend(data.test().args),
+                Split::Train => a.extend(data.args.iter().cloned()),
+            }
             a.extend(strings(&[
                 "--split",
-                "test",
+                split.name(),
                 "--classes",
                 &join(classes),
                 "--device",
                 &self.eng.device,
             ]));
-            if let Some(n) = self.limit() {
+            if let (Split::Test, Some(n)) = (split, self.limit()) {
                 a.extend(["--limit".into(), n.to_string()]);
             }
             a.extend([
@@ -620,11 +634,7 @@ impl Run<'_> {
         pick: &[String],
         per_image: bool,
     ) -> Result<Option<VoteReport>> {
-        let hashes = margins
-            .iter()
-            .map(|p| self.eng.file_hash(p))
-            .collect::<Result<Vec<_>>>()?;
-        let mut key = json!({ "margins": hashes, "pick": pick });
+        let mut key = json!({ "margins": self.hashes(margins)?, "pick": pick });
         if per_image {
             key["per_image"] = json!(true);
         }
