@@ -79,6 +79,16 @@ pub fn mean_paired_bootstrap(
     Ok(quantiles(diff, stats))
 }
 
+/// The median of `v` (the mean of the two middle values for an even count); NaN when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
 /// At least 40 resamples, so that both 2.5% tails hold a resampled value.
 fn check_resamples(resamples: usize) -> Result<()> {
     if resamples < 40 {
@@ -250,6 +260,13 @@ impl Paired {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
 
     #[test]
     fn shared_image_means_keep_the_rows_correlation() {

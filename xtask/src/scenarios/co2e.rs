@@ -145,13 +145,7 @@ pub fn co2e(r: &Run) -> Result<()> {
     let (rows, fixed_s, best_s, what_fixed) = if given.is_some() {
         // Every epoch measured; the median epoch discounts epochs slowed by other jobs on
         // the machine (the sum is in the report too).
-        let mut w: Vec<f64> = epochs.iter().map(|e| e.wall_s).collect();
-        w.sort_by(f64::total_cmp);
-        let med = if w.is_empty() {
-            f64::NAN
-        } else {
-            w[w.len() / 2]
-        };
+        let med = crate::stats::median(epochs.iter().map(|e| e.wall_s).collect());
         let (fixed, best) = (med * n_ep as f64, med * best_epoch as f64);
         let rows = vec![
             costs(

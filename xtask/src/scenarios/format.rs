@@ -69,10 +69,15 @@ pub(crate) fn training(t: &crate::manifest::TrainSpec) -> String {
         t.arch,
         t.recipe,
         epochs(t.epochs, "the recipe's default epochs"),
-        t.train_limit.map_or(String::new(), |n| format!(
-            " on the first {n} training images"
-        )),
+        image_limit(t),
     )
+}
+
+/// " on the first N training images" when a training spec limits its images, else nothing.
+fn image_limit(t: &crate::manifest::TrainSpec) -> String {
+    t.train_limit.map_or(String::new(), |n| {
+        format!(" on the first {n} training images")
+    })
 }
 
 /// What differs between a baseline's training (`who`: TMA, M) and the paper's: its epochs,
@@ -82,9 +87,7 @@ pub(crate) fn schedule_vs_paper(who: &str, t: &crate::manifest::TrainSpec) -> St
         "our {who} trains {} of `{}`{}, the paper's models 200 epochs (METHOD.md section 6)",
         epochs(t.epochs, "the recipe's default epochs"),
         t.recipe,
-        t.train_limit.map_or(String::new(), |n| format!(
-            " on the first {n} training images"
-        )),
+        image_limit(t),
     )
 }
 

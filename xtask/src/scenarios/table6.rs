@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use decomp_eval::most_confused;
-use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
+use decomp_eval::report::{ComposeReport, Margins, ModelEval, VoteReport};
 use serde_json::{Value, json};
 
 use super::format::{fixed2, opt2, signed, with_interval};
@@ -15,7 +15,7 @@ use super::table4::{Replace, setup, side};
 use super::units::Ask;
 use super::{Model, Run};
 use crate::manifest::{MotivatingSpec, TrainSpec};
-use crate::stats::{Interval, Paired};
+use crate::stats::{Interval, Paired, median};
 
 /// Option 2 for one class: the 2-class model, its module's composition.
 struct PairFix {
@@ -50,28 +50,9 @@ struct MarginScale {
     recipient: MarginMedians,
 }
 
-/// A `decomp compose --save-margins` file: the test images' labels and every module's
-/// margin per image.
-#[derive(serde::Deserialize)]
-struct MarginFile {
-    labels: Vec<usize>,
-    margins: Vec<Vec<f32>>,
-}
-
 /// [`MarginMedians`] of the module in column `w` of the margin file `path`.
 fn margin_medians(path: &std::path::Path, w: usize) -> Result<MarginMedians> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let f: MarginFile =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let median = |mut v: Vec<f64>| -> f64 {
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
-        }
-    };
+    let f: Margins = crate::engine::read(path)?;
     let (mut own, mut rival, mut elsewhere) = (Vec::new(), Vec::new(), Vec::new());
     for (row, &label) in f.margins.iter().zip(&f.labels) {
         let m = f64::from(
@@ -117,7 +98,7 @@ struct Fix {
 pub fn motivating(r: &Run) -> Result<()> {
     let spec = r.m.motivating.clone().unwrap_or_default();
     if spec.scale_pair && spec.pair.is_none() {
-        anyhow::bail!(
+        bail!(
             "[motivating] scale_pair scales option 2's module: it needs `pair` (the 2-class model's training)"
         );
     }
