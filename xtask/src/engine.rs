@@ -364,6 +364,47 @@ impl Engine {
         Ok(Some(dir))
     }
 
+    /// Puts a finished unit in place from artifacts kept elsewhere (a published model and
+    /// its committed metrics) instead of computing it: each `(source, name)` is copied into
+    /// the unit folder, whose `unit.json` records the key and where the files came from.
+    /// A unit that is already finished is left as it is.
+    pub fn adopt(
+        &self,
+        stage: &str,
+        name: &str,
+        key: &Value,
+        files: &[(PathBuf, &str)],
+    ) -> Result<PathBuf> {
+        let dir = self.unit_dir(stage, name, key);
+        if dir.join("unit.json").is_file() {
+            return Ok(dir);
+        }
+        let work = PathBuf::from(format!("{}.tmp-{}", dir.display(), work_owner()));
+        if work.exists() {
+            std::fs::remove_dir_all(&work)?;
+        }
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        for (src, to) in files {
+            std::fs::copy(src, work.join(to))
+                .with_context(|| format!("copying {} into {}", src.display(), work.display()))?;
+        }
+        let mut record = unit_record(stage, name, key, 0.0);
+        record["adopted_from"] = json!(
+            files
+                .iter()
+                .map(|(p, _)| portable(&p.display().to_string(), &root()))
+                .collect::<Vec<_>>()
+        );
+        write_atomic(
+            &work.join("unit.json"),
+            &serde_json::to_string_pretty(&record)?,
+        )?;
+        std::fs::rename(&work, &dir)
+            .with_context(|| format!("renaming {} to {}", work.display(), dir.display()))?;
+        eprintln!("[{stage}] {name}: adopted ({})", dir.display());
+        Ok(dir)
+    }
+
     /// Runs `decomp <args>` and returns its stdout; stderr goes to the terminal.
     pub fn decomp(&self, args: &[String]) -> Result<String> {
         eprintln!("+ decomp {}", args.join(" "));

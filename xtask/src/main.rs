@@ -4,6 +4,7 @@
 //! Every experiment is a manifest under `experiments/` run by the stage engine
 //! (`engine.rs`) through a scenario (`scenarios/`).
 
+mod carry;
 mod engine;
 mod gate;
 mod manifest;
@@ -100,6 +101,30 @@ enum Cmd {
         #[command(flatten)]
         slurm: slurm::SlurmArgs,
     },
+    /// Keep training progress across machines: `save` copies the run folders of paused
+    /// training units (`runs/store/train/*.partial`: checkpoint, best model, metrics) to a
+    /// versioned folder to commit; `restore` puts them back, and the next `run-experiment`
+    /// continues them. Neither direction replaces a run folder by one with fewer epochs.
+    Carry {
+        #[arg(value_enum)]
+        action: CarryAction,
+        /// Where `run-experiment` keeps its artifacts (its `--runs`).
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// The versioned folder, relative to the workspace root unless absolute.
+        #[arg(long, default_value = "models/carry")]
+        dir: PathBuf,
+        /// `save` also finished training units that no published model stands for (a
+        /// model an experiment trained for a later stage).
+        #[arg(long)]
+        finished: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CarryAction {
+    Save,
+    Restore,
 }
 
 fn main() -> Result<()> {
@@ -108,6 +133,28 @@ fn main() -> Result<()> {
         std::env::var_os(k)
     }));
     match Cli::parse().cmd {
+        Cmd::Carry {
+            action,
+            runs,
+            dir,
+            finished,
+        } => {
+            let (store, dir) = (
+                engine::root().join(runs).join("store"),
+                engine::root().join(dir),
+            );
+            let lines = match action {
+                CarryAction::Save => carry::save(&store, &dir, finished)?,
+                CarryAction::Restore => carry::restore(&store, &dir)?,
+            };
+            for l in &lines {
+                println!("{l}");
+            }
+            if lines.is_empty() {
+                println!("carry: nothing to move");
+            }
+            Ok(())
+        }
         Cmd::RunExperiment {
             name,
             from,

@@ -163,6 +163,59 @@ fn check_unit(
     )
 }
 
+/// `<weights_dir>/<run>.train.json`: the training unit's key (data, recipe, epochs, seed)
+/// and the SHA-256 of the published model, so that a checkout without the run folder (a new
+/// machine, a fresh clone) reuses the published model instead of training it again.
+#[derive(Serialize, serde::Deserialize)]
+struct Published {
+    key: serde_json::Value,
+    sha256: String,
+}
+
+/// Puts run `name`'s finished training unit in place from its published model
+/// (`<weights_dir>/<name>.ir`) and committed metrics (`results/<zoo>/<name>/`) when the
+/// unit's folder is missing and the published record's key is this run's: the test
+/// evaluation then checks the published model against the recorded accuracy as for a run
+/// trained here. A record of another key or a model whose hash differs is not adopted
+/// (said on stderr): the run trains.
+fn adopt_published(r: &Run, name: &str, key: &serde_json::Value) -> Result<()> {
+    let dir = r.eng.unit_dir("train", name, key);
+    let weights = weights_dir(&r.env.root, &r.m);
+    let record = weights.join(format!("{name}.train.json"));
+    if dir.join("unit.json").is_file() || !record.is_file() {
+        return Ok(());
+    }
+    let p: Published = read(&record)?;
+    let model = weights.join(format!("{name}.ir"));
+    let metrics = r.out_dir().join(name);
+    if p.key != *key {
+        eprintln!(
+            "[train] {name}: {} records another training configuration; not reused",
+            record.display()
+        );
+        return Ok(());
+    }
+    if !model.is_file() || r.eng.file_hash(&model)? != p.sha256 {
+        eprintln!(
+            "[train] {name}: {} is missing or its SHA-256 is not the one {} records; not reused",
+            model.display(),
+            record.display()
+        );
+        return Ok(());
+    }
+    let files = ["metrics.json", "metrics.csv", "curves.svg"];
+    if let Some(f) = files.iter().find(|f| !metrics.join(f).is_file()) {
+        eprintln!(
+            "[train] {name}: {} is missing; the published model is not reused",
+            metrics.join(f).display()
+        );
+        return Ok(());
+    }
+    let mut copies = vec![(model, "best.ir")];
+    copies.extend(files.iter().map(|f| (metrics.join(f), *f)));
+    r.eng.adopt("train", name, key, &copies).map(drop)
+}
+
 /// A training run's `metrics.json`, with the planned number of epochs of its configuration.
 type Metrics = TrainMetrics<PlannedEpochs>;
 
@@ -171,6 +224,8 @@ struct Entry {
     name: String,
     dataset: String,
     train: crate::manifest::TrainSpec,
+    /// The training unit's key.
+    key: serde_json::Value,
     /// Finished unit folder.
     done: Option<PathBuf>,
     /// Its `decomp eval` on the test split.
@@ -215,6 +270,8 @@ pub fn zoo(r: &Run) -> Result<()> {
             .clone()
             .with_context(|| format!("[models.{name}]: every zoo model needs `train`"))?;
         let data = r.spec_data(&spec.data)?;
+        let key = r.train_key(&data, None, &t)?;
+        adopt_published(r, name, &key)?;
         let done = r.train(name, i, &data, None, &t)?;
         let eval = match &done {
             Some(d) => r.eval(
@@ -230,9 +287,7 @@ pub fn zoo(r: &Run) -> Result<()> {
             Some(d) => check_unit(r, name, 2 * n + i, &d.join("best.ir"), &data)?,
             None => None,
         };
-        let partial = r
-            .eng
-            .partial_dir("train", name, &r.train_key(&data, None, &t)?);
+        let partial = r.eng.partial_dir("train", name, &key);
         let folder = done
             .clone()
             .or_else(|| partial.join("metrics.json").is_file().then_some(partial));
@@ -245,6 +300,7 @@ pub fn zoo(r: &Run) -> Result<()> {
             name: name.clone(),
             dataset: ds.path.clone().unwrap_or_else(|| ds.dataset.clone()),
             train: t,
+            key,
             done,
             eval,
             metrics,
@@ -305,6 +361,14 @@ pub fn zoo(r: &Run) -> Result<()> {
             }
             let hex = r.eng.file_hash(&dest)?;
             sums.push(format!("{hex}  {}.ir", e.name));
+            let published = Published {
+                key: e.key.clone(),
+                sha256: hex.clone(),
+            };
+            crate::engine::write_atomic(
+                &weights.join(format!("{}.train.json", e.name)),
+                &(serde_json::to_string_pretty(&published)? + "\n"),
+            )?;
             let check = e
                 .check
                 .as_ref()
