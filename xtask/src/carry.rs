@@ -1,26 +1,28 @@
-//! `cargo xtask carry save|restore`: training progress that outlives the machine.
+//! `cargo xtask carry save|restore`: work that outlives the machine.
 //!
 //! A long training runs as a resumable unit in `runs/store/train/<unit>.partial` (see
-//! `engine.rs`); `runs/` is not versioned, so a new machine or a fresh checkout starts it
-//! again from epoch 0. `carry save` copies every such run folder (the checkpoint, the best
-//! model so far, the metrics) to a versioned folder (`models/carry/` by default) to be
-//! committed; `carry restore` puts them back in the store, where the next
-//! `run-experiment` continues them (`decomp train --resume`). With `--finished`, finished
-//! training units are carried too (a model an experiment trained for a later stage).
-//! Units whose model was published and is reused from there (`adopted_from` in their
-//! `unit.json`) are never carried.
+//! `engine.rs`) and finished units are reused from `runs/store/<stage>/<unit>/`; `runs/` is
+//! not versioned, so a new machine or a fresh checkout starts them again. `carry save` copies
+//! to a versioned folder (`models/carry/` by default), to be committed:
+//! - every paused training run folder (the checkpoint, the best model so far, the metrics);
+//! - every finished unit of any stage whose work took at least `min_wall_s` (a model an
+//!   experiment trained for a later stage, trained modules), without a finished training
+//!   unit's `last.ckpt` (only a paused run needs it);
 //!
-//! Neither direction replaces progress by less of it: a carried run folder is only
-//! replaced by one with at least as many epochs, and a store folder only by a carried one
-//! with more; a finished unit drops the carried copy of its `.partial`.
+//! and `carry restore` puts them back in the store, where the next `run-experiment` reuses
+//! the finished units and continues the paused ones (`decomp train --resume`). Units whose
+//! model is published and reused from there are never carried: those adopted from it
+//! (`adopted_from` in their `unit.json`) and those whose key a `<run>.train.json` record of
+//! the published folder (`published`, the zoo's weights) holds.
+//!
+//! Neither direction replaces progress by less of it: a carried run folder is only replaced
+//! by one with at least as many epochs, and a store folder only by a carried one with more;
+//! a finished unit drops the carried copy of its `.partial`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-
-/// The stage whose units carry (the resumable one).
-const STAGE: &str = "train";
 
 /// Epochs a run folder has finished (`metrics.json`'s epoch list; 0 without one).
 fn epochs(dir: &Path) -> Result<usize> {
@@ -32,59 +34,81 @@ fn epochs(dir: &Path) -> Result<usize> {
     Ok(v["epochs"].as_array().map_or(0, Vec::len))
 }
 
-/// Whether `dir` is a finished unit put in place from a published model.
-fn adopted(dir: &Path) -> bool {
-    crate::engine::read::<Value>(&dir.join("unit.json")).is_ok_and(|v| !v["adopted_from"].is_null())
-}
-
-/// The run folders of `stage_dir` to carry: `.partial` folders with a checkpoint, and
-/// (with `finished`) finished units not adopted from a published model.
-fn carried_folders(stage_dir: &Path, finished: bool) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(stage_dir) else {
-        return Ok(out);
+/// The keys of the published models' records (`<published>/*.train.json`).
+fn published_keys(published: &Path) -> Result<Vec<Value>> {
+    let mut keys = Vec::new();
+    let Ok(entries) = std::fs::read_dir(published) else {
+        return Ok(keys);
     };
     for e in entries {
         let p = e?.path();
-        let name = p.file_name().map(|n| n.to_string_lossy().to_string());
-        let Some(name) = name else { continue };
-        if !p.is_dir() || name.contains(".tmp-") || name.contains(".old-") {
-            continue;
-        }
-        let keep = if name.ends_with(".partial") {
-            p.join("last.ckpt").is_file()
-        } else {
-            finished && p.join("unit.json").is_file() && !adopted(&p)
-        };
-        if keep {
-            out.push(p);
+        if p.to_string_lossy().ends_with(".train.json") {
+            let v: Value = crate::engine::read(&p)?;
+            keys.push(v["key"].clone());
         }
     }
-    out.sort();
-    Ok(out)
+    Ok(keys)
 }
 
-/// Copies the files of `from` (a flat run folder) to `to` through a temporary folder and
-/// a rename, so that `to` is never half written.
-fn copy_folder(from: &Path, to: &Path) -> Result<()> {
+/// What `save` does with one store folder.
+#[derive(Debug, PartialEq)]
+enum Pick {
+    Partial,
+    Finished,
+    Skip,
+}
+
+fn pick(dir: &Path, min_wall_s: f64, published: &[Value]) -> Pick {
+    let name = dir
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().to_string());
+    if !dir.is_dir() || name.contains(".tmp-") || name.contains(".old-") {
+        return Pick::Skip;
+    }
+    if name.ends_with(".partial") {
+        return if dir.join("last.ckpt").is_file() {
+            Pick::Partial
+        } else {
+            Pick::Skip
+        };
+    }
+    let Ok(unit) = crate::engine::read::<Value>(&dir.join("unit.json")) else {
+        return Pick::Skip;
+    };
+    let long = unit["wall_s"].as_f64().is_some_and(|w| w >= min_wall_s);
+    if long && unit["adopted_from"].is_null() && !published.contains(&unit["key"]) {
+        Pick::Finished
+    } else {
+        Pick::Skip
+    }
+}
+
+/// Copies folder `from` (recursively; without files named in `skip`) to `to` through a
+/// temporary folder and a rename, so that `to` is never half written.
+fn copy_folder(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
+    fn copy(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
+        std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+        for e in std::fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
+            let p = e?.path();
+            let name = p.file_name().context("named")?;
+            if p.is_dir() {
+                copy(&p, &to.join(name), skip)?;
+            } else if p.is_file() {
+                if !skip.iter().any(|s| name == *s) {
+                    std::fs::copy(&p, to.join(name))
+                        .with_context(|| format!("copying {} to {}", p.display(), to.display()))?;
+                }
+            } else {
+                bail!("{}: not a file or folder", p.display());
+            }
+        }
+        Ok(())
+    }
     let tmp = PathBuf::from(format!("{}.tmp-{}", to.display(), std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    for e in std::fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            bail!(
-                "{}: a run folder holds only files, found the folder {}",
-                from.display(),
-                p.display()
-            );
-        }
-        let name = p.file_name().context("named")?;
-        std::fs::copy(&p, tmp.join(name))
-            .with_context(|| format!("copying {} to {}", p.display(), tmp.display()))?;
-    }
+    copy(from, &tmp, skip)?;
     if to.exists() {
         std::fs::remove_dir_all(to).with_context(|| format!("removing {}", to.display()))?;
     }
@@ -98,78 +122,131 @@ fn finished_name(name: &str) -> Option<&str> {
     name.strip_suffix(".partial")
 }
 
-/// `carry save`: the store's run folders to `carry`. Returns one line per folder.
-pub fn save(store: &Path, carry: &Path, finished: bool) -> Result<Vec<String>> {
-    let src = store.join(STAGE);
-    let dst = carry.join(STAGE);
-    std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
+/// The stage folders of `root` (`<root>/<stage>/`), sorted.
+fn stages(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = match std::fs::read_dir(root) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    Ok(out)
+}
+
+/// The folders of a stage folder, sorted.
+fn folders(stage: &Path) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(stage)
+        .with_context(|| format!("listing {}", stage.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// `carry save`: the store's paused runs and long finished units to `carry`. Returns one
+/// line per folder.
+pub fn save(store: &Path, carry: &Path, min_wall_s: f64, published: &Path) -> Result<Vec<String>> {
+    let keys = published_keys(published)?;
     let mut lines = Vec::new();
-    for dir in carried_folders(&src, finished)? {
-        let name = dir
+    for src in stages(store)? {
+        let stage = src
             .file_name()
             .context("named")?
             .to_string_lossy()
             .to_string();
-        let to = dst.join(&name);
-        let (have, kept) = (epochs(&dir)?, epochs(&to)?);
-        if to.exists() && have < kept {
-            lines.push(format!(
-                "{name}: kept the carried copy ({kept} epochs; the store has {have}: run `carry restore` first)"
-            ));
-            continue;
+        let dst = carry.join(&stage);
+        for dir in folders(&src)? {
+            let what = pick(&dir, min_wall_s, &keys);
+            if what == Pick::Skip {
+                continue;
+            }
+            let name = dir
+                .file_name()
+                .context("named")?
+                .to_string_lossy()
+                .to_string();
+            let to = dst.join(&name);
+            if what == Pick::Partial {
+                let (have, kept) = (epochs(&dir)?, epochs(&to)?);
+                if to.exists() && have < kept {
+                    lines.push(format!(
+                        "{stage}/{name}: kept the carried copy ({kept} epochs; the store has {have}: run `carry restore` first)"
+                    ));
+                    continue;
+                }
+                copy_folder(&dir, &to, &[])?;
+                lines.push(format!("{stage}/{name}: saved ({have} epochs)"));
+            } else if !to.join("unit.json").is_file() {
+                copy_folder(&dir, &to, &["last.ckpt"])?;
+                lines.push(format!("{stage}/{name}: saved (finished)"));
+            }
         }
-        copy_folder(&dir, &to)?;
-        lines.push(format!("{name}: saved ({have} epochs)"));
-    }
-    // A carried `.partial` whose unit has finished in the store is done with.
-    for e in std::fs::read_dir(&dst).with_context(|| format!("listing {}", dst.display()))? {
-        let p = e?.path();
-        let name = p
-            .file_name()
-            .context("named")?
-            .to_string_lossy()
-            .to_string();
-        if let Some(f) = finished_name(&name)
-            && src.join(f).join("unit.json").is_file()
-        {
-            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
-            lines.push(format!("{name}: dropped (the unit has finished)"));
+        // A carried `.partial` whose unit has finished is done with.
+        if dst.is_dir() {
+            for p in folders(&dst)? {
+                let name = p
+                    .file_name()
+                    .context("named")?
+                    .to_string_lossy()
+                    .to_string();
+                if let Some(f) = finished_name(&name)
+                    && (src.join(f).join("unit.json").is_file()
+                        || dst.join(f).join("unit.json").is_file())
+                {
+                    std::fs::remove_dir_all(&p)
+                        .with_context(|| format!("removing {}", p.display()))?;
+                    lines.push(format!("{stage}/{name}: dropped (the unit has finished)"));
+                }
+            }
         }
     }
     Ok(lines)
 }
 
-/// `carry restore`: carried run folders back into the store, where it has less of them.
+/// `carry restore`: carried folders back into the store, where it has less of them.
 pub fn restore(store: &Path, carry: &Path) -> Result<Vec<String>> {
-    let src = carry.join(STAGE);
-    let dst = store.join(STAGE);
     let mut lines = Vec::new();
-    if !src.is_dir() {
-        return Ok(lines);
-    }
-    std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
-    for dir in carried_folders(&src, true)? {
-        let name = dir
+    for src in stages(carry)? {
+        let stage = src
             .file_name()
             .context("named")?
             .to_string_lossy()
             .to_string();
-        let to = dst.join(&name);
-        let finished =
-            finished_name(&name).is_some_and(|f| dst.join(f).join("unit.json").is_file());
-        if finished || (!name.ends_with(".partial") && to.join("unit.json").is_file()) {
-            lines.push(format!("{name}: the store has the finished unit"));
-            continue;
+        let dst = store.join(&stage);
+        std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
+        for dir in folders(&src)? {
+            let name = dir
+                .file_name()
+                .context("named")?
+                .to_string_lossy()
+                .to_string();
+            if name.contains(".tmp-") {
+                continue;
+            }
+            let to = dst.join(&name);
+            let unit = finished_name(&name).unwrap_or(&name);
+            if dst.join(unit).join("unit.json").is_file() {
+                lines.push(format!("{stage}/{name}: the store has the finished unit"));
+                continue;
+            }
+            if name.ends_with(".partial") {
+                let (have, carried) = (epochs(&to)?, epochs(&dir)?);
+                if to.exists() && have >= carried {
+                    lines.push(format!(
+                        "{stage}/{name}: the store is as far or further ({have} epochs, carried {carried})"
+                    ));
+                    continue;
+                }
+                copy_folder(&dir, &to, &[])?;
+                lines.push(format!("{stage}/{name}: restored ({carried} epochs)"));
+            } else {
+                copy_folder(&dir, &to, &[])?;
+                lines.push(format!("{stage}/{name}: restored (finished)"));
+            }
         }
-        let (have, carried) = (epochs(&to)?, epochs(&dir)?);
-        if to.exists() && have >= carried {
-            lines.push(format!(
-                "{name}: the store is as far or further ({have} epochs, carried {carried})"
-            ));
-            continue;
-        }
-        copy_folder(&dir, &to)?;
-        lines.push(format!("{name}: restored ({carried} epochs)"));
     }
     Ok(lines)
 }
@@ -191,6 +268,13 @@ mod tests {
         .expect("metrics");
     }
 
+    fn finished(dir: &Path, unit: Value) {
+        std::fs::create_dir_all(dir.join("modules")).expect("mkdir");
+        std::fs::write(dir.join("unit.json"), unit.to_string()).expect("unit");
+        std::fs::write(dir.join("last.ckpt"), "ckpt").expect("ckpt");
+        std::fs::write(dir.join("modules/m.mod"), "module").expect("module");
+    }
+
     fn ckpt(dir: &Path) -> String {
         std::fs::read_to_string(dir.join("last.ckpt")).expect("ckpt")
     }
@@ -198,28 +282,61 @@ mod tests {
     #[test]
     fn progress_goes_both_ways_and_never_backwards() {
         let t = tempfile::tempdir().expect("tmp");
-        let (store, carry) = (t.path().join("store"), t.path().join("carry"));
+        let (store, carry, zoo) = (
+            t.path().join("store"),
+            t.path().join("carry"),
+            t.path().join("zoo"),
+        );
         let run = store.join("train/a-1.partial");
         run_folder(&run, 3);
-        // Work folders of running processes and adopted units are not carried.
+        // Work folders of running processes, short units, units adopted from a published
+        // model and units a published record names are not carried; long ones are.
         std::fs::create_dir_all(store.join("train/b-2.tmp-host-1")).expect("tmp");
-        let adopted = store.join("train/c-3");
-        std::fs::create_dir_all(&adopted).expect("mkdir");
-        std::fs::write(adopted.join("unit.json"), r#"{"adopted_from": ["x"]}"#).expect("unit");
-        save(&store, &carry, true).expect("save");
+        finished(
+            &store.join("tangle/short-1"),
+            serde_json::json!({ "wall_s": 5.0, "key": 1 }),
+        );
+        finished(
+            &store.join("tangle/long-2"),
+            serde_json::json!({ "wall_s": 900.0, "key": 2 }),
+        );
+        finished(
+            &store.join("train/adopted-3"),
+            serde_json::json!({ "wall_s": 0.0, "key": 3, "adopted_from": ["x"] }),
+        );
+        finished(
+            &store.join("train/zoo-4"),
+            serde_json::json!({ "wall_s": 900.0, "key": 4 }),
+        );
+        std::fs::create_dir_all(&zoo).expect("mkdir");
+        std::fs::write(zoo.join("zoo.train.json"), r#"{"key": 4, "sha256": "0"}"#).expect("rec");
+        save(&store, &carry, 600.0, &zoo).expect("save");
         let carried = carry.join("train/a-1.partial");
         assert_eq!(ckpt(&carried), "ckpt 3");
-        assert!(!carry.join("train/b-2.tmp-host-1").exists());
-        assert!(!carry.join("train/c-3").exists());
+        for gone in [
+            "train/b-2.tmp-host-1",
+            "tangle/short-1",
+            "train/adopted-3",
+            "train/zoo-4",
+        ] {
+            assert!(!carry.join(gone).exists(), "{gone} carried");
+        }
+        let long = carry.join("tangle/long-2");
+        assert!(long.join("modules/m.mod").is_file());
+        assert!(
+            !long.join("last.ckpt").exists(),
+            "a finished unit's checkpoint is not carried"
+        );
 
-        // A new machine: the store is empty; restore brings the run back.
+        // A new machine: the store is empty; restore brings both back.
         std::fs::remove_dir_all(&store).expect("rm");
         let lines = restore(&store, &carry).expect("restore");
         assert_eq!(ckpt(&run), "ckpt 3", "{lines:?}");
+        assert!(store.join("tangle/long-2/unit.json").is_file());
 
         // Saving a store that is behind the carried copy keeps the carried copy.
         run_folder(&run, 1);
-        save(&store, &carry, false).expect("save");
+        save(&store, &carry, 600.0, &zoo).expect("save");
         assert_eq!(ckpt(&carried), "ckpt 3");
         // ... and restoring brings the store forward, never back.
         restore(&store, &carry).expect("restore");
@@ -229,12 +346,14 @@ mod tests {
         assert_eq!(ckpt(&run), "ckpt 5");
 
         // Once the unit finishes, its carried `.partial` is dropped and not restored.
-        std::fs::create_dir_all(store.join("train/a-1")).expect("mkdir");
-        std::fs::write(store.join("train/a-1/unit.json"), "{}").expect("unit");
+        finished(
+            &store.join("train/a-1"),
+            serde_json::json!({ "wall_s": 10.0, "key": 5 }),
+        );
         std::fs::remove_dir_all(&run).expect("rm");
         restore(&store, &carry).expect("restore");
         assert!(!run.exists());
-        save(&store, &carry, false).expect("save");
+        save(&store, &carry, 600.0, &zoo).expect("save");
         assert!(!carried.exists());
     }
 }

@@ -101,10 +101,12 @@ enum Cmd {
         #[command(flatten)]
         slurm: slurm::SlurmArgs,
     },
-    /// Keep training progress across machines: `save` copies the run folders of paused
-    /// training units (`runs/store/train/*.partial`: checkpoint, best model, metrics) to a
-    /// versioned folder to commit; `restore` puts them back, and the next `run-experiment`
-    /// continues them. Neither direction replaces a run folder by one with fewer epochs.
+    /// Keep work across machines: `save` copies the run folders of paused training units
+    /// (`runs/store/train/*.partial`: checkpoint, best model, metrics) and finished units
+    /// that took long (`--min-wall-s`) to a versioned folder to commit; `restore` puts them
+    /// back, and the next `run-experiment` continues and reuses them. Neither direction
+    /// replaces a run folder by one with fewer epochs; the zoo's published models are not
+    /// carried.
     Carry {
         #[arg(value_enum)]
         action: CarryAction,
@@ -114,10 +116,10 @@ enum Cmd {
         /// The versioned folder, relative to the workspace root unless absolute.
         #[arg(long, default_value = "models/carry")]
         dir: PathBuf,
-        /// `save` also finished training units that no published model stands for (a
-        /// model an experiment trained for a later stage).
-        #[arg(long)]
-        finished: bool,
+        /// `save` also carries finished units of any stage whose work took at least this
+        /// many seconds (a model an experiment trained for a later stage, trained modules).
+        #[arg(long, default_value_t = 600.0)]
+        min_wall_s: f64,
     },
 }
 
@@ -137,14 +139,16 @@ fn main() -> Result<()> {
             action,
             runs,
             dir,
-            finished,
+            min_wall_s,
         } => {
             let (store, dir) = (
                 engine::root().join(runs).join("store"),
                 engine::root().join(dir),
             );
             let lines = match action {
-                CarryAction::Save => carry::save(&store, &dir, finished)?,
+                CarryAction::Save => {
+                    carry::save(&store, &dir, min_wall_s, &engine::root().join("models/zoo"))?
+                }
                 CarryAction::Restore => carry::restore(&store, &dir)?,
             };
             for l in &lines {
