@@ -21,7 +21,8 @@ impl CpuPlan {
         let (cin, cout, cp) = (c.cin, c.cout, c.cp);
         let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
         let tiles = n * th * tw;
-        let mut y = vec![0.0f32; n * h * w * cout];
+        // Every output is written by the output transform.
+        let mut y = super::pool::take(n * h * w * cout);
         let tb = (self.tuning.block / (16 * cin.max(cp))).clamp(1, tiles);
         scratch.resize(tb * 16 * (cin + cp), 0.0);
         let (v, m) = scratch.split_at_mut(tb * 16 * cin);

@@ -366,7 +366,7 @@ impl Pass<'_> {
                     .par_iter()
                     .zip(self.sizes)
                     .map(|(&s, &k)| {
-                        let mut v = vec![0.0f32; k * per];
+                        let mut v = pool::take(k * per);
                         for (src, dst) in images[s * per..(s + k) * per]
                             .chunks_exact(per)
                             .zip(v.chunks_exact_mut(per))
@@ -414,7 +414,7 @@ impl Pass<'_> {
                     let y = x
                         .par_iter()
                         .map(|t| {
-                            let mut v = Vec::new();
+                            let mut v = pool::take_empty(t.len());
                             affine(t, &scale, &shift, fused[id].is_some(), &mut v);
                             v
                         })
@@ -462,7 +462,7 @@ impl Pass<'_> {
             };
             for &i in &node.inputs {
                 if !kept[i] && last[i] == id {
-                    values[i] = Vec::new();
+                    pool::give_tiles(std::mem::take(&mut values[i]));
                 }
             }
             values.push(out);
@@ -505,7 +505,7 @@ impl Pass<'_> {
         for id in (0..g.nodes.len()).rev() {
             let node = &g.nodes[id];
             let Some(dy) = grads[id].take() else {
-                values[id] = Vec::new();
+                pool::give_tiles(std::mem::take(&mut values[id]));
                 continue;
             };
             // A ReLU fused with its BatchNorm: the BatchNorm's backward masks by this
@@ -559,7 +559,7 @@ impl Pass<'_> {
                         self.frozen_batch_norm,
                     );
                     if let Some(r) = fused[id] {
-                        values[r] = Vec::new();
+                        pool::give_tiles(std::mem::take(&mut values[r]));
                     }
                     let shape = vec![dgamma.len()];
                     params.extend(weight_and_bias(id, &node.name, shape, dgamma, Some(dbeta)));
@@ -574,7 +574,15 @@ impl Pass<'_> {
                 }
                 Op::Add => {
                     for &i in &node.inputs[1..] {
-                        accumulate(&mut grads[i], dy.clone());
+                        let copy = dy
+                            .iter()
+                            .map(|t| {
+                                let mut v = pool::take(t.len());
+                                v.copy_from_slice(t);
+                                v
+                            })
+                            .collect();
+                        accumulate(&mut grads[i], copy);
                     }
                     accumulate(&mut grads[node.inputs[0]], dy);
                 }
@@ -660,7 +668,7 @@ impl Pass<'_> {
                 }
                 _ => unreachable!("ops checked in GradEngine::new"),
             }
-            values[id] = Vec::new();
+            pool::give_tiles(std::mem::take(&mut values[id]));
         }
         // Node order, weight before bias: the order the nodes hold them.
         params.sort_by_key(|p| (p.node, !p.name.ends_with(".weight")));
@@ -683,7 +691,7 @@ impl Pass<'_> {
         dy.par_iter()
             .zip(self.sizes)
             .map(|(d, &k)| {
-                let mut dx = vec![0.0f32; k * h * w * c];
+                let mut dx = pool::take_zeroed(k * h * w * c);
                 for img in 0..k {
                     for oy in 0..ho {
                         for ox in 0..wo {
@@ -761,7 +769,7 @@ impl Pass<'_> {
                 }
                 let mut dwt = vec![0.0f32; cout * k];
                 let mut dyt = Vec::new();
-                let mut dx = need_dx.then(|| vec![0.0f32; x.len()]);
+                let mut dx = need_dx.then(|| pool::take_zeroed(x.len()));
                 for r0 in (0..rows).step_by(block) {
                     let r1 = (r0 + block).min(rows);
                     let rb = r1 - r0;
@@ -831,6 +839,7 @@ impl Pass<'_> {
                 (dx, dwt)
             })
             .collect();
+        pool::give_tiles(dy);
         // Per-tile weight sums: `[16][cout][cin]` (Winograd), `[k][cout]` (`tn_dw`) or
         // `[cout][k]`.
         // Summed in tile order (the same result whatever the threads), in parallel over
@@ -1014,7 +1023,10 @@ fn fused_relus(g: &decomp_ir::Graph) -> Vec<Option<NodeId>> {
 fn accumulate(slot: &mut Option<Tiles>, g: Tiles) {
     match slot {
         None => *slot = Some(g),
-        Some(acc) => acc.par_iter_mut().zip(&g).for_each(|(a, b)| add_into(a, b)),
+        Some(acc) => {
+            acc.par_iter_mut().zip(&g).for_each(|(a, b)| add_into(a, b));
+            pool::give_tiles(g);
+        }
     }
 }
 
@@ -1184,4 +1196,38 @@ fn margin_error(logits: &Tiles, targets: &[f32], floors: Option<&[f32]>) -> (f64
         })
         .collect();
     (loss / n as f64, correct, grads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ResNetConfig;
+
+    /// Recycled buffers ([`pool`]) hold NaN in unit tests: a kernel that reads a value it
+    /// did not write would change the second pass over the same batch.
+    #[test]
+    fn a_second_pass_on_recycled_buffers_gives_the_same_gradients() {
+        for bn in [true, false] {
+            let model = ResNetConfig::new(8, 3)
+                .with_batch_norm(bn)
+                .with_seed(3)
+                .build()
+                .expect("resnet-8");
+            let mut engine = GradEngine::new(model).expect("supported");
+            let n = 5;
+            let images: Vec<f32> = (0..n * 3 * 32 * 32)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let labels = [0, 1, 2, 1, 0];
+            let first = engine.gradients(&images, &labels).expect("first pass");
+            let second = engine.gradients(&images, &labels).expect("second pass");
+            assert!(first.loss.is_finite());
+            assert_eq!(first.loss, second.loss, "batch norm {bn}");
+            for (a, b) in first.params.iter().zip(&second.params) {
+                assert_eq!(a.name, b.name);
+                assert!(a.grad.data.iter().all(|v| v.is_finite()), "{}", a.name);
+                assert_eq!(a.grad.data, b.grad.data, "{} (batch norm {bn})", a.name);
+            }
+        }
+    }
 }

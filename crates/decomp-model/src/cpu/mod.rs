@@ -17,7 +17,7 @@
 //! convolutions), `conv` runs convolutions (Winograd or im2col + product), `winograd` holds
 //! the F(2x2, 3x3) transforms, `kernels` the register-blocked products, `layout` the
 //! conversions between channel-first and channels-last positions, `grouped` the grouped and
-//! depthwise convolutions. Training: `grad`
+//! depthwise convolutions. Training: `pool` (recycled buffers), `grad`
 //! (`GradEngine`: training-mode forward and backward on an unfolded plan, the loss and
 //! every parameter's gradient) and `optim` (`CpuOptimizer`: SGD and Adam with burn's
 //! arithmetic).
@@ -36,6 +36,7 @@ mod grouped;
 mod kernels;
 mod layout;
 pub mod optim;
+mod pool;
 mod run;
 mod winograd;
 
