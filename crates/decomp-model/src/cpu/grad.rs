@@ -852,10 +852,11 @@ impl Pass<'_> {
             }
         });
         let mut dx_tiles = need_dx.then(Vec::new);
-        for (dx, _) in parts {
+        for (dx, pw) in parts {
             if let (Some(tiles), Some(dx)) = (dx_tiles.as_mut(), dx) {
                 tiles.push(dx);
             }
+            pool::give(pw);
         }
         let mut dw = vec![0.0f32; cout * k];
         if wino_dw {
@@ -916,7 +917,7 @@ impl Pass<'_> {
         let (v, m) = scratch.split_at_mut(tb * 16 * cin);
         let zero = vec![0.0f32; 4 * cin];
         let mut tmp = vec![0.0f32; 32 * cin.max(cout)];
-        let mut du = vec![0.0f32; 16 * cout * cin];
+        let mut du = pool::take_zeroed(16 * cout * cin);
         for t0 in (0..tiles).step_by(tb) {
             let t1 = (t0 + tb).min(tiles);
             let rows = t1 - t0;
