@@ -122,28 +122,32 @@ fn finished_name(name: &str) -> Option<&str> {
     name.strip_suffix(".partial")
 }
 
-/// The stage folders of `root` (`<root>/<stage>/`), sorted.
-fn stages(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = match std::fs::read_dir(root) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect(),
-        Err(_) => Vec::new(),
+/// The folders in `dir`, sorted (none when `dir` does not exist).
+fn subfolders(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
     };
+    let mut out = Vec::new();
+    for e in entries {
+        let p = e
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        if p.is_dir() {
+            out.push(p);
+        }
+    }
     out.sort();
     Ok(out)
 }
 
-/// The folders of a stage folder, sorted.
-fn folders(stage: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(stage)
-        .with_context(|| format!("listing {}", stage.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    out.sort();
-    Ok(out)
+/// A folder's last name.
+fn name_of(p: &Path) -> Result<String> {
+    Ok(p.file_name()
+        .with_context(|| format!("{} has no name", p.display()))?
+        .to_string_lossy()
+        .to_string())
 }
 
 /// `carry save`: the store's paused runs and long finished units to `carry`. Returns one
@@ -151,23 +155,15 @@ fn folders(stage: &Path) -> Result<Vec<PathBuf>> {
 pub fn save(store: &Path, carry: &Path, min_wall_s: f64, published: &Path) -> Result<Vec<String>> {
     let keys = published_keys(published)?;
     let mut lines = Vec::new();
-    for src in stages(store)? {
-        let stage = src
-            .file_name()
-            .context("named")?
-            .to_string_lossy()
-            .to_string();
+    for src in subfolders(store)? {
+        let stage = name_of(&src)?;
         let dst = carry.join(&stage);
-        for dir in folders(&src)? {
+        for dir in subfolders(&src)? {
             let what = pick(&dir, min_wall_s, &keys);
             if what == Pick::Skip {
                 continue;
             }
-            let name = dir
-                .file_name()
-                .context("named")?
-                .to_string_lossy()
-                .to_string();
+            let name = name_of(&dir)?;
             let to = dst.join(&name);
             if what == Pick::Partial {
                 let (have, kept) = (epochs(&dir)?, epochs(&to)?);
@@ -185,21 +181,14 @@ pub fn save(store: &Path, carry: &Path, min_wall_s: f64, published: &Path) -> Re
             }
         }
         // A carried `.partial` whose unit has finished is done with.
-        if dst.is_dir() {
-            for p in folders(&dst)? {
-                let name = p
-                    .file_name()
-                    .context("named")?
-                    .to_string_lossy()
-                    .to_string();
-                if let Some(f) = finished_name(&name)
-                    && (src.join(f).join("unit.json").is_file()
-                        || dst.join(f).join("unit.json").is_file())
-                {
-                    std::fs::remove_dir_all(&p)
-                        .with_context(|| format!("removing {}", p.display()))?;
-                    lines.push(format!("{stage}/{name}: dropped (the unit has finished)"));
-                }
+        for p in subfolders(&dst)? {
+            let name = name_of(&p)?;
+            if let Some(f) = finished_name(&name)
+                && (src.join(f).join("unit.json").is_file()
+                    || dst.join(f).join("unit.json").is_file())
+            {
+                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+                lines.push(format!("{stage}/{name}: dropped (the unit has finished)"));
             }
         }
     }
@@ -209,20 +198,12 @@ pub fn save(store: &Path, carry: &Path, min_wall_s: f64, published: &Path) -> Re
 /// `carry restore`: carried folders back into the store, where it has less of them.
 pub fn restore(store: &Path, carry: &Path) -> Result<Vec<String>> {
     let mut lines = Vec::new();
-    for src in stages(carry)? {
-        let stage = src
-            .file_name()
-            .context("named")?
-            .to_string_lossy()
-            .to_string();
+    for src in subfolders(carry)? {
+        let stage = name_of(&src)?;
         let dst = store.join(&stage);
         std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
-        for dir in folders(&src)? {
-            let name = dir
-                .file_name()
-                .context("named")?
-                .to_string_lossy()
-                .to_string();
+        for dir in subfolders(&src)? {
+            let name = name_of(&dir)?;
             if name.contains(".tmp-") {
                 continue;
             }
