@@ -36,6 +36,14 @@ fn zoo_manifest(d: &Path, name: &str, weights: &Path) -> String {
     p.display().to_string()
 }
 
+/// [`run_ok`]'s stdout and stderr together (the engine says what it reuses on stderr).
+fn run_all(mut c: std::process::Command) -> String {
+    let out = c.output().expect("spawn xtask");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "xtask failed: {stderr}");
+    format!("{}{stderr}", String::from_utf8_lossy(&out.stdout))
+}
+
 fn sha256(p: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(p).expect("read")))
 }
@@ -85,6 +93,37 @@ fn zoo_runs_pause_resume_shard_and_publish_checked_weights() {
         assert_eq!(r["epochs_done"], 2);
         assert!(r["convergence"].is_object(), "{r}");
     }
+    // A fresh checkout (no run folders): the published models and committed metrics stand
+    // in for the training units, and their test accuracy is checked again.
+    let out = run_all(xtask(
+        d,
+        "fresh-runs",
+        "results",
+        &[&zoo, "--epochs-now", "0"],
+    ));
+    assert_eq!(out.matches(": adopted (").count(), 2, "{out}");
+    assert!(!out.contains("decomp train"), "{out}");
+    let md = read(d.join("results/zoo/report.md"));
+    assert_eq!(md.matches("| finished |").count(), 2, "{md}");
+    // A record whose model no longer has its hash is not adopted: that run trains again.
+    std::fs::write(weights.join("r8-b.ir"), b"not the model").expect("tamper");
+    let out = run_all(xtask(
+        d,
+        "fresh-runs-2",
+        "results",
+        &[&zoo, "--epochs-now", "0"],
+    ));
+    assert_eq!(out.matches(": adopted (").count(), 1, "{out}");
+    assert!(out.contains("not reused"), "{out}");
+    let md = read(d.join("results/zoo/report.md"));
+    assert_eq!(md.matches("| finished |").count(), 1, "{md}");
+    // The first run folder still has both: publishing again restores the model.
+    run_ok(xtask(d, "runs", "results", &[&zoo]));
+    assert_eq!(
+        read(weights.join("SHA256SUMS")).matches(".ir").count(),
+        2,
+        "republished"
+    );
     // Sharded and uninterrupted: the same weights (training resumes exactly).
     let ref_weights = d.join("ref-weights");
     let zoo_ref = zoo_manifest(d, "zoo-ref", &ref_weights);
