@@ -166,9 +166,18 @@ pub fn frontier(r: &Run) -> Result<()> {
             let key =
                 json!({ "model": model_key, "source": r.eng.file_hash(&source)?, "point": pt });
             let unit_name = format!("{arch}-{name}");
-            let Some(pdir) =
+            // A point's tangling, of every class at once or (`class`) of one.
+            let tangle = |class: Option<usize>, idx: usize| -> Result<Option<PathBuf>> {
+                let (name, key) = match class {
+                    None => (unit_name.clone(), key.clone()),
+                    Some(c) => {
+                        let mut k = key.clone();
+                        k["class"] = json!(c);
+                        (format!("{unit_name}-class{c:03}"), k)
+                    }
+                };
                 r.eng
-                    .unit("tangle", Kind::PerUnit, idx, &unit_name, &key, |work| {
+                    .unit("tangle", Kind::PerUnit, idx, &name, &key, |work| {
                         let mut a = strings(&[
                             "tangle",
                             "--granularity",
@@ -207,23 +216,51 @@ pub fn frontier(r: &Run) -> Result<()> {
                                 a.extend(strings(&["--train-lr", &lr.to_string()]));
                             }
                         }
+                        if let Some(c) = class {
+                            a.extend(strings(&["--classes", &c.to_string()]));
+                        }
                         a.extend(strings(&["--out-dir", &s(work)]));
                         a.extend(model_args.clone());
                         r.eng.decomp(&a).map(drop)
-                    })?
-            else {
-                complete = false;
-                continue;
+                    })
             };
+            // Module training takes minutes per module: one unit per class, so that a run
+            // stopped (or sharded) between modules keeps the finished ones.
+            let pdirs: Vec<PathBuf> = if pt.train.is_some() {
+                let mut dirs = Vec::new();
+                for c in 0..data.num_classes {
+                    if let Some(d) = tangle(Some(c), idx + c)? {
+                        dirs.push(d);
+                    }
+                }
+                if dirs.len() < data.num_classes {
+                    complete = false;
+                    continue;
+                }
+                dirs
+            } else {
+                match tangle(None, idx)? {
+                    Some(d) => vec![d],
+                    None => {
+                        complete = false;
+                        continue;
+                    }
+                }
+            };
+            let pdir = pdirs[0].clone();
             if is_t0(pt) {
                 rates = Some(pdir.join("channel-rates.ccs"));
             }
-            let mut modules: Vec<PathBuf> = std::fs::read_dir(&pdir)
-                .with_context(|| format!("listing {}", pdir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "mod"))
-                .collect();
-            modules.sort();
+            let mut modules: Vec<PathBuf> = Vec::new();
+            for d in &pdirs {
+                modules.extend(
+                    std::fs::read_dir(d)
+                        .with_context(|| format!("listing {}", d.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|e| e == "mod")),
+                );
+            }
+            modules.sort_by_key(|p| p.file_name().map(|n| n.to_os_string()));
             // Composes the point's modules on the first `limit` test images (all without).
             let compose = |what: &str,
                            idx: usize,
@@ -331,7 +368,11 @@ pub fn frontier(r: &Run) -> Result<()> {
                 "compose_seconds": v.seconds,
                 "per_module": in_run_folder(v.per_module),
                 "whole_split": whole,
-                "run": pdir.display().to_string(),
+                "run": if pdirs.len() == 1 {
+                    json!(pdir.display().to_string())
+                } else {
+                    json!(pdirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>())
+                },
             }));
         }
     }

@@ -351,7 +351,8 @@ fn frontier_runs_its_points_as_units() {
              [models.weak]\nweights = \"{}\"\narch = \"resnet8\"\n\
              [data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
              [decompose]\nargs = [\"--positive-filter\", \"all\", \"--batch-size\", \"16\"]\n\
-             [[frontier]]\nmodel = \"weak\"\npoints = [{{ tau_neg = 0.0 }}, {{ tau = 0.2, compensation = \"sample\", whole_split = true }}]\n",
+             [[frontier]]\nmodel = \"weak\"\npoints = [{{ tau_neg = 0.0 }}, {{ tau = 0.2, compensation = \"sample\", whole_split = true }}, \
+             {{ rate = \"importance\", compensation = \"sample\", budget = 0.6, reconstruct = true, train = {{ budget = 20.0 }} }}]\n",
             d.join("weak.ir").display()
         ),
     )
@@ -360,9 +361,20 @@ fn frontier_runs_its_points_as_units() {
     run_ok(xtask(d, "runs", "results", &[&manifest, "--limit", "20"]));
     let rows = json(&d.join("results/frontier/frontier.json"));
     let rows = rows.as_array().expect("rows");
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["n"], 20, "--limit");
     assert_eq!(rows[1]["whole_split"]["n"], 60, "the whole test split");
+    // A trained point: one tangle unit per class, each module's training recorded.
+    let runs = rows[2]["run"].as_array().expect("one run folder per class");
+    assert_eq!(
+        runs.len(),
+        rows[2]["per_module"].as_array().expect("modules").len()
+    );
+    assert!(
+        rows[2]["train"]["model_epochs"].as_f64().expect("spent") > 0.0,
+        "{}",
+        rows[2]
+    );
     assert!(d.join("results/frontier/frontier.svg").is_file());
     // A rerun reuses every unit and rebuilds the same report.
     let before = read(d.join("results/frontier/frontier.csv"));
