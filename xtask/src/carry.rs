@@ -59,9 +59,7 @@ enum Pick {
 }
 
 fn pick(dir: &Path, min_wall_s: f64, published: &[Value]) -> Pick {
-    let name = dir
-        .file_name()
-        .map_or(String::new(), |n| n.to_string_lossy().to_string());
+    let name = name_of(dir).unwrap_or_default();
     if !dir.is_dir() || name.contains(".tmp-") || name.contains(".old-") {
         return Pick::Skip;
     }

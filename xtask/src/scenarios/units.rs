@@ -520,17 +520,7 @@ impl Run<'_> {
         data: &Data,
         classes: &[usize],
     ) -> Result<Option<PathBuf>> {
-        let key = json!({ "modules": self.hashes(modules)?, "data": data.key, "classes": classes, "limit": self.limit() });
-        self.margins_unit(
-            name,
-            modules,
-            data,
-            classes,
-            Kind::Merge,
-            0,
-            &key,
-            Split::Test,
-        )
+        self.merge_margins(name, modules, data, classes, Split::Test)
     }
 
     /// [`Run::margins`] on the training images of `classes` (every one, whatever `--limit`;
@@ -542,20 +532,29 @@ impl Run<'_> {
         data: &Data,
         classes: &[usize],
     ) -> Result<Option<PathBuf>> {
-        if data.test_file.is_some() {
-            bail!("{name}: margins on the training split of a mixed test file are not supported");
+        self.merge_margins(name, modules, data, classes, Split::Train)
+    }
+
+    /// [`Run::margins_unit`] as a merge unit keyed by the modules, the data, the classes and
+    /// the split (`--limit` for the test split).
+    fn merge_margins(
+        &self,
+        name: &str,
+        modules: &[PathBuf],
+        data: &Data,
+        classes: &[usize],
+        split: Split,
+    ) -> Result<Option<PathBuf>> {
+        let mut key =
+            json!({ "modules": self.hashes(modules)?, "data": data.key, "classes": classes });
+        match split {
+            Split::Test => key["limit"] = json!(self.limit()),
+            Split::Train if data.test_file.is_some() => bail!(
+                "{name}: margins on the training split of a mixed test file are not supported"
+            ),
+            Split::Train => key["split"] = json!("train"),
         }
-        let key = json!({ "modules": self.hashes(modules)?, "data": data.key, "classes": classes, "split": "train" });
-        self.margins_unit(
-            name,
-            modules,
-            data,
-            classes,
-            Kind::Merge,
-            0,
-            &key,
-            Split::Train,
-        )
+        self.margins_unit(name, modules, data, classes, Kind::Merge, 0, &key, split)
     }
 
     /// The content hashes of `files`, in order.
