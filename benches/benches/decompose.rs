@@ -62,8 +62,16 @@ fn modules(model: &ModelIr, train: &Dataset, exec: &Executor, cfg: &DecompConfig
         .map(|c| {
             let (sample, per) =
                 decomp_tangle::unconcerned_sample(train, c.class, c.positives.len(), cfg.seed);
-            let u =
-                decomp_tangle::untangle(exec, train, c, &sample, 128, &mut |_| {}).expect("tangle");
+            let u = decomp_tangle::untangle(
+                exec,
+                train,
+                c,
+                &sample,
+                cfg.min_active_fraction,
+                128,
+                &mut |_| {},
+            )
+            .expect("tangle");
             let origin = decomp_tangle::ModuleOrigin {
                 model_hash: "bench",
                 model_path: "bench",

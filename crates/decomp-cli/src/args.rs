@@ -143,6 +143,11 @@ pub struct ConfigArgs {
     /// Seed of every sampling choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Rare activity (not in the paper): a position counts as active for the concerned images
+    /// (CI) or the unconcerned ones (TI) only when it is > 0 on more than this fraction of
+    /// them, in [0, 1). 0, the default, is the paper's rule (active on any one image).
+    #[arg(long, default_value_t = 0.0, value_parser = flags::finite_f32)]
+    min_active_fraction: f32,
 }
 
 impl ConfigArgs {
@@ -177,6 +182,12 @@ impl ConfigArgs {
         if self.bln_delta < 0.0 {
             bail!("--bln-delta {}: expected a threshold >= 0", self.bln_delta);
         }
+        if !(0.0..1.0).contains(&self.min_active_fraction) {
+            bail!(
+                "--min-active-fraction {}: expected a fraction in [0, 1)",
+                self.min_active_fraction
+            );
+        }
         Ok(DecompConfig {
             variant,
             positives_per_class: self.positives,
@@ -186,6 +197,7 @@ impl ConfigArgs {
             bln_delta: self.bln_delta,
             top5_ranking,
             seed: self.seed,
+            min_active_fraction: self.min_active_fraction,
         })
     }
 }

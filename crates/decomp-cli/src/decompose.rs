@@ -97,6 +97,11 @@ enum AnySet {
 /// Concern identification (element level, or channel statistics with `channel`), with a
 /// progress bar.
 fn run_concern(run: &ConcernRun<'_>, origin: SetOrigin<'_>, channel: bool) -> Result<AnySet> {
+    if channel && run.cfg.min_active_fraction > 0.0 {
+        bail!(
+            "--min-active-fraction applies to element masks; channel-level modules have their own rate thresholds (--tau, --tau-neg)"
+        );
+    }
     let b = bar(
         (run.classes.len() * run.cfg.positives_per_class) as u64,
         "concern".into(),
@@ -203,7 +208,7 @@ fn element_modules(
             exec,
             train,
             concern,
-            set.config.seed,
+            &set.config,
             x,
             run.batch_size,
             &mut |n| b.inc(n as u64),

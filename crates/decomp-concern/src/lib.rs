@@ -2,7 +2,8 @@
 //!
 //! [`identify`] runs each class's concerned training images through the unmodified model
 //! and keeps, per mask site, the positions whose pre-activation is `<= 0` for every one of
-//! them. Sites are IR nodes ([`mask_sites`]), so any graph the executor runs works; the
+//! them (with `DecompConfig::min_active_fraction` q > 0: for all but at most a fraction q of
+//! them; counts per position, [`decomp_model::ActivityCounts`]). Sites are IR nodes ([`mask_sites`]), so any graph the executor runs works; the
 //! statistics are reduced batch by batch ([`Executor::forward_active`]: to one bit per
 //! position while each image tile is computed on the CPU engine), never stored per image.
 //! [`identify_channels`] records per-channel activation statistics instead (channel-level
@@ -16,10 +17,10 @@ use std::time::Instant;
 pub use channel::{ClassStats, identify_channels};
 use decomp_data::Dataset;
 use decomp_ir::{
-    BitSet, ClassConcern, ConcernSet, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op,
+    ClassConcern, ConcernSet, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op,
     PositiveFilter, SiteMasks,
 };
-use decomp_model::{Executor, Probe, to_vec};
+use decomp_model::{ActivityCounts, Executor, Probe, to_vec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -205,10 +206,7 @@ pub fn identify(
     let out = each_class(model, train, classes, |class| {
         let span = tracing::info_span!("concern", class);
         let _enter = span.enter();
-        let mut active: Vec<BitSet> = sites
-            .iter()
-            .map(|&s| BitSet::new(shapes[s].iter().product()))
-            .collect();
+        let mut counts = ActivityCounts::new(sites.iter().map(|&s| shapes[s].iter().product()));
         // Activity reduced to bits while each image tile is computed (CPU engine), not
         // captured as values.
         let mut forward = |x| {
@@ -223,8 +221,9 @@ pub fn identify(
             batch_size,
             progress,
             &mut forward,
-            &mut |fwd, rows| exec.accumulate(fwd, Some(rows), &mut active),
+            &mut |fwd, rows| exec.count(fwd, Some(rows), &mut counts),
         )?;
+        let active = counts.active(cfg.min_active_fraction);
         tracing::debug!(positives = positives.len(), "concern identified");
         Ok(ClassConcern {
             class,
@@ -342,9 +341,16 @@ mod tests {
         }
     }
 
-    /// Per site, the positions `> 0` for any of `images` (indices into `data`), from values
-    /// captured by a plain forward pass: the reduction `identify` does on activity bits.
-    fn active(exec: &Executor, data: &Dataset, sites: &[NodeId], images: &[usize]) -> Vec<BitSet> {
+    /// Per site, the positions `> 0` on more than `fraction` of `images` (indices into
+    /// `data`; 0: on any one), from values captured by a plain forward pass: the reduction
+    /// the stage does on activity bits.
+    fn active(
+        exec: &Executor,
+        data: &Dataset,
+        sites: &[NodeId],
+        images: &[usize],
+        fraction: f32,
+    ) -> Vec<BitSet> {
         let b = data
             .select(images)
             .expect("select")
@@ -359,20 +365,10 @@ mod tests {
                 },
             )
             .expect("forward");
-        out.captured
-            .into_iter()
-            .map(|t| {
-                let v = to_vec(t);
-                let per = v.len() / images.len();
-                let mut a = BitSet::new(per);
-                for (i, &x) in v.iter().enumerate() {
-                    if x > 0.0 {
-                        a.set(i % per, true);
-                    }
-                }
-                a
-            })
-            .collect()
+        let values: Vec<Vec<f32>> = out.captured.into_iter().map(to_vec).collect();
+        let mut counts = ActivityCounts::new(values.iter().map(|v| v.len() / images.len()));
+        counts.add_values(&values);
+        counts.active(fraction)
     }
 
     /// A position is inactive exactly when it is `<= 0` for every positive, and the positives
@@ -390,7 +386,7 @@ mod tests {
         for c in &concerns {
             assert_eq!(c.positives, class_order(&data, c.class, 0, 0)[..5].to_vec());
             assert!(c.positives.iter().all(|&i| data.label(i) == c.class));
-            let want = active(&exec, &data, &sites, &c.positives);
+            let want = active(&exec, &data, &sites, &c.positives, 0.0);
             for (m, a) in c.inactive.masks.iter().zip(&want) {
                 assert_eq!(
                     m.zeroed,
@@ -407,6 +403,43 @@ mod tests {
                 "masks neither empty nor full: {zeroed} of {total}"
             );
         }
+    }
+
+    /// With `min_active_fraction` q, a position is inactive when at most q of the positives
+    /// activate it: the masks hold the paper's and more (positions only a few positives use).
+    #[test]
+    fn rare_activity_is_masked_with_a_fraction() {
+        let (model, data, exec) = setup();
+        let run = |q: f32| {
+            let cfg = DecompConfig {
+                min_active_fraction: q,
+                ..cfg(5)
+            };
+            identify(&exec, &model, &data, &cfg, &[1], 2, &mut |_, _| {}).expect("identify")
+        };
+        let (sites, paper) = run(0.0);
+        let (_, rare) = run(0.25);
+        assert_eq!(rare[0].positives, paper[0].positives);
+        let want = active(&exec, &data, &sites, &rare[0].positives, 0.25);
+        let mut grew = false;
+        for ((r, p), a) in rare[0]
+            .inactive
+            .masks
+            .iter()
+            .zip(&paper[0].inactive.masks)
+            .zip(&want)
+        {
+            assert_eq!(r.zeroed, a.complement(), "node {}", r.node);
+            let mut both = r.zeroed.clone();
+            both.intersect_with(&p.zeroed);
+            assert_eq!(
+                both, p.zeroed,
+                "node {}: the paper's mask lies inside",
+                r.node
+            );
+            grew |= r.zeroed != p.zeroed;
+        }
+        assert!(grew, "some position is active on only 1 of the 5 positives");
     }
 
     /// More positives only ever activate more positions; `min(N, available)` are used.

@@ -30,9 +30,10 @@ pub const MAGIC: &[u8; 8] = b"DECOMPIR";
 /// Format version written by this build. Version 2: channel modules record
 /// `ChannelConfig::relu_passes`; version 3: channel modules record module training
 /// (`ChannelConfig::train`, `ChannelModule::training`); version 4: module training's
-/// learning-rate warmup (`ModuleTrainConfig::warmup`). Older channel-module payloads are not
-/// read; every other kind's payload is unchanged from version 1.
-pub const FORMAT_VERSION: u16 = 4;
+/// learning-rate warmup (`ModuleTrainConfig::warmup`); version 5: the method's configuration
+/// records `DecompConfig::min_active_fraction` (older payloads read it as 0). Channel-module
+/// payloads older than version 4 are not read; models' payloads are unchanged from version 1.
+pub const FORMAT_VERSION: u16 = 5;
 /// Oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Header size in bytes.
@@ -50,6 +51,31 @@ pub trait Artifact: Serialize + DeserializeOwned {
     /// Checks invariants after decoding; the default accepts everything.
     fn validate(&self) -> Result<(), String> {
         Ok(())
+    }
+}
+
+thread_local! {
+    static DECODING: std::cell::Cell<u16> = const { std::cell::Cell::new(FORMAT_VERSION) };
+}
+
+/// The format version of the artifact this thread is decoding ([`FORMAT_VERSION`] outside
+/// [`decode_artifact`]): payload types whose fields changed decode older layouts by it.
+pub fn decoding_version() -> u16 {
+    DECODING.with(std::cell::Cell::get)
+}
+
+/// Sets [`decoding_version`] until dropped.
+struct DecodingVersion(u16);
+
+impl DecodingVersion {
+    fn set(version: u16) -> Self {
+        Self(DECODING.with(|d| d.replace(version)))
+    }
+}
+
+impl Drop for DecodingVersion {
+    fn drop(&mut self) {
+        DECODING.with(|d| d.set(self.0));
     }
 }
 
@@ -138,8 +164,12 @@ pub fn decode_artifact<T: Artifact>(bytes: &[u8], origin: &Path) -> Result<T, Ir
             "payload SHA-256 does not match the header (offset 20): the file is damaged".into(),
         ));
     }
-    let (value, used): (T, usize) = bincode::serde::decode_from_slice(payload, bincode_config())
-        .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+    let decoded = {
+        let _version = DecodingVersion::set(version);
+        bincode::serde::decode_from_slice(payload, bincode_config())
+    };
+    let (value, used): (T, usize) =
+        decoded.map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
     if used != payload.len() {
         return Err(corrupt(format!(
             "{} trailing bytes after the payload at offset {}",

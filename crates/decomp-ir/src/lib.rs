@@ -32,8 +32,8 @@ mod module;
 pub mod output;
 
 pub use artifact::{
-    Artifact, ArtifactKind, decode_artifact, encode_artifact, hex_hash, read_artifact,
-    read_artifact_limited, write_artifact, write_atomic,
+    Artifact, ArtifactKind, FORMAT_VERSION, decode_artifact, decoding_version, encode_artifact,
+    hex_hash, read_artifact, read_artifact_limited, write_artifact, write_atomic,
 };
 pub use channel_module::{
     ActivationRate, ChannelConcernSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels,

@@ -76,7 +76,7 @@ pub enum Top5Ranking {
 }
 
 /// Every open choice of the method, recorded in each artifact and report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DecompConfig {
     pub variant: Variant,
     /// Concerned images per class: `min(positives_per_class, available)`. Default 1000.
@@ -89,6 +89,12 @@ pub struct DecompConfig {
     pub top5_ranking: Top5Ranking,
     /// Seed of every sampling choice (positives, unconcerned sample).
     pub seed: u64,
+    /// Rare activity (not in the paper; `0` is the paper's rule): a position counts as active
+    /// for a set of images (the concerned ones in CI, the unconcerned sample and each extra
+    /// dataset in TI) only when it is `> 0` on more than this fraction of them, so a position
+    /// that a few images activate can still be masked. In `[0, 1)`. Default 0. Artifacts of
+    /// format version 4 and older have no such field and read as 0.
+    pub min_active_fraction: f32,
 }
 
 impl Default for DecompConfig {
@@ -102,7 +108,81 @@ impl Default for DecompConfig {
             bln_delta: 0.5,
             top5_ranking: Top5Ranking::VotersFirst,
             seed: 0,
+            min_active_fraction: 0.0,
         }
+    }
+}
+
+/// [`DecompConfig`]'s fields as format versions up to 4 wrote them (no
+/// `min_active_fraction`).
+#[derive(Deserialize)]
+#[serde(rename = "DecompConfig")]
+struct DecompConfigV4 {
+    variant: Variant,
+    positives_per_class: usize,
+    positive_filter: PositiveFilter,
+    mask_site: MaskSite,
+    bln_rule: BlnRule,
+    bln_delta: f32,
+    top5_ranking: Top5Ranking,
+    seed: u64,
+}
+
+impl From<DecompConfigV4> for DecompConfig {
+    fn from(v: DecompConfigV4) -> Self {
+        Self {
+            variant: v.variant,
+            positives_per_class: v.positives_per_class,
+            positive_filter: v.positive_filter,
+            mask_site: v.mask_site,
+            bln_rule: v.bln_rule,
+            bln_delta: v.bln_delta,
+            top5_ranking: v.top5_ranking,
+            seed: v.seed,
+            min_active_fraction: 0.0,
+        }
+    }
+}
+
+/// [`DecompConfig`] as written since format version 5 (and in JSON, where a missing
+/// `min_active_fraction` reads as 0).
+#[derive(Deserialize)]
+#[serde(rename = "DecompConfig")]
+struct DecompConfigV5 {
+    variant: Variant,
+    positives_per_class: usize,
+    positive_filter: PositiveFilter,
+    mask_site: MaskSite,
+    bln_rule: BlnRule,
+    bln_delta: f32,
+    top5_ranking: Top5Ranking,
+    seed: u64,
+    #[serde(default)]
+    min_active_fraction: f32,
+}
+
+impl<'de> Deserialize<'de> for DecompConfig {
+    /// Binary payloads of format version 4 and older (the version
+    /// [`crate::artifact::decoding_version`] reports while an artifact decodes) lack the last
+    /// field; everything else has it or, in self-describing formats, may omit it.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() && crate::artifact::decoding_version() < 5 {
+            return DecompConfigV4::deserialize(d).map(Self::from);
+        }
+        let v = DecompConfigV5::deserialize(d)?;
+        Ok(Self {
+            min_active_fraction: v.min_active_fraction,
+            ..Self::from(DecompConfigV4 {
+                variant: v.variant,
+                positives_per_class: v.positives_per_class,
+                positive_filter: v.positive_filter,
+                mask_site: v.mask_site,
+                bln_rule: v.bln_rule,
+                bln_delta: v.bln_delta,
+                top5_ranking: v.top5_ranking,
+                seed: v.seed,
+            })
+        })
     }
 }
 

@@ -25,7 +25,7 @@ use decomp_ir::{
     BinaryHead, BitSet, BlnRule, ClassConcern, DecompConfig, ModelIr, ModuleIr, NodeId, NodeMask,
     Op, SampleCounts, SiteMasks, TensorData, Variant,
 };
-use decomp_model::Executor;
+use decomp_model::{ActivityCounts, Executor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -74,12 +74,14 @@ pub fn unconcerned_sample(
 }
 
 /// Tangling identification: removes from `concern`'s inactive masks every position that
-/// is active for any image of `unconcerned` (indices into `train`).
+/// is active (`> 0`) on more than `min_active_fraction` of the images of `unconcerned`
+/// (indices into `train`); with 0 (the paper), on any one of them.
 pub fn untangle(
     exec: &Executor,
     train: &Dataset,
     concern: &ClassConcern,
     unconcerned: &[usize],
+    min_active_fraction: f32,
     batch_size: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<NodeMask>, TangleError> {
@@ -97,18 +99,16 @@ pub fn untangle(
             )));
         }
     }
-    let mut active: Vec<BitSet> = sites
-        .iter()
-        .map(|&s| BitSet::new(shapes[s].iter().product()))
-        .collect();
+    let mut counts = ActivityCounts::new(sites.iter().map(|&s| shapes[s].iter().product()));
     let view = train.select(unconcerned)?;
     for batch in view.batches(batch_size.max(1)) {
         let b = batch?;
         let n = b.labels.len();
         let out = exec.forward_active(exec.input_tensor(b.images, n)?, &sites)?;
-        exec.accumulate(&out, None, &mut active);
+        exec.count(&out, None, &mut counts);
         progress(n);
     }
+    let active = counts.active(min_active_fraction);
     Ok(concern
         .inactive
         .masks
@@ -136,21 +136,23 @@ pub struct Untangled {
 }
 
 /// Tangling identification of one class: [`untangle`] on its seeded unconcerned sample of
-/// `train` ([`unconcerned_sample`] with `seed`), then, for continuous learning (METHOD.md
-/// section 4), on every image of `extra` (fitted to the model, any labels): each brings back
-/// every position it activates. `progress(images)` follows the sample only.
+/// `train` ([`unconcerned_sample`] with `cfg.seed`), then, for continuous learning (METHOD.md
+/// section 4), on every image of `extra` (fitted to the model, any labels): each set brings
+/// back every position it activates (on more than `cfg.min_active_fraction` of its images).
+/// `progress(images)` follows the sample only.
 pub fn untangle_class(
     exec: &Executor,
     train: &Dataset,
     concern: &ClassConcern,
-    seed: u64,
+    cfg: &DecompConfig,
     extra: Option<&Dataset>,
     batch_size: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Untangled, TangleError> {
     let (sample, per_class) =
-        unconcerned_sample(train, concern.class, concern.positives.len(), seed);
-    let mut masks = untangle(exec, train, concern, &sample, batch_size, progress)?;
+        unconcerned_sample(train, concern.class, concern.positives.len(), cfg.seed);
+    let q = cfg.min_active_fraction;
+    let mut masks = untangle(exec, train, concern, &sample, q, batch_size, progress)?;
     let mut unconcerned = sample.len();
     if let Some(x) = extra {
         let refined = ClassConcern {
@@ -159,7 +161,7 @@ pub fn untangle_class(
             positives: Vec::new(),
         };
         let all: Vec<usize> = (0..x.len()).collect();
-        masks = untangle(exec, x, &refined, &all, batch_size, &mut |_| {})?;
+        masks = untangle(exec, x, &refined, &all, q, batch_size, &mut |_| {})?;
         unconcerned += x.len();
     }
     Ok(Untangled {
@@ -362,8 +364,16 @@ mod tests {
         (model, data, exec, sites)
     }
 
-    /// Per site, the positions `> 0` for any image of `data` at `images`.
-    fn active(exec: &Executor, data: &Dataset, sites: &[NodeId], images: &[usize]) -> Vec<BitSet> {
+    /// Per site, the positions `> 0` on more than `fraction` of `images` (indices into
+    /// `data`; 0: on any one), from values captured by a plain forward pass: the reduction
+    /// the stage does on activity bits.
+    fn active(
+        exec: &Executor,
+        data: &Dataset,
+        sites: &[NodeId],
+        images: &[usize],
+        fraction: f32,
+    ) -> Vec<BitSet> {
         let b = data
             .select(images)
             .expect("select")
@@ -378,19 +388,10 @@ mod tests {
                 },
             )
             .expect("forward");
-        out.captured
-            .into_iter()
-            .map(|t| {
-                let v = to_vec(t);
-                let per = v.len() / images.len();
-                let mut a = BitSet::new(per);
-                v.iter()
-                    .enumerate()
-                    .filter(|(_, x)| **x > 0.0)
-                    .for_each(|(i, _)| a.set(i % per, true));
-                a
-            })
-            .collect()
+        let values: Vec<Vec<f32>> = out.captured.into_iter().map(to_vec).collect();
+        let mut counts = ActivityCounts::new(values.iter().map(|v| v.len() / images.len()));
+        counts.add_values(&values);
+        counts.active(fraction)
     }
 
     /// A concern of `class` whose masks zero every position (so untangling alone decides).
@@ -444,21 +445,23 @@ mod tests {
         let (_, data, exec, sites) = setup();
         let concern = full_concern(&exec, &sites, 0, 4);
         let (sample, _) = unconcerned_sample(&data, 0, 4, 0);
-        let masks = untangle(&exec, &data, &concern, &sample, 3, &mut |_| {}).expect("untangle");
-        for (m, a) in masks.iter().zip(active(&exec, &data, &sites, &sample)) {
+        let masks =
+            untangle(&exec, &data, &concern, &sample, 0.0, 3, &mut |_| {}).expect("untangle");
+        for (m, a) in masks.iter().zip(active(&exec, &data, &sites, &sample, 0.0)) {
             assert_eq!(m.zeroed, a.complement(), "node {}", m.node);
         }
-        let u = untangle_class(&exec, &data, &concern, 0, None, 3, &mut |_| {}).expect("class");
+        let cfg = DecompConfig::default();
+        let u = untangle_class(&exec, &data, &concern, &cfg, None, 3, &mut |_| {}).expect("class");
         assert_eq!(
             (u.masks.clone(), u.unconcerned, u.per_class),
             (masks.clone(), sample.len(), 2)
         );
         let extra = Dataset::synthetic(3, 2, [3, 8, 8], 77);
-        let x =
-            untangle_class(&exec, &data, &concern, 0, Some(&extra), 3, &mut |_| {}).expect("extra");
+        let x = untangle_class(&exec, &data, &concern, &cfg, Some(&extra), 3, &mut |_| {})
+            .expect("extra");
         assert_eq!(x.unconcerned, sample.len() + extra.len());
         let all: Vec<usize> = (0..extra.len()).collect();
-        let more = active(&exec, &extra, &sites, &all);
+        let more = active(&exec, &extra, &sites, &all, 0.0);
         for ((with, without), a) in x.masks.iter().zip(&masks).zip(&more) {
             let mut want = without.zeroed.clone();
             want.intersect_with(&a.complement());
@@ -473,13 +476,43 @@ mod tests {
         );
     }
 
+    /// With `min_active_fraction` q, only positions active on more than q of the unconcerned
+    /// images come back: the masks hold the paper's and more.
+    #[test]
+    fn a_fraction_brings_back_only_common_activity() {
+        let (_, data, exec, sites) = setup();
+        let concern = full_concern(&exec, &sites, 0, 4);
+        let cfg = |q| DecompConfig {
+            min_active_fraction: q,
+            ..DecompConfig::default()
+        };
+        let paper =
+            untangle_class(&exec, &data, &concern, &cfg(0.0), None, 3, &mut |_| {}).expect("paper");
+        let rare =
+            untangle_class(&exec, &data, &concern, &cfg(0.3), None, 3, &mut |_| {}).expect("rare");
+        let (sample, _) = unconcerned_sample(&data, 0, 4, 0);
+        let want = active(&exec, &data, &sites, &sample, 0.3);
+        let mut grew = false;
+        for ((r, p), a) in rare.masks.iter().zip(&paper.masks).zip(&want) {
+            assert_eq!(r.zeroed, a.complement(), "node {}", r.node);
+            let mut both = r.zeroed.clone();
+            both.intersect_with(&p.zeroed);
+            assert_eq!(both, p.zeroed, "node {}", r.node);
+            grew |= r.zeroed != p.zeroed;
+        }
+        assert!(
+            grew,
+            "some position is active on only 1 of the 4 unconcerned images"
+        );
+    }
+
     #[test]
     fn masks_of_another_graph_are_refused() {
         let (_, data, exec, sites) = setup();
         let mut concern = full_concern(&exec, &sites, 0, 2);
         concern.inactive.masks[0].zeroed = BitSet::new(3);
         let err =
-            untangle(&exec, &data, &concern, &[1, 2], 8, &mut |_| {}).expect_err("wrong size");
+            untangle(&exec, &data, &concern, &[1, 2], 0.0, 8, &mut |_| {}).expect_err("wrong size");
         assert!(matches!(err, TangleError::Masks(_)), "{err}");
     }
 

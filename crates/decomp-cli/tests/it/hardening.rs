@@ -787,6 +787,29 @@ fn flags_are_honoured_or_refused() {
         run(base("concern"), &["--bln-delta=-0.5", "--out", s(&cs)]),
         &["--bln-delta"],
     );
+    let rare = d.join("rare.cs");
+    for bad in ["nan", "1", "1.5", "-0.1"] {
+        let flag = format!("--min-active-fraction={bad}");
+        refused(
+            run(base("concern"), &[&flag, "--out", s(&rare)]),
+            &["--min-active-fraction"],
+        );
+    }
+    refused(
+        run(
+            base("concern"),
+            &[
+                "--granularity",
+                "channel",
+                "--min-active-fraction",
+                "0.1",
+                "--out",
+                s(&rare),
+            ],
+        ),
+        &["--min-active-fraction", "--tau"],
+    );
+    assert!(!rare.exists(), "nothing written by a refused concern run");
     // --limit 0 and --batch-size 0 do nothing: refused.
     refused(
         decomp(&[

@@ -42,8 +42,8 @@ fn modules(model: &ModelIr, data: &Dataset, exec: &Executor, cfg: &DecompConfig)
         .map(|c| {
             let (sample, per) =
                 decomp_tangle::unconcerned_sample(data, c.class, c.positives.len(), cfg.seed);
-            let untangled =
-                decomp_tangle::untangle(exec, data, c, &sample, 16, &mut |_| {}).expect("tangle");
+            let untangled = decomp_tangle::untangle(exec, data, c, &sample, 0.0, 16, &mut |_| {})
+                .expect("tangle");
             let origin = decomp_tangle::ModuleOrigin {
                 model_hash: "h",
                 model_path: "p",
@@ -137,8 +137,8 @@ fn masks_shrink_monotonically() {
         for cc in &concerns {
             assert_eq!(cc.positives.len(), n);
             let (sample, _) = decomp_tangle::unconcerned_sample(&data, cc.class, n, 0);
-            let untangled =
-                decomp_tangle::untangle(&exec, &data, cc, &sample, 8, &mut |_| {}).expect("tangle");
+            let untangled = decomp_tangle::untangle(&exec, &data, cc, &sample, 0.0, 8, &mut |_| {})
+                .expect("tangle");
             for (u, ci) in untangled.iter().zip(&cc.inactive.masks) {
                 assert!(
                     u.zeroed.is_subset(&ci.zeroed),

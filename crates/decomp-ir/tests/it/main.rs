@@ -379,15 +379,21 @@ fn size_limit_and_kind_are_enforced() {
 }
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model.ir");
-/// The same model written by format versions 1, 2 and 3 (models did not change in versions
-/// 2 to 4).
+/// The same model written by format versions 1 to 4 (models did not change in versions 2
+/// to 5).
 const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model_v1.ir");
 const GOLDEN_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model_v2.ir");
 const GOLDEN_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model_v3.ir");
+const GOLDEN_V4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiny_model_v4.ir");
+/// [`tiny_concern_set`] written by format version 4, before `min_active_fraction`.
+const GOLDEN_CS_V4: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/tiny_concern_v4.cs"
+);
 
-/// The bytes of format version 4 are frozen: if this fails, the encoding changed and
+/// The bytes of format version 5 are frozen: if this fails, the encoding changed and
 /// FORMAT_VERSION must be bumped (with a reader for the old version). Regenerate with
-/// `DECOMP_UPDATE_GOLDEN=1 cargo test -p decomp-ir`. Version-1 to -3 model files still read.
+/// `DECOMP_UPDATE_GOLDEN=1 cargo test -p decomp-ir`. Version-1 to -4 model files still read.
 #[test]
 fn golden_file_is_stable() {
     let (bytes, _) = encode_artifact(&tiny_model()).expect("encode");
@@ -398,13 +404,18 @@ fn golden_file_is_stable() {
     assert_eq!(&golden[..8], b"DECOMPIR");
     assert_eq!(
         u16::from_le_bytes([golden[8], golden[9]]),
-        4,
+        5,
         "format version"
     );
     assert_eq!(bytes, golden, "encoding of the tiny model changed");
     let m: ModelIr = decode_artifact(&golden, Path::new(GOLDEN)).expect("decode golden");
     assert_eq!(m, tiny_model());
-    for (version, path) in [(1u16, GOLDEN_V1), (2, GOLDEN_V2), (3, GOLDEN_V3)] {
+    for (version, path) in [
+        (1u16, GOLDEN_V1),
+        (2, GOLDEN_V2),
+        (3, GOLDEN_V3),
+        (4, GOLDEN_V4),
+    ] {
         let old = std::fs::read(path).expect("older golden files are committed");
         assert_eq!(
             u16::from_le_bytes([old[8], old[9]]),
@@ -413,6 +424,9 @@ fn golden_file_is_stable() {
         );
         let m: ModelIr = decode_artifact(&old, Path::new(path)).expect("decode an older version");
         assert_eq!(m, tiny_model());
+        if version == 4 {
+            continue;
+        }
         // An older channel module (its payload changed in versions 2, 3 and 4) is refused
         // by name.
         let mut cm = old.clone();
@@ -422,11 +436,41 @@ fn golden_file_is_stable() {
             .to_string();
         assert!(
             e.contains(&format!(
-                "old.mod: artifact format version {version}, this build reads versions 4..=4"
+                "old.mod: artifact format version {version}, this build reads versions 4..=5"
             )),
             "{e}"
         );
     }
+}
+
+/// A concern set of format version 4 (its configuration has no `min_active_fraction`) reads
+/// with the paper's rule (0); the current version round-trips a non-zero fraction, also
+/// through JSON, where an older report without the field reads as 0.
+#[test]
+fn configurations_of_version_4_read_with_the_papers_rule() {
+    let old = std::fs::read(GOLDEN_CS_V4).expect("committed");
+    assert_eq!(u16::from_le_bytes([old[8], old[9]]), 4, "format version");
+    let set: decomp_ir::ConcernSet =
+        decode_artifact(&old, Path::new(GOLDEN_CS_V4)).expect("decode version 4");
+    assert_eq!(set, tiny_concern_set());
+    assert_eq!(set.config.min_active_fraction, 0.0);
+    let mut new = tiny_concern_set();
+    new.config.min_active_fraction = 0.05;
+    let (bytes, _) = encode_artifact(&new).expect("encode");
+    assert_eq!(bytes.len(), old.len() + 4, "one f32 more");
+    let back: decomp_ir::ConcernSet = decode_artifact(&bytes, Path::new("new.cs")).expect("decode");
+    assert_eq!(back, new);
+    assert_eq!(decomp_ir::decoding_version(), decomp_ir::FORMAT_VERSION);
+    let json = serde_json::to_value(&new.config).expect("json");
+    let again: decomp_ir::DecompConfig = serde_json::from_value(json.clone()).expect("json");
+    assert_eq!(again, new.config);
+    let mut older = json;
+    older
+        .as_object_mut()
+        .expect("object")
+        .remove("min_active_fraction");
+    let read: decomp_ir::DecompConfig = serde_json::from_value(older).expect("older json");
+    assert_eq!(read, tiny_concern_set().config);
 }
 
 #[test]
@@ -515,5 +559,42 @@ proptest! {
         if let Ok(back) = decode_artifact::<ModelIr>(&reseal(&payload), Path::new("fuzz.ir")) {
             prop_assert!(back.check().is_ok());
         }
+    }
+}
+
+/// A small concern set with every configuration field away from its default, so a golden
+/// file of it pins the payload layout of the method's configuration.
+fn tiny_concern_set() -> decomp_ir::ConcernSet {
+    use decomp_ir::{
+        BlnRule, ClassConcern, ConcernSet, DecompConfig, MaskSite, NodeMask, PositiveFilter,
+        SiteMasks, Top5Ranking, Variant,
+    };
+    let mut zeroed = BitSet::new(10);
+    zeroed.set(3, true);
+    zeroed.set(7, true);
+    ConcernSet {
+        model_hash: "ab".repeat(32),
+        model_path: "models/tiny.ir".into(),
+        dataset: "cifar10".into(),
+        config: DecompConfig {
+            variant: Variant::McBlnBi,
+            positives_per_class: 7,
+            positive_filter: PositiveFilter::Confident(0.9),
+            mask_site: MaskSite::ConvOutput,
+            bln_rule: BlnRule::OnlyOther,
+            bln_delta: 0.25,
+            top5_ranking: Top5Ranking::Confidence,
+            seed: 11,
+            ..DecompConfig::default()
+        },
+        sites: vec![2],
+        classes: vec![ClassConcern {
+            class: 1,
+            inactive: SiteMasks {
+                masks: vec![NodeMask { node: 2, zeroed }],
+            },
+            positives: vec![4, 5, 9],
+        }],
+        seconds: 1.5,
     }
 }

@@ -26,6 +26,8 @@ use std::collections::HashMap;
 
 use decomp_gemm::{Gemm, sgemm};
 use decomp_ir::{BitSet, ModelIr, NodeId, NodeMask, Op, Shape};
+
+use crate::executor::ActivityCounts;
 use rayon::prelude::*;
 
 mod compile;

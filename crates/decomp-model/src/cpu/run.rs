@@ -118,41 +118,42 @@ impl CpuPlan {
         (logits, bits)
     }
 
-    /// ORs the storage-order bits of the chosen rows (`None`: all) into channel-first `active`.
-    pub(crate) fn accumulate_bits(
+    /// Adds the storage-order bits of the chosen rows (`None`: all; rows below `batch`) to
+    /// the channel-first `counts`.
+    pub(crate) fn count_bits(
         &self,
         sites: &[NodeId],
         bits: &[Vec<u64>],
         batch: usize,
         rows: Option<&[usize]>,
-        active: &mut [BitSet],
+        counts: &mut ActivityCounts,
     ) {
-        for ((&site, b), acc) in sites.iter().zip(bits).zip(active.iter_mut()) {
+        let all: Vec<usize>;
+        let rows = match rows {
+            Some(r) => r,
+            None => {
+                all = (0..batch).collect();
+                &all
+            }
+        };
+        for ((&site, b), acc) in sites.iter().zip(bits).zip(counts.counts.iter_mut()) {
             let shape = &self.shapes[site];
             let w = numel(shape).div_ceil(64);
-            let mut any = vec![0u64; w];
-            let mut or_row = |r: usize| {
-                for (a, x) in any.iter_mut().zip(&b[r * w..(r + 1) * w]) {
-                    *a |= x;
+            let mut here = vec![0u32; w * 64];
+            for &r in rows {
+                for (wi, &word) in b[r * w..(r + 1) * w].iter().enumerate() {
+                    let mut word = word;
+                    while word != 0 {
+                        here[wi * 64 + word.trailing_zeros() as usize] += 1;
+                        word &= word - 1;
+                    }
                 }
-            };
-            match rows {
-                Some(rs) => rs
-                    .iter()
-                    .copied()
-                    .filter(|&r| r < batch)
-                    .for_each(&mut or_row),
-                None => (0..batch).for_each(&mut or_row),
             }
-            for (wi, &word) in any.iter().enumerate() {
-                let mut word = word;
-                while word != 0 {
-                    let bit = word.trailing_zeros() as usize;
-                    word &= word - 1;
-                    acc.set(ir_index(shape, wi * 64 + bit), true);
-                }
+            for (pos, &n) in here.iter().enumerate().filter(|(_, n)| **n > 0) {
+                acc[ir_index(shape, pos)] += n;
             }
         }
+        counts.images += rows.len();
     }
 
     /// Output of `node` for every module (channel-first `[batch * positions]` each), one

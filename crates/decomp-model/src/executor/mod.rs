@@ -2,7 +2,7 @@
 //!
 //! Files: this one holds the [`Executor`] (compilation, engine choice, probes: captures and
 //! masks); `ops` the burn op of every IR op, `branch` the branching pass over many modules
-//! ([`Executor::forward_modules`]), `activity` the per-position activity bits concern and
+//! ([`Executor::forward_modules`]), `activity` the per-position activity counts concern and
 //! tangling identification reduce ([`Executor::forward_active`]), `gates` the gate gradients
 //! of channel selection on burn autodiff.
 
@@ -19,7 +19,7 @@ mod branch;
 mod gates;
 mod ops;
 
-pub use activity::{ActiveBatch, accumulate_active};
+pub use activity::{ActiveBatch, ActivityCounts};
 pub use branch::ModuleMasks;
 use ops::{ExecOp, Value};
 

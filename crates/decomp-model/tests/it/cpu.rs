@@ -5,7 +5,8 @@
 use decomp_ir::{BitSet, Graph, InputNorm, ModelIr, ModelMeta, NodeId, NodeMask, Op, TensorData};
 use decomp_model::import::{akamaster_norm, import_resnet};
 use decomp_model::{
-    CpuTuning, Device, Engine, Executor, Probe, ResNetConfig, Shortcut, Tensor, to_vec,
+    ActivityCounts, CpuTuning, Device, Engine, Executor, Probe, ResNetConfig, Shortcut, Tensor,
+    to_vec,
 };
 
 use crate::shared_dir;
@@ -389,8 +390,9 @@ fn forward_modules_agree_with_burn_engine() {
     }
 }
 
-/// Activity bits reduced on the fly equal the burn engine's captured-then-reduced ones,
-/// for all rows and for a subset.
+/// Activity counted on the fly (bits per image and position) equals the burn engine's
+/// captured-then-reduced counts, for all rows and for a subset; counting a batch twice
+/// doubles the counts, and the counts are the ones the captured values give.
 #[test]
 fn forward_active_agrees_with_burn_engine() {
     let mut model = ResNetConfig::new(8, 4).with_seed(2).build().expect("build");
@@ -398,21 +400,50 @@ fn forward_active_agrees_with_burn_engine() {
     let (cpu, burn) = engines(&model);
     let sites = model.graph.relu_inputs();
     let x = input(5, [3, 32, 32], 0.7);
+    let captured = burn
+        .forward_probe(
+            x.clone(),
+            &Probe {
+                capture: &sites,
+                masks: None,
+            },
+        )
+        .expect("probe");
+    let values: Vec<Vec<f32>> = captured.captured.into_iter().map(to_vec).collect();
     for rows in [None, Some(&[1usize, 4][..]), Some(&[][..])] {
         let mut acc = Vec::new();
         for e in [&cpu, &burn] {
             let out = e.forward_active(x.clone(), &sites).expect("forward");
             assert_eq!(out.logits.len(), 5 * 4);
-            let mut active: Vec<BitSet> = sites
-                .iter()
-                .map(|&s| BitSet::new(e.shapes()[s].iter().product()))
-                .collect();
-            e.accumulate(&out, rows, &mut active);
-            acc.push((out.logits, active));
+            let mut counts =
+                ActivityCounts::new(sites.iter().map(|&s| e.shapes()[s].iter().product()));
+            e.count(&out, rows, &mut counts);
+            let once = counts.clone();
+            e.count(&out, rows, &mut counts);
+            for (two, one) in counts.counts.iter().zip(&once.counts) {
+                assert!(two.iter().zip(one).all(|(&a, &b)| a == 2 * b));
+            }
+            assert_eq!(counts.images, 2 * once.images);
+            acc.push((out.logits, once));
         }
         assert!(max_abs_diff(&acc[0].0, &acc[1].0) < TOL);
         assert_eq!(acc[0].1, acc[1].1, "rows {rows:?}");
-        let ones: usize = acc[0].1.iter().map(BitSet::count_ones).sum();
+        let chosen: Vec<usize> = rows.map_or((0..5).collect(), <[usize]>::to_vec);
+        assert_eq!(acc[0].1.images, chosen.len());
+        let picked: Vec<Vec<f32>> = values
+            .iter()
+            .map(|v| {
+                let per = v.len() / 5;
+                chosen
+                    .iter()
+                    .flat_map(|&r| v[r * per..(r + 1) * per].iter().copied())
+                    .collect()
+            })
+            .collect();
+        let mut want = ActivityCounts::new(sites.iter().map(|&s| cpu.shapes()[s].iter().product()));
+        want.add_values(&picked);
+        assert_eq!(acc[0].1, want);
+        let ones: usize = acc[0].1.active(0.0).iter().map(BitSet::count_ones).sum();
         assert_eq!(
             ones == 0,
             rows.is_some_and(<[usize]>::is_empty),
@@ -522,13 +553,11 @@ fn grouped_depthwise_clip_and_concat_agree_with_burn_engine() {
         cpu.forward_active(x.clone(), &sites).expect("a"),
         burn.forward_active(x, &sites).expect("b"),
     );
-    let mut acc = [Vec::new(), Vec::new()];
-    for (slot, (e, f)) in acc.iter_mut().zip([(&cpu, &fa), (&burn, &fb)]) {
-        *slot = sites
-            .iter()
-            .map(|&s| BitSet::new(e.shapes()[s].iter().product()))
-            .collect::<Vec<_>>();
-        e.accumulate(f, None, slot);
+    let mut acc = Vec::new();
+    for (e, f) in [(&cpu, &fa), (&burn, &fb)] {
+        let mut counts = ActivityCounts::new(sites.iter().map(|&s| e.shapes()[s].iter().product()));
+        e.count(f, None, &mut counts);
+        acc.push(counts);
     }
     assert_eq!(acc[0], acc[1]);
 }
@@ -583,12 +612,9 @@ fn real_resnet20_agrees_with_burn_engine() {
     let mut actives = Vec::new();
     for e in [&cpu, &burn] {
         let out = e.forward_active(x.clone(), &sites).expect("forward");
-        let mut active: Vec<BitSet> = sites
-            .iter()
-            .map(|&s| BitSet::new(e.shapes()[s].iter().product()))
-            .collect();
-        e.accumulate(&out, Some(&[0, 3, 5, 60]), &mut active);
-        actives.push(active);
+        let mut counts = ActivityCounts::new(sites.iter().map(|&s| e.shapes()[s].iter().product()));
+        e.count(&out, Some(&[0, 3, 5, 60]), &mut counts);
+        actives.push(counts.active(0.0));
     }
     // A position can sit within rounding of 0 on one engine and not the other: allow a few.
     let differ: usize = actives[0]
