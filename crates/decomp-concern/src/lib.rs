@@ -3,7 +3,7 @@
 //! [`identify`] runs each class's concerned training images through the unmodified model
 //! and keeps, per mask site, the positions whose pre-activation is `<= 0` for every one of
 //! them (with `DecompConfig::min_active_fraction` q > 0: for all but at most a fraction q of
-//! them; counts per position, [`decomp_model::ActivityCounts`]). Sites are IR nodes ([`mask_sites`]), so any graph the executor runs works; the
+//! them; counts per position, [`decomp_ir::ActivityCounts`]). Sites are IR nodes ([`mask_sites`]), so any graph the executor runs works; the
 //! statistics are reduced batch by batch ([`Executor::forward_active`]: to one bit per
 //! position while each image tile is computed on the CPU engine), never stored per image.
 //! [`identify_channels`] records per-channel activation statistics instead (channel-level
@@ -17,10 +17,10 @@ use std::time::Instant;
 pub use channel::{ClassStats, identify_channels};
 use decomp_data::Dataset;
 use decomp_ir::{
-    ClassConcern, ConcernSet, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask, Op,
-    PositiveFilter, SiteMasks,
+    ActivityCounts, ClassConcern, ConcernSet, DecompConfig, MaskSite, ModelIr, NodeId, NodeMask,
+    Op, PositiveFilter, SiteMasks,
 };
-use decomp_model::{ActivityCounts, Executor, Probe, to_vec};
+use decomp_model::{Executor, Probe, to_vec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;

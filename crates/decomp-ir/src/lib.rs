@@ -42,7 +42,7 @@ pub use channel_module::{
 };
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Op, Shape, TensorData, checked_product, node_shape};
-pub use mask::{BitSet, NodeMask};
+pub use mask::{ActivityCounts, BitSet, NodeMask};
 pub use model::{InputNorm, ModelIr, ModelMeta};
 pub use module::{
     BinaryHead, BlnRule, ClassConcern, ConcernSet, DecompConfig, MaskSite, ModuleIr,

@@ -44,8 +44,8 @@ pub use decomp_ir::ModelIr;
 pub use device::{available_devices, parse_device};
 pub use error::ModelError;
 pub use executor::{
-    ActiveBatch, ActivityCounts, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks,
-    Probe, check_finite, to_vec,
+    ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe, check_finite,
+    to_vec,
 };
 pub use linalg::{DeviceMatrix, unfold};
 pub use resnet::{ResNetConfig, Shortcut};

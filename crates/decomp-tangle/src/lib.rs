@@ -22,10 +22,10 @@ pub use channel::{
 use decomp_data::Dataset;
 use decomp_ir::analysis::propagate_dead;
 use decomp_ir::{
-    BinaryHead, BitSet, BlnRule, ClassConcern, DecompConfig, ModelIr, ModuleIr, NodeId, NodeMask,
-    Op, SampleCounts, SiteMasks, TensorData, Variant,
+    ActivityCounts, BinaryHead, BitSet, BlnRule, ClassConcern, DecompConfig, ModelIr, ModuleIr,
+    NodeId, NodeMask, Op, SampleCounts, SiteMasks, TensorData, Variant,
 };
-use decomp_model::{ActivityCounts, Executor};
+use decomp_model::Executor;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use decomp_gemm::{Gemm, sgemm};
 use decomp_ir::{BitSet, ModelIr, NodeId, NodeMask, Op, Shape};
 
-use crate::executor::ActivityCounts;
+use decomp_ir::ActivityCounts;
 use rayon::prelude::*;
 
 mod compile;

@@ -2,66 +2,10 @@
 //! quantity concern and tangling identification reduce.
 
 use burn::tensor::{Tensor, TensorData as BurnData};
-use decomp_ir::NodeId;
+use decomp_ir::{ActivityCounts, NodeId};
 
 use super::{Executor, Probe, to_vec};
 use crate::ModelError;
-
-/// How many images each position of some mask sites was active (`> 0`) on, over every image
-/// counted so far: what concern and tangling identification reduce. The paper's rule keeps a
-/// position active when any one image activates it ([`ActivityCounts::active`] with 0);
-/// a larger fraction ignores rare activity (`DecompConfig::min_active_fraction`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ActivityCounts {
-    /// Images counted.
-    pub images: usize,
-    /// Per site, per channel-first position: images on which it was `> 0`.
-    pub counts: Vec<Vec<u32>>,
-}
-
-impl ActivityCounts {
-    /// No image counted yet, for sites of `sizes` positions each.
-    pub fn new(sizes: impl IntoIterator<Item = usize>) -> Self {
-        Self {
-            images: 0,
-            counts: sizes.into_iter().map(|n| vec![0; n]).collect(),
-        }
-    }
-
-    /// Adds host values: per site, `[images * positions]` channel-first (as
-    /// [`Executor::forward_probe`] captures them). The plain reference of [`Executor::count`].
-    pub fn add_values(&mut self, values: &[Vec<f32>]) {
-        let mut images = 0;
-        for (v, n) in values.iter().zip(self.counts.iter_mut()) {
-            let per = n.len().max(1);
-            images = v.len() / per;
-            for img in v.chunks_exact(per) {
-                for (c, &x) in n.iter_mut().zip(img) {
-                    *c += u32::from(x > 0.0);
-                }
-            }
-        }
-        self.images += images;
-    }
-
-    /// Per site, the positions active on more than `fraction` of the counted images
-    /// (`0`: on at least one). None when no image was counted.
-    pub fn active(&self, fraction: f32) -> Vec<decomp_ir::BitSet> {
-        let bar = f64::from(fraction.max(0.0)) * self.images as f64;
-        self.counts
-            .iter()
-            .map(|c| {
-                let mut set = decomp_ir::BitSet::new(c.len());
-                for (i, &n) in c.iter().enumerate() {
-                    if n > 0 && f64::from(n) > bar {
-                        set.set(i, true);
-                    }
-                }
-                set
-            })
-            .collect()
-    }
-}
 
 /// Adds to `counts` (one row per captured site) the chosen rows (all when `None`) on which
 /// each position is `> 0`. The reduction runs on the device; one row per site comes back.
@@ -166,30 +110,5 @@ impl Executor {
             (ActiveInner::Captured(c), _) => count_captured(c, rows.as_deref(), counts),
             (ActiveInner::Bits(_), None) => unreachable!("bits come from the CPU plan"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ActivityCounts;
-
-    /// Active means `> 0` on more than the fraction of the counted images: with 0 on any
-    /// one; a count exactly at the bar stays inactive; nothing is active before any image.
-    #[test]
-    fn active_positions_follow_the_fraction() {
-        let mut c = ActivityCounts::new([4, 2]);
-        assert!(c.active(0.0).iter().all(|s| s.count_ones() == 0));
-        c.images = 10;
-        c.counts = vec![vec![0, 1, 2, 3], vec![10, 0]];
-        let ones = |q: f32| -> Vec<Vec<usize>> {
-            c.active(q)
-                .iter()
-                .map(|s| (0..s.len()).filter(|&i| s.get(i)).collect())
-                .collect()
-        };
-        assert_eq!(ones(0.0), vec![vec![1, 2, 3], vec![0]]);
-        assert_eq!(ones(0.1), vec![vec![2, 3], vec![0]]);
-        assert_eq!(ones(0.2), vec![vec![3], vec![0]]);
-        assert_eq!(ones(0.99), vec![vec![], vec![0]]);
     }
 }

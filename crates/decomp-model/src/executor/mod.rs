@@ -19,7 +19,7 @@ mod branch;
 mod gates;
 mod ops;
 
-pub use activity::{ActiveBatch, ActivityCounts};
+pub use activity::ActiveBatch;
 pub use branch::ModuleMasks;
 use ops::{ExecOp, Value};
 

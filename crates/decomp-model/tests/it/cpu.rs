@@ -2,11 +2,12 @@
 //! masks, module passes and activity bits, on tiny synthetic models that state their whole
 //! input, and on the real pretrained ResNet-20.
 
-use decomp_ir::{BitSet, Graph, InputNorm, ModelIr, ModelMeta, NodeId, NodeMask, Op, TensorData};
+use decomp_ir::{
+    ActivityCounts, BitSet, Graph, InputNorm, ModelIr, ModelMeta, NodeId, NodeMask, Op, TensorData,
+};
 use decomp_model::import::{akamaster_norm, import_resnet};
 use decomp_model::{
-    ActivityCounts, CpuTuning, Device, Engine, Executor, Probe, ResNetConfig, Shortcut, Tensor,
-    to_vec,
+    CpuTuning, Device, Engine, Executor, Probe, ResNetConfig, Shortcut, Tensor, to_vec,
 };
 
 use crate::shared_dir;
