@@ -144,44 +144,32 @@ impl From<DecompConfigV4> for DecompConfig {
     }
 }
 
-/// [`DecompConfig`] as written since format version 5 (and in JSON, where a missing
-/// `min_active_fraction` reads as 0).
+/// [`DecompConfig`] in self-describing formats (JSON reports), where a missing
+/// `min_active_fraction` (written before format version 5) reads as 0.
 #[derive(Deserialize)]
-#[serde(rename = "DecompConfig")]
-struct DecompConfigV5 {
-    variant: Variant,
-    positives_per_class: usize,
-    positive_filter: PositiveFilter,
-    mask_site: MaskSite,
-    bln_rule: BlnRule,
-    bln_delta: f32,
-    top5_ranking: Top5Ranking,
-    seed: u64,
+struct NamedDecompConfig {
+    #[serde(flatten)]
+    v4: DecompConfigV4,
     #[serde(default)]
     min_active_fraction: f32,
 }
 
 impl<'de> Deserialize<'de> for DecompConfig {
-    /// Binary payloads of format version 4 and older (the version
-    /// [`crate::artifact::decoding_version`] reports while an artifact decodes) lack the last
-    /// field; everything else has it or, in self-describing formats, may omit it.
+    /// Binary payloads hold the fields in order: up to format version 4 (the version
+    /// [`crate::artifact::decoding_version`] reports while an artifact decodes) without the
+    /// last one. Self-describing formats name the fields and may omit the last one.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if !d.is_human_readable() && crate::artifact::decoding_version() < 5 {
-            return DecompConfigV4::deserialize(d).map(Self::from);
-        }
-        let v = DecompConfigV5::deserialize(d)?;
+        let (v4, min_active_fraction) = if d.is_human_readable() {
+            let n = NamedDecompConfig::deserialize(d)?;
+            (n.v4, n.min_active_fraction)
+        } else if crate::artifact::decoding_version() < 5 {
+            (DecompConfigV4::deserialize(d)?, 0.0)
+        } else {
+            <(DecompConfigV4, f32)>::deserialize(d)?
+        };
         Ok(Self {
-            min_active_fraction: v.min_active_fraction,
-            ..Self::from(DecompConfigV4 {
-                variant: v.variant,
-                positives_per_class: v.positives_per_class,
-                positive_filter: v.positive_filter,
-                mask_site: v.mask_site,
-                bln_rule: v.bln_rule,
-                bln_delta: v.bln_delta,
-                top5_ranking: v.top5_ranking,
-                seed: v.seed,
-            })
+            min_active_fraction,
+            ..Self::from(v4)
         })
     }
 }
