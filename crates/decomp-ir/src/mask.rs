@@ -183,7 +183,7 @@ impl ActivityCounts {
     }
 
     /// Per site, the positions active on more than `fraction` of the counted images
-    /// (`0`: on at least one). None when no image was counted.
+    /// (`0`: on at least one); nothing is active before an image is counted.
     pub fn active(&self, fraction: f32) -> Vec<BitSet> {
         let bar = f64::from(fraction.max(0.0)) * self.images as f64;
         self.counts
@@ -191,7 +191,7 @@ impl ActivityCounts {
             .map(|c| {
                 let mut set = BitSet::new(c.len());
                 for (i, &n) in c.iter().enumerate() {
-                    if n > 0 && f64::from(n) > bar {
+                    if f64::from(n) > bar {
                         set.set(i, true);
                     }
                 }

@@ -25,9 +25,7 @@
 use std::collections::HashMap;
 
 use decomp_gemm::{Gemm, sgemm};
-use decomp_ir::{BitSet, ModelIr, NodeId, NodeMask, Op, Shape};
-
-use decomp_ir::ActivityCounts;
+use decomp_ir::{ActivityCounts, BitSet, ModelIr, NodeId, NodeMask, Op, Shape};
 use rayon::prelude::*;
 
 mod compile;
