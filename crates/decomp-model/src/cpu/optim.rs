@@ -130,7 +130,9 @@ impl CpuOptimizer {
                 )));
             }
             let state = self.state.remove(&p.name);
-            let state = update(&self.config, &mut param.data, &p.grad.data, state, lr);
+            let mut state = update(&self.config, &mut param.data, &p.grad.data, state, lr);
+            zero_below(&mut param.data, NEGLIGIBLE_PARAMETER);
+            state.zero_subnormals();
             self.state.insert(p.name.clone(), state);
         }
         Ok(())
@@ -152,6 +154,42 @@ fn param_mut(op: &mut Op, weight: bool) -> Option<&mut TensorData> {
         }
         Op::BatchNorm2d { gamma, beta, .. } => Some(if weight { gamma } else { beta }),
         _ => None,
+    }
+}
+
+/// Parameters below this magnitude are set to zero after each step (see [`zero_below`]).
+///
+/// Under Adam with L2 weight decay, a weight whose loss gradient is zero (a dead channel's)
+/// shrinks by the factor `1 - lr * weight_decay / epsilon` per step once `weight_decay * |w|`
+/// is below `epsilon` (1% per step at `paper-keras`'s last learning rate), down into the
+/// subnormal range, where it stays once the step is below half its spacing. Such weights, and
+/// the Winograd transforms and products made from them, are subnormal operands or results,
+/// and each FMA of the convolution kernels that touches one takes a microcode assist on x86.
+/// A no-BatchNorm ResNet-32 after 24 epochs of `paper-keras` held 1.7% of its convolution
+/// weights subnormal and 2% more below 1e-30, and trained at 147 images/s where a fresh one
+/// runs at about 360. A parameter below 1e-20 moves no output by more than 1e-20 times an
+/// input (activations are far below 1e4), 1e-16 of a unit output, below f32's resolution.
+const NEGLIGIBLE_PARAMETER: f32 = 1e-20;
+
+/// Sets the values of `x` below `floor` in magnitude to zero.
+fn zero_below(x: &mut [f32], floor: f32) {
+    for v in x.iter_mut().filter(|v| v.abs() < floor) {
+        *v = 0.0;
+    }
+}
+
+impl State {
+    /// Sets the subnormal moments and velocities to zero ([`NEGLIGIBLE_PARAMETER`] says why):
+    /// only those, since a moment's size is relative to `epsilon`, not to the parameter.
+    fn zero_subnormals(&mut self) {
+        let floor = f32::MIN_POSITIVE;
+        match self {
+            State::Sgd { velocity } => zero_below(velocity, floor),
+            State::Adam { m1, m2, .. } => {
+                zero_below(m1, floor);
+                zero_below(m2, floor);
+            }
+        }
     }
 }
 

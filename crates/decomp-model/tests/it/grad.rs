@@ -670,6 +670,69 @@ fn optimizer_arithmetic_equals_burn() {
     }
 }
 
+/// A weight whose loss gradient is zero decays through the subnormal range under weight
+/// decay (Adam's most of all); a step sets parameters below 1e-20 to zero, subnormal ones
+/// included, so the convolution kernels never meet one (each such FMA is a microcode assist
+/// on x86), while the other weights move as before.
+#[test]
+fn steps_zero_negligible_parameters() {
+    use decomp_model::{ParamGrad, StepGradients};
+
+    let model = ResNetConfig::new(8, 3).with_seed(5).build().expect("build");
+    let conv = model
+        .graph
+        .nodes
+        .iter()
+        .position(|n| matches!(n.op, Op::Conv2d { .. }))
+        .expect("a convolution");
+    let name = format!("{}.weight", model.graph.nodes[conv].name);
+    let tiny = f32::from_bits(1 << 20); // about 1.5e-39
+    assert!(tiny.is_subnormal());
+    for (label, config, lr) in [("sgd", he2016_sgd(), 0.1), ("adam", keras_adam(), 1e-5)] {
+        let mut m = model.clone();
+        *param_value(&mut m, conv, &name, 0) = tiny;
+        *param_value(&mut m, conv, &name, 1) = -1e-25;
+        *param_value(&mut m, conv, &name, 3) = 1e-12;
+        let normal = *param_value(&mut m, conv, &name, 2);
+        let Op::Conv2d { weight, .. } = &m.graph.nodes[conv].op else {
+            unreachable!()
+        };
+        let mut data = vec![0.0f32; weight.data.len()];
+        data[2] = 0.5;
+        let step = StepGradients {
+            loss: 1.0,
+            correct: 0,
+            params: vec![ParamGrad {
+                node: conv,
+                name: name.clone(),
+                grad: decomp_ir::TensorData {
+                    shape: weight.shape.clone(),
+                    data,
+                },
+            }],
+        };
+        let mut opt = CpuOptimizer::new(config);
+        for _ in 0..3 {
+            opt.step(&mut m, &step, lr).expect("step");
+        }
+        assert_eq!(*param_value(&mut m, conv, &name, 0), 0.0, "{label}");
+        assert_eq!(*param_value(&mut m, conv, &name, 1), 0.0, "{label}");
+        let moved = *param_value(&mut m, conv, &name, 2);
+        assert!(
+            moved < normal && moved.is_normal(),
+            "{label}: {normal} -> {moved}"
+        );
+        let small = *param_value(&mut m, conv, &name, 3);
+        assert!(small > 1e-13, "{label}: 1e-12 -> {small}");
+        let subnormal = tensors(&m)
+            .iter()
+            .flat_map(|(_, v)| v.iter())
+            .filter(|v| v.is_subnormal())
+            .count();
+        assert_eq!(subnormal, 0, "{label}");
+    }
+}
+
 /// The parameter value `index` of gradient `name` (`<node>.weight` / `<node>.bias`) of node
 /// `node`, mutable.
 fn param_value<'a>(model: &'a mut ModelIr, node: usize, name: &str, index: usize) -> &'a mut f32 {
