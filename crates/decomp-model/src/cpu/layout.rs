@@ -57,11 +57,13 @@ pub(super) fn to_ir(shape: &Shape, src: &[f32], dst: &mut [f32]) {
 
 /// `rows` copies of `row`, back to back.
 pub(super) fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
-    let mut v = vec![0.0f32; rows * row.len()];
-    if !row.is_empty() {
-        for r in v.chunks_exact_mut(row.len()) {
-            r.copy_from_slice(row);
-        }
+    if row.is_empty() {
+        return Vec::new();
+    }
+    // Every value is written below.
+    let mut v = super::pool::take(rows * row.len());
+    for r in v.chunks_exact_mut(row.len()) {
+        r.copy_from_slice(row);
     }
     v
 }

@@ -212,7 +212,11 @@ impl Arg<'_> {
     fn into_owned(self) -> Vec<f32> {
         match self {
             Arg::Owned(v) => v,
-            Arg::Borrowed(s) => s.to_vec(),
+            Arg::Borrowed(s) => {
+                let mut v = pool::take(s.len());
+                v.copy_from_slice(s);
+                v
+            }
         }
     }
 }

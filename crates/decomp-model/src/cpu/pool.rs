@@ -13,24 +13,27 @@
 //! that a buffer of an odd last batch does not pin a large one. Inference never gives
 //! buffers back: there the pool stays empty and every `take` allocates.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// The most the pool keeps, in bytes.
 pub(crate) const CAP_BYTES: usize = 512 << 20;
 
+/// Free buffers by capacity (in values): a request takes the smallest that fits, without a
+/// scan.
 struct Pool {
-    free: Vec<Vec<f32>>,
+    free: BTreeMap<usize, Vec<Vec<f32>>>,
     bytes: usize,
 }
 
 static POOL: Mutex<Pool> = Mutex::new(Pool {
-    free: Vec::new(),
+    free: BTreeMap::new(),
     bytes: 0,
 });
 
 fn lock() -> std::sync::MutexGuard<'static, Pool> {
     // A panic while holding the lock leaves a consistent pool (every operation is one push,
-    // swap_remove or counter update): recover it.
+    // pop, map insert or removal, or counter update): recover it.
     POOL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -40,11 +43,11 @@ fn recycled(len: usize) -> Option<Vec<f32>> {
         return None;
     }
     let mut p = lock();
-    let i = p
-        .free
-        .iter()
-        .position(|v| v.capacity() >= len && v.capacity() - len <= len / 4)?;
-    let v = p.free.swap_remove(i);
+    let (&cap, list) = p.free.range_mut(len..=len + len / 4).next()?;
+    let v = list.pop()?;
+    if list.is_empty() {
+        p.free.remove(&cap);
+    }
     p.bytes -= 4 * v.capacity();
     Some(v)
 }
@@ -100,7 +103,7 @@ pub(crate) fn give(v: Vec<f32>) {
     let mut p = lock();
     if p.bytes + bytes <= CAP_BYTES {
         p.bytes += bytes;
-        p.free.push(v);
+        p.free.entry(v.capacity()).or_default().push(v);
     }
 }
 
@@ -109,12 +112,24 @@ pub(crate) fn give_tiles(tiles: Vec<Vec<f32>>) {
     tiles.into_iter().for_each(give);
 }
 
+/// The buffers the pool holds, for tests: a training pass must give back no more buffers
+/// than it took, or the pool fills up to [`CAP_BYTES`] with buffers that never come back.
+#[cfg(test)]
+pub(crate) fn held() -> usize {
+    lock().free.values().map(Vec::len).sum()
+}
+
+/// Held by the unit tests that give buffers back, so that [`held`] counts one test's.
+#[cfg(test)]
+pub(crate) static TEST_LOCK: Mutex<()> = Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn buffers_come_back_by_size_and_zeroed_on_request() {
+        let _serial = TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         // Sizes no other test of this crate uses, so that parallel tests do not interfere.
         let (a, b) = (1_000_003, 2_000_029);
         give(vec![1.0; a]);

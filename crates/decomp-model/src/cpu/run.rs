@@ -446,7 +446,7 @@ impl CpuPlan {
                 let [_, ho, wo] = chw(&self.shapes[id]);
                 let x = arg();
                 let x = x.as_slice();
-                let mut out = vec![0.0f32; n * ho * wo * c];
+                let mut out = super::pool::take_zeroed(n * ho * wo * c);
                 let mut acc = vec![0.0f32; c];
                 for img in 0..n {
                     for oy in 0..ho {
@@ -489,7 +489,7 @@ impl CpuPlan {
             POp::GlobalAvgPool => {
                 let [c, h, w] = chw(in_shape(0));
                 let x = arg();
-                let mut out = vec![0.0f32; n * c];
+                let mut out = super::pool::take_zeroed(n * c);
                 for (img, dst) in x
                     .as_slice()
                     .chunks_exact(h * w * c)
@@ -514,7 +514,7 @@ impl CpuPlan {
                     return x.into_owned();
                 }
                 let per = numel(shape);
-                let mut out = vec![0.0f32; n * per];
+                let mut out = super::pool::take_zeroed(n * per);
                 for (src, dst) in x
                     .as_slice()
                     .chunks_exact(per)
@@ -545,7 +545,7 @@ impl CpuPlan {
                 let [co, ho, wo] = chw(&self.shapes[id]);
                 let x = arg();
                 let x = x.as_slice();
-                let mut out = vec![0.0f32; n * ho * wo * co];
+                let mut out = super::pool::take_zeroed(n * ho * wo * co);
                 for img in 0..n {
                     for oy in 0..ho {
                         for ox in 0..wo {
@@ -575,7 +575,7 @@ impl CpuPlan {
                 let [co, ho, wo] = chw(&self.shapes[id]);
                 let x = arg();
                 let x = x.as_slice();
-                let mut out = vec![0.0f32; n * ho * wo * co];
+                let mut out = super::pool::take_zeroed(n * ho * wo * co);
                 for img in 0..n {
                     for oy in 0..ho {
                         for ox in 0..wo {
@@ -599,7 +599,7 @@ impl CpuPlan {
     fn concat(&self, id: NodeId, args: &[Arg<'_>], n: usize) -> Vec<f32> {
         let [co, h, w] = chw(&self.shapes[id]);
         let pixels = n * h * w;
-        let mut out = vec![0.0f32; pixels * co];
+        let mut out = super::pool::take_zeroed(pixels * co);
         let mut offset = 0;
         for (&i, a) in self.nodes[id].inputs.iter().zip(args) {
             let c = chw(&self.shapes[i])[0];
