@@ -218,6 +218,7 @@ impl CpuPlan {
             output: g.output,
             last_use,
             tuning,
+            recycle: !fold,
         })
     }
 

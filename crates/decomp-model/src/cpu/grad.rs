@@ -594,6 +594,7 @@ impl Pass<'_> {
                     let dx = self.strided_scatter(i, id, &dy, *stride, |src, dst| {
                         dst.copy_from_slice(&src[*pad_before..][..c]);
                     });
+                    pool::give_tiles(dy);
                     accumulate(&mut grads[i], dx);
                 }
                 Op::GlobalAvgPool => {
@@ -613,6 +614,7 @@ impl Pass<'_> {
                             dx
                         })
                         .collect();
+                    pool::give_tiles(dy);
                     accumulate(&mut grads[i], dx);
                 }
                 // A constant added: the gradient passes.
@@ -628,6 +630,7 @@ impl Pass<'_> {
                             }
                         }
                     });
+                    pool::give_tiles(dy);
                     accumulate(&mut grads[i], dx);
                 }
                 // A flatten of `[c, 1, 1]`: the same values (checked in `new`).
@@ -662,8 +665,11 @@ impl Pass<'_> {
                     }
                     let db = bias.is_some().then_some(db);
                     params.extend(weight_and_bias(id, &node.name, vec![o, k], dw, db));
+                    pool::give_tiles(dy);
                     if needs_grad(i) {
                         accumulate(&mut grads[i], dx_tiles);
+                    } else {
+                        pool::give_tiles(dx_tiles);
                     }
                 }
                 _ => unreachable!("ops checked in GradEngine::new"),
@@ -769,7 +775,8 @@ impl Pass<'_> {
                 }
                 let mut dwt = pool::take_zeroed(cout * k);
                 let mut dyt = Vec::new();
-                let mut dx = need_dx.then(|| pool::take_zeroed(x.len()));
+                // Through `flipped`, the data gradient is a new Winograd output instead.
+                let mut dx = (need_dx && flipped.is_none()).then(|| pool::take_zeroed(x.len()));
                 for r0 in (0..rows).step_by(block) {
                     let r1 = (r0 + block).min(rows);
                     let rb = r1 - r0;
@@ -1235,9 +1242,9 @@ mod tests {
         }
     }
 
-    /// Every buffer a pass gives back to the pool came from it: after four passes (which
-    /// fill it), the pool does not grow, with and without BatchNorm and for both shortcut
-    /// options. A buffer allocated outside the pool and given back grows it by one
+    /// Every buffer a pass gives back to the pool came from it, and every buffer it takes
+    /// comes back: after four passes (which fill the pool), it neither grows nor allocates,
+    /// with and without BatchNorm and for both shortcut options. A buffer allocated outside the pool and given back grows it by one
     /// per pass until it holds `CAP_BYTES` (a no-BatchNorm ResNet-32 training held 20,000
     /// buffers, and each request scanned them).
     #[test]
@@ -1264,6 +1271,8 @@ mod tests {
                 engine.gradients(&images, &labels).expect("pass");
             };
             (0..4).for_each(|_| pass());
+            let fresh = pool::fresh_allocations();
+
             let held: Vec<usize> = (0..8)
                 .map(|_| {
                     pass();
@@ -1276,6 +1285,13 @@ mod tests {
             assert!(
                 late.iter().max() <= early.iter().max(),
                 "batch norm {bn}, shortcut {shortcut:?}: buffers held after each pass {held:?}"
+            );
+            // And every buffer taken comes back: a buffer an op drops is allocated anew
+            // (and its pages cleared) at the next pass.
+            assert_eq!(
+                pool::fresh_allocations(),
+                fresh,
+                "batch norm {bn}, shortcut {shortcut:?}: buffers allocated by 8 passes"
             );
         }
     }

@@ -180,6 +180,10 @@ pub(crate) struct CpuPlan {
     output: NodeId,
     last_use: Vec<usize>,
     tuning: CpuTuning,
+    /// Buffers an op consumes without returning go back to [`pool`]: the training engine's
+    /// plan ([`CpuPlan::unfolded`]), whose passes take every buffer from the pool. Inference
+    /// never gives buffers back (see `pool`).
+    recycle: bool,
 }
 
 /// Masks of one probe in storage order: per node, a multiplier per position (1 keep, 0 zero).

@@ -52,6 +52,13 @@ fn recycled(len: usize) -> Option<Vec<f32>> {
     Some(v)
 }
 
+/// A new buffer of `len` zeros (the pool had none that fits).
+fn fresh(len: usize) -> Vec<f32> {
+    #[cfg(test)]
+    FRESH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    vec![0.0; len]
+}
+
 /// `len` values whose contents are unspecified (a recycled buffer's old values, or zeros):
 /// for kernels that write every element before reading any.
 pub(crate) fn take(len: usize) -> Vec<f32> {
@@ -67,7 +74,7 @@ pub(crate) fn take(len: usize) -> Vec<f32> {
             v.fill(f32::NAN);
             v
         }
-        None => vec![0.0; len],
+        None => fresh(len),
     }
 }
 
@@ -79,7 +86,7 @@ pub(crate) fn take_zeroed(len: usize) -> Vec<f32> {
             v.resize(len, 0.0);
             v
         }
-        None => vec![0.0; len],
+        None => fresh(len),
     }
 }
 
@@ -90,7 +97,11 @@ pub(crate) fn take_empty(len: usize) -> Vec<f32> {
             v.clear();
             v
         }
-        None => Vec::with_capacity(len),
+        None => {
+            #[cfg(test)]
+            FRESH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Vec::with_capacity(len)
+        }
     }
 }
 
@@ -117,6 +128,16 @@ pub(crate) fn give_tiles(tiles: Vec<Vec<f32>>) {
 #[cfg(test)]
 pub(crate) fn held() -> usize {
     lock().free.values().map(Vec::len).sum()
+}
+
+/// Buffers the pool allocated because none fitted, for tests.
+#[cfg(test)]
+static FRESH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// [`FRESH`]: a training pass after the first few should allocate none.
+#[cfg(test)]
+pub(crate) fn fresh_allocations() -> usize {
+    FRESH.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Held by the unit tests that give buffers back, so that [`held`] counts one test's.

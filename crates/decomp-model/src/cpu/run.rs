@@ -434,6 +434,11 @@ impl CpuPlan {
                 for (x, y) in acc.iter_mut().zip(other.as_slice()) {
                     *x += y;
                 }
+                if self.recycle
+                    && let Arg::Owned(v) = other
+                {
+                    super::pool::give(v);
+                }
                 acc
             }
             POp::Pool {
