@@ -1211,7 +1211,22 @@ fn margin_error(logits: &Tiles, targets: &[f32], floors: Option<&[f32]>) -> (f64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ResNetConfig;
+    use crate::{ResNetConfig, Shortcut};
+
+    /// A ResNet-8 (3 classes) and a batch of 5 fixed images with labels.
+    fn resnet8(bn: bool, shortcut: Shortcut) -> (GradEngine, Vec<f32>, [usize; 5]) {
+        let model = ResNetConfig::new(8, 3)
+            .with_batch_norm(bn)
+            .with_shortcut(shortcut)
+            .with_seed(3)
+            .build()
+            .expect("resnet-8");
+        let images = (0..5 * 3 * 32 * 32)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let engine = GradEngine::new(model).expect("supported");
+        (engine, images, [0, 1, 2, 1, 0])
+    }
 
     /// Recycled buffers ([`pool`]) hold NaN in unit tests: a kernel that reads a value it
     /// did not write would change the second pass over the same batch.
@@ -1219,17 +1234,7 @@ mod tests {
     fn a_second_pass_on_recycled_buffers_gives_the_same_gradients() {
         let _serial = pool::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         for bn in [true, false] {
-            let model = ResNetConfig::new(8, 3)
-                .with_batch_norm(bn)
-                .with_seed(3)
-                .build()
-                .expect("resnet-8");
-            let mut engine = GradEngine::new(model).expect("supported");
-            let n = 5;
-            let images: Vec<f32> = (0..n * 3 * 32 * 32)
-                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                .collect();
-            let labels = [0, 1, 2, 1, 0];
+            let (mut engine, images, labels) = resnet8(bn, Shortcut::A);
             let first = engine.gradients(&images, &labels).expect("first pass");
             let second = engine.gradients(&images, &labels).expect("second pass");
             assert!(first.loss.is_finite());
@@ -1244,35 +1249,24 @@ mod tests {
 
     /// Every buffer a pass gives back to the pool came from it, and every buffer it takes
     /// comes back: after four passes (which fill the pool), it neither grows nor allocates,
-    /// with and without BatchNorm and for both shortcut options. A buffer allocated outside the pool and given back grows it by one
-    /// per pass until it holds `CAP_BYTES` (a no-BatchNorm ResNet-32 training held 20,000
-    /// buffers, and each request scanned them).
+    /// with and without BatchNorm and for both shortcut options. A buffer allocated outside
+    /// the pool and given back grows it by one per pass until it holds `CAP_BYTES` (a
+    /// no-BatchNorm ResNet-32 training held 20,000 buffers, and each request scanned them);
+    /// one taken and dropped is allocated, and its pages cleared, again at every pass.
     #[test]
     fn passes_give_back_only_what_they_took() {
         let _serial = pool::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         for (bn, shortcut) in [
-            (true, crate::Shortcut::A),
-            (false, crate::Shortcut::A),
-            (false, crate::Shortcut::B),
+            (true, Shortcut::A),
+            (false, Shortcut::A),
+            (false, Shortcut::B),
         ] {
-            let model = ResNetConfig::new(8, 3)
-                .with_batch_norm(bn)
-                .with_shortcut(shortcut)
-                .with_seed(3)
-                .build()
-                .expect("resnet-8");
-            let mut engine = GradEngine::new(model).expect("supported");
-            let n = 5;
-            let images: Vec<f32> = (0..n * 3 * 32 * 32)
-                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                .collect();
-            let labels = [0, 1, 2, 1, 0];
+            let (mut engine, images, labels) = resnet8(bn, shortcut);
             let mut pass = || {
                 engine.gradients(&images, &labels).expect("pass");
             };
             (0..4).for_each(|_| pass());
             let fresh = pool::fresh_allocations();
-
             let held: Vec<usize> = (0..8)
                 .map(|_| {
                     pass();
@@ -1280,14 +1274,12 @@ mod tests {
                 })
                 .collect();
             // Not constant: a request may take a buffer up to a quarter larger, so the count
-            // can alternate between passes (43, 45, 43, ...); a leak makes it climb.
+            // can alternate between passes; a leak makes it climb.
             let (early, late) = held.split_at(4);
             assert!(
                 late.iter().max() <= early.iter().max(),
                 "batch norm {bn}, shortcut {shortcut:?}: buffers held after each pass {held:?}"
             );
-            // And every buffer taken comes back: a buffer an op drops is allocated anew
-            // (and its pages cleared) at the next pass.
             assert_eq!(
                 pool::fresh_allocations(),
                 fresh,
