@@ -445,7 +445,7 @@ impl Pass<'_> {
                     moved
                         .into_par_iter()
                         .enumerate()
-                        .map_init(Vec::new, |scratch, (t, owned)| {
+                        .map(|(t, owned)| {
                             let args = node
                                 .inputs
                                 .iter()
@@ -455,7 +455,7 @@ impl Pass<'_> {
                                     None => Arg::Borrowed(&values[i][t]),
                                 })
                                 .collect();
-                            self.plan.apply(id, args, self.sizes[t], scratch)
+                            pool::with_scratch(|s| self.plan.apply(id, args, self.sizes[t], s))
                         })
                         .collect()
                 }
@@ -762,88 +762,90 @@ impl Pass<'_> {
         let block = (self.tuning.block / k).max(1);
         let parts: Vec<TileConvGrads> = (0..dy.len())
             .into_par_iter()
-            .map_init(Vec::new, |scratch, t| {
-                let (x, d, n) = (&x[t], &dy[t], self.sizes[t]);
-                let rows = n * ho * wo;
-                if wino_dw {
-                    let du = self.wino_weight_sums(c, x, d, n, scratch);
-                    let dx = flipped.map(|f| {
-                        let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
-                        self.plan.winograd(f, u, d, n, scratch)
-                    });
-                    return (dx, du);
-                }
-                let mut dwt = pool::take_zeroed(cout * k);
-                let mut dyt = Vec::new();
-                // Through `flipped`, the data gradient is a new Winograd output instead.
-                let mut dx = (need_dx && flipped.is_none()).then(|| pool::take_zeroed(x.len()));
-                for r0 in (0..rows).step_by(block) {
-                    let r1 = (r0 + block).min(rows);
-                    let rb = r1 - r0;
-                    let col: &[f32] = if pointwise {
-                        &x[r0 * k..r1 * k]
-                    } else {
-                        scratch.resize(rb * k, 0.0);
-                        im2col(c, x, r0, r1, scratch);
-                        &scratch[..rb * k]
-                    };
-                    let dyb = &d[r0 * cout..r1 * cout];
-                    // dW [k, cout] += col^T [k, rb] x dY [rb, cout] with the register-blocked
-                    // kernel where `cout` suits it (`tn_dw`), else dW^T [cout, k] += dY^T
-                    // [cout, rb] x col [rb, k] through `gemm` (m = cout is small: slower).
-                    let tn = Tn {
-                        rows: k,
-                        k: rb,
-                        lhs_rs: k,
-                        rhs_rs: cout,
-                        dst_rs: cout,
-                    };
-                    if !(tn_dw && tn_product(tn, cout, col, dyb, &mut dwt)) {
-                        dyt.resize(cout * rb, 0.0);
-                        for (r, px) in dyb.chunks_exact(cout).enumerate() {
-                            for (co, &v) in px.iter().enumerate() {
-                                dyt[co * rb + r] = v;
-                            }
-                        }
-                        let gm = Gemm {
-                            m: cout,
-                            n: k,
-                            k: rb,
-                            lhs_rs: rb,
-                            rhs_rs: k,
-                            dst_rs: k,
-                        };
-                        sgemm(gm, &mut dwt, &dyt, col, true).expect("weight-gradient shapes");
+            .map(|t| {
+                pool::with_scratch(|scratch| {
+                    let (x, d, n) = (&x[t], &dy[t], self.sizes[t]);
+                    let rows = n * ho * wo;
+                    if wino_dw {
+                        let du = self.wino_weight_sums(c, x, d, n, scratch);
+                        let dx = flipped.map(|f| {
+                            let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
+                            self.plan.winograd(f, u, d, n, scratch)
+                        });
+                        return (dx, du);
                     }
-                    if flipped.is_none()
-                        && let Some(dx) = dx.as_mut()
-                    {
-                        // dcol [rb, k] = dY [rb, cout] x W^T [cout, k], then col2im.
-                        let gm = Gemm {
-                            m: rb,
-                            n: k,
-                            k: cout,
-                            lhs_rs: cout,
-                            rhs_rs: k,
-                            dst_rs: k,
-                        };
-                        let mut dcol = vec![0.0f32; rb * k];
-                        sgemm(gm, &mut dcol, &d[r0 * cout..r1 * cout], &wt, false)
-                            .expect("data-gradient shapes");
-                        if pointwise {
-                            for (a, b) in dx[r0 * k..r1 * k].iter_mut().zip(&dcol) {
-                                *a += b;
-                            }
+                    let mut dwt = pool::take_zeroed(cout * k);
+                    let mut dyt = Vec::new();
+                    // Through `flipped`, the data gradient is a new Winograd output instead.
+                    let mut dx = (need_dx && flipped.is_none()).then(|| pool::take_zeroed(x.len()));
+                    for r0 in (0..rows).step_by(block) {
+                        let r1 = (r0 + block).min(rows);
+                        let rb = r1 - r0;
+                        let col: &[f32] = if pointwise {
+                            &x[r0 * k..r1 * k]
                         } else {
-                            col2im(c, &dcol, r0, r1, dx);
+                            scratch.resize(rb * k, 0.0);
+                            im2col(c, x, r0, r1, scratch);
+                            &scratch[..rb * k]
+                        };
+                        let dyb = &d[r0 * cout..r1 * cout];
+                        // dW [k, cout] += col^T [k, rb] x dY [rb, cout] with the register-blocked
+                        // kernel where `cout` suits it (`tn_dw`), else dW^T [cout, k] += dY^T
+                        // [cout, rb] x col [rb, k] through `gemm` (m = cout is small: slower).
+                        let tn = Tn {
+                            rows: k,
+                            k: rb,
+                            lhs_rs: k,
+                            rhs_rs: cout,
+                            dst_rs: cout,
+                        };
+                        if !(tn_dw && tn_product(tn, cout, col, dyb, &mut dwt)) {
+                            dyt.resize(cout * rb, 0.0);
+                            for (r, px) in dyb.chunks_exact(cout).enumerate() {
+                                for (co, &v) in px.iter().enumerate() {
+                                    dyt[co * rb + r] = v;
+                                }
+                            }
+                            let gm = Gemm {
+                                m: cout,
+                                n: k,
+                                k: rb,
+                                lhs_rs: rb,
+                                rhs_rs: k,
+                                dst_rs: k,
+                            };
+                            sgemm(gm, &mut dwt, &dyt, col, true).expect("weight-gradient shapes");
+                        }
+                        if flipped.is_none()
+                            && let Some(dx) = dx.as_mut()
+                        {
+                            // dcol [rb, k] = dY [rb, cout] x W^T [cout, k], then col2im.
+                            let gm = Gemm {
+                                m: rb,
+                                n: k,
+                                k: cout,
+                                lhs_rs: cout,
+                                rhs_rs: k,
+                                dst_rs: k,
+                            };
+                            let mut dcol = vec![0.0f32; rb * k];
+                            sgemm(gm, &mut dcol, &d[r0 * cout..r1 * cout], &wt, false)
+                                .expect("data-gradient shapes");
+                            if pointwise {
+                                for (a, b) in dx[r0 * k..r1 * k].iter_mut().zip(&dcol) {
+                                    *a += b;
+                                }
+                            } else {
+                                col2im(c, &dcol, r0, r1, dx);
+                            }
                         }
                     }
-                }
-                if let Some(f) = flipped {
-                    let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
-                    dx = Some(self.plan.winograd(f, u, d, n, scratch));
-                }
-                (dx, dwt)
+                    if let Some(f) = flipped {
+                        let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
+                        dx = Some(self.plan.winograd(f, u, d, n, scratch));
+                    }
+                    (dx, dwt)
+                })
             })
             .collect();
         pool::give_tiles(dy);
