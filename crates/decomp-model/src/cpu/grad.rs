@@ -207,6 +207,17 @@ impl GradEngine {
         images: &[f32],
         target: Target<'_>,
     ) -> Result<StepGradients, ModelError> {
+        // Inside the thread pool: every parallel pass of the step (a few hundred) then starts
+        // from a worker instead of waking one from outside and sleeping until it is done
+        // (futex wake-ups: 5% of a one-thread step). Runs inline when already inside.
+        rayon::scope(|_| self.gradients_in_pool(images, target))
+    }
+
+    fn gradients_in_pool(
+        &mut self,
+        images: &[f32],
+        target: Target<'_>,
+    ) -> Result<StepGradients, ModelError> {
         let n = target.len();
         let in_shape = self.shapes[0].clone();
         let per = numel(&in_shape);

@@ -300,6 +300,17 @@ impl super::grad::GradEngine {
         target: super::grad::Target<'_>,
         lr: f64,
     ) -> Result<(f64, usize), ModelError> {
+        // The whole step inside the thread pool (see `gradients_for`).
+        rayon::scope(|_| self.step_in_pool(optimizer, images, target, lr))
+    }
+
+    fn step_in_pool(
+        &mut self,
+        optimizer: &mut CpuOptimizer,
+        images: &[f32],
+        target: super::grad::Target<'_>,
+        lr: f64,
+    ) -> Result<(f64, usize), ModelError> {
         let grads = self.gradients_for(images, target)?;
         // The loss is summed in f64; one an f32 cannot hold (as burn's f32 loss could not)
         // has diverged too.
