@@ -79,7 +79,9 @@ pub(super) struct Small {
 }
 
 /// `dst[r][..C] (+)= lhs[r][..k] x rhs[k][C]`, four rows at a time with register-resident
-/// accumulators (see [`wino_gemm_simd`]). Callers check [`fma_available`].
+/// accumulators (see [`wino_gemm_simd`]), eight where one accumulator is one vector (`C` up
+/// to the vector width: 16 with AVX-512), so that eight FMA chains run side by side instead
+/// of four. Callers check [`fma_available`].
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
 pub(super) fn small_gemm<S: macerator::Simd, const C: usize>(
@@ -104,30 +106,34 @@ pub(super) fn small_gemm<S: macerator::Simd, const C: usize>(
         }
     };
     let mut t0 = 0;
-    while t0 + 4 <= rows {
-        let row = |r: usize| &lhs[(t0 + r) * lhs_rs..][..k];
-        let (v0, v1, v2, v3) = (row(0), row(1), row(2), row(3));
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            init(dst, t0),
-            init(dst, t0 + 1),
-            init(dst, t0 + 2),
-            init(dst, t0 + 3),
-        );
-        for ci in 0..k {
-            let w: &[f32; C] = rhs[ci * C..(ci + 1) * C].try_into().expect("C columns");
-            let (x0, x1, x2, x3) = (v0[ci], v1[ci], v2[ci], v3[ci]);
-            for o in 0..C {
-                a0[o] = x0.mul_add(w[o], a0[o]);
-                a1[o] = x1.mul_add(w[o], a1[o]);
-                a2[o] = x2.mul_add(w[o], a2[o]);
-                a3[o] = x3.mul_add(w[o], a3[o]);
+    // Blocks of rows `t0 + r` for the listed `r`, one named `[f32; C]` accumulator each (an
+    // array of accumulators was left on the stack, with scalar FMAs).
+    macro_rules! rows {
+        ($($r:literal => $v:ident, $a:ident);+) => {
+            let n = [$($r),+].len();
+            while t0 + n <= rows {
+                $(let $v = &lhs[(t0 + $r) * lhs_rs..][..k];)+
+                $(let mut $a = init(dst, t0 + $r);)+
+                for ci in 0..k {
+                    let w: &[f32; C] = rhs[ci * C..(ci + 1) * C].try_into().expect("C columns");
+                    $(let $v = $v[ci];)+
+                    for o in 0..C {
+                        $($a[o] = $v.mul_add(w[o], $a[o]);)+
+                    }
+                }
+                // Stored through a copy: taking an accumulator's address kept it on the stack.
+                for (r, a) in [$($a),+].iter().enumerate() {
+                    dst[(t0 + r) * dst_rs..][..C].copy_from_slice(a);
+                }
+                t0 += n;
             }
-        }
-        for (r, a) in [a0, a1, a2, a3].iter().enumerate() {
-            dst[(t0 + r) * dst_rs..][..C].copy_from_slice(a);
-        }
-        t0 += 4;
+        };
     }
+    if C <= S::lanes32() {
+        rows!(0 => v0, a0; 1 => v1, a1; 2 => v2, a2; 3 => v3, a3;
+              4 => v4, a4; 5 => v5, a5; 6 => v6, a6; 7 => v7, a7);
+    }
+    rows!(0 => v0, a0; 1 => v1, a1; 2 => v2, a2; 3 => v3, a3);
     while t0 < rows {
         let mut acc = init(dst, t0);
         for (ci, &a) in lhs[t0 * lhs_rs..][..k].iter().enumerate() {
@@ -172,9 +178,10 @@ pub(super) struct Tn {
     pub(super) dst_rs: usize,
 }
 
-/// [`Tn`]'s product, four rows at a time: the four `[f32; C]` accumulators are separate
-/// variables (as in [`small_gemm`]) so they stay in vector registers while `k` streams (one
-/// `C`-wide load and four broadcasts per step); remaining rows one at a time. Callers check
+/// [`Tn`]'s product, four rows at a time (eight as in [`small_gemm`]): the `[f32; C]`
+/// accumulators are separate variables (as in [`small_gemm`]) so they stay in vector
+/// registers while `k` streams (one `C`-wide load and a broadcast per row per step);
+/// remaining rows one at a time. Callers check
 /// [`fma_available`].
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
@@ -195,29 +202,31 @@ pub(super) fn tn_gemm<S: macerator::Simd, const C: usize>(
         dst[r * dst_rs..][..C].try_into().expect("C columns")
     };
     let mut r0 = 0;
-    while r0 + 4 <= rows {
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            load(dst, r0),
-            load(dst, r0 + 1),
-            load(dst, r0 + 2),
-            load(dst, r0 + 3),
-        );
-        for kk in 0..k {
-            let w: &[f32; C] = rhs[kk * rhs_rs..][..C].try_into().expect("C columns");
-            let x: &[f32; 4] = lhs[kk * lhs_rs + r0..][..4].try_into().expect("4 rows");
-            let (x0, x1, x2, x3) = (x[0], x[1], x[2], x[3]);
-            for o in 0..C {
-                a0[o] = x0.mul_add(w[o], a0[o]);
-                a1[o] = x1.mul_add(w[o], a1[o]);
-                a2[o] = x2.mul_add(w[o], a2[o]);
-                a3[o] = x3.mul_add(w[o], a3[o]);
+    // One block of rows `r0 + r` for the listed `r` (as in `small_gemm`).
+    macro_rules! rows {
+        ($($r:literal => $a:ident);+) => {
+            let n = [$($r),+].len();
+            while r0 + n <= rows {
+                $(let mut $a = load(dst, r0 + $r);)+
+                for kk in 0..k {
+                    let w: &[f32; C] = rhs[kk * rhs_rs..][..C].try_into().expect("C columns");
+                    let x = &lhs[kk * lhs_rs + r0..][..n];
+                    for o in 0..C {
+                        $($a[o] = x[$r].mul_add(w[o], $a[o]);)+
+                    }
+                }
+                // Stored through a copy (see `small_gemm`).
+                for (r, a) in [$($a),+].iter().enumerate() {
+                    dst[(r0 + r) * dst_rs..][..C].copy_from_slice(a);
+                }
+                r0 += n;
             }
-        }
-        for (r, a) in [a0, a1, a2, a3].iter().enumerate() {
-            dst[(r0 + r) * dst_rs..][..C].copy_from_slice(a);
-        }
-        r0 += 4;
+        };
     }
+    if C <= S::lanes32() {
+        rows!(0 => a0; 1 => a1; 2 => a2; 3 => a3; 4 => a4; 5 => a5; 6 => a6; 7 => a7);
+    }
+    rows!(0 => a0; 1 => a1; 2 => a2; 3 => a3);
     for r in r0..rows {
         let mut acc = load(dst, r);
         for kk in 0..k {
