@@ -366,6 +366,10 @@ pub struct SelectSpec {
     /// `inter-replace`: which (main class, second class) cases it runs.
     #[serde(default, skip_serializing_if = "Cases::is_zip")]
     pub cases: Cases,
+    /// `intra-replace`: replace the modules of this many classes (a draw with `seed`)
+    /// instead of every class's; the compositions keep every class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_classes: Option<usize>,
 }
 
 /// The cases of `inter-replace` (Table 5): main class x replaced by second class t.
@@ -405,6 +409,7 @@ impl Default for SelectSpec {
             fixed: None,
             second_fixed: None,
             cases: Cases::Zip,
+            replace_classes: None,
         }
     }
 }
@@ -739,6 +744,24 @@ mod tests {
                 "{n}"
             );
             assert!(second.train.is_none(), "{n}");
+        }
+        // Table 4 on Tiny ImageNet-20: the zoo's ResNet-32 modules, the ResNet-20's as donors
+        // (the paper's direction), 10 replaced classes; the other Tables 4 replace every class.
+        let m = load("table4-ti64");
+        assert_eq!(m.scenario, "intra-replace");
+        assert_eq!(
+            (
+                m.models["weak"].weights.as_deref(),
+                m.models["strong"].weights.as_deref()
+            ),
+            (
+                Some("models/zoo/ti64-r32.ir"),
+                Some("models/zoo/ti64-r20.ir")
+            )
+        );
+        assert_eq!(m.select.replace_classes, Some(10));
+        for n in ["table4", "table4-c10"] {
+            assert_eq!(load(n).select.replace_classes, None, "{n}");
         }
         // The default experiment's cut-down Table 2 stays cut down (it must fit ~15 minutes).
         let t = load("table2").tma.expect("a TMA");

@@ -117,8 +117,17 @@ pub fn intra_replace(r: &Run) -> Result<()> {
     };
     let k = weak.data.num_classes;
     let all = |f: usize| all(f, k);
+    // The classes whose module is replaced: all, or a seeded draw (`[select] replace_classes`).
+    let xs: Vec<usize> = match r.m.select.replace_classes {
+        None => (0..k).collect(),
+        Some(n) if n == 0 || n > k => anyhow::bail!(
+            "[select] replace_classes = {n}: between 1 and the {k} classes of the recipient's data expected"
+        ),
+        Some(n) => super::seeded_choice(k, n, r.m.select.seed),
+    };
+    let nx = xs.len();
     let mut replaced = Vec::new();
-    for x in 0..k {
+    for &x in &xs {
         let mut pick = all(0);
         pick[x] = format!("1:{x}");
         replaced.push(
@@ -137,11 +146,19 @@ pub fn intra_replace(r: &Run) -> Result<()> {
     let _ = writeln!(
         md,
         "Recipient: `{}`; donor: `{}`. Each row composes all {k} modules of the recipient with the module of class x \
-         taken from the donor, evaluated on the full test split ({} images). Here the donor's composed modules score \
+         taken from the donor, evaluated on the full test split ({} images){}. Here the donor's composed modules score \
          {:.2}% top-1 against the recipient's {:.2}%: the donor is the {} model.\n",
         weak.arch,
         strong.arch,
         base_w.n,
+        if nx < k {
+            format!(
+                "; x runs over {nx} of the {k} classes, drawn with seed {} (`[select] replace_classes`)",
+                r.m.select.seed
+            )
+        } else {
+            String::new()
+        },
         base_s.top1,
         base_w.top1,
         if base_s.top1 > base_w.top1 {
@@ -185,7 +202,7 @@ pub fn intra_replace(r: &Run) -> Result<()> {
     let mut rows = Vec::new();
     let (mut sum1, mut sum5) = (0.0, 0.0);
     let (mut p1, mut p5) = (Paired::default(), Paired::default());
-    for (x, v) in replaced.iter().enumerate() {
+    for (&x, v) in xs.iter().zip(&replaced) {
         let (d1, d5) = (v.top1 - base_w.top1, v.top5 - base_w.top5);
         sum1 += d1;
         sum5 += d5;
@@ -233,10 +250,10 @@ pub fn intra_replace(r: &Run) -> Result<()> {
             "delta_top1_ci": ci[0], "delta_top5": d5, "delta_top5_ci": ci[1]}),
         );
     }
-    let (m1, m5) = (sum1 / k as f64, sum5 / k as f64);
+    let (m1, m5) = (sum1 / nx as f64, sum5 / nx as f64);
     let (ci1, ci5) = (
-        p1.mean_shared(k, bs.resamples, bs.seed)?,
-        p5.mean_shared(k, bs.resamples, bs.seed)?,
+        p1.mean_shared(nx, bs.resamples, bs.seed)?,
+        p5.mean_shared(nx, bs.resamples, bs.seed)?,
     );
     let (better1, better5) = (
         replaced.iter().filter(|v| v.top1 >= base_w.top1).count(),
@@ -245,8 +262,8 @@ pub fn intra_replace(r: &Run) -> Result<()> {
     let _ = writeln!(
         md,
         "\nMean change over x: **{} top-1**, {} top-5 (points); at or above the recipient's composition in {better1} \
-         of {k} cases (top-1), {better5} of {k} (top-5).\n\n95% intervals: paired bootstrap over the test images ({} \
-         resamples, seed {} + x); the mean's interval draws one resample of the test images for all {k} rows (they \
+         of {nx} cases (top-1), {better5} of {nx} (top-5).\n\n95% intervals: paired bootstrap over the test images ({} \
+         resamples, seed {} + x); the mean's interval draws one resample of the test images for all {nx} rows (they \
          share the images) and averages their differences (seed {}).\n",
         with_interval(m1, ci1.as_ref()),
         with_interval(m5, ci5.as_ref()),
@@ -284,13 +301,19 @@ pub fn intra_replace(r: &Run) -> Result<()> {
         );
     }
     md.push_str("![per-class accuracy](per_class.svg)\n\n![module size](module_size.svg)\n");
-    let per = |v: &VoteReport| v.per_class[..k].to_vec();
-    let replaced_x: Vec<f64> = (0..k).map(|x| replaced[x].per_class[x]).collect();
+    // The classes x that were replaced (all, or the drawn ones).
+    let per = |v: &VoteReport| xs.iter().map(|&x| v.per_class[x]).collect::<Vec<_>>();
+    let replaced_x: Vec<f64> = xs
+        .iter()
+        .zip(&replaced)
+        .map(|(&x, v)| v.per_class[x])
+        .collect();
+    let names_x: Vec<String> = xs.iter().map(|&x| class_names[x].clone()).collect();
     plot::bars(
         &r.out_dir().join("per_class.svg"),
         "Per-class top-1: recipient modules, donor modules, class x replaced",
         "top-1 %",
-        &class_names,
+        &names_x,
         &[
             (&format!("{} modules", weak.arch), per(&base_w)),
             (&format!("{} modules", strong.arch), per(&base_s)),
@@ -310,7 +333,7 @@ pub fn intra_replace(r: &Run) -> Result<()> {
         ..base_w
     };
     r.finish(&md, &json!({"weak": base_w, "strong": base_s, "weak_compose": cw, "strong_compose": cs, "replace": rows,
-        "mean_delta_top1": m1, "mean_delta_top1_ci": ci1, "mean_delta_top5": m5, "mean_delta_top5_ci": ci5,
+        "replaced_classes": xs, "mean_delta_top1": m1, "mean_delta_top1_ci": ci1, "mean_delta_top5": m5, "mean_delta_top5_ci": ci5,
         "bootstrap": bs}), &csv)?;
     Ok(())
 }
