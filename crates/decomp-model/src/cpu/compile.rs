@@ -34,6 +34,9 @@ impl CpuPlan {
         }
         let folded_conv: HashMap<NodeId, NodeId> =
             fold_into.iter().map(|(&c, &b)| (b, c)).collect();
+        // The training engine's plans (compiled every step, never retuned) run every
+        // Winograd-shaped convolution as Winograd: they skip its im2col weights.
+        let im2col_weights = fold || !tuning.winograd;
         // Nodes compile independently (the training engine compiles every step): in parallel.
         let compile_node = |id: NodeId| -> Option<PNode> {
             let node = &g.nodes[id];
@@ -56,7 +59,13 @@ impl CpuPlan {
                     inputs,
                 },
                 Op::Conv2d { .. } => PNode {
-                    op: POp::Conv(conv(&node.op, &shapes[inputs[0]], &shapes[id], None)?),
+                    op: POp::Conv(conv(
+                        &node.op,
+                        &shapes[inputs[0]],
+                        &shapes[id],
+                        None,
+                        im2col_weights,
+                    )?),
                     inputs,
                 },
                 Op::BatchNorm2d {
@@ -88,6 +97,7 @@ impl CpuPlan {
                                     &shapes[cnode.inputs[0]],
                                     &shapes[c],
                                     Some((&scale, &shift)),
+                                    im2col_weights,
                                 )?),
                                 inputs: cnode.inputs.clone(),
                             }
@@ -226,7 +236,14 @@ impl CpuPlan {
         self.tuning
     }
 
+    /// Retunes an inference plan ([`Self::new`]); a training plan ([`Self::unfolded`]) keeps
+    /// the Winograd setting it was compiled with (it has no im2col weights for Winograd-shaped
+    /// convolutions when that was on).
     pub(crate) fn set_tuning(&mut self, tuning: CpuTuning) {
+        debug_assert!(
+            !self.recycle || tuning.winograd == self.tuning.winograd,
+            "a training plan keeps its Winograd setting"
+        );
         self.tuning = CpuTuning {
             tile: tuning.tile.max(1),
             block: tuning.block.max(1),
@@ -302,12 +319,15 @@ impl CpuPlan {
     }
 }
 
-/// A convolution in plan form, with an optional BatchNorm `(scale, shift)` folded in.
+/// A convolution in plan form, with an optional BatchNorm `(scale, shift)` folded in. Without
+/// `im2col_weights`, a Winograd-shaped convolution (3x3, stride 1, padding 1) gets only its
+/// Winograd weights (`w` stays empty): for plans that always run those as Winograd.
 pub(super) fn conv(
     op: &Op,
     in_shape: &Shape,
     out_shape: &Shape,
     bn: Option<(&[f32], &[f32])>,
+    im2col_weights: bool,
 ) -> Option<Conv> {
     let Op::Conv2d {
         weight,
@@ -325,21 +345,29 @@ pub(super) fn conv(
     let [_, h, w] = chw(in_shape);
     let [_, ho, wo] = chw(out_shape);
     let cp = cout.div_ceil(8) * 8;
-    let mut wm = vec![0.0f32; kh * kw * cin * cp];
-    let mut b = vec![0.0f32; cout];
-    for co in 0..cout {
-        let (s, t) = bn.map_or((1.0, 0.0), |(s, t)| (s[co], t[co]));
-        for ci in 0..cin {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let v = weight.data[((co * cin + ci) * kh + ky) * kw + kx];
-                    wm[((ky * kw + kx) * cin + ci) * cp + co] = v * s;
+    let winograd_shaped = kh == 3 && kw == 3 && *stride == [1, 1] && *padding == [1, 1];
+    let mut wm = Vec::new();
+    if im2col_weights || !winograd_shaped {
+        wm = vec![0.0f32; kh * kw * cin * cp];
+        for co in 0..cout {
+            let s = bn.map_or(1.0, |(s, _)| s[co]);
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let v = weight.data[((co * cin + ci) * kh + ky) * kw + kx];
+                        wm[((ky * kw + kx) * cin + ci) * cp + co] = v * s;
+                    }
                 }
             }
         }
-        b[co] = bias.as_ref().map_or(0.0, |b| b.data[co]) * s + t;
     }
-    let wino = (kh == 3 && kw == 3 && *stride == [1, 1] && *padding == [1, 1]).then(|| {
+    let b: Vec<f32> = (0..cout)
+        .map(|co| {
+            let (s, t) = bn.map_or((1.0, 0.0), |(s, t)| (s[co], t[co]));
+            bias.as_ref().map_or(0.0, |b| b.data[co]) * s + t
+        })
+        .collect();
+    let wino = winograd_shaped.then(|| {
         // U = G g G^T per (ci, co), G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
         // in f64 (the halves are exact, so this equals the sum of G's products).
         let g_rows = |k: [f64; 3]| -> [f64; 4] {

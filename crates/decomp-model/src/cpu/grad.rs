@@ -991,7 +991,7 @@ fn flipped_conv(c: &Conv, weight: &TensorData) -> Conv {
         groups: 1,
     };
     let [h, w] = c.in_hw;
-    compile::conv(&op, &vec![cout, h, w], &vec![cin, h, w], None)
+    compile::conv(&op, &vec![cout, h, w], &vec![cin, h, w], None, false)
         .expect("a flipped 3x3 convolution compiles")
 }
 

@@ -86,7 +86,13 @@ impl Grouped {
                     padding: *padding,
                     groups: 1,
                 };
-                compile::conv(&group_op, &vec![cin_g, h, w], &vec![cout_g, ho, wo], None)
+                compile::conv(
+                    &group_op,
+                    &vec![cin_g, h, w],
+                    &vec![cout_g, ho, wo],
+                    None,
+                    true,
+                )
             })
             .collect::<Option<Vec<Conv>>>()?;
         Some(Grouped::PerGroup {
