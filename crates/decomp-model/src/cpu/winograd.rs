@@ -288,24 +288,21 @@ fn butterfly_grad(y0: &[f32], y1: &[f32], out: &mut [f32], stride: usize) {
 /// The weight gradient `G^T du G` of one `(co, ci)` pair from its 16 Winograd-domain sums
 /// `du[a * 4 + b]` (the adjoint of the forward's `U = G g G^T`), as `[ky * 3 + kx]`.
 pub(super) fn wino_weight_grad(du: &[f32; 16]) -> [f32; 9] {
-    // G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]; rows of G^T are its columns.
-    const G: [[f32; 3]; 4] = [
-        [1.0, 0.0, 0.0],
-        [0.5, 0.5, 0.5],
-        [0.5, -0.5, 0.5],
-        [0.0, 0.0, 1.0],
-    ];
-    // r[a][kx] = sum over b of du[a][b] G[b][kx].
-    let mut r = [[0.0f32; 3]; 4];
-    for (a, ra) in r.iter_mut().enumerate() {
-        for (kx, v) in ra.iter_mut().enumerate() {
-            *v = (0..4).map(|b| du[a * 4 + b] * G[b][kx]).sum();
-        }
+    // G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]: G^T v for a column v of four,
+    // written out (the general sum multiplied by every zero of G, at every step).
+    #[inline(always)]
+    fn gt(v: [f32; 4]) -> [f32; 3] {
+        let (p, m) = (0.5 * (v[1] + v[2]), 0.5 * (v[1] - v[2]));
+        [v[0] + p, m, p + v[3]]
     }
+    // r[a][kx] = (du[a][.] G)[kx], then g[.][kx] = G^T r[.][kx].
+    let r: [[f32; 3]; 4] =
+        std::array::from_fn(|a| gt([du[a * 4], du[a * 4 + 1], du[a * 4 + 2], du[a * 4 + 3]]));
     let mut g = [0.0f32; 9];
-    for ky in 0..3 {
-        for kx in 0..3 {
-            g[ky * 3 + kx] = (0..4).map(|a| G[a][ky] * r[a][kx]).sum();
+    for kx in 0..3 {
+        let col = gt([r[0][kx], r[1][kx], r[2][kx], r[3][kx]]);
+        for (ky, v) in col.into_iter().enumerate() {
+            g[ky * 3 + kx] = v;
         }
     }
     g
