@@ -755,6 +755,27 @@ impl Pass<'_> {
                 }
             }
         }
+        // `wt` again as column chunks of up to 64 (`[cout][width]` each) for the register-
+        // blocked product, where `k` splits so; else the `gemm` crate takes `wt` whole.
+        let wt_chunks: Vec<(usize, usize, Vec<f32>)> = if !wt.is_empty()
+            && self.tuning.small_kernels
+            && fma_available()
+            && k.is_multiple_of(8)
+        {
+            (0..k)
+                .step_by(64)
+                .map(|c0| {
+                    let wd = (k - c0).min(64);
+                    let mut m = vec![0.0f32; cout * wd];
+                    for (co, row) in m.chunks_exact_mut(wd).enumerate() {
+                        row.copy_from_slice(&wt[co * k + c0..][..wd]);
+                    }
+                    (c0, wd, m)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         // The weight gradient of a Winograd convolution in the Winograd domain too: sums of
         // transformed output gradients times transformed inputs, then `G^T du G`.
         let wino_dw = c.wino.is_some()
@@ -830,18 +851,33 @@ impl Pass<'_> {
                         if flipped.is_none()
                             && let Some(dx) = dx.as_mut()
                         {
-                            // dcol [rb, k] = dY [rb, cout] x W^T [cout, k], then col2im.
-                            let gm = Gemm {
-                                m: rb,
-                                n: k,
-                                k: cout,
-                                lhs_rs: cout,
-                                rhs_rs: k,
-                                dst_rs: k,
-                            };
-                            let mut dcol = vec![0.0f32; rb * k];
-                            sgemm(gm, &mut dcol, &d[r0 * cout..r1 * cout], &wt, false)
-                                .expect("data-gradient shapes");
+                            // dcol [rb, k] = dY [rb, cout] x W^T [cout, k], then col2im
+                            // (both products write every element).
+                            let mut dcol = pool::take(rb * k);
+                            let dyb = &d[r0 * cout..r1 * cout];
+                            if wt_chunks.is_empty() {
+                                let gm = Gemm {
+                                    m: rb,
+                                    n: k,
+                                    k: cout,
+                                    lhs_rs: cout,
+                                    rhs_rs: k,
+                                    dst_rs: k,
+                                };
+                                sgemm(gm, &mut dcol, dyb, &wt, false)
+                                    .expect("data-gradient shapes");
+                            }
+                            for (c0, wd, m) in &wt_chunks {
+                                let g = Small {
+                                    rows: rb,
+                                    k: cout,
+                                    lhs_rs: cout,
+                                    dst_rs: k,
+                                    accumulate: false,
+                                };
+                                let done = small_product(g, *wd, dyb, m, &mut dcol[*c0..]);
+                                assert!(done, "widths checked with the chunks");
+                            }
                             if pointwise {
                                 for (a, b) in dx[r0 * k..r1 * k].iter_mut().zip(&dcol) {
                                     *a += b;
@@ -849,6 +885,7 @@ impl Pass<'_> {
                             } else {
                                 col2im(c, &dcol, r0, r1, dx);
                             }
+                            pool::give(dcol);
                         }
                     }
                     if let Some(f) = flipped {
