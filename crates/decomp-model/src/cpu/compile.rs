@@ -240,7 +240,7 @@ impl CpuPlan {
     /// the Winograd setting it was compiled with (it has no im2col weights for Winograd-shaped
     /// convolutions when that was on).
     pub(crate) fn set_tuning(&mut self, tuning: CpuTuning) {
-        debug_assert!(
+        assert!(
             !self.recycle || tuning.winograd == self.tuning.winograd,
             "a training plan keeps its Winograd setting"
         );
