@@ -276,6 +276,10 @@ pub struct ZooSpec {
     /// ...raised the best validation accuracy by at most this many points.
     #[serde(default = "flat_tolerance")]
     pub flat_tolerance: f64,
+    /// A real model's least test top-1 (%) per dataset (`cifar10`, `tiny-imagenet`): the
+    /// report names every finished run below it.
+    #[serde(default)]
+    pub min_test_top1: std::collections::BTreeMap<String, f64>,
 }
 
 fn zoo_dir() -> String {
@@ -763,6 +767,15 @@ mod tests {
         for n in ["table4", "table4-c10"] {
             assert_eq!(load(n).select.replace_classes, None, "{n}");
         }
+        // The zoo names its runs under issue 15's bars.
+        let z = load("zoo").zoo.expect("[zoo]");
+        assert_eq!(
+            z.min_test_top1.into_iter().collect::<Vec<_>>(),
+            [
+                ("cifar10".to_string(), 80.0),
+                ("tiny-imagenet".to_string(), 50.0)
+            ]
+        );
         // The default experiment's cut-down Table 2 stays cut down (it must fit ~15 minutes).
         let t = load("table2").tma.expect("a TMA");
         assert_eq!((t.epochs, t.train_limit), (Some(6), Some(4000)));

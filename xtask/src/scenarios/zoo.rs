@@ -223,6 +223,8 @@ type Metrics = TrainMetrics<PlannedEpochs>;
 struct Entry {
     name: String,
     dataset: String,
+    /// The dataset's kind (`cifar10`, `tiny-imagenet`).
+    kind: String,
     train: crate::manifest::TrainSpec,
     /// The training unit's key.
     key: serde_json::Value,
@@ -258,10 +260,19 @@ struct Row {
     /// SHA-256.
     weights: Option<String>,
     sha256: Option<String>,
+    /// The least test top-1 (%) of a real model on this dataset (`[zoo] min_test_top1`).
+    min_test_top1: Option<f64>,
 }
 
 pub fn zoo(r: &Run) -> Result<()> {
     let z: ZooSpec = r.m.zoo.clone().context("a zoo manifest needs [zoo]")?;
+    for d in z.min_test_top1.keys() {
+        if !r.m.data.values().any(|ds| &ds.dataset == d) {
+            anyhow::bail!(
+                "[zoo] min_test_top1: `{d}` is not the dataset of any [data.*] of this manifest"
+            );
+        }
+    }
     let mut entries = Vec::new();
     let n = r.m.models.len();
     for (i, (name, spec)) in r.m.models.iter().enumerate() {
@@ -299,6 +310,7 @@ pub fn zoo(r: &Run) -> Result<()> {
         entries.push(Entry {
             name: name.clone(),
             dataset: ds.path.clone().unwrap_or_else(|| ds.dataset.clone()),
+            kind: ds.dataset.clone(),
             train: t,
             key,
             done,
@@ -409,6 +421,7 @@ pub fn zoo(r: &Run) -> Result<()> {
             (None, None) => "not started".to_string(),
         };
         rows.push(Row {
+            min_test_top1: z.min_test_top1.get(&e.kind).copied(),
             weights: e
                 .done
                 .as_ref()
@@ -531,6 +544,32 @@ fn report(r: &Run, z: &ZooSpec, rows: &[Row]) -> Result<()> {
             o(x.convergence.map(|c| c.gain)),
             o(x.convergence.map(|c| c.slope)),
             x.sha256.as_deref().unwrap_or(""),
+        );
+    }
+    if !z.min_test_top1.is_empty() {
+        let bars: Vec<String> = z
+            .min_test_top1
+            .iter()
+            .map(|(d, m)| format!("{m}% on {d}"))
+            .collect();
+        let below: Vec<String> = rows
+            .iter()
+            .filter_map(|x| {
+                let (Some(min), Some(t)) = (x.min_test_top1, x.test.as_ref()) else {
+                    return None;
+                };
+                (t.top1 < min).then(|| format!("`{}` ({:.2}%)", x.name, t.top1))
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "\nA real model scores at least {} (test top-1). {}",
+            bars.join(", "),
+            if below.is_empty() {
+                "Every finished run does.".to_string()
+            } else {
+                format!("**Below it:** {}.", below.join(", "))
+            }
         );
     }
     md.push_str(
