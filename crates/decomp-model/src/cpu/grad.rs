@@ -813,12 +813,17 @@ impl Pass<'_> {
                     for r0 in (0..rows).step_by(block) {
                         let r1 = (r0 + block).min(rows);
                         let rb = r1 - r0;
+                        // The thread's scratch holds the block's im2col columns and, for the
+                        // data gradient, their gradient (each written whole before it is read).
+                        let col_len = if pointwise { 0 } else { rb * k };
+                        let dcol_len = if dx.is_some() { rb * k } else { 0 };
+                        scratch.resize(col_len + dcol_len, 0.0);
+                        let (col_buf, dcol_buf) = scratch.split_at_mut(col_len);
                         let col: &[f32] = if pointwise {
                             &x[r0 * k..r1 * k]
                         } else {
-                            scratch.resize(rb * k, 0.0);
-                            im2col(c, x, r0, r1, scratch);
-                            &scratch[..rb * k]
+                            im2col(c, x, r0, r1, col_buf);
+                            col_buf
                         };
                         let dyb = &d[r0 * cout..r1 * cout];
                         // dW [k, cout] += col^T [k, rb] x dY [rb, cout] with the register-blocked
@@ -853,8 +858,7 @@ impl Pass<'_> {
                         {
                             // dcol [rb, k] = dY [rb, cout] x W^T [cout, k], then col2im
                             // (both products write every element).
-                            let mut dcol = pool::take(rb * k);
-                            let dyb = &d[r0 * cout..r1 * cout];
+                            let dcol = &mut dcol_buf[..rb * k];
                             if wt_chunks.is_empty() {
                                 let gm = Gemm {
                                     m: rb,
@@ -864,8 +868,7 @@ impl Pass<'_> {
                                     rhs_rs: k,
                                     dst_rs: k,
                                 };
-                                sgemm(gm, &mut dcol, dyb, &wt, false)
-                                    .expect("data-gradient shapes");
+                                sgemm(gm, dcol, dyb, &wt, false).expect("data-gradient shapes");
                             }
                             for (c0, wd, m) in &wt_chunks {
                                 let g = Small {
@@ -879,13 +882,12 @@ impl Pass<'_> {
                                 assert!(done, "widths checked with the chunks");
                             }
                             if pointwise {
-                                for (a, b) in dx[r0 * k..r1 * k].iter_mut().zip(&dcol) {
+                                for (a, b) in dx[r0 * k..r1 * k].iter_mut().zip(&*dcol) {
                                     *a += b;
                                 }
                             } else {
-                                col2im(c, &dcol, r0, r1, dx);
+                                col2im(c, dcol, r0, r1, dx);
                             }
-                            pool::give(dcol);
                         }
                     }
                     if let Some(f) = flipped {

@@ -82,7 +82,6 @@ pub(super) struct Small {
 /// accumulators (see [`wino_gemm_simd`]), eight where one accumulator is one vector (`C` up
 /// to the vector width: 16 with AVX-512), so that eight FMA chains run side by side instead
 /// of four. Callers check [`fma_available`].
-#[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
 pub(super) fn small_gemm<S: macerator::Simd, const C: usize>(
     g: Small,
@@ -181,9 +180,7 @@ pub(super) struct Tn {
 /// [`Tn`]'s product, four rows at a time (eight as in [`small_gemm`]): the `[f32; C]`
 /// accumulators are separate variables (as in [`small_gemm`]) so they stay in vector
 /// registers while `k` streams (one `C`-wide load and a broadcast per row per step);
-/// remaining rows one at a time. Callers check
-/// [`fma_available`].
-#[allow(clippy::extra_unused_type_parameters)]
+/// remaining rows one at a time. Callers check [`fma_available`].
 #[macerator::with_simd]
 pub(super) fn tn_gemm<S: macerator::Simd, const C: usize>(
     g: Tn,
