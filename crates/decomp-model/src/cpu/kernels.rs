@@ -89,6 +89,27 @@ pub(super) fn small_gemm<S: macerator::Simd, const C: usize>(
     rhs: &[f32],
     dst: &mut [f32],
 ) {
+    let eight = C <= S::lanes32();
+    // As many input channels as outputs (every Winograd product between convolutions of one
+    // stage): a constant `k`, so that the channel loop unrolls without a bounds check and
+    // address arithmetic per step.
+    if g.k == C {
+        small_gemm_rows::<C>(Small { k: C, ..g }, lhs, rhs, dst, eight);
+    } else {
+        small_gemm_rows::<C>(g, lhs, rhs, dst, eight);
+    }
+}
+
+/// [`small_gemm`]'s body, inlined into each SIMD level's instantiation (and for a constant `k`);
+/// eight-row blocks when `eight`.
+#[inline(always)]
+fn small_gemm_rows<const C: usize>(
+    g: Small,
+    lhs: &[f32],
+    rhs: &[f32],
+    dst: &mut [f32],
+    eight: bool,
+) {
     let Small {
         rows,
         k,
@@ -128,7 +149,7 @@ pub(super) fn small_gemm<S: macerator::Simd, const C: usize>(
             }
         };
     }
-    if C <= S::lanes32() {
+    if eight {
         rows!(0 => v0, a0; 1 => v1, a1; 2 => v2, a2; 3 => v3, a3;
               4 => v4, a4; 5 => v5, a5; 6 => v6, a6; 7 => v7, a7);
     }
