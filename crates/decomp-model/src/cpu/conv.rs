@@ -24,8 +24,8 @@ impl CpuPlan {
         // Every output is written by the output transform.
         let mut y = super::pool::take(n * h * w * cout);
         let tb = (self.tuning.block / (16 * cin.max(cp))).clamp(1, tiles);
-        scratch.resize(tb * 16 * (cin + cp), 0.0);
-        let (v, m) = scratch.split_at_mut(tb * 16 * cin);
+        let (v, m) =
+            super::pool::scratch_of(scratch, tb * 16 * (cin + cp)).split_at_mut(tb * 16 * cin);
         let zero = vec![0.0f32; 4 * cin];
         let mut tmp = vec![0.0f32; 32 * cin.max(cp)];
         let geo = Wino {
@@ -80,12 +80,12 @@ impl CpuPlan {
             return y;
         }
         let block = (self.tuning.block / k).clamp(1, rows);
-        scratch.resize(block * k, 0.0);
+        let cols = super::pool::scratch_of(scratch, block * k);
         let mut padded = Vec::new();
         for r0 in (0..rows).step_by(block) {
             let r1 = (r0 + block).min(rows);
-            im2col(c, x, r0, r1, scratch);
-            let (dst, lhs) = (&mut y[r0 * c.cout..r1 * c.cout], &scratch[..(r1 - r0) * k]);
+            im2col(c, x, r0, r1, cols);
+            let (dst, lhs) = (&mut y[r0 * c.cout..r1 * c.cout], &cols[..(r1 - r0) * k]);
             self.conv_product(c, lhs, r1 - r0, k, dst, &mut padded);
         }
         y

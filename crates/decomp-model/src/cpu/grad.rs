@@ -817,8 +817,8 @@ impl Pass<'_> {
                         // data gradient, their gradient (each written whole before it is read).
                         let col_len = if pointwise { 0 } else { rb * k };
                         let dcol_len = if dx.is_some() { rb * k } else { 0 };
-                        scratch.resize(col_len + dcol_len, 0.0);
-                        let (col_buf, dcol_buf) = scratch.split_at_mut(col_len);
+                        let (col_buf, dcol_buf) =
+                            pool::scratch_of(scratch, col_len + dcol_len).split_at_mut(col_len);
                         let col: &[f32] = if pointwise {
                             &x[r0 * k..r1 * k]
                         } else {
@@ -972,8 +972,7 @@ impl Pass<'_> {
             tw,
         };
         let tb = (self.tuning.block / (16 * (cin + cout))).clamp(1, tiles);
-        scratch.resize(tb * 16 * (cin + cout), 0.0);
-        let (v, m) = scratch.split_at_mut(tb * 16 * cin);
+        let (v, m) = pool::scratch_of(scratch, tb * 16 * (cin + cout)).split_at_mut(tb * 16 * cin);
         let zero = vec![0.0f32; 4 * cin];
         let mut tmp = vec![0.0f32; 32 * cin.max(cout)];
         let mut du = pool::take_zeroed(16 * cout * cin);

@@ -125,6 +125,17 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     r
 }
 
+/// The first `len` values of a scratch buffer (contents unspecified), growing it when it is
+/// shorter. Never shrinking it matters: `resize` to a smaller length and back zeroed the
+/// difference again at every call, since layers of different widths share one thread's
+/// scratch (1.2% of a no-BatchNorm ResNet-56 step in `memset`).
+pub(crate) fn scratch_of(scratch: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if scratch.len() < len {
+        scratch.resize(len, 0.0);
+    }
+    &mut scratch[..len]
+}
+
 /// Gives a buffer back (freed instead when the pool is full).
 pub(crate) fn give(v: Vec<f32>) {
     let bytes = 4 * v.capacity();
