@@ -335,6 +335,14 @@ struct Pass<'a> {
 impl Pass<'_> {
     /// Every node's output per tile, and each BatchNorm's batch statistics (with the biased
     /// variance).
+    ///
+    /// Between two BatchNorms every node works on one tile at a time, so the graph runs
+    /// tile-major there: one parallel job per tile runs the whole stretch (the BatchNorm's
+    /// normalization that opens it, its rectifier, the convolutions, Adds and shortcuts up
+    /// to the next BatchNorm), and a node reads the previous one's output while it is still
+    /// in the core's cache. Node by node, every pass streamed the whole batch's maps (8 MB
+    /// per map of a ResNet's first stage at batch 128) through the shared cache. Only a
+    /// BatchNorm's batch statistics wait for every tile.
     #[allow(clippy::type_complexity)]
     fn forward(
         &self,
@@ -342,22 +350,14 @@ impl Pass<'_> {
         per: usize,
     ) -> (Vec<Tiles>, Vec<Option<(BnSaved, Vec<f32>)>>) {
         let g = &self.model.graph;
-        let mut values: Vec<Tiles> = Vec::with_capacity(g.nodes.len());
-        let mut saved = Vec::with_capacity(g.nodes.len());
-        let starts: Vec<usize> = self
-            .sizes
-            .iter()
-            .scan(0, |s, &k| {
-                let at = *s;
-                *s += k;
-                Some(at)
-            })
-            .collect();
+        let count = g.nodes.len();
+        let mut values: Vec<Tiles> = vec![Vec::new(); count];
+        let mut saved: Vec<Option<(BnSaved, Vec<f32>)>> = (0..count).map(|_| None).collect();
         // What the backward pass reads: inputs of convolutions, BatchNorms and linear
         // layers, ReLU outputs, the logits. Every other value is handed to its last reader
         // (an in-place ReLU or Add) or freed after it.
-        let mut kept = vec![false; g.nodes.len()];
-        let mut last = vec![0usize; g.nodes.len()];
+        let mut kept = vec![false; count];
+        let mut last = vec![0usize; count];
         for (id, node) in g.nodes.iter().enumerate() {
             match node.op {
                 Op::Conv2d { .. } | Op::BatchNorm2d { .. } | Op::Linear { .. } => {
@@ -370,10 +370,24 @@ impl Pass<'_> {
         }
         kept[g.output] = true;
         let fused = fused_relus(g);
-        for (id, node) in g.nodes.iter().enumerate() {
-            let mut stats = None;
-            let out: Tiles = match &node.op {
-                Op::Input { .. } => starts
+        // A value its reader may overwrite: read once by it, its last reader, not kept.
+        let movable = |i: NodeId, reader: NodeId| {
+            let once = g.nodes[reader].inputs.iter().filter(|&&j| j == i).count() == 1;
+            once && !kept[i] && last[i] == reader
+        };
+        let mut id = 0;
+        while id < count {
+            if let Op::Input { .. } = g.nodes[id].op {
+                let mut at = 0;
+                let starts: Vec<usize> = self
+                    .sizes
+                    .iter()
+                    .map(|&k| {
+                        at += k;
+                        at - k
+                    })
+                    .collect();
+                values[id] = starts
                     .par_iter()
                     .zip(self.sizes)
                     .map(|(&s, &k)| {
@@ -386,7 +400,16 @@ impl Pass<'_> {
                         }
                         v
                     })
-                    .collect(),
+                    .collect();
+                id += 1;
+                continue;
+            }
+            // The stretch `id..end`: up to the next BatchNorm (or input).
+            let end = (id + 1..count)
+                .find(|&j| matches!(g.nodes[j].op, Op::BatchNorm2d { .. } | Op::Input { .. }))
+                .unwrap_or(count);
+            // A BatchNorm opening it: its batch statistics (every tile of its input is done).
+            let norm = match &g.nodes[id].op {
                 Op::BatchNorm2d {
                     gamma,
                     beta,
@@ -394,7 +417,7 @@ impl Pass<'_> {
                     running_mean,
                     running_var,
                 } => {
-                    let x = &values[node.inputs[0]];
+                    let x = &values[g.nodes[id].inputs[0]];
                     let (s, var) = if self.frozen_batch_norm {
                         let inv_std = running_var
                             .data
@@ -422,62 +445,105 @@ impl Pass<'_> {
                         .zip(&scale)
                         .map(|((b, m), sc)| b - m * sc)
                         .collect();
-                    let y = x
-                        .par_iter()
-                        .map(|t| {
-                            let mut v = pool::take_empty(t.len());
-                            affine(t, &scale, &shift, fused[id].is_some(), &mut v);
-                            v
-                        })
-                        .collect();
-                    stats = Some((s, var));
-                    y
+                    saved[id] = Some((s, var));
+                    Some((scale, shift))
                 }
-                // Its BatchNorm already wrote the rectified values.
-                Op::Relu if fused[node.inputs[0]] == Some(id) => {
-                    std::mem::take(&mut values[node.inputs[0]])
-                }
-                _ => {
-                    // Per tile, per input: the tile moved in when this is its last reader.
-                    let mut moved: Vec<Vec<Option<Vec<f32>>>> = vec![Vec::new(); self.sizes.len()];
-                    for &i in &node.inputs {
-                        let once = node.inputs.iter().filter(|&&j| j == i).count() == 1;
-                        if once && !kept[i] && last[i] == id {
-                            let tiles = std::mem::take(&mut values[i]);
-                            moved
-                                .iter_mut()
-                                .zip(tiles)
-                                .for_each(|(m, v)| m.push(Some(v)));
-                        } else {
-                            moved.iter_mut().for_each(|m| m.push(None));
+                _ => None,
+            };
+            // Inputs from before the stretch that a node in it may overwrite: moved into the
+            // tile jobs (per tile, by node).
+            let mut outside: Vec<Vec<(NodeId, Vec<f32>)>> = vec![Vec::new(); self.sizes.len()];
+            for j in id..end {
+                for &i in &g.nodes[j].inputs {
+                    if i < id && movable(i, j) {
+                        for (o, v) in outside.iter_mut().zip(std::mem::take(&mut values[i])) {
+                            o.push((i, v));
                         }
                     }
-                    let values = &values;
-                    moved
-                        .into_par_iter()
-                        .enumerate()
-                        .map(|(t, owned)| {
+                }
+            }
+            let values_ref = &values;
+            let columns: Vec<Vec<Option<Vec<f32>>>> = outside
+                .into_par_iter()
+                .enumerate()
+                .map(|(t, mut outside)| {
+                    // This tile's outputs of the stretch's nodes, `j - id`.
+                    let mut local: Vec<Option<Vec<f32>>> = vec![None; end - id];
+                    for j in id..end {
+                        let node = &g.nodes[j];
+                        let out = if let (Some((scale, shift)), true) = (&norm, j == id) {
+                            let x = &values_ref[node.inputs[0]][t];
+                            let mut v = pool::take_empty(x.len());
+                            affine(x, scale, shift, fused[j].is_some(), &mut v);
+                            v
+                        } else if matches!(node.op, Op::Relu) && fused[node.inputs[0]] == Some(j) {
+                            // Its BatchNorm already wrote the rectified values.
+                            local[node.inputs[0] - id]
+                                .take()
+                                .expect("the BatchNorm opens the stretch")
+                        } else {
+                            let mut owned: Vec<Option<Vec<f32>>> = node
+                                .inputs
+                                .iter()
+                                .map(|&i| {
+                                    if !movable(i, j) {
+                                        None
+                                    } else if i >= id {
+                                        local[i - id].take()
+                                    } else {
+                                        let at = outside.iter().position(|(k, _)| *k == i);
+                                        at.map(|at| outside.swap_remove(at).1)
+                                    }
+                                })
+                                .collect();
                             let args = node
                                 .inputs
                                 .iter()
-                                .zip(owned)
-                                .map(|(&i, o)| match o {
+                                .zip(owned.iter_mut())
+                                .map(|(&i, o)| match o.take() {
                                     Some(v) => Arg::Owned(v),
-                                    None => Arg::Borrowed(&values[i][t]),
+                                    None if i >= id => Arg::Borrowed(
+                                        local[i - id].as_deref().expect("computed in order"),
+                                    ),
+                                    // Moved here for a later reader of the stretch.
+                                    None => match outside.iter().find(|(k, _)| *k == i) {
+                                        Some((_, v)) => Arg::Borrowed(v),
+                                        None => Arg::Borrowed(&values_ref[i][t]),
+                                    },
                                 })
                                 .collect();
-                            pool::with_scratch(|s| self.plan.apply(id, args, self.sizes[t], s))
-                        })
-                        .collect()
-                }
-            };
-            for &i in &node.inputs {
-                if !kept[i] && last[i] == id {
-                    pool::give_tiles(std::mem::take(&mut values[i]));
+                            pool::with_scratch(|s| self.plan.apply(j, args, self.sizes[t], s))
+                        };
+                        // Outputs of the stretch read for the last time, not kept: freed.
+                        for &i in &node.inputs {
+                            if i >= id
+                                && !kept[i]
+                                && last[i] == j
+                                && let Some(v) = local[i - id].take()
+                            {
+                                pool::give(v);
+                            }
+                        }
+                        local[j - id] = Some(out);
+                    }
+                    local
+                })
+                .collect();
+            // Back to node-major; inputs from before the stretch read for the last time here
+            // (and not moved) are freed.
+            let mut columns = columns;
+            for j in id..end {
+                values[j] = columns
+                    .iter_mut()
+                    .filter_map(|c| c[j - id].take())
+                    .collect();
+                for &i in &g.nodes[j].inputs {
+                    if i < id && !kept[i] && last[i] == j {
+                        pool::give_tiles(std::mem::take(&mut values[i]));
+                    }
                 }
             }
-            values.push(out);
-            saved.push(stats);
+            id = end;
         }
         (values, saved)
     }
