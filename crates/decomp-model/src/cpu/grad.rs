@@ -114,6 +114,28 @@ type Tiles = Vec<Vec<f32>>;
 /// gradient sums (see `conv_backward`).
 type TileConvGrads = (Option<Vec<f32>>, Vec<f32>);
 
+/// A convolution's backward beside its tiles (see `Pass::conv_prep`).
+struct ConvPrep {
+    /// `[cout][k]`: the weights transposed, for the im2col data gradient.
+    wt: Vec<f32>,
+    /// `wt` as column chunks `(first column, width, [cout][width])` for `small_product`.
+    wt_chunks: Vec<(usize, usize, Vec<f32>)>,
+    wino_dw: bool,
+    tn_dw: bool,
+    need_dx: bool,
+}
+
+/// One tile's work in a backward stretch: the gradients of the stretch's nodes and of the
+/// nodes below it that it reaches, each convolution's weight sums and bias sums, the sums
+/// of the BatchNorm below.
+#[derive(Default)]
+struct TileJob {
+    grads: Vec<Option<Vec<f32>>>,
+    below: Vec<Option<Vec<f32>>>,
+    convs: Vec<(NodeId, Vec<f32>, Option<Vec<f64>>)>,
+    sums: Option<(Vec<f64>, Vec<f64>)>,
+}
+
 impl GradEngine {
     /// Checks that every node is one this engine differentiates (convolutions without
     /// groups, BatchNorm, ReLU, Add, option-A shortcuts, global average pooling, flatten of
@@ -549,7 +571,15 @@ impl Pass<'_> {
     }
 
     /// Gradients of every parameter given the logits' gradient, consuming the forward
-    /// values (each node's are dropped once its backward step is done).
+    /// values.
+    ///
+    /// Tile-major between BatchNorms, as the forward pass: one parallel job per tile runs a
+    /// stretch of nodes from the top down (a BatchNorm's data gradient that opens it, the
+    /// convolutions' data gradients and per-tile weight sums, masks, Adds, shortcuts) and
+    /// ends with the per-tile sums of the BatchNorm below it, while its output gradient is
+    /// still in the core's cache. Only a BatchNorm's sums over the batch, the weight
+    /// gradients' sums over tiles (in tile order: the same result whatever the threads) and
+    /// the linear head wait for every tile.
     fn backward(
         &self,
         mut values: Vec<Tiles>,
@@ -558,7 +588,8 @@ impl Pass<'_> {
         dlogits: Tiles,
     ) -> Vec<ParamGrad> {
         let g = &self.model.graph;
-        let mut grads: Vec<Option<Tiles>> = vec![None; g.nodes.len()];
+        let count = g.nodes.len();
+        let mut grads: Vec<Option<Tiles>> = vec![None; count];
         grads[out] = Some(dlogits);
         let mut params = Vec::new();
         let needs_grad = |i: NodeId| !matches!(g.nodes[i].op, Op::Input { .. });
@@ -566,7 +597,7 @@ impl Pass<'_> {
         // The data gradient of a 3x3 stride-1 padding-1 convolution is the same convolution
         // of `dy` with the kernel flipped and in/out swapped: run as Winograd, compiled for
         // every such convolution at once.
-        let flipped: Vec<Option<Conv>> = (0..g.nodes.len())
+        let flipped: Vec<Option<Conv>> = (0..count)
             .into_par_iter()
             .map(|id| match (&g.nodes[id].op, &self.plan.nodes[id].op) {
                 (Op::Conv2d { weight, .. }, POp::Conv(c))
@@ -579,229 +610,359 @@ impl Pass<'_> {
                 _ => None,
             })
             .collect();
-        for id in (0..g.nodes.len()).rev() {
-            let node = &g.nodes[id];
-            let Some(dy) = grads[id].take() else {
-                pool::give_tiles(std::mem::take(&mut values[id]));
-                continue;
-            };
-            // A ReLU fused with its BatchNorm: the BatchNorm's backward masks by this
-            // node's output (kept until then), so the gradient passes unmasked.
-            if matches!(node.op, Op::Relu) && fused[node.inputs[0]] == Some(id) {
-                grads[node.inputs[0]] = Some(dy);
+        // A BatchNorm's data-gradient coefficients, from its sums over the batch.
+        let mut norm: Vec<Option<BnCoefficients>> = (0..count).map(|_| None).collect();
+        let mut top = count;
+        while top > 0 {
+            let hi = top - 1;
+            // The linear head: its weight gradient sums over tiles in order, node by node.
+            if let Op::Linear { weight, bias } = &g.nodes[hi].op {
+                if let Some(dy) = grads[hi].take() {
+                    let i = g.nodes[hi].inputs[0];
+                    let (dw, db, dx) = linear_backward(weight, &dy, &values[i]);
+                    let db = bias.is_some().then_some(db);
+                    let shape = vec![weight.shape[0], weight.shape[1]];
+                    params.extend(weight_and_bias(hi, &g.nodes[hi].name, shape, dw, db));
+                    pool::give_tiles(dy);
+                    if needs_grad(i) {
+                        accumulate(&mut grads[i], dx);
+                    } else {
+                        pool::give_tiles(dx);
+                    }
+                }
+                pool::give_tiles(std::mem::take(&mut values[hi]));
+                top = hi;
                 continue;
             }
-            match &node.op {
-                Op::Input { .. } => {}
-                Op::Conv2d { weight, bias, .. } => {
-                    let i = node.inputs[0];
-                    let POp::Conv(c) = &self.plan.nodes[id].op else {
-                        unreachable!("an unfolded plan keeps every convolution")
-                    };
-                    // The bias gradient only where the convolution has a bias (not before a
-                    // BatchNorm): per-channel sums of the output gradient.
-                    let db = bias.is_some().then(|| {
-                        let sum = reduce(&dy, c.cout, channel_sum);
-                        sum.iter().map(|&v| v as f32).collect()
-                    });
-                    let (dx, dw) = self.conv_backward(
+            // The stretch `lo + 1..=hi`, ending at the BatchNorm (or linear layer or input)
+            // `lo` below it; a BatchNorm at `hi` contributes only its data gradient here.
+            let lo = (0..hi).rev().find(|&j| {
+                matches!(
+                    g.nodes[j].op,
+                    Op::BatchNorm2d { .. } | Op::Linear { .. } | Op::Input { .. }
+                )
+            });
+            let first = lo.map_or(0, |l| l + 1);
+            let sink = lo.filter(|&l| matches!(g.nodes[l].op, Op::BatchNorm2d { .. }));
+            // Nodes below the stretch that it sends gradients to (the BatchNorm `lo` too):
+            // their gradients so far move into the tile jobs, so that every sum adds in the
+            // same order as node by node.
+            let mut below: Vec<NodeId> = (first..=hi)
+                .flat_map(|j| g.nodes[j].inputs.iter().copied())
+                .filter(|&i| i < first && needs_grad(i))
+                .collect();
+            // The BatchNorm below sums its output gradient in the jobs, wherever it came from.
+            below.extend(sink);
+            below.sort_unstable();
+            below.dedup();
+            // A BatchNorm opening the stretch whose sums no job took (nothing above it ran
+            // tile-major): its sums over the batch now.
+            if let (Op::BatchNorm2d { gamma, .. }, Some(s), Some(dy), None) =
+                (&g.nodes[hi].op, &saved[hi], &grads[hi], &norm[hi])
+            {
+                let x = &values[g.nodes[hi].inputs[0]];
+                let sums: Vec<(Vec<f64>, Vec<f64>)> = (0..dy.len())
+                    .into_par_iter()
+                    .map(|t| {
+                        let mask = fused[hi].map(|r| values[r][t].as_slice());
+                        bn_tile_sums(&x[t], &dy[t], mask, &s.mean)
+                    })
+                    .collect();
+                let pixels: usize = x.iter().map(|t| t.len() / gamma.numel()).sum();
+                let k = bn_coefficients(&sums, pixels, s, &gamma.data, self.frozen_batch_norm);
+                params.extend(weight_and_bias(
+                    hi,
+                    &g.nodes[hi].name,
+                    vec![gamma.numel()],
+                    k.dgamma.clone(),
+                    Some(k.dbeta.clone()),
+                ));
+                norm[hi] = Some(k);
+            }
+            let nt = self.sizes.len();
+            let take_tiles = |slot: Option<Tiles>| -> Vec<Option<Vec<f32>>> {
+                match slot {
+                    Some(tiles) => tiles.into_iter().map(Some).collect(),
+                    None => vec![None; nt],
+                }
+            };
+            let mut jobs: Vec<TileJob> = (0..nt).map(|_| TileJob::default()).collect();
+            for slot in &mut grads[first..=hi] {
+                for (job, v) in jobs.iter_mut().zip(take_tiles(slot.take())) {
+                    job.grads.push(v);
+                }
+            }
+            for &i in &below {
+                for (job, v) in jobs.iter_mut().zip(take_tiles(grads[i].take())) {
+                    job.below.push(v);
+                }
+            }
+            // Per-convolution preparation (transposed weights for the im2col data gradient).
+            let prep: Vec<Option<ConvPrep>> = (first..=hi)
+                .map(|j| match (&g.nodes[j].op, &self.plan.nodes[j].op) {
+                    (Op::Conv2d { weight, .. }, POp::Conv(c)) => Some(self.conv_prep(
                         c,
-                        flipped[id].as_ref(),
+                        flipped[j].as_ref(),
                         weight,
-                        &values[i],
-                        dy,
-                        needs_grad(i),
-                    );
-                    params.extend(weight_and_bias(
-                        id,
-                        &node.name,
-                        weight.shape.clone(),
-                        dw,
-                        db,
-                    ));
-                    if let Some(dx) = dx {
-                        accumulate(&mut grads[i], dx);
+                        needs_grad(g.nodes[j].inputs[0]),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let values_ref = &values;
+            let (norm_ref, prep_ref, flipped_ref) = (&norm, &prep, &flipped);
+            let below_ref = &below;
+            jobs.par_iter_mut().enumerate().for_each(|(t, job)| {
+                let n = self.sizes[t];
+                let give = |job: &mut TileJob, i: NodeId, v: Vec<f32>| {
+                    let s = if i >= first {
+                        &mut job.grads[i - first]
+                    } else {
+                        let at = below_ref.binary_search(&i).expect("listed above");
+                        &mut job.below[at]
+                    };
+                    accumulate_tile(s, v);
+                };
+                for j in (first..=hi).rev() {
+                    let node = &g.nodes[j];
+                    let Some(dy) = job.grads[j - first].take() else {
+                        continue;
+                    };
+                    // A ReLU fused with its BatchNorm: the BatchNorm's backward masks by
+                    // this node's output, so the gradient passes unmasked.
+                    if matches!(node.op, Op::Relu) && fused[node.inputs[0]] == Some(j) {
+                        give(job, node.inputs[0], dy);
+                        continue;
                     }
-                }
-                Op::BatchNorm2d { gamma, .. } => {
                     let i = node.inputs[0];
-                    let s = saved[id].as_ref().expect("batch statistics saved");
-                    let relu_out = fused[id].map(|r| &values[r]);
-                    let (dx, dgamma, dbeta) = bn_backward(
-                        &values[i],
-                        dy,
-                        relu_out,
-                        s,
-                        &gamma.data,
-                        self.frozen_batch_norm,
-                    );
-                    if let Some(r) = fused[id] {
-                        pool::give_tiles(std::mem::take(&mut values[r]));
-                    }
-                    let shape = vec![dgamma.len()];
-                    params.extend(weight_and_bias(id, &node.name, shape, dgamma, Some(dbeta)));
-                    accumulate(&mut grads[i], dx);
-                }
-                Op::Relu => {
-                    let mut dy = dy;
-                    dy.par_iter_mut()
-                        .zip(&values[id])
-                        .for_each(|(d, y)| relu_mask(d, y));
-                    accumulate(&mut grads[node.inputs[0]], dy);
-                }
-                Op::Add => {
-                    for &i in &node.inputs[1..] {
-                        let copy = dy
-                            .iter()
-                            .map(|t| {
-                                let mut v = pool::take(t.len());
-                                v.copy_from_slice(t);
-                                v
-                            })
-                            .collect();
-                        accumulate(&mut grads[i], copy);
-                    }
-                    accumulate(&mut grads[node.inputs[0]], dy);
-                }
-                Op::ShortcutA {
-                    stride, pad_before, ..
-                } => {
-                    let i = node.inputs[0];
-                    let c = self.shapes[i][0];
-                    let dx = self.strided_scatter(i, id, &dy, *stride, |src, dst| {
-                        dst.copy_from_slice(&src[*pad_before..][..c]);
-                    });
-                    pool::give_tiles(dy);
-                    accumulate(&mut grads[i], dx);
-                }
-                Op::GlobalAvgPool => {
-                    let i = node.inputs[0];
-                    let [c, h, w] = chw(&self.shapes[i]);
-                    let hw = h * w;
-                    let dx = dy
-                        .par_iter()
-                        .map(|d| {
-                            let mut dx = pool::take_empty(d.len() / c * hw * c);
-                            for img in d.chunks_exact(c) {
+                    match &node.op {
+                        Op::BatchNorm2d { .. } => {
+                            let k = norm_ref[j].as_ref().expect("sums over the batch first");
+                            let mask = fused[j].map(|r| values_ref[r][t].as_slice());
+                            let mut dx = dy;
+                            affine2(&mut dx, &values_ref[i][t], mask, &k.scale, &k.k1, &k.k0);
+                            give(job, i, dx);
+                        }
+                        Op::Conv2d { bias, .. } => {
+                            let POp::Conv(c) = &self.plan.nodes[j].op else {
+                                unreachable!("an unfolded plan keeps every convolution")
+                            };
+                            let p = prep_ref[j - first].as_ref().expect("prepared");
+                            // The bias gradient only where the convolution has a bias (not
+                            // before a BatchNorm): per-channel sums of the output gradient.
+                            let db = bias.is_some().then(|| {
+                                let mut acc = vec![0.0f64; c.cout];
+                                channel_sum(&dy, &mut acc);
+                                acc
+                            });
+                            let (dx, dw) = self.conv_tile(
+                                c,
+                                flipped_ref[j].as_ref(),
+                                p,
+                                &values_ref[i][t],
+                                &dy,
+                                n,
+                            );
+                            pool::give(dy);
+                            job.convs.push((j, dw, db));
+                            if let Some(dx) = dx {
+                                give(job, i, dx);
+                            }
+                        }
+                        Op::Relu => {
+                            let mut dy = dy;
+                            relu_mask(&mut dy, &values_ref[j][t]);
+                            give(job, i, dy);
+                        }
+                        Op::Add => {
+                            for &k in &node.inputs[1..] {
+                                let mut v = pool::take(dy.len());
+                                v.copy_from_slice(&dy);
+                                give(job, k, v);
+                            }
+                            give(job, i, dy);
+                        }
+                        Op::ShortcutA {
+                            stride, pad_before, ..
+                        } => {
+                            let c = self.shapes[i][0];
+                            let dx = self.strided_scatter(i, j, &dy, n, *stride, |src, dst| {
+                                dst.copy_from_slice(&src[*pad_before..][..c]);
+                            });
+                            pool::give(dy);
+                            give(job, i, dx);
+                        }
+                        Op::GlobalAvgPool => {
+                            let [c, h, w] = chw(&self.shapes[i]);
+                            let hw = h * w;
+                            let mut dx = pool::take_empty(dy.len() / c * hw * c);
+                            for img in dy.chunks_exact(c) {
                                 let g: Vec<f32> = img.iter().map(|v| v / hw as f32).collect();
                                 for _ in 0..hw {
                                     dx.extend_from_slice(&g);
                                 }
                             }
-                            dx
-                        })
-                        .collect();
-                    pool::give_tiles(dy);
-                    accumulate(&mut grads[i], dx);
-                }
-                // A constant added: the gradient passes.
-                Op::BiasMap { .. } => accumulate(&mut grads[node.inputs[0]], dy),
-                Op::ChannelGather {
-                    stride, sources, ..
-                } => {
-                    let i = node.inputs[0];
-                    let dx = self.strided_scatter(i, id, &dy, *stride, |src, dst| {
-                        for (&g, s) in src.iter().zip(sources) {
-                            if let Some(s) = *s {
-                                dst[s] += g;
-                            }
+                            pool::give(dy);
+                            give(job, i, dx);
                         }
-                    });
-                    pool::give_tiles(dy);
-                    accumulate(&mut grads[i], dx);
-                }
-                // A flatten of `[c, 1, 1]`: the same values (checked in `new`).
-                Op::Flatten => accumulate(&mut grads[node.inputs[0]], dy),
-                Op::Linear { weight, bias } => {
-                    let i = node.inputs[0];
-                    let (o, k) = (weight.shape[0], weight.shape[1]);
-                    let mut dw = vec![0.0f32; o * k];
-                    let mut db = vec![0.0f32; o];
-                    let mut dx_tiles = Vec::with_capacity(dy.len());
-                    for (d, x) in dy.iter().zip(&values[i]) {
-                        let mut dx = pool::take_zeroed(x.len());
-                        for ((drow, xrow), dxrow) in d
-                            .chunks_exact(o)
-                            .zip(x.chunks_exact(k))
-                            .zip(dx.chunks_exact_mut(k))
-                        {
-                            for (oi, &dv) in drow.iter().enumerate() {
-                                db[oi] += dv;
-                                let wrow = &weight.data[oi * k..(oi + 1) * k];
-                                for ((gw, &xv), (gx, &wv)) in dw[oi * k..(oi + 1) * k]
-                                    .iter_mut()
-                                    .zip(xrow)
-                                    .zip(dxrow.iter_mut().zip(wrow))
-                                {
-                                    *gw += dv * xv;
-                                    *gx += dv * wv;
+                        // A constant added: the gradient passes.
+                        Op::BiasMap { .. } => give(job, i, dy),
+                        Op::ChannelGather {
+                            stride, sources, ..
+                        } => {
+                            let dx = self.strided_scatter(i, j, &dy, n, *stride, |src, dst| {
+                                for (&g, s) in src.iter().zip(sources) {
+                                    if let Some(s) = *s {
+                                        dst[s] += g;
+                                    }
                                 }
-                            }
+                            });
+                            pool::give(dy);
+                            give(job, i, dx);
                         }
-                        dx_tiles.push(dx);
-                    }
-                    let db = bias.is_some().then_some(db);
-                    params.extend(weight_and_bias(id, &node.name, vec![o, k], dw, db));
-                    pool::give_tiles(dy);
-                    if needs_grad(i) {
-                        accumulate(&mut grads[i], dx_tiles);
-                    } else {
-                        pool::give_tiles(dx_tiles);
+                        // A flatten of `[c, 1, 1]`: the same values (checked in `new`).
+                        Op::Flatten => give(job, i, dy),
+                        _ => unreachable!("ops checked in GradEngine::new"),
                     }
                 }
-                _ => unreachable!("ops checked in GradEngine::new"),
+                // The BatchNorm below: its per-tile sums while its output gradient is warm.
+                if let Some(b) = sink {
+                    let at = below_ref.binary_search(&b).ok();
+                    if let (Some(at), Some(s)) = (at, saved[b].as_ref())
+                        && let Some(dy) = job.below[at].as_ref()
+                    {
+                        let mask = fused[b].map(|r| values_ref[r][t].as_slice());
+                        let x = &values_ref[g.nodes[b].inputs[0]][t];
+                        job.sums = Some(bn_tile_sums(x, dy, mask, &s.mean));
+                    }
+                }
+            });
+            // Back to node by node: gradients of the nodes below, weight gradients summed
+            // over tiles in tile order, the BatchNorm's sums.
+            for (at, &i) in below.iter().enumerate() {
+                let tiles: Vec<Vec<f32>> = jobs
+                    .iter_mut()
+                    .filter_map(|job| job.below[at].take())
+                    .collect();
+                if !tiles.is_empty() {
+                    grads[i] = Some(tiles);
+                }
             }
-            pool::give_tiles(std::mem::take(&mut values[id]));
+            // Per convolution: its tiles' weight sums and its bias sums.
+            let mut per_conv: Vec<(NodeId, Tiles, Option<Vec<f64>>)> = Vec::new();
+            for job in jobs.iter_mut() {
+                for (k, (j, dw, db)) in std::mem::take(&mut job.convs).into_iter().enumerate() {
+                    if per_conv.len() <= k {
+                        per_conv.push((j, Vec::new(), db.as_ref().map(|d| vec![0.0; d.len()])));
+                    }
+                    let entry = &mut per_conv[k];
+                    debug_assert_eq!(entry.0, j, "every tile runs the same nodes");
+                    entry.1.push(dw);
+                    if let (Some(acc), Some(db)) = (entry.2.as_mut(), db) {
+                        acc.iter_mut().zip(db).for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+            for (j, parts, db) in per_conv {
+                let (Op::Conv2d { weight, .. }, POp::Conv(c)) =
+                    (&g.nodes[j].op, &self.plan.nodes[j].op)
+                else {
+                    unreachable!("collected from convolutions")
+                };
+                let p = prep[j - first].as_ref().expect("prepared");
+                let dw = self.conv_finish(c, p, parts);
+                let db = db.map(|d| d.iter().map(|&v| v as f32).collect());
+                params.extend(weight_and_bias(
+                    j,
+                    &g.nodes[j].name,
+                    weight.shape.clone(),
+                    dw,
+                    db,
+                ));
+            }
+            if let Some(b) = sink
+                && let (Op::BatchNorm2d { gamma, .. }, Some(s)) = (&g.nodes[b].op, &saved[b])
+                && grads[b].is_some()
+            {
+                let c = gamma.numel();
+                let sums: Vec<(Vec<f64>, Vec<f64>)> = jobs
+                    .iter_mut()
+                    .map(|job| job.sums.take().expect("every tile summed"))
+                    .collect();
+                let pixels: usize = values[g.nodes[b].inputs[0]]
+                    .iter()
+                    .map(|t| t.len() / c)
+                    .sum();
+                let k = bn_coefficients(&sums, pixels, s, &gamma.data, self.frozen_batch_norm);
+                let shape = vec![c];
+                let (dgamma, dbeta) = (k.dgamma.clone(), k.dbeta.clone());
+                params.extend(weight_and_bias(
+                    b,
+                    &g.nodes[b].name,
+                    shape,
+                    dgamma,
+                    Some(dbeta),
+                ));
+                norm[b] = Some(k);
+            }
+            // The stretch's values are read no more (a fused ReLU's output masks its
+            // BatchNorm below until that one's data gradient is done, in the next stretch).
+            for j in first..=hi {
+                if sink.is_some_and(|b| fused[b] == Some(j)) {
+                    continue;
+                }
+                pool::give_tiles(std::mem::take(&mut values[j]));
+                if let Op::BatchNorm2d { .. } = g.nodes[j].op
+                    && let Some(r) = fused[j]
+                {
+                    pool::give_tiles(std::mem::take(&mut values[r]));
+                }
+            }
+            top = first;
         }
         // Node order, weight before bias: the order the nodes hold them.
         params.sort_by_key(|p| (p.node, !p.name.ends_with(".weight")));
         params
     }
 
-    /// The data gradient of a subsampling node `id` (every `stride`-th row and column of
-    /// input `i`, channels mapped per pixel: option-A shortcuts, channel gathers): zeros,
-    /// with `scatter(dy pixel, dx pixel)` at every kept input pixel.
+    /// The data gradient of a subsampling node `id` for one tile of `n` images (every
+    /// `stride`-th row and column of input `i`, channels mapped per pixel: option-A
+    /// shortcuts, channel gathers): zeros, with `scatter(dy pixel, dx pixel)` at every kept
+    /// input pixel.
+    #[allow(clippy::too_many_arguments)]
     fn strided_scatter(
         &self,
         i: NodeId,
         id: NodeId,
-        dy: &Tiles,
+        d: &[f32],
+        n: usize,
         stride: usize,
-        scatter: impl Fn(&[f32], &mut [f32]) + Sync,
-    ) -> Tiles {
+        scatter: impl Fn(&[f32], &mut [f32]),
+    ) -> Vec<f32> {
         let [c, h, w] = chw(&self.shapes[i]);
         let [co, ho, wo] = chw(&self.shapes[id]);
-        dy.par_iter()
-            .zip(self.sizes)
-            .map(|(d, &k)| {
-                let mut dx = pool::take_zeroed(k * h * w * c);
-                for img in 0..k {
-                    for oy in 0..ho {
-                        for ox in 0..wo {
-                            let src = &d[((img * ho + oy) * wo + ox) * co..][..co];
-                            let at = ((img * h + oy * stride) * w + ox * stride) * c;
-                            scatter(src, &mut dx[at..][..c]);
-                        }
-                    }
+        let mut dx = pool::take_zeroed(n * h * w * c);
+        for img in 0..n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let src = &d[((img * ho + oy) * wo + ox) * co..][..co];
+                    let at = ((img * h + oy * stride) * w + ox * stride) * c;
+                    scatter(src, &mut dx[at..][..c]);
                 }
-                dx
-            })
-            .collect()
+            }
+        }
+        dx
     }
 
-    /// Data gradient (when `need_dx`; through `flipped`, the Winograd data-gradient kernel,
-    /// where one was compiled) and weight gradient in IR layout of convolution `c` (IR
-    /// weights `weight`) at input `x` given output gradient `dy` (the bias gradient is the
-    /// caller's: a per-channel sum of `dy`).
-    fn conv_backward(
+    /// What a convolution's backward needs beside each tile: the transposed weights of the
+    /// im2col data gradient and the paths its products take.
+    fn conv_prep(
         &self,
         c: &Conv,
         flipped: Option<&Conv>,
         weight: &TensorData,
-        x: &Tiles,
-        dy: Tiles,
         need_dx: bool,
-    ) -> (Option<Tiles>, Vec<f32>) {
+    ) -> ConvPrep {
         let [kh, kw] = c.kernel;
         let (cin, cout) = (c.cin, c.cout);
         let k = kh * kw * cin;
@@ -842,163 +1003,175 @@ impl Pass<'_> {
         } else {
             Vec::new()
         };
-        // The weight gradient of a Winograd convolution in the Winograd domain too: sums of
-        // transformed output gradients times transformed inputs, then `G^T du G`.
-        let wino_dw = c.wino.is_some()
-            && self.tuning.winograd
-            && self.tuning.small_kernels
-            && fma_available()
-            && cin.is_multiple_of(8)
-            && (cin <= 64 || cin.is_multiple_of(64));
-        // The im2col weight gradient as `[k][cout]` through `tn_product` (see below).
-        let tn_dw = self.tuning.small_kernels
-            && fma_available()
-            && cout.is_multiple_of(8)
-            && (cout <= 64 || cout.is_multiple_of(64));
+        ConvPrep {
+            wt,
+            wt_chunks,
+            // The weight gradient of a Winograd convolution in the Winograd domain too: sums
+            // of transformed output gradients times transformed inputs, then `G^T du G`.
+            wino_dw: c.wino.is_some()
+                && self.tuning.winograd
+                && self.tuning.small_kernels
+                && fma_available()
+                && cin.is_multiple_of(8)
+                && (cin <= 64 || cin.is_multiple_of(64)),
+            // The im2col weight gradient as `[k][cout]` through `tn_product` (see below).
+            tn_dw: self.tuning.small_kernels
+                && fma_available()
+                && cout.is_multiple_of(8)
+                && (cout <= 64 || cout.is_multiple_of(64)),
+            need_dx,
+        }
+    }
+
+    /// One tile's share of a convolution's gradients: its data gradient (when needed) and
+    /// weight sums, `[16][cout][cin]` (Winograd), `[k][cout]` (`tn_dw`) or `[cout][k]`.
+    fn conv_tile(
+        &self,
+        c: &Conv,
+        flipped: Option<&Conv>,
+        p: &ConvPrep,
+        x: &[f32],
+        d: &[f32],
+        n: usize,
+    ) -> TileConvGrads {
+        let [kh, kw] = c.kernel;
+        let (cin, cout) = (c.cin, c.cout);
+        let k = kh * kw * cin;
         let pointwise = c.kernel == [1, 1] && c.stride == [1, 1] && c.pad == [0, 0];
         let [ho, wo] = c.out_hw;
         let block = (self.tuning.block / k).max(1);
-        let parts: Vec<TileConvGrads> = (0..dy.len())
-            .into_par_iter()
-            .map(|t| {
-                pool::with_scratch(|scratch| {
-                    let (x, d, n) = (&x[t], &dy[t], self.sizes[t]);
-                    let rows = n * ho * wo;
-                    if wino_dw {
-                        let du = self.wino_weight_sums(c, x, d, n, scratch);
-                        let dx = flipped.map(|f| {
-                            let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
-                            self.plan.winograd(f, u, d, n, scratch)
-                        });
-                        return (dx, du);
-                    }
-                    let mut dwt = pool::take_zeroed(cout * k);
-                    let mut dyt = Vec::new();
-                    // Through `flipped`, the data gradient is a new Winograd output instead.
-                    let mut dx = (need_dx && flipped.is_none()).then(|| pool::take_zeroed(x.len()));
-                    for r0 in (0..rows).step_by(block) {
-                        let r1 = (r0 + block).min(rows);
-                        let rb = r1 - r0;
-                        // The thread's scratch holds the block's im2col columns and, for the
-                        // data gradient, their gradient (each written whole before it is read).
-                        let col_len = if pointwise { 0 } else { rb * k };
-                        let dcol_len = if dx.is_some() { rb * k } else { 0 };
-                        let (col_buf, dcol_buf) =
-                            pool::scratch_of(scratch, col_len + dcol_len).split_at_mut(col_len);
-                        let col: &[f32] = if pointwise {
-                            &x[r0 * k..r1 * k]
-                        } else {
-                            im2col(c, x, r0, r1, col_buf);
-                            col_buf
-                        };
-                        let dyb = &d[r0 * cout..r1 * cout];
-                        // dW [k, cout] += col^T [k, rb] x dY [rb, cout] with the register-blocked
-                        // kernel where `cout` suits it (`tn_dw`), else dW^T [cout, k] += dY^T
-                        // [cout, rb] x col [rb, k] through `gemm` (m = cout is small: slower).
-                        let tn = Tn {
-                            rows: k,
-                            k: rb,
-                            lhs_rs: k,
-                            rhs_rs: cout,
-                            dst_rs: cout,
-                        };
-                        if !(tn_dw && tn_product(tn, cout, col, dyb, &mut dwt)) {
-                            dyt.resize(cout * rb, 0.0);
-                            for (r, px) in dyb.chunks_exact(cout).enumerate() {
-                                for (co, &v) in px.iter().enumerate() {
-                                    dyt[co * rb + r] = v;
-                                }
-                            }
-                            let gm = Gemm {
-                                m: cout,
-                                n: k,
-                                k: rb,
-                                lhs_rs: rb,
-                                rhs_rs: k,
-                                dst_rs: k,
-                            };
-                            sgemm(gm, &mut dwt, &dyt, col, true).expect("weight-gradient shapes");
-                        }
-                        if flipped.is_none()
-                            && let Some(dx) = dx.as_mut()
-                        {
-                            // dcol [rb, k] = dY [rb, cout] x W^T [cout, k], then col2im
-                            // (both products write every element).
-                            let dcol = &mut dcol_buf[..rb * k];
-                            if wt_chunks.is_empty() {
-                                let gm = Gemm {
-                                    m: rb,
-                                    n: k,
-                                    k: cout,
-                                    lhs_rs: cout,
-                                    rhs_rs: k,
-                                    dst_rs: k,
-                                };
-                                sgemm(gm, dcol, dyb, &wt, false).expect("data-gradient shapes");
-                            }
-                            for (c0, wd, m) in &wt_chunks {
-                                let g = Small {
-                                    rows: rb,
-                                    k: cout,
-                                    lhs_rs: cout,
-                                    dst_rs: k,
-                                    accumulate: false,
-                                };
-                                let done = small_product(g, *wd, dyb, m, &mut dcol[*c0..]);
-                                assert!(done, "widths checked with the chunks");
-                            }
-                            if pointwise {
-                                for (a, b) in dx[r0 * k..r1 * k].iter_mut().zip(&*dcol) {
-                                    *a += b;
-                                }
-                            } else {
-                                col2im(c, dcol, r0, r1, dx);
-                            }
+        pool::with_scratch(|scratch| {
+            let rows = n * ho * wo;
+            if p.wino_dw {
+                let du = self.wino_weight_sums(c, x, d, n, scratch);
+                let dx = flipped.map(|f| {
+                    let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
+                    self.plan.winograd(f, u, d, n, scratch)
+                });
+                return (dx, du);
+            }
+            let mut dwt = pool::take_zeroed(cout * k);
+            let mut dyt = Vec::new();
+            // Through `flipped`, the data gradient is a new Winograd output instead.
+            let mut dx = (p.need_dx && flipped.is_none()).then(|| pool::take_zeroed(x.len()));
+            for r0 in (0..rows).step_by(block) {
+                let r1 = (r0 + block).min(rows);
+                let rb = r1 - r0;
+                // The thread's scratch holds the block's im2col columns and, for the data
+                // gradient, their gradient (each written whole before it is read).
+                let col_len = if pointwise { 0 } else { rb * k };
+                let dcol_len = if dx.is_some() { rb * k } else { 0 };
+                let (col_buf, dcol_buf) =
+                    pool::scratch_of(scratch, col_len + dcol_len).split_at_mut(col_len);
+                let col: &[f32] = if pointwise {
+                    &x[r0 * k..r1 * k]
+                } else {
+                    im2col(c, x, r0, r1, col_buf);
+                    col_buf
+                };
+                let dyb = &d[r0 * cout..r1 * cout];
+                // dW [k, cout] += col^T [k, rb] x dY [rb, cout] with the register-blocked
+                // kernel where `cout` suits it (`tn_dw`), else dW^T [cout, k] += dY^T
+                // [cout, rb] x col [rb, k] through `gemm` (m = cout is small: slower).
+                let tn = Tn {
+                    rows: k,
+                    k: rb,
+                    lhs_rs: k,
+                    rhs_rs: cout,
+                    dst_rs: cout,
+                };
+                if !(p.tn_dw && tn_product(tn, cout, col, dyb, &mut dwt)) {
+                    dyt.resize(cout * rb, 0.0);
+                    for (r, px) in dyb.chunks_exact(cout).enumerate() {
+                        for (co, &v) in px.iter().enumerate() {
+                            dyt[co * rb + r] = v;
                         }
                     }
-                    if let Some(f) = flipped {
-                        let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
-                        dx = Some(self.plan.winograd(f, u, d, n, scratch));
+                    let gm = Gemm {
+                        m: cout,
+                        n: k,
+                        k: rb,
+                        lhs_rs: rb,
+                        rhs_rs: k,
+                        dst_rs: k,
+                    };
+                    sgemm(gm, &mut dwt, &dyt, col, true).expect("weight-gradient shapes");
+                }
+                if flipped.is_none()
+                    && let Some(dx) = dx.as_mut()
+                {
+                    // dcol [rb, k] = dY [rb, cout] x W^T [cout, k], then col2im (both
+                    // products write every element).
+                    let dcol = &mut dcol_buf[..rb * k];
+                    if p.wt_chunks.is_empty() {
+                        let gm = Gemm {
+                            m: rb,
+                            n: k,
+                            k: cout,
+                            lhs_rs: cout,
+                            rhs_rs: k,
+                            dst_rs: k,
+                        };
+                        sgemm(gm, dcol, dyb, &p.wt, false).expect("data-gradient shapes");
                     }
-                    (dx, dwt)
-                })
-            })
-            .collect();
-        pool::give_tiles(dy);
-        // Per-tile weight sums: `[16][cout][cin]` (Winograd), `[k][cout]` (`tn_dw`) or
-        // `[cout][k]`.
-        // Summed in tile order (the same result whatever the threads), in parallel over
-        // chunks of the sums.
-        let mut dwt = vec![0.0f32; if wino_dw { 16 * cout * cin } else { cout * k }];
+                    for (c0, wd, m) in &p.wt_chunks {
+                        let g = Small {
+                            rows: rb,
+                            k: cout,
+                            lhs_rs: cout,
+                            dst_rs: k,
+                            accumulate: false,
+                        };
+                        let done = small_product(g, *wd, dyb, m, &mut dcol[*c0..]);
+                        assert!(done, "widths checked with the chunks");
+                    }
+                    if pointwise {
+                        for (a, b) in dx[r0 * k..r1 * k].iter_mut().zip(&*dcol) {
+                            *a += b;
+                        }
+                    } else {
+                        col2im(c, dcol, r0, r1, dx);
+                    }
+                }
+            }
+            if let Some(f) = flipped {
+                let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
+                dx = Some(self.plan.winograd(f, u, d, n, scratch));
+            }
+            (dx, dwt)
+        })
+    }
+
+    /// A convolution's weight gradient from its tiles' weight sums (summed in tile order:
+    /// the same result whatever the threads, in parallel over chunks of the sums).
+    fn conv_finish(&self, c: &Conv, p: &ConvPrep, parts: Vec<Vec<f32>>) -> Vec<f32> {
+        let [kh, kw] = c.kernel;
+        let (cin, cout) = (c.cin, c.cout);
+        let k = kh * kw * cin;
+        let mut dwt = vec![0.0f32; if p.wino_dw { 16 * cout * cin } else { cout * k }];
         const CHUNK: usize = 4096;
         dwt.par_chunks_mut(CHUNK).enumerate().for_each(|(i, acc)| {
-            for (_, pw) in &parts {
+            for pw in &parts {
                 add_into(acc, &pw[i * CHUNK..][..acc.len()]);
             }
         });
-        let mut dx_tiles = need_dx.then(Vec::new);
-        for (dx, pw) in parts {
-            if let (Some(tiles), Some(dx)) = (dx_tiles.as_mut(), dx) {
-                tiles.push(dx);
-            }
-            pool::give(pw);
-        }
+        pool::give_tiles(parts);
         let mut dw = vec![0.0f32; cout * k];
-        if wino_dw {
+        if p.wino_dw {
             dw.par_chunks_mut(cin * 9).enumerate().for_each(|(co, dw)| {
                 for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
                     let du: [f32; 16] = std::array::from_fn(|xi| dwt[(xi * cout + co) * cin + ci]);
                     dw.copy_from_slice(&wino_weight_grad(&du));
                 }
             });
-            return (dx_tiles, dw);
+            return dw;
         }
         for co in 0..cout {
             for ci in 0..cin {
                 for ky in 0..kh {
                     for kx in 0..kw {
                         let kk = (ky * kw + kx) * cin + ci;
-                        dw[((co * cin + ci) * kh + ky) * kw + kx] = if tn_dw {
+                        dw[((co * cin + ci) * kh + ky) * kw + kx] = if p.tn_dw {
                             dwt[kk * cout + co]
                         } else {
                             dwt[co * k + kk]
@@ -1007,7 +1180,7 @@ impl Pass<'_> {
                 }
             }
         }
-        (dx_tiles, dw)
+        dw
     }
 }
 
@@ -1194,33 +1367,39 @@ fn reduce(x: &Tiles, c: usize, f: impl Fn(&[f32], &mut [f64]) + Sync) -> Vec<f64
     total
 }
 
-/// BatchNorm's training-mode backward: `dx = gamma inv_std (dy - mean(dy) - xhat
-/// mean(dy xhat))`, `dgamma = sum(dy xhat)`, `dbeta = sum(dy)`, with `xhat = (x - mean)
-/// inv_std` recomputed from the input; `frozen` (statistics that are constants): `dx = gamma
-/// inv_std dy`. `dy` is overwritten by `dx`.
-fn bn_backward(
-    x: &Tiles,
-    mut dy: Tiles,
-    relu_out: Option<&Tiles>,
+/// One tile's BatchNorm backward sums: `sum(dy)` and `sum(dy (x - mean))` per channel
+/// (`dy` masked by the fused ReLU's output where there is one), in `f64`.
+fn bn_tile_sums(x: &[f32], dy: &[f32], mask: Option<&[f32]>, mean: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let c = mean.len();
+    let (mut sd, mut sdx) = (vec![0.0f64; c], vec![0.0f64; c]);
+    bn_grad_sums(x, dy, mask, mean, &mut sd, &mut sdx);
+    (sd, sdx)
+}
+
+/// What a BatchNorm's data gradient applies per tile, and its parameter gradients.
+struct BnCoefficients {
+    scale: Vec<f32>,
+    k1: Vec<f32>,
+    k0: Vec<f32>,
+    dgamma: Vec<f32>,
+    dbeta: Vec<f32>,
+}
+
+/// BatchNorm's training-mode backward from its tiles' sums ([`bn_tile_sums`], added in tile
+/// order) over `count` values per channel: `dx = gamma inv_std (dy - mean(dy) - xhat
+/// mean(dy xhat))` as `scale dy + k1 x + k0` per channel, `dgamma = sum(dy xhat)`, `dbeta =
+/// sum(dy)`, with `xhat = (x - mean) inv_std` recomputed from the input; `frozen`
+/// (statistics that are constants): `dx = gamma inv_std dy`.
+fn bn_coefficients(
+    sums: &[(Vec<f64>, Vec<f64>)],
+    count: usize,
     s: &BnSaved,
     gamma: &[f32],
     frozen: bool,
-) -> (Tiles, Vec<f32>, Vec<f32>) {
+) -> BnCoefficients {
     let c = gamma.len();
-    let count: usize = x.iter().map(|t| t.len() / c).sum();
-    let mask = |t: usize| relu_out.map(|y| y[t].as_slice());
-    let pairs: Vec<(Vec<f64>, Vec<f64>)> = x
-        .par_iter()
-        .zip(&dy)
-        .enumerate()
-        .map(|(t, (xt, dt))| {
-            let (mut sd, mut sdx) = (vec![0.0f64; c], vec![0.0f64; c]);
-            bn_grad_sums(xt, dt, mask(t), &s.mean, &mut sd, &mut sdx);
-            (sd, sdx)
-        })
-        .collect();
     let (mut sd, mut sdx) = (vec![0.0f64; c], vec![0.0f64; c]);
-    for (a, b) in pairs {
+    for (a, b) in sums {
         for ch in 0..c {
             sd[ch] += a[ch];
             sdx[ch] += b[ch];
@@ -1243,15 +1422,56 @@ fn bn_backward(
             k0[ch] = (sc * (f64::from(s.mean[ch]) * inv * mdx - md)) as f32;
         }
     }
-    dy.par_iter_mut()
-        .zip(x)
-        .enumerate()
-        .for_each(|(t, (dt, xt))| affine2(dt, xt, mask(t), &scale, &k1, &k0));
-    (
-        dy,
-        sdx.iter().map(|&v| v as f32).collect(),
-        sd.iter().map(|&v| v as f32).collect(),
-    )
+    BnCoefficients {
+        scale,
+        k1,
+        k0,
+        dgamma: sdx.iter().map(|&v| v as f32).collect(),
+        dbeta: sd.iter().map(|&v| v as f32).collect(),
+    }
+}
+
+/// The linear layer's gradients, tile by tile in order: weight `[o][k]`, bias, and each
+/// tile's data gradient.
+fn linear_backward(weight: &TensorData, dy: &Tiles, x: &Tiles) -> (Vec<f32>, Vec<f32>, Tiles) {
+    let (o, k) = (weight.shape[0], weight.shape[1]);
+    let mut dw = vec![0.0f32; o * k];
+    let mut db = vec![0.0f32; o];
+    let mut dx_tiles = Vec::with_capacity(dy.len());
+    for (d, x) in dy.iter().zip(x) {
+        let mut dx = pool::take_zeroed(x.len());
+        for ((drow, xrow), dxrow) in d
+            .chunks_exact(o)
+            .zip(x.chunks_exact(k))
+            .zip(dx.chunks_exact_mut(k))
+        {
+            for (oi, &dv) in drow.iter().enumerate() {
+                db[oi] += dv;
+                let wrow = &weight.data[oi * k..(oi + 1) * k];
+                for ((gw, &xv), (gx, &wv)) in dw[oi * k..(oi + 1) * k]
+                    .iter_mut()
+                    .zip(xrow)
+                    .zip(dxrow.iter_mut().zip(wrow))
+                {
+                    *gw += dv * xv;
+                    *gx += dv * wv;
+                }
+            }
+        }
+        dx_tiles.push(dx);
+    }
+    (dw, db, dx_tiles)
+}
+
+/// Adds `g` into one tile's gradient (sets it when there is none yet).
+fn accumulate_tile(slot: &mut Option<Vec<f32>>, g: Vec<f32>) {
+    match slot {
+        None => *slot = Some(g),
+        Some(acc) => {
+            add_into(acc, &g);
+            pool::give(g);
+        }
+    }
 }
 
 /// Mean softmax cross-entropy of per-tile logits (infinite when one image's loss overflows
