@@ -6,14 +6,55 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use decomp_eval::report::{ComposeReport, VoteReport};
+use decomp_eval::argmax;
+use decomp_eval::report::{ComposeReport, Margins, VoteReport};
 
 use super::format::{fixed2, opt2, with_interval};
 use super::paper::{Direction, PAPER_TABLE4_C10_MEAN, against_paper};
 use super::{Model, Run};
 use crate::engine::read;
 use crate::plot;
-use crate::stats::{Interval, Paired, Side};
+use crate::stats::{Interval, Paired, Side, median};
+
+/// Medians of the margins of the module voting for class `w`: on `w`'s test images
+/// (`own`), the strongest other module's there (`rival`), and on the other images
+/// (`elsewhere`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MarginMedians {
+    pub own: f64,
+    pub rival: f64,
+    pub elsewhere: f64,
+}
+
+/// [`MarginMedians`] of the module in column `w` of the margin file `path`.
+pub(super) fn margin_medians(path: &std::path::Path, w: usize) -> Result<MarginMedians> {
+    medians_of(&read(path)?, w)
+}
+
+/// [`MarginMedians`] of the module in column `w` of `f`.
+fn medians_of(f: &Margins, w: usize) -> Result<MarginMedians> {
+    let (mut own, mut rival, mut elsewhere) = (Vec::new(), Vec::new(), Vec::new());
+    for (row, &label) in f.margins.iter().zip(&f.labels) {
+        let m = f64::from(
+            *row.get(w)
+                .context("margin file: fewer modules than classes")?,
+        );
+        if label == w {
+            own.push(m);
+            let best = (0..row.len())
+                .filter(|&x| x != w)
+                .map(|x| f64::from(row[x]));
+            rival.push(best.fold(f64::NEG_INFINITY, f64::max));
+        } else {
+            elsewhere.push(m);
+        }
+    }
+    Ok(MarginMedians {
+        own: median(own),
+        rival: median(rival),
+        elsewhere: median(elsewhere),
+    })
+}
 
 /// What Tables 4 and 6 share: every module of a recipient model (manifest role `weak`, the
 /// paper's weaker model) and a donor (`strong`), their margins on the full test split, and
@@ -300,6 +341,7 @@ pub fn intra_replace(r: &Run) -> Result<()> {
             base_s.top1 - base_w.top1
         );
     }
+    where_from(&mut md, &files, &xs, &class_names)?;
     md.push_str("![per-class accuracy](per_class.svg)\n\n![module size](module_size.svg)\n");
     // The classes x that were replaced (all, or the drawn ones).
     let per = |v: &VoteReport| xs.iter().map(|&x| v.per_class[x]).collect::<Vec<_>>();
@@ -336,4 +378,153 @@ pub fn intra_replace(r: &Run) -> Result<()> {
         "replaced_classes": xs, "mean_delta_top1": m1, "mean_delta_top1_ci": ci1, "mean_delta_top5": m5, "mean_delta_top5_ci": ci5,
         "bootstrap": bs}), &csv)?;
     Ok(())
+}
+
+/// One replacement's effect on the vote, image by image: the images the vote gives class x
+/// and the right answers it gains and loses (and how many of those go to x).
+#[derive(Default)]
+struct Moved {
+    to_x_before: usize,
+    to_x_after: usize,
+    gained: usize,
+    lost: usize,
+    lost_to_x: usize,
+}
+
+/// [`Moved`] when column `x` of the recipient's margins `w` is replaced by the donor's `s`
+/// (the vote picks the largest margin, ties to the lower class as `decomp vote`).
+fn moved(w: &Margins, s: &Margins, x: usize) -> Result<Moved> {
+    let mut m = Moved::default();
+    for ((row, donor), &label) in w.margins.iter().zip(&s.margins).zip(&w.labels) {
+        let mut swapped = row.clone();
+        *swapped
+            .get_mut(x)
+            .context("margin file: fewer modules than classes")? = *donor
+            .get(x)
+            .context("margin file: fewer modules than classes")?;
+        let (before, after) = (argmax(row), argmax(&swapped));
+        m.to_x_before += usize::from(before == x);
+        m.to_x_after += usize::from(after == x);
+        m.gained += usize::from(before != label && after == label);
+        let lost = before == label && after != label;
+        m.lost += usize::from(lost);
+        m.lost_to_x += usize::from(lost && after == x);
+    }
+    Ok(m)
+}
+
+/// The report's account of where each replacement's change comes from: images moved to and
+/// from class x, and the scale of module x's margins in the recipient and in the donor.
+fn where_from(md: &mut String, files: &[PathBuf], xs: &[usize], names: &[String]) -> Result<()> {
+    let (w, s): (Margins, Margins) = (read(&files[0])?, read(&files[1])?);
+    if w.labels != s.labels {
+        anyhow::bail!(
+            "{} and {}: the margin files cover different images",
+            files[0].display(),
+            files[1].display()
+        );
+    }
+    md.push_str(
+        "## Where the changes come from\n\nImage by image (from the two margin files): the images the vote gives class x \
+         before and after the swap (each class has its own test images), the right answers gained and lost (lost to \
+         x: those the swapped module took), and module x's median margin on class x's images and on the others, in the \
+         recipient and in the donor.\n\n| x | images voted x: recipient → replaced (class size) | right answers gained / \
+         lost (lost to x) | module x's median margin on x's images: recipient → donor | on the other images |\n\
+         |---|---|---|---|---|\n",
+    );
+    let (mut before, mut after, mut size, mut lost, mut lost_to_x, mut gained) = (0, 0, 0, 0, 0, 0);
+    let (mut larger_own, mut larger_else) = (0, 0);
+    for &x in xs {
+        let m = moved(&w, &s, x)?;
+        let (mw, ms) = (medians_of(&w, x)?, medians_of(&s, x)?);
+        let n_x = w.labels.iter().filter(|&&l| l == x).count();
+        let _ = writeln!(
+            md,
+            "| {x} ({}) | {} → {} ({n_x}) | {} / {} ({}) | {:.2} → {:.2} | {:.2} → {:.2} |",
+            names[x],
+            m.to_x_before,
+            m.to_x_after,
+            m.gained,
+            m.lost,
+            m.lost_to_x,
+            mw.own,
+            ms.own,
+            mw.elsewhere,
+            ms.elsewhere
+        );
+        before += m.to_x_before;
+        after += m.to_x_after;
+        size += n_x;
+        gained += m.gained;
+        lost += m.lost;
+        lost_to_x += m.lost_to_x;
+        larger_own += usize::from(ms.own > mw.own);
+        larger_else += usize::from(ms.elsewhere > mw.elsewhere);
+    }
+    let nx = xs.len();
+    let _ = write!(
+        md,
+        "\nOver the {nx} rows the swapped-in modules take {after} images against the recipient modules' {before} \
+         ({size} test images belong to these classes); {gained} right answers are gained and {lost} lost, {lost_to_x} \
+         of the lost to class x. The donor module's median margin is the larger on its class's images in {larger_own} \
+         of {nx} rows and on the other images in {larger_else}."
+    );
+    if after > before {
+        let _ = write!(
+            md,
+            " The vote compares the margins of two models as each model scales them (no calibration), and the \
+             swapped-in modules claim {} more images than the ones they replace.",
+            after - before
+        );
+    }
+    md.push_str("\n\n");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn margins(labels: Vec<usize>, rows: Vec<Vec<f32>>) -> Margins {
+        Margins::new(
+            "test".into(),
+            vec!["a".into(), "b".into(), "c".into()],
+            Vec::new(),
+            labels,
+            rows,
+            None,
+            0.0,
+        )
+    }
+
+    /// Swapping in a module with larger margins moves images to its class: one right answer
+    /// gained, two lost to the swapped class (both on ties, which go to the lower class as in
+    /// the vote), counted image by image.
+    #[test]
+    fn moved_counts_images_won_and_lost_by_the_swapped_module() {
+        let labels = vec![0, 1, 1, 2, 2];
+        let w = margins(
+            labels.clone(),
+            vec![
+                vec![1.0, 2.0, 0.0], // class 0, voted 1: wrong before
+                vec![0.0, 3.0, 1.0], // class 1, right
+                vec![0.0, 3.0, 2.0], // class 1, right
+                vec![0.0, 1.0, 2.0], // class 2, right
+                vec![3.0, 1.0, 0.0], // class 2, voted 0: wrong
+            ],
+        );
+        let s = margins(
+            labels,
+            vec![
+                vec![5.0, 0.0, 0.0],  // now class 0 wins: gained
+                vec![3.0, 0.0, 0.0],  // tie 3 / 3: the lower class, 0: lost to x
+                vec![0.0, 0.0, 0.0],  // 0 vs 3: unchanged
+                vec![2.0, 0.0, 0.0],  // 2 / 1 / 2: tie, class 0 wins: lost to x
+                vec![-1.0, 0.0, 0.0], // 1 vs 0: voted 1, still wrong
+            ],
+        );
+        let m = moved(&w, &s, 0).unwrap();
+        assert_eq!((m.to_x_before, m.to_x_after), (1, 3));
+        assert_eq!((m.gained, m.lost, m.lost_to_x), (1, 2, 2));
+    }
 }

@@ -6,16 +6,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use decomp_eval::most_confused;
-use decomp_eval::report::{ComposeReport, Margins, ModelEval, VoteReport};
+use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 use serde_json::{Value, json};
 
 use super::format::{fixed2, opt2, signed, with_interval};
 use super::paper::{Direction, PAPER_TABLE6_VS_COMPOSED, against_paper};
-use super::table4::{Replace, setup, side};
+use super::table4::{MarginMedians, Replace, margin_medians, setup, side};
 use super::units::Ask;
 use super::{Model, Run};
 use crate::manifest::{MotivatingSpec, TrainSpec};
-use crate::stats::{Interval, Paired, median};
+use crate::stats::{Interval, Paired};
 
 /// Option 2 for one class: the 2-class model, its module's composition.
 struct PairFix {
@@ -32,48 +32,12 @@ struct PairFix {
     scaled: Option<Result<(f64, VoteReport), String>>,
 }
 
-/// Medians of the margins of the module voting for class `w`: on `w`'s test images
-/// (`own`), the strongest other module's there (`rival`), and on the other images
-/// (`elsewhere`).
-#[derive(Clone, Copy, Debug)]
-struct MarginMedians {
-    own: f64,
-    rival: f64,
-    elsewhere: f64,
-}
-
 /// [`MarginMedians`] of the 2-class model's module (`pair`) and the recipient's
 /// (`recipient`) for the same class.
 #[derive(Clone, Copy, Debug)]
 struct MarginScale {
     pair: MarginMedians,
     recipient: MarginMedians,
-}
-
-/// [`MarginMedians`] of the module in column `w` of the margin file `path`.
-fn margin_medians(path: &std::path::Path, w: usize) -> Result<MarginMedians> {
-    let f: Margins = crate::engine::read(path)?;
-    let (mut own, mut rival, mut elsewhere) = (Vec::new(), Vec::new(), Vec::new());
-    for (row, &label) in f.margins.iter().zip(&f.labels) {
-        let m = f64::from(
-            *row.get(w)
-                .context("margin file: fewer modules than classes")?,
-        );
-        if label == w {
-            own.push(m);
-            let best = (0..row.len())
-                .filter(|&x| x != w)
-                .map(|x| f64::from(row[x]));
-            rival.push(best.fold(f64::NEG_INFINITY, f64::max));
-        } else {
-            elsewhere.push(m);
-        }
-    }
-    Ok(MarginMedians {
-        own: median(own),
-        rival: median(rival),
-        elsewhere: median(elsewhere),
-    })
 }
 
 /// The four options for one fixed class `w`.
