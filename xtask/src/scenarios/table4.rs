@@ -523,7 +523,7 @@ mod tests {
                 vec![-1.0, 0.0, 0.0], // 1 vs 0: voted 1, still wrong
             ],
         );
-        let m = moved(&w, &s, 0).unwrap();
+        let m = moved(&w, &s, 0).expect("equal image sets");
         assert_eq!((m.to_x_before, m.to_x_after), (1, 3));
         assert_eq!((m.gained, m.lost, m.lost_to_x), (1, 2, 2));
     }
