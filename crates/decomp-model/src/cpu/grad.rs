@@ -392,6 +392,18 @@ impl Pass<'_> {
         }
         kept[g.output] = true;
         let fused = fused_relus(g);
+        // Outputs a BatchNorm normalizes with batch statistics: their channel count. The
+        // stretch that computes one takes its per-channel sums per tile while it is in cache
+        // (the squared deviations need the batch mean: they wait for every tile).
+        let mut normalized: Vec<Option<usize>> = vec![None; count];
+        for node in &g.nodes {
+            if let Op::BatchNorm2d { gamma, .. } = &node.op
+                && !self.frozen_batch_norm
+            {
+                normalized[node.inputs[0]] = Some(gamma.numel());
+            }
+        }
+        let mut partial: Vec<Option<Vec<Vec<f64>>>> = (0..count).map(|_| None).collect();
         // A value its reader may overwrite: read once by it, its last reader, not kept.
         let movable = |i: NodeId, reader: NodeId| {
             let once = g.nodes[reader].inputs.iter().filter(|&&j| j == i).count() == 1;
@@ -452,7 +464,10 @@ impl Pass<'_> {
                         };
                         (saved, running_var.data.clone())
                     } else {
-                        bn_stats(x, gamma.numel(), *eps)
+                        match partial[g.nodes[id].inputs[0]].take() {
+                            Some(sums) => bn_stats_from(x, sums, gamma.numel(), *eps),
+                            None => bn_stats(x, gamma.numel(), *eps),
+                        }
                     };
                     let scale: Vec<f32> = gamma
                         .data
@@ -485,12 +500,15 @@ impl Pass<'_> {
                 }
             }
             let values_ref = &values;
-            let columns: Vec<Vec<Option<Vec<f32>>>> = outside
+            let normalized = &normalized;
+            #[allow(clippy::type_complexity)]
+            let columns: Vec<(Vec<Option<Vec<f32>>>, Vec<(NodeId, Vec<f64>)>)> = outside
                 .into_par_iter()
                 .enumerate()
                 .map(|(t, mut outside)| {
                     // This tile's outputs of the stretch's nodes, `j - id`.
                     let mut local: Vec<Option<Vec<f32>>> = vec![None; end - id];
+                    let mut stats = Vec::new();
                     for j in id..end {
                         let node = &g.nodes[j];
                         let out = if let (Some((scale, shift)), true) = (&norm, j == id) {
@@ -546,14 +564,24 @@ impl Pass<'_> {
                                 pool::give(v);
                             }
                         }
+                        if let Some(c) = normalized[j] {
+                            let mut sum = vec![0.0f64; c];
+                            channel_sum(&out, &mut sum);
+                            stats.push((j, sum));
+                        }
                         local[j - id] = Some(out);
                     }
-                    local
+                    (local, stats)
                 })
                 .collect();
             // Back to node-major; inputs from before the stretch read for the last time here
             // (and not moved) are freed.
-            let mut columns = columns;
+            let (mut columns, stats): (Vec<_>, Vec<_>) = columns.into_iter().unzip();
+            for tile in stats {
+                for (j, st) in tile {
+                    partial[j].get_or_insert_with(Vec::new).push(st);
+                }
+            }
             for j in id..end {
                 values[j] = columns
                     .iter_mut()
@@ -1331,8 +1359,25 @@ fn accumulate(slot: &mut Option<Tiles>, g: Tiles) {
 /// Per-channel mean and `1 / sqrt(var + eps)` of channels-last tiles over every image and
 /// pixel (sums in `f64`), and the biased variance itself.
 fn bn_stats(x: &Tiles, c: usize, eps: f64) -> (BnSaved, Vec<f32>) {
+    let sums: Vec<Vec<f64>> = x
+        .par_iter()
+        .map(|t| {
+            let mut acc = vec![0.0f64; c];
+            channel_sum(t, &mut acc);
+            acc
+        })
+        .collect();
+    bn_stats_from(x, sums, c, eps)
+}
+
+/// [`bn_stats`] given each tile's per-channel sums (added in tile order): the mean, then the
+/// squared deviations from it over every tile.
+fn bn_stats_from(x: &Tiles, sums: Vec<Vec<f64>>, c: usize, eps: f64) -> (BnSaved, Vec<f32>) {
     let count: usize = x.iter().map(|t| t.len() / c).sum();
-    let sum = reduce(x, c, channel_sum);
+    let mut sum = vec![0.0f64; c];
+    for p in sums {
+        sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
     let mean: Vec<f32> = sum.iter().map(|s| (s / count as f64) as f32).collect();
     let sq = reduce(x, c, |t, acc| channel_sq_dev(t, &mean, acc));
     let var: Vec<f64> = sq.iter().map(|s| s / count as f64).collect();
