@@ -1359,25 +1359,14 @@ fn accumulate(slot: &mut Option<Tiles>, g: Tiles) {
 /// Per-channel mean and `1 / sqrt(var + eps)` of channels-last tiles over every image and
 /// pixel (sums in `f64`), and the biased variance itself.
 fn bn_stats(x: &Tiles, c: usize, eps: f64) -> (BnSaved, Vec<f32>) {
-    let sums: Vec<Vec<f64>> = x
-        .par_iter()
-        .map(|t| {
-            let mut acc = vec![0.0f64; c];
-            channel_sum(t, &mut acc);
-            acc
-        })
-        .collect();
-    bn_stats_from(x, sums, c, eps)
+    bn_stats_from(x, per_tile(x, c, channel_sum), c, eps)
 }
 
 /// [`bn_stats`] given each tile's per-channel sums (added in tile order): the mean, then the
 /// squared deviations from it over every tile.
 fn bn_stats_from(x: &Tiles, sums: Vec<Vec<f64>>, c: usize, eps: f64) -> (BnSaved, Vec<f32>) {
     let count: usize = x.iter().map(|t| t.len() / c).sum();
-    let mut sum = vec![0.0f64; c];
-    for p in sums {
-        sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
+    let sum = in_tile_order(sums, c);
     let mean: Vec<f32> = sum.iter().map(|s| (s / count as f64) as f32).collect();
     let sq = reduce(x, c, |t, acc| channel_sq_dev(t, &mean, acc));
     let var: Vec<f64> = sq.iter().map(|s| s / count as f64).collect();
@@ -1395,14 +1384,22 @@ fn bn_stats_from(x: &Tiles, sums: Vec<Vec<f64>>, c: usize, eps: f64) -> (BnSaved
 
 /// Sum over tiles (in tile order) of `c` per-channel `f64` accumulators filled by `f`.
 fn reduce(x: &Tiles, c: usize, f: impl Fn(&[f32], &mut [f64]) + Sync) -> Vec<f64> {
-    let parts: Vec<Vec<f64>> = x
-        .par_iter()
+    in_tile_order(per_tile(x, c, f), c)
+}
+
+/// Per tile, in parallel: `c` per-channel `f64` accumulators filled by `f`.
+fn per_tile(x: &Tiles, c: usize, f: impl Fn(&[f32], &mut [f64]) + Sync) -> Vec<Vec<f64>> {
+    x.par_iter()
         .map(|t| {
             let mut acc = vec![0.0f64; c];
             f(t, &mut acc);
             acc
         })
-        .collect();
+        .collect()
+}
+
+/// Per-channel sums added tile after tile (the same bits whatever the threads).
+fn in_tile_order(parts: Vec<Vec<f64>>, c: usize) -> Vec<f64> {
     let mut total = vec![0.0f64; c];
     for p in parts {
         for (a, b) in total.iter_mut().zip(p) {
