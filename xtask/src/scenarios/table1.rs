@@ -210,21 +210,31 @@ fn entries(r: &Run, spec: &Table1Spec) -> Result<(Vec<Entry>, Vec<String>)> {
         let dir = super::zoo::weights_dir(&r.env.root, &zoo);
         for (name, ms) in &zoo.models {
             let ir = dir.join(format!("{name}.ir"));
-            if !ir.is_file() {
-                untrained.push(name.clone());
-                continue;
-            }
             let ds = zoo.data.get(&ms.data).with_context(|| {
                 format!(
                     "zoo manifest {zoo_name}: [models.{name}] reads [data.{}], which is missing",
                     ms.data
                 )
             })?;
+            let data = r.data_of(ds)?;
+            // Only the model the zoo trains now: weights of an earlier configuration of the
+            // run (retraining with more epochs) are not its.
+            let current = match &ms.train {
+                Some(t) => {
+                    let key = r.train_key(&data, None, t)?;
+                    super::zoo::published_is_current(r, &dir, name, &key)?
+                }
+                None => ir.is_file(),
+            };
+            if !current {
+                untrained.push(name.clone());
+                continue;
+            }
             let arch = ms.train.as_ref().map_or(name.clone(), |t| t.arch.clone());
             let model = Model {
                 hash: r.eng.file_hash(&ir)?,
                 ir,
-                data: r.data_of(ds)?,
+                data,
                 arch,
             };
             out.push(entry(name, "zoo", model, &ds.dataset)?);
@@ -436,7 +446,8 @@ fn report(r: &Run, spec: &Table1Spec, rows: &[Row], untrained: &[String]) -> Res
     if !untrained.is_empty() {
         let _ = writeln!(
             md,
-            "\nZoo models not trained yet (no weights in the zoo's weights folder), so not in the table: {}.",
+            "\nZoo models not trained yet in their current configuration (no weights in the zoo's weights \
+             folder, or weights of an earlier configuration: see the zoo's report), so not in the table: {}.",
             untrained
                 .iter()
                 .map(|n| format!("`{n}`"))

@@ -185,7 +185,7 @@ fn adopt_published(r: &Run, name: &str, key: &serde_json::Value) -> Result<()> {
     if dir.join("unit.json").is_file() || !record.is_file() {
         return Ok(());
     }
-    let p: Published = read(&record)?;
+    let p = published(&weights, name)?.context("checked above")?;
     let model = weights.join(format!("{name}.ir"));
     let metrics = r.out_dir().join(name);
     if p.key != *key {
@@ -214,6 +214,32 @@ fn adopt_published(r: &Run, name: &str, key: &serde_json::Value) -> Result<()> {
     let mut copies = vec![(model, "best.ir")];
     copies.extend(files.iter().map(|f| (metrics.join(f), *f)));
     r.eng.adopt("train", name, key, &copies).map(drop)
+}
+
+/// Run `name`'s published record (`<weights>/<name>.train.json`), if there is one.
+fn published(weights: &Path, name: &str) -> Result<Option<Published>> {
+    let record = weights.join(format!("{name}.train.json"));
+    if !record.is_file() {
+        return Ok(None);
+    }
+    read(&record).map(Some)
+}
+
+/// Whether run `name`'s published model (`<weights>/<name>.ir`) is the one the zoo trains
+/// now: its record holds the training key `key` and the model's SHA-256. A run given another
+/// configuration (more epochs) keeps its earlier model in the folder until the retraining
+/// publishes; that model is not this run's.
+pub(super) fn published_is_current(
+    r: &Run,
+    weights: &Path,
+    name: &str,
+    key: &serde_json::Value,
+) -> Result<bool> {
+    let model = weights.join(format!("{name}.ir"));
+    match published(weights, name)? {
+        Some(p) if p.key == *key && model.is_file() => Ok(r.eng.file_hash(&model)? == p.sha256),
+        _ => Ok(false),
+    }
 }
 
 /// A training run's `metrics.json`, with the planned number of epochs of its configuration.
