@@ -225,10 +225,11 @@ fn published(weights: &Path, name: &str) -> Result<Option<Published>> {
     read(&record).map(Some)
 }
 
-/// Whether run `name`'s published model (`<weights>/<name>.ir`) is the one the zoo trains
-/// now: its record holds the training key `key` and the model's SHA-256. A run given another
-/// configuration (more epochs) keeps its earlier model in the folder until the retraining
-/// publishes; that model is not this run's.
+/// Whether run `name`'s model in the weights folder (`<weights>/<name>.ir`) is the one the
+/// zoo trains now: a published record (`<name>.train.json`) must hold the training key `key`
+/// and the model's SHA-256; weights placed without a record are taken as they are. A run
+/// given another configuration (more epochs) keeps its earlier model and record in the
+/// folder until the retraining publishes; that model is not this run's.
 pub(super) fn published_is_current(
     r: &Run,
     weights: &Path,
@@ -236,9 +237,12 @@ pub(super) fn published_is_current(
     key: &serde_json::Value,
 ) -> Result<bool> {
     let model = weights.join(format!("{name}.ir"));
+    if !model.is_file() {
+        return Ok(false);
+    }
     match published(weights, name)? {
-        Some(p) if p.key == *key && model.is_file() => Ok(r.eng.file_hash(&model)? == p.sha256),
-        _ => Ok(false),
+        None => Ok(true),
+        Some(p) => Ok(p.key == *key && r.eng.file_hash(&model)? == p.sha256),
     }
 }
 

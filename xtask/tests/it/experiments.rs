@@ -184,13 +184,26 @@ fn table1_covers_sites_zoo_and_ablations_and_shards_and_resumes() {
         .status()
         .expect("decomp new-model");
     assert!(st.success());
+    // A third whose weights are those of an earlier configuration of the run (a record with
+    // another training key, as a run retrained with more epochs leaves until it publishes).
+    std::fs::copy(
+        zoo_weights.join("nobn-r8.ir"),
+        zoo_weights.join("stale-r8.ir"),
+    )
+    .expect("copy");
+    std::fs::write(
+        zoo_weights.join("stale-r8.train.json"),
+        r#"{"key": {"train": "an earlier configuration"}, "sha256": "0"}"#,
+    )
+    .expect("write");
     let train = "train = { arch = \"resnet8\", recipe = \"paper-keras\", epochs = 1 }\n";
     let zoo = m.join("t1-zoo.toml");
     std::fs::write(
         &zoo,
         format!(
             "scenario = \"zoo\"\ntitle = \"z\"\n[data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
-             [zoo]\nweights_dir = \"{}\"\n[models.nobn-r8]\ndata = \"main\"\n{train}[models.missing-r8]\ndata = \"main\"\n{train}",
+             [zoo]\nweights_dir = \"{}\"\n[models.nobn-r8]\ndata = \"main\"\n{train}[models.missing-r8]\ndata = \"main\"\n{train}\
+             [models.stale-r8]\ndata = \"main\"\n{train}",
             zoo_weights.display()
         ),
     )
@@ -252,7 +265,9 @@ fn table1_covers_sites_zoo_and_ablations_and_shards_and_resumes() {
     assert_eq!(rows[3]["batch_norm"], false);
     let md = read(d.join("one-results/t1/table1.md"));
     assert!(
-        md.contains("Zoo models not trained yet") && md.contains("`missing-r8`"),
+        md.contains("Zoo models not trained yet")
+            && md.contains("`missing-r8`")
+            && md.contains("`stale-r8`"),
         "{md}"
     );
     assert!(
