@@ -182,10 +182,12 @@ fn adopt_published(r: &Run, name: &str, key: &serde_json::Value) -> Result<()> {
     let dir = r.eng.unit_dir("train", name, key);
     let weights = weights_dir(&r.env.root, &r.m);
     let record = weights.join(format!("{name}.train.json"));
-    if dir.join("unit.json").is_file() || !record.is_file() {
+    if dir.join("unit.json").is_file() {
         return Ok(());
     }
-    let p = published(&weights, name)?.context("checked above")?;
+    let Some(p) = published(&weights, name)? else {
+        return Ok(());
+    };
     let model = weights.join(format!("{name}.ir"));
     let metrics = r.out_dir().join(name);
     if p.key != *key {

@@ -685,7 +685,7 @@ impl Pass<'_> {
             below.dedup();
             // A BatchNorm opening the stretch whose sums no job took (nothing above it ran
             // tile-major): its sums over the batch now.
-            if let (Op::BatchNorm2d { gamma, .. }, Some(s), Some(dy), None) =
+            if let (Op::BatchNorm2d { .. }, Some(s), Some(dy), None) =
                 (&g.nodes[hi].op, &saved[hi], &grads[hi], &norm[hi])
             {
                 let x = &values[g.nodes[hi].inputs[0]];
@@ -696,16 +696,7 @@ impl Pass<'_> {
                         bn_tile_sums(&x[t], &dy[t], mask, &s.mean)
                     })
                     .collect();
-                let pixels: usize = x.iter().map(|t| t.len() / gamma.numel()).sum();
-                let k = bn_coefficients(&sums, pixels, s, &gamma.data, self.frozen_batch_norm);
-                params.extend(weight_and_bias(
-                    hi,
-                    &g.nodes[hi].name,
-                    vec![gamma.numel()],
-                    k.dgamma.clone(),
-                    Some(k.dbeta.clone()),
-                ));
-                norm[hi] = Some(k);
+                norm[hi] = Some(self.bn_backward(hi, &sums, x, s, &mut params));
             }
             let nt = self.sizes.len();
             let take_tiles = |slot: Option<Tiles>| -> Vec<Option<Vec<f32>>> {
@@ -909,29 +900,15 @@ impl Pass<'_> {
                 ));
             }
             if let Some(b) = sink
-                && let (Op::BatchNorm2d { gamma, .. }, Some(s)) = (&g.nodes[b].op, &saved[b])
                 && grads[b].is_some()
+                && let Some(s) = &saved[b]
             {
-                let c = gamma.numel();
                 let sums: Vec<(Vec<f64>, Vec<f64>)> = jobs
                     .iter_mut()
                     .map(|job| job.sums.take().expect("every tile summed"))
                     .collect();
-                let pixels: usize = values[g.nodes[b].inputs[0]]
-                    .iter()
-                    .map(|t| t.len() / c)
-                    .sum();
-                let k = bn_coefficients(&sums, pixels, s, &gamma.data, self.frozen_batch_norm);
-                let shape = vec![c];
-                let (dgamma, dbeta) = (k.dgamma.clone(), k.dbeta.clone());
-                params.extend(weight_and_bias(
-                    b,
-                    &g.nodes[b].name,
-                    shape,
-                    dgamma,
-                    Some(dbeta),
-                ));
-                norm[b] = Some(k);
+                let x = &values[g.nodes[b].inputs[0]];
+                norm[b] = Some(self.bn_backward(b, &sums, x, s, &mut params));
             }
             // The stretch's values are read no more (a fused ReLU's output masks its
             // BatchNorm below until that one's data gradient is done, in the next stretch).
@@ -1423,53 +1400,58 @@ struct BnCoefficients {
     scale: Vec<f32>,
     k1: Vec<f32>,
     k0: Vec<f32>,
-    dgamma: Vec<f32>,
-    dbeta: Vec<f32>,
 }
 
-/// BatchNorm's training-mode backward from its tiles' sums ([`bn_tile_sums`], added in tile
-/// order) over `count` values per channel: `dx = gamma inv_std (dy - mean(dy) - xhat
-/// mean(dy xhat))` as `scale dy + k1 x + k0` per channel, `dgamma = sum(dy xhat)`, `dbeta =
-/// sum(dy)`, with `xhat = (x - mean) inv_std` recomputed from the input; `frozen`
-/// (statistics that are constants): `dx = gamma inv_std dy`.
-fn bn_coefficients(
-    sums: &[(Vec<f64>, Vec<f64>)],
-    count: usize,
-    s: &BnSaved,
-    gamma: &[f32],
-    frozen: bool,
-) -> BnCoefficients {
-    let c = gamma.len();
-    let (mut sd, mut sdx) = (vec![0.0f64; c], vec![0.0f64; c]);
-    for (a, b) in sums {
+impl Pass<'_> {
+    /// BatchNorm `b`'s training-mode backward from its tiles' sums ([`bn_tile_sums`], added
+    /// in tile order) over its input `x`: `dgamma = sum(dy xhat)` and `dbeta = sum(dy)` go to
+    /// `params`, and `dx = gamma inv_std (dy - mean(dy) - xhat mean(dy xhat))` is returned as
+    /// `scale dy + k1 x + k0` per channel, with `xhat = (x - mean) inv_std` recomputed from the
+    /// input; frozen statistics (constants): `dx = gamma inv_std dy`.
+    fn bn_backward(
+        &self,
+        b: NodeId,
+        sums: &[(Vec<f64>, Vec<f64>)],
+        x: &Tiles,
+        s: &BnSaved,
+        params: &mut Vec<ParamGrad>,
+    ) -> BnCoefficients {
+        let node = &self.model.graph.nodes[b];
+        let Op::BatchNorm2d { gamma, .. } = &node.op else {
+            unreachable!("called for BatchNorms")
+        };
+        let gamma = &gamma.data;
+        let c = gamma.len();
+        let count: usize = x.iter().map(|t| t.len() / c).sum();
+        let frozen = self.frozen_batch_norm;
+        let (mut sd, mut sdx) = (vec![0.0f64; c], vec![0.0f64; c]);
+        for (d, dx) in sums {
+            for ch in 0..c {
+                sd[ch] += d[ch];
+                sdx[ch] += dx[ch];
+            }
+        }
+        // sum(dy xhat) = inv_std sum(dy (x - mean)).
+        for (v, &i) in sdx.iter_mut().zip(&s.inv_std) {
+            *v *= f64::from(i);
+        }
+        // dx = scale (dy - mean_d - xhat mean_dx) = scale dy + k1 x + k0 per channel, with
+        // k1 = -scale inv_std mean_dx and k0 = scale (mean inv_std mean_dx - mean_d).
+        let (mut scale, mut k1, mut k0) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
         for ch in 0..c {
-            sd[ch] += a[ch];
-            sdx[ch] += b[ch];
+            let (md, mdx) = (sd[ch] / count as f64, sdx[ch] / count as f64);
+            let inv = f64::from(s.inv_std[ch]);
+            let sc = f64::from(gamma[ch]) * inv;
+            scale[ch] = sc as f32;
+            if !frozen {
+                k1[ch] = (-sc * inv * mdx) as f32;
+                k0[ch] = (sc * (f64::from(s.mean[ch]) * inv * mdx - md)) as f32;
+            }
         }
-    }
-    // sum(dy xhat) = inv_std sum(dy (x - mean)).
-    for (v, &i) in sdx.iter_mut().zip(&s.inv_std) {
-        *v *= f64::from(i);
-    }
-    // dx = scale (dy - mean_d - xhat mean_dx) = scale dy + k1 x + k0 per channel, with
-    // k1 = -scale inv_std mean_dx and k0 = scale (mean inv_std mean_dx - mean_d).
-    let (mut scale, mut k1, mut k0) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
-    for ch in 0..c {
-        let (md, mdx) = (sd[ch] / count as f64, sdx[ch] / count as f64);
-        let inv = f64::from(s.inv_std[ch]);
-        let sc = f64::from(gamma[ch]) * inv;
-        scale[ch] = sc as f32;
-        if !frozen {
-            k1[ch] = (-sc * inv * mdx) as f32;
-            k0[ch] = (sc * (f64::from(s.mean[ch]) * inv * mdx - md)) as f32;
-        }
-    }
-    BnCoefficients {
-        scale,
-        k1,
-        k0,
-        dgamma: sdx.iter().map(|&v| v as f32).collect(),
-        dbeta: sd.iter().map(|&v| v as f32).collect(),
+        let dgamma = sdx.iter().map(|&v| v as f32).collect();
+        let dbeta = sd.iter().map(|&v| v as f32).collect();
+        params.extend(weight_and_bias(b, &node.name, vec![c], dgamma, Some(dbeta)));
+        BnCoefficients { scale, k1, k0 }
     }
 }
 
