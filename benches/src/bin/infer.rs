@@ -56,6 +56,7 @@ fn parse() -> Result<Args, String> {
 }
 
 fn main() {
+    decomp_model::keep_freed_pages();
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {

@@ -14,7 +14,8 @@
 //! `RAYON_NUM_THREADS`; training engine: `DECOMP_ENGINE` (on `flex` the CPU engine by
 //! default, `burn` for burn autodiff).
 
-/// The allocator `decomp` runs with (mimalloc), so the probe times what users run.
+/// The allocator `decomp` runs with (mimalloc, keeping freed pages), so the probe times what
+/// users run.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -36,6 +37,7 @@ fn flag(args: &[String], name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    decomp_model::keep_freed_pages();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (depth, batch, iters, warmup) = (
         flag(&args, "--depth", 20),

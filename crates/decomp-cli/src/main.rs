@@ -10,7 +10,7 @@
 //! `inspect`), each with its element and channel arms where both exist.
 
 /// mimalloc keeps freed pages for the next training step instead of returning them to the
-/// kernel (see the workspace's Cargo.toml).
+/// kernel (see the workspace's Cargo.toml and `decomp_model::keep_freed_pages`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -97,6 +97,7 @@ enum Command {
 }
 
 fn main() {
+    decomp_model::keep_freed_pages();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

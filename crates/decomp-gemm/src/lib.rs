@@ -3,6 +3,13 @@
 //! [`sgemm`] computes `dst = (accumulate ? dst : 0) + lhs * rhs` for row-major matrices given as
 //! slices with a row stride (columns are contiguous). It checks that every element the product
 //! reads or writes lies inside its slice, so no caller can reach out of bounds.
+//!
+//! [`keep_freed_pages`] sets one option of mimalloc's C library (the workspace's other foreign
+//! call, kept here beside the first).
+
+mod allocator;
+
+pub use allocator::keep_freed_pages;
 
 /// Shape of one product: `dst[m x n] (+)= lhs[m x k] * rhs[k x n]`, each matrix row-major
 /// with its own row stride (elements between the starts of consecutive rows).

@@ -40,6 +40,7 @@ pub use channel_stats::ChannelAccumulator;
 pub use cpu::CpuTuning;
 pub use cpu::grad::{GradEngine, ParamGrad, StepGradients, Target};
 pub use cpu::optim::CpuOptimizer;
+pub use decomp_gemm::keep_freed_pages;
 pub use decomp_ir::ModelIr;
 pub use device::{available_devices, parse_device};
 pub use error::ModelError;
