@@ -122,7 +122,39 @@ struct ConvPrep {
     wt_chunks: Vec<(usize, usize, Vec<f32>)>,
     wino_dw: bool,
     tn_dw: bool,
+    /// Input channels of the Winograd weight gradient (`wino_dw`): `cin` rounded up to a
+    /// multiple of 8 (zero channels), so that the register-blocked `tn_product` takes any
+    /// channel count up to 64, as channel modules have.
+    cin_pad: usize,
+    /// Columns of the im2col weight gradient (`tn_dw`): `cout` rounded up the same way.
+    cout_pad: usize,
     need_dx: bool,
+}
+
+impl ConvPrep {
+    /// Length of one tile's weight sums: `[16][cout][cin_pad]` (Winograd), `[k][cout_pad]`
+    /// (`tn_dw`) or `[cout][k]`.
+    fn sums_len(&self, c: &Conv) -> usize {
+        let k = c.kernel[0] * c.kernel[1] * c.cin;
+        if self.wino_dw {
+            16 * c.cout * self.cin_pad
+        } else if self.tn_dw {
+            k * self.cout_pad
+        } else {
+            c.cout * k
+        }
+    }
+}
+
+/// `n` rounded up to a multiple of 8 when at most 64 (the register-blocked kernels' widths);
+/// larger counts as they are (those kernels take multiples of 64).
+fn padded_width(n: usize) -> usize {
+    if n <= 64 { n.div_ceil(8) * 8 } else { n }
+}
+
+/// `ok` for a width the register-blocked kernels take: a multiple of 8 up to 64, or of 64.
+fn kernel_width(n: usize) -> bool {
+    n > 0 && n.is_multiple_of(8) && (n <= 64 || n.is_multiple_of(64))
 }
 
 /// One tile's work in a backward stretch: the gradients of the stretch's nodes and of the
@@ -1008,22 +1040,21 @@ impl Pass<'_> {
         } else {
             Vec::new()
         };
+        let (cin_pad, cout_pad) = (padded_width(cin), padded_width(cout));
         ConvPrep {
             wt,
             wt_chunks,
+            cin_pad,
+            cout_pad,
             // The weight gradient of a Winograd convolution in the Winograd domain too: sums
             // of transformed output gradients times transformed inputs, then `G^T du G`.
             wino_dw: c.wino.is_some()
                 && self.tuning.winograd
                 && self.tuning.small_kernels
                 && fma_available()
-                && cin.is_multiple_of(8)
-                && (cin <= 64 || cin.is_multiple_of(64)),
-            // The im2col weight gradient as `[k][cout]` through `tn_product` (see below).
-            tn_dw: self.tuning.small_kernels
-                && fma_available()
-                && cout.is_multiple_of(8)
-                && (cout <= 64 || cout.is_multiple_of(64)),
+                && kernel_width(cin_pad),
+            // The im2col weight gradient as `[k][cout_pad]` through `tn_product` (see below).
+            tn_dw: self.tuning.small_kernels && fma_available() && kernel_width(cout_pad),
             need_dx,
         }
     }
@@ -1048,15 +1079,18 @@ impl Pass<'_> {
         pool::with_scratch(|scratch| {
             let rows = n * ho * wo;
             if p.wino_dw {
-                let du = self.wino_weight_sums(c, x, d, n, scratch);
+                let du = self.wino_weight_sums(c, p.cin_pad, x, d, n, scratch);
                 let dx = flipped.map(|f| {
                     let u = f.wino.as_ref().expect("3x3 stride-1 padding-1");
                     self.plan.winograd(f, u, d, n, scratch)
                 });
                 return (dx, du);
             }
-            let mut dwt = pool::take_zeroed(cout * k);
+            let mut dwt = pool::take_zeroed(p.sums_len(c));
             let mut dyt = Vec::new();
+            // `dy` rows widened to `cout_pad` columns (zeros beyond `cout`) where `cout` is
+            // not a kernel width.
+            let mut dyp = Vec::new();
             // Through `flipped`, the data gradient is a new Winograd output instead.
             let mut dx = (p.need_dx && flipped.is_none()).then(|| pool::take_zeroed(x.len()));
             for r0 in (0..rows).step_by(block) {
@@ -1078,14 +1112,25 @@ impl Pass<'_> {
                 // dW [k, cout] += col^T [k, rb] x dY [rb, cout] with the register-blocked
                 // kernel where `cout` suits it (`tn_dw`), else dW^T [cout, k] += dY^T
                 // [cout, rb] x col [rb, k] through `gemm` (m = cout is small: slower).
+                let cw = p.cout_pad;
                 let tn = Tn {
                     rows: k,
                     k: rb,
                     lhs_rs: k,
-                    rhs_rs: cout,
-                    dst_rs: cout,
+                    rhs_rs: cw,
+                    dst_rs: cw,
                 };
-                if !(p.tn_dw && tn_product(tn, cout, col, dyb, &mut dwt)) {
+                let dyw: &[f32] = if p.tn_dw && cw != cout {
+                    dyp.clear();
+                    dyp.resize(rb * cw, 0.0);
+                    for (w, px) in dyp.chunks_exact_mut(cw).zip(dyb.chunks_exact(cout)) {
+                        w[..cout].copy_from_slice(px);
+                    }
+                    &dyp
+                } else {
+                    dyb
+                };
+                if !(p.tn_dw && tn_product(tn, cw, col, dyw, &mut dwt)) {
                     dyt.resize(cout * rb, 0.0);
                     for (r, px) in dyb.chunks_exact(cout).enumerate() {
                         for (co, &v) in px.iter().enumerate() {
@@ -1153,7 +1198,7 @@ impl Pass<'_> {
         let [kh, kw] = c.kernel;
         let (cin, cout) = (c.cin, c.cout);
         let k = kh * kw * cin;
-        let mut dwt = vec![0.0f32; if p.wino_dw { 16 * cout * cin } else { cout * k }];
+        let mut dwt = vec![0.0f32; p.sums_len(c)];
         const CHUNK: usize = 4096;
         dwt.par_chunks_mut(CHUNK).enumerate().for_each(|(i, acc)| {
             for pw in &parts {
@@ -1165,7 +1210,8 @@ impl Pass<'_> {
         if p.wino_dw {
             dw.par_chunks_mut(cin * 9).enumerate().for_each(|(co, dw)| {
                 for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
-                    let du: [f32; 16] = std::array::from_fn(|xi| dwt[(xi * cout + co) * cin + ci]);
+                    let du: [f32; 16] =
+                        std::array::from_fn(|xi| dwt[(xi * cout + co) * p.cin_pad + ci]);
                     dw.copy_from_slice(&wino_weight_grad(&du));
                 }
             });
@@ -1177,7 +1223,7 @@ impl Pass<'_> {
                     for kx in 0..kw {
                         let kk = (ky * kw + kx) * cin + ci;
                         dw[((co * cin + ci) * kh + ky) * kw + kx] = if p.tn_dw {
-                            dwt[kk * cout + co]
+                            dwt[kk * p.cout_pad + co]
                         } else {
                             dwt[co * k + kk]
                         };
@@ -1192,18 +1238,31 @@ impl Pass<'_> {
 impl Pass<'_> {
     /// One tile's Winograd-domain weight-gradient sums of a 3x3 stride-1 padding-1
     /// convolution, `du[xi][co][ci] = sum over 2x2 output tiles of (A dy A^T)[xi][co] (B^T x
-    /// B)[xi][ci]` for the tile's `n` images (input `x`, output gradient `dy`, channels-last):
+    /// B)[xi][ci]` for the tile's `n` images (input `x`, output gradient `dy`, channels-last;
+    /// `ci` up to `cin_pad`, see [`ConvPrep::cin_pad`]):
     /// [`wino_weight_grad`] of each `(co, ci)` column is that pair's kernel gradient.
     fn wino_weight_sums(
         &self,
         c: &Conv,
+        cin_pad: usize,
         x: &[f32],
         dy: &[f32],
         n: usize,
         scratch: &mut Vec<f32>,
     ) -> Vec<f32> {
         let [h, w] = c.in_hw;
-        let (cin, cout) = (c.cin, c.cout);
+        // The input widened to `cin_pad` channels (zeros beyond `cin`) where `cin` is not a
+        // kernel width: the sums of the zero channels are zero and never read.
+        let widened = (cin_pad != c.cin).then(|| {
+            let mut xp = pool::take(x.len() / c.cin * cin_pad);
+            for (d, px) in xp.chunks_exact_mut(cin_pad).zip(x.chunks_exact(c.cin)) {
+                d[..c.cin].copy_from_slice(px);
+                d[c.cin..].fill(0.0);
+            }
+            xp
+        });
+        let x = widened.as_deref().unwrap_or(x);
+        let (cin, cout) = (cin_pad, c.cout);
         let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
         let tiles = n * th * tw;
         let geo = Wino {
@@ -1242,6 +1301,9 @@ impl Pass<'_> {
                 );
                 assert!(done, "channel counts checked by the caller");
             }
+        }
+        if let Some(xp) = widened {
+            pool::give(xp);
         }
         du
     }

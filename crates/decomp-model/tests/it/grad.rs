@@ -760,16 +760,12 @@ fn param_value<'a>(model: &'a mut ModelIr, node: usize, name: &str, index: usize
     &mut t.data[index]
 }
 
-/// A channel module of a small BatchNorm ResNet (some channels removed with fill values:
-/// `ChannelGather` shortcuts and `BiasMap` constants), trained towards margins (plain and
-/// with floors) with frozen BatchNorms: every parameter tensor's gradient at a few entries
-/// equals the central difference of the loss, the running statistics stay, and labels are
-/// refused.
-#[test]
-fn channel_module_margin_gradients_equal_finite_differences() {
+/// A channel module of a BatchNorm ResNet-8 (4 classes, running statistics that are not the
+/// identity): a third of every channel group dropped, so its convolutions have 10-11, 21-22
+/// and 42-43 channels, none a multiple of 8.
+fn channel_module() -> ModelIr {
     use decomp_ir::channel::{ChannelPlan, channel_spaces, extract};
     use decomp_ir::{BinaryHead, TensorData};
-    use decomp_model::Target;
 
     let mut model = ResNetConfig::new(8, 4).with_seed(5).build().expect("build");
     // Running statistics that are not the identity, so frozen BatchNorms matter.
@@ -825,7 +821,73 @@ fn channel_module_margin_gradients_equal_finite_differences() {
             data: bias.as_ref().expect("bias").data[1..3].to_vec(),
         },
     };
-    let module = extract(&model, &head, 1, &plan).expect("extract");
+    extract(&model, &head, 1, &plan).expect("extract")
+}
+
+/// The channel module's gradients (its convolutions' widths are not multiples of 8, so the
+/// register-blocked weight gradients run on zero-padded channels) equal those of the `gemm`
+/// crate's path without the register-blocked kernels.
+#[test]
+fn odd_width_gradients_equal_the_gemm_path() {
+    use decomp_model::Target;
+    let module = channel_module();
+    let widths: Vec<usize> = module
+        .graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Conv2d { weight, .. } => Some(weight.shape[1]),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        widths.iter().filter(|w| !w.is_multiple_of(8)).count() >= 5,
+        "{widths:?}"
+    );
+    let batch = synthetic([3, 32, 32], 4, 6);
+    let targets: Vec<f32> = (0..6).map(|i| (i as f32 * 1.3).sin() * 2.0).collect();
+    let target = Target::Margins {
+        targets: &targets,
+        floors: None,
+    };
+    let grads = |tuning: CpuTuning| {
+        GradEngine::new(module.clone())
+            .expect("differentiable")
+            .with_frozen_batch_norm(true)
+            .with_tuning(tuning)
+            .gradients_for(&batch.images, target)
+            .expect("gradients")
+    };
+    let fast = grads(CpuTuning::default());
+    let gemm = grads(CpuTuning {
+        small_kernels: false,
+        ..CpuTuning::default()
+    });
+    assert!((fast.loss - gemm.loss).abs() <= 1e-6 * gemm.loss.abs().max(1.0));
+    assert_eq!(fast.params.len(), gemm.params.len());
+    for (a, b) in fast.params.iter().zip(&gemm.params) {
+        assert_eq!(a.name, b.name);
+        let top = b.grad.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.grad.data.iter().zip(&b.grad.data).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * y.abs() + 1e-6 * top.max(1.0),
+                "{}[{i}]: {x} vs {y}",
+                a.name
+            );
+        }
+    }
+}
+
+/// A channel module of a small BatchNorm ResNet (some channels removed with fill values:
+/// `ChannelGather` shortcuts and `BiasMap` constants), trained towards margins (plain and
+/// with floors) with frozen BatchNorms: every parameter tensor's gradient at a few entries
+/// equals the central difference of the loss, the running statistics stay, and labels are
+/// refused.
+#[test]
+fn channel_module_margin_gradients_equal_finite_differences() {
+    use decomp_model::Target;
+
+    let module = channel_module();
     let kinds: Vec<&str> = module.graph.nodes.iter().map(|n| n.op.kind()).collect();
     assert!(
         kinds.contains(&"channel_gather") && kinds.contains(&"bias_map"),
