@@ -134,7 +134,22 @@ fn small_gemm_rows<const C: usize>(
             while t0 + n <= rows {
                 $(let $v = &lhs[(t0 + $r) * lhs_rs..][..k];)+
                 $(let mut $a = init(dst, t0 + $r);)+
-                for ci in 0..k {
+                // Four input channels per step: the rows' addresses are computed once per
+                // step, not per channel (their per-channel recomputation made the loop
+                // instruction-bound rather than FMA-bound).
+                let mut ci = 0;
+                while ci + 4 <= k {
+                    for u in 0..4 {
+                        let w: &[f32; C] =
+                            rhs[(ci + u) * C..][..C].try_into().expect("C columns");
+                        $(let $v = $v[ci + u];)+
+                        for o in 0..C {
+                            $($a[o] = $v.mul_add(w[o], $a[o]);)+
+                        }
+                    }
+                    ci += 4;
+                }
+                for ci in ci..k {
                     let w: &[f32; C] = rhs[ci * C..(ci + 1) * C].try_into().expect("C columns");
                     $(let $v = $v[ci];)+
                     for o in 0..C {
