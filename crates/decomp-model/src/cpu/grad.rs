@@ -1130,7 +1130,10 @@ impl Pass<'_> {
                 } else {
                     dyb
                 };
-                if !(p.tn_dw && tn_product(tn, cw, col, dyw, &mut dwt)) {
+                if p.tn_dw {
+                    let done = tn_product(tn, cw, col, dyw, &mut dwt);
+                    assert!(done, "`tn_dw` checked the width and FMA");
+                } else {
                     dyt.resize(cout * rb, 0.0);
                     for (r, px) in dyb.chunks_exact(cout).enumerate() {
                         for (co, &v) in px.iter().enumerate() {
