@@ -152,11 +152,6 @@ fn padded_width(n: usize) -> usize {
     if n <= 64 { n.div_ceil(8) * 8 } else { n }
 }
 
-/// `ok` for a width the register-blocked kernels take: a multiple of 8 up to 64, or of 64.
-fn kernel_width(n: usize) -> bool {
-    n > 0 && n.is_multiple_of(8) && (n <= 64 || n.is_multiple_of(64))
-}
-
 /// One tile's work in a backward stretch: the gradients of the stretch's nodes and of the
 /// nodes below it that it reaches, each convolution's weight sums and bias sums, the sums
 /// of the BatchNorm below.

@@ -272,11 +272,15 @@ pub(super) fn tn_gemm<S: macerator::Simd, const C: usize>(
     }
 }
 
+/// Whether the register-blocked kernels take width `n`: a multiple of 8 up to 64, or of 64.
+pub(super) fn kernel_width(n: usize) -> bool {
+    n > 0 && n.is_multiple_of(8) && (n <= 64 || n.is_multiple_of(64))
+}
+
 /// `dst[rows][n] += lhs^T x rhs` ([`Tn`], `n` columns) with [`tn_gemm`] when the CPU has FMA
-/// and `n` is a multiple of 8 up to 64 or of 64 (columns in chunks of 64); `false` (nothing
-/// done) otherwise.
+/// and `n` is a [`kernel_width`] (columns in chunks of 64); `false` (nothing done) otherwise.
 pub(super) fn tn_product(g: Tn, n: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) -> bool {
-    if !fma_available() || n == 0 || !n.is_multiple_of(8) || (n > 64 && !n.is_multiple_of(64)) {
+    if !fma_available() || !kernel_width(n) {
         return false;
     }
     let chunk = n.min(64);
