@@ -6,6 +6,11 @@
 //! `cargo run -p decomp-benches --bin train_probe -- [--depth 20] [--batch 128] [--iters 5]
 //!  [--warmup 2] [--no-bn] [--adam] [--augment]`
 //!
+//! `--module FILE.mod` times issue 17's module training instead: the channel module's
+//! training step (frozen BatchNorm, Adam without weight decay, margin targets, no
+//! augmentation) as `decomp tangle --train` runs it, at `--batch` (its default there: 64),
+//! with the CPU plan's `DECOMP_CPU_*` tuning variables.
+//!
 //! Same recipes as the Python probes, on random labels and 32x32 inputs: by default he2016's
 //! optimizer (SGD lr 0.1, momentum 0.9, weight decay 1e-4) on a BatchNorm ResNet; `--adam`
 //! paper-keras's (Adam lr 1e-3, betas 0.9/0.999, eps 1e-7, L2 1e-4); `--no-bn` without
@@ -20,6 +25,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use decomp_data::{Augmentation, Batch, DatasetKind};
+use decomp_ir::{ChannelModule, read_artifact};
+use decomp_model::{CpuOptimizer, CpuTuning, GradEngine, Target};
 use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};
 use decomp_model::{Device, ResNetConfig, Runtime};
 use rand::SeedableRng;
@@ -46,6 +53,14 @@ fn main() {
         flag(&args, "--warmup", 2),
     );
     let on = |name: &str| args.iter().any(|a| a == name);
+    if let Some(i) = args.iter().position(|a| a == "--module") {
+        let Some(path) = args.get(i + 1) else {
+            eprintln!("error: --module needs a module file");
+            std::process::exit(2)
+        };
+        module_training(std::path::Path::new(path), batch, iters, warmup);
+        return;
+    }
     let (no_bn, adam, augment) = (on("--no-bn"), on("--adam"), on("--augment"));
     let model = ResNetConfig::new(depth, 10)
         .with_batch_norm(!no_bn)
@@ -129,4 +144,47 @@ fn main() {
     decomp_benches::time_and_report(&engine, depth, batch, iters, |k| {
         trainer.step(make(warmup + k), lr).expect("step");
     });
+}
+
+/// Times [`GradEngine::step_for`] on the channel module in `path` as module training runs
+/// it (`decomp_tangle::train`), on synthetic images and margin targets.
+fn module_training(path: &std::path::Path, batch: usize, iters: usize, warmup: usize) {
+    let module: ChannelModule = read_artifact(path).unwrap_or_else(|e| {
+        eprintln!("error: {}: {e}", path.display());
+        std::process::exit(2)
+    });
+    let [c, h, w] = module.module.graph.input_shape().unwrap_or_else(|e| {
+        eprintln!("error: {}: {e}", path.display());
+        std::process::exit(2)
+    });
+    let mut engine = GradEngine::new(module.module)
+        .expect("a trainable module")
+        .with_frozen_batch_norm(true)
+        .with_tuning(CpuTuning::from_vars(|k| std::env::var(k).ok()));
+    let mut optimizer = CpuOptimizer::new(OptimizerConfig::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: 1e-8,
+        weight_decay: 0.0,
+    });
+    let images = |k: usize| -> Vec<f32> {
+        (0..batch * c * h * w)
+            .map(|i| ((i + k) as f32 * 0.618).sin())
+            .collect()
+    };
+    let targets: Vec<f32> = (0..batch).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+    let mut step = |k: usize| {
+        let target = Target::Margins {
+            targets: &targets,
+            floors: None,
+        };
+        engine
+            .step_for(&mut optimizer, &images(k), target, 1e-4)
+            .expect("step");
+    };
+    for k in 0..warmup {
+        step(k);
+    }
+    let name = format!("module-train-{}pct", (module.cost.macs * 100).div_ceil(module.model_cost.macs.max(1)));
+    decomp_benches::time_and_report(&name, 0, batch, iters, |k| step(warmup + k));
 }
