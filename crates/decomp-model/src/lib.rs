@@ -19,8 +19,8 @@
 //!   engine choice and CPU tuning the binary read from `DECOMP_ENGINE` / `DECOMP_CPU_*`
 //!   (this crate reads no environment), and stages build executors from it
 //!   ([`ExecutorSource`]).
-//! - [`DeviceMatrix`] / [`unfold`]: the device products and im2col the stage crates'
-//!   closed-form fits need, so that burn stays in this crate.
+//! - [`DeviceMatrix`] / [`patch_rows`]: the device products and im2col rows the stage
+//!   crates' closed-form fits need, so that burn stays in this crate.
 
 pub mod burn_resnet;
 mod channel_stats;
@@ -48,6 +48,6 @@ pub use executor::{
     ActiveBatch, CompiledMasks, Engine, Executor, ForwardOutput, ModuleMasks, Probe, check_finite,
     to_vec,
 };
-pub use linalg::{DeviceMatrix, unfold};
+pub use linalg::{DeviceMatrix, patch_rows};
 pub use resnet::{ResNetConfig, Shortcut};
 pub use runtime::{ExecutorSource, Runtime};

@@ -22,7 +22,7 @@
 use decomp_data::Dataset;
 use decomp_ir::channel::{ChannelPlan, ChannelSpaces, channel_spaces, reference};
 use decomp_ir::{BinaryHead, ModelIr, NodeId, Op, Shape, TensorData};
-use decomp_model::{DeviceMatrix, ExecutorSource, Probe, to_vec, unfold};
+use decomp_model::{DeviceMatrix, ExecutorSource, Probe, patch_rows, to_vec};
 use nalgebra::{DMatrix, DVector};
 
 use crate::TangleError;
@@ -405,10 +405,18 @@ pub fn reconstruct(
                 },
             )?;
             let mut it = out.captured.into_iter();
-            let xin = it.next().expect("captured input");
-            // [nb, cin * kh * kw, hw]
-            let cols = unfold(xin, [nb, si[0], si[1], si[2]], [kh, kw], *stride, *padding);
-            let mut u = rows_of(&cols, nb, f - 1, hw, &(0..f - 1).collect::<Vec<_>>(), pos);
+            let xin = to_vec(it.next().expect("captured input"));
+            // `[nb * positions, cin * kh * kw + 1]`: im2col rows at the sampled positions,
+            // then the bias column.
+            let u = patch_rows(
+                &xin,
+                [nb, si[0], si[1], si[2]],
+                [kh, kw],
+                *stride,
+                *padding,
+                pos,
+                1,
+            );
             let np = pos.len();
             // The model's pre-activation at the site, minus the pruned network's shortcut.
             let full = rows_of(
@@ -443,13 +451,6 @@ pub fn reconstruct(
             };
             let rows = nb * pos.len();
             rows_seen += rows;
-            // Append the bias column.
-            let mut ub = Vec::with_capacity(rows * f);
-            for r in u.chunks(f - 1) {
-                ub.extend_from_slice(r);
-                ub.push(1.0);
-            }
-            u = ub;
             let um = DeviceMatrix::new(u, rows, f, original.device());
             let g = um.gram();
             // Row-major host data into column-major nalgebra storage (G is symmetric).
