@@ -26,8 +26,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use decomp_data::{Augmentation, Batch, DatasetKind};
 use decomp_ir::{ChannelModule, read_artifact};
-use decomp_model::{CpuOptimizer, CpuTuning, GradEngine, Target};
 use decomp_model::train::{AugmentConfig, OptimizerConfig, Schedule, TrainConfig, Trainer};
+use decomp_model::{CpuOptimizer, CpuTuning, GradEngine, Target};
 use decomp_model::{Device, ResNetConfig, Runtime};
 use rand::SeedableRng;
 
@@ -185,6 +185,9 @@ fn module_training(path: &std::path::Path, batch: usize, iters: usize, warmup: u
     for k in 0..warmup {
         step(k);
     }
-    let name = format!("module-train-{}pct", (module.cost.macs * 100).div_ceil(module.model_cost.macs.max(1)));
+    let name = format!(
+        "module-train-{}pct",
+        (module.cost.macs * 100).div_ceil(module.model_cost.macs.max(1))
+    );
     decomp_benches::time_and_report(&name, 0, batch, iters, |k| step(warmup + k));
 }

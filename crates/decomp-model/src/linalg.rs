@@ -77,7 +77,10 @@ pub fn patch_rows(
     let [kh, kw] = kernel;
     assert_eq!(x.len(), b * c * h * w, "patch_rows: x is not {shape:?}");
     let out = |size: usize, k: usize, s: usize, p: usize| (size + 2 * p).saturating_sub(k) / s + 1;
-    let (ho, wo) = (out(h, kh, stride[0], padding[0]), out(w, kw, stride[1], padding[1]));
+    let (ho, wo) = (
+        out(h, kh, stride[0], padding[0]),
+        out(w, kw, stride[1], padding[1]),
+    );
     let width = c * kh * kw + ones;
     let mut rows = vec![0.0f32; b * positions.len() * width];
     let mut chunks = rows.chunks_exact_mut(width);

@@ -9,7 +9,7 @@
 use burn::tensor::Device;
 use decomp_ir::ModelIr;
 
-use crate::{CpuTuning, Engine, Executor, ModelError};
+use crate::{CpuTuning, Engine, Executor, GradEngine, ModelError};
 
 /// A device with the engine choice and CPU-plan tuning every executor on it uses.
 #[derive(Clone, Debug)]
@@ -71,6 +71,15 @@ pub trait ExecutorSource {
     /// version), for [`Executor::gate_gradients`].
     fn gradient_executor(&self, model: &ModelIr) -> Result<Executor, ModelError> {
         Executor::with_engine(model, &self.device().clone().autodiff(), Engine::Burn)
+    }
+
+    /// The CPU training engine for `model` where this configuration trains on it (as
+    /// [`crate::train::Trainer`] picks: the `flex` device with engine `auto` on a graph the
+    /// engine differentiates, or `cpu`), else `None`: gradients then run on burn autodiff
+    /// ([`Self::gradient_executor`]). Engine `cpu` off `flex` is an error.
+    fn grad_engine(&self, model: &ModelIr) -> Result<Option<GradEngine>, ModelError> {
+        let (engine, tuning) = self.config();
+        crate::train::cpu_engine(model, self.device(), engine, tuning)
     }
 }
 

@@ -375,7 +375,7 @@ fn epoch_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
 /// The CPU training engine for `model` when `engine` picks it on `device`, else `None`
 /// (burn autodiff). [`Engine::Cpu`] off `flex`, or on a model the engine cannot
 /// differentiate, is an error.
-fn cpu_engine(
+pub(crate) fn cpu_engine(
     model: &ModelIr,
     device: &Device,
     engine: Engine,

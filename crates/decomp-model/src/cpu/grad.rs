@@ -39,6 +39,9 @@ use super::*;
 use crate::ModelError;
 use crate::executor::check_finite;
 
+mod gates;
+use gates::gate_sums;
+
 /// The gradient of one parameter, in IR layout.
 #[derive(Clone, Debug)]
 pub struct ParamGrad {
@@ -161,6 +164,8 @@ struct TileJob {
     below: Vec<Option<Vec<f32>>>,
     convs: Vec<(NodeId, Vec<f32>, Option<Vec<f64>>)>,
     sums: Option<(Vec<f64>, Vec<f64>)>,
+    /// Gate sums of the stretch's gated nodes (`Pass::gates`), `[images][channels]`.
+    gates: Vec<(NodeId, Vec<f32>)>,
 }
 
 impl GradEngine {
@@ -317,6 +322,8 @@ impl GradEngine {
             sizes: &sizes,
             tuning: self.tuning,
             frozen_batch_norm: self.frozen_batch_norm,
+            masks: &[],
+            gates: &[],
         };
         let (values, saved) = pass.forward(images, per);
         let out = self.model.graph.output;
@@ -340,7 +347,7 @@ impl GradEngine {
             .into_iter()
             .map(|s| s.map_or((None, None), |(s, v)| (Some(s), Some(v))))
             .unzip();
-        let params = pass.backward(values, &saved, out, dlogits);
+        let params = pass.backward(values, &saved, out, dlogits).params;
         // Running statistics, as burn updates them: `running * (1 - m) + batch * m` in f32
         // (frozen BatchNorms keep theirs).
         let m = self.bn_momentum;
@@ -379,6 +386,30 @@ struct Pass<'a> {
     sizes: &'a [usize],
     tuning: CpuTuning,
     frozen_batch_norm: bool,
+    /// Per node (or empty: none), the positions of one image's output (storage order) that
+    /// are zeroed, as a probe's node masks zero them; the gradient there is zero too.
+    masks: &'a [Option<Vec<bool>>],
+    /// Per node (or empty: none), the channel means of a gate on a ReLU's output whose
+    /// gradient the backward pass sums ([`GradEngine::gate_gradients`]).
+    gates: &'a [Option<&'a [f32]>],
+}
+
+/// What the backward pass computed: every parameter's gradient and, per gated node, its
+/// tiles' gate sums (`[images][channels]` each).
+pub(super) struct Backward {
+    pub(super) params: Vec<ParamGrad>,
+    gates: Vec<Vec<Vec<f32>>>,
+}
+
+/// Zeroes the positions `zeroed` marks in every image of `v` (storage order).
+fn zero_masked(v: &mut [f32], zeroed: &[bool]) {
+    for img in v.chunks_exact_mut(zeroed.len()) {
+        for (x, &z) in img.iter_mut().zip(zeroed) {
+            if z {
+                *x = 0.0;
+            }
+        }
+    }
 }
 
 impl Pass<'_> {
@@ -581,6 +612,10 @@ impl Pass<'_> {
                                 .collect();
                             pool::with_scratch(|s| self.plan.apply(j, args, self.sizes[t], s))
                         };
+                        let mut out = out;
+                        if let Some(Some(zeroed)) = self.masks.get(j) {
+                            zero_masked(&mut out, zeroed);
+                        }
                         // Outputs of the stretch read for the last time, not kept: freed.
                         for &i in &node.inputs {
                             if i >= id
@@ -641,9 +676,10 @@ impl Pass<'_> {
         saved: &[Option<BnSaved>],
         out: NodeId,
         dlogits: Tiles,
-    ) -> Vec<ParamGrad> {
+    ) -> Backward {
         let g = &self.model.graph;
         let count = g.nodes.len();
+        let mut gates: Vec<Vec<Vec<f32>>> = vec![Vec::new(); count];
         let mut grads: Vec<Option<Tiles>> = vec![None; count];
         grads[out] = Some(dlogits);
         let mut params = Vec::new();
@@ -771,9 +807,18 @@ impl Pass<'_> {
                 };
                 for j in (first..=hi).rev() {
                     let node = &g.nodes[j];
-                    let Some(dy) = job.grads[j - first].take() else {
+                    let Some(mut dy) = job.grads[j - first].take() else {
                         continue;
                     };
+                    // A gate on this node's (masked) output, then its mask (the forward's
+                    // order).
+                    if let Some(Some(mean)) = self.gates.get(j) {
+                        job.gates
+                            .push((j, gate_sums(&dy, &values_ref[j][t], mean, n)));
+                    }
+                    if let Some(Some(zeroed)) = self.masks.get(j) {
+                        zero_masked(&mut dy, zeroed);
+                    }
                     // A ReLU fused with its BatchNorm: the BatchNorm's backward masks by
                     // this node's output, so the gradient passes unmasked.
                     if matches!(node.op, Op::Relu) && fused[node.inputs[0]] == Some(j) {
@@ -883,6 +928,11 @@ impl Pass<'_> {
                     }
                 }
             });
+            for job in jobs.iter_mut() {
+                for (j, sums) in std::mem::take(&mut job.gates) {
+                    gates[j].push(sums);
+                }
+            }
             // Back to node by node: gradients of the nodes below, weight gradients summed
             // over tiles in tile order, the BatchNorm's sums.
             for (at, &i) in below.iter().enumerate() {
@@ -954,7 +1004,7 @@ impl Pass<'_> {
         }
         // Node order, weight before bias: the order the nodes hold them.
         params.sort_by_key(|p| (p.node, !p.name.ends_with(".weight")));
-        params
+        Backward { params, gates }
     }
 
     /// The data gradient of a subsampling node `id` for one tile of `n` images (every

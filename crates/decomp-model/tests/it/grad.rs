@@ -760,11 +760,15 @@ fn param_value<'a>(model: &'a mut ModelIr, node: usize, name: &str, index: usize
     &mut t.data[index]
 }
 
-/// A channel module of a BatchNorm ResNet-8 (4 classes, running statistics that are not the
-/// identity): a third of every channel group dropped, so its convolutions have 10-11, 21-22
-/// and 42-43 channels, none a multiple of 8.
-fn channel_module() -> ModelIr {
-    use decomp_ir::channel::{ChannelPlan, channel_spaces, extract};
+/// A BatchNorm ResNet-8 (4 classes, running statistics that are not the identity), the
+/// binary head of its class 1 and a channel plan dropping a third of every channel group,
+/// with non-zero fills.
+fn channel_setup() -> (
+    ModelIr,
+    decomp_ir::BinaryHead,
+    decomp_ir::channel::ChannelPlan,
+) {
+    use decomp_ir::channel::{ChannelPlan, channel_spaces};
     use decomp_ir::{BinaryHead, TensorData};
 
     let mut model = ResNetConfig::new(8, 4).with_seed(5).build().expect("build");
@@ -821,7 +825,78 @@ fn channel_module() -> ModelIr {
             data: bias.as_ref().expect("bias").data[1..3].to_vec(),
         },
     };
-    extract(&model, &head, 1, &plan).expect("extract")
+    (model, head, plan)
+}
+
+/// [`channel_setup`]'s channel module: its convolutions have 10-11, 21-22 and 42-43
+/// channels, none a multiple of 8.
+fn channel_module() -> ModelIr {
+    let (model, head, plan) = channel_setup();
+    decomp_ir::channel::extract(&model, &head, 1, &plan).expect("extract")
+}
+
+/// Channel selection's gate gradients on the CPU engine equal burn autodiff's: the masked
+/// reference of [`channel_setup`] (masks at BatchNorm and residual-sum sites, fills added
+/// back by bias maps, frozen BatchNorms), a gate with non-zero means on every ReLU.
+#[test]
+fn gate_gradients_equal_burn() {
+    use decomp_model::Executor;
+    let (model, head, plan) = channel_setup();
+    let (refm, masks) = decomp_ir::channel::reference(&model, &head, 1, &plan).expect("reference");
+    assert!(masks.len() >= 5, "masks at every site");
+    let shapes = refm.check().expect("valid");
+    let means: Vec<(usize, Vec<f32>)> = refm
+        .graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::Relu))
+        .map(|(i, _)| {
+            let c = shapes[i][0];
+            (i, (0..c).map(|k| 0.03 * ((k + i) % 5) as f32).collect())
+        })
+        .collect();
+    let gated: Vec<(usize, &[f32])> = means.iter().map(|(i, m)| (*i, m.as_slice())).collect();
+    let batch = synthetic([3, 32, 32], 2, 10);
+    let device = Device::flex();
+    let exec = Executor::with_engine(&refm, &device.clone().autodiff(), Engine::Burn)
+        .expect("autodiff executor");
+    let compiled = exec.compile_masks(&masks).expect("masks");
+    let want = exec
+        .gate_gradients(
+            exec.input_tensor(batch.images.clone(), 10).expect("input"),
+            Some(&compiled),
+            &gated,
+        )
+        .expect("burn gate gradients");
+    for (label, tuning) in tunings() {
+        let engine = GradEngine::new(refm.clone())
+            .expect("engine")
+            .with_tuning(tuning);
+        let got = engine
+            .gate_gradients(&batch.images, &masks, &gated)
+            .expect("cpu gate gradients");
+        assert_eq!(got.len(), want.len());
+        for ((node, _), (g, w)) in gated.iter().zip(got.iter().zip(&want)) {
+            assert_eq!(g.len(), w.len(), "{label}: node {node}");
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let worst = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1e-4 * scale + 1e-6,
+                "{label}: node {node} ({}): worst difference {worst} of {scale}",
+                refm.graph.nodes[*node].name
+            );
+        }
+        // The masks matter: without them the gradients differ.
+        let unmasked = engine
+            .gate_gradients(&batch.images, &[], &gated)
+            .expect("unmasked");
+        assert_ne!(unmasked, got, "{label}: masks change the gate gradients");
+    }
 }
 
 /// The channel module's gradients (its convolutions' widths are not multiples of 8, so the
