@@ -267,6 +267,30 @@ impl GradEngine {
         rayon::scope(|_| self.gradients_in_pool(images, target))
     }
 
+    /// A training pass of this engine's model over tiles of `sizes` images on `plan`: no
+    /// masks, no gates.
+    fn pass<'a>(&'a self, plan: &'a CpuPlan, sizes: &'a [usize]) -> Pass<'a> {
+        Pass {
+            plan,
+            model: &self.model,
+            shapes: &self.shapes,
+            sizes,
+            tuning: self.tuning,
+            frozen_batch_norm: self.frozen_batch_norm,
+            masks: &[],
+            gates: &[],
+        }
+    }
+
+    /// The unfolded plan of the current parameters and the tile sizes of `n` images.
+    fn plan_for(&self, n: usize) -> Result<(CpuPlan, Vec<usize>), ModelError> {
+        let plan = CpuPlan::unfolded(&self.model, &self.shapes, self.tuning).ok_or_else(|| {
+            ModelError::Config("the CPU plan cannot compile this model unfolded".into())
+        })?;
+        let tile = self.tuning.tile;
+        Ok((plan, (0..n).step_by(tile).map(|s| tile.min(n - s)).collect()))
+    }
+
     fn gradients_in_pool(
         &mut self,
         images: &[f32],
@@ -310,21 +334,8 @@ impl GradEngine {
                 }
             }
         }
-        let plan = CpuPlan::unfolded(&self.model, &self.shapes, self.tuning).ok_or_else(|| {
-            ModelError::Config("the CPU plan cannot compile this model unfolded".into())
-        })?;
-        let tile = self.tuning.tile;
-        let sizes: Vec<usize> = (0..n).step_by(tile).map(|s| tile.min(n - s)).collect();
-        let pass = Pass {
-            plan: &plan,
-            model: &self.model,
-            shapes: &self.shapes,
-            sizes: &sizes,
-            tuning: self.tuning,
-            frozen_batch_norm: self.frozen_batch_norm,
-            masks: &[],
-            gates: &[],
-        };
+        let (plan, sizes) = self.plan_for(n)?;
+        let pass = self.pass(&plan, &sizes);
         let (values, saved) = pass.forward(images, per);
         let out = self.model.graph.output;
         // A NaN or infinite logit names its image and the output node, as burn's path does.

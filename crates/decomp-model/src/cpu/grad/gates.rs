@@ -88,20 +88,12 @@ impl GradEngine {
             }
             gates[node] = Some(mean);
         }
-        let plan = CpuPlan::unfolded(&self.model, &self.shapes, self.tuning).ok_or_else(|| {
-            ModelError::Config("the CPU plan cannot compile this model unfolded".into())
-        })?;
-        let tile = self.tuning.tile;
-        let sizes: Vec<usize> = (0..n).step_by(tile).map(|s| tile.min(n - s)).collect();
+        let (plan, sizes) = self.plan_for(n)?;
         let pass = Pass {
-            plan: &plan,
-            model: &self.model,
-            shapes: &self.shapes,
-            sizes: &sizes,
-            tuning: self.tuning,
             frozen_batch_norm: true,
             masks: &zeroed,
             gates: &gates,
+            ..self.pass(&plan, &sizes)
         };
         let (values, saved) = pass.forward(images, per);
         let mut first = 0;
