@@ -288,7 +288,10 @@ impl GradEngine {
             ModelError::Config("the CPU plan cannot compile this model unfolded".into())
         })?;
         let tile = self.tuning.tile;
-        Ok((plan, (0..n).step_by(tile).map(|s| tile.min(n - s)).collect()))
+        Ok((
+            plan,
+            (0..n).step_by(tile).map(|s| tile.min(n - s)).collect(),
+        ))
     }
 
     fn gradients_in_pool(
