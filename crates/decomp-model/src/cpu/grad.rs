@@ -410,8 +410,8 @@ struct Pass<'a> {
 
 /// What the backward pass computed: every parameter's gradient and, per gated node, its
 /// tiles' gate sums (`[images][channels]` each).
-pub(super) struct Backward {
-    pub(super) params: Vec<ParamGrad>,
+struct Backward {
+    params: Vec<ParamGrad>,
     gates: Vec<Vec<Vec<f32>>>,
 }
 
@@ -583,7 +583,7 @@ impl Pass<'_> {
                     let mut stats = Vec::new();
                     for j in id..end {
                         let node = &g.nodes[j];
-                        let out = if let (Some((scale, shift)), true) = (&norm, j == id) {
+                        let mut out = if let (Some((scale, shift)), true) = (&norm, j == id) {
                             let x = &values_ref[node.inputs[0]][t];
                             let mut v = pool::take_empty(x.len());
                             affine(x, scale, shift, fused[j].is_some(), &mut v);
@@ -626,7 +626,6 @@ impl Pass<'_> {
                                 .collect();
                             pool::with_scratch(|s| self.plan.apply(j, args, self.sizes[t], s))
                         };
-                        let mut out = out;
                         if let Some(Some(zeroed)) = self.masks.get(j) {
                             zero_masked(&mut out, zeroed);
                         }

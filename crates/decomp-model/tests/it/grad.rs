@@ -836,66 +836,86 @@ fn channel_module() -> ModelIr {
 }
 
 /// Channel selection's gate gradients on the CPU engine equal burn autodiff's: the masked
-/// reference of [`channel_setup`] (masks at BatchNorm and residual-sum sites, fills added
-/// back by bias maps, frozen BatchNorms), a gate with non-zero means on every ReLU.
+/// reference of [`channel_setup`] (masks at BatchNorm and residual-sum sites, frozen
+/// BatchNorms), a gate with non-zero means on every ReLU; with the fills added back by bias
+/// maps, and with zero fills (no bias maps: BatchNorms and their ReLUs fuse in the engine).
 #[test]
 fn gate_gradients_equal_burn() {
     use decomp_model::Executor;
     let (model, head, plan) = channel_setup();
-    let (refm, masks) = decomp_ir::channel::reference(&model, &head, 1, &plan).expect("reference");
-    assert!(masks.len() >= 5, "masks at every site");
-    let shapes = refm.check().expect("valid");
-    let means: Vec<(usize, Vec<f32>)> = refm
-        .graph
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| matches!(n.op, Op::Relu))
-        .map(|(i, _)| {
-            let c = shapes[i][0];
-            (i, (0..c).map(|k| 0.03 * ((k + i) % 5) as f32).collect())
-        })
-        .collect();
-    let gated: Vec<(usize, &[f32])> = means.iter().map(|(i, m)| (*i, m.as_slice())).collect();
-    let batch = synthetic([3, 32, 32], 2, 10);
-    let device = Device::flex();
-    let exec = Executor::with_engine(&refm, &device.clone().autodiff(), Engine::Burn)
-        .expect("autodiff executor");
-    let compiled = exec.compile_masks(&masks).expect("masks");
-    let want = exec
-        .gate_gradients(
-            exec.input_tensor(batch.images.clone(), 10).expect("input"),
-            Some(&compiled),
-            &gated,
-        )
-        .expect("burn gate gradients");
-    for (label, tuning) in tunings() {
-        let engine = GradEngine::new(refm.clone())
-            .expect("engine")
-            .with_tuning(tuning);
-        let got = engine
-            .gate_gradients(&batch.images, &masks, &gated)
-            .expect("cpu gate gradients");
-        assert_eq!(got.len(), want.len());
-        for ((node, _), (g, w)) in gated.iter().zip(got.iter().zip(&want)) {
-            assert_eq!(g.len(), w.len(), "{label}: node {node}");
-            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let worst = g
-                .iter()
-                .zip(w)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(
-                worst <= 1e-4 * scale + 1e-6,
-                "{label}: node {node} ({}): worst difference {worst} of {scale}",
-                refm.graph.nodes[*node].name
-            );
+    let mut zero_fills = plan.clone();
+    for g in &mut zero_fills.groups {
+        g.fill.iter_mut().for_each(|f| f.fill(0.0));
+    }
+    for (fills, plan) in [("fills", &plan), ("zero fills", &zero_fills)] {
+        let (refm, masks) =
+            decomp_ir::channel::reference(&model, &head, 1, plan).expect("reference");
+        let bias_maps = refm
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::BiasMap { .. }))
+            .count();
+        assert_eq!(
+            bias_maps == 0,
+            fills == "zero fills",
+            "{fills}: {bias_maps} bias maps"
+        );
+        assert!(masks.len() >= 5, "masks at every site");
+        let shapes = refm.check().expect("valid");
+        let means: Vec<(usize, Vec<f32>)> = refm
+            .graph
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.op, Op::Relu))
+            .map(|(i, _)| {
+                let c = shapes[i][0];
+                (i, (0..c).map(|k| 0.03 * ((k + i) % 5) as f32).collect())
+            })
+            .collect();
+        let gated: Vec<(usize, &[f32])> = means.iter().map(|(i, m)| (*i, m.as_slice())).collect();
+        let batch = synthetic([3, 32, 32], 2, 10);
+        let device = Device::flex();
+        let exec = Executor::with_engine(&refm, &device.clone().autodiff(), Engine::Burn)
+            .expect("autodiff executor");
+        let compiled = exec.compile_masks(&masks).expect("masks");
+        let want = exec
+            .gate_gradients(
+                exec.input_tensor(batch.images.clone(), 10).expect("input"),
+                Some(&compiled),
+                &gated,
+            )
+            .expect("burn gate gradients");
+        for (label, tuning) in tunings() {
+            let label = format!("{fills}, {label}");
+            let engine = GradEngine::new(refm.clone())
+                .expect("engine")
+                .with_tuning(tuning);
+            let got = engine
+                .gate_gradients(&batch.images, &masks, &gated)
+                .expect("cpu gate gradients");
+            assert_eq!(got.len(), want.len());
+            for ((node, _), (g, w)) in gated.iter().zip(got.iter().zip(&want)) {
+                assert_eq!(g.len(), w.len(), "{label}: node {node}");
+                let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let worst = g
+                    .iter()
+                    .zip(w)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    worst <= 1e-4 * scale + 1e-6,
+                    "{label}: node {node} ({}): worst difference {worst} of {scale}",
+                    refm.graph.nodes[*node].name
+                );
+            }
+            // The masks matter: without them the gradients differ.
+            let unmasked = engine
+                .gate_gradients(&batch.images, &[], &gated)
+                .expect("unmasked");
+            assert_ne!(unmasked, got, "{label}: masks change the gate gradients");
         }
-        // The masks matter: without them the gradients differ.
-        let unmasked = engine
-            .gate_gradients(&batch.images, &[], &gated)
-            .expect("unmasked");
-        assert_ne!(unmasked, got, "{label}: masks change the gate gradients");
     }
 }
 
