@@ -173,6 +173,9 @@ pub fn train_channel_module(
     });
     let mut losses = Vec::with_capacity(steps);
     let mut at = 0;
+    // Progress at every tenth of the steps: a module's training can take many minutes.
+    let loop_start = Instant::now();
+    let tenth = (steps / 10).max(1);
     for step in 0..steps {
         if at == train_idx.len() {
             train_idx.shuffle(&mut rng);
@@ -205,9 +208,22 @@ pub fn train_channel_module(
             )
             .map_err(|e| fail(format!("step {step} of {steps}: {e}")))?;
         losses.push(loss);
+        if (step + 1) % tenth == 0 && step + 1 < steps {
+            let done = step + 1;
+            let elapsed = loop_start.elapsed().as_secs_f64();
+            let recent = &losses[done - tenth..];
+            tracing::info!(
+                class,
+                step = done,
+                steps,
+                loss = recent.iter().sum::<f64>() / recent.len() as f64,
+                lr,
+                eta_s = (elapsed / done as f64 * (steps - done) as f64).round(),
+                "module training"
+            );
+        }
     }
     let after = measure(&mut engine)?;
-    let tenth = (steps / 10).max(1);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let seen = images;
     module.module = engine.into_model();
