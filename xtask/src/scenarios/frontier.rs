@@ -147,24 +147,29 @@ pub fn frontier(r: &Run) -> Result<()> {
                 r.eng.decomp(&a).map(drop)
             })?;
         index += 1;
-        let mut rates: Option<PathBuf> = None;
+        // The t0 point's statistics file and that point's key.
+        let mut rates: Option<(PathBuf, Value)> = None;
         for pt in &fm.points {
             let idx = index;
             index += 3;
             let name = point_name(pt);
             // The first point thresholds the concern statistics (and adds the unconcerned
             // sample's, kept as channel-rates.ccs); every other point reads those.
+            // A point is keyed by the key of the unit whose statistics it reads, not by the
+            // file's bytes: the statistics record their own run time, so a recomputed (or
+            // another machine's) copy would otherwise orphan every trained unit after it.
             let source = if is_t0(pt) {
-                concern.as_ref().map(|c| c.join("concern.ccs"))
+                concern
+                    .as_ref()
+                    .map(|c| (c.join("concern.ccs"), json!("concern")))
             } else {
                 rates.clone()
             };
-            let Some(source) = source else {
+            let Some((source, source_key)) = source else {
                 complete = false;
                 continue;
             };
-            let key =
-                json!({ "model": model_key, "source": r.eng.file_hash(&source)?, "point": pt });
+            let key = json!({ "model": model_key, "source": source_key, "point": pt });
             let unit_name = format!("{arch}-{name}");
             // A point's tangling, of every class at once or (`class`) of one.
             let tangle = |class: Option<usize>, idx: usize| -> Result<Option<PathBuf>> {
@@ -249,7 +254,7 @@ pub fn frontier(r: &Run) -> Result<()> {
             };
             let pdir = pdirs[0].clone();
             if is_t0(pt) {
-                rates = Some(pdir.join("channel-rates.ccs"));
+                rates = Some((pdir.join("channel-rates.ccs"), key.clone()));
             }
             let mut modules: Vec<PathBuf> = Vec::new();
             for d in &pdirs {
