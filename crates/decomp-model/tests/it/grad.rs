@@ -856,11 +856,7 @@ fn gate_gradients_equal_burn() {
             .iter()
             .filter(|n| matches!(n.op, Op::BiasMap { .. }))
             .count();
-        assert_eq!(
-            bias_maps == 0,
-            zero,
-            "{fills}: {bias_maps} bias maps"
-        );
+        assert_eq!(bias_maps == 0, zero, "{fills}: {bias_maps} bias maps");
         assert!(masks.len() >= 5, "masks at every site");
         let shapes = refm.check().expect("valid");
         let means: Vec<(usize, Vec<f32>)> = refm
