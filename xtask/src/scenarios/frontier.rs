@@ -16,6 +16,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use plotters::prelude::*;
 use serde_json::{Value, json};
 
+mod pairs;
+
 use super::Run;
 use super::format::{s, strings};
 use crate::engine::{Kind, read};
@@ -103,6 +105,8 @@ fn rec_label(r: &Value) -> String {
 pub fn frontier(r: &Run) -> Result<()> {
     let limit = r.env.limit.unwrap_or(DEFAULT_LIMIT);
     let mut rows: Vec<Value> = Vec::new();
+    // Table 2's pairs per model from its trained points (with `[tma]`).
+    let mut pair_reports: Vec<Value> = Vec::new();
     let mut index = 0;
     let mut complete = true;
     for fm in &r.m.frontier {
@@ -149,6 +153,7 @@ pub fn frontier(r: &Run) -> Result<()> {
         index += 1;
         // The t0 point's statistics file and that point's key.
         let mut rates: Option<(PathBuf, Value)> = None;
+        let mut trained_points: Vec<pairs::TrainedPoint> = Vec::new();
         for pt in &fm.points {
             let idx = index;
             index += 3;
@@ -346,6 +351,18 @@ pub fn frontier(r: &Run) -> Result<()> {
                     "images_per_module": trained.iter().map(|t| t.images).sum::<usize>() / trained.len(),
                 }),
             };
+            if pt.train.is_some() {
+                trained_points.push(pairs::TrainedPoint {
+                    name: unit_name.clone(),
+                    label: format!(
+                        "trained, {:.0}% FLOPs budget, {:.1} model epochs",
+                        100.0 * pt.budget.map_or(f64::NAN, f64::from),
+                        f(&train["model_epochs"])
+                    ),
+                    flops_percent: v.mean_flops_percent,
+                    modules: modules.clone(),
+                });
+            }
             rows.push(json!({
                 "model": arch,
                 "tau": pt.tau,
@@ -379,6 +396,12 @@ pub fn frontier(r: &Run) -> Result<()> {
                     json!(pdirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>())
                 },
             }));
+        }
+        if r.m.tma.is_some() && !trained_points.is_empty() {
+            match pairs::reuse_pairs(r, &fm.model, &data, &trained_points)? {
+                Some(p) => pair_reports.push(p),
+                None => complete = false,
+            }
         }
     }
     if !complete || !r.reporting()? {
@@ -525,6 +548,15 @@ pub fn frontier(r: &Run) -> Result<()> {
         md.push_str(&format!("| {label} | {x} | {d:+} |\n"));
     }
     md.push_str(&format!("\nPlot: `frontier.svg` (y = composed top-1 minus the model's own top-1 on the same images, so that published\nlosses on other models share the axis; points below {Y_FLOOR} are drawn as open circles on the bottom edge).\n"));
+    for p in &pair_reports {
+        md.push_str(&pairs::markdown(p));
+    }
+    if !pair_reports.is_empty() {
+        crate::engine::write_report(
+            &out.join("pairs.json"),
+            &serde_json::to_string_pretty(&pair_reports)?,
+        )?;
+    }
     crate::engine::write_report(&out.join("frontier.md"), &md)?;
     crate::engine::write_report(&out.join("frontier.csv"), &csv)?;
     plot(&out.join("frontier.svg"), &rows)?;

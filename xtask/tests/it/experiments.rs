@@ -365,7 +365,10 @@ fn frontier_runs_its_points_as_units() {
             "scenario = \"frontier\"\ntitle = \"tiny frontier\"\nvalidity_gate = false\n\
              [models.weak]\nweights = \"{}\"\narch = \"resnet8\"\n\
              [data.main]\ndataset = \"cifar10\"\npath = \"cifar-10-batches-bin\"\n\
-             [decompose]\nargs = [\"--positive-filter\", \"all\", \"--batch-size\", \"16\"]\n\
+             [decompose]\npositives = 4\nargs = [\"--positive-filter\", \"all\", \"--batch-size\", \"16\"]\n\
+             [select]\nclasses = 2\nseed = 3\n\
+             [tma]\narch = \"resnet20\"\nepochs = 1\nbatch_size = 16\nval_fraction = 0.25\n\
+             [bootstrap]\nresamples = 200\n\
              [[frontier]]\nmodel = \"weak\"\npoints = [{{ tau_neg = 0.0 }}, {{ tau = 0.2, compensation = \"sample\", whole_split = true }}, \
              {{ rate = \"importance\", compensation = \"sample\", budget = 0.6, reconstruct = true, train = {{ budget = 20.0 }} }}]\n",
             d.join("weak.ir").display()
@@ -391,6 +394,44 @@ fn frontier_runs_its_points_as_units() {
         rows[2]
     );
     assert!(d.join("results/frontier/frontier.svg").is_file());
+    // Table 2's pairs from the trained point: the element-level modules and the trained
+    // point against a TMA of the model's own architecture, on the same images.
+    let pairs = json(&d.join("results/frontier/pairs.json"));
+    let p = &pairs.as_array().expect("one entry per model")[0];
+    assert_eq!(
+        p["tma"]["spec"]["arch"], "resnet8",
+        "the model's architecture"
+    );
+    let approaches = p["approaches"].as_array().expect("approaches");
+    assert_eq!(
+        approaches.len(),
+        2,
+        "element-level modules + the trained point"
+    );
+    assert!(
+        approaches[1]["module_flops_percent"]
+            .as_f64()
+            .expect("flops")
+            < 100.0
+    );
+    for a in approaches {
+        let rows = a["pairs"].as_array().expect("pairs");
+        assert_eq!(rows.len(), 1, "2 classes: one pair");
+        let n = rows[0]["n"].as_u64().expect("n");
+        assert_eq!(n, p["tma"]["pairs"][0]["n"].as_u64().expect("tma n"));
+        assert!(rows[0]["ms_per_image"].as_f64().expect("time") > 0.0, "{a}");
+        let ci = &a["mean_delta_ci"];
+        let (lo, hi) = (
+            ci["lo"].as_f64().expect("lo"),
+            ci["hi"].as_f64().expect("hi"),
+        );
+        let diff = a["mean_delta_vs_tma"].as_f64().expect("diff");
+        assert!(lo <= diff && diff <= hi, "{a}");
+    }
+    assert!(
+        read(d.join("results/frontier/frontier.md"))
+            .contains("## Table 2's pairs from resnet8's modules")
+    );
     // A rerun reuses every unit and rebuilds the same report.
     let before = read(d.join("results/frontier/frontier.csv"));
     let stamps: Vec<String> = finished_units(&d.join("runs"))
