@@ -18,10 +18,12 @@ use serde_json::{Value, json};
 
 mod pairs;
 
-use super::Run;
-use super::format::{s, strings};
+use super::format::{s, strings, with_interval};
+use super::units::Ask;
+use super::{Data, Run};
 use crate::engine::{Kind, read};
 use crate::manifest::FrontierPoint;
+use crate::stats::{Interval, Paired, Side};
 use decomp_eval::report::{ChannelComposeReport, ChannelModuleReport};
 
 /// Test images per evaluation when `--limit` is not given (CPU time: 2 cores shared).
@@ -271,12 +273,16 @@ pub fn frontier(r: &Run) -> Result<()> {
                 );
             }
             modules.sort_by_key(|p| p.file_name().map(|n| n.to_os_string()));
-            // Composes the point's modules on the first `limit` test images (all without).
+            // Composes the point's modules on the first `limit` test images (all without,
+            // keeping every module's margins for the paired interval against the model).
             let compose = |what: &str,
                            idx: usize,
                            limit: Option<usize>|
-             -> Result<Option<ChannelComposeReport>> {
-                let key = json!({ "modules": r.hashes(&modules)?, "data": data.key, "reference": wkey, "limit": limit });
+             -> Result<Option<(ChannelComposeReport, PathBuf)>> {
+                let mut key = json!({ "modules": r.hashes(&modules)?, "data": data.key, "reference": wkey, "limit": limit });
+                if limit.is_none() {
+                    key["margins"] = json!(true);
+                }
                 let dir = r.eng.unit(
                     "compose",
                     Kind::PerUnit,
@@ -297,15 +303,19 @@ pub fn frontier(r: &Run) -> Result<()> {
                             "--out",
                             &s(&work.join("compose.json")),
                         ]));
-                        if let Some(l) = limit {
-                            a.extend(["--limit".into(), l.to_string()]);
+                        match limit {
+                            Some(l) => a.extend(["--limit".into(), l.to_string()]),
+                            None => {
+                                a.extend(["--save-margins".into(), s(&work.join("margins.json"))])
+                            }
                         }
                         r.eng.decomp(&a).map(drop)
                     },
                 )?;
-                dir.map(|d| read(&d.join("compose.json"))).transpose()
+                dir.map(|d| Ok((read(&d.join("compose.json"))?, d)))
+                    .transpose()
             };
-            let v = compose("first", idx + 1, Some(limit))?;
+            let v = compose("first", idx + 1, Some(limit))?.map(|(v, _)| v);
             let whole = if pt.whole_split {
                 compose("whole", idx + 2, None)?
             } else {
@@ -317,11 +327,20 @@ pub fn frontier(r: &Run) -> Result<()> {
             };
             let whole = match (pt.whole_split, whole) {
                 (false, _) => Value::Null,
-                (true, Some(w)) => json!({
-                    "n": w.accuracy.n,
-                    "model_top1": w.accuracy.model_top1,
-                    "composed_top1": w.accuracy.composed_top1,
-                }),
+                (true, Some((w, dir))) => {
+                    let Some(ci) =
+                        whole_interval(r, &fm.model, &arch, &data, &unit_name, &w, &dir)?
+                    else {
+                        complete = false;
+                        continue;
+                    };
+                    json!({
+                        "n": w.accuracy.n,
+                        "model_top1": w.accuracy.model_top1,
+                        "composed_top1": w.accuracy.composed_top1,
+                        "delta_ci": ci,
+                    })
+                }
                 (true, None) => {
                     complete = false;
                     continue;
@@ -512,14 +531,16 @@ pub fn frontier(r: &Run) -> Result<()> {
         ));
     }
     md.push_str(
-        "\n## Whole test split\n\nThe same modules composed on all test images, against the estimate from the first `n`:\n\n\
-         | model | selection | mean FLOPs % | n | model top-1 | composed top-1 | Δ top-1 | Δ on the first n |\n\
+        "\n## Whole test split\n\nThe same modules composed on all test images, against the estimate from the first `n`; the interval is a\n\
+         paired bootstrap over the test images (the composition's vote against the model's own evaluation, image by\n\
+         image; `[bootstrap]` resamples and seed):\n\n\
+         | model | selection | mean FLOPs % | n | model top-1 | composed top-1 | Δ top-1 [95% CI] | Δ on the first n |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
     for r in rows.iter().filter(|r| !r["whole_split"].is_null()) {
         let w = &r["whole_split"];
         md.push_str(&format!(
-            "| {} | budget {}, {} | {:.1} | {} | {:.2} | {:.2} | {:+.2} | {:+.2} (n = {}) |\n",
+            "| {} | budget {}, {} | {:.1} | {} | {:.2} | {:.2} | {} | {:+.2} (n = {}) |\n",
             r["model"].as_str().unwrap_or("?"),
             round2(&r["budget"]),
             rec_label(r),
@@ -527,7 +548,14 @@ pub fn frontier(r: &Run) -> Result<()> {
             w["n"],
             f(&w["model_top1"]),
             f(&w["composed_top1"]),
-            f(&w["composed_top1"]) - f(&w["model_top1"]),
+            with_interval(
+                f(&w["composed_top1"]) - f(&w["model_top1"]),
+                Some(&Interval {
+                    diff: f(&w["delta_ci"]["diff"]),
+                    lo: f(&w["delta_ci"]["lo"]),
+                    hi: f(&w["delta_ci"]["hi"]),
+                }),
+            ),
             f(&r["composed_top1"]) - f(&r["model_top1"]),
             r["n"],
         ));
@@ -561,6 +589,65 @@ pub fn frontier(r: &Run) -> Result<()> {
     crate::engine::write_report(&out.join("frontier.csv"), &csv)?;
     plot(&out.join("frontier.svg"), &rows)?;
     Ok(())
+}
+
+/// The 95% paired bootstrap interval of a point's composed top-1 minus the model's on the
+/// whole test split: the vote of the point's saved margins (`dir`, its whole-split compose
+/// unit) against the model's own evaluation, image by image, each checked against the
+/// compose report's accuracy. `None` while a unit is unfinished.
+fn whole_interval(
+    r: &Run,
+    role: &str,
+    arch: &str,
+    data: &Data,
+    unit_name: &str,
+    w: &ChannelComposeReport,
+    dir: &Path,
+) -> Result<Option<Interval>> {
+    let Some(model) = r.model(role)? else {
+        return Ok(None);
+    };
+    let ask = Ask {
+        per_image: true,
+        all_images: true,
+        ..Ask::default()
+    };
+    let Some(eval) = r.eval(&format!("{arch}-test-per-image"), 0, &model.ir, data, ask)? else {
+        return Ok(None);
+    };
+    let pick: Vec<String> = (0..w.per_module.len()).map(|i| format!("0:{i}")).collect();
+    let margins = dir.join("margins.json");
+    let Some(vote) = r.vote_per_image(
+        &format!("{unit_name}-whole"),
+        std::slice::from_ref(&margins),
+        &pick,
+    )?
+    else {
+        return Ok(None);
+    };
+    let composed_top1 = w.accuracy.composed_top1;
+    let Some(model_top1) = w.accuracy.model_top1 else {
+        bail!(
+            "{unit_name}: the whole-split composition has no model accuracy (no --reference-model?)"
+        );
+    };
+    let bs = r.m.bootstrap.unwrap_or_default();
+    let ci = Paired::default().add(
+        1,
+        &Side {
+            what: format!("{arch}'s own evaluation of the test split"),
+            per_image: eval.per_image.as_ref(),
+            reported: model_top1,
+        },
+        &Side {
+            what: format!("the vote of {unit_name}'s saved margins"),
+            per_image: vote.per_image.as_ref(),
+            reported: composed_top1,
+        },
+        bs.resamples,
+        bs.seed,
+    )?;
+    Ok(Some(ci))
 }
 
 /// The `tau = tau_neg = 0`, compensation `off` point: the element method's "keep if ever

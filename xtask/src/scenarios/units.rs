@@ -41,6 +41,8 @@ pub(super) struct Ask<'a> {
     /// The training split instead (per-class accuracy and confusions there: settings chosen
     /// on training images, never on test images).
     pub train_split: bool,
+    /// Every image of the split, whatever `--limit` (a frontier point's whole-split check).
+    pub all_images: bool,
 }
 
 impl Run<'_> {
@@ -206,10 +208,13 @@ impl Run<'_> {
             classes,
             per_image,
             train_split,
+            all_images,
         } = ask;
         let split = if train_split { "train" } else { "test" };
         // Per-image ranks are compared with the margins' images: the same limit.
-        let limit = if per_image {
+        let limit = if all_images {
+            None
+        } else if per_image {
             self.limit()
         } else {
             self.env.limit

@@ -382,6 +382,19 @@ fn frontier_runs_its_points_as_units() {
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["n"], 20, "--limit");
     assert_eq!(rows[1]["whole_split"]["n"], 60, "the whole test split");
+    // Its paired interval: the vote of the saved margins against the model, image by image.
+    let w = &rows[1]["whole_split"];
+    let diff =
+        w["composed_top1"].as_f64().expect("composed") - w["model_top1"].as_f64().expect("model");
+    let ci = &w["delta_ci"];
+    assert!(
+        (ci["diff"].as_f64().expect("diff") - diff).abs() < 1e-9,
+        "{w}"
+    );
+    assert!(
+        ci["lo"].as_f64().expect("lo") <= diff && diff <= ci["hi"].as_f64().expect("hi"),
+        "{w}"
+    );
     // A trained point: one tangle unit per class, each module's training recorded.
     let runs = rows[2]["run"].as_array().expect("one run folder per class");
     assert_eq!(
