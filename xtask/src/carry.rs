@@ -157,7 +157,11 @@ pub fn save(store: &Path, carry: &Path, min_wall_s: f64, published: &Path) -> Re
         let stage = name_of(&src)?;
         let dst = carry.join(&stage);
         for dir in subfolders(&src)? {
-            let what = pick(&dir, min_wall_s, &keys);
+            // A unit whose paused run is carried is carried once finished, however short its
+            // last slice was (its `wall_s` counts that slice only): else dropping the carried
+            // run below would lose the work.
+            let slices = dst.join(format!("{}.partial", name_of(&dir)?)).is_dir();
+            let what = pick(&dir, if slices { 0.0 } else { min_wall_s }, &keys);
             if what == Pick::Skip {
                 continue;
             }
@@ -334,5 +338,9 @@ mod tests {
         assert!(!run.exists());
         save(&store, &carry, 600.0, &zoo).expect("save");
         assert!(!carried.exists());
+        assert!(
+            carry.join("train/a-1/unit.json").is_file(),
+            "the finished unit replaces its carried run, however short its last slice"
+        );
     }
 }
