@@ -18,13 +18,13 @@ use serde_json::{Value, json};
 
 mod pairs;
 
+use super::Run;
 use super::format::{s, strings, with_interval};
 use super::units::Ask;
-use super::{Data, Run};
 use crate::engine::{Kind, read};
 use crate::manifest::FrontierPoint;
 use crate::stats::{Interval, Paired, Side};
-use decomp_eval::report::{ChannelComposeReport, ChannelModuleReport};
+use decomp_eval::report::{ChannelComposeReport, ChannelModuleReport, ModelEval};
 
 /// Test images per evaluation when `--limit` is not given (CPU time: 2 cores shared).
 const DEFAULT_LIMIT: usize = 2000;
@@ -156,6 +156,25 @@ pub fn frontier(r: &Run) -> Result<()> {
         // The t0 point's statistics file and that point's key.
         let mut rates: Option<(PathBuf, Value)> = None;
         let mut trained_points: Vec<pairs::TrainedPoint> = Vec::new();
+        // The model as an import unit, once per model: its per-image evaluation of the whole
+        // test split (the whole-split intervals) and Table 2's element modules (`[tma]`).
+        let whole_split = fm.points.iter().any(|p| p.whole_split);
+        let model = if whole_split || r.m.tma.is_some() {
+            r.model(&fm.model)?
+        } else {
+            None
+        };
+        let model_eval = match (&model, whole_split) {
+            (Some(m), true) => {
+                let ask = Ask {
+                    per_image: true,
+                    all_images: true,
+                    ..Ask::default()
+                };
+                r.eval(&format!("{arch}-test-per-image"), 0, &m.ir, &data, ask)?
+            }
+            _ => None,
+        };
         for pt in &fm.points {
             let idx = index;
             index += 3;
@@ -329,7 +348,7 @@ pub fn frontier(r: &Run) -> Result<()> {
                 (false, _) => Value::Null,
                 (true, Some((w, dir))) => {
                     let Some(ci) =
-                        whole_interval(r, &fm.model, &arch, &data, &unit_name, &w, &dir)?
+                        whole_interval(r, &arch, &unit_name, &w, &dir, model_eval.as_ref())?
                     else {
                         complete = false;
                         continue;
@@ -417,7 +436,11 @@ pub fn frontier(r: &Run) -> Result<()> {
             }));
         }
         if r.m.tma.is_some() && !trained_points.is_empty() {
-            match pairs::reuse_pairs(r, &fm.model, &data, &trained_points)? {
+            let got = match &model {
+                Some(m) => pairs::reuse_pairs(r, m, &data, &trained_points)?,
+                None => None,
+            };
+            match got {
                 Some(p) => pair_reports.push(p),
                 None => complete = false,
             }
@@ -594,25 +617,16 @@ pub fn frontier(r: &Run) -> Result<()> {
 /// The 95% paired bootstrap interval of a point's composed top-1 minus the model's on the
 /// whole test split: the vote of the point's saved margins (`dir`, its whole-split compose
 /// unit) against the model's own evaluation, image by image, each checked against the
-/// compose report's accuracy. `None` while a unit is unfinished.
+/// compose report's accuracy. `None` while a unit (`eval` among them) is unfinished.
 fn whole_interval(
     r: &Run,
-    role: &str,
     arch: &str,
-    data: &Data,
     unit_name: &str,
     w: &ChannelComposeReport,
     dir: &Path,
+    eval: Option<&ModelEval>,
 ) -> Result<Option<Interval>> {
-    let Some(model) = r.model(role)? else {
-        return Ok(None);
-    };
-    let ask = Ask {
-        per_image: true,
-        all_images: true,
-        ..Ask::default()
-    };
-    let Some(eval) = r.eval(&format!("{arch}-test-per-image"), 0, &model.ir, data, ask)? else {
+    let Some(eval) = eval else {
         return Ok(None);
     };
     let pick: Vec<String> = (0..w.per_module.len()).map(|i| format!("0:{i}")).collect();

@@ -415,6 +415,11 @@ fn frontier_runs_its_points_as_units() {
         p["tma"]["spec"]["arch"], "resnet8",
         "the model's architecture"
     );
+    assert_eq!(
+        p["class_names"].as_array().expect("names").len(),
+        p["classes"].as_array().expect("classes").len(),
+        "a name per selected class"
+    );
     let approaches = p["approaches"].as_array().expect("approaches");
     assert_eq!(
         approaches.len(),

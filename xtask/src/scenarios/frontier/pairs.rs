@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::super::format::{fixed2, with_interval};
 use super::super::units::Ask;
-use super::super::{Data, Run, join, pairs, seeded_choice};
+use super::super::{Data, Model, Run, join, pairs, seeded_choice};
 use crate::engine::read;
 use crate::stats::{Interval, Paired, Side};
 use decomp_eval::report::{ChannelComposeReport, ComposeReport, ModelEval, VoteReport};
@@ -41,20 +41,17 @@ struct Approach {
     pair_seconds: Vec<f64>,
 }
 
-/// The pairs of `role` (the frontier model, by its `[models]` role) for the trained `points`:
+/// The pairs of `model` (the frontier model's import unit) for its trained `points`:
 /// `Ok(None)` while a unit is unfinished (or not this shard's), else the report's JSON, whose
 /// Markdown is [`markdown`]. Needs `[tma]`.
 pub(super) fn reuse_pairs(
     r: &Run,
-    role: &str,
+    model: &Model,
     data: &Data,
     points: &[TrainedPoint],
 ) -> Result<Option<Value>> {
     let Some(tma_spec) = &r.m.tma else {
         bail!("frontier pairs need a [tma] section");
-    };
-    let Some(model) = r.model(role)? else {
-        return Ok(None);
     };
     let classes =
         r.m.select.fixed.clone().unwrap_or_else(|| {
@@ -93,8 +90,9 @@ pub(super) fn reuse_pairs(
     // Element-level modules of the selected classes (Table 2's).
     let mut element = Vec::new();
     for (i, &c) in classes.iter().enumerate() {
-        element.push(r.module(&model, c, i)?);
+        element.push(r.module(model, c, i)?);
     }
+    // (label, module FLOPs % or None for element-level modules, unit name, module files).
     let mut sets: Vec<(String, Option<f64>, String, Vec<PathBuf>)> = Vec::new();
     match element.into_iter().collect::<Option<Vec<_>>>() {
         Some(m) => sets.push((
@@ -128,6 +126,8 @@ pub(super) fn reuse_pairs(
         ));
     }
     let mut approaches = Vec::new();
+    // The selected classes' names, as the margins runs read them.
+    let mut names: Vec<String> = Vec::new();
     for (label, flops_percent, name, modules) in sets {
         let Some(margins) = r.margins(&name, &modules, data, &classes)? else {
             done = false;
@@ -151,10 +151,12 @@ pub(super) fn reuse_pairs(
         let pair_seconds = if flops_percent.is_some() {
             let c: ChannelComposeReport = read(&compose)?;
             let per = |i: usize| c.per_module[i].seconds / c.accuracy.n.max(1) as f64;
+            names = c.classes.clone();
             ps.iter().map(|&(a, b)| per(a) + per(b)).collect()
         } else {
             let c: ComposeReport = read(&compose)?;
             let per = c.seconds / (c.accuracy.n.max(1) * classes.len()) as f64;
+            names = c.classes.clone();
             vec![2.0 * per; ps.len()]
         };
         approaches.push(Approach {
@@ -168,7 +170,6 @@ pub(super) fn reuse_pairs(
         return Ok(None);
     }
     let tmas: Vec<(PathBuf, ModelEval)> = tmas.into_iter().flatten().collect();
-    let names = &tmas[0].1.class_names;
     for (k, (dir, e)) in tmas.iter().enumerate() {
         let (a, b) = ps[k];
         r.gate_eval(
@@ -240,6 +241,7 @@ pub(super) fn reuse_pairs(
             let (a, b) = ps[k];
             json!({
                 "classes": [classes[a], classes[b]],
+                "names": e.class_names,
                 "n": e.n,
                 "top1": e.top1,
                 "ms_per_image": 1e3 * e.seconds / e.n.max(1) as f64,
@@ -316,25 +318,15 @@ pub(super) fn markdown(p: &Value) -> String {
     md.push('\n');
     let tma_pairs = tma["pairs"].as_array().cloned().unwrap_or_default();
     for (k, t) in tma_pairs.iter().enumerate() {
-        let cls: Vec<usize> = t["classes"]
+        let label = t["names"]
             .as_array()
-            .map(|c| {
-                c.iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as usize)
-                    .collect()
+            .map(|n| {
+                n.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("/")
             })
             .unwrap_or_default();
-        let pos = |c: usize| {
-            p["classes"]
-                .as_array()
-                .and_then(|a| a.iter().position(|x| x.as_u64() == Some(c as u64)))
-        };
-        let label = cls
-            .iter()
-            .map(|&c| pos(c).and_then(|i| names.get(i).copied()).unwrap_or("?"))
-            .collect::<Vec<_>>()
-            .join("/");
         let _ = write!(md, "| {label} | {} | {} |", t["n"], fixed2(f(&t["top1"])));
         for a in &approaches {
             let row = &a["pairs"][k];
