@@ -145,8 +145,11 @@ pub(super) fn reuse_pairs(
         if !done {
             continue;
         }
-        // Seconds per image of a pair: the pair's two modules, as the margins run timed them
-        // (channel modules one by one; element modules in one batched pass of all four).
+        // Seconds per image of a pair. Channel modules run one by one, so the margins run's
+        // forward time of each of the pair's two modules is the pair's. Element modules of
+        // one model run in one batched pass that shares what their masks leave equal, so a
+        // pair's cost is not a share of the four's: each pair's two modules are composed
+        // on the pair's test images and that run is timed.
         let compose = margins.with_file_name("compose.json");
         let pair_seconds = if flops_percent.is_some() {
             let c: ChannelComposeReport = read(&compose)?;
@@ -155,10 +158,24 @@ pub(super) fn reuse_pairs(
             ps.iter().map(|&(a, b)| per(a) + per(b)).collect()
         } else {
             let c: ComposeReport = read(&compose)?;
-            let per = c.seconds / (c.accuracy.n.max(1) * classes.len()) as f64;
             names = c.classes.clone();
-            vec![2.0 * per; ps.len()]
+            let mut seconds = Vec::new();
+            for &(a, b) in &ps {
+                let timed = format!("{name}-pair-{}-{}-timed", classes[a], classes[b]);
+                let pair = [modules[a].clone(), modules[b].clone()];
+                match r.margins(&timed, &pair, data, &[classes[a], classes[b]])? {
+                    Some(m) => {
+                        let c: ComposeReport = read(&m.with_file_name("compose.json"))?;
+                        seconds.push(c.seconds / c.accuracy.n.max(1) as f64);
+                    }
+                    None => done = false,
+                }
+            }
+            seconds
         };
+        if !done {
+            continue;
+        }
         approaches.push(Approach {
             label,
             flops_percent,
@@ -289,10 +306,12 @@ pub(super) fn markdown(p: &Value) -> String {
         "\n## Table 2's pairs from {}'s modules\n\n\
          The classes of Table 2 ({}), every pair composed by voting on all of the pair's test images, against\n\
          the TMA: {} trained on the pair (recipe `{}`, epochs {}, seed {}; best-validation checkpoint), on the same\n\
-         images in the same order. Time: milliseconds per image of a pair on this machine, from the run that\n\
-         measured the accuracy: small modules, the two modules' forward passes as `decomp compose` timed them;\n\
-         element-level modules, that run's whole time (one batched masked pass of all {k} classes' modules, data\n\
-         loading included) x 2 / {k}; TMA, `decomp eval`'s whole time (data loading included).\n",
+         images in the same order. Time: milliseconds per image of a pair on this machine, every approach on the\n\
+         same CPU engine at the commands' default batch size, the data read before the clock starts: small\n\
+         modules, the two modules' forward passes as `decomp compose` timed them in the run of all {k} classes\n\
+         (one module after the other); element-level modules, a `decomp compose` of the pair's two modules on\n\
+         the pair's test images (one batched masked pass of both, which shares the layers their masks leave\n\
+         equal; building their executors included); TMA, `decomp eval`'s passes over the same images.\n",
         p["model"].as_str().unwrap_or("?"),
         p["classes"]
             .as_array()
