@@ -523,8 +523,11 @@ fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
         check(p, "tma_minus_ma");
         check(p, "tma_minus_mma");
     }
+    check(&v["mean"], "mma_minus_ma");
     let md = read(d.join("results/inter-reuse/report.md"));
     for want in [
+        "Continuous learning (MMA − MA): mean ",
+        "against the paper's **+5.08**",
         "TMA − MA [95% CI]",
         "TMA − MMA [95% CI]",
         "TMA − MA = **12.7** points",
