@@ -9,7 +9,7 @@ use serde_json::json;
 use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 
 use super::format::{differences_note, epochs, fixed2, with_interval};
-use super::paper::{Direction, PAPER_TABLE3, against_paper};
+use super::paper::{Direction, PAPER_TABLE3, against_paper, verdict};
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
@@ -327,7 +327,6 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     }
     let ci_cl = cl.mean(js.len(), bs.resamples, bs.seed)?;
     md.push_str(&continuous_learning_note(
-        m_mma - m_ma,
         ci_cl.as_ref(),
         js.iter()
             .filter(|j| j["ma"]["top1"] != j["mma"]["top1"])
@@ -359,41 +358,39 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     Ok(())
 }
 
-/// What continuous learning did: the mean MMA − MA of `pairs` pairs with its interval (`ci`),
-/// how many pairs it changed, against the paper's MMA − MA, and why it can do little when it
-/// does not help: it only unmasks positions.
-fn continuous_learning_note(
-    delta: f64,
-    ci: Option<&Interval>,
-    changed: usize,
-    pairs: usize,
-) -> String {
+/// What continuous learning did: the mean MMA − MA of `pairs` pairs with its interval `ci`,
+/// how many pairs it changed, against the paper's MMA − MA with [`verdict`], and why it can do
+/// little when it brings no measurable gain: it only unmasks positions. Empty without pairs.
+fn continuous_learning_note(ci: Option<&Interval>, changed: usize, pairs: usize) -> String {
+    let Some(c) = ci else {
+        return String::new();
+    };
     let p = &PAPER_TABLE3;
-    let paper = p.mma - p.ma;
+    let d = Direction {
+        pos_wins: "continuous learning improves the composition",
+        neg_wins: "continuous learning lowers the composition",
+        pos_ahead: "continuous learning ahead",
+        neg_ahead: "continuous learning behind",
+    };
     let mut md = format!(
         "Continuous learning (MMA − MA): mean {} over the {pairs} pairs, {changed} of which changed at all, \
-         against the paper's **{paper:+.2}** (its MMA {} − MA {}). ",
-        with_interval(delta, ci),
+         against the paper's **{:+.2}** (its MMA {} − MA {}): {}.",
+        with_interval(c.diff, Some(c)),
+        p.mma - p.ma,
         p.mma,
-        p.ma
+        p.ma,
+        verdict(c, p.mma - p.ma, &d)
     );
-    let (lo, hi) = Interval::bounds(ci.copied());
-    md.push_str(if lo > 0.0 {
-        "It improves the composition, the paper's direction.\n\n"
-    } else if hi < 0.0 {
-        "It lowers the composition, against the paper's direction. "
-    } else {
-        "It does not measurably change the composition here, against the paper's gain. "
-    });
-    if lo <= 0.0 {
+    if c.lo <= 0.0 {
         md.push_str(
-            "Continuous learning re-runs tangling identification with the other class's images as extra \
+            " Continuous learning re-runs tangling identification with the other class's images as extra \
              unconcerned inputs, which can only bring back masked positions; the modules' masks (MC-BLN at ReLU \
              inputs) hold positions that are inactive for nearly every image, so few come back (compare \
              `decomp inspect` of a `runs/store/decompose` module with its `runs/store/relearn` counterpart), and \
-             the votes stay decided by the two models' margin scales.\n\n",
+             the votes stay decided by the two models' margin scales.",
         );
     }
+    md.push_str("\n\n");
     md
 }
 
