@@ -183,6 +183,11 @@ pub struct Paired {
 }
 
 impl Paired {
+    /// The rows added so far: per row, the per-image hits of its two evaluations (`a`, `b`).
+    pub fn rows(&self) -> &[(Vec<bool>, Vec<bool>)] {
+        &self.rows
+    }
+
     /// `b - a` in top-`k` points of one row's two evaluations of the same images (checked
     /// by [`checked_hits`]), with its [`paired_bootstrap`] interval; kept for
     /// [`Paired::mean`].

@@ -174,19 +174,35 @@ pub fn inter_replace(r: &Run) -> Result<()> {
         )),
         spec2.dataset
     );
-    md.push_str("| replaced class → new class | test images | D top-1 % | D top-5 % | M top-1 % | M top-5 % | D − M top-1 [95% CI] | D − M top-5 [95% CI] | D on the new class % |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| replaced class → new class | test images | D top-1 % | D top-5 % | M top-1 % | M top-5 % | D − M top-1 [95% CI] | D − M top-5 [95% CI] | D on the new class % | M on the new class % |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut csv = String::from(
-        "x,new_class,name_x,name_new,n,d_top1,d_top5,m_top1,m_top5,delta_top1,delta_top1_lo,delta_top1_hi,delta_top5,delta_top5_lo,delta_top5_hi,d_new_class\n",
+        "x,new_class,name_x,name_new,n,d_top1,d_top5,m_top1,m_top5,delta_top1,delta_top1_lo,delta_top1_hi,delta_top5,delta_top5_lo,delta_top5_hi,d_new_class,m_new_class\n",
     );
     let mut js = Vec::new();
     let (mut p1, mut p5) = (Paired::default(), Paired::default());
     let (mut s_d1, mut s_d5, mut s_m1, mut s_m5) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Per row with both evaluations (the rows of `p1`, in order): the replaced class and
+    // every test image's label, to split the top-1 difference by part of the test images.
+    let mut split_labels: Vec<(usize, Vec<usize>)> = Vec::new();
     for (row_i, row) in rows.iter().enumerate() {
         let Some(v) = &row.d else { continue };
         let x = row.x;
         let names = read::<ComposeReport>(&row.margins.with_file_name("compose.json"))?.classes;
-        let label = format!("{x} → {}", names.get(x).cloned().unwrap_or_default());
-        let (m1, m5, ci1, ci5) = match &row.m {
+        // The replaced class's own name, from the base model's test evaluation.
+        let name_x = base_test
+            .as_ref()
+            .and_then(|e| e.class_names.get(x).cloned())
+            .unwrap_or_default();
+        let label = format!(
+            "{} → {}",
+            if name_x.is_empty() {
+                format!("{x}")
+            } else {
+                format!("{name_x} ({x})")
+            },
+            names.get(x).cloned().unwrap_or_default()
+        );
+        let (m1, m5, m_new, ci1, ci5) = match &row.m {
             Some((dir, test)) => {
                 let test = test.as_ref().with_context(|| {
                     format!(
@@ -216,15 +232,24 @@ pub fn inter_replace(r: &Run) -> Result<()> {
                         seed,
                     )?);
                 }
-                (test.top1, test.top5, ci[0], ci[1])
+                if let Some(p) = &v.per_image {
+                    split_labels.push((x, p.labels.clone()));
+                }
+                (
+                    test.top1,
+                    test.top5,
+                    test.per_class.get(x).copied(),
+                    ci[0],
+                    ci[1],
+                )
             }
-            None => (f64::NAN, f64::NAN, None, None),
+            None => (f64::NAN, f64::NAN, None, None, None),
         };
         let (d1, d5) = (v.top1 - m1, v.top5 - m5);
         let new_class = v.per_class.get(x).copied();
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
             v.n,
             fixed2(v.top1),
             fixed2(v.top5),
@@ -232,18 +257,20 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             fixed2(m5),
             with_interval(d1, ci1.as_ref()),
             with_interval(d5, ci5.as_ref()),
-            new_class.unwrap_or(f64::NAN)
+            new_class.unwrap_or(f64::NAN),
+            m_new.unwrap_or(f64::NAN)
         );
         let ((l1, h1), (l5, h5)) = (Interval::bounds(ci1), Interval::bounds(ci5));
         let _ = writeln!(
             csv,
-            "{x},{},,{},{},{},{},{m1},{m5},{d1},{l1},{h1},{d5},{l5},{h5},{}",
+            "{x},{},{name_x},{},{},{},{},{m1},{m5},{d1},{l1},{h1},{d5},{l5},{h5},{},{}",
             row.t,
             names.get(x).cloned().unwrap_or_default(),
             v.n,
             json!(v.top1),
             json!(v.top5),
-            json!(new_class)
+            json!(new_class),
+            json!(m_new)
         );
         // The per-image outcomes stay in the vote units; the report keeps the summary.
         let summary = VoteReport {
@@ -251,7 +278,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             ..v.clone()
         };
         js.push(json!({"x": x, "new_class": row.t, "vote": summary, "m_top1": m1, "m_top5": m5,
-            "d_minus_m_top1": d1, "d_minus_m_top1_ci": ci1, "d_minus_m_top5": d5, "d_minus_m_top5_ci": ci5}));
+            "m_new_class": m_new, "d_minus_m_top1": d1, "d_minus_m_top1_ci": ci1, "d_minus_m_top5": d5, "d_minus_m_top5_ci": ci5}));
         s_d1.push(v.top1);
         s_d5.push(v.top5);
         s_m1.push(m1);
@@ -264,7 +291,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
     let ci5 = p5.mean(js.len(), bs.resamples, bs.seed)?;
     let _ = writeln!(
         md,
-        "| **mean** | | {} | {} | {} | {} | {} | {} | |\n",
+        "| **mean** | | {} | {} | {} | {} | {} | {} | | |\n",
         fixed2(md1),
         fixed2(md5),
         fixed2(mm1),
@@ -275,7 +302,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
     let ((l1, h1), (l5, h5)) = (Interval::bounds(ci1), Interval::bounds(ci5));
     let _ = writeln!(
         csv,
-        "mean,,,,,{md1},{md5},{mm1},{mm5},{},{l1},{h1},{},{l5},{h5},",
+        "mean,,,,,{md1},{md5},{mm1},{mm5},{},{l1},{h1},{},{l5},{h5},,",
         md1 - mm1,
         md5 - mm5
     );
@@ -291,6 +318,13 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             bs.seed
         );
     }
+    let parts = if ci1.is_some() {
+        let parts = by_part(p1.rows(), &split_labels, bs.resamples, bs.seed)?;
+        md.push_str(&parts_note(&parts, &spec2.dataset));
+        parts
+    } else {
+        Vec::new()
+    };
     md.push_str(&paper_section(r, &base.arch, js.len(), ci1, ci5));
     let (p_1, p_5) = PAPER_TABLE5_D_MINUS_M;
     r.finish(
@@ -299,6 +333,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             "mean": {"d_top1": md1, "d_top5": md5, "m_top1": mm1, "m_top5": mm5,
                 "d_minus_m_top1": md1 - mm1, "d_minus_m_top1_ci": ci1,
                 "d_minus_m_top5": md5 - mm5, "d_minus_m_top5_ci": ci5},
+            "top1_by_part": parts,
             "bootstrap": bs, "paper": {"d_minus_m_top1": p_1, "d_minus_m_top5": p_5}}),
         &csv,
     )?;
@@ -346,4 +381,130 @@ fn paper_section(
         }
     }
     md
+}
+
+/// The mean top-1 of D and M, and D − M with its interval, on one part of every case's test
+/// images: the kept CIFAR-10 classes, or the new class.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Part {
+    part: &'static str,
+    /// Images of this part per case (the same in every case of a full split).
+    images_per_case: Vec<usize>,
+    d_top1: f64,
+    m_top1: f64,
+    d_minus_m_top1_ci: Interval,
+}
+
+/// Splits each row's top-1 hits (`rows[i]` = (M, D), on the images labelled by
+/// `labels[i]`, whose replaced class is `labels[i].0`) into the kept classes' images and the
+/// new class's, and gives each part's mean accuracies over the rows with the interval of
+/// their mean difference (resampling within each row's part, as the table's mean).
+fn by_part(
+    rows: &[(Vec<bool>, Vec<bool>)],
+    labels: &[(usize, Vec<usize>)],
+    resamples: usize,
+    seed: u64,
+) -> Result<Vec<Part>> {
+    if rows.len() != labels.len() {
+        anyhow::bail!(
+            "{} cases with both evaluations but {} with per-image labels, expected one of each",
+            rows.len(),
+            labels.len()
+        );
+    }
+    let mut out = Vec::new();
+    for (name, new) in [("kept CIFAR-10 classes", false), ("new class", true)] {
+        let mut kept: Vec<(Vec<bool>, Vec<bool>)> = Vec::new();
+        for ((m, d), (x, l)) in rows.iter().zip(labels) {
+            let keep = |i: &usize| (l[*i] == *x) == new;
+            let pick =
+                |h: &[bool]| -> Vec<bool> { (0..l.len()).filter(keep).map(|i| h[i]).collect() };
+            kept.push((pick(m), pick(d)));
+        }
+        if kept.iter().any(|(m, _)| m.is_empty()) {
+            continue;
+        }
+        let acc = |h: &[bool]| 100.0 * h.iter().filter(|&&b| b).count() as f64 / h.len() as f64;
+        let n = kept.len() as f64;
+        let cmp: Vec<(&[bool], &[bool])> = kept
+            .iter()
+            .map(|(m, d)| (m.as_slice(), d.as_slice()))
+            .collect();
+        out.push(Part {
+            part: name,
+            images_per_case: kept.iter().map(|(m, _)| m.len()).collect(),
+            d_top1: kept.iter().map(|(_, d)| acc(d)).sum::<f64>() / n,
+            m_top1: kept.iter().map(|(m, _)| acc(m)).sum::<f64>() / n,
+            d_minus_m_top1_ci: crate::stats::mean_paired_bootstrap(&cmp, resamples, seed)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The paragraph of [`by_part`]: where the mean top-1 difference comes from.
+fn parts_note(parts: &[Part], second: &str) -> String {
+    if parts.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("Top-1 by part of the test images (mean over the cases):");
+    for (i, p) in parts.iter().enumerate() {
+        let per = match (
+            p.images_per_case.iter().min(),
+            p.images_per_case.iter().max(),
+        ) {
+            (Some(a), Some(b)) if a == b => format!("{a}"),
+            (Some(a), Some(b)) => format!("{a}-{b}"),
+            _ => "0".into(),
+        };
+        let what = if p.part == "new class" {
+            format!("the {per} {second} images of the new class")
+        } else {
+            format!("the {per} images of the 9 kept CIFAR-10 classes")
+        };
+        let _ = write!(
+            md,
+            "{} on {what}, D {} and M {}, D − M {}",
+            if i == 0 { "" } else { ";" },
+            fixed2(p.d_top1),
+            fixed2(p.m_top1),
+            with_interval(p.d_minus_m_top1_ci.diff, Some(&p.d_minus_m_top1_ci)),
+        );
+    }
+    md.push_str(".\n\n");
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_part_splits_the_new_class_from_the_kept_ones() {
+        // Row 0 replaces class 3: images 0 and 3 are the new class.
+        let rows = vec![
+            (
+                vec![true, true, false, false],
+                vec![false, true, true, true],
+            ),
+            (vec![true, true, true], vec![true, false, true]),
+        ];
+        let labels = vec![(3, vec![3, 0, 1, 3]), (0, vec![0, 2, 2])];
+        let parts = by_part(&rows, &labels, 200, 0).unwrap();
+        let kept = &parts[0];
+        assert_eq!(kept.images_per_case, vec![2, 2]);
+        // Row 0 kept: M 50, D 100; row 1 kept: M 100, D 50.
+        assert!((kept.m_top1 - 75.0).abs() < 1e-9);
+        assert!((kept.d_top1 - 75.0).abs() < 1e-9);
+        let new = &parts[1];
+        assert_eq!(new.images_per_case, vec![2, 1]);
+        // Row 0 new: M 50, D 50; row 1 new: M 100, D 100.
+        assert!((new.m_top1 - 75.0).abs() < 1e-9);
+        assert!((new.d_minus_m_top1_ci.diff).abs() < 1e-9);
+        let note = parts_note(&parts, "tiny-imagenet");
+        assert!(
+            note.contains("the 1-2 tiny-imagenet images of the new class"),
+            "{note}"
+        );
+        assert!(by_part(&rows, &labels[..1], 200, 0).is_err());
+    }
 }
