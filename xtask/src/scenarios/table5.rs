@@ -388,6 +388,8 @@ fn paper_section(
 #[derive(Clone, Debug, serde::Serialize)]
 struct Part {
     part: &'static str,
+    /// Whether this part is the new class's images (else the kept classes').
+    new_class: bool,
     /// Images of this part per case (the same in every case of a full split).
     images_per_case: Vec<usize>,
     d_top1: f64,
@@ -432,6 +434,7 @@ fn by_part(
             .collect();
         out.push(Part {
             part: name,
+            new_class: new,
             images_per_case: kept.iter().map(|(m, _)| m.len()).collect(),
             d_top1: kept.iter().map(|(_, d)| acc(d)).sum::<f64>() / n,
             m_top1: kept.iter().map(|(m, _)| acc(m)).sum::<f64>() / n,
@@ -456,7 +459,7 @@ fn parts_note(parts: &[Part], second: &str) -> String {
             (Some(a), Some(b)) => format!("{a}-{b}"),
             _ => "0".into(),
         };
-        let what = if p.part == "new class" {
+        let what = if p.new_class {
             format!("the {per} {second} images of the new class")
         } else {
             format!("the {per} images of the 9 kept CIFAR-10 classes")
