@@ -32,7 +32,7 @@ pub(super) fn margin_medians(path: &std::path::Path, w: usize) -> Result<MarginM
 }
 
 /// [`MarginMedians`] of the module in column `w` of `f`.
-fn medians_of(f: &Margins, w: usize) -> Result<MarginMedians> {
+pub(super) fn medians_of(f: &Margins, w: usize) -> Result<MarginMedians> {
     let (mut own, mut rival, mut elsewhere) = (Vec::new(), Vec::new(), Vec::new());
     for (row, &label) in f.margins.iter().zip(&f.labels) {
         let m = f64::from(

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
+use decomp_eval::argmax;
+use decomp_eval::report::{ComposeReport, Margins, ModelEval, VoteReport};
 
 use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE5_D_MINUS_M, against_paper};
+use super::table4::medians_of;
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
@@ -184,6 +186,8 @@ pub fn inter_replace(r: &Run) -> Result<()> {
     // Per row with both evaluations (the rows of `p1`, in order): the replaced class and
     // every test image's label, to split the top-1 difference by part of the test images.
     let mut split_labels: Vec<(usize, Vec<usize>)> = Vec::new();
+    // Per row with a vote: its label and the margins that decided it.
+    let mut scale_rows: Vec<(String, Scales)> = Vec::new();
     for (row_i, row) in rows.iter().enumerate() {
         let Some(v) = &row.d else { continue };
         let x = row.x;
@@ -247,6 +251,8 @@ pub fn inter_replace(r: &Run) -> Result<()> {
         };
         let (d1, d5) = (v.top1 - m1, v.top5 - m5);
         let new_class = v.per_class.get(x).copied();
+        let sc = scales(&read::<Margins>(&row.margins)?, x)
+            .with_context(|| format!("the margins of {label} ({})", row.margins.display()))?;
         let _ = writeln!(
             md,
             "| {label} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
@@ -278,7 +284,8 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             ..v.clone()
         };
         js.push(json!({"x": x, "new_class": row.t, "vote": summary, "m_top1": m1, "m_top5": m5,
-            "m_new_class": m_new, "d_minus_m_top1": d1, "d_minus_m_top1_ci": ci1, "d_minus_m_top5": d5, "d_minus_m_top5_ci": ci5}));
+            "m_new_class": m_new, "margins": sc, "d_minus_m_top1": d1, "d_minus_m_top1_ci": ci1, "d_minus_m_top5": d5, "d_minus_m_top5_ci": ci5}));
+        scale_rows.push((label, sc));
         s_d1.push(v.top1);
         s_d5.push(v.top5);
         s_m1.push(m1);
@@ -325,6 +332,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
     } else {
         Vec::new()
     };
+    md.push_str(&scales_note(&scale_rows));
     md.push_str(&paper_section(r, &base.arch, js.len(), ci1, ci5));
     let (p_1, p_5) = PAPER_TABLE5_D_MINUS_M;
     r.finish(
@@ -477,6 +485,92 @@ fn parts_note(parts: &[Part], second: &str) -> String {
     md
 }
 
+/// Medians of the margins (`z_mine − z_other`) that decide D's vote in one case, over its
+/// test images: the new class's module against the kept ones, and the kept classes' images
+/// that the new module wins.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Scales {
+    /// The new class's module on its class's images.
+    new_own: f64,
+    /// The strongest other module on the new class's images.
+    rival: f64,
+    /// Each kept module on its own class's images.
+    kept_own: f64,
+    /// The new class's module on the kept classes' images.
+    new_elsewhere: f64,
+    /// Kept classes' images on which the new class's module has the highest margin.
+    taken: usize,
+    /// Kept classes' images.
+    kept_n: usize,
+}
+
+/// [`Scales`] of the margin file `f` whose column `x` is the new class's module.
+fn scales(f: &Margins, x: usize) -> Result<Scales> {
+    if let Some(i) = f
+        .margins
+        .iter()
+        .position(|r| r.iter().any(|m| !m.is_finite()))
+    {
+        anyhow::bail!("image {i}: a margin is not a finite number");
+    }
+    let new = medians_of(f, x)?;
+    let (mut kept_own, mut taken) = (Vec::new(), 0);
+    for (i, (row, &label)) in f.margins.iter().zip(&f.labels).enumerate() {
+        if label == x {
+            continue;
+        }
+        let own = row.get(label).with_context(|| {
+            format!(
+                "image {i}: label {label} but {} modules, expected one per class",
+                row.len()
+            )
+        })?;
+        kept_own.push(f64::from(*own));
+        if argmax(row) == x {
+            taken += 1;
+        }
+    }
+    Ok(Scales {
+        new_own: new.own,
+        rival: new.rival,
+        kept_own: crate::stats::median(kept_own.clone()),
+        new_elsewhere: new.elsewhere,
+        taken,
+        kept_n: kept_own.len(),
+    })
+}
+
+/// The table of [`Scales`], one row per case: why the new class's module wins or loses the
+/// vote.
+fn scales_note(rows: &[(String, Scales)]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "Why D's vote goes the way it does: medians of the modules' margins (`z_mine − z_other`, each module's \
+         own output) over the case's test images. The vote gives an image to the module with the highest margin, \
+         and the new class's module comes from another model than the kept ones, so its margins have another \
+         scale. (A description of the test images, not a setting: nothing is chosen from it.)\n\n\
+         | replaced class → new class | new module on the new class's images | strongest other module there | \
+         kept modules on their own images | new module on the kept images | kept images the new module wins |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (label, s) in rows {
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} of {} |",
+            fixed2(s.new_own),
+            fixed2(s.rival),
+            fixed2(s.kept_own),
+            fixed2(s.new_elsewhere),
+            s.taken,
+            s.kept_n
+        );
+    }
+    md.push('\n');
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,5 +603,60 @@ mod tests {
             "{note}"
         );
         assert!(by_part(&rows, &labels[..1], 200, 0).is_err());
+    }
+
+    #[test]
+    fn scales_compare_the_new_module_with_the_kept_ones() {
+        // Column 1 is the new class's module: small margins on its own images (images 2
+        // and 3), and it wins kept image 1.
+        let margins = vec![
+            vec![9.0, -1.0, -4.0],
+            vec![1.0, 2.0, -3.0],
+            vec![5.0, 1.0, -2.0],
+            vec![-1.0, 3.0, 6.0],
+            vec![-2.0, -5.0, 7.0],
+        ];
+        let f = Margins::new(
+            "test".into(),
+            vec!["a".into(), "new".into(), "c".into()],
+            Vec::new(),
+            vec![0, 0, 1, 1, 2],
+            margins,
+            None,
+            0.0,
+        );
+        let s = scales(&f, 1).unwrap();
+        assert_eq!((s.taken, s.kept_n), (1, 3));
+        // Own: 1 and 3; rival: 5 and 6; kept own: 9, 1, 7; new elsewhere: -1, 2, -5.
+        assert!((s.new_own - 2.0).abs() < 1e-9);
+        assert!((s.rival - 5.5).abs() < 1e-9);
+        assert!((s.kept_own - 7.0).abs() < 1e-9);
+        assert!((s.new_elsewhere + 1.0).abs() < 1e-9);
+        let note = scales_note(&[("a (0) → new".into(), s)]);
+        assert!(
+            note.contains("| a (0) → new | 2.00 | 5.50 | 7.00 | -1.00 | 1 of 3 |"),
+            "{note}"
+        );
+        // A label without its module is an error, not a panic.
+        let bad = Margins::new(
+            String::new(),
+            Vec::new(),
+            Vec::new(),
+            vec![5],
+            vec![vec![1.0]],
+            None,
+            0.0,
+        );
+        assert!(scales(&bad, 0).is_err());
+        let nan = Margins::new(
+            String::new(),
+            Vec::new(),
+            Vec::new(),
+            vec![0],
+            vec![vec![f32::NAN]],
+            None,
+            0.0,
+        );
+        assert!(scales(&nan, 0).is_err());
     }
 }
