@@ -188,6 +188,8 @@ pub fn inter_replace(r: &Run) -> Result<()> {
     let mut split_labels: Vec<(usize, Vec<usize>)> = Vec::new();
     // Per row with a vote: its label and the margins that decided it.
     let mut scale_rows: Vec<(String, Scales)> = Vec::new();
+    // Per row of `split_labels`: the base model's own top-1 on the kept classes' test images.
+    let mut base_kept: Vec<f64> = Vec::new();
     for (row_i, row) in rows.iter().enumerate() {
         let Some(v) = &row.d else { continue };
         let x = row.x;
@@ -238,6 +240,9 @@ pub fn inter_replace(r: &Run) -> Result<()> {
                 }
                 if let Some(p) = &v.per_image {
                     split_labels.push((x, p.labels.clone()));
+                    if let Some(e) = &base_test {
+                        base_kept.push(kept_top1(&e.per_class, &e.per_class_n, x)?);
+                    }
                 }
                 (
                     test.top1,
@@ -325,9 +330,12 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             bs.seed
         );
     }
+    let base_kept_mean = (base_kept.len() == split_labels.len() && !base_kept.is_empty())
+        .then(|| base_kept.iter().sum::<f64>() / base_kept.len() as f64);
     let parts = if ci1.is_some() {
         let parts = by_part(p1.rows(), &split_labels, bs.resamples, bs.seed)?;
-        md.push_str(&parts_note(&parts, &spec2.dataset));
+        let source = base_kept_mean.map(|a| (base.arch.as_str(), a));
+        md.push_str(&parts_note(&parts, &spec2.dataset, source));
         parts
     } else {
         Vec::new()
@@ -341,7 +349,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             "mean": {"d_top1": md1, "d_top5": md5, "m_top1": mm1, "m_top5": mm5,
                 "d_minus_m_top1": md1 - mm1, "d_minus_m_top1_ci": ci1,
                 "d_minus_m_top5": md5 - mm5, "d_minus_m_top5_ci": ci5},
-            "top1_by_part": parts,
+            "top1_by_part": parts, "base_top1_on_kept_classes": base_kept_mean,
             "bootstrap": bs, "paper": {"d_minus_m_top1": p_1, "d_minus_m_top5": p_5}}),
         &csv,
     )?;
@@ -452,8 +460,34 @@ fn by_part(
     Ok(out)
 }
 
-/// The paragraph of [`by_part`]: where the mean top-1 difference comes from.
-fn parts_note(parts: &[Part], second: &str) -> String {
+/// A model's top-1 on its test images of every class but `x` (the classes a case keeps),
+/// from its per-class accuracies (%) and image counts.
+fn kept_top1(per_class: &[f64], per_class_n: &[usize], x: usize) -> Result<f64> {
+    if per_class.len() != per_class_n.len() || x >= per_class.len() {
+        anyhow::bail!(
+            "the base model's test evaluation has {} class accuracies and {} class counts, expected one of each \
+             for class {x}",
+            per_class.len(),
+            per_class_n.len()
+        );
+    }
+    let (mut hits, mut n) = (0.0, 0usize);
+    for (c, (&a, &k)) in per_class.iter().zip(per_class_n).enumerate() {
+        if c != x {
+            hits += a * k as f64 / 100.0;
+            n += k;
+        }
+    }
+    if n == 0 {
+        anyhow::bail!("the base model's test evaluation has no image outside class {x}");
+    }
+    Ok(100.0 * hits / n as f64)
+}
+
+/// The paragraph of [`by_part`]: where the mean top-1 difference comes from, with the base
+/// model's own accuracy on the kept classes' images (`source`: its architecture and the mean
+/// over the cases) where known.
+fn parts_note(parts: &[Part], second: &str, source: Option<(&str, f64)>) -> String {
     if parts.is_empty() {
         return String::new();
     }
@@ -480,6 +514,13 @@ fn parts_note(parts: &[Part], second: &str) -> String {
             fixed2(p.m_top1),
             with_interval(p.d_minus_m_top1_ci.diff, Some(&p.d_minus_m_top1_ci)),
         );
+        if let (false, Some((arch, acc))) = (p.new_class, source) {
+            let _ = write!(
+                md,
+                " (the `{arch}` whose modules D keeps scores {} on these images itself)",
+                fixed2(acc)
+            );
+        }
     }
     md.push_str(".\n\n");
     md
@@ -597,12 +638,27 @@ mod tests {
         // Row 0 new: M 50, D 50; row 1 new: M 100, D 100.
         assert!((new.m_top1 - 75.0).abs() < 1e-9);
         assert!((new.d_minus_m_top1_ci.diff).abs() < 1e-9);
-        let note = parts_note(&parts, "tiny-imagenet");
+        let note = parts_note(&parts, "tiny-imagenet", Some(("resnet56", 83.2)));
         assert!(
             note.contains("the 1-2 tiny-imagenet images of the new class"),
             "{note}"
         );
+        assert!(
+            note.contains(
+                "(the `resnet56` whose modules D keeps scores 83.20 on these images itself)"
+            ),
+            "{note}"
+        );
         assert!(by_part(&rows, &labels[..1], 200, 0).is_err());
+    }
+
+    #[test]
+    fn kept_top1_leaves_the_replaced_class_out() {
+        let (acc, n) = (vec![50.0, 100.0, 0.0], vec![10, 30, 20]);
+        // Classes 0 and 1: 5 + 30 of 40.
+        assert!((kept_top1(&acc, &n, 2).unwrap() - 87.5).abs() < 1e-9);
+        assert!(kept_top1(&acc, &n, 3).is_err());
+        assert!(kept_top1(&acc, &n[..2], 0).is_err());
     }
 
     #[test]
