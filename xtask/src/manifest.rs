@@ -456,6 +456,13 @@ fn default_recipe() -> String {
 pub struct ComposeSpec {
     /// Evaluate on the first N test images of the selection only (quick runs).
     pub limit: Option<usize>,
+    /// Table 5 (`inter-replace`): also vote with the second model's module's margins
+    /// multiplied by the ratio of the kept modules' median margin on their classes' training
+    /// images to the new module's on its class's training images, a row of ours beside the
+    /// paper's D (the two models' margins have different scales; the factor never sees a
+    /// test image).
+    #[serde(default)]
+    pub scale_second: bool,
 }
 
 /// The cost model of METHOD.md section 5.

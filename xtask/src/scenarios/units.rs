@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use super::format::{s, strings};
@@ -554,9 +554,7 @@ impl Run<'_> {
             json!({ "modules": self.hashes(modules)?, "data": data.key, "classes": classes });
         match split {
             Split::Test => key["limit"] = json!(self.limit()),
-            Split::Train if data.test_file.is_some() => bail!(
-                "{name}: margins on the training split of a mixed test file are not supported"
-            ),
+            // A mix's training records are its own file (`data.args`).
             Split::Train => key["split"] = json!("train"),
         }
         self.margins_unit(name, modules, data, classes, Kind::Merge, 0, &key, split)

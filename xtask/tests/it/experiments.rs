@@ -550,7 +550,14 @@ fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
     }
 
     let replace = m.join("inter-replace.toml");
-    std::fs::write(&replace, manifest("inter-replace", "cases = \"cross\"\n")).expect("write");
+    std::fs::write(
+        &replace,
+        manifest(
+            "inter-replace",
+            "cases = \"cross\"\n[compose]\nscale_second = true\n",
+        ),
+    )
+    .expect("write");
     run_ok(xtask(
         d,
         "runs",
@@ -570,8 +577,30 @@ fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
         "D − M top-5 [95% CI]",
         "**+2.55 top-1, -7.06 top-5**",
         "Ours: mean D − M top-5",
+        "## D with the new module's margins scaled (ours, not the paper's)",
+        "Why D's vote goes the way it does",
     ] {
         assert!(md.contains(want), "{want}: {md}");
+    }
+    // The scaled vote (ours), per case: a factor from the training images with a paired
+    // interval against M and against D, or (the toy models' margins are near 0) why not.
+    let scaled = v["scaled"]["rows"].as_array().expect("scaled rows");
+    assert_eq!(scaled.len(), 4, "{v}");
+    for s in scaled {
+        match s["factor"].as_f64() {
+            Some(f) => {
+                assert!(f > 0.0, "{s}");
+                for k in ["minus_m_top1_ci", "minus_d_top1_ci"] {
+                    let [d, lo, hi] = ci(s, k);
+                    assert!(lo <= d && d <= hi, "{k}: {s}");
+                }
+            }
+            None => {
+                let why = s["not_voted"].as_str().expect("a reason");
+                assert!(why.contains("not both positive"), "{s}");
+                assert!(md.contains("not voted, the median margins"), "{md}");
+            }
+        }
     }
 }
 
