@@ -456,11 +456,11 @@ fn default_recipe() -> String {
 pub struct ComposeSpec {
     /// Evaluate on the first N test images of the selection only (quick runs).
     pub limit: Option<usize>,
-    /// Table 5 (`inter-replace`): also vote with the second model's module's margins
-    /// multiplied by the ratio of the kept modules' median margin on their classes' training
-    /// images to the new module's on its class's training images, a row of ours beside the
-    /// paper's D (the two models' margins have different scales; the factor never sees a
-    /// test image).
+    /// Tables 3 and 5 (`inter-reuse`, `inter-replace`): also vote with the second model's
+    /// module's margins multiplied by the ratio of the base modules' median margin on their
+    /// classes' training images to the second module's on its class's training images, a
+    /// section of ours beside the paper's MA or D (the two models' margins have different
+    /// scales; the factor never sees a test image).
     #[serde(default)]
     pub scale_second: bool,
 }

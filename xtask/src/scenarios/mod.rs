@@ -13,6 +13,7 @@ mod eval;
 mod format;
 mod frontier;
 mod paper;
+mod scaled;
 mod table1;
 mod table2;
 mod table3;

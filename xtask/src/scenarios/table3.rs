@@ -10,6 +10,9 @@ use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 
 use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE3, against_paper, verdict};
+use super::scaled::{
+    Names, Scaled, ScaledRow, own_median, scaled_section, scaled_vote, second_train_median,
+};
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
@@ -25,7 +28,18 @@ struct Pair {
     mma: Option<VoteReport>,
     tma: Option<(PathBuf, Option<ModelEval>)>,
     margins: PathBuf,
+    /// With `[compose] scale_second`: the factor on the second module's margins and MA's
+    /// vote with it, or why it was not voted.
+    scaled: Option<Scaled>,
 }
+
+/// The compositions of the scaled vote's section (ours).
+const NAMES: Names = Names {
+    paper: "MA",
+    trained: "TMA",
+    trained_first: true,
+    class: "the second class",
+};
 
 /// Table 3: inter-dataset reuse, without and with continuous learning.
 pub fn inter_reuse(r: &Run) -> Result<()> {
@@ -48,6 +62,20 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     for j in 0..picked.len() {
         b_mods.push(second.module(r, j, classes.len() + j)?);
     }
+    // `[compose] scale_second`: the drawn base modules' margins on their classes' training
+    // images (column i: class `classes[i]`), one unit for every pair.
+    let base_train = match (r.m.compose.scale_second, a_mods.iter().cloned().collect()) {
+        (true, Some(ms)) => {
+            let ms: Vec<PathBuf> = ms;
+            r.train_margins(
+                &format!("{}-drawn-train", base.arch),
+                &ms,
+                &base.data,
+                &classes,
+            )?
+        }
+        _ => None,
+    };
     let mut rows = Vec::new();
     let mut p = 0;
     for (i, &c) in classes.iter().enumerate() {
@@ -101,12 +129,28 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
                 &pair,
                 &[0],
             )?;
-            let Some(m_ma) = r.margins(&format!("pair-{c}-{t}"), &[ma, mb], &pair, &[0, 1])? else {
+            let Some(m_ma) =
+                r.margins(&format!("pair-{c}-{t}"), &[ma, mb.clone()], &pair, &[0, 1])?
+            else {
                 continue;
             };
             let pick = ["0:0".to_string(), "0:1".to_string()];
             let v_ma =
                 r.vote_per_image(&format!("pair-{c}-{t}"), std::slice::from_ref(&m_ma), &pick)?;
+            let scaled = match &base_train {
+                Some(bt) => match second_train_median(r, &second, j, &mb)? {
+                    Some(have) => scaled_vote(
+                        r,
+                        &format!("pair-{c}-{t}-scaled"),
+                        &m_ma,
+                        &pick,
+                        1,
+                        (own_median(bt, i)?, have),
+                    )?,
+                    None => None,
+                },
+                None => None,
+            };
             let (Some(la), Some(lb)) = (la, lb) else {
                 continue;
             };
@@ -131,6 +175,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
                 mma: v_mma,
                 tma,
                 margins: m_ma,
+                scaled,
             });
         }
     }
@@ -198,6 +243,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     // Continuous learning's own effect, MMA − MA, on the same images.
     let mut cl = Paired::default();
     let (mut cats, mut b1, mut b2, mut b3) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut scaled_rows = Vec::new();
     for (k, row) in rows.iter().enumerate() {
         let (Some(v_ma), Some(v_mma)) = (&row.ma, &row.mma) else {
             continue;
@@ -237,6 +283,18 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
                     reported: test.top1,
                 };
                 let seed = bs.seed.wrapping_add(k as u64);
+                if let Some(s) = &row.scaled {
+                    scaled_rows.push(ScaledRow::new(
+                        &label,
+                        s.clone(),
+                        v_ma,
+                        test,
+                        1,
+                        &NAMES,
+                        bs.resamples,
+                        seed,
+                    )?);
+                }
                 let ci_ma =
                     vs_ma.add(1, &side(&label, "modules", v_ma), &tma, bs.resamples, seed)?;
                 let ci_mma = vs_mma.add(
@@ -333,6 +391,13 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
             .count(),
         js.len(),
     ));
+    let scaled_js = if r.m.compose.scale_second {
+        let (text, js) = scaled_section(&scaled_rows, js.len(), &NAMES, bs.resamples, bs.seed)?;
+        md.push_str(&text);
+        Some(js)
+    } else {
+        None
+    };
     md.push_str(&paper_section(r, &base.arch, js.len(), ci_ma, ci_mma));
     md.push_str("\n![MA, MMA and TMA per pair](pairs.svg)\n");
     plot::bars(
@@ -352,7 +417,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
                 "mma_minus_ma": m_mma - m_ma, "mma_minus_ma_ci": ci_cl},
             "bootstrap": bs,
             "paper": {"tma": p.tma, "ma": p.ma, "mma": p.mma, "tma_minus_ma": p.tma_minus_ma, "tma_minus_mma": p.tma_minus_mma},
-            "second_model_test_top1": second.test_top1()?}),
+            "second_model_test_top1": second.test_top1()?, "scaled": scaled_js}),
         &csv,
     )?;
     Ok(())

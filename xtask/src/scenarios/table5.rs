@@ -11,12 +11,21 @@ use decomp_eval::report::{ComposeReport, Margins, ModelEval, VoteReport};
 
 use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE5_D_MINUS_M, against_paper};
+use super::scaled::{Names, Scaled, ScaledRow, scaled_section, scaled_vote, second_train_median};
 use super::table4::medians_of;
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
 use crate::manifest::Cases;
 use crate::stats::{Interval, Paired, Side};
+
+/// The compositions of the scaled vote's section (ours).
+const NAMES: Names = Names {
+    paper: "D",
+    trained: "M",
+    trained_first: false,
+    class: "the new class",
+};
 
 /// One case's artifacts: CIFAR-10 class `x` replaced by second class `t`, the vote of the
 /// composed modules D, the model M's run folder with its per-image test evaluation, the
@@ -29,7 +38,7 @@ struct Case {
     margins: PathBuf,
     /// With `[compose] scale_second`: the factor on the new module's margins and D's vote
     /// with it, or why it was not voted.
-    scaled: Option<Result<(f64, VoteReport), String>>,
+    scaled: Option<Scaled>,
 }
 
 /// Table 5: inter-dataset replace. Each case replaces CIFAR-10 class x's module by the
@@ -132,21 +141,23 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             &pick,
         )?;
         let scaled = match &base_train {
-            Some(bt) => {
-                let own = r.train_margins(
-                    &format!(
-                        "{}-class{:03}-train",
-                        second.model.arch, second.model_class[j]
-                    ),
-                    std::slice::from_ref(&ms[x]),
-                    &second.model.data,
-                    &[second.model_class[j]],
-                )?;
-                match own {
-                    Some(own) => scaled_vote(r, bt, &own, &mg, x, t, &pick)?,
-                    None => None,
+            Some(bt) => match second_train_median(r, &second, j, &ms[x])? {
+                // The kept modules' median margin on their classes' training images.
+                Some(have) => {
+                    let want = scales(&read::<Margins>(bt)?, x)
+                        .with_context(|| format!("the training margins in {}", bt.display()))?
+                        .kept_own;
+                    scaled_vote(
+                        r,
+                        &format!("replace-{x}-with-{t}-scaled"),
+                        &mg,
+                        &pick,
+                        x,
+                        (want, have),
+                    )?
                 }
-            }
+                None => None,
+            },
             None => None,
         };
         rows.push(Case {
@@ -334,6 +345,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
                 v,
                 test,
                 x,
+                &NAMES,
                 bs.resamples,
                 bs.seed.wrapping_add(row_i as u64),
             )?);
@@ -390,7 +402,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
     };
     md.push_str(&scales_note(&scale_rows));
     let scaled_js = if r.m.compose.scale_second {
-        let (text, js) = scaled_section(&scaled_rows, rows.len(), bs.resamples, bs.seed)?;
+        let (text, js) = scaled_section(&scaled_rows, rows.len(), &NAMES, bs.resamples, bs.seed)?;
         md.push_str(&text);
         Some(js)
     } else {
@@ -581,193 +593,6 @@ fn parts_note(parts: &[Part], second: &str, source: Option<(&str, f64)>) -> Stri
     md
 }
 
-/// `[compose] scale_second` for one case: the factor that brings the new class's module's
-/// median margin on its class's training images (`own`: its margins there, column 0) to the
-/// kept modules' median on theirs (`base_train`: the base modules on the base training
-/// images, column `x` the replaced class's), and D's vote of the case's margins `mg` with
-/// column `x` multiplied by it. `Err`: why there is no factor.
-fn scaled_vote(
-    r: &Run,
-    base_train: &std::path::Path,
-    own: &std::path::Path,
-    mg: &std::path::Path,
-    x: usize,
-    t: usize,
-    pick: &[String],
-) -> Result<Option<Result<(f64, VoteReport), String>>> {
-    let want = scales(&read::<Margins>(base_train)?, x)
-        .with_context(|| format!("the training margins in {}", base_train.display()))?
-        .kept_own;
-    let have = medians_of(&read::<Margins>(own)?, 0)
-        .with_context(|| format!("the training margins in {}", own.display()))?
-        .own;
-    let factor = want / have;
-    if !(want > 0.0 && have > 0.0 && factor.is_finite()) {
-        return Ok(Some(Err(format!(
-            "the median margins on the training images are not both positive (kept modules {want:.2}, new module \
-             {have:.2})"
-        ))));
-    }
-    let mut pick = pick.to_vec();
-    pick[x] = format!("0:{x}*{factor:.6}");
-    let v = r.vote_per_image(
-        &format!("replace-{x}-with-{t}-scaled"),
-        &[mg.to_path_buf()],
-        &pick,
-    )?;
-    Ok(v.map(|v| Ok((factor, v))))
-}
-
-/// One case of the scaled vote (ours): D's vote with the new module's margins scaled, against
-/// M and against the paper's D, top-1 on all the case's test images with paired intervals.
-struct ScaledRow {
-    label: String,
-    /// The factor and the scaled vote, or why there is none.
-    vote: Result<(f64, VoteReport), String>,
-    /// Per-image top-1 hits of (M, scaled D) and of (D, scaled D), for the means.
-    vs_m: Option<(Vec<bool>, Vec<bool>)>,
-    vs_d: Option<(Vec<bool>, Vec<bool>)>,
-    ci_m: Option<Interval>,
-    ci_d: Option<Interval>,
-    new_class: Option<f64>,
-}
-
-impl ScaledRow {
-    fn new(
-        label: &str,
-        vote: Result<(f64, VoteReport), String>,
-        d: &VoteReport,
-        m: &ModelEval,
-        x: usize,
-        resamples: usize,
-        seed: u64,
-    ) -> Result<Self> {
-        let mut row = Self {
-            label: label.into(),
-            vote,
-            vs_m: None,
-            vs_d: None,
-            ci_m: None,
-            ci_d: None,
-            new_class: None,
-        };
-        if let Ok((_, s)) = &row.vote {
-            let side_s = Side {
-                what: format!("the scaled vote of D for {label}"),
-                per_image: s.per_image.as_ref(),
-                reported: s.top1,
-            };
-            let (mut pm, mut pd) = (Paired::default(), Paired::default());
-            row.ci_m = Some(pm.add(
-                1,
-                &Side {
-                    what: format!("the M test evaluation of {label}"),
-                    per_image: m.per_image.as_ref(),
-                    reported: m.top1,
-                },
-                &side_s,
-                resamples,
-                seed,
-            )?);
-            row.ci_d = Some(pd.add(
-                1,
-                &Side {
-                    what: format!("the vote of D for {label}"),
-                    per_image: d.per_image.as_ref(),
-                    reported: d.top1,
-                },
-                &side_s,
-                resamples,
-                seed,
-            )?);
-            row.vs_m = pm.rows().first().cloned();
-            row.vs_d = pd.rows().first().cloned();
-            row.new_class = s.per_class.get(x).copied();
-        }
-        Ok(row)
-    }
-}
-
-/// The section of the scaled vote (ours, not the paper's): a row per case, the mean of the
-/// cases with both differences' intervals (`cases`: the table's rows; no mean unless every
-/// one has a scaled vote), and its json.
-fn scaled_section(
-    rows: &[ScaledRow],
-    cases: usize,
-    resamples: usize,
-    seed: u64,
-) -> Result<(String, serde_json::Value)> {
-    let mut md = String::from(
-        "## D with the new module's margins scaled (ours, not the paper's)\n\n\
-         The paper's vote compares margins of two models; here the new class's module's margins are multiplied by the \
-         ratio of the kept modules' median margin (each on its class's training images) to the new module's median \
-         margin on its class's training images, then D votes again. The factor is chosen on training images only.\n\n\
-         | replaced class → new class | factor | scaled D top-1 % | scaled D top-5 % | scaled D − M top-1 [95% CI] | \
-         scaled D − D top-1 [95% CI] | scaled D on the new class % |\n|---|---|---|---|---|---|---|\n",
-    );
-    let mut js = Vec::new();
-    let (mut vs_m, mut vs_d, mut tops) = (Vec::new(), Vec::new(), Vec::new());
-    let mut notes = Vec::new();
-    for row in rows {
-        match &row.vote {
-            Ok((factor, v)) => {
-                let _ = writeln!(
-                    md,
-                    "| {} | {factor:.2} | {} | {} | {} | {} | {:.1} |",
-                    row.label,
-                    fixed2(v.top1),
-                    fixed2(v.top5),
-                    row.ci_m
-                        .as_ref()
-                        .map_or("-".into(), |c| with_interval(c.diff, Some(c))),
-                    row.ci_d
-                        .as_ref()
-                        .map_or("-".into(), |c| with_interval(c.diff, Some(c))),
-                    row.new_class.unwrap_or(f64::NAN)
-                );
-                js.push(json!({"case": row.label, "factor": factor, "top1": v.top1, "top5": v.top5,
-                    "minus_m_top1_ci": row.ci_m, "minus_d_top1_ci": row.ci_d, "new_class": row.new_class}));
-                if let (Some(a), Some(b)) = (&row.vs_m, &row.vs_d) {
-                    vs_m.push(a.clone());
-                    vs_d.push(b.clone());
-                    tops.push(v.top1);
-                }
-            }
-            Err(why) => {
-                let _ = writeln!(md, "| {} | - | - | - | - | - | - |", row.label);
-                js.push(json!({"case": row.label, "not_voted": why}));
-                notes.push(format!("{}: not voted, {why}.", row.label));
-            }
-        }
-    }
-    let mean = if !vs_m.is_empty() && vs_m.len() == cases {
-        let cmp = |v: &[(Vec<bool>, Vec<bool>)]| -> Result<Interval> {
-            let c: Vec<(&[bool], &[bool])> = v
-                .iter()
-                .map(|(a, b)| (a.as_slice(), b.as_slice()))
-                .collect();
-            crate::stats::mean_paired_bootstrap(&c, resamples, seed)
-        };
-        let (cm, cd) = (cmp(&vs_m)?, cmp(&vs_d)?);
-        let top1 = tops.iter().sum::<f64>() / tops.len() as f64;
-        let _ = writeln!(
-            md,
-            "| **mean** | | {} | | {} | {} | |",
-            fixed2(top1),
-            with_interval(cm.diff, Some(&cm)),
-            with_interval(cd.diff, Some(&cd))
-        );
-        Some(json!({"top1": top1, "minus_m_top1_ci": cm, "minus_d_top1_ci": cd}))
-    } else {
-        None
-    };
-    md.push('\n');
-    for n in notes {
-        let _ = writeln!(md, "{n}\n");
-    }
-    Ok((md, json!({"rows": js, "mean": mean})))
-}
-
 /// Medians of the margins (`z_mine − z_other`) that decide D's vote in one case, over its
 /// test images: the new class's module against the kept ones, and the kept classes' images
 /// that the new module wins.
@@ -892,47 +717,6 @@ mod tests {
             "{note}"
         );
         assert!(by_part(&rows, &labels[..1], 200, 0).is_err());
-    }
-
-    /// A vote or evaluation of 4 images (labels 0, 0, 1, 1) with the given label ranks.
-    fn report<T: serde::de::DeserializeOwned>(rank: [usize; 4]) -> T {
-        let hits = rank.iter().filter(|&&r| r == 0).count() as f64;
-        let class =
-            |c: usize| 50.0 * rank[2 * c..2 * c + 2].iter().filter(|&&r| r == 0).count() as f64;
-        serde_json::from_value(json!({
-            "pick": [], "classes": [], "modules": [], "model": "m", "weights": "w", "dataset": "d",
-            "split": "file", "n": 4, "top1": 25.0 * hits, "top5": 100.0, "per_class": [class(0), class(1)],
-            "per_class_n": [2, 2], "class_names": [], "seconds": 0.0, "images_per_second": 0.0,
-            "per_image": {"labels": [0, 0, 1, 1], "rank": rank}
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn the_scaled_vote_is_compared_with_m_and_d_image_by_image() {
-        let d: VoteReport = report([0, 1, 0, 1]);
-        let m: ModelEval = report([0, 0, 0, 1]);
-        let scaled: VoteReport = report([0, 0, 1, 0]);
-        let ok = ScaledRow::new("a (1) → b", Ok((2.0, scaled)), &d, &m, 1, 200, 0).unwrap();
-        assert!(ok.ci_m.as_ref().is_some_and(|c| c.diff.abs() < 1e-9));
-        assert!(
-            ok.ci_d
-                .as_ref()
-                .is_some_and(|c| (c.diff - 25.0).abs() < 1e-9)
-        );
-        assert_eq!(ok.new_class, Some(50.0));
-        let (md, js) = scaled_section(std::slice::from_ref(&ok), 1, 200, 0).unwrap();
-        assert!(
-            md.contains("| a (1) → b | 2.00 | 75.00 | 100.00 | +0.00 ["),
-            "{md}"
-        );
-        assert!((js["mean"]["minus_d_top1_ci"]["diff"].as_f64().unwrap() - 25.0).abs() < 1e-9);
-        // A case without a factor is a row that says why, and the mean needs every case.
-        let err = ScaledRow::new("c (0) → e", Err("no factor".into()), &d, &m, 0, 200, 0).unwrap();
-        let (md, js) = scaled_section(&[ok, err], 2, 200, 0).unwrap();
-        assert!(md.contains("c (0) → e: not voted, no factor."), "{md}");
-        assert!(js["mean"].is_null(), "{js}");
-        assert_eq!(js["rows"][1]["not_voted"], "no factor");
     }
 
     #[test]

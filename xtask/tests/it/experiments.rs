@@ -506,6 +506,29 @@ fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
     let ci = |x: &Value, k: &str| -> [f64; 3] {
         ["diff", "lo", "hi"].map(|f| x[k][f].as_f64().unwrap_or_else(|| panic!("{k}.{f}: {x}")))
     };
+    // The scaled vote (ours, `[compose] scale_second`), per pair or case: a factor from the
+    // training images with a paired interval against the trained baseline and against the
+    // paper's vote, or (the toy models' margins are near 0) why not.
+    let scaled_rows = |v: &Value, md: &str| {
+        let scaled = v["scaled"]["rows"].as_array().expect("scaled rows");
+        assert_eq!(scaled.len(), 4, "{v}");
+        for s in scaled {
+            match s["factor"].as_f64() {
+                Some(f) => {
+                    assert!(f > 0.0, "{s}");
+                    for k in ["vs_trained_top1_ci", "minus_paper_top1_ci"] {
+                        let [d, lo, hi] = ci(s, k);
+                        assert!(lo <= d && d <= hi, "{k}: {s}");
+                    }
+                }
+                None => {
+                    let why = s["not_voted"].as_str().expect("a reason");
+                    assert!(why.contains("not both positive"), "{s}");
+                    assert!(md.contains("not voted, the median margins"), "{md}");
+                }
+            }
+        }
+    };
     let check = |x: &Value, diff: &str| {
         let [d, lo, hi] = ci(x, &format!("{diff}_ci"));
         let want = x[diff].as_f64().expect("difference");
@@ -514,7 +537,11 @@ fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
     };
 
     let reuse = m.join("inter-reuse.toml");
-    std::fs::write(&reuse, manifest("inter-reuse", "")).expect("write");
+    std::fs::write(
+        &reuse,
+        manifest("inter-reuse", "[compose]\nscale_second = true\n"),
+    )
+    .expect("write");
     run_ok(xtask(d, "runs", "results", &[&reuse.display().to_string()]));
     let v = json(&d.join("results/inter-reuse/inter-reuse.json"));
     let pairs = v["pairs"].as_array().expect("pairs");
@@ -533,9 +560,12 @@ fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
         "TMA − MA = **12.7** points",
         "Ours: mean TMA − MA",
         "(`resnet8-cifar10`, given, not trained by this experiment)",
+        "## MA with the second model's module's margins scaled (ours, not the paper's)",
+        "| TMA − scaled MA top-1 [95% CI] |",
     ] {
         assert!(md.contains(want), "{want}: {md}");
     }
+    scaled_rows(&v, &md);
     // The given second model's modules are of its own classes (the drawn ones), decomposed
     // once each.
     let second = v["second_classes"].as_array().expect("second classes");
@@ -577,31 +607,12 @@ fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
         "D − M top-5 [95% CI]",
         "**+2.55 top-1, -7.06 top-5**",
         "Ours: mean D − M top-5",
-        "## D with the new module's margins scaled (ours, not the paper's)",
+        "## D with the second model's module's margins scaled (ours, not the paper's)",
         "Why D's vote goes the way it does",
     ] {
         assert!(md.contains(want), "{want}: {md}");
     }
-    // The scaled vote (ours), per case: a factor from the training images with a paired
-    // interval against M and against D, or (the toy models' margins are near 0) why not.
-    let scaled = v["scaled"]["rows"].as_array().expect("scaled rows");
-    assert_eq!(scaled.len(), 4, "{v}");
-    for s in scaled {
-        match s["factor"].as_f64() {
-            Some(f) => {
-                assert!(f > 0.0, "{s}");
-                for k in ["minus_m_top1_ci", "minus_d_top1_ci"] {
-                    let [d, lo, hi] = ci(s, k);
-                    assert!(lo <= d && d <= hi, "{k}: {s}");
-                }
-            }
-            None => {
-                let why = s["not_voted"].as_str().expect("a reason");
-                assert!(why.contains("not both positive"), "{s}");
-                assert!(md.contains("not voted, the median margins"), "{md}");
-            }
-        }
-    }
+    scaled_rows(&v, &md);
 }
 
 /// Tables 4 and 6 carry paired intervals for every change; Table 6 fixes each class of
