@@ -13,7 +13,7 @@ use decomp_eval::report::{Margins, ModelEval, VoteReport};
 
 use super::format::{fixed2, with_interval};
 use super::table4::medians_of;
-use super::{Run, Second};
+use super::{Model, Run, Second};
 use crate::engine::read;
 use crate::stats::{Interval, Paired, Side};
 
@@ -26,6 +26,31 @@ pub(super) fn own_median(path: &Path, col: usize) -> Result<f64> {
     medians_of(&read::<Margins>(path)?, col)
         .with_context(|| format!("the margins in {}", path.display()))
         .map(|m| m.own)
+}
+
+/// With `[compose] scale_second`: the margins of the base model's `modules` (one per class
+/// of `classes`, in order) on those classes' training images, one unit for every pair or
+/// case (`what`: its name after the architecture); `None` without the option or while a
+/// module or the unit is not this process's.
+pub(super) fn base_train_margins(
+    r: &Run,
+    base: &Model,
+    modules: &[Option<PathBuf>],
+    classes: &[usize],
+    what: &str,
+) -> Result<Option<PathBuf>> {
+    if !r.m.compose.scale_second {
+        return Ok(None);
+    }
+    let Some(ms) = modules.iter().cloned().collect::<Option<Vec<_>>>() else {
+        return Ok(None);
+    };
+    r.train_margins(
+        &format!("{}-{what}-train", base.arch),
+        &ms,
+        &base.data,
+        classes,
+    )
 }
 
 /// The median margin of the second model's module of drawn class `j` (the file `module`)

@@ -11,7 +11,8 @@ use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
 use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE3, against_paper, verdict};
 use super::scaled::{
-    Names, Scaled, ScaledRow, own_median, scaled_section, scaled_vote, second_train_median,
+    Names, Scaled, ScaledRow, base_train_margins, own_median, scaled_section, scaled_vote,
+    second_train_median,
 };
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
@@ -63,19 +64,8 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         b_mods.push(second.module(r, j, classes.len() + j)?);
     }
     // `[compose] scale_second`: the drawn base modules' margins on their classes' training
-    // images (column i: class `classes[i]`), one unit for every pair.
-    let base_train = match (r.m.compose.scale_second, a_mods.iter().cloned().collect()) {
-        (true, Some(ms)) => {
-            let ms: Vec<PathBuf> = ms;
-            r.train_margins(
-                &format!("{}-drawn-train", base.arch),
-                &ms,
-                &base.data,
-                &classes,
-            )?
-        }
-        _ => None,
-    };
+    // images (column i: class `classes[i]`).
+    let base_train = base_train_margins(r, &base, &a_mods, &classes, "drawn")?;
     let mut rows = Vec::new();
     let mut p = 0;
     for (i, &c) in classes.iter().enumerate() {

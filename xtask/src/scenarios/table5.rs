@@ -11,7 +11,9 @@ use decomp_eval::report::{ComposeReport, Margins, ModelEval, VoteReport};
 
 use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE5_D_MINUS_M, against_paper};
-use super::scaled::{Names, Scaled, ScaledRow, scaled_section, scaled_vote, second_train_median};
+use super::scaled::{
+    Names, Scaled, ScaledRow, base_train_margins, scaled_section, scaled_vote, second_train_median,
+};
 use super::table4::medians_of;
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
@@ -69,19 +71,8 @@ pub fn inter_replace(r: &Run) -> Result<()> {
         b_mods.push(second.module(r, j, k + j)?);
     }
     // `[compose] scale_second`: the base modules' margins on the base training images, the
-    // kept modules' scale (one unit for every case).
-    let base_train = match (r.m.compose.scale_second, mods.iter().cloned().collect()) {
-        (true, Some(ms)) => {
-            let ms: Vec<PathBuf> = ms;
-            r.train_margins(
-                &format!("{}-all-train", base.arch),
-                &ms,
-                &base.data,
-                &(0..k).collect::<Vec<_>>(),
-            )?
-        }
-        _ => None,
-    };
+    // kept modules' scale.
+    let base_train = base_train_margins(r, &base, &mods, &(0..k).collect::<Vec<_>>(), "all")?;
     let mut rows = Vec::new();
     for (i, (xi, j)) in
         r.m.select
