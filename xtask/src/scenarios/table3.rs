@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use decomp_eval::report::{ComposeReport, ModelEval, VoteReport};
+use decomp_eval::report::{ComposeReport, Margins, ModelEval, VoteReport};
 
 use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE3, against_paper, verdict};
@@ -14,6 +14,7 @@ use super::scaled::{
     Names, Scaled, ScaledRow, base_train_margins, own_median, scaled_section, scaled_vote,
     second_train_median,
 };
+use super::table4::{MarginMedians, medians_of};
 use super::units::Ask;
 use super::{Run, gate_inter_models, main_part, part, second_model, seeded_choice};
 use crate::engine::{Kind, read};
@@ -234,6 +235,9 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
     let mut cl = Paired::default();
     let (mut cats, mut b1, mut b2, mut b3) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut scaled_rows = Vec::new();
+    // Per pair: the medians of the base module's (column 0) and the second module's (1)
+    // margins on the pair's test images.
+    let mut medians = Vec::new();
     for (k, row) in rows.iter().enumerate() {
         let (Some(v_ma), Some(v_mma)) = (&row.ma, &row.mma) else {
             continue;
@@ -337,6 +341,8 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
             "tma_top1": tma_top1, "tma_minus_ma": d1, "tma_minus_ma_ci": ci_ma,
             "tma_minus_mma": d2, "tma_minus_mma_ci": ci_mma}),
         );
+        let f = read::<Margins>(&row.margins)?;
+        medians.push((label.clone(), medians_of(&f, 0)?, medians_of(&f, 1)?));
         cats.push(label);
         b1.push(ma);
         b2.push(mma);
@@ -381,6 +387,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
             .count(),
         js.len(),
     ));
+    md.push_str(&medians_note(&medians));
     let scaled_js = if r.m.compose.scale_second {
         let (text, js) = scaled_section(&scaled_rows, js.len(), &NAMES, bs.resamples, bs.seed)?;
         md.push_str(&text);
@@ -411,6 +418,33 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         &csv,
     )?;
     Ok(())
+}
+
+/// The table of the margins that decide each pair's vote (`rows`: the pair, then the
+/// medians of its base module's and its second module's margins on the pair's test images).
+fn medians_note(rows: &[(String, MarginMedians, MarginMedians)]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "Why MA's vote goes the way it does: medians of the two modules' margins (`z_mine − z_other`, each module's \
+         own output) over the pair's test images; the vote gives an image to the module with the higher margin. \
+         (A description of the test images, not a setting: nothing is chosen from it.)\n\n\
+         | pair | base module on its class's images | second module on its class's images | second module on the \
+         base class's images | base module on the second class's images |\n|---|---|---|---|---|\n",
+    );
+    for (label, a, b) in rows {
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} |",
+            fixed2(a.own),
+            fixed2(b.own),
+            fixed2(b.elsewhere),
+            fixed2(b.rival)
+        );
+    }
+    md.push('\n');
+    md
 }
 
 /// What continuous learning did: the mean MMA − MA of `pairs` pairs with its interval `ci`,
@@ -490,4 +524,37 @@ fn paper_section(
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_note_reads_both_modules_on_both_classes() {
+        // Images 0-1 of the base class, 2-3 of the second class; column 1 the second module.
+        let f = Margins::new(
+            "test".into(),
+            vec!["cat".into(), "Egyptian cat".into()],
+            Vec::new(),
+            vec![0, 0, 1, 1],
+            vec![
+                vec![10.0, 3.0],
+                vec![12.0, 5.0],
+                vec![-1.0, 4.0],
+                vec![1.0, 6.0],
+            ],
+            None,
+            0.0,
+        );
+        let (a, b) = (medians_of(&f, 0).expect("0"), medians_of(&f, 1).expect("1"));
+        let md = medians_note(&[("cat/Egyptian cat".into(), a, b)]);
+        // Base on its own 11; second on its own 5, on the base class's images 4; base on the
+        // second class's images 0.
+        assert!(
+            md.contains("| cat/Egyptian cat | 11.00 | 5.00 | 4.00 | 0.00 |"),
+            "{md}"
+        );
+        assert!(medians_note(&[]).is_empty());
+    }
 }

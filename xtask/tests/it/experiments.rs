@@ -562,6 +562,7 @@ fn inter_scenarios_with_a_given_second_model_carry_paired_intervals() {
         "(`resnet8-cifar10`, given, not trained by this experiment)",
         "## MA with the second model's module's margins scaled (ours, not the paper's)",
         "| TMA − scaled MA top-1 [95% CI] |",
+        "Why MA's vote goes the way it does",
     ] {
         assert!(md.contains(want), "{want}: {md}");
     }
