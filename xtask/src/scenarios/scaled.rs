@@ -20,25 +20,17 @@ use crate::stats::{Interval, Paired, Side};
 /// The factor, the scaled vote, or why there is none.
 pub(super) type Scaled = Result<(f64, VoteReport), String>;
 
-/// The median margin of the module in column `col` on its own class's images in the margin
-/// file `path` (column `col` voting for label `col`).
-pub(super) fn own_median(path: &Path, col: usize) -> Result<f64> {
-    medians_of(&read::<Margins>(path)?, col)
-        .with_context(|| format!("the margins in {}", path.display()))
-        .map(|m| m.own)
-}
-
 /// With `[compose] scale_second`: the margins of the base model's `modules` (one per class
 /// of `classes`, in order) on those classes' training images, one unit for every pair or
-/// case (`what`: its name after the architecture); `None` without the option or while a
-/// module or the unit is not this process's.
+/// case (`what`: its name after the architecture), read once; `None` without the option or
+/// while a module or the unit is not this process's.
 pub(super) fn base_train_margins(
     r: &Run,
     base: &Model,
     modules: &[Option<PathBuf>],
     classes: &[usize],
     what: &str,
-) -> Result<Option<PathBuf>> {
+) -> Result<Option<Margins>> {
     if !r.m.compose.scale_second {
         return Ok(None);
     }
@@ -50,7 +42,9 @@ pub(super) fn base_train_margins(
         &ms,
         &base.data,
         classes,
-    )
+    )?
+    .map(|f| read::<Margins>(&f))
+    .transpose()
 }
 
 /// The median margin of the second model's module of drawn class `j` (the file `module`)
@@ -72,7 +66,9 @@ pub(super) fn second_train_median(
     else {
         return Ok(None);
     };
-    own_median(&f, 0).map(Some)
+    medians_of(&read::<Margins>(&f)?, 0)
+        .with_context(|| format!("the margins in {}", f.display()))
+        .map(|m| Some(m.own))
 }
 
 /// The vote of the margin file `mg` with entry `col` of `pick` multiplied by `want / have`
@@ -199,10 +195,28 @@ impl ScaledRow {
     }
 }
 
+/// With `[compose] scale_second`: [`scaled_section`] appended to the report `md`, its json;
+/// `None` without the option.
+pub(super) fn push_scaled_section(
+    r: &Run,
+    md: &mut String,
+    rows: &[ScaledRow],
+    cases: usize,
+    names: &Names,
+) -> Result<Option<Value>> {
+    if !r.m.compose.scale_second {
+        return Ok(None);
+    }
+    let bs = r.m.bootstrap.unwrap_or_default();
+    let (text, js) = scaled_section(rows, cases, names, bs.resamples, bs.seed)?;
+    md.push_str(&text);
+    Ok(Some(js))
+}
+
 /// The section of the scaled vote (ours, not the paper's): a row per case, the mean of the
 /// rows with both differences' intervals (`cases`: the table's rows; no mean unless every
 /// one has a scaled vote), and its json.
-pub(super) fn scaled_section(
+fn scaled_section(
     rows: &[ScaledRow],
     cases: usize,
     names: &Names,

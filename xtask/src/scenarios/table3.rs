@@ -11,7 +11,7 @@ use decomp_eval::report::{ComposeReport, Margins, ModelEval, VoteReport};
 use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE3, against_paper, verdict};
 use super::scaled::{
-    Names, Scaled, ScaledRow, base_train_margins, own_median, scaled_section, scaled_vote,
+    Names, Scaled, ScaledRow, base_train_margins, push_scaled_section, scaled_vote,
     second_train_median,
 };
 use super::table4::{MarginMedians, medians_of};
@@ -136,7 +136,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
                         &m_ma,
                         &pick,
                         1,
-                        (own_median(bt, i)?, have),
+                        (medians_of(bt, i)?.own, have),
                     )?,
                     None => None,
                 },
@@ -388,13 +388,7 @@ pub fn inter_reuse(r: &Run) -> Result<()> {
         js.len(),
     ));
     md.push_str(&medians_note(&medians));
-    let scaled_js = if r.m.compose.scale_second {
-        let (text, js) = scaled_section(&scaled_rows, js.len(), &NAMES, bs.resamples, bs.seed)?;
-        md.push_str(&text);
-        Some(js)
-    } else {
-        None
-    };
+    let scaled_js = push_scaled_section(r, &mut md, &scaled_rows, js.len(), &NAMES)?;
     md.push_str(&paper_section(r, &base.arch, js.len(), ci_ma, ci_mma));
     md.push_str("\n![MA, MMA and TMA per pair](pairs.svg)\n");
     plot::bars(

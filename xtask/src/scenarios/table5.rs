@@ -12,7 +12,8 @@ use decomp_eval::report::{ComposeReport, Margins, ModelEval, VoteReport};
 use super::format::{differences_note, epochs, fixed2, with_interval};
 use super::paper::{Direction, PAPER_TABLE5_D_MINUS_M, against_paper};
 use super::scaled::{
-    Names, Scaled, ScaledRow, base_train_margins, scaled_section, scaled_vote, second_train_median,
+    Names, Scaled, ScaledRow, base_train_margins, push_scaled_section, scaled_vote,
+    second_train_median,
 };
 use super::table4::medians_of;
 use super::units::Ask;
@@ -135,8 +136,8 @@ pub fn inter_replace(r: &Run) -> Result<()> {
             Some(bt) => match second_train_median(r, &second, j, &ms[x])? {
                 // The kept modules' median margin on their classes' training images.
                 Some(have) => {
-                    let want = scales(&read::<Margins>(bt)?, x)
-                        .with_context(|| format!("the training margins in {}", bt.display()))?
+                    let want = scales(bt, x)
+                        .context("the base modules' margins on their training images")?
                         .kept_own;
                     scaled_vote(
                         r,
@@ -392,13 +393,7 @@ pub fn inter_replace(r: &Run) -> Result<()> {
         Vec::new()
     };
     md.push_str(&scales_note(&scale_rows));
-    let scaled_js = if r.m.compose.scale_second {
-        let (text, js) = scaled_section(&scaled_rows, rows.len(), &NAMES, bs.resamples, bs.seed)?;
-        md.push_str(&text);
-        Some(js)
-    } else {
-        None
-    };
+    let scaled_js = push_scaled_section(r, &mut md, &scaled_rows, rows.len(), &NAMES)?;
     md.push_str(&paper_section(r, &base.arch, js.len(), ci1, ci5));
     let (p_1, p_5) = PAPER_TABLE5_D_MINUS_M;
     r.finish(
