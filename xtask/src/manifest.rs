@@ -204,6 +204,11 @@ pub struct FrontierModel {
     /// The points in order; the first must be the `tau = tau_neg = 0`, `off` point, whose
     /// tangling writes the channel statistics every other point thresholds.
     pub points: Vec<FrontierPoint>,
+    /// Every point also composed on the whole test split (as each point's own
+    /// `whole_split`; not part of any unit's key, so that turning it on reuses every
+    /// finished tangling).
+    #[serde(default)]
+    pub whole_split: bool,
 }
 
 /// One point of the sweep (`decomp tangle --granularity channel` flags).
