@@ -78,6 +78,22 @@ fn plotted_delta(r: &Value) -> f64 {
     }
 }
 
+/// How row `r`'s channels were chosen, for the whole-split table: its FLOPs budget and
+/// reconstruction, or its rate thresholds and compensation.
+fn selection_label(r: &Value) -> String {
+    if r["budget"].is_null() {
+        format!(
+            "{} tau {}, tau_neg {}, compensation {}",
+            r["rate"].as_str().unwrap_or("?"),
+            round2(&r["tau"]),
+            round2(&r["tau_neg"]),
+            r["compensation"].as_str().unwrap_or("?"),
+        )
+    } else {
+        format!("budget {}, {}", round2(&r["budget"]), rec_label(r))
+    }
+}
+
 /// The training budget of a trained row (epochs of the model's training cost for all its
 /// modules together); `None` for an untrained row.
 fn train_budget(r: &Value) -> Option<f64> {
@@ -581,10 +597,9 @@ pub fn frontier(r: &Run) -> Result<()> {
     for r in rows.iter().filter(|r| !r["whole_split"].is_null()) {
         let w = &r["whole_split"];
         md.push_str(&format!(
-            "| {} | budget {}, {} | {:.1} | {} | {:.2} | {:.2} | {} | {:+.2} (n = {}) |\n",
+            "| {} | {} | {:.1} | {} | {:.2} | {:.2} | {} | {:+.2} (n = {}) |\n",
             r["model"].as_str().unwrap_or("?"),
-            round2(&r["budget"]),
-            rec_label(r),
+            selection_label(r),
             f(&r["mean_flops_percent"]),
             w["n"],
             f(&w["model_top1"]),
@@ -778,15 +793,14 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
-        // Kinds: 0 rate thresholds, 1 importance budget (+ least squares), 2 with head fit,
-        // 3 budget + ReLU-aware least squares, 4 those modules trained (issue 17) at the
-        // smallest training budget in the rows, 6 at any larger one (one curve per budget).
+        // Kinds of the untrained rows: 0 rate thresholds, 1 importance budget (+ least
+        // squares), 2 with head fit, 3 budget + ReLU-aware least squares. Trained rows (issue
+        // 17) form one series per training budget: 4 the smallest in the rows, 6 any larger.
         let kind = |r: &Value| match (
             r["budget"].is_null(),
             r["fit_head"].as_bool(),
             r["relu_passes"].as_u64().unwrap_or(1) > 1,
         ) {
-            _ if !r["train"].is_null() => 4,
             (true, _, _) => 0,
             (false, Some(true), _) => 2,
             (false, _, true) => 3,
@@ -806,7 +820,12 @@ fn plot(path: &Path, rows: &[Value]) -> Result<()> {
         for (i, (arch, k, budget)) in series.into_iter().enumerate() {
             let mut pts: Vec<(f64, f64)> = rows
                 .iter()
-                .filter(|r| r["model"] == arch && kind(r) == k.min(4) && train_budget(r) == budget)
+                .filter(|r| {
+                    // A trained series holds its budget's rows; an untrained one its kind's.
+                    r["model"] == arch
+                        && train_budget(r) == budget
+                        && (budget.is_some() || kind(r) == k)
+                })
                 .map(|r| (f(&r["mean_flops_percent"]), plotted_delta(r)))
                 .filter(|(x, y)| x.is_finite() && y.is_finite())
                 .collect();
@@ -956,6 +975,23 @@ mod tests {
         assert_eq!(
             plotted_delta(&row("resnet20", 40.0, -3.0, Some(-2.5), None)),
             -2.5
+        );
+    }
+
+    #[test]
+    fn the_whole_split_table_names_thresholds_or_budget() {
+        let threshold = json!({
+            "budget": null, "rate": "deviation", "tau": 0.2, "tau_neg": 2.0,
+            "compensation": "sample", "reconstruct": false,
+        });
+        assert_eq!(
+            selection_label(&threshold),
+            "deviation tau 0.2, tau_neg 2, compensation sample"
+        );
+        let budget = json!({ "budget": 0.4, "reconstruct": false });
+        assert_eq!(
+            selection_label(&budget),
+            format!("budget 0.4, {}", rec_label(&budget))
         );
     }
 
