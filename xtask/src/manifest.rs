@@ -252,6 +252,17 @@ pub struct FrontierPoint {
 pub struct PointTraining {
     pub budget: Option<f64>,
     pub lr: Option<f64>,
+    /// `--train-checks` (hold-out checks, keeping the best; `None`: decomp's default, 5).
+    /// In the unit's key (`null` when unset), except `0`: modules trained before the checks
+    /// existed kept the end, as `checks = 0` does, so such a point keeps their keys and
+    /// reuses them, and no other point does.
+    #[serde(default, skip_serializing_if = "keeps_the_end")]
+    pub checks: Option<usize>,
+}
+
+/// `checks = 0`: training keeps the end, as it did before the checks existed.
+fn keeps_the_end(checks: &Option<usize>) -> bool {
+    *checks == Some(0)
 }
 
 fn two() -> f32 {
@@ -625,6 +636,25 @@ pub fn known(root: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A trained point's key names its hold-out checks (`null`: decomp's default), except
+    /// `checks = 0`, which keeps the key that points had before the checks existed (their
+    /// modules kept the end, as `checks = 0` does).
+    #[test]
+    fn training_keys_name_the_checks_except_keeping_the_end() {
+        let t: PointTraining = toml::from_str("budget = 10.0\nchecks = 0").expect("parses");
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            serde_json::json!({ "budget": 10.0, "lr": null })
+        );
+        let t: PointTraining = toml::from_str("budget = 10.0").expect("parses");
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            serde_json::json!({ "budget": 10.0, "lr": null, "checks": null })
+        );
+        let t: PointTraining = toml::from_str("checks = 3").expect("parses");
+        assert_eq!(serde_json::to_value(&t).unwrap()["checks"], 3);
+    }
 
     /// Every committed manifest parses (unknown fields are errors), names only recipes
     /// that exist, and the full-scale Table 2, 3 and 5 manifests hold the paper's setting.

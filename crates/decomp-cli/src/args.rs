@@ -349,6 +349,11 @@ pub struct ChannelArgs {
     /// linearly to `--train-lr` before its cosine decay.
     #[arg(long, default_value_t = 0.1, value_parser = flags::finite_f64)]
     pub train_warmup: f64,
+    /// With `--train`: hold-out checks. The held-out images measure the module at every
+    /// `N`-th of the steps, and the best of the reconstructed module and the checked ones
+    /// (by margin error) is kept; 0 keeps the end, whatever it measures.
+    #[arg(long, default_value_t = 5)]
+    pub train_checks: usize,
 }
 
 impl ChannelArgs {
@@ -421,6 +426,7 @@ impl ChannelArgs {
             ),
             ("--train-competitive", self.train_competitive.is_some()),
             ("--train-warmup", self.train_warmup != d.warmup),
+            ("--train-checks", self.train_checks != d.checks),
         ];
         if !self.train
             && let Some((flag, _)) = train_flags.iter().find(|(_, given)| *given)
@@ -455,6 +461,7 @@ impl ChannelArgs {
             seed: 0,
             competitive: self.train_competitive,
             warmup: self.train_warmup,
+            checks: self.train_checks,
         });
         Ok(Some(ChannelConfig {
             tau: self.tau,

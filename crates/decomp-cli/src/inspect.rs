@@ -178,6 +178,27 @@ fn channel_module(path: &Path, m: &ChannelModule) -> Result<()> {
                 100.0 * v.agreement[1]
             );
         }
+        if !t.checks.is_empty() {
+            let curve: Vec<String> = t
+                .checks
+                .iter()
+                .map(|c| format!("{}: {:.4} ({:.2}%)", c.step, c.error, 100.0 * c.agreement))
+                .collect();
+            outln!(
+                "  hold-out checks (step: margin error): {}",
+                curve.join(", ")
+            );
+        }
+        outln!(
+            "  kept: {} of {} steps{}",
+            t.kept_step,
+            t.steps,
+            match t.kept_step {
+                0 => " (the reconstructed module: no check beat it)",
+                k if k == t.steps => " (the end)",
+                _ => " (the best check)",
+            }
+        );
     }
     let (kept, total) = m.plan.kept_channels();
     outln!("channels kept: {kept} of {total}");

@@ -31,9 +31,12 @@ pub const MAGIC: &[u8; 8] = b"DECOMPIR";
 /// `ChannelConfig::relu_passes`; version 3: channel modules record module training
 /// (`ChannelConfig::train`, `ChannelModule::training`); version 4: module training's
 /// learning-rate warmup (`ModuleTrainConfig::warmup`); version 5: the method's configuration
-/// records `DecompConfig::min_active_fraction` (older payloads read it as 0). Channel-module
-/// payloads older than version 4 are not read; models' payloads are unchanged from version 1.
-pub const FORMAT_VERSION: u16 = 5;
+/// records `DecompConfig::min_active_fraction` (older payloads read it as 0); version 6: module
+/// training's hold-out checks (`ModuleTrainConfig::checks`, `ModuleTraining::checks`,
+/// `kept_step`, `steps`; older payloads read as trained without checks, keeping the end).
+/// Channel-module payloads older than version 4 are not read; models' payloads are unchanged
+/// from version 1.
+pub const FORMAT_VERSION: u16 = 6;
 /// Oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Header size in bytes.

@@ -37,8 +37,8 @@ pub use artifact::{
 };
 pub use channel_module::{
     ActivationRate, ChannelConcernSet, ChannelConfig, ChannelModule, ChannelStats, ClassChannels,
-    Compensation, ModuleTrainConfig, ModuleTraining, ModuleValidation, SiteChannelStats,
-    UnconcernedStats,
+    Compensation, ModuleCheck, ModuleTrainConfig, ModuleTraining, ModuleValidation,
+    SiteChannelStats, UnconcernedStats,
 };
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Op, Shape, TensorData, checked_product, node_shape};

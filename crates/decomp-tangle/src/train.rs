@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use decomp_data::Dataset;
 use decomp_ir::{
-    ChannelModule, ModelIr, ModuleTrainConfig, ModuleTraining, ModuleValidation, analysis,
+    ChannelModule, ModelIr, ModuleCheck, ModuleTrainConfig, ModuleTraining, ModuleValidation,
+    analysis,
 };
 use decomp_model::train::OptimizerConfig;
 use decomp_model::{CpuOptimizer, ExecutorSource, GradEngine, Target, to_vec};
@@ -84,10 +85,13 @@ impl ModelLogits {
 /// `teacher`) per `cfg`, and records what it spent in `module.training`.
 ///
 /// A seeded hold-out of `cfg.validation_images` training images measures the module before
-/// and after; the rest are the training images, visited in a seeded order, one pass after
-/// another until the budget's images are spent, with Adam (no weight decay) at a learning
-/// rate that rises linearly over the first `cfg.warmup` of the steps and decays along a
-/// cosine from `cfg.lr` to 0.
+/// training and at every `cfg.checks`-th of the steps (the last check at the end), and the
+/// module kept is the best of these by margin error (the reconstructed one when no check
+/// beats it): training never hands back a module worse on the hold-out than it started. The
+/// rest are the training images, visited in a seeded order, one pass after another until the
+/// budget's images are spent, with Adam (no weight decay) at a learning rate that rises
+/// linearly over the first `cfg.warmup` of the steps and decays along a cosine from `cfg.lr`
+/// to 0. Without checks (0), the hold-out measures the end, which is kept.
 pub fn train_channel_module(
     module: &mut ChannelModule,
     teacher: &ModelLogits,
@@ -165,6 +169,16 @@ pub fn train_channel_module(
         )
     };
     let before = measure(&mut engine)?;
+    // The steps after which the hold-out checks measure (the last one at the end), and the
+    // best module so far with its step and measurement (the start: the reconstruction).
+    let checks = if before.is_some() {
+        cfg.checks.min(steps)
+    } else {
+        0
+    };
+    let check_at: Vec<usize> = (1..=checks).map(|k| k * steps / checks).collect();
+    let mut best: Option<(usize, (f64, f64), ModelIr)> = None;
+    let mut curve = Vec::with_capacity(checks);
     let mut optimizer = CpuOptimizer::new(OptimizerConfig::Adam {
         beta1: 0.9,
         beta2: 0.999,
@@ -208,6 +222,29 @@ pub fn train_channel_module(
             )
             .map_err(|e| fail(format!("step {step} of {steps}: {e}")))?;
         losses.push(loss);
+        if check_at.contains(&(step + 1))
+            && let Some(m) = measure(&mut engine)?
+        {
+            tracing::info!(
+                class,
+                step = step + 1,
+                steps,
+                held_out_error = m.0,
+                agreement = m.1,
+                "module training: hold-out check"
+            );
+            curve.push(ModuleCheck {
+                step: step + 1,
+                error: m.0,
+                agreement: m.1,
+            });
+            let best_error = best
+                .as_ref()
+                .map_or(before.map_or(f64::INFINITY, |b| b.0), |b| b.1.0);
+            if m.0 < best_error {
+                best = Some((step + 1, m, engine.model().clone()));
+            }
+        }
         if (step + 1) % tenth == 0 && step + 1 < steps {
             let done = step + 1;
             let elapsed = loop_start.elapsed().as_secs_f64();
@@ -223,10 +260,19 @@ pub fn train_channel_module(
             );
         }
     }
-    let after = measure(&mut engine)?;
+    // With checks, the best of the start and the checks (the end among them); without, the
+    // end, measured.
+    let (kept_step, after, model) = if checks > 0 {
+        match best {
+            Some((step, m, model)) => (step, Some(m), model),
+            None => (0, before, module.module.clone()),
+        }
+    } else {
+        (steps, measure(&mut engine)?, engine.into_model())
+    };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let seen = images;
-    module.module = engine.into_model();
+    module.module = model;
     module.training = Some(ModuleTraining {
         images: seen,
         epochs: seen as f64 / train_idx.len() as f64,
@@ -242,11 +288,14 @@ pub fn train_channel_module(
         }),
         train_loss: [mean(&losses[..tenth]), mean(&losses[steps - tenth..])],
         config: cfg.clone(),
+        checks: curve,
+        kept_step,
+        steps,
     });
     Ok(())
 }
 
-/// The training loss and sign agreement of the engine's model on `val` (targets and floors
+/// The training loss and sign agreement of the engine's model on `val` (a forward pass; targets and floors
 /// in `val`'s order), without changing it (frozen BatchNorms, no step); `None` without
 /// images.
 fn validate(
@@ -262,15 +311,15 @@ fn validate(
     for batch in val.batches(batch_size) {
         let b = batch?;
         let n = b.labels.len();
-        let g = engine.gradients_for(
+        let (loss, correct) = engine.loss_for(
             &b.images,
             Target::Margins {
                 targets: &targets[first..first + n],
                 floors: floors.map(|f| &f[first..first + n]),
             },
         )?;
-        err += g.loss * n as f64;
-        agree += g.correct;
+        err += loss * n as f64;
+        agree += correct;
         first += n;
     }
     Ok(Some((err / first as f64, agree as f64 / first as f64)))

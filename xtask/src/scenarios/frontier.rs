@@ -109,8 +109,19 @@ fn rec_label(r: &Value) -> String {
     let trained = if r["train"].is_null() {
         String::new()
     } else {
+        // Which module each module's hold-out checks kept (rows written before the checks
+        // existed have no `kept`).
+        let kept = r["train"]["kept"].as_array().map_or(String::new(), |k| {
+            let count = |what: &str| k.iter().filter(|v| v.as_str() == Some(what)).count();
+            format!(
+                "; kept: {} end, {} earlier check, {} reconstruction",
+                count("end"),
+                count("check"),
+                count("reconstruction")
+            )
+        });
         format!(
-            " + **module training ({:.2} model epochs)**",
+            " + **module training ({:.2} model epochs{kept})**",
             f(&r["train"]["model_epochs"])
         )
     };
@@ -279,6 +290,9 @@ pub fn frontier(r: &Run) -> Result<()> {
                             if let Some(lr) = t.lr {
                                 a.extend(strings(&["--train-lr", &lr.to_string()]));
                             }
+                            if let Some(k) = t.checks {
+                                a.extend(strings(&["--train-checks", &k.to_string()]));
+                            }
                         }
                         if let Some(c) = class {
                             a.extend(strings(&["--classes", &c.to_string()]));
@@ -421,6 +435,16 @@ pub fn frontier(r: &Run) -> Result<()> {
                         .map(|t| t.energy_j)
                         .sum::<Option<f64>>(),
                     "images_per_module": trained.iter().map(|t| t.images).sum::<usize>() / trained.len(),
+                    "checks": trained[0].config.checks,
+                    // Per module, what its hold-out checks kept.
+                    "kept": trained
+                        .iter()
+                        .map(|t| match t.kept_step {
+                            0 => "reconstruction",
+                            k if k == t.steps => "end",
+                            _ => "check",
+                        })
+                        .collect::<Vec<_>>(),
                 }),
             };
             if pt.train.is_some() {
@@ -993,6 +1017,26 @@ mod tests {
             selection_label(&budget),
             format!("budget 0.4, {}", rec_label(&budget))
         );
+    }
+
+    /// A trained row says what its modules' hold-out checks kept; a row written before the
+    /// checks existed (no `kept`) says only its cost.
+    #[test]
+    fn a_trained_row_says_what_its_checks_kept() {
+        let mut r = json!({
+            "budget": 0.4, "reconstruct": true, "relu_passes": 3, "fit_head": false,
+            "train": { "model_epochs": 2.0, "kept": ["end", "check", "reconstruction", "end"] },
+        });
+        let l = rec_label(&r);
+        assert!(
+            l.contains(
+                "module training (2.00 model epochs; kept: 2 end, 1 earlier check, 1 reconstruction)"
+            ),
+            "{l}"
+        );
+        r["train"].as_object_mut().unwrap().remove("kept");
+        let l = rec_label(&r);
+        assert!(l.contains("module training (2.00 model epochs)**"), "{l}");
     }
 
     #[test]

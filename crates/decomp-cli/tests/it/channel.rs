@@ -495,6 +495,210 @@ fn module_training_distils_the_margin() {
     );
 }
 
+/// Hold-out checks: a learning rate far too large ruins the module by the end; with checks
+/// the module kept is never worse on the hold-out than the reconstruction (the
+/// reconstruction itself when no check beats it), and the record lists every check; without
+/// checks the ruined end is kept, and its record says so.
+#[test]
+fn module_training_keeps_the_best_hold_out_check() {
+    let m = model(8, 9);
+    let (built, _, teacher, data, tc) = train_a_module(&m);
+    let wild = decomp_ir::ModuleTrainConfig {
+        budget_epochs: 4.0,
+        lr: 0.05,
+        warmup: 0.0,
+        ..tc
+    };
+    let record = |cfg: &decomp_ir::ModuleTrainConfig| {
+        let mut module = built.clone();
+        decomp_tangle::train_channel_module(&mut module, &teacher, &data, cfg).expect("train");
+        let t = module.training.clone().expect("record");
+        (module, t)
+    };
+    let (ended, end) = record(&decomp_ir::ModuleTrainConfig {
+        checks: 0,
+        ..wild.clone()
+    });
+    let v = end.validation.as_ref().expect("hold-out");
+    assert!(end.checks.is_empty());
+    assert_eq!(end.kept_step, end.steps, "without checks the end is kept");
+    assert!(
+        v.error[1] > v.error[0],
+        "the wild rate should end worse than it started: {} -> {}",
+        v.error[0],
+        v.error[1]
+    );
+    let (kept, best) = record(&wild);
+    let w = best.validation.as_ref().expect("hold-out");
+    assert_eq!(w.error[0], v.error[0], "the same reconstruction");
+    assert_eq!(best.checks.len(), 5);
+    assert_eq!(best.checks.last().map(|c| c.step), Some(best.steps));
+    assert_eq!(
+        best.checks[4].error, v.error[1],
+        "the last check is the end"
+    );
+    let lowest = best
+        .checks
+        .iter()
+        .map(|c| c.error)
+        .fold(w.error[0], f64::min);
+    assert_eq!(w.error[1], lowest, "the best of the start and the checks");
+    assert!(w.error[1] < v.error[1]);
+    if best.kept_step == 0 {
+        assert_eq!(kept.module, built.module, "the reconstruction kept");
+    } else {
+        assert_ne!(kept.module, ended.module, "an earlier check kept");
+    }
+    // The record survives the file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("module_002.mod");
+    write_artifact(&path, &kept).expect("write");
+    let back: ChannelModule = read_artifact(&path).expect("read back");
+    assert_eq!(back, kept);
+}
+
+/// [`decomp_ir::ModuleTrainConfig`] as format version 5 wrote it (no `checks`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrainConfigV5 {
+    budget_epochs: f64,
+    lr: f64,
+    batch_size: usize,
+    validation_images: usize,
+    seed: u64,
+    competitive: Option<f32>,
+    warmup: f64,
+}
+
+impl From<&decomp_ir::ModuleTrainConfig> for TrainConfigV5 {
+    fn from(c: &decomp_ir::ModuleTrainConfig) -> Self {
+        Self {
+            budget_epochs: c.budget_epochs,
+            lr: c.lr,
+            batch_size: c.batch_size,
+            validation_images: c.validation_images,
+            seed: c.seed,
+            competitive: c.competitive,
+            warmup: c.warmup,
+        }
+    }
+}
+
+/// [`ChannelConfig`] as format version 5 wrote it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChannelConfigV5 {
+    tau: f32,
+    tau_neg: f32,
+    rate: ActivationRate,
+    compensation: Compensation,
+    budget: Option<f32>,
+    reconstruct: bool,
+    relu_passes: u32,
+    fit_head: bool,
+    fit_images: usize,
+    train: Option<TrainConfigV5>,
+}
+
+/// [`decomp_ir::ModuleTraining`] as format version 5 wrote it (no checks).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrainingV5 {
+    images: usize,
+    epochs: f64,
+    flops: f64,
+    model_epochs: f64,
+    seconds: f64,
+    energy_j: Option<f64>,
+    validation: Option<decomp_ir::ModuleValidation>,
+    train_loss: [f64; 2],
+    config: TrainConfigV5,
+}
+
+/// [`ChannelModule`] as format version 5 wrote it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChannelModuleV5 {
+    class: usize,
+    class_name: String,
+    model_hash: String,
+    model_path: String,
+    module: ModelIr,
+    plan: ChannelPlan,
+    config: DecompConfig,
+    channel: ChannelConfigV5,
+    counts: decomp_ir::SampleCounts,
+    cost: decomp_ir::analysis::Cost,
+    model_cost: decomp_ir::analysis::Cost,
+    provenance: String,
+    training: Option<TrainingV5>,
+}
+
+impl decomp_ir::Artifact for ChannelModuleV5 {
+    const KIND: decomp_ir::ArtifactKind = decomp_ir::ArtifactKind::ChannelModule;
+}
+
+/// Trained modules written before the hold-out checks (format version 5: the modules a
+/// session carried in `models/carry/` among them) still read, as trained without checks:
+/// the end kept, after all the steps their images took.
+#[test]
+fn trained_modules_of_format_version_5_read_as_keeping_the_end() {
+    let m = model(8, 9);
+    let (_, mut trained, ..) = train_a_module(&m);
+    let t = trained.training.clone().expect("record");
+    // As `decomp tangle --train` records it (the configuration in both places).
+    trained.channel.train = Some(t.config.clone());
+    let c = &trained.channel;
+    let old = ChannelModuleV5 {
+        class: trained.class,
+        class_name: trained.class_name.clone(),
+        model_hash: trained.model_hash.clone(),
+        model_path: trained.model_path.clone(),
+        module: trained.module.clone(),
+        plan: trained.plan.clone(),
+        config: trained.config.clone(),
+        channel: ChannelConfigV5 {
+            tau: c.tau,
+            tau_neg: c.tau_neg,
+            rate: c.rate,
+            compensation: c.compensation,
+            budget: c.budget,
+            reconstruct: c.reconstruct,
+            relu_passes: c.relu_passes,
+            fit_head: c.fit_head,
+            fit_images: c.fit_images,
+            train: c.train.as_ref().map(TrainConfigV5::from),
+        },
+        counts: trained.counts.clone(),
+        cost: trained.cost.clone(),
+        model_cost: trained.model_cost.clone(),
+        provenance: trained.provenance.clone(),
+        training: Some(TrainingV5 {
+            images: t.images,
+            epochs: t.epochs,
+            flops: t.flops,
+            model_epochs: t.model_epochs,
+            seconds: t.seconds,
+            energy_j: t.energy_j,
+            validation: t.validation.clone(),
+            train_loss: t.train_loss,
+            config: TrainConfigV5::from(&t.config),
+        }),
+    };
+    let (mut bytes, _) = decomp_ir::encode_artifact(&old).expect("encode");
+    bytes[8..10].copy_from_slice(&5u16.to_le_bytes());
+    let back: ChannelModule =
+        decomp_ir::decode_artifact(&bytes, Path::new("v5.mod")).expect("a version-5 module reads");
+    let mut want = trained.clone();
+    want.channel.train.as_mut().expect("trained").checks = 0;
+    let w = want.training.as_mut().expect("record");
+    w.config.checks = 0;
+    w.checks.clear();
+    w.steps = t.images.div_ceil(t.config.batch_size);
+    w.kept_step = w.steps;
+    assert_eq!(
+        w.steps, t.steps,
+        "every step of the training, as recorded now"
+    );
+    assert_eq!(back, want);
+}
+
 /// The paper's setting: module training of a ResNet without BatchNorm (the zoo's models).
 #[test]
 fn module_training_distils_the_margin_without_batch_norm() {

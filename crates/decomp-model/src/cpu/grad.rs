@@ -264,7 +264,20 @@ impl GradEngine {
         // Inside the thread pool: every parallel pass of the step (a few hundred) then starts
         // from a worker instead of waking one from outside and sleeping until it is done
         // (futex wake-ups: 5% of a one-thread step). Runs inline when already inside.
-        rayon::scope(|_| self.gradients_in_pool(images, target))
+        rayon::scope(|_| self.gradients_in_pool(images, target, true))
+    }
+
+    /// The loss and the count of [`StepGradients::correct`] images of the forward pass that
+    /// [`Self::gradients_for`] runs (BatchNorms on the batch's statistics unless frozen),
+    /// without the backward pass: nothing changes. Measures a model while it trains (module
+    /// training's hold-out checks) at a third of a step's cost.
+    pub fn loss_for(
+        &mut self,
+        images: &[f32],
+        target: Target<'_>,
+    ) -> Result<(f64, usize), ModelError> {
+        let g = rayon::scope(|_| self.gradients_in_pool(images, target, false))?;
+        Ok((g.loss, g.correct))
     }
 
     /// A training pass of this engine's model over tiles of `sizes` images on `plan`: no
@@ -294,10 +307,13 @@ impl GradEngine {
         ))
     }
 
+    /// [`Self::gradients_for`]; with `backward` false, the forward pass and the loss only
+    /// (no gradients, BatchNorm statistics unchanged: [`Self::loss_for`]).
     fn gradients_in_pool(
         &mut self,
         images: &[f32],
         target: Target<'_>,
+        backward: bool,
     ) -> Result<StepGradients, ModelError> {
         let n = target.len();
         let in_shape = self.shapes[0].clone();
@@ -357,6 +373,16 @@ impl GradEngine {
             Target::Labels(labels) => cross_entropy(&values[out], &sizes, labels, classes),
             Target::Margins { targets, floors } => margin_error(&values[out], targets, floors),
         };
+        if !backward {
+            // The pass's buffers go back to the pool, as the backward pass gives them back.
+            values.into_iter().for_each(pool::give_tiles);
+            pool::give_tiles(dlogits);
+            return Ok(StepGradients {
+                loss,
+                correct,
+                params: Vec::new(),
+            });
+        }
         let (saved, vars): (Vec<_>, Vec<_>) = saved
             .into_iter()
             .map(|s| s.map_or((None, None), |(s, v)| (Some(s), Some(v))))
@@ -1731,6 +1757,33 @@ mod tests {
         }
     }
 
+    /// A forward-only measurement gives the loss and count of the full pass and changes
+    /// nothing: not the parameters, not the BatchNorm statistics (which a training-mode
+    /// pass of a non-frozen model moves), so the next full pass is the one it would have been.
+    #[test]
+    fn loss_for_is_the_full_pass_loss_and_changes_nothing() {
+        let _serial = pool::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for bn in [true, false] {
+            // Labels: the three-class ResNet-8 (margin targets take two logits; module
+            // training's use is tested with its modules in decomp-cli).
+            let (mut engine, images, labels) = resnet8(bn, Shortcut::A);
+            let before = engine.model().clone();
+            let (loss, correct) = engine
+                .loss_for(&images, Target::Labels(&labels))
+                .expect("measure");
+            assert!(
+                engine.model() == &before,
+                "batch norm {bn}: the measurement changed the model"
+            );
+            let full = engine
+                .gradients_for(&images, Target::Labels(&labels))
+                .expect("full pass");
+            assert_eq!(loss, full.loss, "batch norm {bn}");
+            assert_eq!(correct, full.correct, "batch norm {bn}");
+            assert!(loss.is_finite() && loss > 0.0);
+        }
+    }
+
     /// Every buffer a pass gives back to the pool came from it, and every buffer it takes
     /// comes back: after four passes (which fill the pool), it neither grows nor allocates,
     /// with and without BatchNorm and for both shortcut options. A buffer allocated outside
@@ -1748,6 +1801,9 @@ mod tests {
             let (mut engine, images, labels) = resnet8(bn, shortcut);
             let mut pass = || {
                 engine.gradients(&images, &labels).expect("pass");
+                engine
+                    .loss_for(&images, Target::Labels(&labels))
+                    .expect("forward-only pass");
             };
             (0..4).for_each(|_| pass());
             let fresh = pool::fresh_allocations();
