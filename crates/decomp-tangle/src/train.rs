@@ -295,9 +295,9 @@ pub fn train_channel_module(
     Ok(())
 }
 
-/// The training loss and sign agreement of the engine's model on `val` (a forward pass; targets and floors
-/// in `val`'s order), without changing it (frozen BatchNorms, no step); `None` without
-/// images.
+/// The training loss and sign agreement of the engine's model on `val` (targets and floors in
+/// `val`'s order): a forward pass, which changes nothing (frozen BatchNorms, no step); `None`
+/// without images.
 fn validate(
     engine: &mut GradEngine,
     val: &Dataset,
